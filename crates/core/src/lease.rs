@@ -1,0 +1,181 @@
+//! Lease values: the JSON stored under each subnet key, byte-compatible with upstream's
+//! `LeaseAttrs` (field order, `PublicIPv6: null`, omitted empty backend fields), and the typed
+//! backend data of the vxlan backend.
+
+use crate::json_ci::{CiObject, FieldError};
+use crate::mac::MacAddr;
+use crate::subnet_key::SubnetKey;
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde_json::Value;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    #[error("lease value is not valid JSON: {0}")]
+    Json(String),
+    #[error("lease value must be a JSON object")]
+    NotAnObject,
+    #[error("lease value: {0}")]
+    Field(#[from] FieldError),
+    #[error("lease value: {key}: invalid IP address {value:?}")]
+    BadIp { key: &'static str, value: String },
+    #[error("vxlan backend data: {0}")]
+    Vxlan(String),
+}
+
+/// What a node publishes about itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseAttrs {
+    /// `0.0.0.0` when the node has no IPv4 public address, as upstream writes it.
+    pub public_ip: Ipv4Addr,
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// Empty for backends that publish no type (udp).
+    pub backend_type: String,
+    pub backend_data: Option<Value>,
+    pub backend_v6_data: Option<Value>,
+}
+
+/// A subnet and who holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    pub subnet: Ipv4Net,
+    pub ipv6_subnet: Option<Ipv6Net>,
+    pub attrs: LeaseAttrs,
+}
+
+impl Lease {
+    pub fn key(&self) -> SubnetKey {
+        SubnetKey::new(self.subnet, self.ipv6_subnet)
+    }
+}
+
+impl LeaseAttrs {
+    /// The exact JSON upstream writes:
+    /// `{"PublicIP":..,"PublicIPv6":..,"BackendType":..,"BackendData":..,"BackendV6Data":..}`.
+    pub fn to_json(&self) -> String {
+        let mut s = String::with_capacity(160);
+        s.push_str("{\"PublicIP\":");
+        s.push_str(&Value::String(self.public_ip.to_string()).to_string());
+        s.push_str(",\"PublicIPv6\":");
+        match self.public_ipv6 {
+            Some(ip) => s.push_str(&Value::String(ip.to_string()).to_string()),
+            None => s.push_str("null"),
+        }
+        if !self.backend_type.is_empty() {
+            s.push_str(",\"BackendType\":");
+            s.push_str(&Value::String(self.backend_type.clone()).to_string());
+        }
+        if let Some(d) = &self.backend_data {
+            s.push_str(",\"BackendData\":");
+            s.push_str(&d.to_string());
+        }
+        if let Some(d) = &self.backend_v6_data {
+            s.push_str(",\"BackendV6Data\":");
+            s.push_str(&d.to_string());
+        }
+        s.push('}');
+        s
+    }
+
+    /// Reads a lease value with Go's rules: keys case-insensitive, unknown keys ignored.
+    pub fn from_json(text: &[u8]) -> Result<Self, LeaseError> {
+        let v: Value = serde_json::from_slice(text).map_err(|e| LeaseError::Json(e.to_string()))?;
+        let m = v.as_object().ok_or(LeaseError::NotAnObject)?;
+        let o = CiObject::new(m);
+        let public_ip = match o.str("PublicIP")? {
+            None => Ipv4Addr::UNSPECIFIED,
+            Some(s) => s
+                .parse()
+                .map_err(|_| LeaseError::BadIp { key: "PublicIP", value: s.to_string() })?,
+        };
+        let public_ipv6 = o
+            .str("PublicIPv6")?
+            .map(|s| {
+                s.parse().map_err(|_| LeaseError::BadIp { key: "PublicIPv6", value: s.to_string() })
+            })
+            .transpose()?;
+        Ok(Self {
+            public_ip,
+            public_ipv6,
+            backend_type: o.str("BackendType")?.unwrap_or("").to_string(),
+            backend_data: o.get("BackendData").cloned(),
+            backend_v6_data: o.get("BackendV6Data").cloned(),
+        })
+    }
+}
+
+/// The vxlan backend's `BackendData`: `{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanData {
+    pub vni: u32,
+    pub vtep_mac: MacAddr,
+}
+
+impl VxlanData {
+    pub fn to_value(&self) -> Value {
+        // serde_json's map is sorted, which gives upstream's field order (VNI < VtepMAC).
+        serde_json::json!({"VNI": self.vni, "VtepMAC": self.vtep_mac.to_string()})
+    }
+
+    pub fn from_value(v: &Value) -> Result<Self, LeaseError> {
+        let m = v.as_object().ok_or_else(|| LeaseError::Vxlan(format!("not an object: {v}")))?;
+        let o = CiObject::new(m);
+        let vni = o.uint("VNI", u64::from(u32::MAX))?.unwrap_or(0) as u32;
+        let mac = o
+            .str("VtepMAC")?
+            .ok_or_else(|| LeaseError::Vxlan("VtepMAC is missing".into()))?;
+        let vtep_mac = mac.parse().map_err(|e: crate::mac::MacParseError| LeaseError::Vxlan(e.to_string()))?;
+        Ok(Self { vni, vtep_mac })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC_EXAMPLE: &str = r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
+
+    #[test]
+    fn upstream_example_round_trips_byte_for_byte() {
+        let a = LeaseAttrs::from_json(DOC_EXAMPLE.as_bytes()).unwrap();
+        assert_eq!(a.public_ip, Ipv4Addr::new(192, 168, 64, 3));
+        assert_eq!(a.backend_type, "vxlan");
+        let d = VxlanData::from_value(a.backend_data.as_ref().unwrap()).unwrap();
+        assert_eq!(d.vni, 1);
+        assert_eq!(d.vtep_mac.to_string(), "c6:d2:32:6f:8f:44");
+        assert_eq!(a.to_json(), DOC_EXAMPLE);
+    }
+
+    #[test]
+    fn udp_lease_omits_backend_fields_and_dual_stack_keeps_v6() {
+        let a = LeaseAttrs {
+            public_ip: Ipv4Addr::new(10, 0, 0, 1),
+            public_ipv6: None,
+            backend_type: String::new(),
+            backend_data: None,
+            backend_v6_data: None,
+        };
+        assert_eq!(a.to_json(), r#"{"PublicIP":"10.0.0.1","PublicIPv6":null}"#);
+        let v6 = r#"{"PublicIP":"10.0.0.1","PublicIPv6":"fd00::1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:01"},"BackendV6Data":{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}}"#;
+        assert_eq!(LeaseAttrs::from_json(v6.as_bytes()).unwrap().to_json(), v6);
+    }
+
+    #[test]
+    fn reading_is_case_insensitive_and_tolerant() {
+        let a = LeaseAttrs::from_json(br#"{"publicip":"10.1.1.1","backendtype":"host-gw","Extra":1}"#).unwrap();
+        assert_eq!(a.public_ip, Ipv4Addr::new(10, 1, 1, 1));
+        assert_eq!(a.backend_type, "host-gw");
+        assert_eq!(a.public_ipv6, None);
+    }
+
+    #[test]
+    fn bad_values_say_what_is_wrong() {
+        assert!(matches!(LeaseAttrs::from_json(b"garbage"), Err(LeaseError::Json(_))));
+        assert_eq!(
+            LeaseAttrs::from_json(br#"{"PublicIP":"10.1.1"}"#).unwrap_err().to_string(),
+            r#"lease value: PublicIP: invalid IP address "10.1.1""#
+        );
+        assert!(VxlanData::from_value(&serde_json::json!({"VNI":1})).is_err());
+        assert!(VxlanData::from_value(&serde_json::json!({"VNI":1,"VtepMAC":"nope"})).is_err());
+    }
+}

@@ -1,0 +1,26 @@
+//! flannel-core: the pure heart of flannel-rs.
+//!
+//! Plain types and functions only: no sockets, no netlink, no files except where a function
+//! takes a path explicitly (subnet.env). Everything here is unit-tested without root.
+
+pub mod allocator;
+pub mod config;
+pub mod diff;
+pub mod iptables;
+pub mod json_ci;
+pub mod lease;
+pub mod mac;
+pub mod subnet;
+pub mod subnet_env;
+pub mod subnet_key;
+pub mod vxlan;
+
+pub use config::{ConfigError, NetworkConfig};
+pub use lease::{Lease, LeaseAttrs, LeaseError};
+pub use mac::MacAddr;
+
+/// The version printed by `--version`; set `FLANNEL_RS_VERSION` at build time to override.
+pub const VERSION: &str = match option_env!("FLANNEL_RS_VERSION") {
+    Some(v) => v,
+    None => concat!("v", env!("CARGO_PKG_VERSION")),
+};
