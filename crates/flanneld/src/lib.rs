@@ -1,1 +1,74 @@
+//! flanneld: wires the flag parser, the etcd subnet manager, the vxlan backend and the firewall
+//! together. The binary in `flannel-rs` calls [`main`].
 
+pub mod daemon;
+pub mod firewall;
+pub mod flags;
+pub mod iface;
+pub mod options;
+
+use flags::{parse, usage, Parsed};
+use std::process::ExitCode;
+
+pub fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let values = match parse(&args, &|k| std::env::var(k).ok()) {
+        Ok(Parsed::Help) => {
+            eprint!("{}", usage());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Parsed::Values(v)) => v,
+        Err(e @ flags::FlagError::BadEnv { .. }) => {
+            eprintln!("flanneld: {e}");
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("{e}\n{}", usage());
+            return ExitCode::from(2);
+        }
+    };
+    if values.bool("version") {
+        eprintln!("{}", flannel_core::VERSION);
+        return ExitCode::SUCCESS;
+    }
+    init_logging(values.int("v"));
+    tracing::info!("CLI flags config: {}", values.describe());
+    if !values.rest.is_empty() {
+        tracing::warn!("ignoring extra arguments {:?}", values.rest);
+    }
+    let opts = match options::Options::from_values(&values) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(daemon::run(opts)) {
+        Ok(()) => {
+            tracing::info!("Exiting cleanly...");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(v: i64) {
+    let default = match v {
+        i64::MIN..=1 => "info",
+        2..=4 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).init();
+}

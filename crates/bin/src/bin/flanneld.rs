@@ -1,1 +1,4 @@
-fn main(){}
+//! flanneld: the flannel-rs node daemon.
+fn main() -> std::process::ExitCode {
+    flanneld::main()
+}

@@ -1,0 +1,213 @@
+//! The vxlan backend (upstream `pkg/backend/vxlan`): device `flannel.<VNI>`, and per peer a
+//! permanent neighbour entry, a permanent FDB entry and an onlink route, reconciled as data.
+
+use crate::{Backend, BackendError, ExternalInterface, ReconcileReport};
+use flannel_core::diff::diff;
+use flannel_core::lease::VxlanData;
+use flannel_core::vxlan::{desired_peers, VxlanConfig};
+use flannel_core::{Lease, LeaseAttrs, MacAddr};
+use flannel_net::netlink::is_vxlan;
+use flannel_net::{Link, Netlink, VxlanSpec};
+use futures::future::join_all;
+use ipnet::Ipv4Net;
+use std::collections::BTreeSet;
+use tracing::{debug, info, warn};
+
+pub struct VxlanBackend {
+    nl: Netlink,
+    cfg: VxlanConfig,
+    ext: ExternalInterface,
+    /// The cluster network: addresses inside it on our device that are not ours get removed.
+    network: Ipv4Net,
+    spec: VxlanSpec,
+    index: u32,
+    /// Skip reasons already logged, so a bad lease is reported once, not every resync.
+    reported: BTreeSet<String>,
+}
+
+impl VxlanBackend {
+    /// Creates or adopts `flannel.<VNI>`. An existing compatible device is kept as it is (its MAC
+    /// stays what peers already know); an incompatible one is replaced. A new device takes
+    /// `stored_mac` when given (the MAC our previous lease published), else a random one.
+    pub async fn register(
+        nl: Netlink,
+        cfg: VxlanConfig,
+        ext: ExternalInterface,
+        network: Ipv4Net,
+        stored_mac: Option<MacAddr>,
+    ) -> Result<Self, BackendError> {
+        if cfg.gbp {
+            warn!("vxlan GBP is not supported by flannel-rs yet; ignoring it");
+        }
+        if cfg.direct_routing {
+            warn!("vxlan DirectRouting is not supported by flannel-rs yet; every peer gets VXLAN");
+        }
+        let spec = VxlanSpec {
+            name: cfg.device_name(),
+            vni: cfg.vni,
+            local: ext.ext_addr,
+            dev: ext.index,
+            port: cfg.port,
+            mtu: cfg.device_mtu(ext.mtu),
+            mac: stored_mac.unwrap_or_else(MacAddr::random),
+            learning: cfg.learning,
+        };
+        let mut b = Self { nl, cfg, ext, network, spec, index: 0, reported: BTreeSet::new() };
+        b.ensure_device().await?;
+        Ok(b)
+    }
+
+    pub fn device_index(&self) -> u32 {
+        self.index
+    }
+
+    pub fn vtep_mac(&self) -> MacAddr {
+        self.spec.mac
+    }
+
+    fn compatible(&self, l: &Link) -> bool {
+        let Some(v) = l.vxlan.as_ref().filter(|_| is_vxlan(l)) else { return false };
+        v.vni == Some(self.spec.vni)
+            && v.local.is_none_or(|ip| ip == self.spec.local)
+            && v.dev.is_none_or(|d| d == 0 || d == self.spec.dev)
+            && (self.spec.port == 0 || v.port.is_none_or(|p| p == self.spec.port))
+            && v.learning.is_none_or(|x| x == self.spec.learning)
+    }
+
+    /// Makes sure the device exists and is compatible; returns whether it had to be created.
+    async fn ensure_device(&mut self) -> Result<bool, BackendError> {
+        let name = self.spec.name.clone();
+        if let Some(l) = self.nl.link_by_name(&name).await? {
+            if self.compatible(&l) {
+                if let Some(mac) = l.mac {
+                    self.spec.mac = mac;
+                }
+                self.index = l.index;
+                return Ok(false);
+            }
+            warn!(device = %name, "existing device does not match the vxlan config; recreating it");
+            self.nl.delete_link(l.index).await?;
+        }
+        self.nl.create_vxlan(&self.spec).await?;
+        let l = self
+            .nl
+            .link_by_name(&name)
+            .await?
+            .ok_or_else(|| BackendError::Device(format!("{name} vanished right after it was created")))?;
+        if l.mac != Some(self.spec.mac) {
+            return Err(BackendError::Device(format!(
+                "{name} has MAC {:?} instead of {} (is a udev MACAddressPolicy overriding it?)",
+                l.mac.map(|m| m.to_string()),
+                self.spec.mac
+            )));
+        }
+        // Peers never send router advertisements over the overlay.
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/accept_ra"), "0");
+        self.index = l.index;
+        info!(device = %name, mac = %self.spec.mac, mtu = self.spec.mtu, local = %self.spec.local, "created vxlan device");
+        Ok(true)
+    }
+
+    /// Address `<subnet network>/32`, other addresses inside the cluster network removed, MTU, up.
+    async fn ensure_device_config(&self, own: &Lease) -> Result<usize, BackendError> {
+        let mut changes = 0;
+        let want = Ipv4Net::new(own.subnet.network(), 32).unwrap_or_default();
+        let addrs = self.nl.ipv4_addrs(Some(self.index)).await?;
+        for (_, a) in &addrs {
+            if *a != want && self.network.contains(&a.addr()) {
+                info!(address = %a, "removing stale address from {}", self.spec.name);
+                self.nl.del_addr(self.index, *a).await?;
+                changes += 1;
+            }
+        }
+        if !addrs.iter().any(|(_, a)| *a == want) {
+            self.nl.add_addr(self.index, want).await?;
+            changes += 1;
+        }
+        if let Some(l) = self.nl.link_by_index(self.index).await? {
+            if l.mtu != self.spec.mtu {
+                self.nl.set_mtu(self.index, self.spec.mtu).await?;
+                changes += 1;
+            }
+            if !l.up {
+                self.nl.set_up(self.index).await?;
+                changes += 1;
+            }
+        }
+        Ok(changes)
+    }
+
+    async fn reconcile_peers(&mut self, own: &Lease, leases: &[Lease]) -> Result<ReconcileReport, BackendError> {
+        let mut report = ReconcileReport::default();
+        let (desired, skipped) = desired_peers(own.subnet, leases);
+        let now: BTreeSet<String> = skipped.iter().map(|s| format!("{}: {}", s.subnet, s.reason)).collect();
+        for s in now.difference(&self.reported) {
+            warn!("skipping lease {s}");
+        }
+        self.reported = now;
+
+        let idx = self.index;
+        let nl = &self.nl;
+        let (neigh, fdb, routes) = tokio::try_join!(nl.neighbours(idx), nl.fdb(idx), nl.routes_via_link(idx))?;
+        let (pn, pf, pr) = (diff(&desired.neighbours, &neigh), diff(&desired.fdb, &fdb), diff(&desired.routes, &routes));
+        if !(pn.is_empty() && pf.is_empty() && pr.is_empty()) {
+            debug!(neighbours = ?pn, fdb = ?pf, routes = ?pr, "vxlan peer plan");
+        }
+
+        // Removals first, routes before the entries they rely on; then additions in upstream's
+        // order (neighbour, FDB, route). Each group goes out as one pipelined batch.
+        let mut results = Vec::new();
+        results.extend(join_all(pr.remove.iter().map(|(d, g)| nl.del_route(*d, *g, idx))).await);
+        results.extend(join_all(pn.remove.iter().map(|(ip, _)| nl.del_neighbour(idx, *ip))).await);
+        results.extend(join_all(pf.remove.iter().map(|(m, d)| nl.del_fdb(idx, *m, *d))).await);
+        report.removed = pr.remove.len() + pn.remove.len() + pf.remove.len();
+        results.extend(join_all(pn.upsert.iter().map(|(ip, m)| nl.set_neighbour(idx, *ip, *m))).await);
+        results.extend(join_all(pf.upsert.iter().map(|(m, d)| nl.set_fdb(idx, *m, *d))).await);
+        results.extend(join_all(pr.upsert.iter().map(|(d, g)| nl.replace_onlink_route(*d, *g, idx))).await);
+        report.added = pn.upsert.len() + pf.upsert.len() + pr.upsert.len();
+        for r in results {
+            if let Err(e) = r {
+                warn!(error = %e, "reconcile step failed; will retry on the next pass");
+                report.failed += 1;
+            }
+        }
+        for (dst, gw) in &pr.upsert {
+            info!(subnet = %dst, via = %gw, "route to peer in place");
+        }
+        for (dst, _) in &pr.remove {
+            info!(subnet = %dst, "removed route to a peer that has no lease any more");
+        }
+        Ok(report)
+    }
+}
+
+impl Backend for VxlanBackend {
+    fn lease_attrs(&self) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip: self.ext.ext_addr,
+            public_ipv6: None,
+            backend_type: "vxlan".into(),
+            backend_data: Some(VxlanData { vni: self.cfg.vni, vtep_mac: self.spec.mac }.to_value()),
+            backend_v6_data: None,
+        }
+    }
+
+    fn mtu(&self) -> u32 {
+        self.spec.mtu
+    }
+
+    async fn reconcile(&mut self, own: &Lease, leases: &[Lease]) -> Result<ReconcileReport, BackendError> {
+        let mac_before = self.spec.mac;
+        let recreated = self.ensure_device().await?;
+        if self.spec.mac != mac_before {
+            // An adopted device with another MAC: peers learn it from our lease, which the
+            // daemon republishes when lease_attrs() changes.
+            info!(mac = %self.spec.mac, "vxlan device MAC differs from the published one");
+        }
+        let dev_changes = self.ensure_device_config(own).await?;
+        let mut report = self.reconcile_peers(own, leases).await?;
+        report.device_recreated = recreated;
+        report.added += dev_changes;
+        Ok(report)
+    }
+}

@@ -1,0 +1,113 @@
+//! Typed, validated flanneld options built from the parsed flags.
+
+use crate::flags::Values;
+use anyhow::{bail, Context};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub etcd: flannel_subnet::etcd::EtcdOptions,
+    pub ifaces: Vec<String>,
+    pub iface_regex: Vec<String>,
+    pub iface_can_reach: String,
+    pub subnet_file: PathBuf,
+    pub public_ip: Option<Ipv4Addr>,
+    pub renew_margin: Duration,
+    pub ip_masq: bool,
+    pub ip_masq_fully_random_disable: bool,
+    pub resync: Duration,
+    pub forward_rules: bool,
+    pub verbosity: i64,
+}
+
+impl Options {
+    pub fn from_values(v: &Values) -> anyhow::Result<Self> {
+        if v.bool("kube-subnet-mgr") {
+            bail!("--kube-subnet-mgr: the Kubernetes subnet manager is not available in this flannel-rs build yet; use etcd (--etcd-endpoints)");
+        }
+        let margin = v.int("subnet-lease-renew-margin");
+        if !(1..=1439).contains(&margin) {
+            bail!("--subnet-lease-renew-margin={margin}: must be between 1 and 1439 minutes");
+        }
+        let resync = v.int("iptables-resync");
+        if resync < 1 {
+            bail!("--iptables-resync={resync}: must be at least 1 second");
+        }
+        let public_ip = match v.str("public-ip") {
+            s if s.is_empty() => None,
+            s => Some(s.parse::<Ipv4Addr>().with_context(|| format!("--public-ip={s:?} is not an IPv4 address"))?),
+        };
+        if !v.str("public-ipv6").is_empty() {
+            bail!("--public-ipv6: IPv6 is not supported by this flannel-rs build yet");
+        }
+        if !v.list("iface-regex").is_empty() || !v.str("iface-can-reach").is_empty() {
+            bail!("--iface-regex and --iface-can-reach are not supported by this flannel-rs build yet; use --iface");
+        }
+        let endpoints: Vec<String> =
+            v.str("etcd-endpoints").split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+        if endpoints.is_empty() {
+            bail!("--etcd-endpoints is empty");
+        }
+        Ok(Self {
+            etcd: flannel_subnet::etcd::EtcdOptions {
+                endpoints,
+                prefix: v.str("etcd-prefix"),
+                keyfile: v.str("etcd-keyfile"),
+                certfile: v.str("etcd-certfile"),
+                cafile: v.str("etcd-cafile"),
+                username: v.str("etcd-username"),
+                password: v.str("etcd-password"),
+            },
+            ifaces: v.list("iface"),
+            iface_regex: v.list("iface-regex"),
+            iface_can_reach: v.str("iface-can-reach"),
+            subnet_file: PathBuf::from(v.str("subnet-file")),
+            public_ip,
+            renew_margin: Duration::from_secs(margin as u64 * 60),
+            ip_masq: v.bool("ip-masq"),
+            ip_masq_fully_random_disable: v.bool("ip-masq-fully-random-disable"),
+            resync: Duration::from_secs(resync as u64),
+            forward_rules: v.bool("iptables-forward-rules"),
+            verbosity: v.int("v"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flags::{parse, Parsed};
+
+    fn opts(args: &[&str]) -> anyhow::Result<Options> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        match parse(&args, &|_| None)? {
+            Parsed::Values(v) => Options::from_values(&v),
+            Parsed::Help => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn builds_typed_options() {
+        let o = opts(&["--etcd-endpoints=http://a:2379, http://b:2379", "--public-ip=10.0.0.5", "--ip-masq"]).unwrap();
+        assert_eq!(o.etcd.endpoints, vec!["http://a:2379", "http://b:2379"]);
+        assert_eq!(o.public_ip, Some(Ipv4Addr::new(10, 0, 0, 5)));
+        assert_eq!(o.renew_margin, Duration::from_secs(3600));
+        assert!(o.ip_masq && o.forward_rules);
+    }
+
+    #[test]
+    fn invalid_options_are_refused_with_the_flag_named() {
+        for (args, needle) in [
+            (&["--subnet-lease-renew-margin=0"][..], "--subnet-lease-renew-margin=0"),
+            (&["--subnet-lease-renew-margin=1440"][..], "between 1 and 1439"),
+            (&["--public-ip=nope"][..], "--public-ip=\"nope\""),
+            (&["--kube-subnet-mgr"][..], "--kube-subnet-mgr"),
+            (&["--etcd-endpoints=,"][..], "--etcd-endpoints"),
+        ] {
+            let e = format!("{:#}", opts(args).unwrap_err());
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! Thin rtnetlink wrapper: typed reads of what the kernel has, and idempotent writes.
+
+use flannel_core::MacAddr;
+use futures::{StreamExt, TryStreamExt};
+use ipnet::Ipv4Net;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::sys::AsyncSocket;
+use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// The route protocol number flannel-rs stamps on the routes it installs, so it can find its
+/// own routes (and only its own) again: `ip route show proto 252`. Unassigned in rt_protos.
+pub const ROUTE_PROTOCOL: u8 = 252;
+const RT_TABLE_MAIN: u8 = 254;
+
+#[derive(Debug, thiserror::Error)]
+#[error("netlink: {what}: {source}")]
+pub struct NetError {
+    pub what: String,
+    #[source]
+    pub source: rtnetlink::Error,
+}
+
+impl NetError {
+    /// The kernel's errno, when the kernel refused the request.
+    pub fn errno(&self) -> Option<i32> {
+        match &self.source {
+            rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+            _ => None,
+        }
+    }
+}
+
+fn ctx<T>(r: Result<T, rtnetlink::Error>, what: impl FnOnce() -> String) -> Result<T, NetError> {
+    r.map_err(|source| NetError { what: what(), source })
+}
+
+/// What flannel needs to know about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub mac: Option<MacAddr>,
+    pub up: bool,
+    pub kind: Option<String>,
+    pub vxlan: Option<VxlanInfo>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VxlanInfo {
+    pub vni: Option<u32>,
+    pub local: Option<Ipv4Addr>,
+    pub dev: Option<u32>,
+    pub port: Option<u16>,
+    pub learning: Option<bool>,
+}
+
+/// A VXLAN device as flannel creates it (upstream `vxlan/device.go`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    pub local: Ipv4Addr,
+    pub dev: u32,
+    /// 0 = kernel default (8472 on Linux).
+    pub port: u16,
+    pub mtu: u32,
+    pub mac: MacAddr,
+    pub learning: bool,
+}
+
+fn parse_link(m: &LinkMessage) -> Link {
+    let mut l = Link {
+        index: m.header.index,
+        name: String::new(),
+        mtu: 0,
+        mac: None,
+        up: m.header.flags.contains(LinkFlags::Up),
+        kind: None,
+        vxlan: None,
+    };
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => l.name = n.clone(),
+            LinkAttribute::Mtu(v) => l.mtu = *v,
+            LinkAttribute::Address(b) => l.mac = MacAddr::from_slice(b),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    match i {
+                        LinkInfo::Kind(k) => l.kind = Some(k.to_string()),
+                        LinkInfo::Data(InfoData::Vxlan(v)) => {
+                            let mut x = VxlanInfo::default();
+                            for a in v {
+                                match a {
+                                    InfoVxlan::Id(id) => x.vni = Some(*id),
+                                    InfoVxlan::Local(ip) => x.local = Some(*ip),
+                                    InfoVxlan::Link(i) => x.dev = Some(*i),
+                                    InfoVxlan::Port(p) => x.port = Some(*p),
+                                    InfoVxlan::Learning(b) => x.learning = Some(*b),
+                                    _ => {}
+                                }
+                            }
+                            l.vxlan = Some(x);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    l
+}
+
+/// A connection to rtnetlink in the current network namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens the socket and spawns its driver on the current tokio runtime.
+    pub fn new() -> std::io::Result<Self> {
+        let (mut conn, handle, _) = rtnetlink::new_connection()?;
+        // A large receive buffer: dumps of thousands of routes or neighbours must not hit ENOBUFS.
+        let _ = conn.socket_mut().socket_mut().set_rx_buf_sz(4 * 1024 * 1024);
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    pub async fn links(&self) -> Result<Vec<Link>, NetError> {
+        let msgs: Vec<LinkMessage> =
+            ctx(self.handle.link().get().execute().try_collect().await, || "list links".into())?;
+        Ok(msgs.iter().map(parse_link).collect())
+    }
+
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetError> {
+        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        match s.next().await {
+            None => Ok(None),
+            Some(Ok(m)) => Ok(Some(parse_link(&m))),
+            Some(Err(rtnetlink::Error::NetlinkError(e))) if -e.raw_code() == libc_enodev() => Ok(None),
+            Some(Err(e)) => Err(NetError { what: format!("get link {name}"), source: e }),
+        }
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NetError> {
+        let mut s = self.handle.link().get().match_index(index).execute();
+        match s.next().await {
+            None => Ok(None),
+            Some(Ok(m)) => Ok(Some(parse_link(&m))),
+            Some(Err(rtnetlink::Error::NetlinkError(e))) if -e.raw_code() == libc_enodev() => Ok(None),
+            Some(Err(e)) => Err(NetError { what: format!("get link #{index}"), source: e }),
+        }
+    }
+
+    pub async fn create_vxlan(&self, s: &VxlanSpec) -> Result<(), NetError> {
+        let mut b = LinkVxlan::new(&s.name, s.vni)
+            .dev(s.dev)
+            .local(s.local)
+            .ttl(0)
+            .tos(0)
+            .learning(s.learning)
+            .proxy(false)
+            .rsc(false)
+            .l2miss(false)
+            .l3miss(false)
+            .mtu(s.mtu)
+            .address(s.mac.0.to_vec());
+        if s.port > 0 {
+            b = b.port(s.port);
+        }
+        ctx(self.handle.link().add(b.build()).execute().await, || format!("create vxlan device {}", s.name))
+    }
+
+    pub async fn delete_link(&self, index: u32) -> Result<(), NetError> {
+        ctx(self.handle.link().del(index).execute().await, || format!("delete link #{index}"))
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<(), NetError> {
+        let m = LinkUnspec::new_with_index(index).up().build();
+        ctx(self.handle.link().set(m).execute().await, || format!("set link #{index} up"))
+    }
+
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetError> {
+        let m = LinkUnspec::new_with_index(index).mtu(mtu).build();
+        ctx(self.handle.link().set(m).execute().await, || format!("set link #{index} mtu {mtu}"))
+    }
+
+    /// IPv4 addresses with their link index; all links when `index` is `None`.
+    pub async fn ipv4_addrs(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Net)>, NetError> {
+        let mut req = self.handle.address().get();
+        if let Some(i) = index {
+            req = req.set_link_index_filter(i);
+        }
+        let msgs: Vec<_> = ctx(req.execute().try_collect().await, || "list addresses".into())?;
+        let mut out = Vec::new();
+        for m in msgs {
+            if m.header.family != AddressFamily::Inet {
+                continue;
+            }
+            // IFA_LOCAL is the address itself; IFA_ADDRESS is the peer on point-to-point links.
+            let local = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            let addr = local.or_else(|| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                    _ => None,
+                })
+            });
+            if let Some(ip) = addr {
+                if let Ok(n) = Ipv4Net::new(ip, m.header.prefix_len) {
+                    out.push((m.header.index, n));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn add_addr(&self, index: u32, addr: Ipv4Net) -> Result<(), NetError> {
+        ctx(
+            self.handle.address().add(index, IpAddr::V4(addr.addr()), addr.prefix_len()).replace().execute().await,
+            || format!("add address {addr} to link #{index}"),
+        )
+    }
+
+    pub async fn del_addr(&self, index: u32, addr: Ipv4Net) -> Result<(), NetError> {
+        let msgs: Vec<_> = ctx(
+            self.handle.address().get().set_link_index_filter(index).execute().try_collect().await,
+            || format!("list addresses of link #{index}"),
+        )?;
+        for m in msgs {
+            let hit = m.header.prefix_len == addr.prefix_len()
+                && m.attributes.iter().any(|a| matches!(a, AddressAttribute::Local(IpAddr::V4(ip)) if *ip == addr.addr()));
+            if hit {
+                ctx(self.handle.address().del(m).execute().await, || format!("delete address {addr} from link #{index}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The link of the first main-table IPv4 default route, as upstream picks the interface.
+    pub async fn default_route_link(&self) -> Result<Option<u32>, NetError> {
+        let routes = self.v4_routes().await?;
+        Ok(routes.iter().find_map(|r| {
+            let main = route_table(r) == u32::from(RT_TABLE_MAIN);
+            let default = r.header.destination_prefix_length == 0;
+            if main && default {
+                route_oif(r)
+            } else {
+                None
+            }
+        }))
+    }
+
+    async fn v4_routes(&self) -> Result<Vec<RouteMessage>, NetError> {
+        let req = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build());
+        ctx(req.execute().try_collect().await, || "list IPv4 routes".into())
+    }
+
+    /// Main-table IPv4 routes with a gateway through link `index`: destination → gateway.
+    pub async fn routes_via_link(&self, index: u32) -> Result<BTreeMap<Ipv4Net, Ipv4Addr>, NetError> {
+        let mut out = BTreeMap::new();
+        for r in self.v4_routes().await? {
+            if route_table(&r) != u32::from(RT_TABLE_MAIN) || route_oif(&r) != Some(index) {
+                continue;
+            }
+            let (Some(dst), Some(gw)) = (route_dst(&r), route_gw(&r)) else { continue };
+            out.insert(dst, gw);
+        }
+        Ok(out)
+    }
+
+    /// `ip route replace <dst> via <gw> dev <index> onlink proto 252`.
+    pub async fn replace_onlink_route(&self, dst: Ipv4Net, gw: Ipv4Addr, index: u32) -> Result<(), NetError> {
+        let m = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .gateway(gw)
+            .output_interface(index)
+            .onlink()
+            .scope(RouteScope::Universe)
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+            .build();
+        ctx(self.handle.route().add(m).replace().execute().await, || {
+            format!("replace route {dst} via {gw} dev #{index} onlink")
+        })
+    }
+
+    pub async fn del_route(&self, dst: Ipv4Net, gw: Ipv4Addr, index: u32) -> Result<(), NetError> {
+        let m = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .gateway(gw)
+            .output_interface(index)
+            .build();
+        ctx(self.handle.route().del(m).execute().await, || format!("delete route {dst} via {gw}"))
+    }
+
+    /// Permanent IPv4 neighbour entries of link `index`: IP → MAC.
+    pub async fn neighbours(&self, index: u32) -> Result<BTreeMap<Ipv4Addr, MacAddr>, NetError> {
+        let msgs: Vec<NeighbourMessage> = ctx(
+            self.handle.neighbours().get().set_address_family(AddressFamily::Inet).execute().try_collect().await,
+            || "list neighbours".into(),
+        )?;
+        let mut out = BTreeMap::new();
+        for m in msgs.iter().filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent) {
+            if let (Some(IpAddr::V4(ip)), Some(mac)) = (neigh_dst(m), neigh_lladdr(m)) {
+                out.insert(ip, mac);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `ip neigh replace <ip> lladdr <mac> dev <index> nud permanent`.
+    pub async fn set_neighbour(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) -> Result<(), NetError> {
+        let req = self.handle.neighbours().add(index, IpAddr::V4(ip)).link_layer_address(&mac.0).replace();
+        ctx(req.execute().await, || format!("set neighbour {ip} lladdr {mac} on #{index}"))
+    }
+
+    pub async fn del_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetError> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.ifindex = index;
+        m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        ctx(self.handle.neighbours().del(m).execute().await, || format!("delete neighbour {ip} on #{index}"))
+    }
+
+    /// FDB entries with an IPv4 destination on link `index` (`bridge fdb show dev X`): MAC → dst.
+    pub async fn fdb(&self, index: u32) -> Result<BTreeMap<MacAddr, Ipv4Addr>, NetError> {
+        let msgs: Vec<NeighbourMessage> = ctx(
+            self.handle.neighbours().get().set_address_family(AddressFamily::Bridge).execute().try_collect().await,
+            || "list FDB entries".into(),
+        )?;
+        let mut out = BTreeMap::new();
+        for m in msgs.iter().filter(|m| m.header.ifindex == index) {
+            if let (Some(IpAddr::V4(dst)), Some(mac)) = (neigh_dst(m), neigh_lladdr(m)) {
+                out.insert(mac, dst);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `bridge fdb replace <mac> dev <index> dst <dst> self permanent`.
+    pub async fn set_fdb(&self, index: u32, mac: MacAddr, dst: Ipv4Addr) -> Result<(), NetError> {
+        let req = self
+            .handle
+            .neighbours()
+            .add_bridge(index, &mac.0)
+            .destination(IpAddr::V4(dst))
+            .flags(NeighbourFlags::Own)
+            .replace();
+        ctx(req.execute().await, || format!("set fdb {mac} dst {dst} on #{index}"))
+    }
+
+    pub async fn del_fdb(&self, index: u32, mac: MacAddr, dst: Ipv4Addr) -> Result<(), NetError> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        m.header.ifindex = index;
+        m.header.flags = NeighbourFlags::Own;
+        m.header.state = NeighbourState::Permanent;
+        m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+        m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        ctx(self.handle.neighbours().del(m).execute().await, || format!("delete fdb {mac} dst {dst} on #{index}"))
+    }
+}
+
+fn libc_enodev() -> i32 {
+    19 // ENODEV: the kernel's answer for a link name that does not exist
+}
+
+fn route_table(r: &RouteMessage) -> u32 {
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(r.header.table))
+}
+
+fn route_oif(r: &RouteMessage) -> Option<u32> {
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    })
+}
+
+fn route_dst(r: &RouteMessage) -> Option<Ipv4Net> {
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
+            Ipv4Net::new(*ip, r.header.destination_prefix_length).ok()
+        }
+        _ => None,
+    })
+}
+
+fn route_gw(r: &RouteMessage) -> Option<Ipv4Addr> {
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
+        _ => None,
+    })
+}
+
+fn neigh_dst(m: &NeighbourMessage) -> Option<IpAddr> {
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+        // AF_BRIDGE (FDB) messages carry the VXLAN destination as raw bytes.
+        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => match b.len() {
+            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(|a| IpAddr::from(a)),
+            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(|a| IpAddr::from(a)),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+fn neigh_lladdr(m: &NeighbourMessage) -> Option<MacAddr> {
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(b) => MacAddr::from_slice(b),
+        _ => None,
+    })
+}
+
+/// Is this the kind name of a VXLAN link?
+pub fn is_vxlan(l: &Link) -> bool {
+    l.kind.as_deref() == Some(&InfoKind::Vxlan.to_string())
+}

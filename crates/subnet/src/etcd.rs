@@ -1,0 +1,452 @@
+//! The etcd v3 subnet manager: upstream's key layout (`<prefix>/config`,
+//! `<prefix>/subnets/<ip>-<len>`), lease JSON, 24 h etcd leases and create-if-absent transactions.
+
+use crate::{LeaseEvent, OwnLease, SubnetError, SubnetManager};
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
+};
+use flannel_core::allocator::pick_free;
+use flannel_core::subnet::{v4_net, v4_to_u128, v6_net, v6_to_u128};
+use flannel_core::subnet_env::PreviousSubnets;
+use flannel_core::subnet_key::SubnetKey;
+use flannel_core::{Lease, LeaseAttrs, NetworkConfig};
+use std::future::Future;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+/// Upstream's `subnetTTL`: every lease key hangs on a 24 h etcd lease.
+pub const SUBNET_TTL_SECS: i64 = 24 * 60 * 60;
+/// Upstream tries this many times before giving up on acquiring a subnet.
+pub const ACQUIRE_ATTEMPTS: usize = 10;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// How to reach etcd: the `--etcd-*` flags.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdOptions {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub keyfile: String,
+    pub certfile: String,
+    pub cafile: String,
+    pub username: String,
+    pub password: String,
+}
+
+/// One key under `subnets/` as read from etcd.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub key: String,
+    pub lease: Lease,
+    /// The etcd lease the key hangs on; 0 for a reservation (a key without TTL).
+    pub etcd_lease: i64,
+    pub mod_revision: i64,
+}
+
+/// All parseable leases and the revision they were read at.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Listing {
+    pub entries: Vec<Entry>,
+    pub revision: i64,
+}
+
+#[derive(Clone)]
+pub struct EtcdSubnetManager {
+    client: Client,
+    prefix: String,
+    previous: PreviousSubnets,
+}
+
+/// `path.Join`-style cleaning: no repeated or trailing slashes.
+pub fn clean_prefix(p: &str) -> String {
+    let lead = if p.starts_with('/') { "/" } else { "" };
+    let parts: Vec<&str> = p.split('/').filter(|s| !s.is_empty()).collect();
+    format!("{lead}{}", parts.join("/"))
+}
+
+async fn timed<T>(
+    op: &'static str,
+    key: &str,
+    f: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, SubnetError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
+        Err(_) => Err(SubnetError::Timeout { op, key: key.to_string(), secs: REQUEST_TIMEOUT.as_secs() }),
+        Ok(Err(source)) => Err(SubnetError::Etcd { op, key: key.to_string(), source }),
+        Ok(Ok(v)) => Ok(v),
+    }
+}
+
+fn read_file(path: &str) -> Result<Vec<u8>, SubnetError> {
+    std::fs::read(path).map_err(|source| SubnetError::TlsFile { path: path.to_string(), source })
+}
+
+impl EtcdSubnetManager {
+    /// Connects lazily: the channel is made now, the first request finds out whether etcd is up.
+    /// TLS is used only when both a key and a certificate file are given, as upstream does.
+    pub async fn connect(opts: &EtcdOptions, previous: PreviousSubnets) -> Result<Self, SubnetError> {
+        let mut co = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        if !opts.username.is_empty() {
+            co = co.with_user(opts.username.clone(), opts.password.clone());
+        }
+        if !opts.keyfile.is_empty() && !opts.certfile.is_empty() {
+            let identity = Identity::from_pem(read_file(&opts.certfile)?, read_file(&opts.keyfile)?);
+            let mut tls = TlsOptions::new().identity(identity);
+            if !opts.cafile.is_empty() {
+                tls = tls.ca_certificate(Certificate::from_pem(read_file(&opts.cafile)?));
+            }
+            co = co.with_tls(tls);
+        } else {
+            warn!("no etcd TLS key and certificate given: talking to etcd in plain text");
+        }
+        let endpoints = opts.endpoints.join(",");
+        let client = tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(&opts.endpoints, Some(co)))
+            .await
+            .map_err(|_| SubnetError::Timeout { op: "connect", key: endpoints.clone(), secs: REQUEST_TIMEOUT.as_secs() })?
+            .map_err(|source| SubnetError::Connect { endpoints, source })?;
+        Ok(Self { client, prefix: clean_prefix(&opts.prefix), previous })
+    }
+
+    pub fn config_key(&self) -> String {
+        format!("{}/config", self.prefix)
+    }
+
+    pub fn subnets_prefix(&self) -> String {
+        format!("{}/subnets/", self.prefix)
+    }
+
+    pub fn key_for(&self, k: &SubnetKey) -> String {
+        format!("{}{k}", self.subnets_prefix())
+    }
+
+    /// Decodes one key/value; `None` (with a warning naming the key) for anything unusable.
+    fn decode(&self, key: &[u8], value: &[u8]) -> Option<Lease> {
+        let key = String::from_utf8_lossy(key);
+        let name = key.strip_prefix(&self.subnets_prefix()).unwrap_or(&key);
+        let sk = match SubnetKey::parse(name) {
+            Ok(k) => k,
+            Err(e) => {
+                warn!(key = %key, error = %e, "skipping etcd key: not a subnet");
+                return None;
+            }
+        };
+        match LeaseAttrs::from_json(value) {
+            Ok(attrs) => Some(Lease { subnet: sk.v4, ipv6_subnet: sk.v6, attrs }),
+            Err(e) => {
+                warn!(key = %key, error = %e, "skipping lease with an unreadable value");
+                None
+            }
+        }
+    }
+
+    /// Every readable lease under `subnets/`.
+    pub async fn list(&self) -> Result<Listing, SubnetError> {
+        let prefix = self.subnets_prefix();
+        let mut c = self.client.clone();
+        let resp = timed("get", &prefix, c.get(prefix.as_str(), Some(GetOptions::new().with_prefix()))).await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let entries = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                self.decode(kv.key(), kv.value()).map(|lease| Entry {
+                    key: String::from_utf8_lossy(kv.key()).into_owned(),
+                    lease,
+                    etcd_lease: kv.lease(),
+                    mod_revision: kv.mod_revision(),
+                })
+            })
+            .collect();
+        Ok(Listing { entries, revision })
+    }
+
+    /// Whether a held lease still fits the config (same sizes, inside the ranges).
+    fn compatible(cfg: &NetworkConfig, l: &Lease) -> bool {
+        let v4_ok = cfg
+            .v4_range()
+            .is_some_and(|r| r.accepts(v4_to_u128(l.subnet.network()), l.subnet.prefix_len()));
+        let v6_ok = match (cfg.v6_range(), l.ipv6_subnet) {
+            (None, None) => true,
+            (Some(r), Some(n)) => r.accepts(v6_to_u128(n.network()), n.prefix_len()),
+            _ => false,
+        };
+        v4_ok && v6_ok
+    }
+
+    /// Writes `attrs` to `key` on a fresh 24 h lease (or without TTL for a reservation) if the
+    /// comparison holds; `None` when another writer got there first.
+    async fn put_if(
+        &self,
+        key: &str,
+        lease_key: SubnetKey,
+        attrs: &LeaseAttrs,
+        cmp: Compare,
+        reservation: bool,
+    ) -> Result<Option<OwnLease>, SubnetError> {
+        let mut c = self.client.clone();
+        let (id, ttl) = if reservation {
+            (0, Duration::MAX)
+        } else {
+            let g = timed("lease grant", key, c.lease_grant(SUBNET_TTL_SECS, None)).await?;
+            (g.id(), Duration::from_secs(g.ttl().max(0) as u64))
+        };
+        let put = TxnOp::put(key, attrs.to_json(), (id != 0).then(|| PutOptions::new().with_lease(id)));
+        let txn = Txn::new().when(vec![cmp]).and_then(vec![put]);
+        let resp = timed("txn", key, c.txn(txn)).await?;
+        if !resp.succeeded() {
+            if id != 0 {
+                let _ = timed("lease revoke", key, c.lease_revoke(id)).await;
+            }
+            return Ok(None);
+        }
+        let lease = Lease { subnet: lease_key.v4, ipv6_subnet: lease_key.v6, attrs: attrs.clone() };
+        Ok(Some(OwnLease { lease, ttl, handle: id }))
+    }
+
+    /// Acquires starting from a listing the caller already holds (which may be stale: a lost
+    /// race then re-lists and tries again). `acquire_lease` starts from a fresh listing.
+    pub async fn acquire_from(
+        &self,
+        cfg: &NetworkConfig,
+        attrs: &LeaseAttrs,
+        mut listing: Option<Listing>,
+    ) -> Result<OwnLease, SubnetError> {
+        let range = cfg.v4_range().ok_or_else(|| SubnetError::Config {
+            key: self.config_key(),
+            source: flannel_core::ConfigError::Invalid(
+                "the etcd subnet manager needs an IPv4 Network".into(),
+            ),
+        })?;
+        let v6_range = cfg.v6_range();
+        for attempt in 1..=ACQUIRE_ATTEMPTS {
+            let l = match listing.take() {
+                Some(l) => l,
+                None => self.list().await?,
+            };
+            let mut taken: Vec<&Entry> = l.entries.iter().collect();
+
+            // 1. The lease our PublicIP already holds.
+            if let Some(e) = l.entries.iter().find(|e| e.lease.attrs.public_ip == attrs.public_ip) {
+                if Self::compatible(cfg, &e.lease) {
+                    let cmp = Compare::mod_revision(e.key.as_str(), CompareOp::Equal, e.mod_revision);
+                    let reservation = e.etcd_lease == 0;
+                    if let Some(own) = self.put_if(&e.key, e.lease.key(), attrs, cmp, reservation).await? {
+                        info!(key = %e.key, "reusing the lease held by our public IP {}", attrs.public_ip);
+                        return Ok(own);
+                    }
+                    continue;
+                }
+                warn!(key = %e.key, "our public IP holds a lease that no longer fits the network config; deleting it");
+                let mut c = self.client.clone();
+                let txn = Txn::new()
+                    .when(vec![Compare::mod_revision(e.key.as_str(), CompareOp::Equal, e.mod_revision)])
+                    .and_then(vec![TxnOp::delete(e.key.as_str(), None)]);
+                timed("txn delete", &e.key, c.txn(txn)).await?;
+                taken.retain(|t| t.key != e.key);
+            }
+
+            let taken_v4: Vec<(u128, u8)> = taken
+                .iter()
+                .map(|e| (v4_to_u128(e.lease.subnet.network()), e.lease.subnet.prefix_len()))
+                .collect();
+            let taken_v6: Vec<(u128, u8)> = taken
+                .iter()
+                .filter_map(|e| e.lease.ipv6_subnet)
+                .map(|n| (v6_to_u128(n.network()), n.prefix_len()))
+                .collect();
+            let free = |taken: &[(u128, u8)], base: u128, len: u8, bits: u8| {
+                !taken.iter().any(|&(b, l)| flannel_core::subnet::overlaps(bits, base, len, b, l))
+            };
+
+            // 2. The subnet of our previous run, if nobody holds it and it still fits.
+            let prev = self.previous.subnet.and_then(|s| {
+                let k = SubnetKey::new(s, if v6_range.is_some() { self.previous.ipv6_subnet } else { None });
+                let probe = Lease { subnet: k.v4, ipv6_subnet: k.v6, attrs: attrs.clone() };
+                let is_free = free(&taken_v4, v4_to_u128(s.network()), s.prefix_len(), 32)
+                    && k.v6.is_none_or(|n| free(&taken_v6, v6_to_u128(n.network()), n.prefix_len(), 128));
+                (Self::compatible(cfg, &probe) && is_free).then_some(k)
+            });
+
+            // 3. A random free subnet.
+            let key = match prev {
+                Some(k) => k,
+                None => {
+                    let v4 = pick_free(&range, &taken_v4).ok_or(SubnetError::OutOfSubnets)?;
+                    let v6 = match v6_range {
+                        Some(r) => Some(v6_net(pick_free(&r, &taken_v6).ok_or(SubnetError::OutOfSubnets)?, r.subnet_len)),
+                        None => None,
+                    };
+                    SubnetKey::new(v4_net(v4, range.subnet_len), v6)
+                }
+            };
+            let etcd_key = self.key_for(&key);
+            let cmp = Compare::version(etcd_key.as_str(), CompareOp::Equal, 0);
+            match self.put_if(&etcd_key, key, attrs, cmp, false).await? {
+                Some(own) => {
+                    info!(key = %etcd_key, "acquired a new lease");
+                    return Ok(own);
+                }
+                None => info!(key = %etcd_key, attempt, "another node took this subnet first; trying again"),
+            }
+        }
+        Err(SubnetError::TooManyConflicts(ACQUIRE_ATTEMPTS))
+    }
+
+    /// Renews by putting the same value on a fresh 24 h lease, only while the key still holds
+    /// exactly our value (so a subnet taken over by someone else is never overwritten).
+    pub async fn renew(&self, own: &OwnLease) -> Result<OwnLease, SubnetError> {
+        if own.handle == 0 {
+            return Ok(own.clone()); // a reservation does not expire
+        }
+        self.republish(own, &own.lease.attrs).await
+    }
+
+    /// Replaces our lease value with `attrs` (for example a new VtepMAC) on a fresh lease, only
+    /// while the key still holds exactly our previous value.
+    pub async fn republish(&self, own: &OwnLease, attrs: &LeaseAttrs) -> Result<OwnLease, SubnetError> {
+        let key = self.key_for(&own.lease.key());
+        let cmp = Compare::value(key.as_str(), CompareOp::Equal, own.lease.attrs.to_json());
+        self.put_if(&key, own.lease.key(), attrs, cmp, own.handle == 0)
+            .await?
+            .ok_or(SubnetError::LeaseLost { key })
+    }
+
+    /// Takes our subnet back after the key vanished (expired or deleted by hand), if still free.
+    pub async fn reclaim(&self, own: &OwnLease) -> Result<OwnLease, SubnetError> {
+        let key = self.key_for(&own.lease.key());
+        let cmp = Compare::version(key.as_str(), CompareOp::Equal, 0);
+        self.put_if(&key, own.lease.key(), &own.lease.attrs, cmp, false)
+            .await?
+            .ok_or(SubnetError::LeaseLost { key })
+    }
+
+    /// The watch loop: list (snapshot), watch from the next revision, reconnect with backoff,
+    /// re-list when etcd has compacted the revision we need.
+    pub async fn run_watch(&self, tx: mpsc::Sender<LeaseEvent>) {
+        let prefix = self.subnets_prefix();
+        let mut backoff = WATCH_BACKOFF_MIN;
+        let mut next_rev: Option<i64> = None;
+        loop {
+            if tx.is_closed() {
+                return;
+            }
+            let start = match next_rev {
+                Some(r) => r,
+                None => match self.list().await {
+                    Ok(l) => {
+                        let leases = l.entries.into_iter().map(|e| e.lease).collect();
+                        if tx.send(LeaseEvent::Snapshot(leases)).await.is_err() {
+                            return;
+                        }
+                        l.revision + 1
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "listing leases failed; retrying in {backoff:?}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
+                        continue;
+                    }
+                },
+            };
+            next_rev = Some(start);
+            let mut c = self.client.clone();
+            let opts = WatchOptions::new().with_prefix().with_start_revision(start);
+            let mut stream = match timed("watch", &prefix, c.watch(prefix.as_str(), Some(opts))).await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "starting the lease watch failed; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
+                    continue;
+                }
+            };
+            debug!(revision = start, "watching {prefix}");
+            loop {
+                match stream.message().await {
+                    Ok(Some(resp)) => {
+                        backoff = WATCH_BACKOFF_MIN;
+                        if resp.compact_revision() != 0 {
+                            warn!(
+                                compacted = resp.compact_revision(),
+                                "etcd compacted the history the watch needs; re-listing"
+                            );
+                            next_rev = None;
+                            break;
+                        }
+                        if resp.canceled() {
+                            warn!(reason = resp.cancel_reason(), "etcd cancelled the lease watch; re-listing");
+                            next_rev = None;
+                            break;
+                        }
+                        for ev in resp.events() {
+                            let Some(kv) = ev.kv() else { continue };
+                            let out = match ev.event_type() {
+                                EventType::Put => self.decode(kv.key(), kv.value()).map(LeaseEvent::Added),
+                                EventType::Delete => {
+                                    let key = String::from_utf8_lossy(kv.key());
+                                    let name = key.strip_prefix(&prefix).unwrap_or(&key);
+                                    SubnetKey::parse(name).ok().map(LeaseEvent::Removed)
+                                }
+                            };
+                            if let Some(out) = out {
+                                if tx.send(out).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        if let Some(h) = resp.header() {
+                            next_rev = Some(h.revision() + 1);
+                        }
+                    }
+                    Ok(None) => {
+                        warn!("etcd closed the lease watch; reconnecting");
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "lease watch failed; reconnecting in {backoff:?}");
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
+        }
+    }
+}
+
+impl SubnetManager for EtcdSubnetManager {
+    async fn get_network_config(&self) -> Result<Option<String>, SubnetError> {
+        let key = self.config_key();
+        let mut c = self.client.clone();
+        let resp = timed("get", &key, c.get(key.as_str(), None)).await?;
+        Ok(resp.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    async fn acquire_lease(&self, config: &NetworkConfig, attrs: &LeaseAttrs) -> Result<OwnLease, SubnetError> {
+        self.acquire_from(config, attrs, None).await
+    }
+
+    async fn renew_lease(&self, lease: &OwnLease) -> Result<OwnLease, SubnetError> {
+        self.renew(lease).await
+    }
+
+    async fn watch_leases(&self, tx: mpsc::Sender<LeaseEvent>) {
+        self.run_watch(tx).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_is_cleaned_like_path_join() {
+        assert_eq!(clean_prefix("/coreos.com/network/"), "/coreos.com/network");
+        assert_eq!(clean_prefix("//a//b"), "/a/b");
+        assert_eq!(clean_prefix("a/b/"), "a/b");
+    }
+}
