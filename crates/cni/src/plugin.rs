@@ -1,0 +1,147 @@
+//! The commands: ADD, DEL, CHECK, VERSION.
+
+use crate::delegate;
+use crate::env::CniEnv;
+use crate::error::{code, CniError};
+use crate::invoke;
+use crate::netconf::NetConf;
+use crate::subnet_env;
+use crate::SUPPORTED_VERSIONS;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+pub fn main() -> ExitCode {
+    let get = |k: &str| std::env::var(k).ok();
+    if get("CNI_COMMAND").unwrap_or_default().is_empty() {
+        eprintln!("CNI Plugin flannel version {} (linux/{}) (flannel-rs)", flannel_core::VERSION, std::env::consts::ARCH);
+        eprintln!("CNI protocol versions supported: {}", SUPPORTED_VERSIONS.join(", "));
+        return ExitCode::SUCCESS;
+    }
+    let mut stdin = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut stdin);
+    let version = serde_json::from_slice::<Value>(&stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion").and_then(|x| x.as_str()).map(String::from))
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "1.1.0".into());
+    match run(&get, &stdin) {
+        Ok(out) => {
+            let _ = std::io::stdout().write_all(&out);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{}", e.to_json(&version));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs one command and returns what goes to stdout.
+pub fn run(get: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Vec<u8>, CniError> {
+    let env = CniEnv::from_env(get)?;
+    if env.command == "VERSION" {
+        let v = NetConf::parse(stdin).map(|c| c.cni_version).unwrap_or_default();
+        let v = if v.is_empty() { "1.1.0".to_string() } else { v };
+        return Ok(json!({"cniVersion": v, "supportedVersions": SUPPORTED_VERSIONS}).to_string().into_bytes());
+    }
+    let conf = NetConf::parse(stdin)?;
+    conf.check_version()?;
+    match env.command.as_str() {
+        "ADD" => cmd_add(&env, &conf),
+        "DEL" => cmd_del(&env, &conf),
+        "CHECK" => cmd_check(&env, &conf),
+        other => Err(CniError::new(code::INVALID_ENV, format!("unknown CNI_COMMAND: {other}"))),
+    }
+}
+
+fn stored_path(conf: &NetConf, env: &CniEnv) -> PathBuf {
+    Path::new(&conf.data_dir).join(&env.container_id)
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> CniError {
+    move |e| CniError::new(code::IO_FAILURE, format!("{what}: {e}"))
+}
+
+/// Writes the delegate config with mode 0600 in a 0700 directory, synced, before the delegate
+/// runs: DEL must be able to undo whatever the delegate managed to do.
+fn save(path: &Path, data: &[u8]) -> Result<(), CniError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(format!("creating {}", dir.display())))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(format!("writing {}", path.display())))?;
+    f.write_all(data).map_err(io_err(format!("writing {}", path.display())))?;
+    f.sync_all().map_err(io_err(format!("syncing {}", path.display())))
+}
+
+fn cmd_add(env: &CniEnv, conf: &NetConf) -> Result<Vec<u8>, CniError> {
+    let text = std::fs::read_to_string(&conf.subnet_file).map_err(|e| {
+        CniError::new(
+            code::TRY_AGAIN_LATER,
+            format!("failed to load flannel 'subnet.env' file: open {}: {e}. Check the flannel pod log for this node.", conf.subnet_file),
+        )
+    })?;
+    let senv = subnet_env::parse(&conf.subnet_file, &text).map_err(|m| CniError::new(code::INVALID_CONFIG, m))?;
+    let d = delegate::build(conf, &senv).map_err(|m| CniError::new(code::INVALID_CONFIG, m))?;
+    let plugin = d.get("type").and_then(Value::as_str).unwrap_or("bridge").to_string();
+    let bytes = Value::Object(d).to_string().into_bytes();
+    eprintln!("delegateAdd: netconf sent to delegate plugin:\n{}", String::from_utf8_lossy(&bytes));
+    let path = stored_path(conf, env);
+    save(&path, &bytes)?;
+    match invoke::run(&env.path, &plugin, "ADD", &bytes) {
+        Ok(out) => Ok(out),
+        Err(e) => {
+            // Undo what the delegate may have done, then forget the config: nothing is left behind.
+            if invoke::run(&env.path, &plugin, "DEL", &bytes).is_ok() {
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn cmd_del(env: &CniEnv, conf: &NetConf) -> Result<Vec<u8>, CniError> {
+    let path = stored_path(conf, env);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        // Nothing stored: ADD never ran or DEL already did. DEL is idempotent.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(format!("reading {}", path.display()))(e)),
+    };
+    let stored: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("flannel: stored delegate config {} is unreadable ({e}); nothing to undo", path.display());
+            return Ok(Vec::new());
+        }
+    };
+    let plugin = stored.get("type").and_then(Value::as_str).unwrap_or("bridge").to_string();
+    invoke::run(&env.path, &plugin, "DEL", &bytes)?;
+    std::fs::remove_file(&path).map_err(io_err(format!("removing {}", path.display())))?;
+    Ok(Vec::new())
+}
+
+fn cmd_check(env: &CniEnv, conf: &NetConf) -> Result<Vec<u8>, CniError> {
+    let path = stored_path(conf, env);
+    let bytes = std::fs::read(&path).map_err(|e| {
+        CniError::new(code::IO_FAILURE, format!("no stored delegate config for container {}: {}: {e}", env.container_id, path.display()))
+    })?;
+    let mut stored: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| CniError::new(code::DECODE_FAILURE, format!("stored delegate config {} is unreadable: {e}", path.display())))?;
+    if let Some(prev) = &conf.prev_result {
+        stored["prevResult"] = prev.clone();
+    }
+    let plugin = stored.get("type").and_then(Value::as_str).unwrap_or("bridge").to_string();
+    invoke::run(&env.path, &plugin, "CHECK", stored.to_string().as_bytes())
+}

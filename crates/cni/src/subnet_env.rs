@@ -1,0 +1,93 @@
+//! subnet.env as the plugin reads it (upstream `loadFlannelSubnetEnv`): networks may be
+//! comma-separated lists; missing items are named in one error.
+
+use ipnet::{Ipv4Net, Ipv6Net};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginSubnetEnv {
+    pub networks: Vec<Ipv4Net>,
+    pub subnet: Option<Ipv4Net>,
+    pub ipv6_networks: Vec<Ipv6Net>,
+    pub ipv6_subnet: Option<Ipv6Net>,
+    pub mtu: Option<u32>,
+    pub ipmasq: Option<bool>,
+}
+
+fn push_unique<T: PartialEq>(v: &mut Vec<T>, x: T) {
+    if !v.contains(&x) {
+        v.push(x);
+    }
+}
+
+/// Parses the file text; `file` names it in errors.
+pub fn parse(file: &str, text: &str) -> Result<PluginSubnetEnv, String> {
+    let mut e = PluginSubnetEnv::default();
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once('=') else { continue };
+        let bad = |what: &str| format!("{file}: {k}={v:?}: {what}");
+        match k {
+            "FLANNEL_NETWORK" => {
+                for p in v.split(',') {
+                    push_unique(&mut e.networks, p.parse::<Ipv4Net>().map_err(|_| bad("invalid IPv4 CIDR"))?.trunc());
+                }
+            }
+            "FLANNEL_IPV6_NETWORK" => {
+                for p in v.split(',') {
+                    push_unique(&mut e.ipv6_networks, p.parse::<Ipv6Net>().map_err(|_| bad("invalid IPv6 CIDR"))?.trunc());
+                }
+            }
+            "FLANNEL_SUBNET" => e.subnet = Some(v.parse::<Ipv4Net>().map_err(|_| bad("invalid IPv4 CIDR"))?.trunc()),
+            "FLANNEL_IPV6_SUBNET" => {
+                e.ipv6_subnet = Some(v.parse::<Ipv6Net>().map_err(|_| bad("invalid IPv6 CIDR"))?.trunc())
+            }
+            "FLANNEL_MTU" => e.mtu = Some(v.parse().map_err(|_| bad("not an unsigned integer"))?),
+            "FLANNEL_IPMASQ" => e.ipmasq = Some(v == "true"),
+            _ => {}
+        }
+    }
+    let mut missing = Vec::new();
+    if e.networks.is_empty() && e.ipv6_networks.is_empty() {
+        missing.extend(["FLANNEL_NETWORK", "FLANNEL_IPV6_NETWORK"]);
+    }
+    if e.subnet.is_none() && e.ipv6_subnet.is_none() {
+        missing.extend(["FLANNEL_SUBNET", "FLANNEL_IPV6_SUBNET"]);
+    }
+    if e.mtu.is_none() {
+        missing.push("FLANNEL_MTU");
+    }
+    if e.ipmasq.is_none() {
+        missing.push("FLANNEL_IPMASQ");
+    }
+    if !missing.is_empty() {
+        return Err(format!("{file} is missing {}", missing.join(", ")));
+    }
+    Ok(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_upstream_sample_with_two_networks() {
+        let e = parse(
+            "f",
+            "FLANNEL_NETWORK=10.1.0.0/16,192.168.0.0/16,10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n",
+        )
+        .unwrap();
+        assert_eq!(e.networks.len(), 2, "deduplicated");
+        assert_eq!(e.subnet.unwrap().to_string(), "10.1.17.0/24");
+        assert_eq!(e.mtu, Some(1472));
+        assert_eq!(e.ipmasq, Some(true));
+    }
+
+    #[test]
+    fn missing_and_invalid_items_are_named() {
+        assert_eq!(
+            parse("/run/flannel/subnet.env", "FLANNEL_MTU=1450\n").unwrap_err(),
+            "/run/flannel/subnet.env is missing FLANNEL_NETWORK, FLANNEL_IPV6_NETWORK, FLANNEL_SUBNET, FLANNEL_IPV6_SUBNET, FLANNEL_IPMASQ"
+        );
+        assert!(parse("f", "FLANNEL_MTU=big\n").unwrap_err().contains("FLANNEL_MTU"));
+        assert!(parse("f", "FLANNEL_SUBNET=10.1.1\n").unwrap_err().contains("FLANNEL_SUBNET"));
+    }
+}
