@@ -1,0 +1,118 @@
+//! The `flannel-lab` command line.
+
+use crate::cluster::{down, up, LabSpec};
+use crate::names::{state_dir, DEFAULT_LAB, DEFAULT_STATE_ROOT};
+use crate::state::LabState;
+use crate::{ping, status};
+use anyhow::{anyhow, bail, Context};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage:
+  flannel-lab up [--nodes N] [--pods-per-node K] [--backend vxlan]   build the cluster (default 3 nodes, 2 pods each)
+  flannel-lab ping-all                                                every pod pings every other pod
+  flannel-lab status [--json]                                         nodes, pods, routes, FDB, where the logs are
+  flannel-lab down                                                    remove everything the lab made
+common options: --name LAB (default flab; namespaces are LAB-*), --state-dir DIR (default /run/flannel-lab)";
+
+struct Args {
+    cmd: String,
+    name: String,
+    state_root: PathBuf,
+    nodes: usize,
+    pods: usize,
+    backend: String,
+    json: bool,
+}
+
+fn parse(argv: &[String]) -> anyhow::Result<Args> {
+    let mut a = Args {
+        cmd: String::new(),
+        name: DEFAULT_LAB.into(),
+        state_root: PathBuf::from(DEFAULT_STATE_ROOT),
+        nodes: 3,
+        pods: 2,
+        backend: "vxlan".into(),
+        json: false,
+    };
+    let mut it = argv.iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = |f: &str| -> anyhow::Result<String> {
+            inline.clone().or_else(|| it.next().cloned()).ok_or_else(|| anyhow!("{f} needs a value"))
+        };
+        let num = |f: &str, v: String| v.parse::<usize>().map_err(|_| anyhow!("{f} {v:?}: not a number"));
+        match flag {
+            "--nodes" => a.nodes = num(flag, value(flag)?)?,
+            "--pods-per-node" => a.pods = num(flag, value(flag)?)?,
+            "--backend" => a.backend = value(flag)?,
+            "--name" => a.name = value(flag)?,
+            "--state-dir" => a.state_root = PathBuf::from(value(flag)?),
+            "--json" => a.json = true,
+            "-h" | "--help" => a.cmd = "help".into(),
+            f if f.starts_with('-') => bail!("unknown option {f}"),
+            c if a.cmd.is_empty() => a.cmd = c.to_string(),
+            extra => bail!("unexpected argument {extra:?}"),
+        }
+    }
+    Ok(a)
+}
+
+fn load(a: &Args) -> anyhow::Result<LabState> {
+    LabState::load(&state_dir(&a.state_root, &a.name))
+}
+
+fn run(a: Args) -> anyhow::Result<bool> {
+    match a.cmd.as_str() {
+        "up" => {
+            let spec = LabSpec { lab: a.name.clone(), nodes: a.nodes, pods_per_node: a.pods, backend: a.backend, state_root: a.state_root.clone(), ..LabSpec::default() };
+            let state = up(&spec).with_context(|| format!("`flannel-lab up` failed; run `flannel-lab down --name {}` to clean up", a.name))?;
+            println!("lab {} is up: {} nodes, {} pods", state.lab, state.nodes.len(), state.pods().count());
+            for n in &state.nodes {
+                let pods: Vec<String> = n.pods.iter().map(|p| format!("{} {}", p.name, p.ip)).collect();
+                println!("  {:8} {:10} subnet {:15} pods: {}", n.name, n.ip, n.subnet, pods.join(", "));
+            }
+            Ok(true)
+        }
+        "ping-all" => {
+            let m = ping::ping_all(&load(&a)?);
+            print!("{}", m.render());
+            Ok(m.all_ok())
+        }
+        "status" => {
+            let s = load(&a)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&status::to_json(&s))?);
+            } else {
+                print!("{}", status::render(&s));
+            }
+            Ok(true)
+        }
+        "down" => {
+            let removed = down(&a.name, &a.state_root)?;
+            println!("lab {}: removed {} namespaces and {}", a.name, removed.len(), state_dir(&a.state_root, &a.name).display());
+            Ok(true)
+        }
+        "help" => {
+            println!("{USAGE}");
+            Ok(true)
+        }
+        "" => bail!("no command given\n{USAGE}"),
+        other => bail!("unknown command {other:?}\n{USAGE}"),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    match parse(&argv).and_then(run) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("flannel-lab: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

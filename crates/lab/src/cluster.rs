@@ -1,0 +1,293 @@
+//! Bringing a lab up and tearing it down.
+
+use crate::cni_exec::{self, Invocation};
+use crate::names::*;
+use crate::preflight::{self, CNI_DIR};
+use crate::sh::{self, in_ns, ip};
+use crate::state::{LabState, NodeState, PodState};
+use anyhow::{bail, Context};
+use flannel_core::subnet_env::PreviousSubnets;
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    pub lab: String,
+    pub nodes: usize,
+    pub pods_per_node: usize,
+    pub backend: String,
+    pub state_root: PathBuf,
+    pub bin_dir: PathBuf,
+    /// Extra flags for every flanneld (e.g. a shorter resync period in tests).
+    pub flanneld_args: Vec<String>,
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        Self {
+            lab: DEFAULT_LAB.into(),
+            nodes: 3,
+            pods_per_node: 2,
+            backend: "vxlan".into(),
+            state_root: PathBuf::from(DEFAULT_STATE_ROOT),
+            bin_dir: preflight::default_bin_dir(),
+            flanneld_args: Vec::new(),
+        }
+    }
+}
+
+/// Starts `program args` inside `ns`, detached from us (own process group, output to `log`).
+/// The lab's processes are found again by namespace, so no PID bookkeeping is needed.
+fn spawn_in_ns(ns: &str, program: &str, args: &[String], log: &Path) -> anyhow::Result<u32> {
+    let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone()?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = in_ns(ns, program, &args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {program} in {ns}"))?;
+    Ok(child.id())
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ok()? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn log_tail(p: &Path) -> String {
+    let t = std::fs::read_to_string(p).unwrap_or_default();
+    let lines: Vec<&str> = t.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+fn lab_namespaces(lab: &str) -> anyhow::Result<Vec<String>> {
+    let out = ip(&["netns", "list"])?;
+    let prefix = ns_prefix(lab);
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&prefix))
+        .map(String::from)
+        .collect())
+}
+
+fn etcdctl(ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut c = in_ns(ns, "etcdctl", &[&["--endpoints", "http://127.0.0.1:2379"][..], args].concat());
+    c.env("ETCDCTL_API", "3");
+    sh::run(&mut c)
+}
+
+/// Puts a key into the lab's etcd (from master1's namespace).
+pub fn etcd_put(state: &LabState, key: &str, value: &str) -> anyhow::Result<()> {
+    etcdctl(&state.nodes[0].netns, &["put", key, value]).map(|_| ())
+}
+
+pub fn etcd_get(state: &LabState, key: &str) -> anyhow::Result<String> {
+    etcdctl(&state.nodes[0].netns, &["get", "--print-value-only", key])
+}
+
+pub fn etcd_del(state: &LabState, key: &str) -> anyhow::Result<()> {
+    etcdctl(&state.nodes[0].netns, &["del", key]).map(|_| ())
+}
+
+/// Builds the whole lab and returns its state (also saved in the state directory).
+pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
+    if !valid_lab_name(&spec.lab) {
+        bail!("lab name {:?}: use up to 20 letters, digits or _, starting with a letter", spec.lab);
+    }
+    if spec.nodes == 0 || spec.nodes > 200 {
+        bail!("--nodes {}: must be between 1 and 200", spec.nodes);
+    }
+    if spec.backend != "vxlan" {
+        bail!("--backend {}: this build of the lab supports vxlan only", spec.backend);
+    }
+    preflight::check(&spec.bin_dir)?;
+    let dir = state_dir(&spec.state_root, &spec.lab);
+    let existing = lab_namespaces(&spec.lab)?;
+    if !existing.is_empty() || dir.exists() {
+        bail!("lab {:?} is already up (or left over from a failed run): run `flannel-lab down` first", spec.lab);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let lab = spec.lab.as_str();
+
+    // The underlay: a bridge in its own namespace, one veth per node.
+    let sw = switch_ns(lab);
+    ip(&["netns", "add", &sw])?;
+    ip(&["-n", &sw, "link", "set", "lo", "up"])?;
+    ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+    ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+
+    let mut nodes = Vec::new();
+    for i in 0..spec.nodes {
+        let name = node_name(i);
+        let ns = node_ns(lab, &name);
+        let addr = node_ip(i);
+        let node_dir = dir.join(&name);
+        std::fs::create_dir_all(node_dir.join("net.d"))?;
+        ip(&["netns", "add", &ns])?;
+        ip(&["-n", &sw, "link", "add", &name, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+        ip(&["-n", &sw, "link", "set", &name, "master", "br0", "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        sh::run(&mut in_ns(&ns, "sh", &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]))?;
+        std::fs::write(
+            node_dir.join("net.d/10-flannel.conflist"),
+            serde_json::to_string_pretty(&cni_exec::tutorial_conflist(&node_dir))?,
+        )?;
+        nodes.push(NodeState {
+            name,
+            netns: ns,
+            ip: addr.to_string(),
+            subnet: String::new(),
+            pods: Vec::new(),
+            log: node_dir.join("flanneld.log"),
+        });
+    }
+
+    // etcd on master1, with the tutorial's network config.
+    let master = nodes[0].netns.clone();
+    let etcd_log = dir.join("etcd.log");
+    let etcd_args: Vec<String> = [
+        "--name", "master1",
+        "--data-dir", &dir.join("etcd").to_string_lossy(),
+        "--listen-client-urls", &format!("http://{}:2379,http://127.0.0.1:2379", node_ip(0)),
+        "--advertise-client-urls", &format!("http://{}:2379", node_ip(0)),
+        "--listen-peer-urls", "http://127.0.0.1:2380",
+        "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+        "--initial-cluster", "master1=http://127.0.0.1:2380",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    spawn_in_ns(&master, "etcd", &etcd_args, &etcd_log)?;
+    wait_until("etcd on master1", Duration::from_secs(30), || Ok(etcdctl(&master, &["endpoint", "health"]).is_ok()))
+        .with_context(|| format!("etcd log:\n{}", log_tail(&etcd_log)))?;
+    etcdctl(&master, &["put", &format!("{ETCD_PREFIX}/config"), NET_CONF])?;
+
+    // flanneld on every node, with upstream-style flags.
+    let flanneld = spec.bin_dir.join("flanneld").to_string_lossy().into_owned();
+    for n in &nodes {
+        let node_dir = dir.join(&n.name);
+        let mut args = vec![
+            format!("--etcd-endpoints=http://{}:2379", node_ip(0)),
+            "--iface=eth0".to_string(),
+            "--ip-masq".to_string(),
+            format!("--subnet-file={}", node_dir.join("subnet.env").display()),
+        ];
+        args.extend(spec.flanneld_args.iter().cloned());
+        spawn_in_ns(&n.netns, &flanneld, &args, &n.log)?;
+    }
+    for n in nodes.iter_mut() {
+        let env = dir.join(&n.name).join("subnet.env");
+        let ns = n.netns.clone();
+        let log = n.log.clone();
+        wait_until(&format!("flanneld on {} to write subnet.env", n.name), Duration::from_secs(30), || {
+            if sh::ip(&["netns", "pids", &ns]).map(|p| p.trim().is_empty()).unwrap_or(true) {
+                bail!("flanneld on {} exited:\n{}", ns, log_tail(&log));
+            }
+            Ok(env.exists())
+        })
+        .with_context(|| format!("flanneld log:\n{}", log_tail(&n.log)))?;
+        n.subnet = PreviousSubnets::read(&env).subnet.map(|s| s.to_string()).unwrap_or_default();
+    }
+
+    // Pods, through our CNI plugin (and Debian's bridge, host-local, portmap).
+    let cni_path = format!("{}:{CNI_DIR}", spec.bin_dir.display());
+    for n in nodes.iter_mut() {
+        let node_dir = dir.join(&n.name);
+        let list = cni_exec::tutorial_conflist(&node_dir);
+        std::fs::create_dir_all(node_dir.join("results"))?;
+        for k in 1..=spec.pods_per_node {
+            let pod = pod_name(&n.name, k);
+            let pns = pod_ns(lab, &pod);
+            ip(&["netns", "add", &pns])?;
+            ip(&["-n", &pns, "link", "set", "lo", "up"])?;
+            let netns_path = format!("/run/netns/{pns}");
+            let inv = Invocation { node_ns: &n.netns, container_id: &pns, netns_path: &netns_path, ifname: "eth0", cni_path: &cni_path };
+            let result = cni_exec::add(&list, &inv).with_context(|| format!("adding pod {pod}"))?;
+            std::fs::write(node_dir.join("results").join(format!("{pns}.json")), result.to_string())?;
+            let ip = cni_exec::result_ipv4(&result).with_context(|| format!("CNI result for {pod} has no IPv4 address: {result}"))?;
+            n.pods.push(PodState { name: pod, netns: pns, ip });
+        }
+    }
+
+    let state = LabState { lab: spec.lab.clone(), state_dir: dir, backend: spec.backend.clone(), etcd_log, nodes };
+    state.save()?;
+
+    // Every node has a route to every other node's subnet before we call it up.
+    let want = state.nodes.len() - 1;
+    for n in &state.nodes {
+        let ns = n.netns.clone();
+        wait_until(&format!("routes to all peers on {}", n.name), Duration::from_secs(30), || {
+            let r = ip(&["-n", &ns, "route", "show", "proto", "252"]).unwrap_or_default();
+            Ok(r.lines().count() >= want)
+        })?;
+    }
+    Ok(state)
+}
+
+/// Removes everything lab `lab` made: processes in its namespaces, the namespaces (and with them
+/// every veth and bridge), its state directory. Works after a failed or interrupted `up`.
+pub fn down(lab: &str, state_root: &Path) -> anyhow::Result<Vec<String>> {
+    if !valid_lab_name(lab) {
+        bail!("lab name {lab:?} is not valid");
+    }
+    let namespaces = lab_namespaces(lab)?;
+    let pids_of = |ns: &str| -> Vec<i32> {
+        ip(&["netns", "pids", ns])
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    let signal_all = |sig: i32| {
+        let mut any = false;
+        for ns in &namespaces {
+            for pid in pids_of(ns) {
+                // SAFETY: kill(2) with a PID read from `ip netns pids`; no memory is involved.
+                unsafe { libc::kill(pid, sig) };
+                any = true;
+            }
+        }
+        any
+    };
+    if signal_all(libc::SIGTERM) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && namespaces.iter().any(|ns| !pids_of(ns).is_empty()) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        signal_all(libc::SIGKILL);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut errors = Vec::new();
+    for ns in &namespaces {
+        if let Err(e) = ip(&["netns", "del", ns]) {
+            errors.push(e.to_string());
+        }
+    }
+    let dir = state_dir(state_root, lab);
+    if dir.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            errors.push(format!("removing {}: {e}", dir.display()));
+        }
+    }
+    if !errors.is_empty() {
+        bail!("down left something behind: {}", errors.join("; "));
+    }
+    Ok(namespaces)
+}

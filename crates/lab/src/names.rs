@@ -1,0 +1,73 @@
+//! Names and addresses of everything a lab creates.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_LAB: &str = "flab";
+pub const DEFAULT_STATE_ROOT: &str = "/run/flannel-lab";
+/// The tutorial's network config.
+pub const NET_CONF: &str = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#;
+pub const ETCD_PREFIX: &str = "/coreos.com/network";
+
+/// `master1`, `node1`, `node2`, ... as in the tutorial.
+pub fn node_name(i: usize) -> String {
+    if i == 0 {
+        "master1".into()
+    } else {
+        format!("node{i}")
+    }
+}
+
+/// 10.0.0.50, .51, ... on the underlay.
+pub fn node_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, 50 + i as u8)
+}
+
+pub fn switch_ns(lab: &str) -> String {
+    format!("{lab}-sw")
+}
+
+pub fn node_ns(lab: &str, node: &str) -> String {
+    format!("{lab}-{node}")
+}
+
+pub fn pod_name(node: &str, k: usize) -> String {
+    format!("{node}-pod{k}")
+}
+
+pub fn pod_ns(lab: &str, pod: &str) -> String {
+    format!("{lab}-{pod}")
+}
+
+/// Every namespace of lab `lab` starts with this; `down` removes exactly these.
+pub fn ns_prefix(lab: &str) -> String {
+    format!("{lab}-")
+}
+
+pub fn state_dir(root: &Path, lab: &str) -> PathBuf {
+    root.join(lab)
+}
+
+/// Lab names become namespace and file names: keep them short and plain.
+pub fn valid_lab_name(lab: &str) -> bool {
+    !lab.is_empty()
+        && lab.len() <= 20
+        && lab.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
+        && lab.as_bytes()[0].is_ascii_alphabetic()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tutorial_names_and_addresses() {
+        assert_eq!(node_name(0), "master1");
+        assert_eq!(node_name(2), "node2");
+        assert_eq!(node_ip(2), Ipv4Addr::new(10, 0, 0, 52));
+        assert_eq!(node_ns("flab", "node1"), "flab-node1");
+        assert_eq!(pod_ns("flab", &pod_name("node1", 2)), "flab-node1-pod2");
+        assert!(valid_lab_name("flab"));
+        assert!(!valid_lab_name("a-b") && !valid_lab_name("") && !valid_lab_name("1x") && !valid_lab_name("a/b"));
+    }
+}

@@ -1,0 +1,56 @@
+//! What a running lab is made of, saved as `<state dir>/lab.json` so later commands find it.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodState {
+    pub name: String,
+    pub netns: String,
+    /// The pod's address without prefix, e.g. `10.244.1.2`.
+    pub ip: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeState {
+    pub name: String,
+    pub netns: String,
+    pub ip: String,
+    /// The node's lease, e.g. `10.244.1.0/24`.
+    pub subnet: String,
+    pub pods: Vec<PodState>,
+    pub log: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabState {
+    pub lab: String,
+    pub state_dir: PathBuf,
+    pub backend: String,
+    pub etcd_log: PathBuf,
+    pub nodes: Vec<NodeState>,
+}
+
+impl LabState {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("lab.json")
+    }
+
+    pub fn save(&self) -> anyhow::Result<()> {
+        let p = Self::path(&self.state_dir);
+        std::fs::write(&p, serde_json::to_string_pretty(self)?)?;
+        Ok(())
+    }
+
+    pub fn load(state_dir: &Path) -> anyhow::Result<Self> {
+        let p = Self::path(state_dir);
+        let text = std::fs::read_to_string(&p).map_err(|e| {
+            anyhow::anyhow!("no lab at {} ({e}); run `flannel-lab up` first", state_dir.display())
+        })?;
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not a lab state file: {e}", p.display()))
+    }
+
+    pub fn pods(&self) -> impl Iterator<Item = &PodState> {
+        self.nodes.iter().flat_map(|n| n.pods.iter())
+    }
+}
