@@ -172,10 +172,10 @@ impl VxlanBackend {
             }
         }
         for (dst, gw) in &pr.upsert {
-            info!(subnet = %dst, via = %gw, "route to peer in place");
+            info!(subnet = %dst, via = %gw, "programmed route to peer");
         }
         for (dst, _) in &pr.remove {
-            info!(subnet = %dst, "removed route to a peer that has no lease any more");
+            info!(subnet = %dst, "removing route to a peer that has no lease any more");
         }
         Ok(report)
     }

@@ -42,7 +42,7 @@ impl Default for LabSpec {
 /// Starts `program args` inside `ns`, detached from us (own process group, output to `log`).
 /// The lab's processes are found again by namespace, so no PID bookkeeping is needed.
 fn spawn_in_ns(ns: &str, program: &str, args: &[String], log: &Path) -> anyhow::Result<u32> {
-    let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let out = File::options().create(true).append(true).open(log).with_context(|| format!("opening {}", log.display()))?;
     let err = out.try_clone()?;
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let child = in_ns(ns, program, &args)
@@ -104,6 +104,42 @@ pub fn etcd_del(state: &LabState, key: &str) -> anyhow::Result<()> {
     etcdctl(&state.nodes[0].netns, &["del", key]).map(|_| ())
 }
 
+/// Starts the node's flanneld (appending to its log).
+pub fn start_flanneld(n: &NodeState) -> anyhow::Result<u32> {
+    let (prog, args) = n.flanneld.split_first().context("no flanneld command line recorded")?;
+    spawn_in_ns(&n.netns, prog, args, &n.log)
+}
+
+/// The PIDs of the node's flanneld processes.
+pub fn flanneld_pids(n: &NodeState) -> Vec<i32> {
+    let pids = ip(&["netns", "pids", &n.netns]).unwrap_or_default();
+    pids.split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| c.split(|b| *b == 0).next().is_some_and(|a| a.ends_with(b"flanneld")))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Stops the node's flanneld with SIGTERM and waits for it to exit (SIGKILL after 10 s).
+pub fn stop_flanneld(n: &NodeState) -> anyhow::Result<()> {
+    let pids = flanneld_pids(n);
+    for p in &pids {
+        // SAFETY: kill(2) on a PID we just found in the lab's namespace.
+        unsafe { libc::kill(*p, libc::SIGTERM) };
+    }
+    let gone = wait_until("flanneld to exit", Duration::from_secs(10), || Ok(flanneld_pids(n).is_empty()));
+    if gone.is_err() {
+        for p in flanneld_pids(n) {
+            // SAFETY: as above.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    }
+    Ok(())
+}
+
 /// Builds the whole lab and returns its state (also saved in the state directory).
 pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
     if !valid_lab_name(&spec.lab) {
@@ -156,6 +192,7 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
             subnet: String::new(),
             pods: Vec::new(),
             log: node_dir.join("flanneld.log"),
+            flanneld: Vec::new(),
         });
     }
 
@@ -181,16 +218,17 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
 
     // flanneld on every node, with upstream-style flags.
     let flanneld = spec.bin_dir.join("flanneld").to_string_lossy().into_owned();
-    for n in &nodes {
+    for n in nodes.iter_mut() {
         let node_dir = dir.join(&n.name);
-        let mut args = vec![
+        n.flanneld = vec![
+            flanneld.clone(),
             format!("--etcd-endpoints=http://{}:2379", node_ip(0)),
             "--iface=eth0".to_string(),
             "--ip-masq".to_string(),
             format!("--subnet-file={}", node_dir.join("subnet.env").display()),
         ];
-        args.extend(spec.flanneld_args.iter().cloned());
-        spawn_in_ns(&n.netns, &flanneld, &args, &n.log)?;
+        n.flanneld.extend(spec.flanneld_args.iter().cloned());
+        start_flanneld(n)?;
     }
     for n in nodes.iter_mut() {
         let env = dir.join(&n.name).join("subnet.env");

@@ -20,6 +20,8 @@ pub struct NodeState {
     pub subnet: String,
     pub pods: Vec<PodState>,
     pub log: PathBuf,
+    /// The flanneld command line, so it can be restarted as it was.
+    pub flanneld: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -301,6 +301,9 @@ impl Netlink {
             .destination_prefix(dst.network(), dst.prefix_len())
             .gateway(gw)
             .output_interface(index)
+            // The builder defaults to `proto static`, and the kernel only deletes a route whose
+            // protocol matches: unspec matches any, so routes left by upstream (proto boot) go too.
+            .protocol(RouteProtocol::Unspec)
             .build();
         ctx(self.handle.route().del(m).execute().await, || format!("delete route {dst} via {gw}"))
     }

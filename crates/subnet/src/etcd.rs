@@ -46,10 +46,12 @@ pub struct Entry {
     pub mod_revision: i64,
 }
 
-/// All parseable leases and the revision they were read at.
+/// All readable leases and the revision they were read at.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Listing {
     pub entries: Vec<Entry>,
+    /// Subnet keys whose value could not be read: not routed to, but never handed out either.
+    pub unreadable: Vec<SubnetKey>,
     pub revision: i64,
 }
 
@@ -123,45 +125,46 @@ impl EtcdSubnetManager {
         format!("{}{k}", self.subnets_prefix())
     }
 
-    /// Decodes one key/value; `None` (with a warning naming the key) for anything unusable.
-    fn decode(&self, key: &[u8], value: &[u8]) -> Option<Lease> {
+    /// Decodes one key/value. `Err(Some(key))` when the key names a subnet but the value is
+    /// unreadable, `Err(None)` when the key is not a subnet; both logged with the key.
+    fn decode(&self, key: &[u8], value: &[u8]) -> Result<Lease, Option<SubnetKey>> {
         let key = String::from_utf8_lossy(key);
         let name = key.strip_prefix(&self.subnets_prefix()).unwrap_or(&key);
         let sk = match SubnetKey::parse(name) {
             Ok(k) => k,
             Err(e) => {
                 warn!(key = %key, error = %e, "skipping etcd key: not a subnet");
-                return None;
+                return Err(None);
             }
         };
         match LeaseAttrs::from_json(value) {
-            Ok(attrs) => Some(Lease { subnet: sk.v4, ipv6_subnet: sk.v6, attrs }),
+            Ok(attrs) => Ok(Lease { subnet: sk.v4, ipv6_subnet: sk.v6, attrs }),
             Err(e) => {
-                warn!(key = %key, error = %e, "skipping lease with an unreadable value");
-                None
+                warn!(key = %key, error = %e, "skipping lease with an unreadable value (its subnet stays reserved)");
+                Err(Some(sk))
             }
         }
     }
 
-    /// Every readable lease under `subnets/`.
+    /// Every lease under `subnets/`.
     pub async fn list(&self) -> Result<Listing, SubnetError> {
         let prefix = self.subnets_prefix();
         let mut c = self.client.clone();
         let resp = timed("get", &prefix, c.get(prefix.as_str(), Some(GetOptions::new().with_prefix()))).await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let entries = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| {
-                self.decode(kv.key(), kv.value()).map(|lease| Entry {
+        let mut l = Listing { revision: resp.header().map(|h| h.revision()).unwrap_or(0), ..Default::default() };
+        for kv in resp.kvs() {
+            match self.decode(kv.key(), kv.value()) {
+                Ok(lease) => l.entries.push(Entry {
                     key: String::from_utf8_lossy(kv.key()).into_owned(),
                     lease,
                     etcd_lease: kv.lease(),
                     mod_revision: kv.mod_revision(),
-                })
-            })
-            .collect();
-        Ok(Listing { entries, revision })
+                }),
+                Err(Some(k)) => l.unreadable.push(k),
+                Err(None) => {}
+            }
+        }
+        Ok(l)
     }
 
     /// Whether a held lease still fits the config (same sizes, inside the ranges).
@@ -249,15 +252,11 @@ impl EtcdSubnetManager {
                 taken.retain(|t| t.key != e.key);
             }
 
-            let taken_v4: Vec<(u128, u8)> = taken
-                .iter()
-                .map(|e| (v4_to_u128(e.lease.subnet.network()), e.lease.subnet.prefix_len()))
-                .collect();
-            let taken_v6: Vec<(u128, u8)> = taken
-                .iter()
-                .filter_map(|e| e.lease.ipv6_subnet)
-                .map(|n| (v6_to_u128(n.network()), n.prefix_len()))
-                .collect();
+            let keys = taken.iter().map(|e| e.lease.key()).chain(l.unreadable.iter().copied());
+            let taken_v4: Vec<(u128, u8)> =
+                keys.clone().map(|k| (v4_to_u128(k.v4.network()), k.v4.prefix_len())).collect();
+            let taken_v6: Vec<(u128, u8)> =
+                keys.filter_map(|k| k.v6).map(|n| (v6_to_u128(n.network()), n.prefix_len())).collect();
             let free = |taken: &[(u128, u8)], base: u128, len: u8, bits: u8| {
                 !taken.iter().any(|&(b, l)| flannel_core::subnet::overlaps(bits, base, len, b, l))
             };
@@ -385,7 +384,7 @@ impl EtcdSubnetManager {
                         for ev in resp.events() {
                             let Some(kv) = ev.kv() else { continue };
                             let out = match ev.event_type() {
-                                EventType::Put => self.decode(kv.key(), kv.value()).map(LeaseEvent::Added),
+                                EventType::Put => self.decode(kv.key(), kv.value()).ok().map(LeaseEvent::Added),
                                 EventType::Delete => {
                                     let key = String::from_utf8_lossy(kv.key());
                                     let name = key.strip_prefix(&prefix).unwrap_or(&key);

@@ -1,0 +1,169 @@
+//! End to end in the lab: real namespaces, real etcd, our flanneld and CNI plugin, Debian's
+//! bridge/host-local/portmap. Each test builds its own uniquely named lab and tears it down.
+
+mod common;
+
+use common::{bin_dir, eventually, ip, require_root, unique, TempDir};
+use flannel_lab::cluster::{etcd_del, etcd_get, etcd_put, start_flanneld, stop_flanneld};
+use flannel_lab::{down, up, LabSpec, LabState};
+use std::time::Duration;
+
+/// A lab that is torn down when the test ends, pass or fail.
+struct Lab {
+    state: LabState,
+    name: String,
+    root: TempDir,
+}
+
+impl Lab {
+    fn up(nodes: usize, pods: usize, flanneld_args: &[&str]) -> Lab {
+        require_root();
+        let root = TempDir::new("lab");
+        let name = unique("t");
+        let spec = LabSpec {
+            lab: name.clone(),
+            nodes,
+            pods_per_node: pods,
+            state_root: root.path().to_path_buf(),
+            bin_dir: bin_dir(),
+            flanneld_args: flanneld_args.iter().map(|s| s.to_string()).collect(),
+            ..LabSpec::default()
+        };
+        match up(&spec) {
+            Ok(state) => Lab { state, name, root },
+            Err(e) => {
+                let _ = down(&name, root.path());
+                panic!("lab up failed: {e:#}");
+            }
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Err(e) = down(&self.name, self.root.path()) {
+            eprintln!("lab down: {e:#}");
+        }
+    }
+}
+
+fn routes(ns: &str) -> String {
+    ip(&["-n", ns, "route", "show"])
+}
+
+fn fdb(ns: &str) -> String {
+    let o = std::process::Command::new("bridge").args(["-n", ns, "fdb", "show", "dev", "flannel.1"]).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn neigh(ns: &str) -> String {
+    ip(&["-n", ns, "neigh", "show", "dev", "flannel.1"])
+}
+
+fn vtep_mac(ns: &str) -> String {
+    let l = ip(&["-n", ns, "-o", "link", "show", "flannel.1"]);
+    l.split("link/ether ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_string()
+}
+
+#[test]
+fn three_nodes_all_pods_reach_each_other_and_nodes_show_the_tutorial_state() {
+    let lab = Lab::up(3, 2, &[]);
+    let m = flannel_lab::ping::ping_all(&lab.state);
+    assert!(m.all_ok(), "ping matrix:\n{}", m.render());
+    assert_eq!(m.pairs(), 30);
+
+    for n in &lab.state.nodes {
+        let env = std::fs::read_to_string(lab.state.state_dir.join(&n.name).join("subnet.env")).unwrap();
+        let first_host = n.subnet.replace(".0/24", ".1/24");
+        assert_eq!(env, format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={first_host}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"));
+        let link = ip(&["-n", &n.netns, "-d", "link", "show", "flannel.1"]);
+        assert!(link.contains("mtu 1450") && link.contains("vxlan id 1") && link.contains(&format!("local {}", n.ip)), "{link}");
+        assert!(link.contains("dstport 8472") && link.contains("nolearning"), "{link}");
+        let addr = ip(&["-n", &n.netns, "addr", "show", "flannel.1"]);
+        assert!(addr.contains(&format!("inet {}/32", n.subnet.trim_end_matches("/24"))), "{addr}");
+        let (r, f) = (routes(&n.netns), fdb(&n.netns));
+        for peer in lab.state.nodes.iter().filter(|p| p.name != n.name) {
+            let gw = peer.subnet.trim_end_matches("/24");
+            let want = format!("{} via {gw} dev flannel.1 ", peer.subnet);
+            let line = r.lines().find(|l| l.starts_with(&want)).unwrap_or_else(|| panic!("{} lacks a route to {}:\n{r}", n.name, peer.name));
+            assert!(line.contains("onlink"), "{line}");
+            let mac = vtep_mac(&peer.netns);
+            assert!(f.contains(&format!("{mac} dst {} self permanent", peer.ip)), "{} fdb lacks {}:\n{f}", n.name, peer.name);
+            assert!(neigh(&n.netns).contains(&format!("{gw} lladdr {mac} PERMANENT")));
+        }
+    }
+
+    let status = flannel_lab::status::to_json(&lab.state);
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3);
+    assert_eq!(status["nodes"][1]["name"], "node1");
+    assert_eq!(status["nodes"][1]["ip"], "10.0.0.51");
+    assert_eq!(status["nodes"][1]["pods"].as_array().unwrap().len(), 2);
+
+    // down removes every namespace, process and file of the lab.
+    let removed = down(&lab.name, lab.root.path()).unwrap();
+    assert_eq!(removed.len(), 1 + 3 + 6);
+    let left = ip(&["netns", "list"]);
+    assert!(!left.lines().any(|l| l.starts_with(&format!("{}-", lab.name))), "{left}");
+    assert!(!lab.state.state_dir.exists());
+}
+
+const PEER: &str = r#"{"PublicIP":"10.0.0.99","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
+
+#[test]
+fn a_peer_added_and_removed_in_etcd_reaches_and_leaves_the_kernel_within_5s() {
+    let lab = Lab::up(1, 0, &["--iptables-resync=1"]);
+    let ns = lab.state.nodes[0].netns.clone();
+    let key = "/coreos.com/network/subnets/10.244.200.0-24";
+    etcd_put(&lab.state, key, PEER).unwrap();
+    let programmed = || {
+        routes(&ns).contains("10.244.200.0/24 via 10.244.200.0 dev flannel.1")
+            && fdb(&ns).contains("c6:d2:32:6f:8f:44 dst 10.0.0.99 self permanent")
+            && neigh(&ns).contains("10.244.200.0 lladdr c6:d2:32:6f:8f:44 PERMANENT")
+    };
+    let took = eventually(Duration::from_secs(5), programmed);
+    assert!(took.is_some(), "peer not programmed within 5 s:\n{}\n{}", routes(&ns), fdb(&ns));
+
+    // A lease of another backend type is skipped, not routed.
+    etcd_put(&lab.state, "/coreos.com/network/subnets/10.244.201.0-24", r#"{"PublicIP":"10.0.0.98","PublicIPv6":null,"BackendType":"host-gw"}"#).unwrap();
+    // State deleted by hand comes back on the next resync.
+    ip(&["-n", &ns, "route", "del", "10.244.200.0/24"]);
+    ip(&["-n", &ns, "neigh", "del", "10.244.200.0", "dev", "flannel.1"]);
+    assert!(eventually(Duration::from_secs(5), programmed).is_some(), "hand-deleted state not restored");
+    assert!(!routes(&ns).contains("10.244.201.0"), "host-gw lease must not get a vxlan route");
+
+    etcd_del(&lab.state, key).unwrap();
+    let gone = eventually(Duration::from_secs(5), || {
+        !routes(&ns).contains("10.244.200.0") && !fdb(&ns).contains("c6:d2:32:6f:8f:44") && !neigh(&ns).contains("10.244.200.0")
+    });
+    assert!(gone.is_some(), "peer not removed within 5 s:\n{}\n{}", routes(&ns), fdb(&ns));
+}
+
+#[test]
+fn restart_keeps_subnet_mac_and_kernel_state_and_our_lease_is_in_upstream_format() {
+    let lab = Lab::up(2, 1, &[]);
+    let n = &lab.state.nodes[1];
+    let key = format!("/coreos.com/network/subnets/{}", n.subnet.replace('/', "-"));
+    let mac = vtep_mac(&n.netns);
+    let value = etcd_get(&lab.state, &key).unwrap();
+    assert_eq!(
+        value.trim(),
+        format!(r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#, n.ip)
+    );
+    let before = routes(&n.netns);
+    stop_flanneld(n).unwrap();
+    assert_eq!(routes(&n.netns), before, "a clean shutdown keeps the routes");
+    assert!(flannel_lab::ping::ping(&lab.state.nodes[0].pods[0].netns, &n.pods[0].ip), "data plane works while flanneld is down");
+    start_flanneld(n).unwrap();
+    // Restarted: same subnet (subnet.env rewritten with it), same MAC, same lease value.
+    let env = lab.state.state_dir.join(&n.name).join("subnet.env");
+    let same = eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(&env).unwrap_or_default().contains(&n.subnet.replace(".0/24", ".1/24"))
+            && std::fs::read_to_string(&n.log).unwrap_or_default().matches("flannel is ready").count() == 2
+    });
+    assert!(same.is_some(), "restart did not come back with the same subnet:\n{}", std::fs::read_to_string(&n.log).unwrap_or_default());
+    assert_eq!(vtep_mac(&n.netns), mac);
+    assert_eq!(etcd_get(&lab.state, &key).unwrap().trim(), value.trim());
+    assert_eq!(routes(&n.netns), before);
+    let m = flannel_lab::ping::ping_all(&lab.state);
+    assert!(m.all_ok(), "{}", m.render());
+}
