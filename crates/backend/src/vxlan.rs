@@ -52,7 +52,15 @@ impl VxlanBackend {
             mac: stored_mac.unwrap_or_else(MacAddr::random),
             learning: cfg.learning,
         };
-        let mut b = Self { nl, cfg, ext, network, spec, index: 0, reported: BTreeSet::new() };
+        let mut b = Self {
+            nl,
+            cfg,
+            ext,
+            network,
+            spec,
+            index: 0,
+            reported: BTreeSet::new(),
+        };
         b.ensure_device().await?;
         Ok(b)
     }
@@ -66,7 +74,9 @@ impl VxlanBackend {
     }
 
     fn compatible(&self, l: &Link) -> bool {
-        let Some(v) = l.vxlan.as_ref().filter(|_| is_vxlan(l)) else { return false };
+        let Some(v) = l.vxlan.as_ref().filter(|_| is_vxlan(l)) else {
+            return false;
+        };
         v.vni == Some(self.spec.vni)
             && v.local.is_none_or(|ip| ip == self.spec.local)
             && v.dev.is_none_or(|d| d == 0 || d == self.spec.dev)
@@ -89,11 +99,9 @@ impl VxlanBackend {
             self.nl.delete_link(l.index).await?;
         }
         self.nl.create_vxlan(&self.spec).await?;
-        let l = self
-            .nl
-            .link_by_name(&name)
-            .await?
-            .ok_or_else(|| BackendError::Device(format!("{name} vanished right after it was created")))?;
+        let l = self.nl.link_by_name(&name).await?.ok_or_else(|| {
+            BackendError::Device(format!("{name} vanished right after it was created"))
+        })?;
         if l.mac != Some(self.spec.mac) {
             return Err(BackendError::Device(format!(
                 "{name} has MAC {:?} instead of {} (is a udev MACAddressPolicy overriding it?)",
@@ -137,10 +145,17 @@ impl VxlanBackend {
         Ok(changes)
     }
 
-    async fn reconcile_peers(&mut self, own: &Lease, leases: &[Lease]) -> Result<ReconcileReport, BackendError> {
+    async fn reconcile_peers(
+        &mut self,
+        own: &Lease,
+        leases: &[Lease],
+    ) -> Result<ReconcileReport, BackendError> {
         let mut report = ReconcileReport::default();
         let (desired, skipped) = desired_peers(own.subnet, leases);
-        let now: BTreeSet<String> = skipped.iter().map(|s| format!("{}: {}", s.subnet, s.reason)).collect();
+        let now: BTreeSet<String> = skipped
+            .iter()
+            .map(|s| format!("{}: {}", s.subnet, s.reason))
+            .collect();
         for s in now.difference(&self.reported) {
             warn!("skipping lease {s}");
         }
@@ -148,8 +163,13 @@ impl VxlanBackend {
 
         let idx = self.index;
         let nl = &self.nl;
-        let (neigh, fdb, routes) = tokio::try_join!(nl.neighbours(idx), nl.fdb(idx), nl.routes_via_link(idx))?;
-        let (pn, pf, pr) = (diff(&desired.neighbours, &neigh), diff(&desired.fdb, &fdb), diff(&desired.routes, &routes));
+        let (neigh, fdb, routes) =
+            tokio::try_join!(nl.neighbours(idx), nl.fdb(idx), nl.routes_via_link(idx))?;
+        let (pn, pf, pr) = (
+            diff(&desired.neighbours, &neigh),
+            diff(&desired.fdb, &fdb),
+            diff(&desired.routes, &routes),
+        );
         if !(pn.is_empty() && pf.is_empty() && pr.is_empty()) {
             debug!(neighbours = ?pn, fdb = ?pf, routes = ?pr, "vxlan peer plan");
         }
@@ -161,9 +181,23 @@ impl VxlanBackend {
         results.extend(join_all(pn.remove.iter().map(|(ip, _)| nl.del_neighbour(idx, *ip))).await);
         results.extend(join_all(pf.remove.iter().map(|(m, d)| nl.del_fdb(idx, *m, *d))).await);
         report.removed = pr.remove.len() + pn.remove.len() + pf.remove.len();
-        results.extend(join_all(pn.upsert.iter().map(|(ip, m)| nl.set_neighbour(idx, *ip, *m))).await);
+        results.extend(
+            join_all(
+                pn.upsert
+                    .iter()
+                    .map(|(ip, m)| nl.set_neighbour(idx, *ip, *m)),
+            )
+            .await,
+        );
         results.extend(join_all(pf.upsert.iter().map(|(m, d)| nl.set_fdb(idx, *m, *d))).await);
-        results.extend(join_all(pr.upsert.iter().map(|(d, g)| nl.replace_onlink_route(*d, *g, idx))).await);
+        results.extend(
+            join_all(
+                pr.upsert
+                    .iter()
+                    .map(|(d, g)| nl.replace_onlink_route(*d, *g, idx)),
+            )
+            .await,
+        );
         report.added = pn.upsert.len() + pf.upsert.len() + pr.upsert.len();
         for r in results {
             if let Err(e) = r {
@@ -187,7 +221,13 @@ impl Backend for VxlanBackend {
             public_ip: self.ext.ext_addr,
             public_ipv6: None,
             backend_type: "vxlan".into(),
-            backend_data: Some(VxlanData { vni: self.cfg.vni, vtep_mac: self.spec.mac }.to_value()),
+            backend_data: Some(
+                VxlanData {
+                    vni: self.cfg.vni,
+                    vtep_mac: self.spec.mac,
+                }
+                .to_value(),
+            ),
             backend_v6_data: None,
         }
     }
@@ -196,7 +236,11 @@ impl Backend for VxlanBackend {
         self.spec.mtu
     }
 
-    async fn reconcile(&mut self, own: &Lease, leases: &[Lease]) -> Result<ReconcileReport, BackendError> {
+    async fn reconcile(
+        &mut self,
+        own: &Lease,
+        leases: &[Lease],
+    ) -> Result<ReconcileReport, BackendError> {
         let mac_before = self.spec.mac;
         let recreated = self.ensure_device().await?;
         if self.spec.mac != mac_before {

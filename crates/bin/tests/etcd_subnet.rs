@@ -22,26 +22,67 @@ struct Fixture {
 async fn fixture(config: &str) -> Fixture {
     let etcd = Etcd::start();
     let prefix = format!("/{}/coreos.com/network", unique("t"));
-    let mut client = Client::connect([etcd.endpoint.as_str()], None).await.expect("connect");
-    client.put(format!("{prefix}/config"), config, None).await.expect("put config");
-    let opts = EtcdOptions { endpoints: vec![etcd.endpoint.clone()], prefix: prefix.clone(), ..Default::default() };
-    Fixture { _etcd: etcd, prefix, client, opts }
+    let mut client = Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .expect("connect");
+    client
+        .put(format!("{prefix}/config"), config, None)
+        .await
+        .expect("put config");
+    let opts = EtcdOptions {
+        endpoints: vec![etcd.endpoint.clone()],
+        prefix: prefix.clone(),
+        ..Default::default()
+    };
+    Fixture {
+        _etcd: etcd,
+        prefix,
+        client,
+        opts,
+    }
 }
 
 impl Fixture {
     async fn manager(&self, prev: PreviousSubnets) -> EtcdSubnetManager {
-        EtcdSubnetManager::connect(&self.opts, prev).await.expect("manager")
+        EtcdSubnetManager::connect(&self.opts, prev)
+            .await
+            .expect("manager")
     }
     async fn raw(&mut self, key: &str) -> Option<(String, i64)> {
-        let r = self.client.get(format!("{}/{key}", self.prefix), None).await.expect("get");
-        r.kvs().first().map(|kv| (String::from_utf8_lossy(kv.value()).into_owned(), kv.lease()))
+        let r = self
+            .client
+            .get(format!("{}/{key}", self.prefix), None)
+            .await
+            .expect("get");
+        r.kvs()
+            .first()
+            .map(|kv| (String::from_utf8_lossy(kv.value()).into_owned(), kv.lease()))
     }
     async fn put(&mut self, key: &str, value: &str) {
-        self.client.put(format!("{}/{key}", self.prefix), value, None).await.expect("put");
+        self.client
+            .put(format!("{}/{key}", self.prefix), value, None)
+            .await
+            .expect("put");
     }
     async fn subnet_keys(&mut self) -> Vec<String> {
-        let r = self.client.get(format!("{}/subnets/", self.prefix), Some(GetOptions::new().with_prefix())).await.expect("list");
-        r.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).rsplit('/').next().unwrap_or_default().to_string()).collect()
+        let r = self
+            .client
+            .get(
+                format!("{}/subnets/", self.prefix),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .expect("list");
+        r.kvs()
+            .iter()
+            .map(|kv| {
+                String::from_utf8_lossy(kv.key())
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
     }
 }
 
@@ -65,11 +106,20 @@ fn cfg(text: &str) -> NetworkConfig {
 async fn acquire_writes_upstreams_exact_key_value_and_ttl() {
     let mut f = fixture(TUTORIAL).await;
     let sm = f.manager(PreviousSubnets::default()).await;
-    assert_eq!(sm.get_network_config().await.unwrap().as_deref(), Some(TUTORIAL));
-    let own = sm.acquire_lease(&cfg(TUTORIAL), &attrs("10.0.0.50", "02:00:00:00:00:50")).await.unwrap();
+    assert_eq!(
+        sm.get_network_config().await.unwrap().as_deref(),
+        Some(TUTORIAL)
+    );
+    let own = sm
+        .acquire_lease(&cfg(TUTORIAL), &attrs("10.0.0.50", "02:00:00:00:00:50"))
+        .await
+        .unwrap();
     let s = own.lease.subnet;
     assert_eq!(s.prefix_len(), 24);
-    assert!(s.network() >= Ipv4Addr::new(10, 244, 1, 0) && s.network() <= Ipv4Addr::new(10, 244, 255, 0));
+    assert!(
+        s.network() >= Ipv4Addr::new(10, 244, 1, 0)
+            && s.network() <= Ipv4Addr::new(10, 244, 255, 0)
+    );
     let key = format!("subnets/{}-24", s.network());
     let (value, lease) = f.raw(&key).await.expect("lease key exists");
     assert_eq!(
@@ -77,8 +127,16 @@ async fn acquire_writes_upstreams_exact_key_value_and_ttl() {
         r#"{"PublicIP":"10.0.0.50","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:50"}}"#
     );
     assert_ne!(lease, 0, "the key hangs on an etcd lease");
-    let ttl = f.client.lease_time_to_live(lease, None).await.unwrap().ttl();
-    assert!(ttl > SUBNET_TTL_SECS - 60 && ttl <= SUBNET_TTL_SECS, "24 h TTL, got {ttl}");
+    let ttl = f
+        .client
+        .lease_time_to_live(lease, None)
+        .await
+        .unwrap()
+        .ttl();
+    assert!(
+        ttl > SUBNET_TTL_SECS - 60 && ttl <= SUBNET_TTL_SECS,
+        "24 h TTL, got {ttl}"
+    );
     assert_eq!(own.ttl, Duration::from_secs(SUBNET_TTL_SECS as u64));
 }
 
@@ -86,15 +144,24 @@ async fn acquire_writes_upstreams_exact_key_value_and_ttl() {
 async fn renew_moves_the_key_to_a_fresh_lease_and_fails_when_the_key_is_gone() {
     let mut f = fixture(TUTORIAL).await;
     let sm = f.manager(PreviousSubnets::default()).await;
-    let own = sm.acquire_lease(&cfg(TUTORIAL), &attrs("10.0.0.51", "02:00:00:00:00:51")).await.unwrap();
+    let own = sm
+        .acquire_lease(&cfg(TUTORIAL), &attrs("10.0.0.51", "02:00:00:00:00:51"))
+        .await
+        .unwrap();
     let key = format!("subnets/{}-24", own.lease.subnet.network());
     let (_, before) = f.raw(&key).await.unwrap();
     let renewed = sm.renew_lease(&own).await.unwrap();
     let (value, after) = f.raw(&key).await.unwrap();
-    assert_ne!(before, after, "renewal uses a new etcd lease, like upstream");
+    assert_ne!(
+        before, after,
+        "renewal uses a new etcd lease, like upstream"
+    );
     assert_eq!(renewed.handle, after);
     assert_eq!(value, own.lease.attrs.to_json());
-    f.client.delete(format!("{}/{key}", f.prefix), None).await.unwrap();
+    f.client
+        .delete(format!("{}/{key}", f.prefix), None)
+        .await
+        .unwrap();
     match sm.renew_lease(&renewed).await {
         Err(SubnetError::LeaseLost { key: k }) => assert!(k.ends_with(&key)),
         other => panic!("expected LeaseLost, got {other:?}"),
@@ -109,46 +176,99 @@ async fn renew_moves_the_key_to_a_fresh_lease_and_fails_when_the_key_is_gone() {
 async fn restart_reuses_the_subnet_by_public_ip_then_by_previous_subnet() {
     let mut f = fixture(TUTORIAL).await;
     let c = cfg(TUTORIAL);
-    let first = f.manager(PreviousSubnets::default()).await.acquire_lease(&c, &attrs("10.0.0.52", "02:00:00:00:00:01")).await.unwrap();
+    let first = f
+        .manager(PreviousSubnets::default())
+        .await
+        .acquire_lease(&c, &attrs("10.0.0.52", "02:00:00:00:00:01"))
+        .await
+        .unwrap();
     // A restart with a new MAC: same subnet (found by PublicIP), value updated.
-    let again = f.manager(PreviousSubnets::default()).await.acquire_lease(&c, &attrs("10.0.0.52", "02:00:00:00:00:02")).await.unwrap();
+    let again = f
+        .manager(PreviousSubnets::default())
+        .await
+        .acquire_lease(&c, &attrs("10.0.0.52", "02:00:00:00:00:02"))
+        .await
+        .unwrap();
     assert_eq!(again.lease.subnet, first.lease.subnet);
     assert_eq!(f.subnet_keys().await.len(), 1, "no second lease");
     let key = format!("subnets/{}-24", first.lease.subnet.network());
     assert!(f.raw(&key).await.unwrap().0.contains("02:00:00:00:00:02"));
 
     // The key expired meanwhile (deleted here): the subnet from subnet.env is taken back.
-    f.client.delete(format!("{}/{key}", f.prefix), None).await.unwrap();
-    let prev = PreviousSubnets { subnet: Some(first.lease.subnet), ..Default::default() };
-    let third = f.manager(prev).await.acquire_lease(&c, &attrs("10.0.0.99", "02:00:00:00:00:03")).await.unwrap();
+    f.client
+        .delete(format!("{}/{key}", f.prefix), None)
+        .await
+        .unwrap();
+    let prev = PreviousSubnets {
+        subnet: Some(first.lease.subnet),
+        ..Default::default()
+    };
+    let third = f
+        .manager(prev)
+        .await
+        .acquire_lease(&c, &attrs("10.0.0.99", "02:00:00:00:00:03"))
+        .await
+        .unwrap();
     assert_eq!(third.lease.subnet, first.lease.subnet);
 
     // A previous subnet that another node holds now is not taken.
-    let prev = PreviousSubnets { subnet: Some(first.lease.subnet), ..Default::default() };
-    let fourth = f.manager(prev).await.acquire_lease(&c, &attrs("10.0.0.98", "02:00:00:00:00:04")).await.unwrap();
+    let prev = PreviousSubnets {
+        subnet: Some(first.lease.subnet),
+        ..Default::default()
+    };
+    let fourth = f
+        .manager(prev)
+        .await
+        .acquire_lease(&c, &attrs("10.0.0.98", "02:00:00:00:00:04"))
+        .await
+        .unwrap();
     assert_ne!(fourth.lease.subnet, first.lease.subnet);
 }
 
 #[tokio::test]
 async fn a_lost_race_tries_another_subnet() {
     let mut f = fixture(r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.0","SubnetMax":"10.5.2.0","Backend":{"Type":"vxlan"}}"#).await;
-    let c = cfg(r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.0","SubnetMax":"10.5.2.0","Backend":{"Type":"vxlan"}}"#);
+    let c = cfg(
+        r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.0","SubnetMax":"10.5.2.0","Backend":{"Type":"vxlan"}}"#,
+    );
     let sm = f.manager(PreviousSubnets::default()).await;
     // Our (stale) view: 10.5.2.0 is taken, so 10.5.1.0 looks free...
     let mut stale: Listing = sm.list().await.unwrap();
     stale.entries.push(flannel_subnet::etcd::Entry {
         key: "stale".into(),
-        lease: flannel_core::Lease { subnet: "10.5.2.0/24".parse().unwrap(), ipv6_subnet: None, attrs: attrs("10.0.0.70", "02:00:00:00:00:70") },
+        lease: flannel_core::Lease {
+            subnet: "10.5.2.0/24".parse().unwrap(),
+            ipv6_subnet: None,
+            attrs: attrs("10.0.0.70", "02:00:00:00:00:70"),
+        },
         etcd_lease: 1,
         mod_revision: 1,
     });
     // ...but another node wins 10.5.1.0 before our transaction.
-    f.put("subnets/10.5.1.0-24", r#"{"PublicIP":"10.0.0.71","PublicIPv6":null}"#).await;
-    let own = sm.acquire_from(&c, &attrs("10.0.0.72", "02:00:00:00:00:72"), Some(stale)).await.unwrap();
-    assert_eq!(own.lease.subnet.to_string(), "10.5.2.0/24", "lost the race for 10.5.1.0, took the other");
-    assert_eq!(f.raw("subnets/10.5.1.0-24").await.unwrap().0, r#"{"PublicIP":"10.0.0.71","PublicIPv6":null}"#, "winner untouched");
+    f.put(
+        "subnets/10.5.1.0-24",
+        r#"{"PublicIP":"10.0.0.71","PublicIPv6":null}"#,
+    )
+    .await;
+    let own = sm
+        .acquire_from(&c, &attrs("10.0.0.72", "02:00:00:00:00:72"), Some(stale))
+        .await
+        .unwrap();
+    assert_eq!(
+        own.lease.subnet.to_string(),
+        "10.5.2.0/24",
+        "lost the race for 10.5.1.0, took the other"
+    );
+    assert_eq!(
+        f.raw("subnets/10.5.1.0-24").await.unwrap().0,
+        r#"{"PublicIP":"10.0.0.71","PublicIPv6":null}"#,
+        "winner untouched"
+    );
     // Now the range is full.
-    let err = sm.acquire_lease(&c, &attrs("10.0.0.73", "02:00:00:00:00:73")).await.unwrap_err();
+    let err = sm
+        .acquire_lease(&c, &attrs("10.0.0.73", "02:00:00:00:00:73"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, SubnetError::OutOfSubnets), "{err}");
     assert!(err.to_string().contains("out of subnets"));
 }
@@ -159,17 +279,37 @@ async fn upstream_leases_are_understood_and_garbage_is_skipped() {
     // Exactly as upstream writes them (spec §3.1), plus a dual-stack key and junk.
     f.put("subnets/10.244.7.0-24", r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#).await;
     f.put("subnets/10.244.8.0-24&fd00:12:13::-56", r#"{"PublicIP":"192.168.64.4","PublicIPv6":"fd00::4","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:45"},"BackendV6Data":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:46"}}"#).await;
-    f.put("subnets/not-a-subnet", r#"{"PublicIP":"1.2.3.4"}"#).await;
+    f.put("subnets/not-a-subnet", r#"{"PublicIP":"1.2.3.4"}"#)
+        .await;
     f.put("subnets/10.244.9.0-24", "{garbage").await;
     let sm = f.manager(PreviousSubnets::default()).await;
     let l = sm.list().await.unwrap();
-    let subnets: Vec<String> = l.entries.iter().map(|e| e.lease.subnet.to_string()).collect();
+    let subnets: Vec<String> = l
+        .entries
+        .iter()
+        .map(|e| e.lease.subnet.to_string())
+        .collect();
     assert_eq!(subnets, ["10.244.7.0/24", "10.244.8.0/24"]);
-    assert_eq!(l.entries[1].lease.ipv6_subnet.unwrap().to_string(), "fd00:12:13::/56");
-    assert_eq!(l.entries[0].lease.attrs.to_json(), r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#);
+    assert_eq!(
+        l.entries[1].lease.ipv6_subnet.unwrap().to_string(),
+        "fd00:12:13::/56"
+    );
+    assert_eq!(
+        l.entries[0].lease.attrs.to_json(),
+        r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#
+    );
     // The unreadable lease is not routed to, but its subnet is never handed out or overwritten.
-    assert_eq!(l.unreadable.iter().map(|k| k.to_string()).collect::<Vec<_>>(), ["10.244.9.0-24"]);
-    let own = sm.acquire_lease(&cfg(TUTORIAL), &attrs("10.0.0.60", "02:00:00:00:00:60")).await.unwrap();
+    assert_eq!(
+        l.unreadable
+            .iter()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>(),
+        ["10.244.9.0-24"]
+    );
+    let own = sm
+        .acquire_lease(&cfg(TUTORIAL), &attrs("10.0.0.60", "02:00:00:00:00:60"))
+        .await
+        .unwrap();
     assert!(!["10.244.7.0/24", "10.244.8.0/24"].contains(&own.lease.subnet.to_string().as_str()));
     assert_eq!(f.raw("subnets/10.244.9.0-24").await.unwrap().0, "{garbage");
 }
@@ -191,7 +331,10 @@ async fn watch_sends_a_snapshot_then_adds_and_removes() {
         e => panic!("expected added, got {e:?}"),
     }
     f.put("subnets/bogus", "x").await; // skipped: no event
-    f.client.delete(format!("{}/subnets/10.244.7.0-24", f.prefix), None).await.unwrap();
+    f.client
+        .delete(format!("{}/subnets/10.244.7.0-24", f.prefix), None)
+        .await
+        .unwrap();
     match recv(&mut rx).await {
         LeaseEvent::Removed(k) => assert_eq!(k.to_string(), "10.244.7.0-24"),
         e => panic!("expected removed, got {e:?}"),
@@ -200,5 +343,8 @@ async fn watch_sends_a_snapshot_then_adds_and_removes() {
 }
 
 async fn recv(rx: &mut tokio::sync::mpsc::Receiver<LeaseEvent>) -> LeaseEvent {
-    tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("event within 5 s").expect("channel open")
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("event within 5 s")
+        .expect("channel open")
 }

@@ -52,7 +52,10 @@ fn routes(ns: &str) -> String {
 }
 
 fn fdb(ns: &str) -> String {
-    let o = std::process::Command::new("bridge").args(["-n", ns, "fdb", "show", "dev", "flannel.1"]).output().unwrap();
+    let o = std::process::Command::new("bridge")
+        .args(["-n", ns, "fdb", "show", "dev", "flannel.1"])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -62,7 +65,11 @@ fn neigh(ns: &str) -> String {
 
 fn vtep_mac(ns: &str) -> String {
     let l = ip(&["-n", ns, "-o", "link", "show", "flannel.1"]);
-    l.split("link/ether ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_string()
+    l.split("link/ether ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -73,22 +80,42 @@ fn three_nodes_all_pods_reach_each_other_and_nodes_show_the_tutorial_state() {
     assert_eq!(m.pairs(), 30);
 
     for n in &lab.state.nodes {
-        let env = std::fs::read_to_string(lab.state.state_dir.join(&n.name).join("subnet.env")).unwrap();
+        let env =
+            std::fs::read_to_string(lab.state.state_dir.join(&n.name).join("subnet.env")).unwrap();
         let first_host = n.subnet.replace(".0/24", ".1/24");
         assert_eq!(env, format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={first_host}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"));
         let link = ip(&["-n", &n.netns, "-d", "link", "show", "flannel.1"]);
-        assert!(link.contains("mtu 1450") && link.contains("vxlan id 1") && link.contains(&format!("local {}", n.ip)), "{link}");
-        assert!(link.contains("dstport 8472") && link.contains("nolearning"), "{link}");
+        assert!(
+            link.contains("mtu 1450")
+                && link.contains("vxlan id 1")
+                && link.contains(&format!("local {}", n.ip)),
+            "{link}"
+        );
+        assert!(
+            link.contains("dstport 8472") && link.contains("nolearning"),
+            "{link}"
+        );
         let addr = ip(&["-n", &n.netns, "addr", "show", "flannel.1"]);
-        assert!(addr.contains(&format!("inet {}/32", n.subnet.trim_end_matches("/24"))), "{addr}");
+        assert!(
+            addr.contains(&format!("inet {}/32", n.subnet.trim_end_matches("/24"))),
+            "{addr}"
+        );
         let (r, f) = (routes(&n.netns), fdb(&n.netns));
         for peer in lab.state.nodes.iter().filter(|p| p.name != n.name) {
             let gw = peer.subnet.trim_end_matches("/24");
             let want = format!("{} via {gw} dev flannel.1 ", peer.subnet);
-            let line = r.lines().find(|l| l.starts_with(&want)).unwrap_or_else(|| panic!("{} lacks a route to {}:\n{r}", n.name, peer.name));
+            let line = r
+                .lines()
+                .find(|l| l.starts_with(&want))
+                .unwrap_or_else(|| panic!("{} lacks a route to {}:\n{r}", n.name, peer.name));
             assert!(line.contains("onlink"), "{line}");
             let mac = vtep_mac(&peer.netns);
-            assert!(f.contains(&format!("{mac} dst {} self permanent", peer.ip)), "{} fdb lacks {}:\n{f}", n.name, peer.name);
+            assert!(
+                f.contains(&format!("{mac} dst {} self permanent", peer.ip)),
+                "{} fdb lacks {}:\n{f}",
+                n.name,
+                peer.name
+            );
             assert!(neigh(&n.netns).contains(&format!("{gw} lladdr {mac} PERMANENT")));
         }
     }
@@ -103,7 +130,12 @@ fn three_nodes_all_pods_reach_each_other_and_nodes_show_the_tutorial_state() {
     let removed = down(&lab.name, lab.root.path()).unwrap();
     assert_eq!(removed.len(), 1 + 3 + 6);
     let left = ip(&["netns", "list"]);
-    assert!(!left.lines().any(|l| l.starts_with(&format!("{}-", lab.name))), "{left}");
+    assert!(
+        !left
+            .lines()
+            .any(|l| l.starts_with(&format!("{}-", lab.name))),
+        "{left}"
+    );
     assert!(!lab.state.state_dir.exists());
 }
 
@@ -121,21 +153,52 @@ fn a_peer_added_and_removed_in_etcd_reaches_and_leaves_the_kernel_within_5s() {
             && neigh(&ns).contains("10.244.200.0 lladdr c6:d2:32:6f:8f:44 PERMANENT")
     };
     let took = eventually(Duration::from_secs(5), programmed);
-    assert!(took.is_some(), "peer not programmed within 5 s:\n{}\n{}", routes(&ns), fdb(&ns));
+    assert!(
+        took.is_some(),
+        "peer not programmed within 5 s:\n{}\n{}",
+        routes(&ns),
+        fdb(&ns)
+    );
 
     // A lease of another backend type is skipped, not routed.
-    etcd_put(&lab.state, "/coreos.com/network/subnets/10.244.201.0-24", r#"{"PublicIP":"10.0.0.98","PublicIPv6":null,"BackendType":"host-gw"}"#).unwrap();
+    etcd_put(
+        &lab.state,
+        "/coreos.com/network/subnets/10.244.201.0-24",
+        r#"{"PublicIP":"10.0.0.98","PublicIPv6":null,"BackendType":"host-gw"}"#,
+    )
+    .unwrap();
     // State deleted by hand comes back on the next resync.
     ip(&["-n", &ns, "route", "del", "10.244.200.0/24"]);
-    ip(&["-n", &ns, "neigh", "del", "10.244.200.0", "dev", "flannel.1"]);
-    assert!(eventually(Duration::from_secs(5), programmed).is_some(), "hand-deleted state not restored");
-    assert!(!routes(&ns).contains("10.244.201.0"), "host-gw lease must not get a vxlan route");
+    ip(&[
+        "-n",
+        &ns,
+        "neigh",
+        "del",
+        "10.244.200.0",
+        "dev",
+        "flannel.1",
+    ]);
+    assert!(
+        eventually(Duration::from_secs(5), programmed).is_some(),
+        "hand-deleted state not restored"
+    );
+    assert!(
+        !routes(&ns).contains("10.244.201.0"),
+        "host-gw lease must not get a vxlan route"
+    );
 
     etcd_del(&lab.state, key).unwrap();
     let gone = eventually(Duration::from_secs(5), || {
-        !routes(&ns).contains("10.244.200.0") && !fdb(&ns).contains("c6:d2:32:6f:8f:44") && !neigh(&ns).contains("10.244.200.0")
+        !routes(&ns).contains("10.244.200.0")
+            && !fdb(&ns).contains("c6:d2:32:6f:8f:44")
+            && !neigh(&ns).contains("10.244.200.0")
     });
-    assert!(gone.is_some(), "peer not removed within 5 s:\n{}\n{}", routes(&ns), fdb(&ns));
+    assert!(
+        gone.is_some(),
+        "peer not removed within 5 s:\n{}\n{}",
+        routes(&ns),
+        fdb(&ns)
+    );
 }
 
 #[test]
@@ -147,20 +210,40 @@ fn restart_keeps_subnet_mac_and_kernel_state_and_our_lease_is_in_upstream_format
     let value = etcd_get(&lab.state, &key).unwrap();
     assert_eq!(
         value.trim(),
-        format!(r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#, n.ip)
+        format!(
+            r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#,
+            n.ip
+        )
     );
     let before = routes(&n.netns);
     stop_flanneld(n).unwrap();
-    assert_eq!(routes(&n.netns), before, "a clean shutdown keeps the routes");
-    assert!(flannel_lab::ping::ping(&lab.state.nodes[0].pods[0].netns, &n.pods[0].ip), "data plane works while flanneld is down");
+    assert_eq!(
+        routes(&n.netns),
+        before,
+        "a clean shutdown keeps the routes"
+    );
+    assert!(
+        flannel_lab::ping::ping(&lab.state.nodes[0].pods[0].netns, &n.pods[0].ip),
+        "data plane works while flanneld is down"
+    );
     start_flanneld(n).unwrap();
     // Restarted: same subnet (subnet.env rewritten with it), same MAC, same lease value.
     let env = lab.state.state_dir.join(&n.name).join("subnet.env");
     let same = eventually(Duration::from_secs(10), || {
-        std::fs::read_to_string(&env).unwrap_or_default().contains(&n.subnet.replace(".0/24", ".1/24"))
-            && std::fs::read_to_string(&n.log).unwrap_or_default().matches("flannel is ready").count() == 2
+        std::fs::read_to_string(&env)
+            .unwrap_or_default()
+            .contains(&n.subnet.replace(".0/24", ".1/24"))
+            && std::fs::read_to_string(&n.log)
+                .unwrap_or_default()
+                .matches("flannel is ready")
+                .count()
+                == 2
     });
-    assert!(same.is_some(), "restart did not come back with the same subnet:\n{}", std::fs::read_to_string(&n.log).unwrap_or_default());
+    assert!(
+        same.is_some(),
+        "restart did not come back with the same subnet:\n{}",
+        std::fs::read_to_string(&n.log).unwrap_or_default()
+    );
     assert_eq!(vtep_mac(&n.netns), mac);
     assert_eq!(etcd_get(&lab.state, &key).unwrap().trim(), value.trim());
     assert_eq!(routes(&n.netns), before);

@@ -8,14 +8,20 @@ use serde_json::{json, Map, Value};
 pub fn validate(d: &Map<String, Value>) -> Result<(), String> {
     if let Some(t) = d.get("type") {
         if !t.is_string() {
-            return Err("'delegate' dictionary, if present, must have (string) 'type' field".into());
+            return Err(
+                "'delegate' dictionary, if present, must have (string) 'type' field".into(),
+            );
         }
     }
     if d.contains_key("name") {
-        return Err("'delegate' dictionary must not have 'name' field, it'll be set by flannel".into());
+        return Err(
+            "'delegate' dictionary must not have 'name' field, it'll be set by flannel".into(),
+        );
     }
     if d.contains_key("ipam") {
-        return Err("'delegate' dictionary must not have 'ipam' field, it'll be set by flannel".into());
+        return Err(
+            "'delegate' dictionary must not have 'ipam' field, it'll be set by flannel".into(),
+        );
     }
     Ok(())
 }
@@ -30,7 +36,8 @@ pub fn build(conf: &NetConf, env: &PluginSubnetEnv) -> Result<Map<String, Value>
     }
     d.insert("name".into(), json!(conf.name));
     d.entry("type").or_insert(json!("bridge"));
-    d.entry("ipMasq").or_insert(json!(!env.ipmasq.unwrap_or(false)));
+    d.entry("ipMasq")
+        .or_insert(json!(!env.ipmasq.unwrap_or(false)));
     if let Some(mtu) = env.mtu {
         d.entry("mtu").or_insert(json!(mtu));
     }
@@ -51,9 +58,17 @@ pub fn build(conf: &NetConf, env: &PluginSubnetEnv) -> Result<Map<String, Value>
         ranges.push(json!([{"subnet": s.to_string()}]));
     }
     ipam.insert("ranges".into(), Value::Array(ranges));
-    let mut routes: Vec<Value> = ipam.get("routes").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut routes: Vec<Value> = ipam
+        .get("routes")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     routes.extend(env.networks.iter().map(|n| json!({"dst": n.to_string()})));
-    routes.extend(env.ipv6_networks.iter().map(|n| json!({"dst": n.to_string()})));
+    routes.extend(
+        env.ipv6_networks
+            .iter()
+            .map(|n| json!({"dst": n.to_string()})),
+    );
     ipam.insert("routes".into(), Value::Array(routes));
     d.insert("ipam".into(), Value::Object(ipam));
     Ok(d)
@@ -89,7 +104,10 @@ mod tests {
         assert_eq!(d["cniVersion"], "0.3.1");
         assert_eq!(d["runtimeConfig"], json!({"portMappings":[]}));
         assert_eq!(d["ipam"]["type"], "my-ipam");
-        assert_eq!(d["ipam"]["routes"], json!([{"dst":"192.168.0.0/16"},{"dst":"10.1.0.0/16"}]));
+        assert_eq!(
+            d["ipam"]["routes"],
+            json!([{"dst":"192.168.0.0/16"},{"dst":"10.1.0.0/16"}])
+        );
     }
 
     #[test]
@@ -99,8 +117,15 @@ mod tests {
             (r#"{"name":"x"}"#, "must not have 'name'"),
             (r#"{"ipam":{}}"#, "must not have 'ipam'"),
         ] {
-            let conf = NetConf::parse(format!(r#"{{"name":"n","delegate":{delegate}}}"#).as_bytes()).unwrap();
-            assert!(build(&conf, &parse("f", ENV).unwrap()).unwrap_err().contains(want), "{delegate}");
+            let conf =
+                NetConf::parse(format!(r#"{{"name":"n","delegate":{delegate}}}"#).as_bytes())
+                    .unwrap();
+            assert!(
+                build(&conf, &parse("f", ENV).unwrap())
+                    .unwrap_err()
+                    .contains(want),
+                "{delegate}"
+            );
         }
     }
 }

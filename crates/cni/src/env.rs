@@ -24,7 +24,9 @@ fn valid_ifname(n: &str) -> bool {
         && n.len() <= 15
         && n != "."
         && n != ".."
-        && !n.bytes().any(|c| c == b'/' || c == b':' || c.is_ascii_whitespace())
+        && !n
+            .bytes()
+            .any(|c| c == b'/' || c == b':' || c.is_ascii_whitespace())
 }
 
 impl CniEnv {
@@ -46,15 +48,21 @@ impl CniEnv {
         };
         let missing: Vec<&str> = needs.iter().copied().filter(|k| g(k).is_empty()).collect();
         if !missing.is_empty() {
-            return Err(CniError::new(code::INVALID_ENV, format!("required env variables [{}] missing", missing.join(","))));
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                format!("required env variables [{}] missing", missing.join(",")),
+            ));
         }
         if !needs.is_empty() {
             if !valid_container_id(&e.container_id) {
-                return Err(CniError::new(code::INVALID_ENV, "invalid characters in containerID")
-                    .with_details(e.container_id.clone()));
+                return Err(
+                    CniError::new(code::INVALID_ENV, "invalid characters in containerID")
+                        .with_details(e.container_id.clone()),
+                );
             }
             if !valid_ifname(&e.ifname) {
-                return Err(CniError::new(code::INVALID_ENV, "invalid interface name").with_details(e.ifname.clone()));
+                return Err(CniError::new(code::INVALID_ENV, "invalid interface name")
+                    .with_details(e.ifname.clone()));
             }
         }
         Ok(e)
@@ -67,7 +75,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn env(pairs: &[(&str, &str)]) -> Result<CniEnv, CniError> {
-        let m: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         CniEnv::from_env(&|k| m.get(k).cloned())
     }
 
@@ -75,20 +86,41 @@ mod tests {
     fn add_needs_everything() {
         let e = env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "abc")]).unwrap_err();
         assert_eq!(e.code, 4);
-        assert_eq!(e.msg, "required env variables [CNI_NETNS,CNI_IFNAME,CNI_PATH] missing");
-        let ok = env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "abc-1.2_x"), ("CNI_IFNAME", "eth0"), ("CNI_PATH", "/x")]);
+        assert_eq!(
+            e.msg,
+            "required env variables [CNI_NETNS,CNI_IFNAME,CNI_PATH] missing"
+        );
+        let ok = env(&[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "abc-1.2_x"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/x"),
+        ]);
         assert!(ok.is_ok());
     }
 
     #[test]
     fn unsafe_ids_and_names_are_refused() {
-        let base = [("CNI_COMMAND", "DEL"), ("CNI_IFNAME", "eth0"), ("CNI_PATH", "/x")];
+        let base = [
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/x"),
+        ];
         for bad in ["../etc", "-x", "a/b", "a b"] {
             let mut v = base.to_vec();
             v.push(("CNI_CONTAINERID", bad));
-            assert_eq!(env(&v).unwrap_err().msg, "invalid characters in containerID", "{bad}");
+            assert_eq!(
+                env(&v).unwrap_err().msg,
+                "invalid characters in containerID",
+                "{bad}"
+            );
         }
-        let e = env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c"), ("CNI_IFNAME", "a/b"), ("CNI_PATH", "/x")]);
+        let e = env(&[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "c"),
+            ("CNI_IFNAME", "a/b"),
+            ("CNI_PATH", "/x"),
+        ]);
         assert_eq!(e.unwrap_err().msg, "invalid interface name");
     }
 }

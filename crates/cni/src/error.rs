@@ -27,7 +27,12 @@ pub struct CniError {
 
 impl CniError {
     pub fn new(code: u32, msg: impl Into<String>) -> Self {
-        Self { code, msg: msg.into(), details: String::new(), raw: None }
+        Self {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+            raw: None,
+        }
     }
 
     pub fn with_details(mut self, d: impl Into<String>) -> Self {

@@ -13,7 +13,9 @@ pub mod subnet_env;
 pub use error::CniError;
 
 /// CNI spec versions this plugin speaks (those of CNI library v1.3.0).
-pub const SUPPORTED_VERSIONS: &[&str] = &["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+pub const SUPPORTED_VERSIONS: &[&str] = &[
+    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+];
 
 pub fn main() -> std::process::ExitCode {
     plugin::main()

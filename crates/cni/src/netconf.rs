@@ -26,18 +26,41 @@ fn bad(msg: String) -> CniError {
 
 impl NetConf {
     pub fn parse(stdin: &[u8]) -> Result<Self, CniError> {
-        let v: Value = serde_json::from_slice(stdin).map_err(|e| bad(format!("failed to load netconf: {e}")))?;
-        let m = v.as_object().ok_or_else(|| bad("failed to load netconf: not a JSON object".into()))?;
+        let v: Value = serde_json::from_slice(stdin)
+            .map_err(|e| bad(format!("failed to load netconf: {e}")))?;
+        let m = v
+            .as_object()
+            .ok_or_else(|| bad("failed to load netconf: not a JSON object".into()))?;
         let o = CiObject::new(m);
-        let field = |e: flannel_core::json_ci::FieldError| bad(format!("failed to load netconf: {e}"));
+        let field =
+            |e: flannel_core::json_ci::FieldError| bad(format!("failed to load netconf: {e}"));
         let obj = |k: &str| -> Result<Option<Map<String, Value>>, CniError> {
-            Ok(o.object(k).map_err(field)?.map(|_| o.get(k).and_then(Value::as_object).cloned().unwrap_or_default()))
+            Ok(o.object(k).map_err(field)?.map(|_| {
+                o.get(k)
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default()
+            }))
         };
         Ok(Self {
-            cni_version: o.str("cniVersion").map_err(field)?.unwrap_or("").to_string(),
+            cni_version: o
+                .str("cniVersion")
+                .map_err(field)?
+                .unwrap_or("")
+                .to_string(),
             name: o.str("name").map_err(field)?.unwrap_or("").to_string(),
-            subnet_file: o.str("subnetFile").map_err(field)?.filter(|s| !s.is_empty()).unwrap_or(DEFAULT_SUBNET_FILE).to_string(),
-            data_dir: o.str("dataDir").map_err(field)?.filter(|s| !s.is_empty()).unwrap_or(DEFAULT_DATA_DIR).to_string(),
+            subnet_file: o
+                .str("subnetFile")
+                .map_err(field)?
+                .filter(|s| !s.is_empty())
+                .unwrap_or(DEFAULT_SUBNET_FILE)
+                .to_string(),
+            data_dir: o
+                .str("dataDir")
+                .map_err(field)?
+                .filter(|s| !s.is_empty())
+                .unwrap_or(DEFAULT_DATA_DIR)
+                .to_string(),
             delegate: obj("delegate")?,
             ipam: obj("ipam")?,
             runtime_config: o.get("runtimeConfig").cloned(),
@@ -47,12 +70,18 @@ impl NetConf {
 
     /// Fails with CNI code 1 when the config asks for a spec version we do not speak.
     pub fn check_version(&self) -> Result<(), CniError> {
-        if self.cni_version.is_empty() || crate::SUPPORTED_VERSIONS.contains(&self.cni_version.as_str()) {
+        if self.cni_version.is_empty()
+            || crate::SUPPORTED_VERSIONS.contains(&self.cni_version.as_str())
+        {
             return Ok(());
         }
         Err(CniError::new(
             code::INCOMPATIBLE_VERSION,
-            format!("incompatible CNI versions: config is {:?}, plugin supports {:?}", self.cni_version, crate::SUPPORTED_VERSIONS),
+            format!(
+                "incompatible CNI versions: config is {:?}, plugin supports {:?}",
+                self.cni_version,
+                crate::SUPPORTED_VERSIONS
+            ),
         ))
     }
 }
@@ -69,7 +98,10 @@ mod tests {
         assert_eq!(c.data_dir, DEFAULT_DATA_DIR);
         assert_eq!(c.delegate.unwrap()["hairpinMode"], true);
         let c = NetConf::parse(br#"{"name":"n","subnetFile":"/x/env","dataDir":"/d"}"#).unwrap();
-        assert_eq!((c.subnet_file.as_str(), c.data_dir.as_str()), ("/x/env", "/d"));
+        assert_eq!(
+            (c.subnet_file.as_str(), c.data_dir.as_str()),
+            ("/x/env", "/d")
+        );
     }
 
     #[test]
@@ -77,7 +109,17 @@ mod tests {
         let e = NetConf::parse(b"{nope").unwrap_err();
         assert_eq!(e.code, 6);
         assert!(e.msg.starts_with("failed to load netconf"));
-        assert!(NetConf::parse(br#"{"delegate":"bridge"}"#).unwrap_err().msg.contains("delegate"));
-        assert_eq!(NetConf::parse(br#"{"cniVersion":"9.9.9"}"#).unwrap().check_version().unwrap_err().code, 1);
+        assert!(NetConf::parse(br#"{"delegate":"bridge"}"#)
+            .unwrap_err()
+            .msg
+            .contains("delegate"));
+        assert_eq!(
+            NetConf::parse(br#"{"cniVersion":"9.9.9"}"#)
+                .unwrap()
+                .check_version()
+                .unwrap_err()
+                .code,
+            1
+        );
     }
 }

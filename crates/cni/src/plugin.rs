@@ -15,15 +15,26 @@ use std::process::ExitCode;
 pub fn main() -> ExitCode {
     let get = |k: &str| std::env::var(k).ok();
     if get("CNI_COMMAND").unwrap_or_default().is_empty() {
-        eprintln!("CNI Plugin flannel version {} (linux/{}) (flannel-rs)", flannel_core::VERSION, std::env::consts::ARCH);
-        eprintln!("CNI protocol versions supported: {}", SUPPORTED_VERSIONS.join(", "));
+        eprintln!(
+            "CNI Plugin flannel version {} (linux/{}) (flannel-rs)",
+            flannel_core::VERSION,
+            std::env::consts::ARCH
+        );
+        eprintln!(
+            "CNI protocol versions supported: {}",
+            SUPPORTED_VERSIONS.join(", ")
+        );
         return ExitCode::SUCCESS;
     }
     let mut stdin = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut stdin);
     let version = serde_json::from_slice::<Value>(&stdin)
         .ok()
-        .and_then(|v| v.get("cniVersion").and_then(|x| x.as_str()).map(String::from))
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(|x| x.as_str())
+                .map(String::from)
+        })
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| "1.1.0".into());
     match run(&get, &stdin) {
@@ -42,9 +53,15 @@ pub fn main() -> ExitCode {
 pub fn run(get: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Vec<u8>, CniError> {
     let env = CniEnv::from_env(get)?;
     if env.command == "VERSION" {
-        let v = NetConf::parse(stdin).map(|c| c.cni_version).unwrap_or_default();
+        let v = NetConf::parse(stdin)
+            .map(|c| c.cni_version)
+            .unwrap_or_default();
         let v = if v.is_empty() { "1.1.0".to_string() } else { v };
-        return Ok(json!({"cniVersion": v, "supportedVersions": SUPPORTED_VERSIONS}).to_string().into_bytes());
+        return Ok(
+            json!({"cniVersion": v, "supportedVersions": SUPPORTED_VERSIONS})
+                .to_string()
+                .into_bytes(),
+        );
     }
     let conf = NetConf::parse(stdin)?;
     conf.check_version()?;
@@ -52,7 +69,10 @@ pub fn run(get: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Vec<u8>
         "ADD" => cmd_add(&env, &conf),
         "DEL" => cmd_del(&env, &conf),
         "CHECK" => cmd_check(&env, &conf),
-        other => Err(CniError::new(code::INVALID_ENV, format!("unknown CNI_COMMAND: {other}"))),
+        other => Err(CniError::new(
+            code::INVALID_ENV,
+            format!("unknown CNI_COMMAND: {other}"),
+        )),
     }
 }
 
@@ -81,8 +101,10 @@ fn save(path: &Path, data: &[u8]) -> Result<(), CniError> {
         .mode(0o600)
         .open(path)
         .map_err(io_err(format!("writing {}", path.display())))?;
-    f.write_all(data).map_err(io_err(format!("writing {}", path.display())))?;
-    f.sync_all().map_err(io_err(format!("syncing {}", path.display())))
+    f.write_all(data)
+        .map_err(io_err(format!("writing {}", path.display())))?;
+    f.sync_all()
+        .map_err(io_err(format!("syncing {}", path.display())))
 }
 
 fn cmd_add(env: &CniEnv, conf: &NetConf) -> Result<Vec<u8>, CniError> {
@@ -92,11 +114,19 @@ fn cmd_add(env: &CniEnv, conf: &NetConf) -> Result<Vec<u8>, CniError> {
             format!("failed to load flannel 'subnet.env' file: open {}: {e}. Check the flannel pod log for this node.", conf.subnet_file),
         )
     })?;
-    let senv = subnet_env::parse(&conf.subnet_file, &text).map_err(|m| CniError::new(code::INVALID_CONFIG, m))?;
+    let senv = subnet_env::parse(&conf.subnet_file, &text)
+        .map_err(|m| CniError::new(code::INVALID_CONFIG, m))?;
     let d = delegate::build(conf, &senv).map_err(|m| CniError::new(code::INVALID_CONFIG, m))?;
-    let plugin = d.get("type").and_then(Value::as_str).unwrap_or("bridge").to_string();
+    let plugin = d
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("bridge")
+        .to_string();
     let bytes = Value::Object(d).to_string().into_bytes();
-    eprintln!("delegateAdd: netconf sent to delegate plugin:\n{}", String::from_utf8_lossy(&bytes));
+    eprintln!(
+        "delegateAdd: netconf sent to delegate plugin:\n{}",
+        String::from_utf8_lossy(&bytes)
+    );
     let path = stored_path(conf, env);
     save(&path, &bytes)?;
     match invoke::run(&env.path, &plugin, "ADD", &bytes) {
@@ -122,26 +152,74 @@ fn cmd_del(env: &CniEnv, conf: &NetConf) -> Result<Vec<u8>, CniError> {
     let stored: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("flannel: stored delegate config {} is unreadable ({e}); nothing to undo", path.display());
+            eprintln!(
+                "flannel: stored delegate config {} is unreadable ({e}); nothing to undo",
+                path.display()
+            );
             return Ok(Vec::new());
         }
     };
-    let plugin = stored.get("type").and_then(Value::as_str).unwrap_or("bridge").to_string();
+    let plugin = stored
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("bridge")
+        .to_string();
     invoke::run(&env.path, &plugin, "DEL", &bytes)?;
     std::fs::remove_file(&path).map_err(io_err(format!("removing {}", path.display())))?;
     Ok(Vec::new())
 }
 
+/// CHECK: the container must have been added by us, and the node's subnet must still be the one
+/// its address came from. The delegate's CHECK is not called: Debian's bridge 1.1.1 rejects the
+/// gateway routes host-local installs ("Expected Route ... not found"), so it fails healthy pods.
 fn cmd_check(env: &CniEnv, conf: &NetConf) -> Result<Vec<u8>, CniError> {
+    if ["0.1.0", "0.2.0", "0.3.0", "0.3.1"].contains(&conf.cni_version.as_str()) {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            "config version does not allow CHECK",
+        ));
+    }
     let path = stored_path(conf, env);
     let bytes = std::fs::read(&path).map_err(|e| {
-        CniError::new(code::IO_FAILURE, format!("no stored delegate config for container {}: {}: {e}", env.container_id, path.display()))
+        CniError::new(
+            3,
+            format!(
+                "container {} was not added by flannel: {}: {e}",
+                env.container_id,
+                path.display()
+            ),
+        )
     })?;
-    let mut stored: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| CniError::new(code::DECODE_FAILURE, format!("stored delegate config {} is unreadable: {e}", path.display())))?;
-    if let Some(prev) = &conf.prev_result {
-        stored["prevResult"] = prev.clone();
+    let stored: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        CniError::new(
+            code::DECODE_FAILURE,
+            format!(
+                "stored delegate config {} is unreadable: {e}",
+                path.display()
+            ),
+        )
+    })?;
+    let text = std::fs::read_to_string(&conf.subnet_file).map_err(|e| {
+        CniError::new(
+            code::TRY_AGAIN_LATER,
+            format!(
+                "failed to load flannel 'subnet.env' file: open {}: {e}",
+                conf.subnet_file
+            ),
+        )
+    })?;
+    let senv = subnet_env::parse(&conf.subnet_file, &text)
+        .map_err(|m| CniError::new(code::INVALID_CONFIG, m))?;
+    let was = stored["ipam"]["ranges"][0][0]["subnet"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let now = senv.subnet.map(|s| s.to_string()).unwrap_or_default();
+    if was != now {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!("the node's flannel subnet changed from {was} to {now} since container {} was added", env.container_id),
+        ));
     }
-    let plugin = stored.get("type").and_then(Value::as_str).unwrap_or("bridge").to_string();
-    invoke::run(&env.path, &plugin, "CHECK", stored.to_string().as_bytes())
+    Ok(Vec::new())
 }

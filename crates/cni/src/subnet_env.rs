@@ -23,22 +23,44 @@ fn push_unique<T: PartialEq>(v: &mut Vec<T>, x: T) {
 pub fn parse(file: &str, text: &str) -> Result<PluginSubnetEnv, String> {
     let mut e = PluginSubnetEnv::default();
     for line in text.lines() {
-        let Some((k, v)) = line.split_once('=') else { continue };
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
         let bad = |what: &str| format!("{file}: {k}={v:?}: {what}");
         match k {
             "FLANNEL_NETWORK" => {
                 for p in v.split(',') {
-                    push_unique(&mut e.networks, p.parse::<Ipv4Net>().map_err(|_| bad("invalid IPv4 CIDR"))?.trunc());
+                    push_unique(
+                        &mut e.networks,
+                        p.parse::<Ipv4Net>()
+                            .map_err(|_| bad("invalid IPv4 CIDR"))?
+                            .trunc(),
+                    );
                 }
             }
             "FLANNEL_IPV6_NETWORK" => {
                 for p in v.split(',') {
-                    push_unique(&mut e.ipv6_networks, p.parse::<Ipv6Net>().map_err(|_| bad("invalid IPv6 CIDR"))?.trunc());
+                    push_unique(
+                        &mut e.ipv6_networks,
+                        p.parse::<Ipv6Net>()
+                            .map_err(|_| bad("invalid IPv6 CIDR"))?
+                            .trunc(),
+                    );
                 }
             }
-            "FLANNEL_SUBNET" => e.subnet = Some(v.parse::<Ipv4Net>().map_err(|_| bad("invalid IPv4 CIDR"))?.trunc()),
+            "FLANNEL_SUBNET" => {
+                e.subnet = Some(
+                    v.parse::<Ipv4Net>()
+                        .map_err(|_| bad("invalid IPv4 CIDR"))?
+                        .trunc(),
+                )
+            }
             "FLANNEL_IPV6_SUBNET" => {
-                e.ipv6_subnet = Some(v.parse::<Ipv6Net>().map_err(|_| bad("invalid IPv6 CIDR"))?.trunc())
+                e.ipv6_subnet = Some(
+                    v.parse::<Ipv6Net>()
+                        .map_err(|_| bad("invalid IPv6 CIDR"))?
+                        .trunc(),
+                )
             }
             "FLANNEL_MTU" => e.mtu = Some(v.parse().map_err(|_| bad("not an unsigned integer"))?),
             "FLANNEL_IPMASQ" => e.ipmasq = Some(v == "true"),
@@ -87,7 +109,11 @@ mod tests {
             parse("/run/flannel/subnet.env", "FLANNEL_MTU=1450\n").unwrap_err(),
             "/run/flannel/subnet.env is missing FLANNEL_NETWORK, FLANNEL_IPV6_NETWORK, FLANNEL_SUBNET, FLANNEL_IPV6_SUBNET, FLANNEL_IPMASQ"
         );
-        assert!(parse("f", "FLANNEL_MTU=big\n").unwrap_err().contains("FLANNEL_MTU"));
-        assert!(parse("f", "FLANNEL_SUBNET=10.1.1\n").unwrap_err().contains("FLANNEL_SUBNET"));
+        assert!(parse("f", "FLANNEL_MTU=big\n")
+            .unwrap_err()
+            .contains("FLANNEL_MTU"));
+        assert!(parse("f", "FLANNEL_SUBNET=10.1.1\n")
+            .unwrap_err()
+            .contains("FLANNEL_SUBNET"));
     }
 }

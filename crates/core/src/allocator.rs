@@ -58,7 +58,10 @@ mod tests {
     use crate::subnet::u128_to_v4;
 
     fn range(net: &str) -> SubnetRange {
-        NetworkConfig::parse_and_check(net).unwrap().v4_range().unwrap()
+        NetworkConfig::parse_and_check(net)
+            .unwrap()
+            .v4_range()
+            .unwrap()
     }
 
     #[test]
@@ -83,7 +86,10 @@ mod tests {
     fn exhausted_range_gives_none_and_pick_stays_in_range() {
         let r = range(r#"{"Network":"10.0.0.0/28"}"#);
         // /28 network → /30 subnets from .4 to .12: three candidates.
-        let all: Vec<(u128, u8)> = free_candidates(&r, &[], 100).into_iter().map(|b| (b, 30)).collect();
+        let all: Vec<(u128, u8)> = free_candidates(&r, &[], 100)
+            .into_iter()
+            .map(|b| (b, 30))
+            .collect();
         assert_eq!(all.len(), 3);
         assert_eq!(pick_free(&r, &all), None);
         for _ in 0..20 {

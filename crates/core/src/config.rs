@@ -2,7 +2,9 @@
 //! JSON rules and the validation and defaulting of upstream's `CheckNetworkConfig`.
 
 use crate::json_ci::{CiObject, FieldError};
-use crate::subnet::{block_size, mask, u128_to_v4, u128_to_v6, v4_to_u128, v6_to_u128, SubnetRange};
+use crate::subnet::{
+    block_size, mask, u128_to_v4, u128_to_v6, v4_to_u128, v6_to_u128, SubnetRange,
+};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::Value;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -16,9 +18,17 @@ pub enum ConfigError {
     #[error("network config: {0}")]
     Field(#[from] FieldError),
     #[error("network config: {key}: invalid {family} CIDR format: {value:?}")]
-    InvalidCidr { key: &'static str, family: &'static str, value: String },
+    InvalidCidr {
+        key: &'static str,
+        family: &'static str,
+        value: String,
+    },
     #[error("network config: {key}: invalid {family} address: {value:?}")]
-    InvalidIp { key: &'static str, family: &'static str, value: String },
+    InvalidIp {
+        key: &'static str,
+        family: &'static str,
+        value: String,
+    },
     /// One of upstream's validation messages, verbatim.
     #[error("{0}")]
     Invalid(String),
@@ -70,7 +80,10 @@ impl NetworkConfig {
             Value::Null => "udp".to_string(),
             Value::Object(m) => CiObject::new(m)
                 .str("Type")
-                .map_err(|e| FieldError { key: format!("Backend.{}", e.key), ..e })?
+                .map_err(|e| FieldError {
+                    key: format!("Backend.{}", e.key),
+                    ..e
+                })?
                 .unwrap_or("")
                 .to_ascii_lowercase(),
             other => {
@@ -198,23 +211,37 @@ fn clamp_len(v: u64) -> u8 {
 fn parse_v4_cidr(key: &'static str, s: &str) -> Result<Ipv4Net, ConfigError> {
     s.parse::<Ipv4Net>()
         .map(|n| n.trunc())
-        .map_err(|_| ConfigError::InvalidCidr { key, family: "IPv4", value: s.into() })
+        .map_err(|_| ConfigError::InvalidCidr {
+            key,
+            family: "IPv4",
+            value: s.into(),
+        })
 }
 
 fn parse_v6_cidr(key: &'static str, s: &str) -> Result<Ipv6Net, ConfigError> {
     s.parse::<Ipv6Net>()
         .map(|n| n.trunc())
-        .map_err(|_| ConfigError::InvalidCidr { key, family: "IPv6", value: s.into() })
+        .map_err(|_| ConfigError::InvalidCidr {
+            key,
+            family: "IPv6",
+            value: s.into(),
+        })
 }
 
 fn parse_v4(key: &'static str, s: &str) -> Result<Ipv4Addr, ConfigError> {
-    s.parse()
-        .map_err(|_| ConfigError::InvalidIp { key, family: "IPv4", value: s.into() })
+    s.parse().map_err(|_| ConfigError::InvalidIp {
+        key,
+        family: "IPv4",
+        value: s.into(),
+    })
 }
 
 fn parse_v6(key: &'static str, s: &str) -> Result<Ipv6Addr, ConfigError> {
-    s.parse()
-        .map_err(|_| ConfigError::InvalidIp { key, family: "IPv6", value: s.into() })
+    s.parse().map_err(|_| ConfigError::InvalidIp {
+        key,
+        family: "IPv6",
+        value: s.into(),
+    })
 }
 
 /// The per-family constants of upstream's checks.
@@ -268,7 +295,11 @@ fn check_family(
     let invalid = |m: String| Err(ConfigError::Invalid(m));
     let subnet_len = match subnet_len {
         Some(len) if len > f.max_len => {
-            return invalid(format!("{} must be less than /{}", f.len_key, f.max_len + 1))
+            return invalid(format!(
+                "{} must be less than /{}",
+                f.len_key,
+                f.max_len + 1
+            ))
         }
         Some(len) if u16::from(len) < u16::from(network_len) + 2 => {
             return invalid("network must be able to accommodate at least four subnets".into())
@@ -289,7 +320,10 @@ fn check_family(
     let min = match min {
         None => network + step,
         Some(m) if !in_network(m) => {
-            return invalid(format!("{} is not in the range of the {}", f.min_key, f.net_key))
+            return invalid(format!(
+                "{} is not in the range of the {}",
+                f.min_key, f.net_key
+            ))
         }
         Some(m) => m,
     };
@@ -297,16 +331,29 @@ fn check_family(
         // network + size - step, computed without overflowing a full /0 IPv6 range.
         None => network + (net_size - step),
         Some(m) if !in_network(m) => {
-            return invalid(format!("{} is not in the range of the {}", f.max_key, f.net_key))
+            return invalid(format!(
+                "{} is not in the range of the {}",
+                f.max_key, f.net_key
+            ))
         }
         Some(m) => m,
     };
     let boundary = step - 1;
     if min & boundary != 0 {
-        return invalid(format!("{} is not on a {} boundary: {}", f.min_key, f.len_key, (f.fmt)(min)));
+        return invalid(format!(
+            "{} is not on a {} boundary: {}",
+            f.min_key,
+            f.len_key,
+            (f.fmt)(min)
+        ));
     }
     if max & boundary != 0 {
-        return invalid(format!("{} is not on a {} boundary: {}", f.max_key, f.len_key, (f.fmt)(max)));
+        return invalid(format!(
+            "{} is not on a {} boundary: {}",
+            f.max_key,
+            f.len_key,
+            (f.fmt)(max)
+        ));
     }
     if min > max {
         return invalid(format!(
@@ -317,7 +364,14 @@ fn check_family(
             (f.fmt)(max)
         ));
     }
-    Ok(SubnetRange { bits: f.bits, network, network_len, subnet_len, min, max })
+    Ok(SubnetRange {
+        bits: f.bits,
+        network,
+        network_len,
+        subnet_len,
+        min,
+        max,
+    })
 }
 
 #[cfg(test)]
@@ -344,10 +398,8 @@ mod tests {
 
     #[test]
     fn upstream_config_test_v4_and_v6_defaults() {
-        let c = checked(
-            r#"{"network":"10.3.0.0/16","enableipv6":true,"ipv6network":"fc00::/48"}"#,
-        )
-        .unwrap();
+        let c = checked(r#"{"network":"10.3.0.0/16","enableipv6":true,"ipv6network":"fc00::/48"}"#)
+            .unwrap();
         assert_eq!(c.subnet_min, Some(Ipv4Addr::new(10, 3, 1, 0)));
         assert_eq!(c.subnet_max, Some(Ipv4Addr::new(10, 3, 255, 0)));
         assert_eq!(c.ipv6_subnet_len, Some(64));
@@ -357,11 +409,19 @@ mod tests {
 
     #[test]
     fn backend_absent_means_udp_and_type_is_lowercased() {
-        assert_eq!(checked(r#"{"Network":"10.0.0.0/8"}"#).unwrap().backend_type, "udp");
+        assert_eq!(
+            checked(r#"{"Network":"10.0.0.0/8"}"#).unwrap().backend_type,
+            "udp"
+        );
         let c = checked(r#"{"Network":"10.0.0.0/8","backend":{"type":"VXLAN","VNI":4}}"#).unwrap();
         assert_eq!(c.backend_type, "vxlan");
         assert_eq!(c.backend["VNI"], 4);
-        assert_eq!(checked(r#"{"Network":"10.0.0.0/8","Backend":{}}"#).unwrap().backend_type, "");
+        assert_eq!(
+            checked(r#"{"Network":"10.0.0.0/8","Backend":{}}"#)
+                .unwrap()
+                .backend_type,
+            ""
+        );
     }
 
     #[test]
@@ -388,8 +448,14 @@ mod tests {
     #[test]
     fn validation_messages_match_upstream() {
         let cases = [
-            (r#"{}"#, "please define a correct Network parameter in the flannel config"),
-            (r#"{"Network":"10.0.0.0/16","SubnetLen":31}"#, "SubnetLen must be less than /31"),
+            (
+                r#"{}"#,
+                "please define a correct Network parameter in the flannel config",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetLen":31}"#,
+                "SubnetLen must be less than /31",
+            ),
             (
                 r#"{"Network":"10.0.0.0/16","SubnetLen":17}"#,
                 "network must be able to accommodate at least four subnets",

@@ -18,7 +18,11 @@ pub struct Rule {
 
 impl Rule {
     fn new(table: &'static str, chain: &'static str, args: &[&str]) -> Self {
-        Self { table, chain, args: args.iter().map(|s| s.to_string()).collect() }
+        Self {
+            table,
+            chain,
+            args: args.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     /// The rule as `iptables -S` prints it and as a restore line: `-A CHAIN args`, with
@@ -49,8 +53,16 @@ pub fn masq_rules_v4(cluster: Ipv4Net, pod: Ipv4Net, random_fully: bool) -> Vec<
         Rule::new("nat", POSTRTG_CHAIN, &args)
     };
     vec![
-        Rule::new("nat", "POSTROUTING", &[&cm[..], &["-j", POSTRTG_CHAIN]].concat()),
-        rule(&[&["-m", "mark", "--mark", "0x4000/0x4000"], &cm, &["-j", "RETURN"]]),
+        Rule::new(
+            "nat",
+            "POSTROUTING",
+            &[&cm[..], &["-j", POSTRTG_CHAIN]].concat(),
+        ),
+        rule(&[
+            &["-m", "mark", "--mark", "0x4000/0x4000"],
+            &cm,
+            &["-j", "RETURN"],
+        ]),
         rule(&[&["-s", &p, "-d", &c], &cm, &["-j", "RETURN"]]),
         rule(&[&["-s", &c, "-d", &p], &cm, &["-j", "RETURN"]]),
         rule(&[&["!", "-s", &c, "-d", &p], &cm, &["-j", "RETURN"]]),
@@ -65,8 +77,16 @@ pub fn forward_rules_v4(cluster: Ipv4Net) -> Vec<Rule> {
     let cm = ["-m", "comment", "--comment", FORWARD_COMMENT];
     vec![
         Rule::new("filter", "FORWARD", &[&cm[..], &["-j", FWD_CHAIN]].concat()),
-        Rule::new("filter", FWD_CHAIN, &[&["-s", c.as_str()][..], &cm, &["-j", "ACCEPT"]].concat()),
-        Rule::new("filter", FWD_CHAIN, &[&["-d", c.as_str()][..], &cm, &["-j", "ACCEPT"]].concat()),
+        Rule::new(
+            "filter",
+            FWD_CHAIN,
+            &[&["-s", c.as_str()][..], &cm, &["-j", "ACCEPT"]].concat(),
+        ),
+        Rule::new(
+            "filter",
+            FWD_CHAIN,
+            &[&["-d", c.as_str()][..], &cm, &["-j", "ACCEPT"]].concat(),
+        ),
     ]
 }
 
@@ -92,7 +112,11 @@ mod tests {
 
     #[test]
     fn masq_rules_match_upstream_listing() {
-        let rules = masq_rules_v4("10.244.0.0/16".parse().unwrap(), "10.244.1.0/24".parse().unwrap(), true);
+        let rules = masq_rules_v4(
+            "10.244.0.0/16".parse().unwrap(),
+            "10.244.1.0/24".parse().unwrap(),
+            true,
+        );
         let lines: Vec<String> = rules.iter().map(|r| r.line("-A")).collect();
         assert_eq!(
             lines,

@@ -113,6 +113,10 @@ mod tests {
         let o = CiObject::new(v.as_object().unwrap());
         let e = o.uint("SubnetLen", 32).unwrap_err();
         assert_eq!(e.to_string(), "SubnetLen: expected a number, got \"24\"");
-        assert!(o.bool("EnableIPv4").unwrap_err().to_string().contains("EnableIPv4"));
+        assert!(o
+            .bool("EnableIPv4")
+            .unwrap_err()
+            .to_string()
+            .contains("EnableIPv4"));
     }
 }

@@ -84,14 +84,18 @@ impl LeaseAttrs {
         let o = CiObject::new(m);
         let public_ip = match o.str("PublicIP")? {
             None => Ipv4Addr::UNSPECIFIED,
-            Some(s) => s
-                .parse()
-                .map_err(|_| LeaseError::BadIp { key: "PublicIP", value: s.to_string() })?,
+            Some(s) => s.parse().map_err(|_| LeaseError::BadIp {
+                key: "PublicIP",
+                value: s.to_string(),
+            })?,
         };
         let public_ipv6 = o
             .str("PublicIPv6")?
             .map(|s| {
-                s.parse().map_err(|_| LeaseError::BadIp { key: "PublicIPv6", value: s.to_string() })
+                s.parse().map_err(|_| LeaseError::BadIp {
+                    key: "PublicIPv6",
+                    value: s.to_string(),
+                })
             })
             .transpose()?;
         Ok(Self {
@@ -118,13 +122,17 @@ impl VxlanData {
     }
 
     pub fn from_value(v: &Value) -> Result<Self, LeaseError> {
-        let m = v.as_object().ok_or_else(|| LeaseError::Vxlan(format!("not an object: {v}")))?;
+        let m = v
+            .as_object()
+            .ok_or_else(|| LeaseError::Vxlan(format!("not an object: {v}")))?;
         let o = CiObject::new(m);
         let vni = o.uint("VNI", u64::from(u32::MAX))?.unwrap_or(0) as u32;
         let mac = o
             .str("VtepMAC")?
             .ok_or_else(|| LeaseError::Vxlan("VtepMAC is missing".into()))?;
-        let vtep_mac = mac.parse().map_err(|e: crate::mac::MacParseError| LeaseError::Vxlan(e.to_string()))?;
+        let vtep_mac = mac
+            .parse()
+            .map_err(|e: crate::mac::MacParseError| LeaseError::Vxlan(e.to_string()))?;
         Ok(Self { vni, vtep_mac })
     }
 }
@@ -162,7 +170,9 @@ mod tests {
 
     #[test]
     fn reading_is_case_insensitive_and_tolerant() {
-        let a = LeaseAttrs::from_json(br#"{"publicip":"10.1.1.1","backendtype":"host-gw","Extra":1}"#).unwrap();
+        let a =
+            LeaseAttrs::from_json(br#"{"publicip":"10.1.1.1","backendtype":"host-gw","Extra":1}"#)
+                .unwrap();
         assert_eq!(a.public_ip, Ipv4Addr::new(10, 1, 1, 1));
         assert_eq!(a.backend_type, "host-gw");
         assert_eq!(a.public_ipv6, None);
@@ -170,9 +180,14 @@ mod tests {
 
     #[test]
     fn bad_values_say_what_is_wrong() {
-        assert!(matches!(LeaseAttrs::from_json(b"garbage"), Err(LeaseError::Json(_))));
+        assert!(matches!(
+            LeaseAttrs::from_json(b"garbage"),
+            Err(LeaseError::Json(_))
+        ));
         assert_eq!(
-            LeaseAttrs::from_json(br#"{"PublicIP":"10.1.1"}"#).unwrap_err().to_string(),
+            LeaseAttrs::from_json(br#"{"PublicIP":"10.1.1"}"#)
+                .unwrap_err()
+                .to_string(),
             r#"lease value: PublicIP: invalid IP address "10.1.1""#
         );
         assert!(VxlanData::from_value(&serde_json::json!({"VNI":1})).is_err());

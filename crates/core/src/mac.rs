@@ -33,7 +33,11 @@ impl MacAddr {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
     }
 }
 
@@ -75,7 +79,13 @@ mod tests {
         assert_eq!(m.to_string(), "c6:d2:32:6f:8f:44");
         assert_eq!("c6-d2-32-6f-8f-44".parse::<MacAddr>().unwrap(), m);
         assert_eq!("c6d2.326f.8f44".parse::<MacAddr>().unwrap(), m);
-        for bad in ["", "c6:d2:32:6f:8f", "zz:d2:32:6f:8f:44", "c6:d2:32:6f:8f:44:00", "c6:d2-32:6f:8f:44"] {
+        for bad in [
+            "",
+            "c6:d2:32:6f:8f",
+            "zz:d2:32:6f:8f:44",
+            "c6:d2:32:6f:8f:44:00",
+            "c6:d2-32:6f:8f:44",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }

@@ -30,7 +30,11 @@ pub fn block_size(bits: u8, len: u8) -> u128 {
 }
 
 pub fn mask(bits: u8, len: u8) -> u128 {
-    let all = if bits == 128 { u128::MAX } else { (1u128 << bits) - 1 };
+    let all = if bits == 128 {
+        u128::MAX
+    } else {
+        (1u128 << bits) - 1
+    };
     all & !(block_size(bits, len).wrapping_sub(1))
 }
 
@@ -104,7 +108,10 @@ mod tests {
 
     #[test]
     fn first_hosts() {
-        assert_eq!(first_host_v4("10.244.1.0/24".parse().unwrap()), Ipv4Addr::new(10, 244, 1, 1));
+        assert_eq!(
+            first_host_v4("10.244.1.0/24".parse().unwrap()),
+            Ipv4Addr::new(10, 244, 1, 1)
+        );
         assert_eq!(
             first_host_v6("fd00:1::/64".parse().unwrap()),
             "fd00:1::1".parse::<Ipv6Addr>().unwrap()

@@ -23,11 +23,19 @@ impl SubnetEnv {
         let mut s = String::new();
         if let Some((net, sub)) = self.v4 {
             s += &format!("FLANNEL_NETWORK={net}\n");
-            s += &format!("FLANNEL_SUBNET={}/{}\n", first_host_v4(sub), sub.prefix_len());
+            s += &format!(
+                "FLANNEL_SUBNET={}/{}\n",
+                first_host_v4(sub),
+                sub.prefix_len()
+            );
         }
         if let Some((net, sub)) = self.v6 {
             s += &format!("FLANNEL_IPV6_NETWORK={net}\n");
-            s += &format!("FLANNEL_IPV6_SUBNET={}/{}\n", first_host_v6(sub), sub.prefix_len());
+            s += &format!(
+                "FLANNEL_IPV6_SUBNET={}/{}\n",
+                first_host_v6(sub),
+                sub.prefix_len()
+            );
         }
         s += &format!("FLANNEL_MTU={}\n", self.mtu);
         s += &format!("FLANNEL_IPMASQ={}\n", self.ipmasq);
@@ -44,9 +52,18 @@ impl SubnetEnv {
 /// Atomic replace of `path` with `data`, so a reader sees the old or the new file, never half.
 pub fn write_file_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -112,7 +129,9 @@ impl PreviousSubnets {
 
     /// Reads the file; a missing or unreadable file means "no previous run".
     pub fn read(path: &Path) -> Self {
-        std::fs::read_to_string(path).map(|t| Self::parse(&t)).unwrap_or_default()
+        std::fs::read_to_string(path)
+            .map(|t| Self::parse(&t))
+            .unwrap_or_default()
     }
 }
 
@@ -147,7 +166,10 @@ mod tests {
     #[test]
     fn renders_tutorial_file() {
         let e = SubnetEnv {
-            v4: Some(("10.244.0.0/16".parse().unwrap(), "10.244.0.0/24".parse().unwrap())),
+            v4: Some((
+                "10.244.0.0/16".parse().unwrap(),
+                "10.244.0.0/24".parse().unwrap(),
+            )),
             v6: None,
             mtu: 1450,
             ipmasq: true,
@@ -161,8 +183,14 @@ mod tests {
     #[test]
     fn renders_dual_stack_in_upstream_order() {
         let e = SubnetEnv {
-            v4: Some(("10.42.0.0/16".parse().unwrap(), "10.42.0.0/24".parse().unwrap())),
-            v6: Some(("2001:cafe:42::/56".parse().unwrap(), "2001:cafe:42::/64".parse().unwrap())),
+            v4: Some((
+                "10.42.0.0/16".parse().unwrap(),
+                "10.42.0.0/24".parse().unwrap(),
+            )),
+            v6: Some((
+                "2001:cafe:42::/56".parse().unwrap(),
+                "2001:cafe:42::/64".parse().unwrap(),
+            )),
             mtu: 1450,
             ipmasq: false,
         };
@@ -175,13 +203,31 @@ mod tests {
     #[test]
     fn atomic_write_creates_dirs_with_mode_0644() {
         use std::os::unix::fs::PermissionsExt;
-        let d = std::env::temp_dir().join(format!("flannel-core-env-{}", crate::allocator::random_u64()));
+        let d = std::env::temp_dir().join(format!(
+            "flannel-core-env-{}",
+            crate::allocator::random_u64()
+        ));
         let p = d.join("a/b/subnet.env");
-        let e = SubnetEnv { v4: None, v6: None, mtu: 1500, ipmasq: false };
+        let e = SubnetEnv {
+            v4: None,
+            v6: None,
+            mtu: 1500,
+            ipmasq: false,
+        };
         e.write_atomic(&p).unwrap();
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "FLANNEL_MTU=1500\nFLANNEL_IPMASQ=false\n");
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o644);
-        assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1, "no temp file left");
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "FLANNEL_MTU=1500\nFLANNEL_IPMASQ=false\n"
+        );
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        assert_eq!(
+            std::fs::read_dir(p.parent().unwrap()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
         std::fs::remove_dir_all(d).unwrap();
     }
 
@@ -193,7 +239,13 @@ mod tests {
         assert_eq!(p.network, Some("10.244.0.0/16".parse().unwrap()));
         assert_eq!(p.subnet, Some("10.244.7.0/24".parse().unwrap()));
         assert_eq!(p.ipv6_network, None);
-        assert_eq!(p.ipv6_subnet, None, "two entries are not one previous subnet");
-        assert_eq!(PreviousSubnets::read(Path::new("/nonexistent/subnet.env")), PreviousSubnets::default());
+        assert_eq!(
+            p.ipv6_subnet, None,
+            "two entries are not one previous subnet"
+        );
+        assert_eq!(
+            PreviousSubnets::read(Path::new("/nonexistent/subnet.env")),
+            PreviousSubnets::default()
+        );
     }
 }

@@ -36,7 +36,10 @@ impl SubnetKey {
             None => None,
             Some(p) => {
                 let (ip, len) = p.rsplit_once('-').ok_or_else(bad)?;
-                if ip.bytes().any(|c| !(c.is_ascii_digit() || (b'a'..=b'f').contains(&c) || c == b':')) {
+                if ip
+                    .bytes()
+                    .any(|c| !(c.is_ascii_digit() || (b'a'..=b'f').contains(&c) || c == b':'))
+                {
                     return Err(bad());
                 }
                 let ip: Ipv6Addr = ip.parse().map_err(|_| bad())?;
@@ -71,7 +74,11 @@ mod tests {
 
     #[test]
     fn round_trip_upstream_examples() {
-        for s in ["10.12.13.0-24", "10.12.13.0-24&fd00:12:13::-56", "0.0.0.0-0"] {
+        for s in [
+            "10.12.13.0-24",
+            "10.12.13.0-24&fd00:12:13::-56",
+            "0.0.0.0-0",
+        ] {
             assert_eq!(SubnetKey::parse(s).unwrap().to_string(), s);
         }
         let k = SubnetKey::parse("10.12.13.0-24&fd00:12:13::-56").unwrap();
@@ -82,9 +89,20 @@ mod tests {
     #[test]
     fn malformed_keys_rejected() {
         for s in [
-            "", "10.12.13.0", "10.12.13.0-", "10.12.13.0-32", "10.12.13.0-24&", "10.12.13.0-24&fd00::",
-            "10.12.13.0-24&fd00::-128", "foo-24", "10.12.13-24", "10.12.13.0/24", "10.12.13.0-2x",
-            "10.12.13.0-24&FD00::-56", "10.12.13.0--24", "10.12.13.0-024444",
+            "",
+            "10.12.13.0",
+            "10.12.13.0-",
+            "10.12.13.0-32",
+            "10.12.13.0-24&",
+            "10.12.13.0-24&fd00::",
+            "10.12.13.0-24&fd00::-128",
+            "foo-24",
+            "10.12.13-24",
+            "10.12.13.0/24",
+            "10.12.13.0-2x",
+            "10.12.13.0-24&FD00::-56",
+            "10.12.13.0--24",
+            "10.12.13.0-024444",
         ] {
             assert!(SubnetKey::parse(s).is_err(), "{s:?} should be rejected");
         }

@@ -31,7 +31,12 @@ pub struct Skipped {
 pub fn desired_peers(own_subnet: Ipv4Net, leases: &[Lease]) -> (VxlanPeers, Vec<Skipped>) {
     let mut s = VxlanPeers::default();
     let mut skipped = Vec::new();
-    let mut skip = |l: &Lease, reason: String| skipped.push(Skipped { subnet: l.subnet, reason });
+    let mut skip = |l: &Lease, reason: String| {
+        skipped.push(Skipped {
+            subnet: l.subnet,
+            reason,
+        })
+    };
     for l in leases {
         if l.subnet == own_subnet {
             continue;
@@ -41,7 +46,10 @@ pub fn desired_peers(own_subnet: Ipv4Net, leases: &[Lease]) -> (VxlanPeers, Vec<
             continue;
         }
         if l.attrs.backend_type != "vxlan" {
-            skip(l, format!("backend type {:?} is not vxlan", l.attrs.backend_type));
+            skip(
+                l,
+                format!("backend type {:?} is not vxlan", l.attrs.backend_type),
+            );
             continue;
         }
         let data = match l.attrs.backend_data.as_ref().map(VxlanData::from_value) {
@@ -90,16 +98,40 @@ mod tests {
     fn tutorial_peers_become_neigh_fdb_and_routes() {
         let own: Ipv4Net = "10.244.0.0/24".parse().unwrap();
         let leases = vec![
-            lease("10.244.0.0/24", "10.0.0.50", "vxlan", Some(serde_json::json!({"VNI":1,"VtepMAC":"02:00:00:00:00:50"}))),
-            lease("10.244.1.0/24", "10.0.0.51", "vxlan", Some(serde_json::json!({"VNI":1,"VtepMAC":"02:00:00:00:00:51"}))),
-            lease("10.244.2.0/24", "10.0.0.52", "vxlan", Some(serde_json::json!({"VNI":1,"VtepMAC":"02:00:00:00:00:52"}))),
+            lease(
+                "10.244.0.0/24",
+                "10.0.0.50",
+                "vxlan",
+                Some(serde_json::json!({"VNI":1,"VtepMAC":"02:00:00:00:00:50"})),
+            ),
+            lease(
+                "10.244.1.0/24",
+                "10.0.0.51",
+                "vxlan",
+                Some(serde_json::json!({"VNI":1,"VtepMAC":"02:00:00:00:00:51"})),
+            ),
+            lease(
+                "10.244.2.0/24",
+                "10.0.0.52",
+                "vxlan",
+                Some(serde_json::json!({"VNI":1,"VtepMAC":"02:00:00:00:00:52"})),
+            ),
         ];
         let (s, skipped) = desired_peers(own, &leases);
         assert!(skipped.is_empty());
         assert_eq!(s.routes.len(), 2);
-        assert_eq!(s.routes[&"10.244.1.0/24".parse().unwrap()], Ipv4Addr::new(10, 244, 1, 0));
-        assert_eq!(s.neighbours[&Ipv4Addr::new(10, 244, 2, 0)].to_string(), "02:00:00:00:00:52");
-        assert_eq!(s.fdb[&"02:00:00:00:00:51".parse().unwrap()], Ipv4Addr::new(10, 0, 0, 51));
+        assert_eq!(
+            s.routes[&"10.244.1.0/24".parse().unwrap()],
+            Ipv4Addr::new(10, 244, 1, 0)
+        );
+        assert_eq!(
+            s.neighbours[&Ipv4Addr::new(10, 244, 2, 0)].to_string(),
+            "02:00:00:00:00:52"
+        );
+        assert_eq!(
+            s.fdb[&"02:00:00:00:00:51".parse().unwrap()],
+            Ipv4Addr::new(10, 0, 0, 51)
+        );
     }
 
     #[test]
@@ -107,9 +139,19 @@ mod tests {
         let own: Ipv4Net = "10.244.0.0/24".parse().unwrap();
         let leases = vec![
             lease("10.244.3.0/24", "10.0.0.53", "host-gw", None),
-            lease("10.244.4.0/24", "10.0.0.54", "vxlan", Some(serde_json::json!({"VNI":1}))),
+            lease(
+                "10.244.4.0/24",
+                "10.0.0.54",
+                "vxlan",
+                Some(serde_json::json!({"VNI":1})),
+            ),
             lease("10.244.5.0/24", "10.0.0.55", "vxlan", None),
-            lease("10.244.0.0/16", "10.0.0.56", "vxlan", Some(serde_json::json!({"VNI":1,"VtepMAC":"02:00:00:00:00:56"}))),
+            lease(
+                "10.244.0.0/16",
+                "10.0.0.56",
+                "vxlan",
+                Some(serde_json::json!({"VNI":1,"VtepMAC":"02:00:00:00:00:56"})),
+            ),
         ];
         let (s, skipped) = desired_peers(own, &leases);
         assert_eq!(s, VxlanPeers::default());
@@ -171,7 +213,8 @@ mod config_tests {
         assert_eq!((d.vni, d.port, d.mtu, d.learning), (1, 0, 0, false));
         assert_eq!(d.device_name(), "flannel.1");
         assert_eq!(d.device_mtu(1500), 1450);
-        let c = VxlanConfig::from_backend(&serde_json::json!({"vni":42,"port":4789,"mtu":9000})).unwrap();
+        let c = VxlanConfig::from_backend(&serde_json::json!({"vni":42,"port":4789,"mtu":9000}))
+            .unwrap();
         assert_eq!(c.device_name(), "flannel.42");
         assert_eq!(c.port, 4789);
         assert_eq!(c.device_mtu(1500), 8950);

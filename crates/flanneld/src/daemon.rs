@@ -79,7 +79,9 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         _ = sigterm.recv() => return Ok(()),
         _ = sigint.recv() => return Ok(()),
     };
-    let network = config.network.context("IPv4 Network missing from the config")?;
+    let network = config
+        .network
+        .context("IPv4 Network missing from the config")?;
     if config.enable_ipv6 {
         warn!("EnableIPv6 is set but this flannel-rs build handles IPv4 only; ignoring IPv6");
     }
@@ -90,15 +92,22 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             sm.config_key()
         );
     }
-    let vxcfg = VxlanConfig::from_backend(&config.backend)
-        .with_context(|| format!("invalid Backend in the network config at {}", sm.config_key()))?;
+    let vxcfg = VxlanConfig::from_backend(&config.backend).with_context(|| {
+        format!(
+            "invalid Backend in the network config at {}",
+            sm.config_key()
+        )
+    })?;
 
     let ext = iface::select(&nl, &o).await?;
     info!(iface = %ext.name, iface_addr = %ext.iface_addr, public_ip = %ext.ext_addr, mtu = ext.mtu, "using interface");
 
     let stored_mac = previous_vtep_mac(&sm, ext.ext_addr).await;
     let mut backend = VxlanBackend::register(nl, vxcfg, ext, network, stored_mac).await?;
-    let mut own = sm.acquire_lease(&config, &backend.lease_attrs()).await.context("acquiring a subnet lease")?;
+    let mut own = sm
+        .acquire_lease(&config, &backend.lease_attrs())
+        .await
+        .context("acquiring a subnet lease")?;
     let subnet = own.lease.subnet;
     info!(subnet = %subnet, "lease acquired");
 
@@ -118,12 +127,19 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     // Program the peers we already know before telling the CNI plugin we are ready.
     let mut leases = LeaseSet::default();
     match sm.list().await {
-        Ok(l) => leases.apply(LeaseEvent::Snapshot(l.entries.into_iter().map(|e| e.lease).collect())),
+        Ok(l) => leases.apply(LeaseEvent::Snapshot(
+            l.entries.into_iter().map(|e| e.lease).collect(),
+        )),
         Err(e) => warn!(error = %e, "listing leases failed; peers come with the watch"),
     }
     reconcile(&mut backend, &own, &leases).await;
 
-    let env = SubnetEnv { v4: Some((network, subnet)), v6: None, mtu: backend.mtu(), ipmasq: o.ip_masq };
+    let env = SubnetEnv {
+        v4: Some((network, subnet)),
+        v6: None,
+        mtu: backend.mtu(),
+        ipmasq: o.ip_masq,
+    };
     env.write_atomic(&o.subnet_file)
         .with_context(|| format!("writing {}", o.subnet_file.display()))?;
     info!(file = %o.subnet_file.display(), "wrote subnet file; flannel is ready");
@@ -206,7 +222,13 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
 async fn reconcile(backend: &mut VxlanBackend, own: &OwnLease, leases: &LeaseSet) {
     match backend.reconcile(&own.lease, &leases.leases()).await {
         Ok(r) if r.added + r.removed + r.failed > 0 || r.device_recreated => {
-            info!(added = r.added, removed = r.removed, failed = r.failed, device_recreated = r.device_recreated, "reconciled kernel state");
+            info!(
+                added = r.added,
+                removed = r.removed,
+                failed = r.failed,
+                device_recreated = r.device_recreated,
+                "reconciled kernel state"
+            );
         }
         Ok(_) => {}
         Err(e) => error!(error = %e, "reconcile failed; retrying on the next event or resync"),

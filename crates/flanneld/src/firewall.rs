@@ -14,7 +14,13 @@ pub struct Firewall {
 
 impl Firewall {
     /// Blocking: probes the iptables version. Call from `spawn_blocking`.
-    pub fn new(ip_masq: bool, fully_random_disable: bool, forward: bool, network: Ipv4Net, subnet: Ipv4Net) -> Self {
+    pub fn new(
+        ip_masq: bool,
+        fully_random_disable: bool,
+        forward: bool,
+        network: Ipv4Net,
+        subnet: Ipv4Net,
+    ) -> Self {
         let ipt = Iptables::ipv4();
         let random_fully = ipt.has_random_fully() && !fully_random_disable;
         let mut rules = Vec::new();
@@ -30,7 +36,9 @@ impl Firewall {
     /// Removes masquerade rules computed from the previous run's network and subnet when they
     /// differ from the current ones (upstream's recycling), so no stale NAT stays behind.
     pub fn recycle(&self, prev: &PreviousSubnets, network: Ipv4Net, subnet: Ipv4Net) {
-        let (Some(pn), Some(ps)) = (prev.network, prev.subnet) else { return };
+        let (Some(pn), Some(ps)) = (prev.network, prev.subnet) else {
+            return;
+        };
         if pn == network && ps == subnet {
             return;
         }

@@ -21,42 +21,192 @@ pub struct Spec {
 }
 
 const fn f(name: &'static str, kind: Kind, default: &'static str, help: &'static str) -> Spec {
-    Spec { name, kind, default, help }
+    Spec {
+        name,
+        kind,
+        default,
+        help,
+    }
 }
 
 /// Every upstream flag, with upstream's defaults.
 pub const FLAGS: &[Spec] = &[
-    f("etcd-endpoints", Kind::Str, "http://127.0.0.1:4001,http://127.0.0.1:2379", "a comma-delimited list of etcd endpoints"),
-    f("etcd-prefix", Kind::Str, "/coreos.com/network", "etcd prefix"),
-    f("etcd-keyfile", Kind::Str, "", "SSL key file used to secure etcd communication"),
-    f("etcd-certfile", Kind::Str, "", "SSL certification file used to secure etcd communication"),
-    f("etcd-cafile", Kind::Str, "", "SSL Certificate Authority file used to secure etcd communication"),
-    f("etcd-username", Kind::Str, "", "username for BasicAuth to etcd"),
-    f("etcd-password", Kind::Str, "", "password for BasicAuth to etcd"),
-    f("iface", Kind::List, "", "interface to use (IP or name) for inter-host communication; may be repeated"),
-    f("iface-regex", Kind::List, "", "regex expression to match the first interface to use (IP or name); may be repeated"),
-    f("iface-can-reach", Kind::Str, "", "detect the interface to use by the route to this IP"),
-    f("subnet-file", Kind::Str, "/run/flannel/subnet.env", "filename where env variables (subnet, MTU, ... ) will be written to"),
-    f("public-ip", Kind::Str, "", "IP accessible by other nodes for inter-host communication"),
-    f("public-ipv6", Kind::Str, "", "IPv6 accessible by other nodes for inter-host communication"),
-    f("subnet-lease-renew-margin", Kind::Int, "60", "subnet lease renewal margin, in minutes, ranging from 1 to 1439"),
-    f("ip-masq", Kind::Bool, "false", "setup IP masquerade rule for traffic destined outside of overlay network"),
-    f("ip-masq-fully-random-disable", Kind::Bool, "false", "disable --random-fully in masquerade rules"),
-    f("kube-subnet-mgr", Kind::Bool, "false", "contact the Kubernetes API for subnet assignment instead of etcd"),
-    f("kube-api-url", Kind::Str, "", "Kubernetes API server URL; empty for in-cluster config"),
-    f("kube-annotation-prefix", Kind::Str, "flannel.alpha.coreos.com", "Kubernetes annotation prefix"),
-    f("kubeconfig-file", Kind::Str, "", "kubeconfig file location; empty for in-cluster config"),
+    f(
+        "etcd-endpoints",
+        Kind::Str,
+        "http://127.0.0.1:4001,http://127.0.0.1:2379",
+        "a comma-delimited list of etcd endpoints",
+    ),
+    f(
+        "etcd-prefix",
+        Kind::Str,
+        "/coreos.com/network",
+        "etcd prefix",
+    ),
+    f(
+        "etcd-keyfile",
+        Kind::Str,
+        "",
+        "SSL key file used to secure etcd communication",
+    ),
+    f(
+        "etcd-certfile",
+        Kind::Str,
+        "",
+        "SSL certification file used to secure etcd communication",
+    ),
+    f(
+        "etcd-cafile",
+        Kind::Str,
+        "",
+        "SSL Certificate Authority file used to secure etcd communication",
+    ),
+    f(
+        "etcd-username",
+        Kind::Str,
+        "",
+        "username for BasicAuth to etcd",
+    ),
+    f(
+        "etcd-password",
+        Kind::Str,
+        "",
+        "password for BasicAuth to etcd",
+    ),
+    f(
+        "iface",
+        Kind::List,
+        "",
+        "interface to use (IP or name) for inter-host communication; may be repeated",
+    ),
+    f(
+        "iface-regex",
+        Kind::List,
+        "",
+        "regex expression to match the first interface to use (IP or name); may be repeated",
+    ),
+    f(
+        "iface-can-reach",
+        Kind::Str,
+        "",
+        "detect the interface to use by the route to this IP",
+    ),
+    f(
+        "subnet-file",
+        Kind::Str,
+        "/run/flannel/subnet.env",
+        "filename where env variables (subnet, MTU, ... ) will be written to",
+    ),
+    f(
+        "public-ip",
+        Kind::Str,
+        "",
+        "IP accessible by other nodes for inter-host communication",
+    ),
+    f(
+        "public-ipv6",
+        Kind::Str,
+        "",
+        "IPv6 accessible by other nodes for inter-host communication",
+    ),
+    f(
+        "subnet-lease-renew-margin",
+        Kind::Int,
+        "60",
+        "subnet lease renewal margin, in minutes, ranging from 1 to 1439",
+    ),
+    f(
+        "ip-masq",
+        Kind::Bool,
+        "false",
+        "setup IP masquerade rule for traffic destined outside of overlay network",
+    ),
+    f(
+        "ip-masq-fully-random-disable",
+        Kind::Bool,
+        "false",
+        "disable --random-fully in masquerade rules",
+    ),
+    f(
+        "kube-subnet-mgr",
+        Kind::Bool,
+        "false",
+        "contact the Kubernetes API for subnet assignment instead of etcd",
+    ),
+    f(
+        "kube-api-url",
+        Kind::Str,
+        "",
+        "Kubernetes API server URL; empty for in-cluster config",
+    ),
+    f(
+        "kube-annotation-prefix",
+        Kind::Str,
+        "flannel.alpha.coreos.com",
+        "Kubernetes annotation prefix",
+    ),
+    f(
+        "kubeconfig-file",
+        Kind::Str,
+        "",
+        "kubeconfig file location; empty for in-cluster config",
+    ),
     f("version", Kind::Bool, "false", "print version and exit"),
-    f("healthz-ip", Kind::Str, "0.0.0.0", "the IP address for the healthz server to listen on"),
-    f("healthz-port", Kind::Int, "0", "the port for the healthz server to listen on (0 to disable)"),
-    f("iptables-resync", Kind::Int, "5", "resync period for iptables rules and kernel state, in seconds"),
-    f("iptables-forward-rules", Kind::Bool, "true", "add default accept rules to the FORWARD chain"),
-    f("ip-blackhole-route", Kind::Bool, "false", "add a blackhole route for the node's own subnet"),
-    f("net-config-path", Kind::Str, "/etc/kube-flannel/net-conf.json", "path to the network configuration file (kube mode)"),
-    f("set-node-network-unavailable", Kind::Bool, "true", "kube mode: set NetworkUnavailable=False on the node"),
+    f(
+        "healthz-ip",
+        Kind::Str,
+        "0.0.0.0",
+        "the IP address for the healthz server to listen on",
+    ),
+    f(
+        "healthz-port",
+        Kind::Int,
+        "0",
+        "the port for the healthz server to listen on (0 to disable)",
+    ),
+    f(
+        "iptables-resync",
+        Kind::Int,
+        "5",
+        "resync period for iptables rules and kernel state, in seconds",
+    ),
+    f(
+        "iptables-forward-rules",
+        Kind::Bool,
+        "true",
+        "add default accept rules to the FORWARD chain",
+    ),
+    f(
+        "ip-blackhole-route",
+        Kind::Bool,
+        "false",
+        "add a blackhole route for the node's own subnet",
+    ),
+    f(
+        "net-config-path",
+        Kind::Str,
+        "/etc/kube-flannel/net-conf.json",
+        "path to the network configuration file (kube mode)",
+    ),
+    f(
+        "set-node-network-unavailable",
+        Kind::Bool,
+        "true",
+        "kube mode: set NetworkUnavailable=False on the node",
+    ),
     f("v", Kind::Int, "0", "log level for V logs"),
-    f("vmodule", Kind::Str, "", "comma-separated list of pattern=N settings for file-filtered logging"),
-    f("log_backtrace_at", Kind::Str, "", "when logging hits line file:N, emit a stack trace"),
+    f(
+        "vmodule",
+        Kind::Str,
+        "",
+        "comma-separated list of pattern=N settings for file-filtered logging",
+    ),
+    f(
+        "log_backtrace_at",
+        Kind::Str,
+        "",
+        "when logging hits line file:N, emit a stack trace",
+    ),
 ];
 
 /// Flags whose values never appear in logs.
@@ -77,9 +227,18 @@ pub enum FlagError {
     #[error("flag needs an argument: -{0}")]
     MissingValue(String),
     #[error("invalid value {value:?} for flag -{flag}: {why}")]
-    BadValue { flag: String, value: String, why: &'static str },
+    BadValue {
+        flag: String,
+        value: String,
+        why: &'static str,
+    },
     #[error("invalid value {value:?} in environment variable {var} (flag -{flag}): {why}")]
-    BadEnv { var: String, flag: String, value: String, why: &'static str },
+    BadEnv {
+        var: String,
+        flag: String,
+        value: String,
+        why: &'static str,
+    },
 }
 
 /// The outcome of parsing: help wanted, or the values of every flag.
@@ -112,8 +271,14 @@ fn parse_bool(s: &str) -> Option<bool> {
 
 fn parse_value(kind: Kind, raw: &str) -> Result<Value, &'static str> {
     match kind {
-        Kind::Bool => parse_bool(raw).map(Value::Bool).ok_or("not a boolean (true or false)"),
-        Kind::Int => raw.trim().parse::<i64>().map(Value::Int).map_err(|_| "not an integer"),
+        Kind::Bool => parse_bool(raw)
+            .map(Value::Bool)
+            .ok_or("not a boolean (true or false)"),
+        Kind::Int => raw
+            .trim()
+            .parse::<i64>()
+            .map(Value::Int)
+            .map_err(|_| "not an integer"),
         Kind::Str => Ok(Value::Str(raw.to_string())),
         Kind::List => Ok(Value::List(vec![raw.to_string()])),
     }
@@ -122,7 +287,9 @@ fn parse_value(kind: Kind, raw: &str) -> Result<Value, &'static str> {
 impl Values {
     fn set(&mut self, s: &'static Spec, v: Value) {
         match (self.values.get_mut(s.name), v) {
-            (Some(Value::List(have)), Value::List(more)) if self.from_cli.contains(s.name) => have.extend(more),
+            (Some(Value::List(have)), Value::List(more)) if self.from_cli.contains(s.name) => {
+                have.extend(more)
+            }
             (_, v) => {
                 self.values.insert(s.name, v);
             }
@@ -164,7 +331,9 @@ impl Values {
             .iter()
             .map(|s| {
                 let v = match self.values.get(s.name) {
-                    Some(_) if SECRET_FLAGS.contains(&s.name) && !self.str(s.name).is_empty() => "\"****\"".to_string(),
+                    Some(_) if SECRET_FLAGS.contains(&s.name) && !self.str(s.name).is_empty() => {
+                        "\"****\"".to_string()
+                    }
                     Some(Value::Bool(b)) => b.to_string(),
                     Some(Value::Int(i)) => i.to_string(),
                     Some(Value::Str(x)) => format!("{x:?}"),
@@ -196,7 +365,11 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Pa
             v.rest.extend(args[i..].iter().cloned());
             break;
         }
-        let Some(body) = a.strip_prefix("--").or_else(|| a.strip_prefix('-')).filter(|b| !b.is_empty() && !a.starts_with("---")) else {
+        let Some(body) = a
+            .strip_prefix("--")
+            .or_else(|| a.strip_prefix('-'))
+            .filter(|b| !b.is_empty() && !a.starts_with("---"))
+        else {
             v.rest.extend(args[i - 1..].iter().cloned());
             break;
         };
@@ -212,13 +385,18 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Pa
             (_, Some(val)) => val,
             (Kind::Bool, None) => "true".to_string(),
             (_, None) => {
-                let next = args.get(i).ok_or_else(|| FlagError::MissingValue(name.to_string()))?;
+                let next = args
+                    .get(i)
+                    .ok_or_else(|| FlagError::MissingValue(name.to_string()))?;
                 i += 1;
                 next.clone()
             }
         };
-        let val = parse_value(s.kind, &raw)
-            .map_err(|why| FlagError::BadValue { flag: name.to_string(), value: raw.clone(), why })?;
+        let val = parse_value(s.kind, &raw).map_err(|why| FlagError::BadValue {
+            flag: name.to_string(),
+            value: raw.clone(),
+            why,
+        })?;
         if s.kind == Kind::List && !v.from_cli.contains(s.name) {
             v.values.insert(s.name, Value::List(Vec::new()));
         }
@@ -234,7 +412,9 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Pa
             continue;
         }
         let var = format!("FLANNELD_{}", s.name.to_ascii_uppercase().replace('-', "_"));
-        let Some(raw) = env(&var).filter(|x| !x.is_empty()) else { continue };
+        let Some(raw) = env(&var).filter(|x| !x.is_empty()) else {
+            continue;
+        };
         let val = parse_value(s.kind, &raw).map_err(|why| FlagError::BadEnv {
             var: var.clone(),
             flag: s.name.to_string(),
@@ -270,7 +450,10 @@ mod tests {
 
     fn p(args: &[&str], env: &[(&str, &str)]) -> Result<Values, FlagError> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let env: BTreeMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         match parse(&args, &|k| env.get(k).cloned())? {
             Parsed::Values(v) => Ok(v),
             Parsed::Help => panic!("help"),
@@ -280,7 +463,10 @@ mod tests {
     #[test]
     fn defaults_are_upstreams() {
         let v = p(&[], &[]).unwrap();
-        assert_eq!(v.str("etcd-endpoints"), "http://127.0.0.1:4001,http://127.0.0.1:2379");
+        assert_eq!(
+            v.str("etcd-endpoints"),
+            "http://127.0.0.1:4001,http://127.0.0.1:2379"
+        );
         assert_eq!(v.str("etcd-prefix"), "/coreos.com/network");
         assert_eq!(v.str("subnet-file"), "/run/flannel/subnet.env");
         assert_eq!(v.int("subnet-lease-renew-margin"), 60);
@@ -293,7 +479,16 @@ mod tests {
     #[test]
     fn go_style_forms() {
         let v = p(
-            &["-ip-masq", "--etcd-prefix=/x", "-iface", "eth0", "--iface=10.0.0.5", "--iptables-forward-rules=false", "-subnet-lease-renew-margin", "30"],
+            &[
+                "-ip-masq",
+                "--etcd-prefix=/x",
+                "-iface",
+                "eth0",
+                "--iface=10.0.0.5",
+                "--iptables-forward-rules=false",
+                "-subnet-lease-renew-margin",
+                "30",
+            ],
             &[],
         )
         .unwrap();
@@ -315,12 +510,21 @@ mod tests {
     fn env_fills_unset_flags_and_cli_wins() {
         let v = p(
             &["--etcd-prefix=/cli"],
-            &[("FLANNELD_ETCD_PREFIX", "/env"), ("FLANNELD_IP_MASQ", "true"), ("FLANNELD_IFACE", "eth0,eth1"), ("FLANNELD_PUBLIC_IP", "")],
+            &[
+                ("FLANNELD_ETCD_PREFIX", "/env"),
+                ("FLANNELD_IP_MASQ", "true"),
+                ("FLANNELD_IFACE", "eth0,eth1"),
+                ("FLANNELD_PUBLIC_IP", ""),
+            ],
         )
         .unwrap();
         assert_eq!(v.str("etcd-prefix"), "/cli");
         assert!(v.bool("ip-masq"));
-        assert_eq!(v.list("iface"), vec!["eth0,eth1"], "one element, no comma splitting");
+        assert_eq!(
+            v.list("iface"),
+            vec!["eth0,eth1"],
+            "one element, no comma splitting"
+        );
         assert_eq!(v.str("public-ip"), "");
         let v = p(&["--iface=a"], &[("FLANNELD_IFACE", "b")]).unwrap();
         assert_eq!(v.list("iface"), vec!["a"]);
@@ -328,14 +532,22 @@ mod tests {
 
     #[test]
     fn version_ignores_env() {
-        assert!(!p(&[], &[("FLANNELD_VERSION", "true")]).unwrap().bool("version"));
+        assert!(!p(&[], &[("FLANNELD_VERSION", "true")])
+            .unwrap()
+            .bool("version"));
         assert!(p(&["-version"], &[]).unwrap().bool("version"));
     }
 
     #[test]
     fn errors_name_the_flag_or_variable() {
-        assert_eq!(p(&["--nope"], &[]).unwrap_err().to_string(), "flag provided but not defined: -nope");
-        assert_eq!(p(&["--etcd-prefix"], &[]).unwrap_err().to_string(), "flag needs an argument: -etcd-prefix");
+        assert_eq!(
+            p(&["--nope"], &[]).unwrap_err().to_string(),
+            "flag provided but not defined: -nope"
+        );
+        assert_eq!(
+            p(&["--etcd-prefix"], &[]).unwrap_err().to_string(),
+            "flag needs an argument: -etcd-prefix"
+        );
         assert_eq!(
             p(&["--ip-masq=maybe"], &[]).unwrap_err().to_string(),
             "invalid value \"maybe\" for flag -ip-masq: not a boolean (true or false)"
@@ -344,7 +556,10 @@ mod tests {
             p(&[], &[("FLANNELD_IPTABLES_RESYNC", "soon")]).unwrap_err().to_string(),
             "invalid value \"soon\" in environment variable FLANNELD_IPTABLES_RESYNC (flag -iptables-resync): not an integer"
         );
-        assert!(matches!(parse(&["-h".to_string()], &|_| None), Ok(Parsed::Help)));
+        assert!(matches!(
+            parse(&["-h".to_string()], &|_| None),
+            Ok(Parsed::Help)
+        ));
     }
 
     #[test]

@@ -12,7 +12,11 @@ pub async fn select(nl: &Netlink, o: &Options) -> anyhow::Result<ExternalInterfa
     let links = nl.links().await?;
     let addrs = nl.ipv4_addrs(None).await?;
     let first_addr = |index: u32| -> Option<Ipv4Addr> {
-        let mut a: Vec<&Ipv4Net> = addrs.iter().filter(|(i, _)| *i == index).map(|(_, n)| n).collect();
+        let mut a: Vec<&Ipv4Net> = addrs
+            .iter()
+            .filter(|(i, _)| *i == index)
+            .map(|(_, n)| n)
+            .collect();
         // Global unicast before link-local, as upstream sorts them.
         a.sort_by_key(|n| n.addr().is_link_local());
         a.first().map(|n| n.addr())
@@ -25,7 +29,10 @@ pub async fn select(nl: &Netlink, o: &Options) -> anyhow::Result<ExternalInterfa
     for spec in &o.ifaces {
         let hit = match spec.parse::<Ipv4Addr>() {
             Ok(ip) => owner_of(ip).and_then(by_index).map(|l| (l, ip)),
-            Err(_) => links.iter().find(|l| &l.name == spec).and_then(|l| first_addr(l.index).map(|a| (l, a))),
+            Err(_) => links
+                .iter()
+                .find(|l| &l.name == spec)
+                .and_then(|l| first_addr(l.index).map(|a| (l, a))),
         };
         if hit.is_some() {
             chosen = hit;
@@ -40,17 +47,21 @@ pub async fn select(nl: &Netlink, o: &Options) -> anyhow::Result<ExternalInterfa
                 bail!("no interface has the --public-ip address {ip}; pass --iface to name the interface to use");
             }
         } else {
-            let idx = nl
-                .default_route_link()
-                .await?
-                .ok_or_else(|| anyhow!("no default route found; pass --iface to name the interface to use"))?;
-            let l = by_index(idx).ok_or_else(|| anyhow!("default route points at unknown link #{idx}"))?;
-            let a = first_addr(idx).ok_or_else(|| anyhow!("default-route interface {} has no IPv4 address", l.name))?;
+            let idx = nl.default_route_link().await?.ok_or_else(|| {
+                anyhow!("no default route found; pass --iface to name the interface to use")
+            })?;
+            let l = by_index(idx)
+                .ok_or_else(|| anyhow!("default route points at unknown link #{idx}"))?;
+            let a = first_addr(idx)
+                .ok_or_else(|| anyhow!("default-route interface {} has no IPv4 address", l.name))?;
             chosen = Some((l, a));
         }
     }
     let (link, iface_addr) = chosen.ok_or_else(|| {
-        anyhow!("no usable interface: tried {} (each must exist and have an IPv4 address)", tried.join(", "))
+        anyhow!(
+            "no usable interface: tried {} (each must exist and have an IPv4 address)",
+            tried.join(", ")
+        )
     })?;
     if link.mtu == 0 {
         bail!("interface {} has MTU 0", link.name);

@@ -37,7 +37,10 @@ impl Options {
         }
         let public_ip = match v.str("public-ip") {
             s if s.is_empty() => None,
-            s => Some(s.parse::<Ipv4Addr>().with_context(|| format!("--public-ip={s:?} is not an IPv4 address"))?),
+            s => Some(
+                s.parse::<Ipv4Addr>()
+                    .with_context(|| format!("--public-ip={s:?} is not an IPv4 address"))?,
+            ),
         };
         if !v.str("public-ipv6").is_empty() {
             bail!("--public-ipv6: IPv6 is not supported by this flannel-rs build yet");
@@ -45,8 +48,13 @@ impl Options {
         if !v.list("iface-regex").is_empty() || !v.str("iface-can-reach").is_empty() {
             bail!("--iface-regex and --iface-can-reach are not supported by this flannel-rs build yet; use --iface");
         }
-        let endpoints: Vec<String> =
-            v.str("etcd-endpoints").split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+        let endpoints: Vec<String> = v
+            .str("etcd-endpoints")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
         if endpoints.is_empty() {
             bail!("--etcd-endpoints is empty");
         }
@@ -90,7 +98,12 @@ mod tests {
 
     #[test]
     fn builds_typed_options() {
-        let o = opts(&["--etcd-endpoints=http://a:2379, http://b:2379", "--public-ip=10.0.0.5", "--ip-masq"]).unwrap();
+        let o = opts(&[
+            "--etcd-endpoints=http://a:2379, http://b:2379",
+            "--public-ip=10.0.0.5",
+            "--ip-masq",
+        ])
+        .unwrap();
         assert_eq!(o.etcd.endpoints, vec!["http://a:2379", "http://b:2379"]);
         assert_eq!(o.public_ip, Some(Ipv4Addr::new(10, 0, 0, 5)));
         assert_eq!(o.renew_margin, Duration::from_secs(3600));
@@ -100,8 +113,14 @@ mod tests {
     #[test]
     fn invalid_options_are_refused_with_the_flag_named() {
         for (args, needle) in [
-            (&["--subnet-lease-renew-margin=0"][..], "--subnet-lease-renew-margin=0"),
-            (&["--subnet-lease-renew-margin=1440"][..], "between 1 and 1439"),
+            (
+                &["--subnet-lease-renew-margin=0"][..],
+                "--subnet-lease-renew-margin=0",
+            ),
+            (
+                &["--subnet-lease-renew-margin=1440"][..],
+                "between 1 and 1439",
+            ),
             (&["--public-ip=nope"][..], "--public-ip=\"nope\""),
             (&["--kube-subnet-mgr"][..], "--kube-subnet-mgr"),
             (&["--etcd-endpoints=,"][..], "--etcd-endpoints"),

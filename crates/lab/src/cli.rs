@@ -42,9 +42,15 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
             _ => (arg.as_str(), None),
         };
         let mut value = |f: &str| -> anyhow::Result<String> {
-            inline.clone().or_else(|| it.next().cloned()).ok_or_else(|| anyhow!("{f} needs a value"))
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| anyhow!("{f} needs a value"))
         };
-        let num = |f: &str, v: String| v.parse::<usize>().map_err(|_| anyhow!("{f} {v:?}: not a number"));
+        let num = |f: &str, v: String| {
+            v.parse::<usize>()
+                .map_err(|_| anyhow!("{f} {v:?}: not a number"))
+        };
         match flag {
             "--nodes" => a.nodes = num(flag, value(flag)?)?,
             "--pods-per-node" => a.pods = num(flag, value(flag)?)?,
@@ -68,12 +74,39 @@ fn load(a: &Args) -> anyhow::Result<LabState> {
 fn run(a: Args) -> anyhow::Result<bool> {
     match a.cmd.as_str() {
         "up" => {
-            let spec = LabSpec { lab: a.name.clone(), nodes: a.nodes, pods_per_node: a.pods, backend: a.backend, state_root: a.state_root.clone(), ..LabSpec::default() };
-            let state = up(&spec).with_context(|| format!("`flannel-lab up` failed; run `flannel-lab down --name {}` to clean up", a.name))?;
-            println!("lab {} is up: {} nodes, {} pods", state.lab, state.nodes.len(), state.pods().count());
+            let spec = LabSpec {
+                lab: a.name.clone(),
+                nodes: a.nodes,
+                pods_per_node: a.pods,
+                backend: a.backend,
+                state_root: a.state_root.clone(),
+                ..LabSpec::default()
+            };
+            let state = up(&spec).with_context(|| {
+                format!(
+                    "`flannel-lab up` failed; run `flannel-lab down --name {}` to clean up",
+                    a.name
+                )
+            })?;
+            println!(
+                "lab {} is up: {} nodes, {} pods",
+                state.lab,
+                state.nodes.len(),
+                state.pods().count()
+            );
             for n in &state.nodes {
-                let pods: Vec<String> = n.pods.iter().map(|p| format!("{} {}", p.name, p.ip)).collect();
-                println!("  {:8} {:10} subnet {:15} pods: {}", n.name, n.ip, n.subnet, pods.join(", "));
+                let pods: Vec<String> = n
+                    .pods
+                    .iter()
+                    .map(|p| format!("{} {}", p.name, p.ip))
+                    .collect();
+                println!(
+                    "  {:8} {:10} subnet {:15} pods: {}",
+                    n.name,
+                    n.ip,
+                    n.subnet,
+                    pods.join(", ")
+                );
             }
             Ok(true)
         }
@@ -93,7 +126,12 @@ fn run(a: Args) -> anyhow::Result<bool> {
         }
         "down" => {
             let removed = down(&a.name, &a.state_root)?;
-            println!("lab {}: removed {} namespaces and {}", a.name, removed.len(), state_dir(&a.state_root, &a.name).display());
+            println!(
+                "lab {}: removed {} namespaces and {}",
+                a.name,
+                removed.len(),
+                state_dir(&a.state_root, &a.name).display()
+            );
             Ok(true)
         }
         "help" => {

@@ -42,7 +42,11 @@ impl Default for LabSpec {
 /// Starts `program args` inside `ns`, detached from us (own process group, output to `log`).
 /// The lab's processes are found again by namespace, so no PID bookkeeping is needed.
 fn spawn_in_ns(ns: &str, program: &str, args: &[String], log: &Path) -> anyhow::Result<u32> {
-    let out = File::options().create(true).append(true).open(log).with_context(|| format!("opening {}", log.display()))?;
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
     let err = out.try_clone()?;
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let child = in_ns(ns, program, &args)
@@ -55,7 +59,11 @@ fn spawn_in_ns(ns: &str, program: &str, args: &[String], log: &Path) -> anyhow::
     Ok(child.id())
 }
 
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut ok: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if ok()? {
@@ -86,7 +94,11 @@ fn lab_namespaces(lab: &str) -> anyhow::Result<Vec<String>> {
 }
 
 fn etcdctl(ns: &str, args: &[&str]) -> anyhow::Result<String> {
-    let mut c = in_ns(ns, "etcdctl", &[&["--endpoints", "http://127.0.0.1:2379"][..], args].concat());
+    let mut c = in_ns(
+        ns,
+        "etcdctl",
+        &[&["--endpoints", "http://127.0.0.1:2379"][..], args].concat(),
+    );
     c.env("ETCDCTL_API", "3");
     sh::run(&mut c)
 }
@@ -106,7 +118,10 @@ pub fn etcd_del(state: &LabState, key: &str) -> anyhow::Result<()> {
 
 /// Starts the node's flanneld (appending to its log).
 pub fn start_flanneld(n: &NodeState) -> anyhow::Result<u32> {
-    let (prog, args) = n.flanneld.split_first().context("no flanneld command line recorded")?;
+    let (prog, args) = n
+        .flanneld
+        .split_first()
+        .context("no flanneld command line recorded")?;
     spawn_in_ns(&n.netns, prog, args, &n.log)
 }
 
@@ -117,7 +132,11 @@ pub fn flanneld_pids(n: &NodeState) -> Vec<i32> {
         .filter_map(|p| p.parse::<i32>().ok())
         .filter(|p| {
             std::fs::read(format!("/proc/{p}/cmdline"))
-                .map(|c| c.split(|b| *b == 0).next().is_some_and(|a| a.ends_with(b"flanneld")))
+                .map(|c| {
+                    c.split(|b| *b == 0)
+                        .next()
+                        .is_some_and(|a| a.ends_with(b"flanneld"))
+                })
                 .unwrap_or(false)
         })
         .collect()
@@ -130,7 +149,9 @@ pub fn stop_flanneld(n: &NodeState) -> anyhow::Result<()> {
         // SAFETY: kill(2) on a PID we just found in the lab's namespace.
         unsafe { libc::kill(*p, libc::SIGTERM) };
     }
-    let gone = wait_until("flanneld to exit", Duration::from_secs(10), || Ok(flanneld_pids(n).is_empty()));
+    let gone = wait_until("flanneld to exit", Duration::from_secs(10), || {
+        Ok(flanneld_pids(n).is_empty())
+    });
     if gone.is_err() {
         for p in flanneld_pids(n) {
             // SAFETY: as above.
@@ -143,19 +164,28 @@ pub fn stop_flanneld(n: &NodeState) -> anyhow::Result<()> {
 /// Builds the whole lab and returns its state (also saved in the state directory).
 pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
     if !valid_lab_name(&spec.lab) {
-        bail!("lab name {:?}: use up to 20 letters, digits or _, starting with a letter", spec.lab);
+        bail!(
+            "lab name {:?}: use up to 20 letters, digits or _, starting with a letter",
+            spec.lab
+        );
     }
     if spec.nodes == 0 || spec.nodes > 200 {
         bail!("--nodes {}: must be between 1 and 200", spec.nodes);
     }
     if spec.backend != "vxlan" {
-        bail!("--backend {}: this build of the lab supports vxlan only", spec.backend);
+        bail!(
+            "--backend {}: this build of the lab supports vxlan only",
+            spec.backend
+        );
     }
     preflight::check(&spec.bin_dir)?;
     let dir = state_dir(&spec.state_root, &spec.lab);
     let existing = lab_namespaces(&spec.lab)?;
     if !existing.is_empty() || dir.exists() {
-        bail!("lab {:?} is already up (or left over from a failed run): run `flannel-lab down` first", spec.lab);
+        bail!(
+            "lab {:?} is already up (or left over from a failed run): run `flannel-lab down` first",
+            spec.lab
+        );
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let lab = spec.lab.as_str();
@@ -175,12 +205,26 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
         let node_dir = dir.join(&name);
         std::fs::create_dir_all(node_dir.join("net.d"))?;
         ip(&["netns", "add", &ns])?;
-        ip(&["-n", &sw, "link", "add", &name, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+        ip(&[
+            "-n", &sw, "link", "add", &name, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ])?;
         ip(&["-n", &sw, "link", "set", &name, "master", "br0", "up"])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        sh::run(&mut in_ns(&ns, "sh", &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]))?;
+        sh::run(&mut in_ns(
+            &ns,
+            "sh",
+            &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
+        ))?;
         std::fs::write(
             node_dir.join("net.d/10-flannel.conflist"),
             serde_json::to_string_pretty(&cni_exec::tutorial_conflist(&node_dir))?,
@@ -200,21 +244,33 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
     let master = nodes[0].netns.clone();
     let etcd_log = dir.join("etcd.log");
     let etcd_args: Vec<String> = [
-        "--name", "master1",
-        "--data-dir", &dir.join("etcd").to_string_lossy(),
-        "--listen-client-urls", &format!("http://{}:2379,http://127.0.0.1:2379", node_ip(0)),
-        "--advertise-client-urls", &format!("http://{}:2379", node_ip(0)),
-        "--listen-peer-urls", "http://127.0.0.1:2380",
-        "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-        "--initial-cluster", "master1=http://127.0.0.1:2380",
+        "--name",
+        "master1",
+        "--data-dir",
+        &dir.join("etcd").to_string_lossy(),
+        "--listen-client-urls",
+        &format!("http://{}:2379,http://127.0.0.1:2379", node_ip(0)),
+        "--advertise-client-urls",
+        &format!("http://{}:2379", node_ip(0)),
+        "--listen-peer-urls",
+        "http://127.0.0.1:2380",
+        "--initial-advertise-peer-urls",
+        "http://127.0.0.1:2380",
+        "--initial-cluster",
+        "master1=http://127.0.0.1:2380",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
     spawn_in_ns(&master, "etcd", &etcd_args, &etcd_log)?;
-    wait_until("etcd on master1", Duration::from_secs(30), || Ok(etcdctl(&master, &["endpoint", "health"]).is_ok()))
-        .with_context(|| format!("etcd log:\n{}", log_tail(&etcd_log)))?;
-    etcdctl(&master, &["put", &format!("{ETCD_PREFIX}/config"), NET_CONF])?;
+    wait_until("etcd on master1", Duration::from_secs(30), || {
+        Ok(etcdctl(&master, &["endpoint", "health"]).is_ok())
+    })
+    .with_context(|| format!("etcd log:\n{}", log_tail(&etcd_log)))?;
+    etcdctl(
+        &master,
+        &["put", &format!("{ETCD_PREFIX}/config"), NET_CONF],
+    )?;
 
     // flanneld on every node, with upstream-style flags.
     let flanneld = spec.bin_dir.join("flanneld").to_string_lossy().into_owned();
@@ -234,14 +290,24 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
         let env = dir.join(&n.name).join("subnet.env");
         let ns = n.netns.clone();
         let log = n.log.clone();
-        wait_until(&format!("flanneld on {} to write subnet.env", n.name), Duration::from_secs(30), || {
-            if sh::ip(&["netns", "pids", &ns]).map(|p| p.trim().is_empty()).unwrap_or(true) {
-                bail!("flanneld on {} exited:\n{}", ns, log_tail(&log));
-            }
-            Ok(env.exists())
-        })
+        wait_until(
+            &format!("flanneld on {} to write subnet.env", n.name),
+            Duration::from_secs(30),
+            || {
+                if sh::ip(&["netns", "pids", &ns])
+                    .map(|p| p.trim().is_empty())
+                    .unwrap_or(true)
+                {
+                    bail!("flanneld on {} exited:\n{}", ns, log_tail(&log));
+                }
+                Ok(env.exists())
+            },
+        )
         .with_context(|| format!("flanneld log:\n{}", log_tail(&n.log)))?;
-        n.subnet = PreviousSubnets::read(&env).subnet.map(|s| s.to_string()).unwrap_or_default();
+        n.subnet = PreviousSubnets::read(&env)
+            .subnet
+            .map(|s| s.to_string())
+            .unwrap_or_default();
     }
 
     // Pods, through our CNI plugin (and Debian's bridge, host-local, portmap).
@@ -256,25 +322,49 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
             ip(&["netns", "add", &pns])?;
             ip(&["-n", &pns, "link", "set", "lo", "up"])?;
             let netns_path = format!("/run/netns/{pns}");
-            let inv = Invocation { node_ns: &n.netns, container_id: &pns, netns_path: &netns_path, ifname: "eth0", cni_path: &cni_path };
+            let inv = Invocation {
+                node_ns: &n.netns,
+                container_id: &pns,
+                netns_path: &netns_path,
+                ifname: "eth0",
+                cni_path: &cni_path,
+            };
             let result = cni_exec::add(&list, &inv).with_context(|| format!("adding pod {pod}"))?;
-            std::fs::write(node_dir.join("results").join(format!("{pns}.json")), result.to_string())?;
-            let ip = cni_exec::result_ipv4(&result).with_context(|| format!("CNI result for {pod} has no IPv4 address: {result}"))?;
-            n.pods.push(PodState { name: pod, netns: pns, ip });
+            std::fs::write(
+                node_dir.join("results").join(format!("{pns}.json")),
+                result.to_string(),
+            )?;
+            let ip = cni_exec::result_ipv4(&result)
+                .with_context(|| format!("CNI result for {pod} has no IPv4 address: {result}"))?;
+            n.pods.push(PodState {
+                name: pod,
+                netns: pns,
+                ip,
+            });
         }
     }
 
-    let state = LabState { lab: spec.lab.clone(), state_dir: dir, backend: spec.backend.clone(), etcd_log, nodes };
+    let state = LabState {
+        lab: spec.lab.clone(),
+        state_dir: dir,
+        backend: spec.backend.clone(),
+        etcd_log,
+        nodes,
+    };
     state.save()?;
 
     // Every node has a route to every other node's subnet before we call it up.
     let want = state.nodes.len() - 1;
     for n in &state.nodes {
         let ns = n.netns.clone();
-        wait_until(&format!("routes to all peers on {}", n.name), Duration::from_secs(30), || {
-            let r = ip(&["-n", &ns, "route", "show", "proto", "252"]).unwrap_or_default();
-            Ok(r.lines().count() >= want)
-        })?;
+        wait_until(
+            &format!("routes to all peers on {}", n.name),
+            Duration::from_secs(30),
+            || {
+                let r = ip(&["-n", &ns, "route", "show", "proto", "252"]).unwrap_or_default();
+                Ok(r.lines().count() >= want)
+            },
+        )?;
     }
     Ok(state)
 }

@@ -21,7 +21,10 @@ pub struct Invocation<'a> {
 }
 
 fn plugin_conf(list: &Value, plugin: &Value, prev: Option<&Value>) -> anyhow::Result<Value> {
-    let mut conf: Map<String, Value> = plugin.as_object().cloned().ok_or_else(|| anyhow!("plugin entry is not an object"))?;
+    let mut conf: Map<String, Value> = plugin
+        .as_object()
+        .cloned()
+        .ok_or_else(|| anyhow!("plugin entry is not an object"))?;
     conf.insert("name".into(), list["name"].clone());
     conf.insert("cniVersion".into(), list["cniVersion"].clone());
     if let Some(p) = prev {
@@ -50,19 +53,26 @@ fn exec(inv: &Invocation, command: &str, plugin: &str, conf: &Value) -> anyhow::
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child: std::process::Child = spawn(&mut c).with_context(|| format!("starting CNI plugin {plugin}"))?;
+    let mut child: std::process::Child =
+        spawn(&mut c).with_context(|| format!("starting CNI plugin {plugin}"))?;
     if let Some(mut s) = child.stdin.take() {
         s.write_all(conf.to_string().as_bytes())?;
     }
     let out = child.wait_with_output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        bail!("CNI {command} of plugin {plugin} for {} failed: {} {}", inv.container_id, stdout.trim(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "CNI {command} of plugin {plugin} for {} failed: {} {}",
+            inv.container_id,
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     if stdout.trim().is_empty() {
         return Ok(Value::Null);
     }
-    serde_json::from_str(&stdout).with_context(|| format!("CNI plugin {plugin} printed a result that is not JSON: {stdout}"))
+    serde_json::from_str(&stdout)
+        .with_context(|| format!("CNI plugin {plugin} printed a result that is not JSON: {stdout}"))
 }
 
 fn spawn(c: &mut Command) -> std::io::Result<std::process::Child> {
@@ -71,10 +81,14 @@ fn spawn(c: &mut Command) -> std::io::Result<std::process::Child> {
 
 /// ADD through every plugin of the list; returns the final result.
 pub fn add(list: &Value, inv: &Invocation) -> anyhow::Result<Value> {
-    let plugins = list["plugins"].as_array().ok_or_else(|| anyhow!("conflist has no plugins"))?;
+    let plugins = list["plugins"]
+        .as_array()
+        .ok_or_else(|| anyhow!("conflist has no plugins"))?;
     let mut prev: Option<Value> = None;
     for p in plugins {
-        let ty = p["type"].as_str().ok_or_else(|| anyhow!("plugin without type"))?;
+        let ty = p["type"]
+            .as_str()
+            .ok_or_else(|| anyhow!("plugin without type"))?;
         let conf = plugin_conf(list, p, prev.as_ref())?;
         let r = exec(inv, "ADD", ty, &conf)?;
         prev = Some(r);
@@ -84,7 +98,9 @@ pub fn add(list: &Value, inv: &Invocation) -> anyhow::Result<Value> {
 
 /// DEL through every plugin in reverse order, given the cached ADD result (if any).
 pub fn del(list: &Value, inv: &Invocation, cached: Option<&Value>) -> anyhow::Result<()> {
-    let plugins = list["plugins"].as_array().ok_or_else(|| anyhow!("conflist has no plugins"))?;
+    let plugins = list["plugins"]
+        .as_array()
+        .ok_or_else(|| anyhow!("conflist has no plugins"))?;
     let mut errors = Vec::new();
     for p in plugins.iter().rev() {
         let ty = p["type"].as_str().unwrap_or_default();
@@ -104,7 +120,9 @@ pub fn result_ipv4(result: &Value) -> Option<String> {
     result["ips"].as_array()?.iter().find_map(|ip| {
         let a = ip["address"].as_str()?;
         let addr = a.split('/').next()?;
-        addr.parse::<std::net::Ipv4Addr>().ok().map(|_| addr.to_string())
+        addr.parse::<std::net::Ipv4Addr>()
+            .ok()
+            .map(|_| addr.to_string())
     })
 }
 

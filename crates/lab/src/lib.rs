@@ -16,6 +16,6 @@ pub mod sh;
 pub mod state;
 pub mod status;
 
+pub use cli::main;
 pub use cluster::{down, up, LabSpec};
 pub use state::LabState;
-pub use cli::main;

@@ -68,6 +68,11 @@ mod tests {
         assert_eq!(node_ns("flab", "node1"), "flab-node1");
         assert_eq!(pod_ns("flab", &pod_name("node1", 2)), "flab-node1-pod2");
         assert!(valid_lab_name("flab"));
-        assert!(!valid_lab_name("a-b") && !valid_lab_name("") && !valid_lab_name("1x") && !valid_lab_name("a/b"));
+        assert!(
+            !valid_lab_name("a-b")
+                && !valid_lab_name("")
+                && !valid_lab_name("1x")
+                && !valid_lab_name("a/b")
+        );
     }
 }

@@ -17,7 +17,10 @@ impl Matrix {
 
     pub fn answering(&self) -> usize {
         let n = self.pods.len();
-        (0..n).flat_map(|i| (0..n).map(move |j| (i, j))).filter(|(i, j)| i != j && self.answered[*i][*j]).count()
+        (0..n)
+            .flat_map(|i| (0..n).map(move |j| (i, j)))
+            .filter(|(i, j)| i != j && self.answered[*i][*j])
+            .count()
     }
 
     pub fn all_ok(&self) -> bool {
@@ -25,7 +28,11 @@ impl Matrix {
     }
 
     pub fn render(&self) -> String {
-        let names: Vec<&str> = self.pods.iter().map(|p| p.split(' ').next().unwrap_or(p)).collect();
+        let names: Vec<&str> = self
+            .pods
+            .iter()
+            .map(|p| p.split(' ').next().unwrap_or(p))
+            .collect();
         let w = names.iter().map(|n| n.len()).max().unwrap_or(4).max(4);
         let rw = self.pods.iter().map(String::len).max().unwrap_or(4).max(9);
         let mut s = format!("{:rw$}", "from \\ to");
@@ -36,7 +43,13 @@ impl Matrix {
         for (i, p) in self.pods.iter().enumerate() {
             s += &format!("{p:rw$}");
             for j in 0..self.pods.len() {
-                let cell = if i == j { "-" } else if self.answered[i][j] { "ok" } else { "FAIL" };
+                let cell = if i == j {
+                    "-"
+                } else if self.answered[i][j] {
+                    "ok"
+                } else {
+                    "FAIL"
+                };
                 s += &format!(" {cell:>w$}");
             }
             s.push('\n');
@@ -48,13 +61,17 @@ impl Matrix {
 
 /// One ping (three tries within 3 s) from `src_ns` to `dst`.
 pub fn ping(src_ns: &str, dst: &str) -> bool {
-    in_ns(src_ns, "ping", &["-c", "3", "-i", "0.2", "-w", "3", "-q", dst])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    in_ns(
+        src_ns,
+        "ping",
+        &["-c", "3", "-i", "0.2", "-w", "3", "-q", dst],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .status()
+    .map(|s| s.success())
+    .unwrap_or(false)
 }
 
 /// Runs every pair in parallel, one thread per source pod.
@@ -67,11 +84,23 @@ pub fn ping_all(state: &LabState) -> Matrix {
             .map(|(i, src)| {
                 let pods = &pods;
                 s.spawn(move || {
-                    pods.iter().enumerate().map(|(j, dst)| i == j || ping(&src.netns, &dst.ip)).collect::<Vec<bool>>()
+                    pods.iter()
+                        .enumerate()
+                        .map(|(j, dst)| i == j || ping(&src.netns, &dst.ip))
+                        .collect::<Vec<bool>>()
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect::<Vec<_>>()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect::<Vec<_>>()
     });
-    Matrix { pods: pods.iter().map(|p| format!("{} ({})", p.name, p.ip)).collect(), answered }
+    Matrix {
+        pods: pods
+            .iter()
+            .map(|p| format!("{} ({})", p.name, p.ip))
+            .collect(),
+        answered,
+    }
 }

@@ -16,24 +16,40 @@ pub fn check(bin_dir: &Path) -> anyhow::Result<()> {
     // SAFETY-free check of root: /proc/self/status Uid line.
     let uid = std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1)).map(String::from));
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .map(String::from)
+        });
     if uid.as_deref() != Some("0") {
         bail!("flannel-lab must run as root: it creates network namespaces");
     }
     let mut missing = Vec::new();
-    for (prog, pkg) in [("ip", "iproute2"), ("etcd", "etcd-server"), ("etcdctl", "etcd-client"), ("ping", "iputils-ping"), ("iptables", "iptables")] {
+    for (prog, pkg) in [
+        ("ip", "iproute2"),
+        ("etcd", "etcd-server"),
+        ("etcdctl", "etcd-client"),
+        ("ping", "iputils-ping"),
+        ("iptables", "iptables"),
+    ] {
         if !on_path(prog) {
             missing.push(format!("{prog} (apt-get install {pkg})"));
         }
     }
     for p in ["bridge", "host-local", "portmap"] {
         if !Path::new(CNI_DIR).join(p).is_file() {
-            missing.push(format!("{CNI_DIR}/{p} (apt-get install containernetworking-plugins)"));
+            missing.push(format!(
+                "{CNI_DIR}/{p} (apt-get install containernetworking-plugins)"
+            ));
         }
     }
     for p in ["flanneld", "flannel"] {
         if !bin_dir.join(p).is_file() {
-            missing.push(format!("{} (cargo build --release)", bin_dir.join(p).display()));
+            missing.push(format!(
+                "{} (cargo build --release)",
+                bin_dir.join(p).display()
+            ));
         }
     }
     if !missing.is_empty() {

@@ -15,9 +15,16 @@ fn describe(c: &Command) -> String {
 /// Runs to completion; stdout on success, an error with stderr otherwise.
 pub fn run(c: &mut Command) -> anyhow::Result<String> {
     let what = describe(c);
-    let out = c.stdin(Stdio::null()).output().with_context(|| format!("running `{what}`"))?;
+    let out = c
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running `{what}`"))?;
     if !out.status.success() {
-        bail!("`{what}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "`{what}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -47,9 +47,13 @@ impl LabState {
     pub fn load(state_dir: &Path) -> anyhow::Result<Self> {
         let p = Self::path(state_dir);
         let text = std::fs::read_to_string(&p).map_err(|e| {
-            anyhow::anyhow!("no lab at {} ({e}); run `flannel-lab up` first", state_dir.display())
+            anyhow::anyhow!(
+                "no lab at {} ({e}); run `flannel-lab up` first",
+                state_dir.display()
+            )
         })?;
-        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not a lab state file: {e}", p.display()))
+        serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{} is not a lab state file: {e}", p.display()))
     }
 
     pub fn pods(&self) -> impl Iterator<Item = &PodState> {

@@ -26,16 +26,33 @@ pub fn to_json(state: &LabState) -> serde_json::Value {
 }
 
 pub fn render(state: &LabState) -> String {
-    let mut s = format!("lab {} ({} backend), state in {}\n", state.lab, state.backend, state.state_dir.display());
+    let mut s = format!(
+        "lab {} ({} backend), state in {}\n",
+        state.lab,
+        state.backend,
+        state.state_dir.display()
+    );
     for n in &state.nodes {
-        s += &format!("\n{} ({}) eth0 {} subnet {}\n", n.name, n.netns, n.ip, n.subnet);
+        s += &format!(
+            "\n{} ({}) eth0 {} subnet {}\n",
+            n.name, n.netns, n.ip, n.subnet
+        );
         for p in &n.pods {
             s += &format!("  pod {} ({}) {}\n", p.name, p.netns, p.ip);
         }
-        s += &format!("  $ ip route\n{}", indent(&ip(&["-n", &n.netns, "route"]).unwrap_or_else(|e| e.to_string())));
+        s += &format!(
+            "  $ ip route\n{}",
+            indent(&ip(&["-n", &n.netns, "route"]).unwrap_or_else(|e| e.to_string()))
+        );
         s += &format!(
             "  $ bridge fdb show dev flannel.1\n{}",
-            indent(&crate::sh::run(&mut crate::sh::cmd("bridge", &["-n", &n.netns, "fdb", "show", "dev", "flannel.1"])).unwrap_or_else(|e| e.to_string()))
+            indent(
+                &crate::sh::run(&mut crate::sh::cmd(
+                    "bridge",
+                    &["-n", &n.netns, "fdb", "show", "dev", "flannel.1"]
+                ))
+                .unwrap_or_else(|e| e.to_string())
+            )
         );
         s += &format!("  flanneld log: {}\n", n.log.display());
     }

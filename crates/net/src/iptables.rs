@@ -92,7 +92,10 @@ impl Iptables {
         if out.status.success() || stderr.contains("exists") {
             return Ok(());
         }
-        Err(IptablesError::Failed { cmd: format!("{} -t {table} -N {chain}", self.bin), stderr: stderr.trim().into() })
+        Err(IptablesError::Failed {
+            cmd: format!("{} -t {table} -N {chain}", self.bin),
+            stderr: stderr.trim().into(),
+        })
     }
 
     /// Whether every rule is in place.
@@ -152,13 +155,24 @@ impl Iptables {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|source| IptablesError::Spawn { cmd: cmd.clone(), source })?;
+            .map_err(|source| IptablesError::Spawn {
+                cmd: cmd.clone(),
+                source,
+            })?;
         if let Some(mut stdin) = child.stdin.take() {
             stdin
                 .write_all(payload.as_bytes())
-                .map_err(|source| IptablesError::Spawn { cmd: cmd.clone(), source })?;
+                .map_err(|source| IptablesError::Spawn {
+                    cmd: cmd.clone(),
+                    source,
+                })?;
         }
-        let out = child.wait_with_output().map_err(|source| IptablesError::Spawn { cmd: cmd.clone(), source })?;
+        let out = child
+            .wait_with_output()
+            .map_err(|source| IptablesError::Spawn {
+                cmd: cmd.clone(),
+                source,
+            })?;
         if !out.status.success() {
             return Err(IptablesError::Failed {
                 cmd: format!("{cmd} <<< {payload:?}"),
@@ -175,7 +189,10 @@ mod tests {
 
     #[test]
     fn versions_parse() {
-        assert_eq!(parse_version("iptables v1.8.9 (nf_tables)"), Some((1, 8, 9)));
+        assert_eq!(
+            parse_version("iptables v1.8.9 (nf_tables)"),
+            Some((1, 8, 9))
+        );
         assert_eq!(parse_version("iptables-restore v1.6.1"), Some((1, 6, 1)));
         assert_eq!(parse_version("garbage"), None);
     }

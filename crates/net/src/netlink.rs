@@ -4,11 +4,15 @@ use flannel_core::MacAddr;
 use futures::{StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::sys::AsyncSocket;
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
@@ -39,7 +43,10 @@ impl NetError {
 }
 
 fn ctx<T>(r: Result<T, rtnetlink::Error>, what: impl FnOnce() -> String) -> Result<T, NetError> {
-    r.map_err(|source| NetError { what: what(), source })
+    r.map_err(|source| NetError {
+        what: what(),
+        source,
+    })
 }
 
 /// What flannel needs to know about a link.
@@ -131,24 +138,39 @@ impl Netlink {
     pub fn new() -> std::io::Result<Self> {
         let (mut conn, handle, _) = rtnetlink::new_connection()?;
         // A large receive buffer: dumps of thousands of routes or neighbours must not hit ENOBUFS.
-        let _ = conn.socket_mut().socket_mut().set_rx_buf_sz(4 * 1024 * 1024);
+        let _ = conn
+            .socket_mut()
+            .socket_mut()
+            .set_rx_buf_sz(4 * 1024 * 1024);
         tokio::spawn(conn);
         Ok(Self { handle })
     }
 
     pub async fn links(&self) -> Result<Vec<Link>, NetError> {
-        let msgs: Vec<LinkMessage> =
-            ctx(self.handle.link().get().execute().try_collect().await, || "list links".into())?;
+        let msgs: Vec<LinkMessage> = ctx(
+            self.handle.link().get().execute().try_collect().await,
+            || "list links".into(),
+        )?;
         Ok(msgs.iter().map(parse_link).collect())
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetError> {
-        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match s.next().await {
             None => Ok(None),
             Some(Ok(m)) => Ok(Some(parse_link(&m))),
-            Some(Err(rtnetlink::Error::NetlinkError(e))) if -e.raw_code() == libc_enodev() => Ok(None),
-            Some(Err(e)) => Err(NetError { what: format!("get link {name}"), source: e }),
+            Some(Err(rtnetlink::Error::NetlinkError(e))) if -e.raw_code() == libc_enodev() => {
+                Ok(None)
+            }
+            Some(Err(e)) => Err(NetError {
+                what: format!("get link {name}"),
+                source: e,
+            }),
         }
     }
 
@@ -157,8 +179,13 @@ impl Netlink {
         match s.next().await {
             None => Ok(None),
             Some(Ok(m)) => Ok(Some(parse_link(&m))),
-            Some(Err(rtnetlink::Error::NetlinkError(e))) if -e.raw_code() == libc_enodev() => Ok(None),
-            Some(Err(e)) => Err(NetError { what: format!("get link #{index}"), source: e }),
+            Some(Err(rtnetlink::Error::NetlinkError(e))) if -e.raw_code() == libc_enodev() => {
+                Ok(None)
+            }
+            Some(Err(e)) => Err(NetError {
+                what: format!("get link #{index}"),
+                source: e,
+            }),
         }
     }
 
@@ -178,21 +205,29 @@ impl Netlink {
         if s.port > 0 {
             b = b.port(s.port);
         }
-        ctx(self.handle.link().add(b.build()).execute().await, || format!("create vxlan device {}", s.name))
+        ctx(self.handle.link().add(b.build()).execute().await, || {
+            format!("create vxlan device {}", s.name)
+        })
     }
 
     pub async fn delete_link(&self, index: u32) -> Result<(), NetError> {
-        ctx(self.handle.link().del(index).execute().await, || format!("delete link #{index}"))
+        ctx(self.handle.link().del(index).execute().await, || {
+            format!("delete link #{index}")
+        })
     }
 
     pub async fn set_up(&self, index: u32) -> Result<(), NetError> {
         let m = LinkUnspec::new_with_index(index).up().build();
-        ctx(self.handle.link().set(m).execute().await, || format!("set link #{index} up"))
+        ctx(self.handle.link().set(m).execute().await, || {
+            format!("set link #{index} up")
+        })
     }
 
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetError> {
         let m = LinkUnspec::new_with_index(index).mtu(mtu).build();
-        ctx(self.handle.link().set(m).execute().await, || format!("set link #{index} mtu {mtu}"))
+        ctx(self.handle.link().set(m).execute().await, || {
+            format!("set link #{index} mtu {mtu}")
+        })
     }
 
     /// IPv4 addresses with their link index; all links when `index` is `None`.
@@ -201,7 +236,9 @@ impl Netlink {
         if let Some(i) = index {
             req = req.set_link_index_filter(i);
         }
-        let msgs: Vec<_> = ctx(req.execute().try_collect().await, || "list addresses".into())?;
+        let msgs: Vec<_> = ctx(req.execute().try_collect().await, || {
+            "list addresses".into()
+        })?;
         let mut out = Vec::new();
         for m in msgs {
             if m.header.family != AddressFamily::Inet {
@@ -229,21 +266,36 @@ impl Netlink {
 
     pub async fn add_addr(&self, index: u32, addr: Ipv4Net) -> Result<(), NetError> {
         ctx(
-            self.handle.address().add(index, IpAddr::V4(addr.addr()), addr.prefix_len()).replace().execute().await,
+            self.handle
+                .address()
+                .add(index, IpAddr::V4(addr.addr()), addr.prefix_len())
+                .replace()
+                .execute()
+                .await,
             || format!("add address {addr} to link #{index}"),
         )
     }
 
     pub async fn del_addr(&self, index: u32, addr: Ipv4Net) -> Result<(), NetError> {
         let msgs: Vec<_> = ctx(
-            self.handle.address().get().set_link_index_filter(index).execute().try_collect().await,
+            self.handle
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .execute()
+                .try_collect()
+                .await,
             || format!("list addresses of link #{index}"),
         )?;
         for m in msgs {
             let hit = m.header.prefix_len == addr.prefix_len()
-                && m.attributes.iter().any(|a| matches!(a, AddressAttribute::Local(IpAddr::V4(ip)) if *ip == addr.addr()));
+                && m.attributes.iter().any(
+                    |a| matches!(a, AddressAttribute::Local(IpAddr::V4(ip)) if *ip == addr.addr()),
+                );
             if hit {
-                ctx(self.handle.address().del(m).execute().await, || format!("delete address {addr} from link #{index}"))?;
+                ctx(self.handle.address().del(m).execute().await, || {
+                    format!("delete address {addr} from link #{index}")
+                })?;
             }
         }
         Ok(())
@@ -264,25 +316,40 @@ impl Netlink {
     }
 
     async fn v4_routes(&self) -> Result<Vec<RouteMessage>, NetError> {
-        let req = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build());
-        ctx(req.execute().try_collect().await, || "list IPv4 routes".into())
+        let req = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build());
+        ctx(req.execute().try_collect().await, || {
+            "list IPv4 routes".into()
+        })
     }
 
     /// Main-table IPv4 routes with a gateway through link `index`: destination → gateway.
-    pub async fn routes_via_link(&self, index: u32) -> Result<BTreeMap<Ipv4Net, Ipv4Addr>, NetError> {
+    pub async fn routes_via_link(
+        &self,
+        index: u32,
+    ) -> Result<BTreeMap<Ipv4Net, Ipv4Addr>, NetError> {
         let mut out = BTreeMap::new();
         for r in self.v4_routes().await? {
             if route_table(&r) != u32::from(RT_TABLE_MAIN) || route_oif(&r) != Some(index) {
                 continue;
             }
-            let (Some(dst), Some(gw)) = (route_dst(&r), route_gw(&r)) else { continue };
+            let (Some(dst), Some(gw)) = (route_dst(&r), route_gw(&r)) else {
+                continue;
+            };
             out.insert(dst, gw);
         }
         Ok(out)
     }
 
     /// `ip route replace <dst> via <gw> dev <index> onlink proto 252`.
-    pub async fn replace_onlink_route(&self, dst: Ipv4Net, gw: Ipv4Addr, index: u32) -> Result<(), NetError> {
+    pub async fn replace_onlink_route(
+        &self,
+        dst: Ipv4Net,
+        gw: Ipv4Addr,
+        index: u32,
+    ) -> Result<(), NetError> {
         let m = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst.network(), dst.prefix_len())
             .gateway(gw)
@@ -305,17 +372,28 @@ impl Netlink {
             // protocol matches: unspec matches any, so routes left by upstream (proto boot) go too.
             .protocol(RouteProtocol::Unspec)
             .build();
-        ctx(self.handle.route().del(m).execute().await, || format!("delete route {dst} via {gw}"))
+        ctx(self.handle.route().del(m).execute().await, || {
+            format!("delete route {dst} via {gw}")
+        })
     }
 
     /// Permanent IPv4 neighbour entries of link `index`: IP → MAC.
     pub async fn neighbours(&self, index: u32) -> Result<BTreeMap<Ipv4Addr, MacAddr>, NetError> {
         let msgs: Vec<NeighbourMessage> = ctx(
-            self.handle.neighbours().get().set_address_family(AddressFamily::Inet).execute().try_collect().await,
+            self.handle
+                .neighbours()
+                .get()
+                .set_address_family(AddressFamily::Inet)
+                .execute()
+                .try_collect()
+                .await,
             || "list neighbours".into(),
         )?;
         let mut out = BTreeMap::new();
-        for m in msgs.iter().filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent) {
+        for m in msgs
+            .iter()
+            .filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent)
+        {
             if let (Some(IpAddr::V4(ip)), Some(mac)) = (neigh_dst(m), neigh_lladdr(m)) {
                 out.insert(ip, mac);
             }
@@ -324,23 +402,44 @@ impl Netlink {
     }
 
     /// `ip neigh replace <ip> lladdr <mac> dev <index> nud permanent`.
-    pub async fn set_neighbour(&self, index: u32, ip: Ipv4Addr, mac: MacAddr) -> Result<(), NetError> {
-        let req = self.handle.neighbours().add(index, IpAddr::V4(ip)).link_layer_address(&mac.0).replace();
-        ctx(req.execute().await, || format!("set neighbour {ip} lladdr {mac} on #{index}"))
+    pub async fn set_neighbour(
+        &self,
+        index: u32,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+    ) -> Result<(), NetError> {
+        let req = self
+            .handle
+            .neighbours()
+            .add(index, IpAddr::V4(ip))
+            .link_layer_address(&mac.0)
+            .replace();
+        ctx(req.execute().await, || {
+            format!("set neighbour {ip} lladdr {mac} on #{index}")
+        })
     }
 
     pub async fn del_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetError> {
         let mut m = NeighbourMessage::default();
         m.header.family = AddressFamily::Inet;
         m.header.ifindex = index;
-        m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
-        ctx(self.handle.neighbours().del(m).execute().await, || format!("delete neighbour {ip} on #{index}"))
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        ctx(self.handle.neighbours().del(m).execute().await, || {
+            format!("delete neighbour {ip} on #{index}")
+        })
     }
 
     /// FDB entries with an IPv4 destination on link `index` (`bridge fdb show dev X`): MAC → dst.
     pub async fn fdb(&self, index: u32) -> Result<BTreeMap<MacAddr, Ipv4Addr>, NetError> {
         let msgs: Vec<NeighbourMessage> = ctx(
-            self.handle.neighbours().get().set_address_family(AddressFamily::Bridge).execute().try_collect().await,
+            self.handle
+                .neighbours()
+                .get()
+                .set_address_family(AddressFamily::Bridge)
+                .execute()
+                .try_collect()
+                .await,
             || "list FDB entries".into(),
         )?;
         let mut out = BTreeMap::new();
@@ -361,7 +460,9 @@ impl Netlink {
             .destination(IpAddr::V4(dst))
             .flags(NeighbourFlags::Own)
             .replace();
-        ctx(req.execute().await, || format!("set fdb {mac} dst {dst} on #{index}"))
+        ctx(req.execute().await, || {
+            format!("set fdb {mac} dst {dst} on #{index}")
+        })
     }
 
     pub async fn del_fdb(&self, index: u32, mac: MacAddr, dst: Ipv4Addr) -> Result<(), NetError> {
@@ -370,9 +471,13 @@ impl Netlink {
         m.header.ifindex = index;
         m.header.flags = NeighbourFlags::Own;
         m.header.state = NeighbourState::Permanent;
-        m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
-        m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
-        ctx(self.handle.neighbours().del(m).execute().await, || format!("delete fdb {mac} dst {dst} on #{index}"))
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        ctx(self.handle.neighbours().del(m).execute().await, || {
+            format!("delete fdb {mac} dst {dst} on #{index}")
+        })
     }
 }
 
@@ -419,8 +524,8 @@ fn neigh_dst(m: &NeighbourMessage) -> Option<IpAddr> {
         NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
         // AF_BRIDGE (FDB) messages carry the VXLAN destination as raw bytes.
         NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => match b.len() {
-            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(|a| IpAddr::from(a)),
-            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(|a| IpAddr::from(a)),
+            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
             _ => None,
         },
         _ => None,

@@ -10,7 +10,11 @@ pub enum SubnetError {
         source: etcd_client::Error,
     },
     #[error("etcd {op} {key}: no answer within {secs} s")]
-    Timeout { op: &'static str, key: String, secs: u64 },
+    Timeout {
+        op: &'static str,
+        key: String,
+        secs: u64,
+    },
     #[error("cannot connect to etcd at {endpoints}: {source}")]
     Connect {
         endpoints: String,

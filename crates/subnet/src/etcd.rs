@@ -75,20 +75,34 @@ async fn timed<T>(
     f: impl Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, SubnetError> {
     match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
-        Err(_) => Err(SubnetError::Timeout { op, key: key.to_string(), secs: REQUEST_TIMEOUT.as_secs() }),
-        Ok(Err(source)) => Err(SubnetError::Etcd { op, key: key.to_string(), source }),
+        Err(_) => Err(SubnetError::Timeout {
+            op,
+            key: key.to_string(),
+            secs: REQUEST_TIMEOUT.as_secs(),
+        }),
+        Ok(Err(source)) => Err(SubnetError::Etcd {
+            op,
+            key: key.to_string(),
+            source,
+        }),
         Ok(Ok(v)) => Ok(v),
     }
 }
 
 fn read_file(path: &str) -> Result<Vec<u8>, SubnetError> {
-    std::fs::read(path).map_err(|source| SubnetError::TlsFile { path: path.to_string(), source })
+    std::fs::read(path).map_err(|source| SubnetError::TlsFile {
+        path: path.to_string(),
+        source,
+    })
 }
 
 impl EtcdSubnetManager {
     /// Connects lazily: the channel is made now, the first request finds out whether etcd is up.
     /// TLS is used only when both a key and a certificate file are given, as upstream does.
-    pub async fn connect(opts: &EtcdOptions, previous: PreviousSubnets) -> Result<Self, SubnetError> {
+    pub async fn connect(
+        opts: &EtcdOptions,
+        previous: PreviousSubnets,
+    ) -> Result<Self, SubnetError> {
         let mut co = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
@@ -96,7 +110,8 @@ impl EtcdSubnetManager {
             co = co.with_user(opts.username.clone(), opts.password.clone());
         }
         if !opts.keyfile.is_empty() && !opts.certfile.is_empty() {
-            let identity = Identity::from_pem(read_file(&opts.certfile)?, read_file(&opts.keyfile)?);
+            let identity =
+                Identity::from_pem(read_file(&opts.certfile)?, read_file(&opts.keyfile)?);
             let mut tls = TlsOptions::new().identity(identity);
             if !opts.cafile.is_empty() {
                 tls = tls.ca_certificate(Certificate::from_pem(read_file(&opts.cafile)?));
@@ -106,11 +121,20 @@ impl EtcdSubnetManager {
             warn!("no etcd TLS key and certificate given: talking to etcd in plain text");
         }
         let endpoints = opts.endpoints.join(",");
-        let client = tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(&opts.endpoints, Some(co)))
-            .await
-            .map_err(|_| SubnetError::Timeout { op: "connect", key: endpoints.clone(), secs: REQUEST_TIMEOUT.as_secs() })?
-            .map_err(|source| SubnetError::Connect { endpoints, source })?;
-        Ok(Self { client, prefix: clean_prefix(&opts.prefix), previous })
+        let client =
+            tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(&opts.endpoints, Some(co)))
+                .await
+                .map_err(|_| SubnetError::Timeout {
+                    op: "connect",
+                    key: endpoints.clone(),
+                    secs: REQUEST_TIMEOUT.as_secs(),
+                })?
+                .map_err(|source| SubnetError::Connect { endpoints, source })?;
+        Ok(Self {
+            client,
+            prefix: clean_prefix(&opts.prefix),
+            previous,
+        })
     }
 
     pub fn config_key(&self) -> String {
@@ -138,7 +162,11 @@ impl EtcdSubnetManager {
             }
         };
         match LeaseAttrs::from_json(value) {
-            Ok(attrs) => Ok(Lease { subnet: sk.v4, ipv6_subnet: sk.v6, attrs }),
+            Ok(attrs) => Ok(Lease {
+                subnet: sk.v4,
+                ipv6_subnet: sk.v6,
+                attrs,
+            }),
             Err(e) => {
                 warn!(key = %key, error = %e, "skipping lease with an unreadable value (its subnet stays reserved)");
                 Err(Some(sk))
@@ -150,8 +178,16 @@ impl EtcdSubnetManager {
     pub async fn list(&self) -> Result<Listing, SubnetError> {
         let prefix = self.subnets_prefix();
         let mut c = self.client.clone();
-        let resp = timed("get", &prefix, c.get(prefix.as_str(), Some(GetOptions::new().with_prefix()))).await?;
-        let mut l = Listing { revision: resp.header().map(|h| h.revision()).unwrap_or(0), ..Default::default() };
+        let resp = timed(
+            "get",
+            &prefix,
+            c.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let mut l = Listing {
+            revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+            ..Default::default()
+        };
         for kv in resp.kvs() {
             match self.decode(kv.key(), kv.value()) {
                 Ok(lease) => l.entries.push(Entry {
@@ -197,7 +233,11 @@ impl EtcdSubnetManager {
             let g = timed("lease grant", key, c.lease_grant(SUBNET_TTL_SECS, None)).await?;
             (g.id(), Duration::from_secs(g.ttl().max(0) as u64))
         };
-        let put = TxnOp::put(key, attrs.to_json(), (id != 0).then(|| PutOptions::new().with_lease(id)));
+        let put = TxnOp::put(
+            key,
+            attrs.to_json(),
+            (id != 0).then(|| PutOptions::new().with_lease(id)),
+        );
         let txn = Txn::new().when(vec![cmp]).and_then(vec![put]);
         let resp = timed("txn", key, c.txn(txn)).await?;
         if !resp.succeeded() {
@@ -206,8 +246,16 @@ impl EtcdSubnetManager {
             }
             return Ok(None);
         }
-        let lease = Lease { subnet: lease_key.v4, ipv6_subnet: lease_key.v6, attrs: attrs.clone() };
-        Ok(Some(OwnLease { lease, ttl, handle: id }))
+        let lease = Lease {
+            subnet: lease_key.v4,
+            ipv6_subnet: lease_key.v6,
+            attrs: attrs.clone(),
+        };
+        Ok(Some(OwnLease {
+            lease,
+            ttl,
+            handle: id,
+        }))
     }
 
     /// Acquires starting from a listing the caller already holds (which may be stale: a lost
@@ -233,11 +281,19 @@ impl EtcdSubnetManager {
             let mut taken: Vec<&Entry> = l.entries.iter().collect();
 
             // 1. The lease our PublicIP already holds.
-            if let Some(e) = l.entries.iter().find(|e| e.lease.attrs.public_ip == attrs.public_ip) {
+            if let Some(e) = l
+                .entries
+                .iter()
+                .find(|e| e.lease.attrs.public_ip == attrs.public_ip)
+            {
                 if Self::compatible(cfg, &e.lease) {
-                    let cmp = Compare::mod_revision(e.key.as_str(), CompareOp::Equal, e.mod_revision);
+                    let cmp =
+                        Compare::mod_revision(e.key.as_str(), CompareOp::Equal, e.mod_revision);
                     let reservation = e.etcd_lease == 0;
-                    if let Some(own) = self.put_if(&e.key, e.lease.key(), attrs, cmp, reservation).await? {
+                    if let Some(own) = self
+                        .put_if(&e.key, e.lease.key(), attrs, cmp, reservation)
+                        .await?
+                    {
                         info!(key = %e.key, "reusing the lease held by our public IP {}", attrs.public_ip);
                         return Ok(own);
                     }
@@ -246,27 +302,53 @@ impl EtcdSubnetManager {
                 warn!(key = %e.key, "our public IP holds a lease that no longer fits the network config; deleting it");
                 let mut c = self.client.clone();
                 let txn = Txn::new()
-                    .when(vec![Compare::mod_revision(e.key.as_str(), CompareOp::Equal, e.mod_revision)])
+                    .when(vec![Compare::mod_revision(
+                        e.key.as_str(),
+                        CompareOp::Equal,
+                        e.mod_revision,
+                    )])
                     .and_then(vec![TxnOp::delete(e.key.as_str(), None)]);
                 timed("txn delete", &e.key, c.txn(txn)).await?;
                 taken.retain(|t| t.key != e.key);
             }
 
-            let keys = taken.iter().map(|e| e.lease.key()).chain(l.unreadable.iter().copied());
-            let taken_v4: Vec<(u128, u8)> =
-                keys.clone().map(|k| (v4_to_u128(k.v4.network()), k.v4.prefix_len())).collect();
-            let taken_v6: Vec<(u128, u8)> =
-                keys.filter_map(|k| k.v6).map(|n| (v6_to_u128(n.network()), n.prefix_len())).collect();
+            let keys = taken
+                .iter()
+                .map(|e| e.lease.key())
+                .chain(l.unreadable.iter().copied());
+            let taken_v4: Vec<(u128, u8)> = keys
+                .clone()
+                .map(|k| (v4_to_u128(k.v4.network()), k.v4.prefix_len()))
+                .collect();
+            let taken_v6: Vec<(u128, u8)> = keys
+                .filter_map(|k| k.v6)
+                .map(|n| (v6_to_u128(n.network()), n.prefix_len()))
+                .collect();
             let free = |taken: &[(u128, u8)], base: u128, len: u8, bits: u8| {
-                !taken.iter().any(|&(b, l)| flannel_core::subnet::overlaps(bits, base, len, b, l))
+                !taken
+                    .iter()
+                    .any(|&(b, l)| flannel_core::subnet::overlaps(bits, base, len, b, l))
             };
 
             // 2. The subnet of our previous run, if nobody holds it and it still fits.
             let prev = self.previous.subnet.and_then(|s| {
-                let k = SubnetKey::new(s, if v6_range.is_some() { self.previous.ipv6_subnet } else { None });
-                let probe = Lease { subnet: k.v4, ipv6_subnet: k.v6, attrs: attrs.clone() };
+                let k = SubnetKey::new(
+                    s,
+                    if v6_range.is_some() {
+                        self.previous.ipv6_subnet
+                    } else {
+                        None
+                    },
+                );
+                let probe = Lease {
+                    subnet: k.v4,
+                    ipv6_subnet: k.v6,
+                    attrs: attrs.clone(),
+                };
                 let is_free = free(&taken_v4, v4_to_u128(s.network()), s.prefix_len(), 32)
-                    && k.v6.is_none_or(|n| free(&taken_v6, v6_to_u128(n.network()), n.prefix_len(), 128));
+                    && k.v6.is_none_or(|n| {
+                        free(&taken_v6, v6_to_u128(n.network()), n.prefix_len(), 128)
+                    });
                 (Self::compatible(cfg, &probe) && is_free).then_some(k)
             });
 
@@ -276,7 +358,10 @@ impl EtcdSubnetManager {
                 None => {
                     let v4 = pick_free(&range, &taken_v4).ok_or(SubnetError::OutOfSubnets)?;
                     let v6 = match v6_range {
-                        Some(r) => Some(v6_net(pick_free(&r, &taken_v6).ok_or(SubnetError::OutOfSubnets)?, r.subnet_len)),
+                        Some(r) => Some(v6_net(
+                            pick_free(&r, &taken_v6).ok_or(SubnetError::OutOfSubnets)?,
+                            r.subnet_len,
+                        )),
                         None => None,
                     };
                     SubnetKey::new(v4_net(v4, range.subnet_len), v6)
@@ -289,7 +374,9 @@ impl EtcdSubnetManager {
                     info!(key = %etcd_key, "acquired a new lease");
                     return Ok(own);
                 }
-                None => info!(key = %etcd_key, attempt, "another node took this subnet first; trying again"),
+                None => {
+                    info!(key = %etcd_key, attempt, "another node took this subnet first; trying again")
+                }
             }
         }
         Err(SubnetError::TooManyConflicts(ACQUIRE_ATTEMPTS))
@@ -306,7 +393,11 @@ impl EtcdSubnetManager {
 
     /// Replaces our lease value with `attrs` (for example a new VtepMAC) on a fresh lease, only
     /// while the key still holds exactly our previous value.
-    pub async fn republish(&self, own: &OwnLease, attrs: &LeaseAttrs) -> Result<OwnLease, SubnetError> {
+    pub async fn republish(
+        &self,
+        own: &OwnLease,
+        attrs: &LeaseAttrs,
+    ) -> Result<OwnLease, SubnetError> {
         let key = self.key_for(&own.lease.key());
         let cmp = Compare::value(key.as_str(), CompareOp::Equal, own.lease.attrs.to_json());
         self.put_if(&key, own.lease.key(), attrs, cmp, own.handle == 0)
@@ -354,7 +445,9 @@ impl EtcdSubnetManager {
             next_rev = Some(start);
             let mut c = self.client.clone();
             let opts = WatchOptions::new().with_prefix().with_start_revision(start);
-            let mut stream = match timed("watch", &prefix, c.watch(prefix.as_str(), Some(opts))).await {
+            let mut stream = match timed("watch", &prefix, c.watch(prefix.as_str(), Some(opts)))
+                .await
+            {
                 Ok(s) => s,
                 Err(e) => {
                     warn!(error = %e, "starting the lease watch failed; retrying in {backoff:?}");
@@ -377,14 +470,20 @@ impl EtcdSubnetManager {
                             break;
                         }
                         if resp.canceled() {
-                            warn!(reason = resp.cancel_reason(), "etcd cancelled the lease watch; re-listing");
+                            warn!(
+                                reason = resp.cancel_reason(),
+                                "etcd cancelled the lease watch; re-listing"
+                            );
                             next_rev = None;
                             break;
                         }
                         for ev in resp.events() {
                             let Some(kv) = ev.kv() else { continue };
                             let out = match ev.event_type() {
-                                EventType::Put => self.decode(kv.key(), kv.value()).ok().map(LeaseEvent::Added),
+                                EventType::Put => self
+                                    .decode(kv.key(), kv.value())
+                                    .ok()
+                                    .map(LeaseEvent::Added),
                                 EventType::Delete => {
                                     let key = String::from_utf8_lossy(kv.key());
                                     let name = key.strip_prefix(&prefix).unwrap_or(&key);
@@ -422,10 +521,17 @@ impl SubnetManager for EtcdSubnetManager {
         let key = self.config_key();
         let mut c = self.client.clone();
         let resp = timed("get", &key, c.get(key.as_str(), None)).await?;
-        Ok(resp.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }
 
-    async fn acquire_lease(&self, config: &NetworkConfig, attrs: &LeaseAttrs) -> Result<OwnLease, SubnetError> {
+    async fn acquire_lease(
+        &self,
+        config: &NetworkConfig,
+        attrs: &LeaseAttrs,
+    ) -> Result<OwnLease, SubnetError> {
         self.acquire_from(config, attrs, None).await
     }
 

@@ -28,7 +28,9 @@ pub struct OwnLease {
 
 pub trait SubnetManager: Send + Sync {
     /// The network config document, or `None` while it does not exist yet.
-    fn get_network_config(&self) -> impl Future<Output = Result<Option<String>, SubnetError>> + Send;
+    fn get_network_config(
+        &self,
+    ) -> impl Future<Output = Result<Option<String>, SubnetError>> + Send;
 
     /// Takes a subnet for this node: the one already held by our PublicIP, else the previous one
     /// from subnet.env when free, else a random free one. A lost race tries another subnet.
@@ -39,7 +41,10 @@ pub trait SubnetManager: Send + Sync {
     ) -> impl Future<Output = Result<OwnLease, SubnetError>> + Send;
 
     /// Extends the lease; fails with [`SubnetError::LeaseLost`] when the key is gone or changed.
-    fn renew_lease(&self, lease: &OwnLease) -> impl Future<Output = Result<OwnLease, SubnetError>> + Send;
+    fn renew_lease(
+        &self,
+        lease: &OwnLease,
+    ) -> impl Future<Output = Result<OwnLease, SubnetError>> + Send;
 
     /// Streams lease events forever (snapshot first, then changes), reconnecting by itself.
     fn watch_leases(&self, tx: mpsc::Sender<LeaseEvent>) -> impl Future<Output = ()> + Send;

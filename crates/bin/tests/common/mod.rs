@@ -12,13 +12,24 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A name unique to this test process and call: `<prefix><pid><n>`.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 pub fn require_root() {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let uid = status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1).map(String::from));
-    assert_eq!(uid.as_deref(), Some("0"), "this test needs root: it creates network namespaces");
+    let uid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1).map(String::from));
+    assert_eq!(
+        uid.as_deref(),
+        Some("0"),
+        "this test needs root: it creates network namespaces"
+    );
 }
 
 /// A fresh temporary directory, removed on drop.
@@ -42,7 +53,10 @@ impl Drop for TempDir {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// A real etcd on loopback, stopped on drop. When CI already runs one
@@ -57,7 +71,11 @@ impl Etcd {
     pub fn start() -> Self {
         if let Ok(ep) = std::env::var("FLANNEL_TEST_ETCD_ENDPOINTS") {
             if !ep.is_empty() {
-                return Self { endpoint: ep, child: None, _dir: None };
+                return Self {
+                    endpoint: ep,
+                    child: None,
+                    _dir: None,
+                };
             }
         }
         let dir = TempDir::new("etcd");
@@ -67,14 +85,28 @@ impl Etcd {
         let child = Command::new("etcd")
             .args(["--name", "test", "--data-dir"])
             .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args([
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
             .args(["--initial-cluster", &format!("test={peer_url}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start etcd (apt-get install etcd-server)");
-        let e = Self { endpoint, child: Some(child), _dir: Some(dir) };
+        let e = Self {
+            endpoint,
+            child: Some(child),
+            _dir: Some(dir),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
             assert!(Instant::now() < deadline, "etcd did not start listening");
@@ -111,7 +143,10 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         if let Ok(o) = Command::new("ip").args(["netns", "pids", &self.0]).output() {
-            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            for pid in String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
                 // SAFETY: kill(2) on a PID inside the test's own namespace.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
@@ -123,7 +158,11 @@ impl Drop for Netns {
 /// `ip <args>`, panicking with stderr on failure; returns stdout.
 pub fn ip(args: &[&str]) -> String {
     let o = Command::new("ip").args(args).output().expect("run ip");
-    assert!(o.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -143,5 +182,18 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Dura
 
 /// The directory holding the built binaries (flanneld, flannel, flannel-lab).
 pub fn bin_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_flanneld")).parent().expect("bin dir").to_path_buf()
+    PathBuf::from(env!("CARGO_BIN_EXE_flanneld"))
+        .parent()
+        .expect("bin dir")
+        .to_path_buf()
+}
+
+/// A child process killed and reaped on drop.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -1,0 +1,245 @@
+//! The `flannel` CNI plugin with Debian's real `bridge`, `host-local` and `portmap` plugins, in
+//! namespaces the test makes: ADD, CHECK, DEL, double DEL, failures that leave nothing behind.
+
+mod common;
+
+use common::{bin_dir, ip, require_root, Netns, TempDir};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+const SUBNET_ENV: &str = "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n";
+
+struct Setup {
+    node: Netns,
+    pod: Netns,
+    dir: TempDir,
+}
+
+impl Setup {
+    fn new(env: Option<&str>) -> Self {
+        require_root();
+        let s = Setup {
+            node: Netns::new("n"),
+            pod: Netns::new("p"),
+            dir: TempDir::new("cni"),
+        };
+        if let Some(e) = env {
+            std::fs::write(s.dir.path().join("subnet.env"), e).unwrap();
+        }
+        s
+    }
+
+    fn conf(&self) -> Value {
+        self.conf_v("1.0.0")
+    }
+
+    fn conf_v(&self, version: &str) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": "cni-flannel",
+            "type": "flannel",
+            "subnetFile": self.dir.path().join("subnet.env"),
+            "dataDir": self.dir.path().join("data"),
+            "ipam": {"dataDir": self.dir.path().join("ipam")}
+        })
+    }
+
+    fn stored(&self) -> std::path::PathBuf {
+        self.dir.path().join("data").join(&self.pod.0)
+    }
+
+    /// Runs the plugin in the node namespace; returns (exit ok, stdout JSON or Null).
+    fn run(&self, command: &str, conf: &Value, netns: &str) -> (bool, Value) {
+        let cni_path = format!("{}:/usr/lib/cni", bin_dir().display());
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.node.0])
+            .arg(bin_dir().join("flannel"))
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &self.pod.0)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", cni_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("stdout not JSON ({e}): {text}"))
+        };
+        (out.status.success(), v)
+    }
+}
+
+#[test]
+fn add_check_del_and_double_del_with_real_bridge_and_host_local() {
+    let s = Setup::new(Some(SUBNET_ENV));
+    let (ok, result) = s.run("ADD", &s.conf(), &s.pod.path());
+    assert!(ok, "ADD failed: {result}");
+    assert_eq!(result["ips"][0]["address"], "10.1.17.2/24");
+    assert_eq!(result["ips"][0]["gateway"], "10.1.17.1");
+
+    // The stored delegate config is exactly what upstream stores (plus our ipam dataDir).
+    let stored: Value = serde_json::from_slice(&std::fs::read(s.stored()).unwrap()).unwrap();
+    let want = json!({
+        "cniVersion": "1.0.0",
+        "ipMasq": false,
+        "ipam": {"dataDir": s.dir.path().join("ipam"), "ranges": [[{"subnet": "10.1.17.0/24"}]], "routes": [{"dst": "10.1.0.0/16"}], "type": "host-local"},
+        "isGateway": true,
+        "mtu": 1472,
+        "name": "cni-flannel",
+        "type": "bridge"
+    });
+    assert_eq!(stored, want);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(s.stored()).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // What a user checks: the pod has its address and MTU, the node has cni0 as gateway.
+    let pod_addr = ip(&["-n", &s.pod.0, "addr", "show", "eth0"]);
+    assert!(
+        pod_addr.contains("inet 10.1.17.2/24") && pod_addr.contains("mtu 1472"),
+        "{pod_addr}"
+    );
+    assert!(ip(&["-n", &s.pod.0, "route"]).contains("10.1.0.0/16 via 10.1.17.1 dev eth0"));
+    assert!(ip(&["-n", &s.node.0, "addr", "show", "cni0"]).contains("inet 10.1.17.1/24"));
+
+    let mut check = s.conf();
+    check["prevResult"] = result.clone();
+    let (ok, out) = s.run("CHECK", &check, &s.pod.path());
+    assert!(ok, "CHECK failed: {out}");
+    let mut old = s.conf_v("0.3.1");
+    old["prevResult"] = result.clone();
+    let (ok, out) = s.run("CHECK", &old, &s.pod.path());
+    assert!(
+        !ok && out["code"] == 1,
+        "CHECK needs spec 0.4.0 or later: {out}"
+    );
+    // The node got another subnet since the pod was added: CHECK says so.
+    std::fs::write(
+        s.dir.path().join("subnet.env"),
+        SUBNET_ENV.replace("10.1.17.1", "10.1.18.1"),
+    )
+    .unwrap();
+    let (ok, out) = s.run("CHECK", &check, &s.pod.path());
+    assert!(
+        !ok && out["msg"]
+            .as_str()
+            .unwrap()
+            .contains("changed from 10.1.17.0/24 to 10.1.18.0/24"),
+        "{out}"
+    );
+
+    let (ok, out) = s.run("DEL", &s.conf(), &s.pod.path());
+    assert!(ok, "DEL failed: {out}");
+    assert!(!s.stored().exists(), "DEL removes the stored config");
+    assert!(
+        !ip(&["-n", &s.pod.0, "link"]).contains("eth0"),
+        "pod interface gone"
+    );
+    let (ok, out) = s.run("DEL", &s.conf(), &s.pod.path());
+    assert!(ok, "second DEL must succeed: {out}");
+}
+
+#[test]
+fn missing_subnet_env_is_a_cni_error_and_stores_nothing() {
+    let s = Setup::new(None);
+    let (ok, err) = s.run("ADD", &s.conf(), &s.pod.path());
+    assert!(!ok);
+    assert_eq!(err["code"], 11);
+    assert_eq!(err["cniVersion"], "1.0.0");
+    let msg = err["msg"].as_str().unwrap();
+    assert!(
+        msg.starts_with("failed to load flannel 'subnet.env' file: open ")
+            && msg.contains("Check the flannel pod log"),
+        "{msg}"
+    );
+    assert!(!s.stored().exists());
+}
+
+#[test]
+fn a_failing_delegate_leaves_no_stored_config_and_its_error_is_passed_through() {
+    let s = Setup::new(Some(SUBNET_ENV));
+    let (ok, err) = s.run("ADD", &s.conf(), "/run/netns/no-such-namespace");
+    assert!(!ok);
+    assert!(
+        err["msg"].as_str().unwrap().contains("no-such-namespace"),
+        "{err}"
+    );
+    assert!(
+        !s.stored().exists(),
+        "no config left behind after a failed ADD"
+    );
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let s = Setup::new(Some("FLANNEL_MTU=1450\n"));
+    let (ok, err) = s.run("ADD", &s.conf(), &s.pod.path());
+    assert!(!ok);
+    assert!(err["msg"].as_str().unwrap().ends_with("is missing FLANNEL_NETWORK, FLANNEL_IPV6_NETWORK, FLANNEL_SUBNET, FLANNEL_IPV6_SUBNET, FLANNEL_IPMASQ"), "{err}");
+    let mut conf = s.conf();
+    conf["delegate"] = json!({"name": "mine"});
+    std::fs::write(s.dir.path().join("subnet.env"), SUBNET_ENV).unwrap();
+    let (ok, err) = s.run("ADD", &conf, &s.pod.path());
+    assert!(!ok);
+    assert_eq!(
+        err["msg"],
+        "'delegate' dictionary must not have 'name' field, it'll be set by flannel"
+    );
+    assert!(!s.stored().exists());
+}
+
+#[test]
+fn version_lists_every_spec_version() {
+    let s = Setup::new(None);
+    let (ok, v) = s.run("VERSION", &json!({"cniVersion": "1.0.0"}), "");
+    assert!(ok);
+    assert_eq!(v["cniVersion"], "1.0.0");
+    assert_eq!(
+        v["supportedVersions"],
+        json!(["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
+}
+
+#[test]
+fn first_in_a_conflist_followed_by_portmap() {
+    let s = Setup::new(Some(SUBNET_ENV));
+    let list = flannel_lab::cni_exec::tutorial_conflist(s.dir.path());
+    let cni_path = format!("{}:/usr/lib/cni", bin_dir().display());
+    let netns = s.pod.path();
+    let inv = flannel_lab::cni_exec::Invocation {
+        node_ns: &s.node.0,
+        container_id: &s.pod.0,
+        netns_path: &netns,
+        ifname: "eth0",
+        cni_path: &cni_path,
+    };
+    let result = flannel_lab::cni_exec::add(&list, &inv).unwrap();
+    assert_eq!(
+        flannel_lab::cni_exec::result_ipv4(&result).as_deref(),
+        Some("10.1.17.2")
+    );
+    let stored: Value = serde_json::from_slice(
+        &std::fs::read(s.dir.path().join("cni/flannel").join(&s.pod.0)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stored["name"], "cbr0");
+    assert_eq!(stored["hairpinMode"], true);
+    assert_eq!(stored["isDefaultGateway"], true);
+    flannel_lab::cni_exec::del(&list, &inv, Some(&result)).unwrap();
+    assert!(!s.dir.path().join("cni/flannel").join(&s.pod.0).exists());
+}
