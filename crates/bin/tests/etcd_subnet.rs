@@ -342,6 +342,44 @@ async fn watch_sends_a_snapshot_then_adds_and_removes() {
     task.abort();
 }
 
+#[tokio::test]
+async fn a_watch_resuming_at_a_compacted_revision_relists() {
+    let mut f = fixture(TUTORIAL).await;
+    f.put("subnets/10.244.7.0-24", r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#).await;
+    let sm = f.manager(PreviousSubnets::default()).await;
+    let stale_rev = sm.list().await.unwrap().revision;
+    f.put("subnets/10.244.8.0-24", r#"{"PublicIP":"192.168.64.4","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:45"}}"#).await;
+    f.client
+        .delete(format!("{}/subnets/10.244.7.0-24", f.prefix), None)
+        .await
+        .unwrap();
+    let now = f
+        .client
+        .get("x", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    f.client.compact(now, None).await.unwrap();
+    // As after a reconnect: resume where we were. That history is gone, so the watch must
+    // re-list and deliver the current set (7 removed, 8 added) as a snapshot.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let task = tokio::spawn(async move { sm.run_watch_from(tx, Some(stale_rev + 1)).await });
+    match recv(&mut rx).await {
+        LeaseEvent::Snapshot(l) => {
+            let s: Vec<String> = l.iter().map(|x| x.subnet.to_string()).collect();
+            assert_eq!(s, ["10.244.8.0/24"]);
+        }
+        e => panic!("expected a snapshot after compaction, got {e:?}"),
+    }
+    f.put("subnets/10.244.9.0-24", r#"{"PublicIP":"192.168.64.5","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:46"}}"#).await;
+    assert!(
+        matches!(recv(&mut rx).await, LeaseEvent::Added(l) if l.subnet.to_string() == "10.244.9.0/24")
+    );
+    task.abort();
+}
+
 async fn recv(rx: &mut tokio::sync::mpsc::Receiver<LeaseEvent>) -> LeaseEvent {
     tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await

@@ -187,6 +187,65 @@ fn a_peer_added_and_removed_in_etcd_reaches_and_leaves_the_kernel_within_5s() {
         "host-gw lease must not get a vxlan route"
     );
 
+    // The masquerade and forward rules are upstream's, and come back when deleted.
+    let nat = || {
+        String::from_utf8_lossy(
+            &std::process::Command::new("ip")
+                .args(["netns", "exec", &ns, "iptables", "-t", "nat", "-S"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned()
+    };
+    let subnet = &lab.state.nodes[0].subnet;
+    let rule = format!("-A FLANNEL-POSTRTG -s {subnet} -d 10.244.0.0/16 -m comment --comment \"flanneld masq\" -j RETURN");
+    assert!(nat().contains(&rule), "{}", nat());
+    assert!(
+        nat().contains("-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG")
+    );
+    let del: Vec<&str> = [
+        "netns",
+        "exec",
+        &ns,
+        "iptables",
+        "-t",
+        "nat",
+        "-D",
+        "FLANNEL-POSTRTG",
+        "-s",
+        subnet,
+        "-d",
+        "10.244.0.0/16",
+        "-m",
+        "comment",
+        "--comment",
+        "flanneld masq",
+        "-j",
+        "RETURN",
+    ]
+    .to_vec();
+    ip(&del);
+    assert!(
+        eventually(Duration::from_secs(5), || nat().contains(&rule)).is_some(),
+        "rule not restored:\n{}",
+        nat()
+    );
+    let filter = String::from_utf8_lossy(
+        &std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "iptables", "-S", "FLANNEL-FWD"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        filter.contains(
+            "-A FLANNEL-FWD -s 10.244.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT"
+        ),
+        "{filter}"
+    );
+
     etcd_del(&lab.state, key).unwrap();
     let gone = eventually(Duration::from_secs(5), || {
         !routes(&ns).contains("10.244.200.0")
@@ -249,4 +308,45 @@ fn restart_keeps_subnet_mac_and_kernel_state_and_our_lease_is_in_upstream_format
     assert_eq!(routes(&n.netns), before);
     let m = flannel_lab::ping::ping_all(&lab.state);
     assert!(m.all_ok(), "{}", m.render());
+}
+
+#[test]
+fn down_cleans_up_after_a_failed_up() {
+    require_root();
+    // A flanneld that dies at once makes `up` fail half way, with namespaces and etcd running.
+    let bins = TempDir::new("bins");
+    std::fs::write(
+        bins.path().join("flanneld"),
+        "#!/bin/sh\necho broken on purpose >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(bin_dir().join("flannel"), bins.path().join("flannel")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        bins.path().join("flanneld"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let root = TempDir::new("lab");
+    let name = unique("t");
+    let spec = LabSpec {
+        lab: name.clone(),
+        nodes: 2,
+        pods_per_node: 1,
+        state_root: root.path().to_path_buf(),
+        bin_dir: bins.path().to_path_buf(),
+        ..LabSpec::default()
+    };
+    let err = up(&spec).map(|_| ()).unwrap_err();
+    let removed = down(&name, root.path()); // before any assertion, so nothing outlives a failure
+    assert!(
+        format!("{err:#}").contains("broken on purpose"),
+        "the failure names the cause: {err:#}"
+    );
+    let removed = removed.unwrap();
+    assert_eq!(removed.len(), 3, "switch and both nodes: {removed:?}");
+    assert!(!ip(&["netns", "list"])
+        .lines()
+        .any(|l| l.starts_with(&format!("{name}-"))));
+    assert!(!root.path().join(&name).exists());
 }

@@ -10,7 +10,7 @@ use flannel_core::subnet_env::PreviousSubnets;
 use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -41,7 +41,7 @@ impl Default for LabSpec {
 
 /// Starts `program args` inside `ns`, detached from us (own process group, output to `log`).
 /// The lab's processes are found again by namespace, so no PID bookkeeping is needed.
-fn spawn_in_ns(ns: &str, program: &str, args: &[String], log: &Path) -> anyhow::Result<u32> {
+fn spawn_in_ns(ns: &str, program: &str, args: &[String], log: &Path) -> anyhow::Result<Child> {
     let out = File::options()
         .create(true)
         .append(true)
@@ -56,7 +56,7 @@ fn spawn_in_ns(ns: &str, program: &str, args: &[String], log: &Path) -> anyhow::
         .process_group(0)
         .spawn()
         .with_context(|| format!("starting {program} in {ns}"))?;
-    Ok(child.id())
+    Ok(child)
 }
 
 fn wait_until(
@@ -116,8 +116,8 @@ pub fn etcd_del(state: &LabState, key: &str) -> anyhow::Result<()> {
     etcdctl(&state.nodes[0].netns, &["del", key]).map(|_| ())
 }
 
-/// Starts the node's flanneld (appending to its log).
-pub fn start_flanneld(n: &NodeState) -> anyhow::Result<u32> {
+/// Starts the node's flanneld (appending to its log). Dropping the handle leaves it running.
+pub fn start_flanneld(n: &NodeState) -> anyhow::Result<Child> {
     let (prog, args) = n
         .flanneld
         .split_first()
@@ -284,26 +284,28 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
             format!("--subnet-file={}", node_dir.join("subnet.env").display()),
         ];
         n.flanneld.extend(spec.flanneld_args.iter().cloned());
-        start_flanneld(n)?;
     }
-    for n in nodes.iter_mut() {
+    let mut daemons = nodes
+        .iter()
+        .map(start_flanneld)
+        .collect::<anyhow::Result<Vec<Child>>>()?;
+    for (n, child) in nodes.iter_mut().zip(daemons.iter_mut()) {
         let env = dir.join(&n.name).join("subnet.env");
-        let ns = n.netns.clone();
         let log = n.log.clone();
         wait_until(
             &format!("flanneld on {} to write subnet.env", n.name),
             Duration::from_secs(30),
             || {
-                if sh::ip(&["netns", "pids", &ns])
-                    .map(|p| p.trim().is_empty())
-                    .unwrap_or(true)
-                {
-                    bail!("flanneld on {} exited:\n{}", ns, log_tail(&log));
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "flanneld on {} exited ({status}):\n{}",
+                        n.netns,
+                        log_tail(&log)
+                    );
                 }
                 Ok(env.exists())
             },
-        )
-        .with_context(|| format!("flanneld log:\n{}", log_tail(&n.log)))?;
+        )?;
         n.subnet = PreviousSubnets::read(&env)
             .subnet
             .map(|s| s.to_string())

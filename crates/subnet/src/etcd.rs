@@ -417,9 +417,14 @@ impl EtcdSubnetManager {
     /// The watch loop: list (snapshot), watch from the next revision, reconnect with backoff,
     /// re-list when etcd has compacted the revision we need.
     pub async fn run_watch(&self, tx: mpsc::Sender<LeaseEvent>) {
+        self.run_watch_from(tx, None).await
+    }
+
+    /// The watch loop resuming at `resume` (as after a reconnect); `None` starts with a listing.
+    pub async fn run_watch_from(&self, tx: mpsc::Sender<LeaseEvent>, resume: Option<i64>) {
         let prefix = self.subnets_prefix();
         let mut backoff = WATCH_BACKOFF_MIN;
-        let mut next_rev: Option<i64> = None;
+        let mut next_rev: Option<i64> = resume;
         loop {
             if tx.is_closed() {
                 return;
