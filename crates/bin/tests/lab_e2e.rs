@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{bin_dir, eventually, ip, require_root, unique, TempDir};
+use common::{bin_dir, eventually, ip, require_root, unique, Proc, TempDir};
 use flannel_lab::cluster::{etcd_del, etcd_get, etcd_put, start_flanneld, stop_flanneld};
 use flannel_lab::{down, up, LabSpec, LabState};
 use std::time::Duration;
@@ -285,7 +285,7 @@ fn restart_keeps_subnet_mac_and_kernel_state_and_our_lease_is_in_upstream_format
         flannel_lab::ping::ping(&lab.state.nodes[0].pods[0].netns, &n.pods[0].ip),
         "data plane works while flanneld is down"
     );
-    start_flanneld(n).unwrap();
+    let _flanneld = Proc(start_flanneld(n).unwrap());
     // Restarted: same subnet (subnet.env rewritten with it), same MAC, same lease value.
     let env = lab.state.state_dir.join(&n.name).join("subnet.env");
     let same = eventually(Duration::from_secs(10), || {
