@@ -155,38 +155,13 @@ impl Netlink {
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetError> {
-        let mut s = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        match s.next().await {
-            None => Ok(None),
-            Some(Ok(m)) => Ok(Some(parse_link(&m))),
-            Some(Err(rtnetlink::Error::NetlinkError(e))) if -e.raw_code() == libc_enodev() => {
-                Ok(None)
-            }
-            Some(Err(e)) => Err(NetError {
-                what: format!("get link {name}"),
-                source: e,
-            }),
-        }
+        let req = self.handle.link().get().match_name(name.to_string());
+        one_link(req, format!("get link {name}")).await
     }
 
     pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NetError> {
-        let mut s = self.handle.link().get().match_index(index).execute();
-        match s.next().await {
-            None => Ok(None),
-            Some(Ok(m)) => Ok(Some(parse_link(&m))),
-            Some(Err(rtnetlink::Error::NetlinkError(e))) if -e.raw_code() == libc_enodev() => {
-                Ok(None)
-            }
-            Some(Err(e)) => Err(NetError {
-                what: format!("get link #{index}"),
-                source: e,
-            }),
-        }
+        let req = self.handle.link().get().match_index(index);
+        one_link(req, format!("get link #{index}")).await
     }
 
     pub async fn create_vxlan(&self, s: &VxlanSpec) -> Result<(), NetError> {
@@ -377,18 +352,18 @@ impl Netlink {
         })
     }
 
+    async fn neigh_dump(
+        &self,
+        family: AddressFamily,
+        what: &str,
+    ) -> Result<Vec<NeighbourMessage>, NetError> {
+        let req = self.handle.neighbours().get().set_address_family(family);
+        ctx(req.execute().try_collect().await, || format!("list {what}"))
+    }
+
     /// Permanent IPv4 neighbour entries of link `index`: IP → MAC.
     pub async fn neighbours(&self, index: u32) -> Result<BTreeMap<Ipv4Addr, MacAddr>, NetError> {
-        let msgs: Vec<NeighbourMessage> = ctx(
-            self.handle
-                .neighbours()
-                .get()
-                .set_address_family(AddressFamily::Inet)
-                .execute()
-                .try_collect()
-                .await,
-            || "list neighbours".into(),
-        )?;
+        let msgs = self.neigh_dump(AddressFamily::Inet, "neighbours").await?;
         let mut out = BTreeMap::new();
         for m in msgs
             .iter()
@@ -432,16 +407,9 @@ impl Netlink {
 
     /// FDB entries with an IPv4 destination on link `index` (`bridge fdb show dev X`): MAC → dst.
     pub async fn fdb(&self, index: u32) -> Result<BTreeMap<MacAddr, Ipv4Addr>, NetError> {
-        let msgs: Vec<NeighbourMessage> = ctx(
-            self.handle
-                .neighbours()
-                .get()
-                .set_address_family(AddressFamily::Bridge)
-                .execute()
-                .try_collect()
-                .await,
-            || "list FDB entries".into(),
-        )?;
+        let msgs = self
+            .neigh_dump(AddressFamily::Bridge, "FDB entries")
+            .await?;
         let mut out = BTreeMap::new();
         for m in msgs.iter().filter(|m| m.header.ifindex == index) {
             if let (Some(IpAddr::V4(dst)), Some(mac)) = (neigh_dst(m), neigh_lladdr(m)) {
@@ -481,8 +449,17 @@ impl Netlink {
     }
 }
 
-fn libc_enodev() -> i32 {
-    19 // ENODEV: the kernel's answer for a link name that does not exist
+/// ENODEV: the kernel's answer for a link that does not exist.
+const ENODEV: i32 = 19;
+
+/// The single link a filtered get returns; `None` when the kernel says there is no such link.
+async fn one_link(req: rtnetlink::LinkGetRequest, what: String) -> Result<Option<Link>, NetError> {
+    match req.execute().next().await {
+        None => Ok(None),
+        Some(Ok(m)) => Ok(Some(parse_link(&m))),
+        Some(Err(rtnetlink::Error::NetlinkError(e))) if -e.raw_code() == ENODEV => Ok(None),
+        Some(Err(source)) => Err(NetError { what, source }),
+    }
 }
 
 fn route_table(r: &RouteMessage) -> u32 {
