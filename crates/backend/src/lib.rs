@@ -8,7 +8,7 @@ pub mod vxlan;
 
 use flannel_core::{Lease, LeaseAttrs};
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The interface flannel sends encapsulated traffic through (upstream `ExternalInterface`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +20,10 @@ pub struct ExternalInterface {
     pub iface_addr: Ipv4Addr,
     /// The address published to peers: `--public-ip`, else `iface_addr`.
     pub ext_addr: Ipv4Addr,
+    /// The interface's IPv6 address, when IPv6 is enabled.
+    pub iface_v6_addr: Option<Ipv6Addr>,
+    /// `--public-ipv6`, else `iface_v6_addr`.
+    pub ext_v6_addr: Option<Ipv6Addr>,
 }
 
 #[derive(Debug, thiserror::Error)]

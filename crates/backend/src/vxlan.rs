@@ -39,6 +39,9 @@ impl VxlanBackend {
         if cfg.gbp {
             warn!("vxlan GBP is not supported by flannel-rs yet; ignoring it");
         }
+        if ext.ext_v6_addr.is_some() {
+            warn!("IPv6 is enabled: the lease carries an IPv6 subnet, but this vxlan backend programs the IPv4 overlay only (no flannel-v6.{} yet)", cfg.vni);
+        }
         if cfg.direct_routing {
             warn!("vxlan DirectRouting is not supported by flannel-rs yet; every peer gets VXLAN");
         }
@@ -219,7 +222,7 @@ impl Backend for VxlanBackend {
     fn lease_attrs(&self) -> LeaseAttrs {
         LeaseAttrs {
             public_ip: self.ext.ext_addr,
-            public_ipv6: None,
+            public_ipv6: self.ext.ext_v6_addr,
             backend_type: "vxlan".into(),
             backend_data: Some(
                 VxlanData {

@@ -1,7 +1,7 @@
 //! Masquerade and forward rules as data (upstream `pkg/trafficmngr/iptables`), and the
 //! `iptables-restore --noflush` payload that installs them.
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 pub const MASQ_COMMENT: &str = "flanneld masq";
 pub const FORWARD_COMMENT: &str = "flanneld forward";
@@ -40,9 +40,18 @@ impl Rule {
     }
 }
 
-/// The masquerade rules for IPv4: `cluster` = config Network, `pod` = own lease subnet.
-pub fn masq_rules_v4(cluster: Ipv4Net, pod: Ipv4Net, random_fully: bool) -> Vec<Rule> {
+/// Multicast never gets masqueraded: 224.0.0.0/4, or ff00::/8 for IPv6.
+pub fn multicast(net: &IpNet) -> &'static str {
+    match net {
+        IpNet::V4(_) => "224.0.0.0/4",
+        IpNet::V6(_) => "ff00::/8",
+    }
+}
+
+/// The masquerade rules of one family: `cluster` = config (IPv6)Network, `pod` = own lease subnet.
+pub fn masq_rules(cluster: IpNet, pod: IpNet, random_fully: bool) -> Vec<Rule> {
     let (c, p) = (cluster.to_string(), pod.to_string());
+    let mc = multicast(&cluster);
     let cm = ["-m", "comment", "--comment", MASQ_COMMENT];
     let mut masq = vec!["-j", "MASQUERADE"];
     if random_fully {
@@ -66,13 +75,13 @@ pub fn masq_rules_v4(cluster: Ipv4Net, pod: Ipv4Net, random_fully: bool) -> Vec<
         rule(&[&["-s", &p, "-d", &c], &cm, &["-j", "RETURN"]]),
         rule(&[&["-s", &c, "-d", &p], &cm, &["-j", "RETURN"]]),
         rule(&[&["!", "-s", &c, "-d", &p], &cm, &["-j", "RETURN"]]),
-        rule(&[&["-s", &c, "!", "-d", "224.0.0.0/4"], &cm, &masq]),
+        rule(&[&["-s", &c, "!", "-d", mc], &cm, &masq]),
         rule(&[&["!", "-s", &c, "-d", &c], &cm, &masq]),
     ]
 }
 
-/// The forward-accept rules for IPv4.
-pub fn forward_rules_v4(cluster: Ipv4Net) -> Vec<Rule> {
+/// The forward-accept rules of one family.
+pub fn forward_rules(cluster: IpNet) -> Vec<Rule> {
     let c = cluster.to_string();
     let cm = ["-m", "comment", "--comment", FORWARD_COMMENT];
     vec![
@@ -112,7 +121,7 @@ mod tests {
 
     #[test]
     fn masq_rules_match_upstream_listing() {
-        let rules = masq_rules_v4(
+        let rules = masq_rules(
             "10.244.0.0/16".parse().unwrap(),
             "10.244.1.0/24".parse().unwrap(),
             true,
@@ -133,8 +142,21 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_masq_uses_ff00_and_no_random_fully_when_unsupported() {
+        let rules = masq_rules(
+            "fd00:42::/56".parse().unwrap(),
+            "fd00:42:0:1::/64".parse().unwrap(),
+            false,
+        );
+        assert_eq!(
+            rules[5].line("-A"),
+            r#"-A FLANNEL-POSTRTG -s fd00:42::/56 ! -d ff00::/8 -m comment --comment "flanneld masq" -j MASQUERADE"#
+        );
+    }
+
+    #[test]
     fn forward_rules_and_restore_payload() {
-        let rules = forward_rules_v4("10.244.0.0/16".parse().unwrap());
+        let rules = forward_rules("10.244.0.0/16".parse().unwrap());
         let with: Vec<(&Rule, bool)> = rules.iter().enumerate().map(|(i, r)| (r, i == 1)).collect();
         assert_eq!(
             restore_payload("filter", &with),

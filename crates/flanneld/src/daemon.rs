@@ -1,20 +1,24 @@
 //! The flanneld startup sequence and main loop: config, interface, backend, lease, rules,
 //! subnet.env, then watch + reconcile + renew until a signal.
 
-use crate::firewall::Firewall;
+use crate::health;
 use crate::iface;
 use crate::options::Options;
 use anyhow::{bail, Context};
 use flannel_backend::vxlan::VxlanBackend;
 use flannel_backend::Backend;
+use flannel_core::iface::Families;
 use flannel_core::lease::VxlanData;
 use flannel_core::subnet_env::{PreviousSubnets, SubnetEnv};
 use flannel_core::vxlan::VxlanConfig;
 use flannel_core::{MacAddr, NetworkConfig};
+use flannel_net::firewall::{self, FamilyNets, FirewallConfig, IptablesManager, TrafficManager};
 use flannel_net::Netlink;
 use flannel_subnet::etcd::EtcdSubnetManager;
 use flannel_subnet::{LeaseEvent, LeaseSet, OwnLease, SubnetError, SubnetManager};
+use ipnet::IpNet;
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
@@ -67,12 +71,76 @@ fn renew_deadline(own: &OwnLease, margin: Duration) -> Instant {
     Instant::now() + ttl.saturating_sub(margin).max(Duration::from_secs(1))
 }
 
+/// Upstream refuses to start in iptables mode without br_netfilter: bridged pod traffic would
+/// bypass the FORWARD rules.
+fn check_br_netfilter(cfg: &NetworkConfig) -> anyhow::Result<()> {
+    if cfg.enable_nftables {
+        return Ok(());
+    }
+    let need = [
+        (cfg.enable_ipv4, "bridge-nf-call-iptables"),
+        (cfg.enable_ipv6, "bridge-nf-call-ip6tables"),
+    ];
+    for (on, knob) in need {
+        let p = format!("/proc/sys/net/bridge/{knob}");
+        if on && !std::path::Path::new(&p).exists() {
+            bail!("{p} does not exist: load the br_netfilter module (modprobe br_netfilter), or set \"EnableNFTables\": true");
+        }
+    }
+    Ok(())
+}
+
+/// The families the firewall works on, from the config and our lease.
+fn family_nets(cfg: &NetworkConfig, own: &OwnLease) -> Vec<FamilyNets> {
+    let mut v = Vec::new();
+    if let (true, Some(n)) = (cfg.enable_ipv4, cfg.network) {
+        v.push(FamilyNets {
+            cluster: IpNet::V4(n),
+            pod: IpNet::V4(own.lease.subnet),
+        });
+    }
+    if let (true, Some(n), Some(s)) = (cfg.enable_ipv6, cfg.ipv6_network, own.lease.ipv6_subnet) {
+        v.push(FamilyNets {
+            cluster: IpNet::V6(n),
+            pod: IpNet::V6(s),
+        });
+    }
+    v
+}
+
+/// The same from the previous run's subnet.env, for recycling old rules.
+fn previous_nets(p: &PreviousSubnets) -> Vec<FamilyNets> {
+    let mut v = Vec::new();
+    if let (Some(n), Some(s)) = (p.network, p.subnet) {
+        v.push(FamilyNets {
+            cluster: IpNet::V4(n),
+            pod: IpNet::V4(s),
+        });
+    }
+    if let (Some(n), Some(s)) = (p.ipv6_network, p.ipv6_subnet) {
+        v.push(FamilyNets {
+            cluster: IpNet::V6(n),
+            pod: IpNet::V6(s),
+        });
+    }
+    v
+}
+
 pub async fn run(o: Options) -> anyhow::Result<()> {
     let previous = PreviousSubnets::read(&o.subnet_file);
     let sm = Arc::new(EtcdSubnetManager::connect(&o.etcd, previous.clone()).await?);
     let nl = Netlink::new().context("opening a netlink socket")?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let _health = match o.healthz {
+        Some(addr) => Some(
+            health::start(addr, ready.clone())
+                .await
+                .with_context(|| format!("starting the health server on {addr}"))?,
+        ),
+        None => None,
+    };
 
     let config = tokio::select! {
         c = wait_for_config(&sm) => c?,
@@ -81,10 +149,8 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     };
     let network = config
         .network
-        .context("IPv4 Network missing from the config")?;
-    if config.enable_ipv6 {
-        warn!("EnableIPv6 is set but this flannel-rs build handles IPv4 only; ignoring IPv6");
-    }
+        .context("the etcd subnet manager needs an IPv4 Network")?;
+    check_br_netfilter(&config)?;
     if config.backend_type != "vxlan" {
         bail!(
             "backend type {:?} at {} is not supported by this flannel-rs build (supported: vxlan)",
@@ -99,30 +165,45 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         )
     })?;
 
-    let ext = iface::select(&nl, &o).await?;
-    info!(iface = %ext.name, iface_addr = %ext.iface_addr, public_ip = %ext.ext_addr, mtu = ext.mtu, "using interface");
+    let families = Families {
+        v4: config.enable_ipv4,
+        v6: config.enable_ipv6,
+    };
+    let ext = iface::select(&nl, &o, families).await?;
+    info!(iface = %ext.name, iface_addr = %ext.iface_addr, public_ip = %ext.ext_addr, public_ipv6 = ?ext.ext_v6_addr, mtu = ext.mtu, "using interface");
 
     let stored_mac = previous_vtep_mac(&sm, ext.ext_addr).await;
-    let mut backend = VxlanBackend::register(nl, vxcfg, ext, network, stored_mac).await?;
+    let mut backend = VxlanBackend::register(nl.clone(), vxcfg, ext, network, stored_mac).await?;
     let mut own = sm
         .acquire_lease(&config, &backend.lease_attrs())
         .await
         .context("acquiring a subnet lease")?;
     let subnet = own.lease.subnet;
-    info!(subnet = %subnet, "lease acquired");
+    info!(subnet = %subnet, ipv6_subnet = ?own.lease.ipv6_subnet, "lease acquired");
 
-    let fw = {
-        let prev = previous.clone();
-        let (masq, rnd, fwd) = (o.ip_masq, o.ip_masq_fully_random_disable, o.forward_rules);
-        tokio::task::spawn_blocking(move || {
-            let fw = Firewall::new(masq, rnd, fwd, network, subnet);
-            fw.recycle(&prev, network, subnet);
-            fw.apply().map(|_| fw)
-        })
-        .await?
-        .context("installing iptables rules")?
+    let fw_cfg = FirewallConfig {
+        families: family_nets(&config, &own),
+        ip_masq: o.ip_masq,
+        forward: o.forward_rules,
+        fully_random_disable: o.ip_masq_fully_random_disable,
     };
-    let fw = Arc::new(fw);
+    let fw: Arc<dyn TrafficManager> = {
+        let (cfg, nft, old) = (
+            fw_cfg.clone(),
+            config.enable_nftables,
+            previous_nets(&previous),
+        );
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<dyn TrafficManager>> {
+            if !nft {
+                IptablesManager::new(&cfg).recycle(&old, &cfg.families);
+            }
+            let m: Arc<dyn TrafficManager> = Arc::from(firewall::manager(&cfg, nft));
+            m.setup()
+                .with_context(|| format!("installing {} rules", m.name()))?;
+            Ok(m)
+        })
+        .await??
+    };
 
     // Program the peers we already know before telling the CNI plugin we are ready.
     let mut leases = LeaseSet::default();
@@ -135,13 +216,17 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     reconcile(&mut backend, &own, &leases).await;
 
     let env = SubnetEnv {
-        v4: Some((network, subnet)),
-        v6: None,
+        v4: config.enable_ipv4.then_some((network, subnet)),
+        v6: config
+            .ipv6_network
+            .zip(own.lease.ipv6_subnet)
+            .filter(|_| config.enable_ipv6),
         mtu: backend.mtu(),
         ipmasq: o.ip_masq,
     };
     env.write_atomic(&o.subnet_file)
         .with_context(|| format!("writing {}", o.subnet_file.display()))?;
+    ready.store(true, Ordering::SeqCst);
     info!(file = %o.subnet_file.display(), "wrote subnet file; flannel is ready");
 
     let (tx, mut rx) = mpsc::channel::<LeaseEvent>(4096);
@@ -149,7 +234,8 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         let sm = sm.clone();
         tokio::spawn(async move { sm.watch_leases(tx).await })
     };
-    let mut resync = tokio::time::interval(o.resync);
+    // Like upstream, the first resync comes one period after start.
+    let mut resync = tokio::time::interval_at(Instant::now() + o.resync, o.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renew_at = renew_deadline(&own, o.renew_margin);
     let own_key = own.lease.key();
@@ -178,8 +264,11 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             _ = resync.tick() => {
                 reconcile(&mut backend, &own, &leases).await;
                 let fw = fw.clone();
+                if o.blackhole_route {
+                    ensure_blackhole(&nl, subnet).await;
+                }
                 match tokio::task::spawn_blocking(move || fw.resync()).await {
-                    Ok(Err(e)) => warn!(error = %e, "checking iptables rules failed"),
+                    Ok(Err(e)) => warn!(error = %e, "checking firewall rules failed"),
                     Err(e) => warn!(error = %e, "iptables check task failed"),
                     Ok(Ok(_)) => {}
                 }
@@ -211,12 +300,25 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
                     }
                 }
             }
-            _ = sigterm.recv() => { info!("SIGTERM: exiting cleanly, kernel state and lease kept"); break Ok(()) }
-            _ = sigint.recv() => { info!("SIGINT: exiting cleanly, kernel state and lease kept"); break Ok(()) }
+            _ = sigterm.recv() => { info!("SIGTERM: exiting cleanly; kernel state, rules and lease kept"); break Ok(()) }
+            _ = sigint.recv() => { info!("SIGINT: exiting cleanly; kernel state, rules and lease kept"); break Ok(()) }
         }
     };
     watcher.abort();
     result
+}
+
+/// `--ip-blackhole-route`: packets for unused addresses of our subnet are dropped here instead
+/// of following the default route out of the node.
+async fn ensure_blackhole(nl: &Netlink, subnet: ipnet::Ipv4Net) {
+    match nl.has_blackhole(subnet).await {
+        Ok(true) => {}
+        Ok(false) => match nl.add_blackhole(subnet).await {
+            Ok(()) => info!(subnet = %subnet, "added blackhole route"),
+            Err(e) => warn!(error = %e, "adding the blackhole route failed"),
+        },
+        Err(e) => warn!(error = %e, "checking the blackhole route failed"),
+    }
 }
 
 async fn reconcile(backend: &mut VxlanBackend, own: &OwnLease, leases: &LeaseSet) {

@@ -2,8 +2,8 @@
 //! together. The binary in `flannel-rs` calls [`main`].
 
 pub mod daemon;
-pub mod firewall;
 pub mod flags;
+pub mod health;
 pub mod iface;
 pub mod options;
 

@@ -2,7 +2,8 @@
 
 use crate::flags::Values;
 use anyhow::{bail, Context};
-use std::net::Ipv4Addr;
+use regex::Regex;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,10 +11,14 @@ use std::time::Duration;
 pub struct Options {
     pub etcd: flannel_subnet::etcd::EtcdOptions,
     pub ifaces: Vec<String>,
-    pub iface_regex: Vec<String>,
-    pub iface_can_reach: String,
+    pub iface_regex: Vec<Regex>,
+    pub iface_can_reach: Option<IpAddr>,
     pub subnet_file: PathBuf,
     pub public_ip: Option<Ipv4Addr>,
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// `--healthz-ip:--healthz-port`, `None` when the port is 0.
+    pub healthz: Option<SocketAddr>,
+    pub blackhole_route: bool,
     pub renew_margin: Duration,
     pub ip_masq: bool,
     pub ip_masq_fully_random_disable: bool,
@@ -42,12 +47,43 @@ impl Options {
                     .with_context(|| format!("--public-ip={s:?} is not an IPv4 address"))?,
             ),
         };
-        if !v.str("public-ipv6").is_empty() {
-            bail!("--public-ipv6: IPv6 is not supported by this flannel-rs build yet");
-        }
-        if !v.list("iface-regex").is_empty() || !v.str("iface-can-reach").is_empty() {
-            bail!("--iface-regex and --iface-can-reach are not supported by this flannel-rs build yet; use --iface");
-        }
+        let public_ipv6 = match v.str("public-ipv6") {
+            s if s.is_empty() => None,
+            s => Some(
+                s.parse::<Ipv6Addr>()
+                    .with_context(|| format!("--public-ipv6={s:?} is not an IPv6 address"))?,
+            ),
+        };
+        let iface_regex = v
+            .list("iface-regex")
+            .iter()
+            .map(|r| {
+                Regex::new(r).with_context(|| {
+                    format!("--iface-regex={r:?} is not a valid regular expression")
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let iface_can_reach = match v.str("iface-can-reach") {
+            s if s.is_empty() => None,
+            s => Some(
+                s.parse::<IpAddr>()
+                    .with_context(|| format!("--iface-can-reach={s:?} is not an IP address"))?,
+            ),
+        };
+        let port = v.int("healthz-port");
+        let healthz = match port {
+            0 => None,
+            1..=65535 => {
+                let ip: IpAddr = v.str("healthz-ip").parse().with_context(|| {
+                    format!(
+                        "--healthz-ip={:?} is not an IP address",
+                        v.str("healthz-ip")
+                    )
+                })?;
+                Some(SocketAddr::new(ip, port as u16))
+            }
+            _ => bail!("--healthz-port={port}: must be between 0 and 65535"),
+        };
         let endpoints: Vec<String> = v
             .str("etcd-endpoints")
             .split(',')
@@ -69,10 +105,13 @@ impl Options {
                 password: v.str("etcd-password"),
             },
             ifaces: v.list("iface"),
-            iface_regex: v.list("iface-regex"),
-            iface_can_reach: v.str("iface-can-reach"),
+            iface_regex,
+            iface_can_reach,
             subnet_file: PathBuf::from(v.str("subnet-file")),
             public_ip,
+            public_ipv6,
+            healthz,
+            blackhole_route: v.bool("ip-blackhole-route"),
             renew_margin: Duration::from_secs(margin as u64 * 60),
             ip_masq: v.bool("ip-masq"),
             ip_masq_fully_random_disable: v.bool("ip-masq-fully-random-disable"),
@@ -124,6 +163,26 @@ mod tests {
             (&["--public-ip=nope"][..], "--public-ip=\"nope\""),
             (&["--kube-subnet-mgr"][..], "--kube-subnet-mgr"),
             (&["--etcd-endpoints=,"][..], "--etcd-endpoints"),
+            (
+                &["--public-ipv6=10.0.0.1"][..],
+                "--public-ipv6=\"10.0.0.1\" is not an IPv6 address",
+            ),
+            (
+                &["--iface-regex=eth["][..],
+                "--iface-regex=\"eth[\" is not a valid regular expression",
+            ),
+            (
+                &["--iface-can-reach=host"][..],
+                "--iface-can-reach=\"host\" is not an IP address",
+            ),
+            (
+                &["--healthz-port=70000"][..],
+                "--healthz-port=70000: must be between 0 and 65535",
+            ),
+            (
+                &["--healthz-port=8081", "--healthz-ip=any"][..],
+                "--healthz-ip=\"any\" is not an IP address",
+            ),
         ] {
             let e = format!("{:#}", opts(args).unwrap_err());
             assert!(e.contains(needle), "{args:?}: {e}");

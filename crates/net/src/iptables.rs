@@ -39,6 +39,14 @@ impl Iptables {
         Self::probe("iptables", "iptables-restore")
     }
 
+    pub fn ipv6() -> Self {
+        Self::probe("ip6tables", "ip6tables-restore")
+    }
+
+    pub fn binary(&self) -> &str {
+        &self.bin
+    }
+
     fn probe(bin: &str, restore: &str) -> Self {
         let ver = |b: &str| {
             Command::new(b)
@@ -143,6 +151,32 @@ impl Iptables {
         Ok(())
     }
 
+    /// `iptables -t T -S CHAIN` lines, empty when the chain does not exist.
+    pub fn list(&self, table: &str, chain: &str) -> Result<Vec<String>, IptablesError> {
+        let out = self.run(&["-w", "-t", table, "-S", chain])?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect())
+    }
+
+    /// Removes flannel's chains from `table` and every rule jumping to them (used when
+    /// nftables mode takes over). Missing chains are fine.
+    pub fn remove_chain(&self, table: &str, from: &str, chain: &str) -> Result<(), IptablesError> {
+        for line in self.list(table, from)? {
+            if line.ends_with(&format!("-j {chain}")) {
+                let args = shell_words(&line.replacen("-A ", "-D ", 1));
+                let mut full = vec!["-w".to_string(), "-t".into(), table.into()];
+                full.extend(args);
+                let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+                self.run(&refs)?;
+            }
+        }
+        let _ = self.run(&["-w", "-t", table, "-F", chain])?;
+        let _ = self.run(&["-w", "-t", table, "-X", chain])?;
+        Ok(())
+    }
+
     fn restore(&self, payload: &str) -> Result<(), IptablesError> {
         let mut args = vec!["--noflush"];
         if self.wait {
@@ -183,9 +217,55 @@ impl Iptables {
     }
 }
 
+/// Splits an `iptables -S` line into arguments, honouring double quotes.
+pub fn shell_words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            ' ' if !quoted => {
+                if any || !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+                any = false;
+            }
+            c => cur.push(c),
+        }
+    }
+    if any || !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn splits_listing_lines() {
+        assert_eq!(
+            shell_words(
+                r#"-D POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG"#
+            ),
+            [
+                "-D",
+                "POSTROUTING",
+                "-m",
+                "comment",
+                "--comment",
+                "flanneld masq",
+                "-j",
+                "FLANNEL-POSTRTG"
+            ]
+        );
+    }
 
     #[test]
     fn versions_parse() {

@@ -1,9 +1,10 @@
 //! Thin rtnetlink wrapper: typed reads of what the kernel has, and idempotent writes.
 
+use flannel_core::iface::{IfaceAddr, IfaceLink, Snapshot};
 use flannel_core::MacAddr;
 use futures::{StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -11,7 +12,7 @@ use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::sys::AsyncSocket;
@@ -274,6 +275,121 @@ impl Netlink {
             }
         }
         Ok(())
+    }
+
+    /// Links and addresses (both families, with flags) for choosing the external interface.
+    pub async fn iface_snapshot(&self) -> Result<Snapshot, NetError> {
+        let links = self
+            .links()
+            .await?
+            .into_iter()
+            .map(|l| IfaceLink {
+                index: l.index,
+                name: l.name,
+                mtu: l.mtu,
+            })
+            .collect();
+        let msgs: Vec<_> = ctx(
+            self.handle.address().get().execute().try_collect().await,
+            || "list addresses".into(),
+        )?;
+        let addrs = msgs
+            .iter()
+            .filter_map(|m| {
+                let ip = m
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        AddressAttribute::Local(ip) => Some(*ip),
+                        _ => None,
+                    })
+                    .or_else(|| {
+                        m.attributes.iter().find_map(|a| match a {
+                            AddressAttribute::Address(ip) => Some(*ip),
+                            _ => None,
+                        })
+                    })?;
+                let flags = m
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        AddressAttribute::Flags(f) => Some(*f),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| {
+                        AddressFlags::from_bits_retain(u32::from(m.header.flags.bits()))
+                    });
+                Some(IfaceAddr {
+                    index: m.header.index,
+                    ip,
+                    permanent: flags.contains(AddressFlags::Permanent),
+                    // IFA_F_TEMPORARY shares its bit with IFA_F_SECONDARY.
+                    temporary: ip.is_ipv6() && flags.contains(AddressFlags::Secondary),
+                    deprecated: flags.contains(AddressFlags::Deprecated),
+                })
+            })
+            .collect();
+        Ok(Snapshot { links, addrs })
+    }
+
+    /// `ip route get <dst>`: the output link and preferred source address.
+    pub async fn route_get(&self, dst: IpAddr) -> Result<Option<(u32, Option<IpAddr>)>, NetError> {
+        let msg = match dst {
+            IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(a, 32)
+                .build(),
+            IpAddr::V6(a) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .destination_prefix(a, 128)
+                .build(),
+        };
+        let mut s = self.handle.route().get(msg).execute();
+        let r = match s.next().await {
+            None => return Ok(None),
+            Some(r) => ctx(r, || format!("route get {dst}"))?,
+        };
+        let src = r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+            RouteAttribute::PrefSource(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+            _ => None,
+        });
+        Ok(route_oif(&r).map(|i| (i, src)))
+    }
+
+    /// The link of the first main-table default route of a family, as upstream picks it.
+    pub async fn default_route_link_v6(&self) -> Result<Option<u32>, NetError> {
+        let req = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<std::net::Ipv6Addr>::new().build());
+        let routes: Vec<RouteMessage> = ctx(req.execute().try_collect().await, || {
+            "list IPv6 routes".into()
+        })?;
+        Ok(routes.iter().find_map(|r| {
+            (route_table(r) == u32::from(RT_TABLE_MAIN) && r.header.destination_prefix_length == 0)
+                .then(|| route_oif(r))
+                .flatten()
+        }))
+    }
+
+    /// Whether a blackhole route for exactly `dst` exists in the main table.
+    pub async fn has_blackhole(&self, dst: Ipv4Net) -> Result<bool, NetError> {
+        Ok(self.v4_routes().await?.iter().any(|r| {
+            r.header.kind == RouteType::BlackHole
+                && route_table(r) == u32::from(RT_TABLE_MAIN)
+                && route_dst(r) == Some(dst)
+        }))
+    }
+
+    /// `ip route add blackhole <dst> proto 252`.
+    pub async fn add_blackhole(&self, dst: Ipv4Net) -> Result<(), NetError> {
+        let m = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .kind(RouteType::BlackHole)
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+            .build();
+        ctx(self.handle.route().add(m).replace().execute().await, || {
+            format!("add blackhole route {dst}")
+        })
     }
 
     /// The link of the first main-table IPv4 default route, as upstream picks the interface.

@@ -197,3 +197,139 @@ impl Drop for Proc {
         let _ = self.0.wait();
     }
 }
+
+/// One node in a namespace of its own: `eth0` with 10.0.0.50/24 and fd00::50/64, a real etcd on
+/// its loopback, and our flanneld started and stopped on demand. Everything goes on drop.
+pub struct Node {
+    pub flanneld: Option<Proc>,
+    _etcd: Proc,
+    pub dir: TempDir,
+    pub ns: Netns,
+}
+
+impl Node {
+    pub fn new(tag: &str) -> Self {
+        require_root();
+        let ns = Netns::new(tag);
+        ip(&[
+            "-n", &ns.0, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+        ]);
+        ip(&["-n", &ns.0, "addr", "add", "10.0.0.50/24", "dev", "eth0"]);
+        ip(&[
+            "-n",
+            &ns.0,
+            "addr",
+            "add",
+            "fd00::50/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        ip(&["-n", &ns.0, "link", "set", "eth0", "up"]);
+        ip(&["-n", &ns.0, "link", "set", "eth1", "up"]);
+        let dir = TempDir::new(tag);
+        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
+        let etcd = Proc(
+            Command::new("ip")
+                .args(["netns", "exec", &ns.0, "etcd", "--data-dir"])
+                .arg(dir.path().join("etcd"))
+                .args([
+                    "--listen-client-urls",
+                    "http://127.0.0.1:2379",
+                    "--advertise-client-urls",
+                    "http://127.0.0.1:2379",
+                ])
+                .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("start etcd"),
+        );
+        Node {
+            flanneld: None,
+            _etcd: etcd,
+            dir,
+            ns,
+        }
+    }
+
+    /// `etcdctl` inside the node, retried while etcd starts.
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        let mut out = String::new();
+        let ok = eventually(Duration::from_secs(10), || {
+            match Command::new("ip")
+                .args(["netns", "exec", &self.ns.0, "etcdctl"])
+                .args(args)
+                .env("ETCDCTL_API", "3")
+                .output()
+            {
+                Ok(o) if o.status.success() => {
+                    out = String::from_utf8_lossy(&o.stdout).into_owned();
+                    true
+                }
+                _ => false,
+            }
+        });
+        assert!(ok.is_some(), "etcdctl {args:?} failed");
+        out
+    }
+
+    pub fn subnet_env(&self) -> PathBuf {
+        self.dir.path().join("subnet.env")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("flanneld.log")).unwrap_or_default()
+    }
+
+    /// Starts flanneld (`--etcd-endpoints`, `--iface=eth0` and `--subnet-file` are given).
+    pub fn start(&mut self, extra: &[&str]) {
+        let _ = std::fs::remove_file(self.subnet_env());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("flanneld.log"))
+            .expect("log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns.0])
+            .arg(bin_dir().join("flanneld"))
+            .args(["--etcd-endpoints=http://127.0.0.1:2379", "--iface=eth0"])
+            .arg(format!("--subnet-file={}", self.subnet_env().display()))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start flanneld");
+        self.flanneld = Some(Proc(child));
+    }
+
+    /// Waits for subnet.env (flanneld ready); panics with the log otherwise.
+    pub fn wait_ready(&self) {
+        let ok = eventually(Duration::from_secs(15), || self.subnet_env().exists());
+        assert!(
+            ok.is_some(),
+            "flanneld did not become ready:\n{}",
+            self.log()
+        );
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut p = self.flanneld.take().expect("flanneld running");
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(p.0.id() as i32, libc::SIGTERM) };
+        let status = p.0.wait().expect("wait flanneld");
+        status
+    }
+
+    /// Runs a command inside the node and returns stdout.
+    pub fn exec(&self, program: &str, args: &[&str]) -> String {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &self.ns.0, program])
+            .args(args)
+            .output()
+            .expect("exec");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
