@@ -319,8 +319,7 @@ impl Node {
         let mut p = self.flanneld.take().expect("flanneld running");
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(p.0.id() as i32, libc::SIGTERM) };
-        let status = p.0.wait().expect("wait flanneld");
-        status
+        p.0.wait().expect("wait flanneld")
     }
 
     /// Runs a command inside the node and returns stdout.
