@@ -2,8 +2,8 @@
 
 mod common;
 
-use common::{bin_dir, eventually, ip, require_root, Netns, Proc, TempDir};
-use std::process::{Command, Stdio};
+use common::{bin_dir, eventually, http_get_in_ns, Node};
+use std::process::Command;
 use std::time::Duration;
 
 fn flanneld(args: &[&str]) -> std::process::Output {
@@ -50,99 +50,143 @@ fn unknown_flag_exits_2_with_usage_and_bad_values_exit_1() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("FLANNELD_IP_MASQ"));
 }
 
-#[test]
-fn waits_for_a_missing_or_invalid_config_then_starts() {
-    require_root();
-    let ns = Netns::new("cfg");
-    ip(&[
-        "-n", &ns.0, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
-    ]);
-    ip(&["-n", &ns.0, "addr", "add", "10.0.0.50/24", "dev", "eth0"]);
-    ip(&["-n", &ns.0, "link", "set", "eth0", "up"]);
-    ip(&["-n", &ns.0, "link", "set", "eth1", "up"]);
-    let dir = TempDir::new("cfg");
-    let etcd_log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
-    let _etcd = Proc(
-        Command::new("ip")
-            .args(["netns", "exec", &ns.0, "etcd", "--data-dir"])
-            .arg(dir.path().join("etcd"))
-            .args([
-                "--listen-client-urls",
-                "http://127.0.0.1:2379",
-                "--advertise-client-urls",
-                "http://127.0.0.1:2379",
-            ])
-            .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
-            .stdout(etcd_log.try_clone().unwrap())
-            .stderr(etcd_log)
-            .spawn()
-            .unwrap(),
-    );
-    let log_path = dir.path().join("flanneld.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let env_file = dir.path().join("subnet.env");
-    let _flanneld = Proc(
-        Command::new("ip")
-            .args(["netns", "exec", &ns.0])
-            .arg(bin_dir().join("flanneld"))
-            .args([
-                "--etcd-endpoints=http://127.0.0.1:2379",
-                "--iface=eth0",
-                "--etcd-prefix=/p/",
-            ])
-            .arg(format!("--subnet-file={}", env_file.display()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let etcdctl = |args: &[&str]| {
-        let ok = eventually(Duration::from_secs(10), || {
-            Command::new("ip")
-                .args(["netns", "exec", &ns.0, "etcdctl"])
-                .args(args)
-                .env("ETCDCTL_API", "3")
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-        });
-        assert!(ok.is_some(), "etcdctl {args:?} failed");
-    };
+const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
+#[test]
+fn waits_for_a_missing_or_invalid_config_then_starts_and_health_follows() {
+    let mut n = Node::new("cfg");
+    n.start(&[
+        "--etcd-prefix=/p/",
+        "--healthz-ip=127.0.0.1",
+        "--healthz-port=8471",
+    ]);
     assert!(
-        eventually(Duration::from_secs(10), || read_log()
+        eventually(Duration::from_secs(10), || n
+            .log()
             .contains("/p/config does not exist"))
         .is_some(),
         "{}",
-        read_log()
+        n.log()
     );
-    etcdctl(&[
+    // Alive but not ready while there is no config.
+    assert_eq!(
+        http_get_in_ns(&n.ns.0, 8471, "/healthz"),
+        Some((200, "flanneld is running".into()))
+    );
+    assert_eq!(
+        http_get_in_ns(&n.ns.0, 8471, "/readyz"),
+        Some((503, "flanneld is not ready yet".into()))
+    );
+    assert_eq!(
+        http_get_in_ns(&n.ns.0, 8471, "/metrics").map(|r| r.0),
+        Some(404)
+    );
+
+    n.etcdctl(&[
         "put",
         "/p/config",
         r#"{"Network":"10.244.0.0/16","SubnetLen":31,"Backend":{"Type":"vxlan"}}"#,
     ]);
     let said = eventually(Duration::from_secs(10), || {
-        read_log().contains("invalid network config at /p/config: SubnetLen must be less than /31")
+        n.log()
+            .contains("invalid network config at /p/config: SubnetLen must be less than /31")
     });
-    assert!(said.is_some(), "{}", read_log());
+    assert!(said.is_some(), "{}", n.log());
     assert!(
-        !env_file.exists(),
+        !n.subnet_env().exists(),
         "nothing written while the config is invalid"
     );
-    etcdctl(&[
-        "put",
-        "/p/config",
-        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
-    ]);
-    assert!(
-        eventually(Duration::from_secs(10), || env_file.exists()).is_some(),
-        "{}",
-        read_log()
-    );
-    assert!(std::fs::read_to_string(&env_file)
+    n.etcdctl(&["put", "/p/config", CONFIG]);
+    n.wait_ready();
+    assert!(std::fs::read_to_string(n.subnet_env())
         .unwrap()
         .contains("FLANNEL_MTU=1450"));
-    assert!(!read_log().contains("ERROR"), "{}", read_log());
+    assert_eq!(
+        http_get_in_ns(&n.ns.0, 8471, "/readyz"),
+        Some((200, "flanneld is ready".into()))
+    );
+    assert!(!n.log().contains("ERROR"), "{}", n.log());
+    // SIGTERM: exit 0, device and rules stay.
+    assert!(n.stop().success());
+    assert!(n.log().contains("Exiting cleanly"));
+    assert!(n
+        .exec("ip", &["link", "show", "flannel.1"])
+        .contains("flannel.1"));
+    assert!(n
+        .exec("iptables", &["-S", "FORWARD"])
+        .contains("FLANNEL-FWD"));
+}
+
+#[test]
+fn blackhole_route_for_the_own_subnet() {
+    let mut n = Node::new("bh");
+    n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
+    n.start(&["--ip-blackhole-route", "--iptables-resync=1"]);
+    n.wait_ready();
+    let env = std::fs::read_to_string(n.subnet_env()).unwrap();
+    let subnet = env
+        .lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+        .unwrap()
+        .replace(".1/24", ".0/24");
+    let found = eventually(Duration::from_secs(5), || {
+        n.exec("ip", &["route", "show", "type", "blackhole"])
+            .contains(&format!("blackhole {subnet}"))
+    });
+    assert!(found.is_some(), "{}", n.exec("ip", &["route"]));
+}
+
+#[test]
+fn interface_selection_by_regex_reach_and_public_ip_with_clear_errors() {
+    let mut n = Node::new("if");
+    n.exec(
+        "ip",
+        &[
+            "link", "add", "uplink7", "type", "veth", "peer", "name", "uplink8",
+        ],
+    );
+    n.exec("ip", &["addr", "add", "192.168.77.7/24", "dev", "uplink7"]);
+    n.exec("ip", &["link", "set", "uplink7", "up"]);
+    n.exec("ip", &["link", "set", "uplink8", "up"]);
+    n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
+    let public_ip_of_lease = |n: &Node| {
+        n.etcdctl(&[
+            "get",
+            "--prefix",
+            "/coreos.com/network/subnets/",
+            "--print-value-only",
+        ])
+    };
+    // Each case: flags (after --iface=eth0 is dropped), the address the lease must publish.
+    for (flags, want) in [
+        (vec!["--iface-regex=^192\\.168\\."], "192.168.77.7"),
+        (vec!["--iface-regex=^uplink"], "192.168.77.7"),
+        (vec!["--iface-can-reach=192.168.77.200"], "192.168.77.7"),
+        (vec!["--iface=nope", "--iface=192.168.77.7"], "192.168.77.7"),
+        (
+            vec!["--iface=uplink7", "--public-ip=203.0.113.9"],
+            "203.0.113.9",
+        ),
+    ] {
+        n.etcdctl(&["del", "--prefix", "/coreos.com/network/subnets/"]);
+        n.start_with(&flags);
+        n.wait_ready();
+        assert!(
+            public_ip_of_lease(&n).contains(&format!("\"PublicIP\":\"{want}\"")),
+            "{flags:?}: {}",
+            public_ip_of_lease(&n)
+        );
+        assert!(
+            n.exec("ip", &["-d", "link", "show", "flannel.1"])
+                .contains(&format!("local {want}")),
+            "{flags:?}"
+        );
+        assert!(n.stop().success());
+        n.exec("ip", &["link", "del", "flannel.1"]);
+    }
+    // Nothing matches: exit 1 naming everything tried.
+    n.start_with(&["--iface=eth9", "--iface-regex=^wlan"]);
+    let status = n.flanneld.as_mut().unwrap().0.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(n.log().contains("no usable interface: tried --iface=eth9 (no interface with that name), --iface-regex=^wlan (no address or name matched)"), "{}", n.log());
 }

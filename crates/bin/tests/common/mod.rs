@@ -284,6 +284,13 @@ impl Node {
 
     /// Starts flanneld (`--etcd-endpoints`, `--iface=eth0` and `--subnet-file` are given).
     pub fn start(&mut self, extra: &[&str]) {
+        let mut args = vec!["--iface=eth0"];
+        args.extend_from_slice(extra);
+        self.start_with(&args);
+    }
+
+    /// Starts flanneld with `--etcd-endpoints`, `--subnet-file` and exactly `extra`.
+    pub fn start_with(&mut self, extra: &[&str]) {
         let _ = std::fs::remove_file(self.subnet_env());
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -293,7 +300,7 @@ impl Node {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns.0])
             .arg(bin_dir().join("flanneld"))
-            .args(["--etcd-endpoints=http://127.0.0.1:2379", "--iface=eth0"])
+            .arg("--etcd-endpoints=http://127.0.0.1:2379")
             .arg(format!("--subnet-file={}", self.subnet_env().display()))
             .args(extra)
             .stdin(Stdio::null())
@@ -331,4 +338,34 @@ impl Node {
             .expect("exec");
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
+}
+
+/// `GET <path>` to 127.0.0.1:<port> inside namespace `ns` (from a thread that enters it):
+/// the status code and body, or `None` when nothing answers.
+pub fn http_get_in_ns(ns: &str, port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let ns_file = std::fs::File::open(format!("/run/netns/{ns}")).ok()?;
+    let path = path.to_string();
+    std::thread::spawn(move || {
+        // SAFETY: setns(2) on this short-lived thread only; the fd is open for the call.
+        if unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return None;
+        }
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).ok()?;
+        let code = resp.split_whitespace().nth(1)?.parse().ok()?;
+        let body = resp
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        Some((code, body))
+    })
+    .join()
+    .ok()
+    .flatten()
 }
