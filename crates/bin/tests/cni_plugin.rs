@@ -49,14 +49,18 @@ impl Setup {
         self.dir.path().join("data").join(&self.pod.0)
     }
 
-    /// Runs the plugin in the node namespace; returns (exit ok, stdout JSON or Null).
+    /// Runs the plugin in the node namespace for the test's pod; returns (exit ok, stdout JSON or Null).
     fn run(&self, command: &str, conf: &Value, netns: &str) -> (bool, Value) {
+        self.run_as(&self.pod.0, command, conf, netns)
+    }
+
+    fn run_as(&self, container: &str, command: &str, conf: &Value, netns: &str) -> (bool, Value) {
         let cni_path = format!("{}:/usr/lib/cni", bin_dir().display());
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.node.0])
             .arg(bin_dir().join("flannel"))
             .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", &self.pod.0)
+            .env("CNI_CONTAINERID", container)
             .env("CNI_NETNS", netns)
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", cni_path)
@@ -142,6 +146,12 @@ fn add_check_del_and_double_del_with_real_bridge_and_host_local() {
             .contains("changed from 10.1.17.0/24 to 10.1.18.0/24"),
         "{out}"
     );
+
+    // CHECK looks inside the pod: a missing address is reported.
+    std::fs::write(s.dir.path().join("subnet.env"), SUBNET_ENV).unwrap();
+    ip(&["-n", &s.pod.0, "addr", "del", "10.1.17.2/24", "dev", "eth0"]);
+    let (ok, out) = s.run("CHECK", &check, &s.pod.path());
+    assert!(!ok && out["msg"].as_str().unwrap().contains("lacks address 10.1.17.2/24"), "{out}");
 
     let (ok, out) = s.run("DEL", &s.conf(), &s.pod.path());
     assert!(ok, "DEL failed: {out}");
@@ -242,4 +252,113 @@ fn first_in_a_conflist_followed_by_portmap() {
     assert_eq!(stored["isDefaultGateway"], true);
     flannel_lab::cni_exec::del(&list, &inv, Some(&result)).unwrap();
     assert!(!s.dir.path().join("cni/flannel").join(&s.pod.0).exists());
+}
+
+fn ranges(stored: &Value) -> Value {
+    stored["ipam"]["ranges"].clone()
+}
+
+#[test]
+fn ipv6_only_dual_stack_and_two_networks_with_real_delegates() {
+    let cases: [(&str, Value, Value, &[&str]); 3] = [
+        (
+            "FLANNEL_IPV6_NETWORK=fd00:1::/48\nFLANNEL_IPV6_SUBNET=fd00:1:0:17::1/64\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n",
+            json!([[{"subnet": "fd00:1:0:17::/64"}]]),
+            json!([{"dst": "fd00:1::/48"}]),
+            &["fd00:1:0:17::2/64"],
+        ),
+        (
+            "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_IPV6_NETWORK=fd00:1::/48\nFLANNEL_IPV6_SUBNET=fd00:1:0:17::1/64\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n",
+            json!([[{"subnet": "10.1.17.0/24"}], [{"subnet": "fd00:1:0:17::/64"}]]),
+            json!([{"dst": "10.1.0.0/16"}, {"dst": "fd00:1::/48"}]),
+            &["10.1.17.2/24", "fd00:1:0:17::2/64"],
+        ),
+        (
+            "FLANNEL_NETWORK=10.1.0.0/16,192.168.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=false\n",
+            json!([[{"subnet": "10.1.17.0/24"}]]),
+            json!([{"dst": "10.1.0.0/16"}, {"dst": "192.168.0.0/16"}]),
+            &["10.1.17.2/24"],
+        ),
+    ];
+    for (env, want_ranges, want_routes, want_addrs) in cases {
+        let s = Setup::new(Some(env));
+        let (ok, result) = s.run("ADD", &s.conf(), &s.pod.path());
+        assert!(ok, "ADD failed for {env:?}: {result}");
+        let stored: Value = serde_json::from_slice(&std::fs::read(s.stored()).unwrap()).unwrap();
+        assert_eq!(ranges(&stored), want_ranges, "{env:?}");
+        assert_eq!(stored["ipam"]["routes"], want_routes, "{env:?}");
+        assert_eq!(stored["ipMasq"], json!(!env.contains("IPMASQ=true")));
+        let got: Vec<String> = result["ips"].as_array().unwrap().iter().map(|i| i["address"].as_str().unwrap().to_string()).collect();
+        assert_eq!(got, want_addrs, "{env:?}");
+        let pod = ip(&["-n", &s.pod.0, "addr", "show", "eth0"]);
+        for a in want_addrs {
+            assert!(pod.contains(a), "{a} not on the pod's eth0: {pod}");
+        }
+        if env.contains("192.168.0.0/16") {
+            assert!(ip(&["-n", &s.pod.0, "route"]).contains("192.168.0.0/16 via 10.1.17.1 dev eth0"));
+        }
+        let (ok, out) = s.run("DEL", &s.conf(), &s.pod.path());
+        assert!(ok, "DEL failed: {out}");
+        assert!(!s.stored().exists());
+    }
+}
+
+#[test]
+fn user_ipam_routes_and_runtime_config_reach_the_delegate() {
+    let s = Setup::new(Some(SUBNET_ENV));
+    let mut conf = s.conf();
+    conf["ipam"]["routes"] = json!([{"dst": "172.30.0.0/16"}]);
+    conf["runtimeConfig"] = json!({"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]});
+    let (ok, result) = s.run("ADD", &conf, &s.pod.path());
+    assert!(ok, "{result}");
+    let stored: Value = serde_json::from_slice(&std::fs::read(s.stored()).unwrap()).unwrap();
+    assert_eq!(stored["ipam"]["routes"], json!([{"dst": "172.30.0.0/16"}, {"dst": "10.1.0.0/16"}]));
+    assert_eq!(stored["runtimeConfig"]["portMappings"][0]["hostPort"], 8080);
+    assert!(ip(&["-n", &s.pod.0, "route"]).contains("172.30.0.0/16 via 10.1.17.1 dev eth0"));
+    assert!(s.run("DEL", &conf, &s.pod.path()).0);
+}
+
+#[test]
+fn status_is_ready_only_with_a_valid_subnet_env() {
+    let s = Setup::new(None);
+    let conf = s.conf_v("1.1.0");
+    let (ok, err) = s.run("STATUS", &conf, "");
+    assert!(!ok);
+    assert_eq!(err["code"], 50);
+    assert!(err["msg"].as_str().unwrap().starts_with("flannel is not ready on this node"), "{err}");
+    std::fs::write(s.dir.path().join("subnet.env"), "FLANNEL_MTU=x\n").unwrap();
+    assert!(!s.run("STATUS", &conf, "").0, "a corrupt subnet.env is not ready");
+    std::fs::write(s.dir.path().join("subnet.env"), SUBNET_ENV).unwrap();
+    let (ok, out) = s.run("STATUS", &conf, "");
+    assert!(ok && out.is_null(), "{out}");
+}
+
+#[test]
+fn gc_removes_stale_attachments_and_frees_their_addresses() {
+    let s = Setup::new(Some(SUBNET_ENV));
+    let other = common::Netns::new("p");
+    assert!(s.run("ADD", &s.conf(), &s.pod.path()).0);
+    let (ok, r) = s.run_as(&other.0, "ADD", &s.conf(), &other.path());
+    assert!(ok, "{r}");
+    let other_ip = r["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
+    let ipam_file = s.dir.path().join("ipam").join("cni-flannel").join(&other_ip);
+    assert!(ipam_file.exists(), "host-local recorded {other_ip}");
+
+    let mut gc = s.conf_v("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": s.pod.0, "ifname": "eth0"}]);
+    let (ok, out) = s.run("GC", &gc, "");
+    assert!(ok, "GC failed: {out}");
+    assert!(s.stored().exists(), "the valid attachment is kept");
+    assert!(!s.dir.path().join("data").join(&other.0).exists(), "the stale attachment's config is gone");
+    assert!(!ipam_file.exists(), "its address is free again");
+    assert!(s.run("DEL", &s.conf(), &s.pod.path()).0);
+}
+
+#[test]
+fn without_a_command_the_plugin_prints_its_version_banner() {
+    let o = Command::new(bin_dir().join("flannel")).env_clear().output().unwrap();
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.starts_with("CNI Plugin flannel version v"), "{err}");
+    assert!(err.contains("CNI protocol versions supported: 0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0"), "{err}");
 }

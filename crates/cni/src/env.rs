@@ -44,6 +44,7 @@ impl CniEnv {
         let needs: &[&str] = match e.command.as_str() {
             "ADD" | "CHECK" => &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"],
             "DEL" => &["CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"],
+            "GC" => &["CNI_PATH"],
             _ => &[],
         };
         let missing: Vec<&str> = needs.iter().copied().filter(|k| g(k).is_empty()).collect();
@@ -53,7 +54,7 @@ impl CniEnv {
                 format!("required env variables [{}] missing", missing.join(",")),
             ));
         }
-        if !needs.is_empty() {
+        if needs.contains(&"CNI_CONTAINERID") {
             if !valid_container_id(&e.container_id) {
                 return Err(
                     CniError::new(code::INVALID_ENV, "invalid characters in containerID")

@@ -27,15 +27,22 @@ pub fn find_plugin(cni_path: &str, plugin: &str) -> Result<PathBuf, CniError> {
 
 /// Runs `plugin` with `CNI_COMMAND=command` and `config` on stdin; returns its stdout. A failing
 /// delegate's own CNI error object is passed through.
-pub fn run(
+pub fn run(cni_path: &str, plugin: &str, command: &str, config: &[u8]) -> Result<Vec<u8>, CniError> {
+    run_with_env(cni_path, plugin, command, config, &[])
+}
+
+/// Like [`run`], with some CNI variables replaced (GC acts for other containers).
+pub fn run_with_env(
     cni_path: &str,
     plugin: &str,
     command: &str,
     config: &[u8],
+    env: &[(&str, &str)],
 ) -> Result<Vec<u8>, CniError> {
     let bin = find_plugin(cni_path, plugin)?;
     let mut child = Command::new(&bin)
         .env("CNI_COMMAND", command)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -2,9 +2,11 @@
 //! `bridge` + `host-local` delegate config, stores it in `dataDir` before the delegate runs, and
 //! replays it on DEL. Errors are CNI error objects on stdout with a non-zero exit.
 
+pub mod check;
 pub mod delegate;
 pub mod env;
 pub mod error;
+pub mod gc;
 pub mod invoke;
 pub mod netconf;
 pub mod plugin;

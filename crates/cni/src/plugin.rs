@@ -69,6 +69,8 @@ pub fn run(get: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Vec<u8>
         "ADD" => cmd_add(&env, &conf),
         "DEL" => cmd_del(&env, &conf),
         "CHECK" => cmd_check(&env, &conf),
+        "STATUS" => cmd_status(&conf),
+        "GC" => crate::gc::cmd_gc(&env, &conf, stdin),
         other => Err(CniError::new(
             code::INVALID_ENV,
             format!("unknown CNI_COMMAND: {other}"),
@@ -169,57 +171,48 @@ fn cmd_del(env: &CniEnv, conf: &NetConf) -> Result<Vec<u8>, CniError> {
     Ok(Vec::new())
 }
 
-/// CHECK: the container must have been added by us, and the node's subnet must still be the one
-/// its address came from. The delegate's CHECK is not called: Debian's bridge 1.1.1 rejects the
-/// gateway routes host-local installs ("Expected Route ... not found"), so it fails healthy pods.
-fn cmd_check(env: &CniEnv, conf: &NetConf) -> Result<Vec<u8>, CniError> {
-    if ["0.1.0", "0.2.0", "0.3.0", "0.3.1"].contains(&conf.cni_version.as_str()) {
-        return Err(CniError::new(
-            code::INCOMPATIBLE_VERSION,
-            "config version does not allow CHECK",
-        ));
-    }
-    let path = stored_path(conf, env);
-    let bytes = std::fs::read(&path).map_err(|e| {
-        CniError::new(
-            3,
-            format!(
-                "container {} was not added by flannel: {}: {e}",
-                env.container_id,
-                path.display()
-            ),
-        )
-    })?;
-    let stored: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        CniError::new(
-            code::DECODE_FAILURE,
-            format!(
-                "stored delegate config {} is unreadable: {e}",
-                path.display()
-            ),
-        )
-    })?;
+fn load_env(conf: &NetConf) -> Result<subnet_env::PluginSubnetEnv, CniError> {
     let text = std::fs::read_to_string(&conf.subnet_file).map_err(|e| {
         CniError::new(
             code::TRY_AGAIN_LATER,
-            format!(
-                "failed to load flannel 'subnet.env' file: open {}: {e}",
-                conf.subnet_file
-            ),
+            format!("failed to load flannel 'subnet.env' file: open {}: {e}. Check the flannel pod log for this node.", conf.subnet_file),
         )
     })?;
-    let senv = subnet_env::parse(&conf.subnet_file, &text)
-        .map_err(|m| CniError::new(code::INVALID_CONFIG, m))?;
-    let was = stored["ipam"]["ranges"][0][0]["subnet"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    subnet_env::parse(&conf.subnet_file, &text).map_err(|m| CniError::new(code::INVALID_CONFIG, m))
+}
+
+/// STATUS (CNI 1.1.0): ready only when flanneld has written a valid subnet.env.
+fn cmd_status(conf: &NetConf) -> Result<Vec<u8>, CniError> {
+    load_env(conf).map_err(|e| CniError::new(50, format!("flannel is not ready on this node: {}", e.msg)))?;
+    Ok(Vec::new())
+}
+
+/// CHECK: the container was added by us, the node's subnet is still the one its address came
+/// from, and inside the pod the interface has the addresses and routes of the previous result.
+/// The delegate's CHECK is not called: Debian's bridge 1.1.1 rejects the gateway routes
+/// host-local installs ("Expected Route ... not found"), so it fails healthy pods.
+fn cmd_check(env: &CniEnv, conf: &NetConf) -> Result<Vec<u8>, CniError> {
+    if ["0.1.0", "0.2.0", "0.3.0", "0.3.1"].contains(&conf.cni_version.as_str()) {
+        return Err(CniError::new(code::INCOMPATIBLE_VERSION, "config version does not allow CHECK"));
+    }
+    let path = stored_path(conf, env);
+    let bytes = std::fs::read(&path).map_err(|e| {
+        CniError::new(3, format!("container {} was not added by flannel: {}: {e}", env.container_id, path.display()))
+    })?;
+    let stored: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| CniError::new(code::DECODE_FAILURE, format!("stored delegate config {} is unreadable: {e}", path.display())))?;
+    let senv = load_env(conf)?;
+    let was = stored["ipam"]["ranges"][0][0]["subnet"].as_str().unwrap_or_default().to_string();
     let now = senv.subnet.map(|s| s.to_string()).unwrap_or_default();
     if was != now {
         return Err(CniError::new(
             code::INVALID_CONFIG,
             format!("the node's flannel subnet changed from {was} to {now} since container {} was added", env.container_id),
         ));
+    }
+    match &conf.prev_result {
+        Some(prev) => crate::check::verify_pod(env, prev, &senv)?,
+        None => return Err(CniError::new(code::INVALID_CONFIG, "CHECK needs prevResult")),
     }
     Ok(Vec::new())
 }
