@@ -151,7 +151,13 @@ fn add_check_del_and_double_del_with_real_bridge_and_host_local() {
     std::fs::write(s.dir.path().join("subnet.env"), SUBNET_ENV).unwrap();
     ip(&["-n", &s.pod.0, "addr", "del", "10.1.17.2/24", "dev", "eth0"]);
     let (ok, out) = s.run("CHECK", &check, &s.pod.path());
-    assert!(!ok && out["msg"].as_str().unwrap().contains("lacks address 10.1.17.2/24"), "{out}");
+    assert!(
+        !ok && out["msg"]
+            .as_str()
+            .unwrap()
+            .contains("lacks address 10.1.17.2/24"),
+        "{out}"
+    );
 
     let (ok, out) = s.run("DEL", &s.conf(), &s.pod.path());
     assert!(ok, "DEL failed: {out}");
@@ -288,14 +294,21 @@ fn ipv6_only_dual_stack_and_two_networks_with_real_delegates() {
         assert_eq!(ranges(&stored), want_ranges, "{env:?}");
         assert_eq!(stored["ipam"]["routes"], want_routes, "{env:?}");
         assert_eq!(stored["ipMasq"], json!(!env.contains("IPMASQ=true")));
-        let got: Vec<String> = result["ips"].as_array().unwrap().iter().map(|i| i["address"].as_str().unwrap().to_string()).collect();
+        let got: Vec<String> = result["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["address"].as_str().unwrap().to_string())
+            .collect();
         assert_eq!(got, want_addrs, "{env:?}");
         let pod = ip(&["-n", &s.pod.0, "addr", "show", "eth0"]);
         for a in want_addrs {
             assert!(pod.contains(a), "{a} not on the pod's eth0: {pod}");
         }
         if env.contains("192.168.0.0/16") {
-            assert!(ip(&["-n", &s.pod.0, "route"]).contains("192.168.0.0/16 via 10.1.17.1 dev eth0"));
+            assert!(
+                ip(&["-n", &s.pod.0, "route"]).contains("192.168.0.0/16 via 10.1.17.1 dev eth0")
+            );
         }
         let (ok, out) = s.run("DEL", &s.conf(), &s.pod.path());
         assert!(ok, "DEL failed: {out}");
@@ -308,11 +321,15 @@ fn user_ipam_routes_and_runtime_config_reach_the_delegate() {
     let s = Setup::new(Some(SUBNET_ENV));
     let mut conf = s.conf();
     conf["ipam"]["routes"] = json!([{"dst": "172.30.0.0/16"}]);
-    conf["runtimeConfig"] = json!({"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]});
+    conf["runtimeConfig"] =
+        json!({"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]});
     let (ok, result) = s.run("ADD", &conf, &s.pod.path());
     assert!(ok, "{result}");
     let stored: Value = serde_json::from_slice(&std::fs::read(s.stored()).unwrap()).unwrap();
-    assert_eq!(stored["ipam"]["routes"], json!([{"dst": "172.30.0.0/16"}, {"dst": "10.1.0.0/16"}]));
+    assert_eq!(
+        stored["ipam"]["routes"],
+        json!([{"dst": "172.30.0.0/16"}, {"dst": "10.1.0.0/16"}])
+    );
     assert_eq!(stored["runtimeConfig"]["portMappings"][0]["hostPort"], 8080);
     assert!(ip(&["-n", &s.pod.0, "route"]).contains("172.30.0.0/16 via 10.1.17.1 dev eth0"));
     assert!(s.run("DEL", &conf, &s.pod.path()).0);
@@ -325,9 +342,18 @@ fn status_is_ready_only_with_a_valid_subnet_env() {
     let (ok, err) = s.run("STATUS", &conf, "");
     assert!(!ok);
     assert_eq!(err["code"], 50);
-    assert!(err["msg"].as_str().unwrap().starts_with("flannel is not ready on this node"), "{err}");
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("flannel is not ready on this node"),
+        "{err}"
+    );
     std::fs::write(s.dir.path().join("subnet.env"), "FLANNEL_MTU=x\n").unwrap();
-    assert!(!s.run("STATUS", &conf, "").0, "a corrupt subnet.env is not ready");
+    assert!(
+        !s.run("STATUS", &conf, "").0,
+        "a corrupt subnet.env is not ready"
+    );
     std::fs::write(s.dir.path().join("subnet.env"), SUBNET_ENV).unwrap();
     let (ok, out) = s.run("STATUS", &conf, "");
     assert!(ok && out.is_null(), "{out}");
@@ -340,8 +366,19 @@ fn gc_removes_stale_attachments_and_frees_their_addresses() {
     assert!(s.run("ADD", &s.conf(), &s.pod.path()).0);
     let (ok, r) = s.run_as(&other.0, "ADD", &s.conf(), &other.path());
     assert!(ok, "{r}");
-    let other_ip = r["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string();
-    let ipam_file = s.dir.path().join("ipam").join("cni-flannel").join(&other_ip);
+    let other_ip = r["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let ipam_file = s
+        .dir
+        .path()
+        .join("ipam")
+        .join("cni-flannel")
+        .join(&other_ip);
     assert!(ipam_file.exists(), "host-local recorded {other_ip}");
 
     let mut gc = s.conf_v("1.1.0");
@@ -349,16 +386,27 @@ fn gc_removes_stale_attachments_and_frees_their_addresses() {
     let (ok, out) = s.run("GC", &gc, "");
     assert!(ok, "GC failed: {out}");
     assert!(s.stored().exists(), "the valid attachment is kept");
-    assert!(!s.dir.path().join("data").join(&other.0).exists(), "the stale attachment's config is gone");
+    assert!(
+        !s.dir.path().join("data").join(&other.0).exists(),
+        "the stale attachment's config is gone"
+    );
     assert!(!ipam_file.exists(), "its address is free again");
     assert!(s.run("DEL", &s.conf(), &s.pod.path()).0);
 }
 
 #[test]
 fn without_a_command_the_plugin_prints_its_version_banner() {
-    let o = Command::new(bin_dir().join("flannel")).env_clear().output().unwrap();
+    let o = Command::new(bin_dir().join("flannel"))
+        .env_clear()
+        .output()
+        .unwrap();
     assert!(o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.starts_with("CNI Plugin flannel version v"), "{err}");
-    assert!(err.contains("CNI protocol versions supported: 0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0"), "{err}");
+    assert!(
+        err.contains(
+            "CNI protocol versions supported: 0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0"
+        ),
+        "{err}"
+    );
 }

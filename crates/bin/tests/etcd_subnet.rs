@@ -386,3 +386,44 @@ async fn recv(rx: &mut tokio::sync::mpsc::Receiver<LeaseEvent>) -> LeaseEvent {
         .expect("event within 5 s")
         .expect("channel open")
 }
+
+#[tokio::test]
+async fn reservations_are_never_handed_out_and_keep_no_ttl_for_their_owner() {
+    const SMALL: &str = r#"{"Network":"10.6.0.0/16","SubnetMin":"10.6.1.0","SubnetMax":"10.6.2.0","Backend":{"Type":"vxlan"}}"#;
+    let mut f = fixture(SMALL).await;
+    // A reservation: a key without TTL, for the node 10.0.0.5 (Documentation/reservations.md).
+    f.put(
+        "subnets/10.6.1.0-24",
+        r#"{"PublicIP":"10.0.0.5","PublicIPv6":null}"#,
+    )
+    .await;
+    let sm = f.manager(PreviousSubnets::default()).await;
+    let c = cfg(SMALL);
+    let other = sm
+        .acquire_lease(&c, &attrs("10.0.0.6", "02:00:00:00:00:06"))
+        .await
+        .unwrap();
+    assert_eq!(
+        other.lease.subnet.to_string(),
+        "10.6.2.0/24",
+        "the reserved subnet is not handed out"
+    );
+    let err = sm
+        .acquire_lease(&c, &attrs("10.0.0.7", "02:00:00:00:00:07"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SubnetError::OutOfSubnets));
+    let owner = sm
+        .acquire_lease(&c, &attrs("10.0.0.5", "02:00:00:00:00:05"))
+        .await
+        .unwrap();
+    assert_eq!(owner.lease.subnet.to_string(), "10.6.1.0/24");
+    let (value, lease) = f.raw("subnets/10.6.1.0-24").await.unwrap();
+    assert_eq!(lease, 0, "still a reservation: no TTL");
+    assert!(value.contains("02:00:00:00:00:05"), "{value}");
+    assert_eq!(
+        sm.renew_lease(&owner).await.unwrap(),
+        owner,
+        "nothing to renew"
+    );
+}

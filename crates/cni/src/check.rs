@@ -22,7 +22,10 @@ pub fn result_addresses(prev: &Value) -> (Vec<IpNet>, Option<IpAddr>) {
         if let Some(a) = ip["address"].as_str().and_then(|a| a.parse::<IpNet>().ok()) {
             addrs.push(a);
         }
-        if let Some(g) = ip["gateway"].as_str().and_then(|g| g.parse::<IpAddr>().ok()) {
+        if let Some(g) = ip["gateway"]
+            .as_str()
+            .and_then(|g| g.parse::<IpAddr>().ok())
+        {
             gw.get_or_insert(g);
         }
     }
@@ -32,13 +35,21 @@ pub fn result_addresses(prev: &Value) -> (Vec<IpNet>, Option<IpAddr>) {
 /// Enters the pod's network namespace (this process is single-threaded here) and looks.
 pub fn verify_pod(env: &CniEnv, prev: &Value, senv: &PluginSubnetEnv) -> Result<(), CniError> {
     let (addrs, gw) = result_addresses(prev);
-    let ns = std::fs::File::open(&env.netns)
-        .map_err(|e| CniError::new(code::INVALID_ENV, format!("opening network namespace {}: {e}", env.netns)))?;
+    let ns = std::fs::File::open(&env.netns).map_err(|e| {
+        CniError::new(
+            code::INVALID_ENV,
+            format!("opening network namespace {}: {e}", env.netns),
+        )
+    })?;
     // SAFETY: setns(2) with a valid open namespace fd; no other thread exists yet.
     if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(CniError::new(
             code::INVALID_ENV,
-            format!("entering network namespace {}: {}", env.netns, std::io::Error::last_os_error()),
+            format!(
+                "entering network namespace {}: {}",
+                env.netns,
+                std::io::Error::last_os_error()
+            ),
         ));
     }
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -48,19 +59,35 @@ pub fn verify_pod(env: &CniEnv, prev: &Value, senv: &PluginSubnetEnv) -> Result<
     rt.block_on(async {
         let nl = Netlink::new().map_err(|e| fail(format!("opening netlink: {e}")))?;
         let snap = nl.iface_snapshot().await.map_err(|e| fail(e.to_string()))?;
-        let link = snap
-            .by_name(&env.ifname)
-            .ok_or_else(|| fail(format!("interface {} not found in {}", env.ifname, env.netns)))?;
+        let link = snap.by_name(&env.ifname).ok_or_else(|| {
+            fail(format!(
+                "interface {} not found in {}",
+                env.ifname, env.netns
+            ))
+        })?;
         for a in &addrs {
-            if !snap.addrs.iter().any(|x| x.index == link.index && x.ip == a.addr()) {
-                return Err(fail(format!("{} in {} lacks address {a}", env.ifname, env.netns)));
+            if !snap
+                .addrs
+                .iter()
+                .any(|x| x.index == link.index && x.ip == a.addr())
+            {
+                return Err(fail(format!(
+                    "{} in {} lacks address {a}",
+                    env.ifname, env.netns
+                )));
             }
         }
         if let Some(IpAddr::V4(gw)) = gw {
-            let routes = nl.routes_via_link(link.index).await.map_err(|e| fail(e.to_string()))?;
+            let routes = nl
+                .routes_via_link(link.index)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
             for net in &senv.networks {
                 if routes.get(net) != Some(&gw) {
-                    return Err(fail(format!("{} has no route to {net} via {gw}", env.netns)));
+                    return Err(fail(format!(
+                        "{} has no route to {net} via {gw}",
+                        env.netns
+                    )));
                 }
             }
         }

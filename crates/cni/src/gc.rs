@@ -27,7 +27,12 @@ pub fn cmd_gc(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<Vec<u8>, Cni
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(CniError::new(code::IO_FAILURE, format!("reading {}: {e}", dir.display()))),
+        Err(e) => {
+            return Err(CniError::new(
+                code::IO_FAILURE,
+                format!("reading {}: {e}", dir.display()),
+            ))
+        }
     };
     let mut failed = Vec::new();
     for entry in entries.flatten() {
@@ -36,13 +41,19 @@ pub fn cmd_gc(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<Vec<u8>, Cni
             continue;
         }
         let path = entry.path();
-        let Ok(bytes) = std::fs::read(&path) else { continue };
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
         let plugin = serde_json::from_slice::<Value>(&bytes)
             .ok()
             .and_then(|v| v["type"].as_str().map(String::from))
             .unwrap_or_else(|| "bridge".into());
         // The stale container's interface name is not recorded; pods use eth0.
-        let vars = [("CNI_CONTAINERID", id.as_str()), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "")];
+        let vars = [
+            ("CNI_CONTAINERID", id.as_str()),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", ""),
+        ];
         match invoke::run_with_env(&env.path, &plugin, "DEL", &bytes, &vars) {
             Ok(_) => {
                 let _ = std::fs::remove_file(&path);
@@ -52,7 +63,10 @@ pub fn cmd_gc(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<Vec<u8>, Cni
         }
     }
     if !failed.is_empty() {
-        return Err(CniError::new(code::PLUGIN, format!("GC could not clean up: {}", failed.join("; "))));
+        return Err(CniError::new(
+            code::PLUGIN,
+            format!("GC could not clean up: {}", failed.join("; ")),
+        ));
     }
     Ok(Vec::new())
 }

@@ -27,7 +27,12 @@ pub fn find_plugin(cni_path: &str, plugin: &str) -> Result<PathBuf, CniError> {
 
 /// Runs `plugin` with `CNI_COMMAND=command` and `config` on stdin; returns its stdout. A failing
 /// delegate's own CNI error object is passed through.
-pub fn run(cni_path: &str, plugin: &str, command: &str, config: &[u8]) -> Result<Vec<u8>, CniError> {
+pub fn run(
+    cni_path: &str,
+    plugin: &str,
+    command: &str,
+    config: &[u8],
+) -> Result<Vec<u8>, CniError> {
     run_with_env(cni_path, plugin, command, config, &[])
 }
 

@@ -183,7 +183,8 @@ fn load_env(conf: &NetConf) -> Result<subnet_env::PluginSubnetEnv, CniError> {
 
 /// STATUS (CNI 1.1.0): ready only when flanneld has written a valid subnet.env.
 fn cmd_status(conf: &NetConf) -> Result<Vec<u8>, CniError> {
-    load_env(conf).map_err(|e| CniError::new(50, format!("flannel is not ready on this node: {}", e.msg)))?;
+    load_env(conf)
+        .map_err(|e| CniError::new(50, format!("flannel is not ready on this node: {}", e.msg)))?;
     Ok(Vec::new())
 }
 
@@ -193,16 +194,36 @@ fn cmd_status(conf: &NetConf) -> Result<Vec<u8>, CniError> {
 /// host-local installs ("Expected Route ... not found"), so it fails healthy pods.
 fn cmd_check(env: &CniEnv, conf: &NetConf) -> Result<Vec<u8>, CniError> {
     if ["0.1.0", "0.2.0", "0.3.0", "0.3.1"].contains(&conf.cni_version.as_str()) {
-        return Err(CniError::new(code::INCOMPATIBLE_VERSION, "config version does not allow CHECK"));
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            "config version does not allow CHECK",
+        ));
     }
     let path = stored_path(conf, env);
     let bytes = std::fs::read(&path).map_err(|e| {
-        CniError::new(3, format!("container {} was not added by flannel: {}: {e}", env.container_id, path.display()))
+        CniError::new(
+            3,
+            format!(
+                "container {} was not added by flannel: {}: {e}",
+                env.container_id,
+                path.display()
+            ),
+        )
     })?;
-    let stored: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| CniError::new(code::DECODE_FAILURE, format!("stored delegate config {} is unreadable: {e}", path.display())))?;
+    let stored: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        CniError::new(
+            code::DECODE_FAILURE,
+            format!(
+                "stored delegate config {} is unreadable: {e}",
+                path.display()
+            ),
+        )
+    })?;
     let senv = load_env(conf)?;
-    let was = stored["ipam"]["ranges"][0][0]["subnet"].as_str().unwrap_or_default().to_string();
+    let was = stored["ipam"]["ranges"][0][0]["subnet"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let now = senv.subnet.map(|s| s.to_string()).unwrap_or_default();
     if was != now {
         return Err(CniError::new(
@@ -212,7 +233,12 @@ fn cmd_check(env: &CniEnv, conf: &NetConf) -> Result<Vec<u8>, CniError> {
     }
     match &conf.prev_result {
         Some(prev) => crate::check::verify_pod(env, prev, &senv)?,
-        None => return Err(CniError::new(code::INVALID_CONFIG, "CHECK needs prevResult")),
+        None => {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                "CHECK needs prevResult",
+            ))
+        }
     }
     Ok(Vec::new())
 }

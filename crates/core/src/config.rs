@@ -490,6 +490,137 @@ mod tests {
         }
     }
 
+    /// One row per config key: read case-insensitively, `null` keeps the default, and a value
+    /// of the wrong type is refused with the key named.
+    #[test]
+    fn every_key_case_insensitive_null_default_and_type_errors() {
+        let base_for = |key: &str| {
+            [
+                ("Network", r#""10.8.0.0/16""#),
+                ("IPv6Network", r#""fd00::/48""#),
+                ("EnableIPv6", "true"),
+            ]
+            .iter()
+            .filter(|(k, _)| *k != key)
+            .map(|(k, v)| format!("\"{k}\":{v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+        };
+        type Get = fn(&NetworkConfig) -> String;
+        let rows: [(&str, &str, Get, &str, &str); 12] = [
+            (
+                "Network",
+                r#""10.9.0.0/16""#,
+                |c| format!("{:?}", c.network),
+                "Some(10.9.0.0/16)",
+                "\"10.9.0.0\"",
+            ),
+            (
+                "IPv6Network",
+                r#""fd01::/48""#,
+                |c| format!("{:?}", c.ipv6_network),
+                "Some(fd01::/48)",
+                "\"fd01::\"",
+            ),
+            (
+                "EnableIPv4",
+                "true",
+                |c| c.enable_ipv4.to_string(),
+                "true",
+                "\"yes\"",
+            ),
+            (
+                "EnableIPv6",
+                "true",
+                |c| c.enable_ipv6.to_string(),
+                "true",
+                "1",
+            ),
+            (
+                "EnableNFTables",
+                "true",
+                |c| c.enable_nftables.to_string(),
+                "true",
+                "\"true\"",
+            ),
+            (
+                "SubnetLen",
+                "25",
+                |c| format!("{:?}", c.subnet_len),
+                "Some(25)",
+                "\"25\"",
+            ),
+            (
+                "SubnetMin",
+                r#""10.8.4.0""#,
+                |c| format!("{:?}", c.subnet_min),
+                "Some(10.8.4.0)",
+                "\"10.8.4\"",
+            ),
+            (
+                "SubnetMax",
+                r#""10.8.9.0""#,
+                |c| format!("{:?}", c.subnet_max),
+                "Some(10.8.9.0)",
+                "5",
+            ),
+            (
+                "IPv6SubnetLen",
+                "60",
+                |c| format!("{:?}", c.ipv6_subnet_len),
+                "Some(60)",
+                "-1",
+            ),
+            (
+                "IPv6SubnetMin",
+                r#""fd00:0:0:10::""#,
+                |c| format!("{:?}", c.ipv6_subnet_min),
+                "Some(fd00:0:0:10::)",
+                "\"x\"",
+            ),
+            (
+                "IPv6SubnetMax",
+                r#""fd00:0:0:f0::""#,
+                |c| format!("{:?}", c.ipv6_subnet_max),
+                "Some(fd00:0:0:f0::)",
+                "[]",
+            ),
+            (
+                "Backend",
+                r#"{"Type":"VXLAN"}"#,
+                |c| c.backend_type.clone(),
+                "vxlan",
+                "\"vxlan\"",
+            ),
+        ];
+        for (key, good, get, want, bad) in rows {
+            let base = base_for(key);
+            for spelled in [
+                key.to_string(),
+                key.to_ascii_lowercase(),
+                key.to_ascii_uppercase(),
+            ] {
+                let doc = format!("{{{base},\"{spelled}\":{good}}}");
+                let c = checked(&doc).unwrap_or_else(|e| panic!("{doc}: {e}"));
+                assert_eq!(get(&c), want, "{doc}");
+            }
+            let null = NetworkConfig::parse(&format!("{{{base},\"{key}\":null}}")).unwrap();
+            let default = NetworkConfig::parse(&format!("{{{base}}}")).unwrap();
+            assert_eq!(get(&null), get(&default), "{key}: null keeps the default");
+            let e = err(&format!("{{{base},\"{key}\":{bad}}}"));
+            assert!(
+                e.starts_with(&format!("network config: {key}")),
+                "{key}={bad}: {e}"
+            );
+        }
+        let unknown = checked(r#"{"Network":"10.8.0.0/16","Whatever":[1,2]}"#).unwrap();
+        assert_eq!(
+            unknown.network.unwrap().to_string(),
+            "10.8.0.0/16",
+            "unknown keys are ignored"
+        );
+    }
+
     #[test]
     fn parse_errors_name_the_key() {
         assert_eq!(

@@ -562,6 +562,79 @@ mod tests {
         ));
     }
 
+    /// One row per flag: a CLI value and an env value are both read, the CLI wins, and a bad
+    /// value is refused with the flag (or variable) named.
+    #[test]
+    fn every_flag_reads_cli_and_env_with_upstream_names() {
+        assert_eq!(FLAGS.len(), 31, "the upstream flag table");
+        for s in FLAGS {
+            let var = format!("FLANNELD_{}", s.name.to_ascii_uppercase().replace('-', "_"));
+            let (cli_val, env_val, want_cli, want_env) = match s.kind {
+                Kind::Bool => {
+                    let flip = s.default != "true";
+                    (
+                        format!("--{}={flip}", s.name),
+                        (!flip).to_string(),
+                        Value::Bool(flip),
+                        Value::Bool(!flip),
+                    )
+                }
+                Kind::Int => (
+                    format!("--{}=7", s.name),
+                    "9".to_string(),
+                    Value::Int(7),
+                    Value::Int(9),
+                ),
+                Kind::Str => (
+                    format!("--{}=cli", s.name),
+                    "env".to_string(),
+                    Value::Str("cli".into()),
+                    Value::Str("env".into()),
+                ),
+                Kind::List => (
+                    format!("--{}=cli", s.name),
+                    "env".to_string(),
+                    Value::List(vec!["cli".into()]),
+                    Value::List(vec!["env".into()]),
+                ),
+            };
+            let env = [(var.as_str(), env_val.as_str())];
+            let v = p(&[cli_val.as_str()], &env).unwrap();
+            assert_eq!(
+                v.get(s.name),
+                Some(&want_cli),
+                "{}: CLI wins over {var}",
+                s.name
+            );
+            if s.name == "version" {
+                continue; // FLANNELD_VERSION has no effect upstream
+            }
+            let v = p(&[], &env).unwrap();
+            assert_eq!(
+                v.get(s.name),
+                Some(&want_env),
+                "{}: read from {var}",
+                s.name
+            );
+            let bad = match s.kind {
+                Kind::Bool => Some("maybe"),
+                Kind::Int => Some("x"),
+                _ => None,
+            };
+            if let Some(b) = bad {
+                let e = p(&[&format!("-{}={b}", s.name)], &[])
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    e.starts_with(&format!("invalid value \"{b}\" for flag -{}: ", s.name)),
+                    "{e}"
+                );
+                let e = p(&[], &[(var.as_str(), b)]).unwrap_err().to_string();
+                assert!(e.contains(&var), "{e}");
+            }
+        }
+    }
+
     #[test]
     fn password_is_masked_in_description() {
         let v = p(&["--etcd-password=s3cret", "--etcd-username=u"], &[]).unwrap();
