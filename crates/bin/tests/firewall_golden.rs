@@ -184,3 +184,35 @@ fn nftables_listings_match_upstream_and_iptables_leftovers_go() {
         iptables_nat_golden("10.244.0.0/16", &v4, "224.0.0.0/4")
     );
 }
+
+#[test]
+fn old_network_rules_are_recycled_and_random_fully_can_be_disabled() {
+    let mut n = Node::new("rcy");
+    n.etcdctl(&[
+        "put",
+        "/coreos.com/network/config",
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    ]);
+    n.start(&["--ip-masq"]);
+    n.wait_ready();
+    assert!(n.stop().success());
+    // The cluster network changes: the restarted node gets a subnet in the new network, and
+    // the masquerade rules for the old network and subnet must not stay behind.
+    n.etcdctl(&[
+        "put",
+        "/coreos.com/network/config",
+        r#"{"Network":"10.250.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    ]);
+    n.start(&["--ip-masq", "--ip-masq-fully-random-disable"]);
+    n.wait_ready();
+    let env = std::fs::read_to_string(n.subnet_env()).unwrap();
+    let pod = env
+        .lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+        .unwrap()
+        .replace(".1/24", ".0/24");
+    assert!(pod.starts_with("10.250."), "{env}");
+    let want =
+        iptables_nat_golden("10.250.0.0/16", &pod, "224.0.0.0/4").replace(" --random-fully", "");
+    assert_eq!(n.exec("iptables", &["-t", "nat", "-S"]), want);
+}

@@ -202,6 +202,8 @@ impl Drop for Proc {
 /// its loopback, and our flanneld started and stopped on demand. Everything goes on drop.
 pub struct Node {
     pub flanneld: Option<Proc>,
+    /// How many times the log said "flannel is ready" before the current start.
+    ready_before: usize,
     _etcd: Proc,
     pub dir: TempDir,
     pub ns: Netns,
@@ -246,6 +248,7 @@ impl Node {
                 .expect("start etcd"),
         );
         Node {
+            ready_before: 0,
             flanneld: None,
             _etcd: etcd,
             dir,
@@ -291,7 +294,8 @@ impl Node {
 
     /// Starts flanneld with `--etcd-endpoints`, `--subnet-file` and exactly `extra`.
     pub fn start_with(&mut self, extra: &[&str]) {
-        let _ = std::fs::remove_file(self.subnet_env());
+        // subnet.env stays: a restart reads the previous run's subnet and network from it.
+        self.ready_before = self.log().matches("flannel is ready").count();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -311,9 +315,11 @@ impl Node {
         self.flanneld = Some(Proc(child));
     }
 
-    /// Waits for subnet.env (flanneld ready); panics with the log otherwise.
+    /// Waits until this start of flanneld says it is ready; panics with the log otherwise.
     pub fn wait_ready(&self) {
-        let ok = eventually(Duration::from_secs(15), || self.subnet_env().exists());
+        let ok = eventually(Duration::from_secs(15), || {
+            self.log().matches("flannel is ready").count() > self.ready_before
+        });
         assert!(
             ok.is_some(),
             "flanneld did not become ready:\n{}",
