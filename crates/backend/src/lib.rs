@@ -4,6 +4,8 @@
 //! (`BackendType`/`BackendData`) and the MTU for pods, and reconciles the kernel against the set
 //! of known leases whenever asked (lease events, netlink events, timer).
 
+pub mod hostgw;
+pub mod skiplog;
 pub mod vxlan;
 
 use flannel_core::{Lease, LeaseAttrs};
@@ -58,4 +60,66 @@ pub trait Backend: Send {
         own: &Lease,
         leases: &[Lease],
     ) -> impl Future<Output = Result<ReconcileReport, BackendError>> + Send;
+}
+
+/// The backend chosen by the network config, dispatched statically.
+pub enum AnyBackend {
+    Vxlan(vxlan::VxlanBackend),
+    HostGw(hostgw::HostGwBackend),
+}
+
+/// Backend types this build implements.
+pub const SUPPORTED: &[&str] = &["vxlan", "host-gw"];
+
+impl AnyBackend {
+    /// Sets up the backend named by the config's `Backend.Type` on interface `ext`.
+    /// `stored_mac` is the VtepMAC our previous vxlan lease published, if any.
+    pub async fn register(
+        backend_type: &str,
+        backend: &serde_json::Value,
+        nl: flannel_net::Netlink,
+        ext: ExternalInterface,
+        network: ipnet::Ipv4Net,
+        stored_mac: Option<flannel_core::MacAddr>,
+    ) -> Result<Self, BackendError> {
+        match backend_type {
+            "vxlan" => {
+                let cfg = flannel_core::vxlan::VxlanConfig::from_backend(backend)
+                    .map_err(|e| BackendError::Config { backend: "vxlan", msg: e.to_string() })?;
+                Ok(Self::Vxlan(vxlan::VxlanBackend::register(nl, cfg, ext, network, stored_mac).await?))
+            }
+            "host-gw" => Ok(Self::HostGw(hostgw::HostGwBackend::register(nl, ext)?)),
+            other => Err(BackendError::Config {
+                backend: "any",
+                msg: format!("backend type {other:?} is not supported by this flannel-rs build (supported: {})", SUPPORTED.join(", ")),
+            }),
+        }
+    }
+}
+
+impl Backend for AnyBackend {
+    fn lease_attrs(&self) -> LeaseAttrs {
+        match self {
+            Self::Vxlan(b) => b.lease_attrs(),
+            Self::HostGw(b) => b.lease_attrs(),
+        }
+    }
+
+    fn mtu(&self) -> u32 {
+        match self {
+            Self::Vxlan(b) => b.mtu(),
+            Self::HostGw(b) => b.mtu(),
+        }
+    }
+
+    async fn reconcile(
+        &mut self,
+        own: &Lease,
+        leases: &[Lease],
+    ) -> Result<ReconcileReport, BackendError> {
+        match self {
+            Self::Vxlan(b) => b.reconcile(own, leases).await,
+            Self::HostGw(b) => b.reconcile(own, leases).await,
+        }
+    }
 }

@@ -1,16 +1,19 @@
 //! The vxlan backend (upstream `pkg/backend/vxlan`): device `flannel.<VNI>`, and per peer a
 //! permanent neighbour entry, a permanent FDB entry and an onlink route, reconciled as data.
 
+use crate::hostgw::apply_routes;
+use crate::skiplog::SkipLog;
 use crate::{Backend, BackendError, ExternalInterface, ReconcileReport};
 use flannel_core::diff::diff;
 use flannel_core::lease::VxlanData;
-use flannel_core::vxlan::{desired_peers, VxlanConfig};
+use flannel_core::vxlan::{desired_peers_with, VxlanConfig};
 use flannel_core::{Lease, LeaseAttrs, MacAddr};
 use flannel_net::netlink::is_vxlan;
 use flannel_net::{Link, Netlink, VxlanSpec};
 use futures::future::join_all;
 use ipnet::Ipv4Net;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
 use tracing::{debug, info, warn};
 
 pub struct VxlanBackend {
@@ -21,8 +24,7 @@ pub struct VxlanBackend {
     network: Ipv4Net,
     spec: VxlanSpec,
     index: u32,
-    /// Skip reasons already logged, so a bad lease is reported once, not every resync.
-    reported: BTreeSet<String>,
+    skips: SkipLog,
 }
 
 impl VxlanBackend {
@@ -42,9 +44,6 @@ impl VxlanBackend {
         if ext.ext_v6_addr.is_some() {
             warn!("IPv6 is enabled: the lease carries an IPv6 subnet, but this vxlan backend programs the IPv4 overlay only (no flannel-v6.{} yet)", cfg.vni);
         }
-        if cfg.direct_routing {
-            warn!("vxlan DirectRouting is not supported by flannel-rs yet; every peer gets VXLAN");
-        }
         let spec = VxlanSpec {
             name: cfg.device_name(),
             vni: cfg.vni,
@@ -62,7 +61,7 @@ impl VxlanBackend {
             network,
             spec,
             index: 0,
-            reported: BTreeSet::new(),
+            skips: SkipLog::default(),
         };
         b.ensure_device().await?;
         Ok(b)
@@ -148,22 +147,47 @@ impl VxlanBackend {
         Ok(changes)
     }
 
+    /// `DirectRouting`: which peers' public IPs are on our own L2 segment, i.e. `ip route get`
+    /// finds them on the external interface without a gateway.
+    async fn direct_peers(&self, leases: &[Lease]) -> BTreeMap<Ipv4Addr, bool> {
+        let mut out = BTreeMap::new();
+        if !self.cfg.direct_routing {
+            return out;
+        }
+        for l in leases {
+            let ip = l.attrs.public_ip;
+            if out.contains_key(&ip) || ip.is_unspecified() || ip == self.ext.ext_addr {
+                continue;
+            }
+            let direct = matches!(
+                self.nl.route_get_full(IpAddr::V4(ip)).await,
+                Ok(Some((oif, _, None))) if oif == self.ext.index
+            );
+            out.insert(ip, direct);
+        }
+        out
+    }
+
     async fn reconcile_peers(
         &mut self,
         own: &Lease,
         leases: &[Lease],
     ) -> Result<ReconcileReport, BackendError> {
+        let direct = self.direct_peers(leases).await;
+        let (desired, skipped) = desired_peers_with(own.subnet, leases, &|ip| {
+            direct.get(&ip).copied().unwrap_or(false)
+        });
+        self.skips.report(&skipped);
+        let direct_actual = self.nl.own_routes_via_link(self.ext.index).await?;
+        let direct_report = apply_routes(
+            &self.nl,
+            self.ext.index,
+            &desired.direct,
+            &direct_actual,
+            false,
+        )
+        .await;
         let mut report = ReconcileReport::default();
-        let (desired, skipped) = desired_peers(own.subnet, leases);
-        let now: BTreeSet<String> = skipped
-            .iter()
-            .map(|s| format!("{}: {}", s.subnet, s.reason))
-            .collect();
-        for s in now.difference(&self.reported) {
-            warn!("skipping lease {s}");
-        }
-        self.reported = now;
-
         let idx = self.index;
         let nl = &self.nl;
         let (neigh, fdb, routes) =
@@ -208,6 +232,9 @@ impl VxlanBackend {
                 report.failed += 1;
             }
         }
+        report.added += direct_report.added;
+        report.removed += direct_report.removed;
+        report.failed += direct_report.failed;
         for (dst, gw) in &pr.upsert {
             info!(subnet = %dst, via = %gw, "programmed route to peer");
         }

@@ -17,17 +17,23 @@ struct Lab {
 
 impl Lab {
     fn up(nodes: usize, pods: usize, flanneld_args: &[&str]) -> Lab {
+        Self::up_with(LabSpec {
+            nodes,
+            pods_per_node: pods,
+            flanneld_args: flanneld_args.iter().map(|s| s.to_string()).collect(),
+            ..LabSpec::default()
+        })
+    }
+
+    fn up_with(spec: LabSpec) -> Lab {
         require_root();
         let root = TempDir::new("lab");
         let name = unique("t");
         let spec = LabSpec {
             lab: name.clone(),
-            nodes,
-            pods_per_node: pods,
             state_root: root.path().to_path_buf(),
             bin_dir: bin_dir(),
-            flanneld_args: flanneld_args.iter().map(|s| s.to_string()).collect(),
-            ..LabSpec::default()
+            ..spec
         };
         match up(&spec) {
             Ok(state) => Lab { state, name, root },
@@ -349,4 +355,133 @@ fn down_cleans_up_after_a_failed_up() {
         .lines()
         .any(|l| l.starts_with(&format!("{name}-"))));
     assert!(!root.path().join(&name).exists());
+}
+
+#[test]
+fn host_gw_routes_via_peer_public_ips_heal_and_go() {
+    let lab = Lab::up_with(LabSpec {
+        backend: "host-gw".into(),
+        nodes: 2,
+        pods_per_node: 1,
+        flanneld_args: vec!["--iptables-resync=1".into()],
+        ..LabSpec::default()
+    });
+    let m = flannel_lab::ping::ping_all(&lab.state);
+    assert!(m.all_ok(), "{}", m.render());
+    let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
+    let want = format!("{} via {} dev eth0 proto 252", b.subnet, b.ip);
+    assert!(routes(&a.netns).contains(&want), "{}", routes(&a.netns));
+    assert!(
+        !ip(&["-n", &a.netns, "link"]).contains("flannel.1"),
+        "host-gw makes no vxlan device"
+    );
+    let env =
+        std::fs::read_to_string(lab.state.state_dir.join(&a.name).join("subnet.env")).unwrap();
+    assert!(
+        env.contains("FLANNEL_MTU=1500"),
+        "host-gw keeps the interface MTU: {env}"
+    );
+    // A wrong route is replaced, a deleted one restored.
+    ip(&[
+        "-n",
+        &a.netns,
+        "route",
+        "replace",
+        &b.subnet,
+        "via",
+        "10.0.0.99",
+        "dev",
+        "eth0",
+    ]);
+    assert!(
+        eventually(Duration::from_secs(5), || routes(&a.netns).contains(&want)).is_some(),
+        "{}",
+        routes(&a.netns)
+    );
+    ip(&["-n", &a.netns, "route", "del", &b.subnet]);
+    assert!(
+        eventually(Duration::from_secs(5), || routes(&a.netns).contains(&want)).is_some(),
+        "{}",
+        routes(&a.netns)
+    );
+    let value = etcd_get(
+        &lab.state,
+        &format!("/coreos.com/network/subnets/{}", a.subnet.replace('/', "-")),
+    )
+    .unwrap();
+    assert_eq!(
+        value.trim(),
+        format!(
+            r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"host-gw"}}"#,
+            a.ip
+        )
+    );
+    // The peer's lease goes: so does its route; routes of others on eth0 stay.
+    ip(&[
+        "-n",
+        &a.netns,
+        "route",
+        "add",
+        "192.0.2.0/24",
+        "via",
+        "10.0.0.77",
+        "dev",
+        "eth0",
+    ]);
+    etcd_del(
+        &lab.state,
+        &format!("/coreos.com/network/subnets/{}", b.subnet.replace('/', "-")),
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || !routes(&a.netns)
+            .contains(&b.subnet))
+        .is_some(),
+        "{}",
+        routes(&a.netns)
+    );
+    assert!(
+        routes(&a.netns).contains("192.0.2.0/24 via 10.0.0.77"),
+        "a route that is not ours is never touched"
+    );
+}
+
+#[test]
+fn vxlan_direct_routing_uses_plain_routes_on_the_same_segment_only() {
+    let lab = Lab::up_with(LabSpec {
+        nodes: 3,
+        pods_per_node: 1,
+        segments: 2,
+        direct_routing: true,
+        ..LabSpec::default()
+    });
+    let m = flannel_lab::ping::ping_all(&lab.state);
+    assert!(m.all_ok(), "{}", m.render());
+    let (master, other_seg, same_seg) = (
+        &lab.state.nodes[0],
+        &lab.state.nodes[1],
+        &lab.state.nodes[2],
+    );
+    assert_eq!(other_seg.ip, "10.0.1.51");
+    let r = routes(&master.netns);
+    assert!(
+        r.contains(&format!(
+            "{} via {} dev eth0 proto 252",
+            same_seg.subnet, same_seg.ip
+        )),
+        "{r}"
+    );
+    assert!(
+        r.contains(&format!(
+            "{} via {} dev flannel.1 proto 252 onlink",
+            other_seg.subnet,
+            other_seg.subnet.trim_end_matches("/24")
+        )),
+        "{r}"
+    );
+    let f = fdb(&master.netns);
+    assert!(
+        f.contains(&format!("dst {} self permanent", other_seg.ip)) && !f.contains(&same_seg.ip),
+        "{f}"
+    );
 }

@@ -6,12 +6,14 @@
 pub mod allocator;
 pub mod config;
 pub mod diff;
+pub mod hostgw;
 pub mod iface;
 pub mod iptables;
 pub mod json_ci;
 pub mod lease;
 pub mod mac;
 pub mod nftables;
+pub mod peers;
 pub mod subnet;
 pub mod subnet_env;
 pub mod subnet_key;

@@ -4,6 +4,7 @@
 
 use crate::lease::{Lease, VxlanData};
 use crate::mac::MacAddr;
+use crate::peers::usable_peers;
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -17,56 +18,49 @@ pub struct VxlanPeers {
     pub fdb: BTreeMap<MacAddr, Ipv4Addr>,
     /// Routes: remote subnet → gateway (the subnet's network address), onlink.
     pub routes: BTreeMap<Ipv4Net, Ipv4Addr>,
+    /// `DirectRouting`: remote subnet → remote public IP, on the external interface.
+    pub direct: BTreeMap<Ipv4Net, Ipv4Addr>,
 }
 
-/// A lease that was left out, and why; the caller logs it with the lease's key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Skipped {
-    pub subnet: Ipv4Net,
-    pub reason: String,
-}
+pub use crate::peers::Skipped;
 
 /// Computes the desired peer state from every known lease. Our own lease, leases of other
 /// backend types and leases with unusable data are skipped (and reported), never fatal.
+/// Peers for which `direct` says the public IP is on our own L2 segment (`DirectRouting`) get a
+/// plain route via that IP instead of VXLAN entries.
 pub fn desired_peers(own_subnet: Ipv4Net, leases: &[Lease]) -> (VxlanPeers, Vec<Skipped>) {
+    desired_peers_with(own_subnet, leases, &|_| false)
+}
+
+pub fn desired_peers_with(
+    own_subnet: Ipv4Net,
+    leases: &[Lease],
+    direct: &dyn Fn(Ipv4Addr) -> bool,
+) -> (VxlanPeers, Vec<Skipped>) {
     let mut s = VxlanPeers::default();
-    let mut skipped = Vec::new();
-    let mut skip = |l: &Lease, reason: String| {
-        skipped.push(Skipped {
-            subnet: l.subnet,
-            reason,
-        })
-    };
-    for l in leases {
-        if l.subnet == own_subnet {
-            continue;
-        }
-        if l.subnet.contains(&own_subnet) || own_subnet.contains(&l.subnet) {
-            skip(l, format!("overlaps our own subnet {own_subnet}"));
-            continue;
-        }
-        if l.attrs.backend_type != "vxlan" {
-            skip(
-                l,
-                format!("backend type {:?} is not vxlan", l.attrs.backend_type),
-            );
+    let (peers, mut skipped) = usable_peers(own_subnet, leases, &["vxlan"]);
+    for l in peers {
+        if direct(l.attrs.public_ip) {
+            s.direct.insert(l.subnet, l.attrs.public_ip);
             continue;
         }
         let data = match l.attrs.backend_data.as_ref().map(VxlanData::from_value) {
             Some(Ok(d)) => d,
             Some(Err(e)) => {
-                skip(l, e.to_string());
+                skipped.push(Skipped {
+                    subnet: l.subnet,
+                    reason: e.to_string(),
+                });
                 continue;
             }
             None => {
-                skip(l, "no BackendData".into());
+                skipped.push(Skipped {
+                    subnet: l.subnet,
+                    reason: "no BackendData".into(),
+                });
                 continue;
             }
         };
-        if l.attrs.public_ip.is_unspecified() {
-            skip(l, "PublicIP is 0.0.0.0".into());
-            continue;
-        }
         let gw = l.subnet.network();
         s.neighbours.insert(gw, data.vtep_mac);
         s.fdb.insert(data.vtep_mac, l.attrs.public_ip);
@@ -156,9 +150,52 @@ mod tests {
         let (s, skipped) = desired_peers(own, &leases);
         assert_eq!(s, VxlanPeers::default());
         assert_eq!(skipped.len(), 4);
-        assert!(skipped[0].reason.contains("not vxlan"));
-        assert!(skipped[1].reason.contains("VtepMAC is missing"));
-        assert!(skipped[3].reason.contains("overlaps our own subnet"));
+        let reasons: Vec<&str> = skipped.iter().map(|s| s.reason.as_str()).collect();
+        assert!(
+            reasons.iter().any(|r| r.contains("is not \"vxlan\"")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.iter().any(|r| r.contains("VtepMAC is missing")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("overlaps our own subnet")),
+            "{reasons:?}"
+        );
+    }
+
+    #[test]
+    fn direct_routing_peers_get_a_plain_route() {
+        let own: Ipv4Net = "10.244.0.0/24".parse().unwrap();
+        let data = |m: &str| Some(serde_json::json!({"VNI":1,"VtepMAC":m}));
+        let leases = vec![
+            lease(
+                "10.244.1.0/24",
+                "10.0.0.51",
+                "vxlan",
+                data("02:00:00:00:00:51"),
+            ),
+            lease(
+                "10.244.2.0/24",
+                "10.0.1.52",
+                "vxlan",
+                data("02:00:00:00:00:52"),
+            ),
+        ];
+        let same_segment = |ip: Ipv4Addr| ip.octets()[2] == 0;
+        let (s, _) = desired_peers_with(own, &leases, &same_segment);
+        assert_eq!(
+            s.direct[&"10.244.1.0/24".parse().unwrap()],
+            Ipv4Addr::new(10, 0, 0, 51)
+        );
+        assert_eq!(
+            s.routes.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
+            ["10.244.2.0/24"]
+        );
+        assert_eq!(s.fdb.len(), 1);
     }
 }
 

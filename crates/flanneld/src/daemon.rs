@@ -5,12 +5,11 @@ use crate::health;
 use crate::iface;
 use crate::options::Options;
 use anyhow::{bail, Context};
-use flannel_backend::vxlan::VxlanBackend;
+use flannel_backend::AnyBackend;
 use flannel_backend::Backend;
 use flannel_core::iface::Families;
 use flannel_core::lease::VxlanData;
 use flannel_core::subnet_env::{PreviousSubnets, SubnetEnv};
-use flannel_core::vxlan::VxlanConfig;
 use flannel_core::{MacAddr, NetworkConfig};
 use flannel_net::firewall::{self, FamilyNets, FirewallConfig, IptablesManager, TrafficManager};
 use flannel_net::Netlink;
@@ -151,19 +150,14 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         .network
         .context("the etcd subnet manager needs an IPv4 Network")?;
     check_br_netfilter(&config)?;
-    if config.backend_type != "vxlan" {
+    if !flannel_backend::SUPPORTED.contains(&config.backend_type.as_str()) {
         bail!(
-            "backend type {:?} at {} is not supported by this flannel-rs build (supported: vxlan)",
+            "backend type {:?} at {} is not supported by this flannel-rs build (supported: {})",
             config.backend_type,
-            sm.config_key()
+            sm.config_key(),
+            flannel_backend::SUPPORTED.join(", ")
         );
     }
-    let vxcfg = VxlanConfig::from_backend(&config.backend).with_context(|| {
-        format!(
-            "invalid Backend in the network config at {}",
-            sm.config_key()
-        )
-    })?;
 
     let families = Families {
         v4: config.enable_ipv4,
@@ -173,7 +167,22 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     info!(iface = %ext.name, iface_addr = %ext.iface_addr, public_ip = %ext.ext_addr, public_ipv6 = ?ext.ext_v6_addr, mtu = ext.mtu, "using interface");
 
     let stored_mac = previous_vtep_mac(&sm, ext.ext_addr).await;
-    let mut backend = VxlanBackend::register(nl.clone(), vxcfg, ext, network, stored_mac).await?;
+    let mut backend = AnyBackend::register(
+        &config.backend_type,
+        &config.backend,
+        nl.clone(),
+        ext,
+        network,
+        stored_mac,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "setting up the {} backend (config at {})",
+            config.backend_type,
+            sm.config_key()
+        )
+    })?;
     let mut own = sm
         .acquire_lease(&config, &backend.lease_attrs())
         .await
@@ -321,7 +330,7 @@ async fn ensure_blackhole(nl: &Netlink, subnet: ipnet::Ipv4Net) {
     }
 }
 
-async fn reconcile(backend: &mut VxlanBackend, own: &OwnLease, leases: &LeaseSet) {
+async fn reconcile(backend: &mut AnyBackend, own: &OwnLease, leases: &LeaseSet) {
     match backend.reconcile(&own.lease, &leases.leases()).await {
         Ok(r) if r.added + r.removed + r.failed > 0 || r.device_recreated => {
             info!(

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage:
-  flannel-lab up [--nodes N] [--pods-per-node K] [--backend vxlan]   build the cluster (default 3 nodes, 2 pods each)
+  flannel-lab up [--nodes N] [--pods-per-node K] [--backend vxlan|host-gw|udp]
+                 [--segments 1|2] [--direct-routing]                  build the cluster (default 3 nodes, 2 pods each)
   flannel-lab ping-all                                                every pod pings every other pod
   flannel-lab status [--json]                                         nodes, pods, routes, FDB, where the logs are
   flannel-lab down                                                    remove everything the lab made
@@ -22,6 +23,8 @@ struct Args {
     nodes: usize,
     pods: usize,
     backend: String,
+    segments: usize,
+    direct_routing: bool,
     json: bool,
 }
 
@@ -33,6 +36,8 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
         nodes: 3,
         pods: 2,
         backend: "vxlan".into(),
+        segments: 1,
+        direct_routing: false,
         json: false,
     };
     let mut it = argv.iter();
@@ -58,6 +63,8 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
             "--name" => a.name = value(flag)?,
             "--state-dir" => a.state_root = PathBuf::from(value(flag)?),
             "--json" => a.json = true,
+            "--segments" => a.segments = num(flag, value(flag)?)?,
+            "--direct-routing" => a.direct_routing = true,
             "-h" | "--help" => a.cmd = "help".into(),
             f if f.starts_with('-') => bail!("unknown option {f}"),
             c if a.cmd.is_empty() => a.cmd = c.to_string(),
@@ -79,6 +86,8 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 nodes: a.nodes,
                 pods_per_node: a.pods,
                 backend: a.backend,
+                segments: a.segments,
+                direct_routing: a.direct_routing,
                 state_root: a.state_root.clone(),
                 ..LabSpec::default()
             };

@@ -19,6 +19,10 @@ pub struct LabSpec {
     pub nodes: usize,
     pub pods_per_node: usize,
     pub backend: String,
+    /// Underlay segments: 1 (all nodes on one bridge) or 2 (odd nodes on 10.0.1.0/24, behind a
+    /// router in the switch namespace), to show vxlan `DirectRouting`.
+    pub segments: usize,
+    pub direct_routing: bool,
     pub state_root: PathBuf,
     pub bin_dir: PathBuf,
     /// Extra flags for every flanneld (e.g. a shorter resync period in tests).
@@ -32,6 +36,8 @@ impl Default for LabSpec {
             nodes: 3,
             pods_per_node: 2,
             backend: "vxlan".into(),
+            segments: 1,
+            direct_routing: false,
             state_root: PathBuf::from(DEFAULT_STATE_ROOT),
             bin_dir: preflight::default_bin_dir(),
             flanneld_args: Vec::new(),
@@ -172,11 +178,15 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
     if spec.nodes == 0 || spec.nodes > 200 {
         bail!("--nodes {}: must be between 1 and 200", spec.nodes);
     }
-    if spec.backend != "vxlan" {
+    if !BACKENDS.contains(&spec.backend.as_str()) {
         bail!(
-            "--backend {}: this build of the lab supports vxlan only",
-            spec.backend
+            "--backend {}: the lab runs {}",
+            spec.backend,
+            BACKENDS.join(", ")
         );
+    }
+    if !(1..=2).contains(&spec.segments) {
+        bail!("--segments {}: 1 or 2", spec.segments);
     }
     preflight::check(&spec.bin_dir)?;
     let dir = state_dir(&spec.state_root, &spec.lab);
@@ -194,21 +204,53 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
     let sw = switch_ns(lab);
     ip(&["netns", "add", &sw])?;
     ip(&["-n", &sw, "link", "set", "lo", "up"])?;
-    ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
-    ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+    for seg in 0..spec.segments {
+        let br = format!("br{seg}");
+        ip(&["-n", &sw, "link", "add", &br, "type", "bridge"])?;
+        ip(&["-n", &sw, "link", "set", &br, "up"])?;
+        if spec.segments > 1 {
+            // The switch namespace routes between the segments.
+            ip(&[
+                "-n",
+                &sw,
+                "addr",
+                "add",
+                &format!("10.0.{seg}.1/24"),
+                "dev",
+                &br,
+            ])?;
+        }
+    }
+    if spec.segments > 1 {
+        sh::run(&mut in_ns(
+            &sw,
+            "sh",
+            &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
+        ))?;
+    }
 
     let mut nodes = Vec::new();
     for i in 0..spec.nodes {
         let name = node_name(i);
         let ns = node_ns(lab, &name);
-        let addr = node_ip(i);
+        let addr = node_ip_on(i, spec.segments);
+        let seg = node_segment(i, spec.segments);
         let node_dir = dir.join(&name);
         std::fs::create_dir_all(node_dir.join("net.d"))?;
         ip(&["netns", "add", &ns])?;
         ip(&[
             "-n", &sw, "link", "add", &name, "type", "veth", "peer", "name", "eth0", "netns", &ns,
         ])?;
-        ip(&["-n", &sw, "link", "set", &name, "master", "br0", "up"])?;
+        ip(&[
+            "-n",
+            &sw,
+            "link",
+            "set",
+            &name,
+            "master",
+            &format!("br{seg}"),
+            "up",
+        ])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         ip(&[
             "-n",
@@ -220,6 +262,17 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
             "eth0",
         ])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        if spec.segments > 1 {
+            ip(&[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.0.{seg}.1"),
+            ])?;
+        }
         sh::run(&mut in_ns(
             &ns,
             "sh",
@@ -269,7 +322,11 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
     .with_context(|| format!("etcd log:\n{}", log_tail(&etcd_log)))?;
     etcdctl(
         &master,
-        &["put", &format!("{ETCD_PREFIX}/config"), NET_CONF],
+        &[
+            "put",
+            &format!("{ETCD_PREFIX}/config"),
+            &net_conf(&spec.backend, spec.direct_routing),
+        ],
     )?;
 
     // flanneld on every node, with upstream-style flags.
@@ -355,8 +412,13 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
     };
     state.save()?;
 
-    // Every node has a route to every other node's subnet before we call it up.
-    let want = state.nodes.len() - 1;
+    // Every node has a route to every other node's subnet before we call it up (the udp
+    // backend routes the whole network into its TUN device with one route).
+    let want = if spec.backend == "udp" {
+        1
+    } else {
+        state.nodes.len() - 1
+    };
     for n in &state.nodes {
         let ns = n.netns.clone();
         wait_until(

@@ -5,8 +5,19 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_LAB: &str = "flab";
 pub const DEFAULT_STATE_ROOT: &str = "/run/flannel-lab";
-/// The tutorial's network config.
-pub const NET_CONF: &str = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#;
+/// The tutorial's network config (`{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}`)
+/// for a given backend.
+pub fn net_conf(backend: &str, direct_routing: bool) -> String {
+    let dr = if direct_routing {
+        r#", "DirectRouting": true"#
+    } else {
+        ""
+    };
+    format!(r#"{{"Network": "10.244.0.0/16", "Backend": {{"Type": "{backend}"{dr}}}}}"#)
+}
+
+/// Backends the lab can run.
+pub const BACKENDS: &[&str] = &["vxlan", "host-gw", "udp"];
 pub const ETCD_PREFIX: &str = "/coreos.com/network";
 
 /// `master1`, `node1`, `node2`, ... as in the tutorial.
@@ -18,9 +29,17 @@ pub fn node_name(i: usize) -> String {
     }
 }
 
-/// 10.0.0.50, .51, ... on the underlay.
+/// 10.0.0.50, .51, ... on the underlay. With two segments, odd nodes sit on 10.0.1.0/24.
 pub fn node_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, 0, 0, 50 + i as u8)
+    node_ip_on(i, 1)
+}
+
+pub fn node_segment(i: usize, segments: usize) -> usize {
+    i % segments.max(1)
+}
+
+pub fn node_ip_on(i: usize, segments: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, node_segment(i, segments) as u8, 50 + i as u8)
 }
 
 pub fn switch_ns(lab: &str) -> String {
@@ -65,6 +84,16 @@ mod tests {
         assert_eq!(node_name(0), "master1");
         assert_eq!(node_name(2), "node2");
         assert_eq!(node_ip(2), Ipv4Addr::new(10, 0, 0, 52));
+        assert_eq!(node_ip_on(1, 2), Ipv4Addr::new(10, 0, 1, 51));
+        assert_eq!(node_ip_on(2, 2), Ipv4Addr::new(10, 0, 0, 52));
+        assert_eq!(
+            net_conf("vxlan", false),
+            r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#
+        );
+        assert_eq!(
+            net_conf("vxlan", true),
+            r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "DirectRouting": true}}"#
+        );
         assert_eq!(node_ns("flab", "node1"), "flab-node1");
         assert_eq!(pod_ns("flab", &pod_name("node1", 2)), "flab-node1-pod2");
         assert!(valid_lab_name("flab"));

@@ -334,6 +334,15 @@ impl Netlink {
 
     /// `ip route get <dst>`: the output link and preferred source address.
     pub async fn route_get(&self, dst: IpAddr) -> Result<Option<(u32, Option<IpAddr>)>, NetError> {
+        Ok(self.route_get_full(dst).await?.map(|(i, src, _)| (i, src)))
+    }
+
+    /// `ip route get <dst>`: output link, preferred source, and gateway (`None` when `dst` is
+    /// directly connected).
+    pub async fn route_get_full(
+        &self,
+        dst: IpAddr,
+    ) -> Result<Option<(u32, Option<IpAddr>, Option<IpAddr>)>, NetError> {
         let msg = match dst {
             IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
                 .destination_prefix(a, 32)
@@ -352,7 +361,12 @@ impl Netlink {
             RouteAttribute::PrefSource(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
             _ => None,
         });
-        Ok(route_oif(&r).map(|i| (i, src)))
+        let gw = r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+            _ => None,
+        });
+        Ok(route_oif(&r).map(|i| (i, src, gw)))
     }
 
     /// The link of the first main-table default route of a family, as upstream picks it.
@@ -421,9 +435,28 @@ impl Netlink {
         &self,
         index: u32,
     ) -> Result<BTreeMap<Ipv4Net, Ipv4Addr>, NetError> {
+        self.gw_routes(index, false).await
+    }
+
+    /// Like [`Self::routes_via_link`], only the routes flannel-rs installed (`proto 252`).
+    pub async fn own_routes_via_link(
+        &self,
+        index: u32,
+    ) -> Result<BTreeMap<Ipv4Net, Ipv4Addr>, NetError> {
+        self.gw_routes(index, true).await
+    }
+
+    async fn gw_routes(
+        &self,
+        index: u32,
+        only_ours: bool,
+    ) -> Result<BTreeMap<Ipv4Net, Ipv4Addr>, NetError> {
         let mut out = BTreeMap::new();
         for r in self.v4_routes().await? {
             if route_table(&r) != u32::from(RT_TABLE_MAIN) || route_oif(&r) != Some(index) {
+                continue;
+            }
+            if only_ours && r.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL) {
                 continue;
             }
             let (Some(dst), Some(gw)) = (route_dst(&r), route_gw(&r)) else {
@@ -434,6 +467,31 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Main-table IPv4 routes without a gateway on link `index` (`ip route ... dev X`).
+    pub async fn dev_routes(&self, index: u32) -> Result<Vec<Ipv4Net>, NetError> {
+        Ok(self
+            .v4_routes()
+            .await?
+            .iter()
+            .filter(|r| route_table(r) == u32::from(RT_TABLE_MAIN) && route_oif(r) == Some(index))
+            .filter(|r| route_gw(r).is_none() && r.header.kind == RouteType::Unicast)
+            .filter_map(route_dst)
+            .collect())
+    }
+
+    /// `ip route replace <dst> dev <index> proto 252`.
+    pub async fn replace_dev_route(&self, dst: Ipv4Net, index: u32) -> Result<(), NetError> {
+        let m = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+            .build();
+        ctx(self.handle.route().add(m).replace().execute().await, || {
+            format!("replace route {dst} dev #{index}")
+        })
+    }
+
     /// `ip route replace <dst> via <gw> dev <index> onlink proto 252`.
     pub async fn replace_onlink_route(
         &self,
@@ -441,17 +499,35 @@ impl Netlink {
         gw: Ipv4Addr,
         index: u32,
     ) -> Result<(), NetError> {
-        let m = RouteMessageBuilder::<Ipv4Addr>::new()
+        self.replace_route(dst, gw, index, true).await
+    }
+
+    /// `ip route replace <dst> via <gw> dev <index> [onlink] proto 252`.
+    pub async fn replace_route(
+        &self,
+        dst: Ipv4Net,
+        gw: Ipv4Addr,
+        index: u32,
+        onlink: bool,
+    ) -> Result<(), NetError> {
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst.network(), dst.prefix_len())
             .gateway(gw)
             .output_interface(index)
-            .onlink()
             .scope(RouteScope::Universe)
-            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-            .build();
-        ctx(self.handle.route().add(m).replace().execute().await, || {
-            format!("replace route {dst} via {gw} dev #{index} onlink")
-        })
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
+        if onlink {
+            b = b.onlink();
+        }
+        ctx(
+            self.handle.route().add(b.build()).replace().execute().await,
+            || {
+                format!(
+                    "replace route {dst} via {gw} dev #{index}{}",
+                    if onlink { " onlink" } else { "" }
+                )
+            },
+        )
     }
 
     pub async fn del_route(&self, dst: Ipv4Net, gw: Ipv4Addr, index: u32) -> Result<(), NetError> {

@@ -1,0 +1,62 @@
+//! The host-gw backend's desired routes (upstream `pkg/backend/hostgw`): every remote host-gw
+//! subnet via the remote node's public IP, on the external interface.
+
+use crate::lease::Lease;
+use crate::peers::{usable_peers, Skipped};
+use ipnet::Ipv4Net;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+pub fn desired_routes(
+    own_subnet: Ipv4Net,
+    leases: &[Lease],
+) -> (BTreeMap<Ipv4Net, Ipv4Addr>, Vec<Skipped>) {
+    let (peers, skipped) = usable_peers(own_subnet, leases, &["host-gw"]);
+    (
+        peers
+            .iter()
+            .map(|l| (l.subnet, l.attrs.public_ip))
+            .collect(),
+        skipped,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::LeaseAttrs;
+
+    fn lease(subnet: &str, ip: &str, ty: &str) -> Lease {
+        Lease {
+            subnet: subnet.parse().unwrap(),
+            ipv6_subnet: None,
+            attrs: LeaseAttrs {
+                public_ip: ip.parse().unwrap(),
+                public_ipv6: None,
+                backend_type: ty.into(),
+                backend_data: None,
+                backend_v6_data: None,
+            },
+        }
+    }
+
+    #[test]
+    fn routes_via_public_ips_and_skips() {
+        let own: Ipv4Net = "10.244.1.0/24".parse().unwrap();
+        let (r, skipped) = desired_routes(
+            own,
+            &[
+                lease("10.244.1.0/24", "10.0.0.51", "host-gw"),
+                lease("10.244.2.0/24", "10.0.0.52", "host-gw"),
+                lease("10.244.3.0/24", "10.0.0.53", "vxlan"),
+                lease("10.244.4.0/24", "0.0.0.0", "host-gw"),
+            ],
+        );
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            r[&"10.244.2.0/24".parse().unwrap()],
+            Ipv4Addr::new(10, 0, 0, 52)
+        );
+        assert_eq!(skipped.len(), 2);
+    }
+}

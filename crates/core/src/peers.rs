@@ -1,0 +1,49 @@
+//! Which leases a backend programs: every lease but our own, of the backend's type, with a
+//! public address, not overlapping our subnet. The rest are reported (and logged by the caller
+//! with the lease's subnet), never fatal.
+
+use crate::lease::Lease;
+use ipnet::Ipv4Net;
+
+/// A lease that was left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub subnet: Ipv4Net,
+    pub reason: String,
+}
+
+/// Splits `leases` into the peers to program and the skipped ones. `backend_types` lists the
+/// `BackendType` values accepted (the udp backend publishes none, so it accepts `""`).
+pub fn usable_peers<'a>(
+    own_subnet: Ipv4Net,
+    leases: &'a [Lease],
+    backend_types: &[&str],
+) -> (Vec<&'a Lease>, Vec<Skipped>) {
+    let mut ok = Vec::new();
+    let mut skipped = Vec::new();
+    for l in leases {
+        if l.subnet == own_subnet {
+            continue;
+        }
+        let reason = if l.subnet.contains(&own_subnet) || own_subnet.contains(&l.subnet) {
+            Some(format!("overlaps our own subnet {own_subnet}"))
+        } else if !backend_types.contains(&l.attrs.backend_type.as_str()) {
+            Some(format!(
+                "backend type {:?} is not {:?}",
+                l.attrs.backend_type, backend_types[0]
+            ))
+        } else if l.attrs.public_ip.is_unspecified() {
+            Some("PublicIP is 0.0.0.0".into())
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => skipped.push(Skipped {
+                subnet: l.subnet,
+                reason,
+            }),
+            None => ok.push(l),
+        }
+    }
+    (ok, skipped)
+}
