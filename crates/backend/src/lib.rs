@@ -6,6 +6,7 @@
 
 pub mod hostgw;
 pub mod skiplog;
+pub mod udp;
 pub mod vxlan;
 
 use flannel_core::{Lease, LeaseAttrs};

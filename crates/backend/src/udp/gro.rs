@@ -1,0 +1,274 @@
+//! Inbound: consecutive TCP segments of one flow are coalesced into one large packet with a
+//! GSO header before they go into the TUN device, so the kernel handles one 64 KB packet instead
+//! of ~45 small ones. Anything that cannot be merged is written as it is.
+
+use super::packet::{csum_fold, fix_ipv4_checksum, parse_ipv4, pseudo_sum, PROTO_TCP};
+use super::vnet::{self, VnetHdr};
+
+/// At most this many flows are coalesced at once; more get flushed.
+const MAX_FLOWS: usize = 8;
+/// The largest packet the kernel accepts from a TUN device.
+const MAX_LEN: usize = 65535;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FlowKey {
+    addrs: [u8; 8],
+    ports: [u8; 4],
+}
+
+struct Flow {
+    key: FlowKey,
+    /// vnet header space, then IP + TCP headers, then the payloads.
+    buf: Vec<u8>,
+    hdr_len: usize,
+    seg_size: usize,
+    last_seg: usize,
+    next_seq: u32,
+    count: usize,
+    /// PSH seen or a short segment appended: nothing more may follow.
+    closed: bool,
+}
+
+/// Reusable coalescing state of one worker (buffers are kept between batches: no allocation
+/// per packet once warmed up).
+#[derive(Default)]
+pub struct Gro {
+    flows: Vec<Flow>,
+    spare: Vec<Vec<u8>>,
+}
+
+/// A TCP/IPv4 segment that may be merged: plain header, not fragmented, ACK (maybe PSH) only,
+/// with payload.
+fn mergeable(p: &[u8]) -> Option<(FlowKey, usize, u32, usize)> {
+    let ip = parse_ipv4(p)?;
+    if ip.ihl != 20 || ip.proto != PROTO_TCP || ip.fragment || ip.total_len != p.len() {
+        return None;
+    }
+    let t = &p[20..];
+    if t.len() < 20 {
+        return None;
+    }
+    let doff = usize::from(t[12] >> 4) * 4;
+    let flags = t[13];
+    if doff < 20 || t.len() < doff || flags & !0x08 != 0x10 {
+        return None;
+    }
+    let payload = t.len() - doff;
+    if payload == 0 {
+        return None;
+    }
+    let mut key = FlowKey {
+        addrs: [0; 8],
+        ports: [0; 4],
+    };
+    key.addrs.copy_from_slice(&p[12..20]);
+    key.ports.copy_from_slice(&t[0..4]);
+    Some((
+        key,
+        20 + doff,
+        u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+        payload,
+    ))
+}
+
+impl Gro {
+    /// Takes one inbound packet; `write(vnet_header, packet)` is called for what is ready.
+    pub fn push(&mut self, p: &[u8], write: &mut impl FnMut(&[u8], &[u8])) {
+        let Some((key, hdr_len, seq, payload)) = mergeable(p) else {
+            // Keep per-flow order: anything pending for these addresses goes first.
+            self.flush_matching(p, write);
+            write(
+                &VnetHdr {
+                    flags: vnet::F_DATA_VALID,
+                    ..Default::default()
+                }
+                .bytes(),
+                p,
+            );
+            return;
+        };
+        if let Some(i) = self.flows.iter().position(|f| f.key == key) {
+            if self.can_append(i, p, hdr_len, seq, payload) {
+                let f = &mut self.flows[i];
+                f.buf.extend_from_slice(&p[hdr_len..]);
+                f.next_seq = seq.wrapping_add(payload as u32);
+                f.count += 1;
+                f.last_seg = payload;
+                if p[33] & 0x08 != 0 {
+                    f.buf[vnet::LEN + 33] |= 0x08;
+                    f.closed = true;
+                }
+                if payload < f.seg_size {
+                    f.closed = true;
+                }
+                return;
+            }
+            self.flush_one(i, write);
+        }
+        if self.flows.len() >= MAX_FLOWS {
+            self.flush_one(0, write);
+        }
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(&[0u8; vnet::LEN]);
+        buf.extend_from_slice(p);
+        self.flows.push(Flow {
+            key,
+            buf,
+            hdr_len,
+            seg_size: payload,
+            last_seg: payload,
+            next_seq: seq.wrapping_add(payload as u32),
+            count: 1,
+            closed: p[33] & 0x08 != 0,
+        });
+    }
+
+    fn can_append(&self, i: usize, p: &[u8], hdr_len: usize, seq: u32, payload: usize) -> bool {
+        let f = &self.flows[i];
+        let head = &f.buf[vnet::LEN..vnet::LEN + f.hdr_len];
+        !f.closed
+            && hdr_len == f.hdr_len
+            && seq == f.next_seq
+            && payload <= f.seg_size
+            && f.buf.len() - vnet::LEN + payload <= MAX_LEN
+            // same TOS and TTL, same ACK number, same TCP options
+            && head[1] == p[1]
+            && head[8] == p[8]
+            && head[28..32] == p[28..32]
+            && head[40..hdr_len] == p[40..hdr_len]
+    }
+
+    fn flush_matching(&mut self, p: &[u8], write: &mut impl FnMut(&[u8], &[u8])) {
+        if p.len() < 20 {
+            return;
+        }
+        while let Some(i) = self.flows.iter().position(|f| f.key.addrs[..] == p[12..20]) {
+            self.flush_one(i, write);
+        }
+    }
+
+    fn flush_one(&mut self, i: usize, write: &mut impl FnMut(&[u8], &[u8])) {
+        let mut f = self.flows.remove(i);
+        if f.count == 1 {
+            let h = VnetHdr {
+                flags: vnet::F_DATA_VALID,
+                ..Default::default()
+            };
+            write(&h.bytes(), &f.buf[vnet::LEN..]);
+        } else {
+            let total = f.buf.len() - vnet::LEN;
+            let pkt = &mut f.buf[vnet::LEN..];
+            pkt[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            fix_ipv4_checksum(&mut pkt[..20]);
+            // CHECKSUM_PARTIAL: the field holds the pseudo-header sum; the kernel finishes it.
+            let ps = csum_fold(pseudo_sum(
+                &pkt[12..16],
+                &pkt[16..20],
+                PROTO_TCP,
+                total - 20,
+            ));
+            pkt[36..38].copy_from_slice(&ps.to_be_bytes());
+            let h = VnetHdr {
+                flags: vnet::F_NEEDS_CSUM,
+                gso_type: vnet::GSO_TCPV4,
+                hdr_len: f.hdr_len as u16,
+                gso_size: f.seg_size as u16,
+                csum_start: 20,
+                csum_offset: 16,
+            };
+            write(&h.bytes(), &f.buf[vnet::LEN..]);
+        }
+        self.spare.push(f.buf);
+    }
+
+    /// Writes everything pending (end of a receive batch).
+    pub fn flush(&mut self, write: &mut impl FnMut(&[u8], &[u8])) {
+        while !self.flows.is_empty() {
+            self.flush_one(0, write);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::gso::segment;
+    use super::super::packet::tests::{tcp_checksum_ok, tcp_packet};
+    use super::super::packet::{csum_add, csum_fold, parse_ipv4};
+    use super::*;
+
+    fn collect(g: &mut Gro, pkts: &[Vec<u8>]) -> Vec<(VnetHdr, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut w = |h: &[u8], p: &[u8]| out.push((VnetHdr::parse(h).unwrap(), p.to_vec()));
+        for p in pkts {
+            g.push(p, &mut w);
+        }
+        g.flush(&mut w);
+        out
+    }
+
+    #[test]
+    fn segments_round_trip_into_one_gso_packet() {
+        let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        let big = tcp_packet(42, 0x18, &payload);
+        let h = VnetHdr {
+            gso_type: vnet::GSO_TCPV4,
+            gso_size: 1448,
+            ..Default::default()
+        };
+        let mut segs = Vec::new();
+        let (n, len) = segment(&h, &big, &mut segs).unwrap();
+        let pkts: Vec<Vec<u8>> = segs.chunks(len).map(|c| c.to_vec()).collect();
+        assert_eq!(pkts.len(), n);
+        let out = collect(&mut Gro::default(), &pkts);
+        assert_eq!(out.len(), 1, "one coalesced packet");
+        let (vh, p) = &out[0];
+        assert_eq!(
+            (vh.gso_type, vh.gso_size, vh.hdr_len, vh.flags),
+            (vnet::GSO_TCPV4, 1448, 40, vnet::F_NEEDS_CSUM)
+        );
+        let ip = parse_ipv4(p).unwrap();
+        assert_eq!(ip.total_len, 40 + payload.len());
+        assert_eq!(&p[40..], &payload[..]);
+        assert_eq!(p[33] & 0x08, 0x08, "PSH of the last segment kept");
+        // Finishing the partial checksum as the kernel would gives a valid packet.
+        let mut done = p.clone();
+        let c = !csum_fold(csum_add(0, &done[20..]));
+        done[36..38].copy_from_slice(&c.to_be_bytes());
+        assert!(tcp_checksum_ok(&done));
+    }
+
+    #[test]
+    fn gaps_other_flows_and_non_data_segments_are_not_merged() {
+        let a1 = tcp_packet(100, 0x10, &[1; 100]);
+        let a3 = tcp_packet(300, 0x10, &[3; 100]); // gap: 200 missing
+        let syn = tcp_packet(0, 0x02, &[]);
+        let out = collect(&mut Gro::default(), &[a1.clone(), a3.clone(), syn.clone()]);
+        assert_eq!(out.len(), 3);
+        assert!(out
+            .iter()
+            .all(|(h, _)| h.gso_type == vnet::GSO_NONE && h.flags == vnet::F_DATA_VALID));
+        assert_eq!(out[0].1, a1);
+        assert_eq!(out[1].1, a3);
+        assert_eq!(out[2].1, syn);
+    }
+
+    #[test]
+    fn a_short_segment_ends_the_run_and_order_is_kept() {
+        let p1 = tcp_packet(0, 0x10, &[1; 100]);
+        let p2 = tcp_packet(100, 0x10, &[2; 50]);
+        let p3 = tcp_packet(150, 0x10, &[3; 100]);
+        let out = collect(&mut Gro::default(), &[p1, p2, p3.clone()]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].0.gso_size, 100);
+        assert_eq!(out[0].1.len(), 40 + 150);
+        assert_eq!(out[1].1, p3);
+    }
+
+    #[test]
+    fn garbage_passes_through_untouched() {
+        let out = collect(&mut Gro::default(), &[vec![0x45, 0, 0, 3], vec![]]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].1, vec![0x45, 0, 0, 3]);
+    }
+}
