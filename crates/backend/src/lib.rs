@@ -67,10 +67,11 @@ pub trait Backend: Send {
 pub enum AnyBackend {
     Vxlan(vxlan::VxlanBackend),
     HostGw(hostgw::HostGwBackend),
+    Udp(udp::backend::UdpBackend),
 }
 
 /// Backend types this build implements.
-pub const SUPPORTED: &[&str] = &["vxlan", "host-gw"];
+pub const SUPPORTED: &[&str] = &["vxlan", "host-gw", "udp"];
 
 impl AnyBackend {
     /// Sets up the backend named by the config's `Backend.Type` on interface `ext`.
@@ -90,6 +91,7 @@ impl AnyBackend {
                 Ok(Self::Vxlan(vxlan::VxlanBackend::register(nl, cfg, ext, network, stored_mac).await?))
             }
             "host-gw" => Ok(Self::HostGw(hostgw::HostGwBackend::register(nl, ext)?)),
+            "udp" => Ok(Self::Udp(udp::backend::UdpBackend::register(nl, ext, network, backend).await?)),
             other => Err(BackendError::Config {
                 backend: "any",
                 msg: format!("backend type {other:?} is not supported by this flannel-rs build (supported: {})", SUPPORTED.join(", ")),
@@ -103,6 +105,7 @@ impl Backend for AnyBackend {
         match self {
             Self::Vxlan(b) => b.lease_attrs(),
             Self::HostGw(b) => b.lease_attrs(),
+            Self::Udp(b) => b.lease_attrs(),
         }
     }
 
@@ -110,6 +113,7 @@ impl Backend for AnyBackend {
         match self {
             Self::Vxlan(b) => b.mtu(),
             Self::HostGw(b) => b.mtu(),
+            Self::Udp(b) => b.mtu(),
         }
     }
 
@@ -121,6 +125,7 @@ impl Backend for AnyBackend {
         match self {
             Self::Vxlan(b) => b.reconcile(own, leases).await,
             Self::HostGw(b) => b.reconcile(own, leases).await,
+            Self::Udp(b) => b.reconcile(own, leases).await,
         }
     }
 }

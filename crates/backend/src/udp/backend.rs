@@ -1,0 +1,220 @@
+//! The udp backend itself: the TUN device `flannel0` (address, MTU, route to the network), the
+//! worker threads, and the peer table they use.
+
+use super::sock::Sock;
+use super::table::PeerTable;
+use super::tun;
+use super::worker::{Counters, Ctl, Worker};
+use crate::skiplog::SkipLog;
+use crate::{BackendError, ExternalInterface, ReconcileReport};
+use flannel_core::peers::usable_peers;
+use flannel_core::{Lease, LeaseAttrs};
+use flannel_net::Netlink;
+use ipnet::Ipv4Net;
+use std::net::SocketAddrV4;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{channel, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use tracing::{info, warn};
+
+pub const DEVICE: &str = "flannel0";
+pub const DEFAULT_PORT: u16 = 8285;
+/// IPv4 (20) + UDP (8) around every packet.
+pub const OVERHEAD: u32 = 28;
+
+pub struct UdpBackend {
+    nl: Netlink,
+    ext: ExternalInterface,
+    network: Ipv4Net,
+    port: u16,
+    mtu: u32,
+    index: u32,
+    workers: Vec<(Sender<Ctl>, JoinHandle<()>)>,
+    table: Arc<PeerTable>,
+    local: Option<Ipv4Net>,
+    counters: Arc<Counters>,
+    reported_unknown: u64,
+    skips: SkipLog,
+}
+
+impl UdpBackend {
+    pub async fn register(
+        nl: Netlink,
+        ext: ExternalInterface,
+        network: Ipv4Net,
+        backend: &serde_json::Value,
+    ) -> Result<Self, BackendError> {
+        let empty = serde_json::Map::new();
+        let o = flannel_core::json_ci::CiObject::new(backend.as_object().unwrap_or(&empty));
+        let port = o
+            .uint("Port", u64::from(u16::MAX))
+            .map_err(|e| BackendError::Config {
+                backend: "udp",
+                msg: e.to_string(),
+            })?
+            .map(|p| p as u16)
+            .filter(|p| *p > 0)
+            .unwrap_or(DEFAULT_PORT);
+        let queues = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(8);
+        let (fds, off) = tun::open(DEVICE, queues)
+            .map_err(|e| BackendError::Device(format!("opening TUN device {DEVICE}: {e}")))?;
+        let mtu = ext.mtu.saturating_sub(OVERHEAD);
+        let link = nl.link_by_name(DEVICE).await?.ok_or_else(|| {
+            BackendError::Device(format!("{DEVICE} vanished right after it was created"))
+        })?;
+        nl.set_mtu(link.index, mtu).await?;
+        nl.set_up(link.index).await?;
+        let counters = Arc::new(Counters::default());
+        let mut workers = Vec::new();
+        let mut gro = false;
+        let mut gso = false;
+        for tun in fds {
+            // Upstream binds the interface address, not the public one.
+            let sock = Sock::bind(SocketAddrV4::new(ext.iface_addr, port)).map_err(|e| {
+                BackendError::Device(format!("binding UDP {}:{port}: {e}", ext.iface_addr))
+            })?;
+            gro = sock.gro;
+            gso = sock.gso;
+            let (tx, rx) = channel();
+            let w = Worker {
+                tun,
+                sock,
+                ctl: rx,
+                counters: counters.clone(),
+            };
+            let handle = std::thread::Builder::new()
+                .name("flannel-udp".into())
+                .spawn(move || w.run())
+                .map_err(|e| BackendError::Device(format!("starting a udp worker: {e}")))?;
+            workers.push((tx, handle));
+        }
+        info!(
+            device = DEVICE,
+            mtu,
+            port,
+            workers = workers.len(),
+            tso = off.tso,
+            uso = off.uso,
+            udp_gro = gro,
+            udp_gso = gso,
+            "udp backend ready"
+        );
+        Ok(Self {
+            nl,
+            ext,
+            network,
+            port,
+            mtu,
+            index: link.index,
+            workers,
+            table: Arc::new(PeerTable::default()),
+            local: None,
+            counters,
+            reported_unknown: 0,
+            skips: SkipLog::default(),
+        })
+    }
+
+    pub fn lease_attrs(&self) -> LeaseAttrs {
+        // Upstream's udp backend publishes no BackendType and no BackendData.
+        LeaseAttrs {
+            public_ip: self.ext.ext_addr,
+            public_ipv6: None,
+            backend_type: String::new(),
+            backend_data: None,
+            backend_v6_data: None,
+        }
+    }
+
+    pub fn mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub async fn reconcile(
+        &mut self,
+        own: &Lease,
+        leases: &[Lease],
+    ) -> Result<ReconcileReport, BackendError> {
+        let mut report = ReconcileReport::default();
+        // The device: our address as /32, nothing else of the network, MTU, up.
+        let want = Ipv4Net::new(own.subnet.network(), 32).unwrap_or_default();
+        let addrs = self.nl.ipv4_addrs(Some(self.index)).await?;
+        for (_, a) in addrs
+            .iter()
+            .filter(|(_, a)| *a != want && self.network.contains(&a.addr()))
+        {
+            self.nl.del_addr(self.index, *a).await?;
+            report.removed += 1;
+        }
+        if !addrs.iter().any(|(_, a)| *a == want) {
+            self.nl.add_addr(self.index, want).await?;
+            report.added += 1;
+        }
+        if let Some(l) = self.nl.link_by_index(self.index).await? {
+            if l.mtu != self.mtu {
+                self.nl.set_mtu(self.index, self.mtu).await?;
+                report.added += 1;
+            }
+            if !l.up {
+                self.nl.set_up(self.index).await?;
+                report.added += 1;
+            }
+        }
+        // One route sends the whole network into the device; the workers pick the peer.
+        if !self
+            .nl
+            .dev_routes(self.index)
+            .await?
+            .contains(&self.network)
+        {
+            self.nl.replace_dev_route(self.network, self.index).await?;
+            report.added += 1;
+        }
+        // Upstream's udp leases carry no BackendType; accept "udp" too.
+        let (peers, skipped) = usable_peers(own.subnet, leases, &["", "udp"]);
+        self.skips.report(&skipped);
+        let table = Arc::new(PeerTable::new(
+            peers.iter().map(|l| (l.subnet, l.attrs.public_ip)),
+            self.port,
+        ));
+        if table != self.table || self.local != Some(own.subnet) {
+            for (tx, _) in &self.workers {
+                let _ = tx.send(Ctl::Table(table.clone(), own.subnet.network()));
+            }
+            info!(peers = table.len(), "udp peer table updated");
+            report.added += 1;
+            self.table = table;
+            self.local = Some(own.subnet);
+        }
+        let unknown = self.counters.rx_unknown_source.load(Ordering::Relaxed);
+        if unknown > self.reported_unknown {
+            warn!(
+                dropped = unknown - self.reported_unknown,
+                total = unknown,
+                "dropped udp datagrams from senders that are not peers"
+            );
+            self.reported_unknown = unknown;
+        }
+        Ok(report)
+    }
+}
+
+impl Drop for UdpBackend {
+    /// Stops the workers; closing the last TUN queue removes `flannel0`, as upstream's does.
+    fn drop(&mut self) {
+        for (tx, _) in &self.workers {
+            let _ = tx.send(Ctl::Stop);
+        }
+        for (_, h) in self.workers.drain(..) {
+            let _ = h.join();
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! The UDP socket of a worker: SO_REUSEPORT (one socket per worker on the same port), large
+//! buffers, UDP GRO on receive, UDP GSO (`UDP_SEGMENT`) on send, `recvmmsg` batches.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+/// The kernel's UDP_MAX_SEGMENTS on older kernels (newer ones take more).
+const MAX_GSO_SEGMENTS: usize = 64;
+/// The largest UDP payload over IPv4.
+const MAX_GSO_BYTES: usize = 65507;
+/// wireguard-go found 7 MB buffers avoid drops at 10 Gbit/s.
+const SOCK_BUF: libc::c_int = 7 << 20;
+
+fn setsockopt_int(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> bool {
+    // SAFETY: setsockopt(2) with a pointer to an int and its size.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            &v as *const _ as *const libc::c_void,
+            size_of::<libc::c_int>() as u32,
+        ) == 0
+    }
+}
+
+fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is plain old data; all-zero is valid.
+    let mut s: libc::sockaddr_in = unsafe { zeroed() };
+    s.sin_family = libc::AF_INET as libc::sa_family_t;
+    s.sin_port = a.port().to_be();
+    s.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+    s
+}
+
+/// A bound, non-blocking UDP socket; `gro` tells whether the kernel coalesces on receive.
+pub struct Sock {
+    pub fd: OwnedFd,
+    pub gro: bool,
+    pub gso: bool,
+}
+
+impl Sock {
+    pub fn bind(addr: SocketAddrV4) -> io::Result<Self> {
+        // SAFETY: socket(2); the result is checked.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is fresh and ours.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1);
+        if !setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, SOCK_BUF) {
+            setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, SOCK_BUF);
+        }
+        if !setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, SOCK_BUF) {
+            setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF, SOCK_BUF);
+        }
+        let sa = sockaddr(addr);
+        // SAFETY: bind(2) with a sockaddr_in and its size.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sa as *const _ as *const libc::sockaddr,
+                size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let gro = setsockopt_int(&fd, SOL_UDP, UDP_GRO, 1);
+        Ok(Self { fd, gro, gso: true })
+    }
+
+    /// Sends `buf` to `dst`; with `seg > 0` the kernel cuts it into datagrams of `seg` bytes
+    /// (the last may be shorter). Falls back to one datagram per segment where GSO is refused.
+    pub fn send(&mut self, dst: SocketAddrV4, buf: &[u8], seg: usize) -> io::Result<()> {
+        if seg == 0 || buf.len() <= seg {
+            return self.send_one(dst, buf, 0);
+        }
+        if self.gso {
+            // One GSO send carries at most 64 segments and must fit a UDP datagram (65507
+            // bytes): a 64 KB TSO packet cut into segments with repeated headers is larger.
+            let per_send = (MAX_GSO_BYTES / seg).clamp(1, MAX_GSO_SEGMENTS) * seg;
+            let mut sent = 0;
+            for chunk in buf.chunks(per_send) {
+                let gso = if chunk.len() > seg { seg as u16 } else { 0 };
+                match self.send_one(dst, chunk, gso) {
+                    Ok(()) => sent += chunk.len(),
+                    // EIO: the device cannot checksum-offload; EINVAL: no UDP GSO here.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) => {
+                        self.gso = false;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if sent == buf.len() {
+                return Ok(());
+            }
+            return self.send(dst, &buf[sent..], seg);
+        }
+        for chunk in buf.chunks(seg) {
+            self.send_one(dst, chunk, 0)?;
+        }
+        Ok(())
+    }
+
+    fn send_one(&self, dst: SocketAddrV4, buf: &[u8], seg: u16) -> io::Result<()> {
+        let mut sa = sockaddr(dst);
+        let mut iov = libc::iovec {
+            iov_base: buf.as_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // Room for one cmsg carrying a u16, 8-byte aligned.
+        let mut cbuf = [0u64; 4];
+        // SAFETY: msghdr is plain old data; we fill the fields sendmsg reads.
+        let mut msg: libc::msghdr = unsafe { zeroed() };
+        msg.msg_name = &mut sa as *mut _ as *mut libc::c_void;
+        msg.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if seg > 0 {
+            // SAFETY: CMSG_* compute sizes and pointers within cbuf, which is large enough.
+            unsafe {
+                msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+                msg.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+                let c = libc::CMSG_FIRSTHDR(&msg);
+                (*c).cmsg_level = SOL_UDP;
+                (*c).cmsg_type = UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, seg);
+            }
+        }
+        loop {
+            // SAFETY: msg points at live buffers for the duration of the call.
+            let r = unsafe { libc::sendmsg(self.fd.as_raw_fd(), &msg, 0) };
+            if r >= 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // A full socket buffer: wait for room rather than drop (TCP would back off anyway).
+                Some(libc::EAGAIN) => {
+                    let mut p = libc::pollfd {
+                        fd: self.fd.as_raw_fd(),
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    };
+                    // SAFETY: poll(2) on one pollfd.
+                    unsafe { libc::poll(&mut p, 1, 100) };
+                }
+                _ => return Err(e),
+            }
+        }
+    }
+}
+
+/// Reusable `recvmmsg` state: `n` buffers of 64 KB (UDP GRO delivers up to that at once).
+pub struct RecvBatch {
+    pub bufs: Vec<Vec<u8>>,
+    names: Vec<libc::sockaddr_in>,
+    ctrl: Vec<[u64; 8]>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+/// One received message: length, sender, and the GRO segment size (0 = one datagram).
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    pub len: usize,
+    pub from: Ipv4Addr,
+    pub seg: usize,
+}
+
+impl RecvBatch {
+    pub fn new(n: usize) -> Self {
+        Self {
+            bufs: (0..n).map(|_| vec![0u8; 65535]).collect(),
+            // SAFETY: plain old data, zero is valid.
+            names: (0..n).map(|_| unsafe { zeroed() }).collect(),
+            ctrl: vec![[0u64; 8]; n],
+            iovs: Vec::with_capacity(n),
+            hdrs: Vec::with_capacity(n),
+        }
+    }
+
+    /// One `recvmmsg`; fills `out` (cleared first). `Ok(0)` when nothing is waiting.
+    pub fn recv(&mut self, fd: &OwnedFd, out: &mut Vec<Received>) -> io::Result<usize> {
+        out.clear();
+        self.iovs.clear();
+        self.hdrs.clear();
+        for b in self.bufs.iter_mut() {
+            self.iovs.push(libc::iovec {
+                iov_base: b.as_mut_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            });
+        }
+        for i in 0..self.bufs.len() {
+            // SAFETY: plain old data; pointers below refer to our own vectors, which are not
+            // resized until the call returns.
+            let mut h: libc::mmsghdr = unsafe { zeroed() };
+            h.msg_hdr.msg_name = &mut self.names[i] as *mut _ as *mut libc::c_void;
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = self.ctrl[i].as_mut_ptr() as *mut libc::c_void;
+            h.msg_hdr.msg_controllen = size_of::<[u64; 8]>();
+            self.hdrs.push(h);
+        }
+        // SAFETY: hdrs/iovs/names/ctrl stay alive and unmoved during the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                self.hdrs.len() as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(0),
+                _ => Err(e),
+            };
+        }
+        for i in 0..n as usize {
+            let h = &self.hdrs[i];
+            let mut seg = 0usize;
+            // SAFETY: walking the control messages the kernel wrote into ctrl[i].
+            unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+                while !c.is_null() {
+                    if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                        seg = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const u16) as usize;
+                    }
+                    c = libc::CMSG_NXTHDR(&h.msg_hdr, c);
+                }
+            }
+            let from = Ipv4Addr::from(u32::from_be(self.names[i].sin_addr.s_addr));
+            out.push(Received {
+                len: h.msg_len as usize,
+                from,
+                seg,
+            });
+        }
+        Ok(n as usize)
+    }
+}
