@@ -68,6 +68,14 @@ impl UdpBackend {
         })?;
         nl.set_mtu(link.index, mtu).await?;
         nl.set_up(link.index).await?;
+        // Our ICMP errors come from the device's own address; without accept_local the kernel
+        // would drop them as martians.
+        if let Err(e) = std::fs::write(
+            format!("/proc/sys/net/ipv4/conf/{DEVICE}/accept_local"),
+            "1",
+        ) {
+            warn!(error = %e, "cannot set accept_local on {DEVICE}: ICMP unreachable errors will not reach pods");
+        }
         let counters = Arc::new(Counters::default());
         let mut workers = Vec::new();
         let mut gro = false;

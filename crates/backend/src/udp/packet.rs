@@ -116,7 +116,10 @@ pub fn icmp_net_unreachable(orig: &[u8], src: Ipv4Addr, out: &mut Vec<u8>) -> bo
     let Some(h) = parse_ipv4(orig) else {
         return false;
     };
-    if h.proto == PROTO_ICMP || !h.first_fragment {
+    // Never about an ICMP error (RFC 1122 3.2.2); queries such as echo do get an answer
+    // (upstream stays silent for every ICMP packet, so ping showed nothing).
+    let icmp_query = h.proto == PROTO_ICMP && matches!(orig.get(h.ihl), Some(8 | 13 | 15 | 17));
+    if (h.proto == PROTO_ICMP && !icmp_query) || !h.first_fragment {
         return false;
     }
     let quoted = &orig[..(h.ihl + 8).min(h.total_len)];
@@ -262,7 +265,15 @@ pub(crate) mod tests {
         let icmp = out.clone();
         assert!(
             !icmp_net_unreachable(&icmp, Ipv4Addr::new(10, 244, 1, 0), &mut out),
-            "never about ICMP"
+            "never about an ICMP error"
+        );
+        let mut echo = p.clone();
+        echo[9] = PROTO_ICMP;
+        echo[20] = 8;
+        fix_ipv4_checksum(&mut echo[..20]);
+        assert!(
+            icmp_net_unreachable(&echo, Ipv4Addr::new(10, 244, 1, 0), &mut out),
+            "echo gets an answer"
         );
     }
 }
