@@ -14,6 +14,7 @@ const USAGE: &str = "usage:
   flannel-lab ping-all                                                every pod pings every other pod
   flannel-lab status [--json]                                         nodes, pods, routes, FDB, where the logs are
   flannel-lab down                                                    remove everything the lab made
+  flannel-lab bench [--seconds S]                                     2-node labs per backend: iperf3 and ping, table
 common options: --name LAB (default flab; namespaces are LAB-*), --state-dir DIR (default /run/flannel-lab)";
 
 struct Args {
@@ -26,6 +27,7 @@ struct Args {
     segments: usize,
     direct_routing: bool,
     json: bool,
+    seconds: u32,
 }
 
 fn parse(argv: &[String]) -> anyhow::Result<Args> {
@@ -39,6 +41,7 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
         segments: 1,
         direct_routing: false,
         json: false,
+        seconds: 5,
     };
     let mut it = argv.iter();
     while let Some(arg) = it.next() {
@@ -65,6 +68,7 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
             "--json" => a.json = true,
             "--segments" => a.segments = num(flag, value(flag)?)?,
             "--direct-routing" => a.direct_routing = true,
+            "--seconds" => a.seconds = num(flag, value(flag)?)? as u32,
             "-h" | "--help" => a.cmd = "help".into(),
             f if f.starts_with('-') => bail!("unknown option {f}"),
             c if a.cmd.is_empty() => a.cmd = c.to_string(),
@@ -141,6 +145,17 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 removed.len(),
                 state_dir(&a.state_root, &a.name).display()
             );
+            Ok(true)
+        }
+        "bench" => {
+            crate::preflight::check(&crate::preflight::default_bin_dir())?;
+            let spec = crate::bench::BenchSpec {
+                seconds: a.seconds.max(1),
+                state_root: a.state_root.clone(),
+                bin_dir: crate::preflight::default_bin_dir(),
+            };
+            let rows = crate::bench::run(&spec, &mut |c| eprintln!("measuring {c} ..."))?;
+            print!("{}", crate::bench::render(&rows));
             Ok(true)
         }
         "help" => {

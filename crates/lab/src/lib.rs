@@ -6,6 +6,7 @@
 //! and Debian's `bridge`, `host-local` and `portmap`. Nothing touches the host's own network
 //! namespace; every name starts with the lab's prefix, which `down` owns.
 
+pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod cni_exec;

@@ -1,0 +1,313 @@
+//! `flannel-lab bench`: the data planes side by side. For each case a 2-node lab, pod to pod
+//! across nodes (or node to node for the references): TCP 1 and 4 streams, UDP at line rate with
+//! loss, and ping latency (p50/p99); plus the CPU seconds flanneld spends during the udp run.
+
+use crate::cluster::{down, up, LabSpec};
+use crate::sh::{self, in_ns, ip};
+use crate::state::LabState;
+use anyhow::{anyhow, Context};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+/// One row of the table.
+#[derive(Debug, Clone, Default)]
+pub struct Row {
+    pub case: String,
+    pub tcp1: f64,
+    pub tcp4: f64,
+    pub tcp1_retrans: u64,
+    pub udp: f64,
+    pub udp_loss: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// CPU seconds used by flanneld on both nodes during the TCP single-stream run.
+    pub flanneld_cpu: Option<f64>,
+}
+
+pub struct BenchSpec {
+    pub seconds: u32,
+    pub state_root: PathBuf,
+    pub bin_dir: PathBuf,
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn iperf_server(ns: &str) -> anyhow::Result<Server> {
+    let c = in_ns(ns, "iperf3", &["-s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(Server(c))
+}
+
+fn iperf(ns: &str, dst: &str, extra: &[&str], secs: u32) -> anyhow::Result<Value> {
+    let t = secs.to_string();
+    let mut args = vec!["-c", dst, "-t", &t, "-J"];
+    args.extend_from_slice(extra);
+    // iperf3 exits non-zero on errors but still prints its JSON, with the reason in "error".
+    let out = in_ns(ns, "iperf3", &args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running iperf3 in {ns}"))?;
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("iperf3 {args:?} from {ns} printed no JSON"))?;
+    if let Some(e) = v["error"].as_str() {
+        return Err(anyhow!("iperf3 {args:?} from {ns}: {e}"));
+    }
+    Ok(v)
+}
+
+fn gbps(v: &Value, path: &[&str]) -> f64 {
+    let mut x = v;
+    for p in path {
+        x = &x[*p];
+    }
+    x.as_f64().unwrap_or(0.0) / 1e9
+}
+
+/// Per-packet RTTs of `ping -i 0.01`, then p50 and p99 in ms.
+fn latency(ns: &str, dst: &str, count: u32) -> anyhow::Result<(f64, f64)> {
+    let c = count.to_string();
+    let out = sh::run(&mut in_ns(
+        ns,
+        "ping",
+        &["-i", "0.01", "-c", &c, "-W", "1", dst],
+    ))?;
+    let mut rtts: Vec<f64> = out
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|t| t.split_whitespace().next())
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    if rtts.is_empty() {
+        return Err(anyhow!("no ping answers from {dst}"));
+    }
+    rtts.sort_by(|a, b| a.total_cmp(b));
+    let pick = |q: f64| rtts[((rtts.len() as f64 * q) as usize).min(rtts.len() - 1)];
+    Ok((pick(0.5), pick(0.99)))
+}
+
+/// utime + stime of every flanneld in the lab, in seconds.
+fn flanneld_cpu(state: &LabState) -> f64 {
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    state
+        .nodes
+        .iter()
+        .flat_map(crate::cluster::flanneld_pids)
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / hz)
+        })
+        .sum()
+}
+
+fn measure(
+    case: &str,
+    state: &LabState,
+    src_ns: &str,
+    dst_ns: &str,
+    dst: &str,
+    secs: u32,
+) -> anyhow::Result<Row> {
+    let _server = iperf_server(dst_ns)?;
+    let cpu0 = flanneld_cpu(state);
+    let t1 = iperf(src_ns, dst, &[], secs)?;
+    let cpu = flanneld_cpu(state) - cpu0;
+    let t4 = iperf(src_ns, dst, &["-P", "4"], secs)?;
+    // UDP as fast as the sender goes; 1350-byte datagrams fit every backend's MTU.
+    let u = iperf(src_ns, dst, &["-u", "-b", "0", "-l", "1350"], secs)?;
+    let (p50, p99) = latency(src_ns, dst, 300)?;
+    Ok(Row {
+        case: case.to_string(),
+        tcp1: gbps(&t1, &["end", "sum_received", "bits_per_second"]),
+        tcp1_retrans: t1["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+        tcp4: gbps(&t4, &["end", "sum_received", "bits_per_second"]),
+        udp: gbps(&u, &["end", "sum", "bits_per_second"])
+            * (1.0 - u["end"]["sum"]["lost_percent"].as_f64().unwrap_or(0.0) / 100.0),
+        udp_loss: u["end"]["sum"]["lost_percent"].as_f64().unwrap_or(0.0),
+        p50_ms: p50,
+        p99_ms: p99,
+        flanneld_cpu: Some(cpu),
+    })
+}
+
+struct LabGuard {
+    name: String,
+    root: PathBuf,
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = down(&self.name, &self.root);
+    }
+}
+
+fn lab(spec: &BenchSpec, name: &str, backend: &str) -> anyhow::Result<(LabState, LabGuard)> {
+    let _ = down(name, &spec.state_root);
+    let guard = LabGuard {
+        name: name.into(),
+        root: spec.state_root.clone(),
+    };
+    let s = LabSpec {
+        lab: name.into(),
+        nodes: 2,
+        pods_per_node: 1,
+        backend: backend.into(),
+        state_root: spec.state_root.clone(),
+        bin_dir: spec.bin_dir.clone(),
+        ..LabSpec::default()
+    };
+    Ok((up(&s)?, guard))
+}
+
+/// Runs every case; `progress` hears about each as it starts.
+pub fn run(spec: &BenchSpec, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<Row>> {
+    let secs = spec.seconds;
+    let mut rows = Vec::new();
+    {
+        let (s, _g) = lab(spec, "bvx", "vxlan")?;
+        let (n1, n2) = (&s.nodes[0], &s.nodes[1]);
+        progress("underlay (node to node over eth0)");
+        let mut r = measure("underlay", &s, &n1.netns, &n2.netns, &n2.ip, secs)?;
+        r.flanneld_cpu = None;
+        rows.push(r);
+        // A hand-built kernel VXLAN between the same namespaces, same MTU as ours.
+        for (n, local, remote, addr) in [
+            (n1, &n1.ip, &n2.ip, "192.168.250.1/24"),
+            (n2, &n2.ip, &n1.ip, "192.168.250.2/24"),
+        ] {
+            ip(&[
+                "-n", &n.netns, "link", "add", "vxref", "type", "vxlan", "id", "4242", "local",
+                local, "remote", remote, "dstport", "4789", "dev", "eth0",
+            ])?;
+            ip(&["-n", &n.netns, "link", "set", "vxref", "mtu", "1450", "up"])?;
+            ip(&["-n", &n.netns, "addr", "add", addr, "dev", "vxref"])?;
+        }
+        progress("hand-built kernel VXLAN (node to node)");
+        let mut r = measure(
+            "kernel vxlan, by hand (node to node)",
+            &s,
+            &n1.netns,
+            &n2.netns,
+            "192.168.250.2",
+            secs,
+        )?;
+        r.flanneld_cpu = None;
+        rows.push(r);
+        progress("flannel vxlan (node to node)");
+        // node2's flannel.1 address: replies leave from it, so UDP answers match the request.
+        let gw2 = n2.subnet.trim_end_matches("/24").to_string();
+        rows.push(measure(
+            "vxlan (node to node)",
+            &s,
+            &n1.netns,
+            &n2.netns,
+            &gw2,
+            secs,
+        )?);
+        progress("flannel vxlan (pod to pod)");
+        rows.push(measure(
+            "vxlan",
+            &s,
+            &n1.pods[0].netns,
+            &n2.pods[0].netns,
+            &n2.pods[0].ip,
+            secs,
+        )?);
+    }
+    for (name, backend) in [("bhg", "host-gw"), ("bud", "udp")] {
+        let (s, _g) = lab(spec, name, backend)?;
+        progress(&format!("flannel {backend} (pod to pod)"));
+        let (n1, n2) = (&s.nodes[0], &s.nodes[1]);
+        rows.push(measure(
+            backend,
+            &s,
+            &n1.pods[0].netns,
+            &n2.pods[0].netns,
+            &n2.pods[0].ip,
+            secs,
+        )?);
+    }
+    Ok(rows)
+}
+
+/// The table, each figure with its ratio to vxlan (pod to pod).
+pub fn render(rows: &[Row]) -> String {
+    let base = rows
+        .iter()
+        .find(|r| r.case == "vxlan")
+        .cloned()
+        .unwrap_or_default();
+    let ratio = |x: f64, b: f64| {
+        if b > 0.0 {
+            format!("{x:.2} ({:.2})", x / b)
+        } else {
+            format!("{x:.2}")
+        }
+    };
+    let mut s = String::from(
+        "| case | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | UDP Gbit/s | UDP loss % | ping p50 ms | ping p99 ms | TCP 1 retransmits | flanneld CPU s |\n|---|---|---|---|---|---|---|---|---|\n"
+    );
+    for r in rows {
+        s += &format!(
+            "| {} | {} | {} | {} | {:.2} | {} | {} | {} | {} |\n",
+            r.case,
+            ratio(r.tcp1, base.tcp1),
+            ratio(r.tcp4, base.tcp4),
+            ratio(r.udp, base.udp),
+            r.udp_loss,
+            ratio(r.p50_ms, base.p50_ms),
+            ratio(r.p99_ms, base.p99_ms),
+            r.tcp1_retrans,
+            r.flanneld_cpu
+                .map(|c| format!("{c:.2}"))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_has_ratios_to_vxlan() {
+        let rows = vec![
+            Row {
+                case: "vxlan".into(),
+                tcp1: 8.0,
+                tcp4: 9.0,
+                udp: 2.0,
+                p50_ms: 0.1,
+                p99_ms: 0.2,
+                ..Row::default()
+            },
+            Row {
+                case: "udp".into(),
+                tcp1: 6.0,
+                tcp4: 4.5,
+                udp: 1.0,
+                p50_ms: 0.2,
+                p99_ms: 0.4,
+                flanneld_cpu: Some(3.5),
+                ..Row::default()
+            },
+        ];
+        let t = render(&rows);
+        assert!(t.contains("| udp | 6.00 (0.75) | 4.50 (0.50) | 1.00 (0.50) | 0.00 | 0.20 (2.00) | 0.40 (2.00) | 0 | 3.50 |"), "{t}");
+    }
+}
