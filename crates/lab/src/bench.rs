@@ -28,6 +28,7 @@ pub struct Row {
 
 pub struct BenchSpec {
     pub seconds: u32,
+    pub repeat: u32,
     pub state_root: PathBuf,
     pub bin_dir: PathBuf,
 }
@@ -114,7 +115,39 @@ fn flanneld_cpu(state: &LabState) -> f64 {
         .sum()
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Each figure is the median of `repeat` runs: on a small shared machine single runs vary a lot.
 fn measure(
+    case: &str,
+    state: &LabState,
+    src_ns: &str,
+    dst_ns: &str,
+    dst: &str,
+    secs: u32,
+    repeat: u32,
+) -> anyhow::Result<Row> {
+    let runs = (0..repeat.max(1))
+        .map(|_| measure_once(case, state, src_ns, dst_ns, dst, secs))
+        .collect::<anyhow::Result<Vec<Row>>>()?;
+    let m = |f: fn(&Row) -> f64| median(runs.iter().map(f).collect());
+    Ok(Row {
+        case: case.to_string(),
+        tcp1: m(|r| r.tcp1),
+        tcp4: m(|r| r.tcp4),
+        tcp1_retrans: m(|r| r.tcp1_retrans as f64) as u64,
+        udp: m(|r| r.udp),
+        udp_loss: m(|r| r.udp_loss),
+        p50_ms: m(|r| r.p50_ms),
+        p99_ms: m(|r| r.p99_ms),
+        flanneld_cpu: Some(m(|r| r.flanneld_cpu.unwrap_or(0.0))),
+    })
+}
+
+fn measure_once(
     case: &str,
     state: &LabState,
     src_ns: &str,
@@ -175,13 +208,13 @@ fn lab(spec: &BenchSpec, name: &str, backend: &str) -> anyhow::Result<(LabState,
 
 /// Runs every case; `progress` hears about each as it starts.
 pub fn run(spec: &BenchSpec, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<Row>> {
-    let secs = spec.seconds;
+    let (secs, rep) = (spec.seconds, spec.repeat);
     let mut rows = Vec::new();
     {
         let (s, _g) = lab(spec, "bvx", "vxlan")?;
         let (n1, n2) = (&s.nodes[0], &s.nodes[1]);
         progress("underlay (node to node over eth0)");
-        let mut r = measure("underlay", &s, &n1.netns, &n2.netns, &n2.ip, secs)?;
+        let mut r = measure("underlay", &s, &n1.netns, &n2.netns, &n2.ip, secs, rep)?;
         r.flanneld_cpu = None;
         rows.push(r);
         // A hand-built kernel VXLAN between the same namespaces, same MTU as ours.
@@ -204,6 +237,7 @@ pub fn run(spec: &BenchSpec, progress: &mut dyn FnMut(&str)) -> anyhow::Result<V
             &n2.netns,
             "192.168.250.2",
             secs,
+            rep,
         )?;
         r.flanneld_cpu = None;
         rows.push(r);
@@ -217,6 +251,7 @@ pub fn run(spec: &BenchSpec, progress: &mut dyn FnMut(&str)) -> anyhow::Result<V
             &n2.netns,
             &gw2,
             secs,
+            rep,
         )?);
         progress("flannel vxlan (pod to pod)");
         rows.push(measure(
@@ -226,6 +261,7 @@ pub fn run(spec: &BenchSpec, progress: &mut dyn FnMut(&str)) -> anyhow::Result<V
             &n2.pods[0].netns,
             &n2.pods[0].ip,
             secs,
+            rep,
         )?);
     }
     for (name, backend) in [("bhg", "host-gw"), ("bud", "udp")] {
@@ -239,6 +275,7 @@ pub fn run(spec: &BenchSpec, progress: &mut dyn FnMut(&str)) -> anyhow::Result<V
             &n2.pods[0].netns,
             &n2.pods[0].ip,
             secs,
+            rep,
         )?);
     }
     Ok(rows)

@@ -14,7 +14,7 @@ const USAGE: &str = "usage:
   flannel-lab ping-all                                                every pod pings every other pod
   flannel-lab status [--json]                                         nodes, pods, routes, FDB, where the logs are
   flannel-lab down                                                    remove everything the lab made
-  flannel-lab bench [--seconds S]                                     2-node labs per backend: iperf3 and ping, table
+  flannel-lab bench [--seconds S] [--repeat R]                                2-node labs per backend: iperf3 and ping, table
 common options: --name LAB (default flab; namespaces are LAB-*), --state-dir DIR (default /run/flannel-lab)";
 
 struct Args {
@@ -28,6 +28,7 @@ struct Args {
     direct_routing: bool,
     json: bool,
     seconds: u32,
+    repeat: u32,
 }
 
 fn parse(argv: &[String]) -> anyhow::Result<Args> {
@@ -42,6 +43,7 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
         direct_routing: false,
         json: false,
         seconds: 5,
+        repeat: 3,
     };
     let mut it = argv.iter();
     while let Some(arg) = it.next() {
@@ -68,6 +70,7 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
             "--json" => a.json = true,
             "--segments" => a.segments = num(flag, value(flag)?)?,
             "--direct-routing" => a.direct_routing = true,
+            "--repeat" => a.repeat = num(flag, value(flag)?)? as u32,
             "--seconds" => a.seconds = num(flag, value(flag)?)? as u32,
             "-h" | "--help" => a.cmd = "help".into(),
             f if f.starts_with('-') => bail!("unknown option {f}"),
@@ -151,6 +154,7 @@ fn run(a: Args) -> anyhow::Result<bool> {
             crate::preflight::check(&crate::preflight::default_bin_dir())?;
             let spec = crate::bench::BenchSpec {
                 seconds: a.seconds.max(1),
+                repeat: a.repeat.max(1),
                 state_root: a.state_root.clone(),
                 bin_dir: crate::preflight::default_bin_dir(),
             };
