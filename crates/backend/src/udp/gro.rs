@@ -1,14 +1,20 @@
 //! Inbound: consecutive TCP segments of one flow are coalesced into one large packet with a
 //! GSO header before they go into the TUN device, so the kernel handles one 64 KB packet instead
-//! of ~45 small ones. Anything that cannot be merged is written as it is.
+//! of ~45 small ones. Payloads are not copied: a merged packet is written as (new header, the
+//! segments' payloads in the receive buffers) with one `writev`. Anything that cannot be merged
+//! is written as it is.
 
 use super::packet::{csum_fold, fix_ipv4_checksum, parse_ipv4, pseudo_sum, PROTO_TCP};
 use super::vnet::{self, VnetHdr};
 
 /// At most this many flows are coalesced at once; more get flushed.
 const MAX_FLOWS: usize = 8;
+/// At most this many segments go into one merged packet.
+pub const MAX_SEGS: usize = 64;
 /// The largest packet the kernel accepts from a TUN device.
 const MAX_LEN: usize = 65535;
+/// IPv4 (20, no options) + the largest TCP header (60).
+const MAX_HDR: usize = 80;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FlowKey {
@@ -16,29 +22,29 @@ struct FlowKey {
     ports: [u8; 4],
 }
 
-struct Flow {
+struct Flow<'a> {
     key: FlowKey,
-    /// vnet header space, then IP + TCP headers, then the payloads.
-    buf: Vec<u8>,
+    /// The first segment, whose headers become the merged packet's.
+    first: &'a [u8],
     hdr_len: usize,
     seg_size: usize,
-    last_seg: usize,
+    /// Payloads of the segments after the first.
+    more: [&'a [u8]; MAX_SEGS],
+    n_more: usize,
+    len: usize,
     next_seq: u32,
-    count: usize,
+    psh: bool,
     /// PSH seen or a short segment appended: nothing more may follow.
     closed: bool,
 }
 
-/// Reusable coalescing state of one worker (buffers are kept between batches: no allocation
-/// per packet once warmed up).
-#[derive(Default)]
-pub struct Gro {
-    flows: Vec<Flow>,
-    spare: Vec<Vec<u8>>,
+/// The coalescing state of one receive batch; the packets it holds borrow the batch's buffers.
+pub struct Gro<'a> {
+    flows: Vec<Flow<'a>>,
 }
 
-/// A TCP/IPv4 segment that may be merged: plain header, not fragmented, ACK (maybe PSH) only,
-/// with payload.
+/// A TCP/IPv4 segment that may be merged: plain IP header, not fragmented, ACK (maybe PSH)
+/// only, with payload.
 fn mergeable(p: &[u8]) -> Option<(FlowKey, usize, u32, usize)> {
     let ip = parse_ipv4(p)?;
     if ip.ihl != 20 || ip.proto != PROTO_TCP || ip.fragment || ip.total_len != p.len() {
@@ -49,8 +55,7 @@ fn mergeable(p: &[u8]) -> Option<(FlowKey, usize, u32, usize)> {
         return None;
     }
     let doff = usize::from(t[12] >> 4) * 4;
-    let flags = t[13];
-    if doff < 20 || t.len() < doff || flags & !0x08 != 0x10 {
+    if doff < 20 || t.len() < doff || t[13] & !0x08 != 0x10 {
         return None;
     }
     let payload = t.len() - doff;
@@ -71,34 +76,43 @@ fn mergeable(p: &[u8]) -> Option<(FlowKey, usize, u32, usize)> {
     ))
 }
 
-impl Gro {
-    /// Takes one inbound packet; `write(vnet_header, packet)` is called for what is ready.
-    pub fn push(&mut self, p: &[u8], write: &mut impl FnMut(&[u8], &[u8])) {
+impl Default for Gro<'_> {
+    fn default() -> Self {
+        Self {
+            flows: Vec::with_capacity(MAX_FLOWS),
+        }
+    }
+}
+
+impl<'a> Gro<'a> {
+    /// Takes one inbound packet; `write(parts)` is called with (vnet header, packet pieces) for
+    /// whatever is ready to go into the TUN device.
+    pub fn push(&mut self, p: &'a [u8], write: &mut impl FnMut(&[&[u8]])) {
         let Some((key, hdr_len, seq, payload)) = mergeable(p) else {
-            // Keep per-flow order: anything pending for these addresses goes first.
+            // Keep per-flow order: anything pending between these addresses goes first.
             self.flush_matching(p, write);
-            write(
+            write(&[
                 &VnetHdr {
                     flags: vnet::F_DATA_VALID,
                     ..Default::default()
                 }
                 .bytes(),
                 p,
-            );
+            ]);
             return;
         };
         if let Some(i) = self.flows.iter().position(|f| f.key == key) {
             if self.can_append(i, p, hdr_len, seq, payload) {
                 let f = &mut self.flows[i];
-                f.buf.extend_from_slice(&p[hdr_len..]);
+                f.more[f.n_more] = &p[hdr_len..];
+                f.n_more += 1;
+                f.len += payload;
                 f.next_seq = seq.wrapping_add(payload as u32);
-                f.count += 1;
-                f.last_seg = payload;
                 if p[33] & 0x08 != 0 {
-                    f.buf[vnet::LEN + 33] |= 0x08;
+                    f.psh = true;
                     f.closed = true;
                 }
-                if payload < f.seg_size {
+                if payload < f.seg_size || f.n_more == MAX_SEGS {
                     f.closed = true;
                 }
                 return;
@@ -108,30 +122,28 @@ impl Gro {
         if self.flows.len() >= MAX_FLOWS {
             self.flush_one(0, write);
         }
-        let mut buf = self.spare.pop().unwrap_or_default();
-        buf.clear();
-        buf.extend_from_slice(&[0u8; vnet::LEN]);
-        buf.extend_from_slice(p);
         self.flows.push(Flow {
             key,
-            buf,
+            first: p,
             hdr_len,
             seg_size: payload,
-            last_seg: payload,
+            more: [&[]; MAX_SEGS],
+            n_more: 0,
+            len: p.len(),
             next_seq: seq.wrapping_add(payload as u32),
-            count: 1,
+            psh: p[33] & 0x08 != 0,
             closed: p[33] & 0x08 != 0,
         });
     }
 
     fn can_append(&self, i: usize, p: &[u8], hdr_len: usize, seq: u32, payload: usize) -> bool {
         let f = &self.flows[i];
-        let head = &f.buf[vnet::LEN..vnet::LEN + f.hdr_len];
+        let head = f.first;
         !f.closed
             && hdr_len == f.hdr_len
             && seq == f.next_seq
             && payload <= f.seg_size
-            && f.buf.len() - vnet::LEN + payload <= MAX_LEN
+            && f.len + payload <= MAX_LEN
             // same TOS and TTL, same ACK number, same TCP options
             && head[1] == p[1]
             && head[8] == p[8]
@@ -139,7 +151,7 @@ impl Gro {
             && head[40..hdr_len] == p[40..hdr_len]
     }
 
-    fn flush_matching(&mut self, p: &[u8], write: &mut impl FnMut(&[u8], &[u8])) {
+    fn flush_matching(&mut self, p: &[u8], write: &mut impl FnMut(&[&[u8]])) {
         if p.len() < 20 {
             return;
         }
@@ -148,42 +160,49 @@ impl Gro {
         }
     }
 
-    fn flush_one(&mut self, i: usize, write: &mut impl FnMut(&[u8], &[u8])) {
-        let mut f = self.flows.remove(i);
-        if f.count == 1 {
-            let h = VnetHdr {
-                flags: vnet::F_DATA_VALID,
-                ..Default::default()
-            };
-            write(&h.bytes(), &f.buf[vnet::LEN..]);
-        } else {
-            let total = f.buf.len() - vnet::LEN;
-            let pkt = &mut f.buf[vnet::LEN..];
-            pkt[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            fix_ipv4_checksum(&mut pkt[..20]);
-            // CHECKSUM_PARTIAL: the field holds the pseudo-header sum; the kernel finishes it.
-            let ps = csum_fold(pseudo_sum(
-                &pkt[12..16],
-                &pkt[16..20],
-                PROTO_TCP,
-                total - 20,
-            ));
-            pkt[36..38].copy_from_slice(&ps.to_be_bytes());
-            let h = VnetHdr {
-                flags: vnet::F_NEEDS_CSUM,
-                gso_type: vnet::GSO_TCPV4,
-                hdr_len: f.hdr_len as u16,
-                gso_size: f.seg_size as u16,
-                csum_start: 20,
-                csum_offset: 16,
-            };
-            write(&h.bytes(), &f.buf[vnet::LEN..]);
+    fn flush_one(&mut self, i: usize, write: &mut impl FnMut(&[&[u8]])) {
+        let f = self.flows.remove(i);
+        if f.n_more == 0 {
+            write(&[
+                &VnetHdr {
+                    flags: vnet::F_DATA_VALID,
+                    ..Default::default()
+                }
+                .bytes(),
+                f.first,
+            ]);
+            return;
         }
-        self.spare.push(f.buf);
+        let mut hdr = [0u8; MAX_HDR];
+        let h = &mut hdr[..f.hdr_len];
+        h.copy_from_slice(&f.first[..f.hdr_len]);
+        h[2..4].copy_from_slice(&(f.len as u16).to_be_bytes());
+        fix_ipv4_checksum(&mut h[..20]);
+        if f.psh {
+            h[33] |= 0x08;
+        }
+        // CHECKSUM_PARTIAL: the field holds the pseudo-header sum; the kernel finishes it.
+        let ps = csum_fold(pseudo_sum(&h[12..16], &h[16..20], PROTO_TCP, f.len - 20));
+        h[36..38].copy_from_slice(&ps.to_be_bytes());
+        let v = VnetHdr {
+            flags: vnet::F_NEEDS_CSUM,
+            gso_type: vnet::GSO_TCPV4,
+            hdr_len: f.hdr_len as u16,
+            gso_size: f.seg_size as u16,
+            csum_start: 20,
+            csum_offset: 16,
+        }
+        .bytes();
+        let mut parts: [&[u8]; MAX_SEGS + 3] = [&[]; MAX_SEGS + 3];
+        parts[0] = &v;
+        parts[1] = &hdr[..f.hdr_len];
+        parts[2] = &f.first[f.hdr_len..];
+        parts[3..3 + f.n_more].copy_from_slice(&f.more[..f.n_more]);
+        write(&parts[..3 + f.n_more]);
     }
 
     /// Writes everything pending (end of a receive batch).
-    pub fn flush(&mut self, write: &mut impl FnMut(&[u8], &[u8])) {
+    pub fn flush(&mut self, write: &mut impl FnMut(&[&[u8]])) {
         while !self.flows.is_empty() {
             self.flush_one(0, write);
         }
@@ -192,14 +211,16 @@ impl Gro {
 
 #[cfg(test)]
 mod tests {
-    use super::super::gso::segment;
+    use super::super::gso::{segment, tests::materialize};
     use super::super::packet::tests::{tcp_checksum_ok, tcp_packet};
     use super::super::packet::{csum_add, csum_fold, parse_ipv4};
     use super::*;
 
-    fn collect(g: &mut Gro, pkts: &[Vec<u8>]) -> Vec<(VnetHdr, Vec<u8>)> {
+    fn collect(pkts: &[Vec<u8>]) -> Vec<(VnetHdr, Vec<u8>)> {
         let mut out = Vec::new();
-        let mut w = |h: &[u8], p: &[u8]| out.push((VnetHdr::parse(h).unwrap(), p.to_vec()));
+        let mut w =
+            |parts: &[&[u8]]| out.push((VnetHdr::parse(parts[0]).unwrap(), parts[1..].concat()));
+        let mut g = Gro::default();
         for p in pkts {
             g.push(p, &mut w);
         }
@@ -210,17 +231,16 @@ mod tests {
     #[test]
     fn segments_round_trip_into_one_gso_packet() {
         let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
-        let big = tcp_packet(42, 0x18, &payload);
+        let mut big = tcp_packet(42, 0x18, &payload);
         let h = VnetHdr {
             gso_type: vnet::GSO_TCPV4,
             gso_size: 1448,
             ..Default::default()
         };
-        let mut segs = Vec::new();
-        let (n, len) = segment(&h, &big, &mut segs).unwrap();
-        let pkts: Vec<Vec<u8>> = segs.chunks(len).map(|c| c.to_vec()).collect();
-        assert_eq!(pkts.len(), n);
-        let out = collect(&mut Gro::default(), &pkts);
+        let mut hdrs = Vec::new();
+        let s = segment(&h, &mut big, &mut hdrs).unwrap();
+        let pkts = materialize(&s, &hdrs, &big);
+        let out = collect(&pkts);
         assert_eq!(out.len(), 1, "one coalesced packet");
         let (vh, p) = &out[0];
         assert_eq!(
@@ -243,14 +263,12 @@ mod tests {
         let a1 = tcp_packet(100, 0x10, &[1; 100]);
         let a3 = tcp_packet(300, 0x10, &[3; 100]); // gap: 200 missing
         let syn = tcp_packet(0, 0x02, &[]);
-        let out = collect(&mut Gro::default(), &[a1.clone(), a3.clone(), syn.clone()]);
+        let out = collect(&[a1.clone(), a3.clone(), syn.clone()]);
         assert_eq!(out.len(), 3);
         assert!(out
             .iter()
             .all(|(h, _)| h.gso_type == vnet::GSO_NONE && h.flags == vnet::F_DATA_VALID));
-        assert_eq!(out[0].1, a1);
-        assert_eq!(out[1].1, a3);
-        assert_eq!(out[2].1, syn);
+        assert_eq!((&out[0].1, &out[1].1, &out[2].1), (&a1, &a3, &syn));
     }
 
     #[test]
@@ -258,7 +276,7 @@ mod tests {
         let p1 = tcp_packet(0, 0x10, &[1; 100]);
         let p2 = tcp_packet(100, 0x10, &[2; 50]);
         let p3 = tcp_packet(150, 0x10, &[3; 100]);
-        let out = collect(&mut Gro::default(), &[p1, p2, p3.clone()]);
+        let out = collect(&[p1, p2, p3.clone()]);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].0.gso_size, 100);
         assert_eq!(out[0].1.len(), 40 + 150);
@@ -266,8 +284,19 @@ mod tests {
     }
 
     #[test]
+    fn at_most_64_segments_per_packet() {
+        let pkts: Vec<Vec<u8>> = (0..70u32)
+            .map(|i| tcp_packet(i * 100, 0x10, &[i as u8; 100]))
+            .collect();
+        let out = collect(&pkts);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].1.len(), 40 + 65 * 100, "first packet plus 64 more");
+        assert_eq!(out[1].1.len(), 40 + 5 * 100);
+    }
+
+    #[test]
     fn garbage_passes_through_untouched() {
-        let out = collect(&mut Gro::default(), &[vec![0x45, 0, 0, 3], vec![]]);
+        let out = collect(&[vec![0x45, 0, 0, 3], vec![]]);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].1, vec![0x45, 0, 0, 3]);
     }

@@ -1,7 +1,7 @@
 //! Outbound: what the TUN device hands us (one packet, or a TCP/UDP "super-packet" of up to
-//! 64 KB with a segment size, thanks to TSO/USO) becomes MTU-sized IPv4 packets, written back to
-//! back into one buffer so a single UDP GSO send turns them into one datagram each. The TTL is
-//! decremented on the way, as upstream's proxy does.
+//! 64 KB with a segment size, thanks to TSO/USO) becomes MTU-sized IPv4 packets. Nothing is
+//! copied but the headers: each segment is (its own header, a slice of the original payload),
+//! ready for one scatter-gather UDP GSO send. The TTL is decremented, as upstream's proxy does.
 
 use super::packet::{
     csum_add, csum_fold, decrement_ttl, fix_ipv4_checksum, parse_ipv4, pseudo_sum, PROTO_TCP,
@@ -19,6 +19,33 @@ pub enum SegError {
     TtlExpired,
 }
 
+/// How a packet was cut: `count` segments; segment `i` is `hdrs[i*hdr_len..][..hdr_len]`
+/// followed by `pkt[payload_start + i*gso..]` (at most `gso` bytes, up to `payload_end`).
+/// A packet that needed no cutting is one segment with no separate header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segments {
+    pub count: usize,
+    pub hdr_len: usize,
+    pub gso: usize,
+    pub payload_start: usize,
+    pub payload_end: usize,
+}
+
+impl Segments {
+    /// The length of every segment but the last.
+    pub fn seg_len(&self) -> usize {
+        self.hdr_len + self.gso
+    }
+
+    /// Header and payload of segment `i`.
+    pub fn parts<'a>(&self, i: usize, hdrs: &'a [u8], pkt: &'a [u8]) -> (&'a [u8], &'a [u8]) {
+        let h = &hdrs[i * self.hdr_len..(i + 1) * self.hdr_len];
+        let start = (self.payload_start + i * self.gso).min(self.payload_end);
+        let end = (start + self.gso).min(self.payload_end);
+        (h, &pkt[start..end])
+    }
+}
+
 /// Completes a partial checksum (`VIRTIO_NET_HDR_F_NEEDS_CSUM`): the field already holds the
 /// pseudo-header sum; the rest of the sum runs from `start` to the end.
 fn complete_checksum(p: &mut [u8], start: usize, offset: usize) -> Result<(), SegError> {
@@ -30,25 +57,30 @@ fn complete_checksum(p: &mut [u8], start: usize, offset: usize) -> Result<(), Se
     Ok(())
 }
 
-/// Segments `pkt` (described by `h`) into `out`. Returns `(count, seg_len)`: every segment but
-/// the last is exactly `seg_len` bytes.
-pub fn segment(h: &VnetHdr, pkt: &[u8], out: &mut Vec<u8>) -> Result<(usize, usize), SegError> {
-    out.clear();
+/// Cuts `pkt` (described by `h`) into segments; headers go to `hdrs` (cleared first). A plain
+/// packet is finished in place.
+pub fn segment(h: &VnetHdr, pkt: &mut [u8], hdrs: &mut Vec<u8>) -> Result<Segments, SegError> {
+    hdrs.clear();
     let ip = parse_ipv4(pkt).ok_or(SegError::Malformed)?;
-    let pkt = &pkt[..ip.total_len];
+    let pkt = &mut pkt[..ip.total_len];
     match h.gso_type & !vnet::GSO_ECN {
         vnet::GSO_NONE => {
-            out.extend_from_slice(pkt);
             if h.flags & vnet::F_NEEDS_CSUM != 0 {
-                complete_checksum(out, usize::from(h.csum_start), usize::from(h.csum_offset))?;
+                complete_checksum(pkt, usize::from(h.csum_start), usize::from(h.csum_offset))?;
             }
-            if !decrement_ttl(out) {
+            if !decrement_ttl(pkt) {
                 return Err(SegError::TtlExpired);
             }
-            Ok((1, out.len()))
+            Ok(Segments {
+                count: 1,
+                hdr_len: 0,
+                gso: pkt.len(),
+                payload_start: 0,
+                payload_end: pkt.len(),
+            })
         }
-        vnet::GSO_TCPV4 if ip.proto == PROTO_TCP => split(pkt, ip.ihl, h.gso_size, true, out),
-        vnet::GSO_UDP_L4 if ip.proto == PROTO_UDP => split(pkt, ip.ihl, h.gso_size, false, out),
+        vnet::GSO_TCPV4 if ip.proto == PROTO_TCP => split(pkt, ip.ihl, h.gso_size, true, hdrs),
+        vnet::GSO_UDP_L4 if ip.proto == PROTO_UDP => split(pkt, ip.ihl, h.gso_size, false, hdrs),
         other => Err(SegError::Unsupported(other)),
     }
 }
@@ -58,8 +90,8 @@ fn split(
     ihl: usize,
     gso: u16,
     tcp: bool,
-    out: &mut Vec<u8>,
-) -> Result<(usize, usize), SegError> {
+    hdrs: &mut Vec<u8>,
+) -> Result<Segments, SegError> {
     if pkt[8] <= 1 {
         return Err(SegError::TtlExpired);
     }
@@ -89,22 +121,20 @@ fn split(
     } else {
         0
     };
-    out.reserve(payload.len() + count * hdr_len);
+    let proto = if tcp { PROTO_TCP } else { PROTO_UDP };
+    hdrs.reserve(count * hdr_len);
     for i in 0..count {
         let chunk = &payload[(i * gso).min(payload.len())..((i + 1) * gso).min(payload.len())];
-        let start = out.len();
-        out.extend_from_slice(&pkt[..hdr_len]);
-        out.extend_from_slice(chunk);
-        let seg = &mut out[start..];
-        let total = hdr_len + chunk.len();
-        seg[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        seg[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
-        seg[8] -= 1;
-        fix_ipv4_checksum(&mut seg[..ihl]);
-        let l4 = &mut seg[ihl..];
+        let start = hdrs.len();
+        hdrs.extend_from_slice(&pkt[..hdr_len]);
+        let h = &mut hdrs[start..];
+        h[2..4].copy_from_slice(&((hdr_len + chunk.len()) as u16).to_be_bytes());
+        h[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
+        h[8] -= 1;
+        fix_ipv4_checksum(&mut h[..ihl]);
+        let l4 = &mut h[ihl..];
         if tcp {
-            let seq = seq0.wrapping_add((i * gso) as u32);
-            l4[4..8].copy_from_slice(&seq.to_be_bytes());
+            l4[4..8].copy_from_slice(&seq0.wrapping_add((i * gso) as u32).to_be_bytes());
             if i + 1 < count {
                 l4[13] &= !(0x01 | 0x08); // FIN and PSH only on the last segment
             }
@@ -118,28 +148,46 @@ fn split(
             l4[6] = 0;
             l4[7] = 0;
         }
-        let proto = if tcp { PROTO_TCP } else { PROTO_UDP };
-        let l4 = &mut out[start + ihl..];
-        let mut c = !csum_fold(csum_add(pseudo_sum(&src, &dst, proto, l4.len()), l4));
+        let sum = csum_add(
+            csum_add(pseudo_sum(&src, &dst, proto, l4_len + chunk.len()), l4),
+            chunk,
+        );
+        let mut c = !csum_fold(sum);
         if !tcp && c == 0 {
             c = 0xffff;
         }
         let at = if tcp { 16 } else { 6 };
         l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
     }
-    Ok((count, hdr_len + gso))
+    Ok(Segments {
+        count,
+        hdr_len,
+        gso,
+        payload_start: hdr_len,
+        payload_end: pkt.len(),
+    })
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::packet::tests::{tcp_checksum_ok, tcp_packet};
     use super::super::packet::{checksum, parse_ipv4};
     use super::*;
 
+    /// The segments as separate packets (what the wire sees).
+    pub fn materialize(s: &Segments, hdrs: &[u8], pkt: &[u8]) -> Vec<Vec<u8>> {
+        (0..s.count)
+            .map(|i| {
+                let (h, p) = s.parts(i, hdrs, pkt);
+                [h, p].concat()
+            })
+            .collect()
+    }
+
     #[test]
     fn tso_super_packet_becomes_valid_mtu_segments() {
         let payload: Vec<u8> = (0..4000u32).map(|i| i as u8).collect();
-        let big = tcp_packet(1000, 0x18, &payload); // ACK|PSH
+        let mut big = tcp_packet(1000, 0x18, &payload); // ACK|PSH
         let h = VnetHdr {
             flags: vnet::F_NEEDS_CSUM,
             gso_type: vnet::GSO_TCPV4,
@@ -148,12 +196,16 @@ mod tests {
             csum_start: 20,
             csum_offset: 16,
         };
-        let mut out = Vec::new();
-        let (n, seg_len) = segment(&h, &big, &mut out).unwrap();
-        assert_eq!((n, seg_len), (3, 1440));
-        assert_eq!(out.len(), 2 * 1440 + 40 + 1200);
+        let mut hdrs = Vec::new();
+        let s = segment(&h, &mut big, &mut hdrs).unwrap();
+        assert_eq!((s.count, s.seg_len()), (3, 1440));
+        let segs = materialize(&s, &hdrs, &big);
+        assert_eq!(
+            segs.iter().map(Vec::len).collect::<Vec<_>>(),
+            [1440, 1440, 1240]
+        );
         let mut got = Vec::new();
-        for (i, seg) in out.chunks(seg_len).enumerate() {
+        for (i, seg) in segs.iter().enumerate() {
             let ip = parse_ipv4(seg).unwrap();
             assert_eq!(ip.total_len, seg.len());
             assert_eq!(ip.ttl, 63);
@@ -170,7 +222,7 @@ mod tests {
     }
 
     #[test]
-    fn plain_packets_get_their_partial_checksum_completed() {
+    fn plain_packets_get_their_partial_checksum_completed_in_place() {
         let mut p = tcp_packet(5, 0x10, b"abcdefgh");
         // As the kernel hands it over with NEEDS_CSUM: the field holds the pseudo-header sum.
         let ps = csum_fold(pseudo_sum(&p[12..16], &p[16..20], PROTO_TCP, 28));
@@ -181,26 +233,28 @@ mod tests {
             csum_offset: 16,
             ..Default::default()
         };
-        let mut out = Vec::new();
-        assert_eq!(segment(&h, &p, &mut out).unwrap(), (1, p.len()));
-        assert!(tcp_checksum_ok(&out));
-        assert_eq!(out[8], 63);
+        let mut hdrs = Vec::new();
+        let s = segment(&h, &mut p, &mut hdrs).unwrap();
+        assert_eq!((s.count, s.hdr_len), (1, 0));
+        let seg = materialize(&s, &hdrs, &p).remove(0);
+        assert!(tcp_checksum_ok(&seg));
+        assert_eq!(seg[8], 63);
     }
 
     #[test]
     fn bad_input_is_refused_not_crashed_on() {
-        let mut out = Vec::new();
+        let mut hdrs = Vec::new();
         let h = VnetHdr {
             gso_type: vnet::GSO_TCPV4,
             gso_size: 0,
             ..Default::default()
         };
         assert_eq!(
-            segment(&h, &tcp_packet(1, 0x10, b"abc"), &mut out),
+            segment(&h, &mut tcp_packet(1, 0x10, b"abc"), &mut hdrs),
             Err(SegError::Malformed)
         );
         assert_eq!(
-            segment(&VnetHdr::default(), &[0x45, 0, 0], &mut out),
+            segment(&VnetHdr::default(), &mut [0x45, 0, 0], &mut hdrs),
             Err(SegError::Malformed)
         );
         let h6 = VnetHdr {
@@ -209,13 +263,13 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            segment(&h6, &tcp_packet(1, 0x10, b"abc"), &mut out),
+            segment(&h6, &mut tcp_packet(1, 0x10, b"abc"), &mut hdrs),
             Err(SegError::Unsupported(vnet::GSO_TCPV6))
         );
         let mut ttl1 = tcp_packet(1, 0x10, b"abc");
         ttl1[8] = 1;
         assert_eq!(
-            segment(&VnetHdr::default(), &ttl1, &mut out),
+            segment(&VnetHdr::default(), &mut ttl1, &mut hdrs),
             Err(SegError::TtlExpired)
         );
         let h = VnetHdr {
@@ -225,6 +279,9 @@ mod tests {
         };
         let mut bad_doff = tcp_packet(1, 0x10, b"abc");
         bad_doff[32] = 0x10;
-        assert_eq!(segment(&h, &bad_doff, &mut out), Err(SegError::Malformed));
+        assert_eq!(
+            segment(&h, &mut bad_doff, &mut hdrs),
+            Err(SegError::Malformed)
+        );
     }
 }

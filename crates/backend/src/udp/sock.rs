@@ -6,6 +6,8 @@ use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use super::gso::Segments;
+
 const SOL_UDP: libc::c_int = 17;
 const UDP_SEGMENT: libc::c_int = 103;
 const UDP_GRO: libc::c_int = 104;
@@ -83,54 +85,84 @@ impl Sock {
         Ok(Self { fd, gro, gso: true })
     }
 
-    /// Sends `buf` to `dst`; with `seg > 0` the kernel cuts it into datagrams of `seg` bytes
-    /// (the last may be shorter). Falls back to one datagram per segment where GSO is refused.
-    pub fn send(&mut self, dst: SocketAddrV4, buf: &[u8], seg: usize) -> io::Result<()> {
-        if seg == 0 || buf.len() <= seg {
-            return self.send_one(dst, buf, 0);
-        }
-        if self.gso {
-            // One GSO send carries at most 64 segments and must fit a UDP datagram (65507
-            // bytes): a 64 KB TSO packet cut into segments with repeated headers is larger.
-            let per_send = (MAX_GSO_BYTES / seg).clamp(1, MAX_GSO_SEGMENTS) * seg;
-            let mut sent = 0;
-            for chunk in buf.chunks(per_send) {
-                let gso = if chunk.len() > seg { seg as u16 } else { 0 };
-                match self.send_one(dst, chunk, gso) {
-                    Ok(()) => sent += chunk.len(),
-                    // EIO: the device cannot checksum-offload; EINVAL: no UDP GSO here.
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) => {
-                        self.gso = false;
-                        break;
+    /// Sends the segments of one outbound packet to `dst`: scatter-gather from their headers
+    /// and payloads, up to 64 segments per UDP GSO send (the kernel cuts them into one
+    /// datagram each); one datagram per send where GSO is refused.
+    pub fn send_segments(
+        &mut self,
+        dst: SocketAddrV4,
+        s: &Segments,
+        hdrs: &[u8],
+        pkt: &[u8],
+        iov: &mut Vec<libc::iovec>,
+    ) -> io::Result<()> {
+        let seg_len = s.seg_len();
+        let per_send = if self.gso && s.count > 1 {
+            (MAX_GSO_BYTES / seg_len).clamp(1, MAX_GSO_SEGMENTS)
+        } else {
+            1
+        };
+        let mut i = 0;
+        while i < s.count {
+            let n = per_send.min(s.count - i);
+            iov.clear();
+            for k in i..i + n {
+                let (h, p) = s.parts(k, hdrs, pkt);
+                for part in [h, p] {
+                    if !part.is_empty() {
+                        iov.push(libc::iovec {
+                            iov_base: part.as_ptr() as *mut libc::c_void,
+                            iov_len: part.len(),
+                        });
                     }
-                    Err(e) => return Err(e),
                 }
             }
-            if sent == buf.len() {
-                return Ok(());
+            let gso = if n > 1 { seg_len as u16 } else { 0 };
+            match self.send_iov(dst, iov, gso) {
+                Ok(()) => i += n,
+                // EIO: the device cannot checksum-offload; EINVAL: no UDP GSO here.
+                Err(e)
+                    if gso > 0
+                        && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) =>
+                {
+                    self.gso = false;
+                    return self.send_segments(
+                        dst,
+                        &Segments {
+                            count: s.count - i,
+                            payload_start: s.payload_start + i * s.gso,
+                            ..*s
+                        },
+                        &hdrs[i * s.hdr_len..],
+                        pkt,
+                        iov,
+                    );
+                }
+                Err(e) => return Err(e),
             }
-            return self.send(dst, &buf[sent..], seg);
-        }
-        for chunk in buf.chunks(seg) {
-            self.send_one(dst, chunk, 0)?;
         }
         Ok(())
     }
 
-    fn send_one(&self, dst: SocketAddrV4, buf: &[u8], seg: u16) -> io::Result<()> {
-        let mut sa = sockaddr(dst);
-        let mut iov = libc::iovec {
+    /// Sends one buffer as one datagram.
+    pub fn send_one(&self, dst: SocketAddrV4, buf: &[u8]) -> io::Result<()> {
+        let iov = [libc::iovec {
             iov_base: buf.as_ptr() as *mut libc::c_void,
             iov_len: buf.len(),
-        };
+        }];
+        self.send_iov(dst, &iov, 0)
+    }
+
+    fn send_iov(&self, dst: SocketAddrV4, iov: &[libc::iovec], seg: u16) -> io::Result<()> {
+        let mut sa = sockaddr(dst);
         // Room for one cmsg carrying a u16, 8-byte aligned.
         let mut cbuf = [0u64; 4];
         // SAFETY: msghdr is plain old data; we fill the fields sendmsg reads.
         let mut msg: libc::msghdr = unsafe { zeroed() };
         msg.msg_name = &mut sa as *mut _ as *mut libc::c_void;
         msg.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = iov.len();
         if seg > 0 {
             // SAFETY: CMSG_* compute sizes and pointers within cbuf, which is large enough.
             unsafe {

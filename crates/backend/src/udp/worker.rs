@@ -1,7 +1,7 @@
 //! A data-path worker: one TUN queue and one UDP socket, polled together on a thread of its own.
 //! Buffers are allocated once; the peer table arrives over a channel (no locks on the path).
 
-use super::gro::Gro;
+use super::gro::{Gro, MAX_SEGS};
 use super::gso::{segment, SegError};
 use super::packet::{decrement_ttl, icmp_net_unreachable, parse_ipv4};
 use super::sock::{Received, RecvBatch, Sock};
@@ -30,10 +30,8 @@ pub struct Counters {
     pub errors: AtomicU64,
 }
 
-impl Counters {
-    fn inc(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
-    }
+fn inc(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
 }
 
 pub enum Ctl {
@@ -49,31 +47,43 @@ pub struct Worker {
     pub counters: Arc<Counters>,
 }
 
-fn tun_write(fd: &OwnedFd, hdr: &[u8], pkt: &[u8]) -> bool {
-    let iov = [
-        libc::iovec {
-            iov_base: hdr.as_ptr() as *mut libc::c_void,
-            iov_len: hdr.len(),
-        },
-        libc::iovec {
-            iov_base: pkt.as_ptr() as *mut libc::c_void,
-            iov_len: pkt.len(),
-        },
-    ];
-    // SAFETY: writev(2) with two iovecs pointing at live slices.
-    unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), 2) >= 0 }
+/// One packet into the TUN device from its pieces (vnet header first), with one `writev`.
+fn tun_write(fd: &OwnedFd, parts: &[&[u8]]) -> bool {
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_SEGS + 3];
+    let n = parts.len().min(iov.len());
+    for (v, p) in iov.iter_mut().zip(parts) {
+        *v = libc::iovec {
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        };
+    }
+    // SAFETY: writev(2) with iovecs pointing at live slices.
+    unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), n as i32) >= 0 }
+}
+
+/// Per-worker buffers, allocated once.
+struct Buffers {
+    read: Vec<u8>,
+    hdrs: Vec<u8>,
+    icmp: Vec<u8>,
+    iov: Vec<libc::iovec>,
 }
 
 impl Worker {
     pub fn run(mut self) {
         let mut table = Arc::new(PeerTable::default());
         let mut local = Ipv4Addr::UNSPECIFIED;
-        let mut rbuf = vec![0u8; vnet::LEN + 65535];
-        let mut segs: Vec<u8> = Vec::with_capacity(65535 + 64 * 60);
-        let mut icmp: Vec<u8> = Vec::with_capacity(128);
+        let mut b = Buffers {
+            read: vec![0u8; vnet::LEN + 65535],
+            hdrs: Vec::with_capacity(64 * 80),
+            icmp: Vec::with_capacity(128),
+            iov: Vec::with_capacity(2 * 64),
+        };
         let mut batch = RecvBatch::new(RECV_BATCH);
         let mut got: Vec<Received> = Vec::with_capacity(RECV_BATCH);
-        let mut gro = Gro::default();
         let c = self.counters.clone();
         loop {
             let mut fds = [
@@ -105,14 +115,14 @@ impl Worker {
                     let n = unsafe {
                         libc::read(
                             self.tun.as_raw_fd(),
-                            rbuf.as_mut_ptr() as *mut libc::c_void,
-                            rbuf.len(),
+                            b.read.as_mut_ptr() as *mut libc::c_void,
+                            b.read.len(),
                         )
                     };
                     if n <= vnet::LEN as isize {
                         break;
                     }
-                    self.outbound(&rbuf[..n as usize], &table, local, &mut segs, &mut icmp, &c);
+                    self.outbound(n as usize, &table, local, &mut b, &c);
                 }
             }
             if fds[1].revents & libc::POLLIN != 0 {
@@ -121,19 +131,19 @@ impl Worker {
                         Ok(0) => break,
                         Ok(_) => {}
                         Err(_) => {
-                            Counters::inc(&c.errors, 1);
+                            inc(&c.errors, 1);
                             break;
                         }
                     }
                     let tun = &self.tun;
-                    let mut write = |h: &[u8], p: &[u8]| {
-                        if !tun_write(tun, h, p) {
-                            Counters::inc(&c.errors, 1);
+                    let mut write = |parts: &[&[u8]]| {
+                        if !tun_write(tun, parts) {
+                            inc(&c.errors, 1);
                         }
                     };
-                    for (i, r) in got.iter().enumerate() {
-                        let data = &mut batch.bufs[i][..r.len];
-                        inbound(data, r, &table, &c, &mut gro, &mut write);
+                    let mut gro = Gro::default();
+                    for (buf, r) in batch.bufs.iter_mut().zip(got.iter()) {
+                        inbound(&mut buf[..r.len], r, &table, &c, &mut gro, &mut write);
                     }
                     gro.flush(&mut write);
                 }
@@ -141,71 +151,67 @@ impl Worker {
         }
     }
 
-    /// TUN → peers: segment, look up the peer, send with one GSO send.
+    /// TUN → peers: segment, look up the peer, one scatter-gather GSO send.
     fn outbound(
         &mut self,
-        frame: &[u8],
+        n: usize,
         table: &PeerTable,
         local: Ipv4Addr,
-        segs: &mut Vec<u8>,
-        icmp: &mut Vec<u8>,
+        b: &mut Buffers,
         c: &Counters,
     ) {
-        let Some(h) = VnetHdr::parse(frame) else {
+        let Some(h) = VnetHdr::parse(&b.read) else {
             return;
         };
-        let pkt = &frame[vnet::LEN..];
+        let pkt = &mut b.read[vnet::LEN..n];
         let Some(ip) = parse_ipv4(pkt) else {
-            Counters::inc(&c.rx_malformed, 1);
+            inc(&c.rx_malformed, 1);
             return;
         };
         let Some(peer) = table.lookup(ip.dst) else {
-            Counters::inc(&c.no_route, 1);
-            if icmp_net_unreachable(pkt, local, icmp) {
-                tun_write(&self.tun, &VnetHdr::default().bytes(), icmp);
+            inc(&c.no_route, 1);
+            if icmp_net_unreachable(pkt, local, &mut b.icmp) {
+                tun_write(&self.tun, &[&VnetHdr::default().bytes(), &b.icmp]);
             }
             return;
         };
-        match segment(&h, pkt, segs) {
-            Ok((n, seg_len)) => {
-                let seg = if n > 1 { seg_len } else { 0 };
-                match self.sock.send(peer, segs, seg) {
-                    Ok(()) => Counters::inc(&c.tx_packets, n as u64),
-                    Err(_) => Counters::inc(&c.errors, 1),
-                }
-            }
-            Err(SegError::TtlExpired) => Counters::inc(&c.ttl_expired, 1),
-            Err(_) => Counters::inc(&c.rx_malformed, 1),
+        match segment(&h, pkt, &mut b.hdrs) {
+            Ok(s) => match self.sock.send_segments(peer, &s, &b.hdrs, pkt, &mut b.iov) {
+                Ok(()) => inc(&c.tx_packets, s.count as u64),
+                Err(_) => inc(&c.errors, 1),
+            },
+            Err(SegError::TtlExpired) => inc(&c.ttl_expired, 1),
+            Err(_) => inc(&c.rx_malformed, 1),
         }
     }
 }
 
 /// Peers → TUN: check the sender, split GRO batches into packets, validate, decrement TTL,
-/// coalesce for the TUN write.
-fn inbound(
-    data: &mut [u8],
+/// coalesce for the TUN write. The coalescer keeps slices of `data` until the batch is flushed.
+fn inbound<'a>(
+    data: &'a mut [u8],
     r: &Received,
     table: &PeerTable,
     c: &Counters,
-    gro: &mut Gro,
-    write: &mut impl FnMut(&[u8], &[u8]),
+    gro: &mut Gro<'a>,
+    write: &mut impl FnMut(&[&[u8]]),
 ) {
     if !table.is_peer(r.from) {
-        Counters::inc(&c.rx_unknown_source, 1);
+        inc(&c.rx_unknown_source, 1);
         return;
     }
     let seg = if r.seg > 0 { r.seg } else { data.len().max(1) };
     for pkt in data.chunks_mut(seg) {
         let Some(ip) = parse_ipv4(pkt) else {
-            Counters::inc(&c.rx_malformed, 1);
+            inc(&c.rx_malformed, 1);
             continue;
         };
         let pkt = &mut pkt[..ip.total_len];
         if !decrement_ttl(pkt) {
-            Counters::inc(&c.ttl_expired, 1);
+            inc(&c.ttl_expired, 1);
             continue;
         }
-        Counters::inc(&c.rx_packets, 1);
+        inc(&c.rx_packets, 1);
         gro.push(pkt, write);
     }
 }
@@ -225,9 +231,6 @@ mod tests {
             8285,
         );
         let c = Counters::default();
-        let mut gro = Gro::default();
-        let mut written = Vec::new();
-        let mut w = |_: &[u8], p: &[u8]| written.push(p.len());
         let good = tcp_packet(1, 0x10, b"hello");
         let from_peer = Received {
             len: good.len(),
@@ -238,11 +241,20 @@ mod tests {
             from: Ipv4Addr::new(10, 0, 0, 66),
             ..from_peer
         };
-        inbound(&mut good.clone(), &stranger, &table, &c, &mut gro, &mut w);
+        let mut written = Vec::new();
+        let mut w =
+            |parts: &[&[u8]]| written.push(parts[1..].iter().map(|p| p.len()).sum::<usize>());
+        let (mut a, mut t, mut padded) = (good.clone(), good[..30].to_vec(), good.clone());
+        padded.extend_from_slice(&[0xee; 100]);
+        let padded_r = Received {
+            len: padded.len(),
+            ..from_peer
+        };
+        let mut gro = Gro::default();
+        inbound(&mut a, &stranger, &table, &c, &mut gro, &mut w);
         assert_eq!(c.rx_unknown_source.load(Ordering::Relaxed), 1);
-        let mut truncated = good[..30].to_vec();
         inbound(
-            &mut truncated,
+            &mut t,
             &Received {
                 len: 30,
                 ..from_peer
@@ -254,13 +266,7 @@ mod tests {
         );
         assert_eq!(c.rx_malformed.load(Ordering::Relaxed), 1);
         // Trailing bytes beyond the IPv4 total length are cut off, not delivered.
-        let mut padded = good.clone();
-        padded.extend_from_slice(&[0xee; 100]);
-        let r = Received {
-            len: padded.len(),
-            ..from_peer
-        };
-        inbound(&mut padded, &r, &table, &c, &mut gro, &mut w);
+        inbound(&mut padded, &padded_r, &table, &c, &mut gro, &mut w);
         gro.flush(&mut w);
         assert_eq!(written, vec![good.len()]);
         assert_eq!(c.rx_packets.load(Ordering::Relaxed), 1);
