@@ -120,21 +120,10 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// Each figure is the median of `repeat` runs: on a small shared machine single runs vary a lot.
-fn measure(
-    case: &str,
-    state: &LabState,
-    src_ns: &str,
-    dst_ns: &str,
-    dst: &str,
-    secs: u32,
-    repeat: u32,
-) -> anyhow::Result<Row> {
-    let runs = (0..repeat.max(1))
-        .map(|_| measure_once(case, state, src_ns, dst_ns, dst, secs))
-        .collect::<anyhow::Result<Vec<Row>>>()?;
+/// Each figure is the median over the runs of one case.
+fn median_row(case: &str, runs: &[Row]) -> Row {
     let m = |f: fn(&Row) -> f64| median(runs.iter().map(f).collect());
-    Ok(Row {
+    Row {
         case: case.to_string(),
         tcp1: m(|r| r.tcp1),
         tcp4: m(|r| r.tcp4),
@@ -143,19 +132,20 @@ fn measure(
         udp_loss: m(|r| r.udp_loss),
         p50_ms: m(|r| r.p50_ms),
         p99_ms: m(|r| r.p99_ms),
-        flanneld_cpu: Some(m(|r| r.flanneld_cpu.unwrap_or(0.0))),
-    })
+        flanneld_cpu: runs
+            .first()
+            .and_then(|r| r.flanneld_cpu)
+            .map(|_| m(|r| r.flanneld_cpu.unwrap_or(0.0))),
+    }
 }
 
 fn measure_once(
     case: &str,
     state: &LabState,
     src_ns: &str,
-    dst_ns: &str,
     dst: &str,
     secs: u32,
 ) -> anyhow::Result<Row> {
-    let _server = iperf_server(dst_ns)?;
     let cpu0 = flanneld_cpu(state);
     let t1 = iperf(src_ns, dst, &[], secs)?;
     let cpu = flanneld_cpu(state) - cpu0;
@@ -206,79 +196,100 @@ fn lab(spec: &BenchSpec, name: &str, backend: &str) -> anyhow::Result<(LabState,
     Ok((up(&s)?, guard))
 }
 
-/// Runs every case; `progress` hears about each as it starts.
+/// One measured path.
+struct Case<'a> {
+    name: &'static str,
+    state: &'a LabState,
+    src: String,
+    dst_ns: String,
+    dst: String,
+    /// Whether flanneld's CPU time means anything for this case.
+    flannel: bool,
+}
+
+/// Runs every case. All labs are up at once and the cases take turns, run after run, so that
+/// drift on a shared machine hits every case alike; each figure is the median of the runs.
 pub fn run(spec: &BenchSpec, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<Row>> {
-    let (secs, rep) = (spec.seconds, spec.repeat);
-    let mut rows = Vec::new();
-    {
-        let (s, _g) = lab(spec, "bvx", "vxlan")?;
-        let (n1, n2) = (&s.nodes[0], &s.nodes[1]);
-        progress("underlay (node to node over eth0)");
-        let mut r = measure("underlay", &s, &n1.netns, &n2.netns, &n2.ip, secs, rep)?;
-        r.flanneld_cpu = None;
-        rows.push(r);
-        // A hand-built kernel VXLAN between the same namespaces, same MTU as ours.
-        for (n, local, remote, addr) in [
-            (n1, &n1.ip, &n2.ip, "192.168.250.1/24"),
-            (n2, &n2.ip, &n1.ip, "192.168.250.2/24"),
-        ] {
-            ip(&[
-                "-n", &n.netns, "link", "add", "vxref", "type", "vxlan", "id", "4242", "local",
-                local, "remote", remote, "dstport", "4789", "dev", "eth0",
-            ])?;
-            ip(&["-n", &n.netns, "link", "set", "vxref", "mtu", "1450", "up"])?;
-            ip(&["-n", &n.netns, "addr", "add", addr, "dev", "vxref"])?;
-        }
-        progress("hand-built kernel VXLAN (node to node)");
-        let mut r = measure(
+    let (vx, _g1) = lab(spec, "bvx", "vxlan")?;
+    let (hg, _g2) = lab(spec, "bhg", "host-gw")?;
+    let (ud, _g3) = lab(spec, "bud", "udp")?;
+    let (n1, n2) = (&vx.nodes[0], &vx.nodes[1]);
+    // A hand-built kernel VXLAN between the same namespaces, same MTU as ours.
+    for (n, local, remote, addr) in [
+        (n1, &n1.ip, &n2.ip, "192.168.250.1/24"),
+        (n2, &n2.ip, &n1.ip, "192.168.250.2/24"),
+    ] {
+        ip(&[
+            "-n", &n.netns, "link", "add", "vxref", "type", "vxlan", "id", "4242", "local", local,
+            "remote", remote, "dstport", "4789", "dev", "eth0",
+        ])?;
+        ip(&["-n", &n.netns, "link", "set", "vxref", "mtu", "1450", "up"])?;
+        ip(&["-n", &n.netns, "addr", "add", addr, "dev", "vxref"])?;
+    }
+    let pods = |s: &LabState| {
+        (
+            s.nodes[0].pods[0].netns.clone(),
+            s.nodes[1].pods[0].netns.clone(),
+            s.nodes[1].pods[0].ip.clone(),
+        )
+    };
+    let case = |name, state, (src, dst_ns, dst): (String, String, String), flannel| Case {
+        name,
+        state,
+        src,
+        dst_ns,
+        dst,
+        flannel,
+    };
+    let node = (n1.netns.clone(), n2.netns.clone(), n2.ip.clone());
+    let cases = [
+        case("underlay", &vx, node.clone(), false),
+        case(
             "kernel vxlan, by hand (node to node)",
-            &s,
-            &n1.netns,
-            &n2.netns,
-            "192.168.250.2",
-            secs,
-            rep,
-        )?;
-        r.flanneld_cpu = None;
-        rows.push(r);
-        progress("flannel vxlan (node to node)");
+            &vx,
+            (node.0.clone(), node.1.clone(), "192.168.250.2".into()),
+            false,
+        ),
         // node2's flannel.1 address: replies leave from it, so UDP answers match the request.
-        let gw2 = n2.subnet.trim_end_matches("/24").to_string();
-        rows.push(measure(
+        case(
             "vxlan (node to node)",
-            &s,
-            &n1.netns,
-            &n2.netns,
-            &gw2,
-            secs,
-            rep,
-        )?);
-        progress("flannel vxlan (pod to pod)");
-        rows.push(measure(
-            "vxlan",
-            &s,
-            &n1.pods[0].netns,
-            &n2.pods[0].netns,
-            &n2.pods[0].ip,
-            secs,
-            rep,
-        )?);
+            &vx,
+            (
+                node.0.clone(),
+                node.1.clone(),
+                n2.subnet.trim_end_matches("/24").into(),
+            ),
+            true,
+        ),
+        case("vxlan", &vx, pods(&vx), true),
+        case("host-gw", &hg, pods(&hg), true),
+        case("udp", &ud, pods(&ud), true),
+    ];
+    let mut servers = Vec::new();
+    let mut started: Vec<&str> = Vec::new();
+    for c in &cases {
+        if !started.contains(&c.dst_ns.as_str()) {
+            servers.push(iperf_server(&c.dst_ns)?);
+            started.push(&c.dst_ns);
+        }
     }
-    for (name, backend) in [("bhg", "host-gw"), ("bud", "udp")] {
-        let (s, _g) = lab(spec, name, backend)?;
-        progress(&format!("flannel {backend} (pod to pod)"));
-        let (n1, n2) = (&s.nodes[0], &s.nodes[1]);
-        rows.push(measure(
-            backend,
-            &s,
-            &n1.pods[0].netns,
-            &n2.pods[0].netns,
-            &n2.pods[0].ip,
-            secs,
-            rep,
-        )?);
+    let mut runs: Vec<Vec<Row>> = cases.iter().map(|_| Vec::new()).collect();
+    for r in 0..spec.repeat.max(1) {
+        for (i, c) in cases.iter().enumerate() {
+            progress(&format!("run {}/{}: {}", r + 1, spec.repeat.max(1), c.name));
+            let mut row = measure_once(c.name, c.state, &c.src, &c.dst, spec.seconds)?;
+            if !c.flannel {
+                row.flanneld_cpu = None;
+            }
+            runs[i].push(row);
+        }
     }
-    Ok(rows)
+    drop(servers);
+    Ok(cases
+        .iter()
+        .zip(&runs)
+        .map(|(c, r)| median_row(c.name, r))
+        .collect())
 }
 
 /// The table, each figure with its ratio to vxlan (pod to pod).
