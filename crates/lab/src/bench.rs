@@ -42,8 +42,13 @@ impl Drop for Server {
     }
 }
 
-fn iperf_server(ns: &str) -> anyhow::Result<Server> {
-    let c = in_ns(ns, "iperf3", &["-s"])
+fn iperf_server(ns: &str, port: u16, bind: Option<&str>) -> anyhow::Result<Server> {
+    let p = port.to_string();
+    let mut args = vec!["-s", "-p", &p];
+    if let Some(b) = bind {
+        args.extend(["-B", b]);
+    }
+    let c = in_ns(ns, "iperf3", &args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
@@ -51,9 +56,10 @@ fn iperf_server(ns: &str) -> anyhow::Result<Server> {
     Ok(Server(c))
 }
 
-fn iperf(ns: &str, dst: &str, extra: &[&str], secs: u32) -> anyhow::Result<Value> {
+fn iperf(ns: &str, dst: &str, port: u16, extra: &[&str], secs: u32) -> anyhow::Result<Value> {
     let t = secs.to_string();
-    let mut args = vec!["-c", dst, "-t", &t, "-J"];
+    let p = port.to_string();
+    let mut args = vec!["-c", dst, "-p", &p, "-t", &t, "-J"];
     args.extend_from_slice(extra);
     // iperf3 exits non-zero on errors but still prints its JSON, with the reason in "error".
     let out = in_ns(ns, "iperf3", &args)
@@ -144,14 +150,15 @@ fn measure_once(
     state: &LabState,
     src_ns: &str,
     dst: &str,
+    port: u16,
     secs: u32,
 ) -> anyhow::Result<Row> {
     let cpu0 = flanneld_cpu(state);
-    let t1 = iperf(src_ns, dst, &[], secs)?;
+    let t1 = iperf(src_ns, dst, port, &[], secs)?;
     let cpu = flanneld_cpu(state) - cpu0;
-    let t4 = iperf(src_ns, dst, &["-P", "4"], secs)?;
+    let t4 = iperf(src_ns, dst, port, &["-P", "4"], secs)?;
     // UDP as fast as the sender goes; 1350-byte datagrams fit every backend's MTU.
-    let u = iperf(src_ns, dst, &["-u", "-b", "0", "-l", "1350"], secs)?;
+    let u = iperf(src_ns, dst, port, &["-u", "-b", "0", "-l", "1350"], secs)?;
     let (p50, p99) = latency(src_ns, dst, 300)?;
     Ok(Row {
         case: case.to_string(),
@@ -203,6 +210,8 @@ struct Case<'a> {
     src: String,
     dst_ns: String,
     dst: String,
+    /// The iperf3 server's port; one bound to `dst` when it is not 5201 (see below).
+    port: u16,
     /// Whether flanneld's CPU time means anything for this case.
     flannel: bool,
 }
@@ -239,6 +248,7 @@ pub fn run(spec: &BenchSpec, progress: &mut dyn FnMut(&str)) -> anyhow::Result<V
         src,
         dst_ns,
         dst,
+        port: 5201,
         flannel,
     };
     let node = (n1.netns.clone(), n2.netns.clone(), n2.ip.clone());
@@ -263,21 +273,37 @@ pub fn run(spec: &BenchSpec, progress: &mut dyn FnMut(&str)) -> anyhow::Result<V
         ),
         case("vxlan", &vx, pods(&vx), true),
         case("host-gw", &hg, pods(&hg), true),
+        // The same path as the underlay row plus host-gw's route: node1 to node2's cni0 address.
+        // The server binds that address (port 5202) so its UDP answers come from it.
+        Case {
+            port: 5202,
+            ..case(
+                "host-gw (node to node)",
+                &hg,
+                (
+                    hg.nodes[0].netns.clone(),
+                    hg.nodes[1].netns.clone(),
+                    hg.nodes[1].subnet.replace(".0/24", ".1"),
+                ),
+                true,
+            )
+        },
         case("udp", &ud, pods(&ud), true),
     ];
     let mut servers = Vec::new();
-    let mut started: Vec<&str> = Vec::new();
+    let mut started: Vec<(&str, u16)> = Vec::new();
     for c in &cases {
-        if !started.contains(&c.dst_ns.as_str()) {
-            servers.push(iperf_server(&c.dst_ns)?);
-            started.push(&c.dst_ns);
+        if !started.contains(&(c.dst_ns.as_str(), c.port)) {
+            let bind = (c.port != 5201).then_some(c.dst.as_str());
+            servers.push(iperf_server(&c.dst_ns, c.port, bind)?);
+            started.push((&c.dst_ns, c.port));
         }
     }
     let mut runs: Vec<Vec<Row>> = cases.iter().map(|_| Vec::new()).collect();
     for r in 0..spec.repeat.max(1) {
         for (i, c) in cases.iter().enumerate() {
             progress(&format!("run {}/{}: {}", r + 1, spec.repeat.max(1), c.name));
-            let mut row = measure_once(c.name, c.state, &c.src, &c.dst, spec.seconds)?;
+            let mut row = measure_once(c.name, c.state, &c.src, &c.dst, c.port, spec.seconds)?;
             if !c.flannel {
                 row.flanneld_cpu = None;
             }
