@@ -428,6 +428,8 @@ fn host_gw_routes_via_peer_public_ips_heal_and_go() {
         "dev",
         "eth0",
     ]);
+    // (b's flanneld would take a deleted lease straight back: stop it first, as a node leaving.)
+    stop_flanneld(b).unwrap();
     etcd_del(
         &lab.state,
         &format!("/coreos.com/network/subnets/{}", b.subnet.replace('/', "-")),
