@@ -89,13 +89,11 @@ impl Fixture {
 const TUTORIAL: &str = r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#;
 
 fn attrs(ip: &str, mac: &str) -> LeaseAttrs {
-    LeaseAttrs {
-        public_ip: ip.parse().unwrap(),
-        public_ipv6: None,
-        backend_type: "vxlan".into(),
-        backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac})),
-        backend_v6_data: None,
-    }
+    LeaseAttrs::v4(
+        ip.parse().unwrap(),
+        "vxlan",
+        Some(serde_json::json!({"VNI": 1, "VtepMAC": mac})),
+    )
 }
 
 fn cfg(text: &str) -> NetworkConfig {

@@ -27,17 +27,10 @@ mod tests {
     use crate::lease::LeaseAttrs;
 
     fn lease(subnet: &str, ip: &str, ty: &str) -> Lease {
-        Lease {
-            subnet: subnet.parse().unwrap(),
-            ipv6_subnet: None,
-            attrs: LeaseAttrs {
-                public_ip: ip.parse().unwrap(),
-                public_ipv6: None,
-                backend_type: ty.into(),
-                backend_data: None,
-                backend_v6_data: None,
-            },
-        }
+        Lease::v4(
+            subnet.parse().unwrap(),
+            LeaseAttrs::v4(ip.parse().unwrap(), ty, None),
+        )
     }
 
     #[test]

@@ -44,12 +44,32 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// An IPv4-only lease.
+    pub fn v4(subnet: Ipv4Net, attrs: LeaseAttrs) -> Self {
+        Self {
+            subnet,
+            ipv6_subnet: None,
+            attrs,
+        }
+    }
+
     pub fn key(&self) -> SubnetKey {
         SubnetKey::new(self.subnet, self.ipv6_subnet)
     }
 }
 
 impl LeaseAttrs {
+    /// IPv4-only attributes: what most backends publish.
+    pub fn v4(public_ip: Ipv4Addr, backend_type: &str, backend_data: Option<Value>) -> Self {
+        Self {
+            public_ip,
+            public_ipv6: None,
+            backend_type: backend_type.into(),
+            backend_data,
+            backend_v6_data: None,
+        }
+    }
+
     /// The exact JSON upstream writes:
     /// `{"PublicIP":..,"PublicIPv6":..,"BackendType":..,"BackendData":..,"BackendV6Data":..}`.
     pub fn to_json(&self) -> String {

@@ -53,17 +53,10 @@ mod tests {
     use flannel_core::LeaseAttrs;
 
     fn lease(s: &str) -> Lease {
-        Lease {
-            subnet: s.parse().unwrap(),
-            ipv6_subnet: None,
-            attrs: LeaseAttrs {
-                public_ip: "10.0.0.1".parse().unwrap(),
-                public_ipv6: None,
-                backend_type: "vxlan".into(),
-                backend_data: None,
-                backend_v6_data: None,
-            },
-        }
+        Lease::v4(
+            s.parse().unwrap(),
+            LeaseAttrs::v4("10.0.0.1".parse().unwrap(), "vxlan", None),
+        )
     }
 
     #[test]

@@ -129,13 +129,7 @@ impl UdpBackend {
 
     pub fn lease_attrs(&self) -> LeaseAttrs {
         // Upstream's udp backend publishes no BackendType and no BackendData.
-        LeaseAttrs {
-            public_ip: self.ext.ext_addr,
-            public_ipv6: None,
-            backend_type: String::new(),
-            backend_data: None,
-            backend_v6_data: None,
-        }
+        LeaseAttrs::v4(self.ext.ext_addr, "", None)
     }
 
     pub fn mtu(&self) -> u32 {
