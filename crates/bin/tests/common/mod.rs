@@ -108,8 +108,20 @@ impl Etcd {
             _dir: Some(dir),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
-            assert!(Instant::now() < deadline, "etcd did not start listening");
+        // Listening is not serving: wait until etcd's own /health says so (it has a leader).
+        let healthy = || -> bool {
+            use std::io::{Read, Write};
+            let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", client)) else {
+                return false;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut resp = String::new();
+            s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_ok()
+                && s.read_to_string(&mut resp).is_ok()
+                && resp.contains("\"health\":\"true\"")
+        };
+        while !healthy() {
+            assert!(Instant::now() < deadline, "etcd did not become healthy");
             std::thread::sleep(Duration::from_millis(50));
         }
         e
