@@ -487,3 +487,65 @@ fn vxlan_direct_routing_uses_plain_routes_on_the_same_segment_only() {
         "{f}"
     );
 }
+
+#[test]
+fn hand_deleted_state_comes_back_within_a_second_by_netlink_event() {
+    // The resync period is long here, so only the netlink notification can explain a fast return.
+    let lab = Lab::up(2, 1, &["--iptables-resync=60"]);
+    let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
+    let mac_a = vtep_mac(&a.netns);
+    let gw = b.subnet.trim_end_matches("/24");
+    let mac = vtep_mac(&b.netns);
+    let route = format!("{} via {gw} dev flannel.1", b.subnet);
+    let neigh_line = format!("{gw} lladdr {mac} PERMANENT");
+    let fdb_line = format!("{mac} dst {} self permanent", b.ip);
+    let all_back = || {
+        routes(&a.netns).contains(&route)
+            && neigh(&a.netns).contains(&neigh_line)
+            && fdb(&a.netns).contains(&fdb_line)
+    };
+    assert!(all_back());
+    for (what, args) in [
+        ("route", vec!["-n", &a.netns, "route", "del", &b.subnet]),
+        (
+            "neighbour",
+            vec!["-n", &a.netns, "neigh", "del", gw, "dev", "flannel.1"],
+        ),
+        ("device", vec!["-n", &a.netns, "link", "del", "flannel.1"]),
+    ] {
+        ip(&args);
+        let t = eventually(Duration::from_secs(1), all_back);
+        assert!(
+            t.is_some(),
+            "{what} deleted by hand did not come back within 1 s:\n{}\n{}",
+            routes(&a.netns),
+            fdb(&a.netns)
+        );
+    }
+    let o = std::process::Command::new("bridge")
+        .args([
+            "-n",
+            &a.netns,
+            "fdb",
+            "del",
+            &mac,
+            "dev",
+            "flannel.1",
+            "dst",
+            &b.ip,
+        ])
+        .status()
+        .unwrap();
+    assert!(o.success());
+    assert!(
+        eventually(Duration::from_secs(1), all_back).is_some(),
+        "FDB entry did not come back within 1 s"
+    );
+    assert_eq!(
+        vtep_mac(&a.netns),
+        mac_a,
+        "the recreated device keeps the MAC peers know"
+    );
+    let m = flannel_lab::ping::ping_all(&lab.state);
+    assert!(m.all_ok(), "{}", m.render());
+}

@@ -243,6 +243,10 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         let sm = sm.clone();
         tokio::spawn(async move { sm.watch_leases(tx).await })
     };
+    // Kernel notifications (a deleted route, neighbour, FDB entry, address or link) wake the
+    // reconciler at once; the capacity of 1 coalesces bursts.
+    let (kick_tx, mut kicks) = mpsc::channel::<()>(1);
+    let monitor = tokio::spawn(flannel_net::monitor::watch(kick_tx));
     // Like upstream, the first resync comes one period after start.
     let mut resync = tokio::time::interval_at(Instant::now() + o.resync, o.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -268,6 +272,12 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
                         Err(e) => warn!(error = %e, "re-creating our lease failed; retrying on the next event or resync"),
                     }
                 }
+                reconcile(&mut backend, &own, &leases).await;
+            }
+            Some(()) = kicks.recv() => {
+                // Let a burst (and our own writes) settle before looking.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                while kicks.try_recv().is_ok() {}
                 reconcile(&mut backend, &own, &leases).await;
             }
             _ = resync.tick() => {
@@ -314,6 +324,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         }
     };
     watcher.abort();
+    monitor.abort();
     result
 }
 

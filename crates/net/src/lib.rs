@@ -7,6 +7,7 @@
 
 pub mod firewall;
 pub mod iptables;
+pub mod monitor;
 pub mod netlink;
 pub mod nftables;
 
