@@ -173,7 +173,18 @@ fn add_check_del_and_double_del_with_real_bridge_and_host_local() {
 #[test]
 fn missing_subnet_env_is_a_cni_error_and_stores_nothing() {
     let s = Setup::new(None);
-    let (ok, err) = s.run("ADD", &s.conf(), &s.pod.path());
+    let mut conf = s.conf();
+    conf["subnetFileWait"] = json!(1);
+    let started = std::time::Instant::now();
+    let (ok, err) = s.run("ADD", &conf, &s.pod.path());
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "waited for subnet.env first"
+    );
+    assert!(
+        err["msg"].as_str().unwrap().ends_with("(waited 1 s)"),
+        "{err}"
+    );
     assert!(!ok);
     assert_eq!(err["code"], 11);
     assert_eq!(err["cniVersion"], "1.0.0");
@@ -409,4 +420,19 @@ fn without_a_command_the_plugin_prints_its_version_banner() {
         ),
         "{err}"
     );
+}
+
+#[test]
+fn add_waits_for_a_subnet_env_that_flanneld_writes_a_moment_later() {
+    let s = Setup::new(None);
+    let env = s.dir.path().join("subnet.env");
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        std::fs::write(env, SUBNET_ENV).unwrap();
+    });
+    let (ok, result) = s.run("ADD", &s.conf(), &s.pod.path());
+    writer.join().unwrap();
+    assert!(ok, "ADD should have waited for subnet.env: {result}");
+    assert_eq!(result["ips"][0]["address"], "10.1.17.2/24");
+    assert!(s.run("DEL", &s.conf(), &s.pod.path()).0);
 }

@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/flannel";
+pub const DEFAULT_SUBNET_FILE_WAIT: u64 = 10;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetConf {
@@ -13,6 +14,8 @@ pub struct NetConf {
     pub name: String,
     pub subnet_file: String,
     pub data_dir: String,
+    /// How long ADD waits for subnet.env to appear (`subnetFileWait`, seconds; default 10).
+    pub subnet_file_wait: std::time::Duration,
     pub delegate: Option<Map<String, Value>>,
     pub ipam: Option<Map<String, Value>>,
     pub runtime_config: Option<Value>,
@@ -55,6 +58,11 @@ impl NetConf {
                 .filter(|s| !s.is_empty())
                 .unwrap_or(DEFAULT_SUBNET_FILE)
                 .to_string(),
+            subnet_file_wait: std::time::Duration::from_secs(
+                o.uint("subnetFileWait", 3600)
+                    .map_err(field)?
+                    .unwrap_or(DEFAULT_SUBNET_FILE_WAIT),
+            ),
             data_dir: o
                 .str("dataDir")
                 .map_err(field)?

@@ -110,14 +110,7 @@ fn save(path: &Path, data: &[u8]) -> Result<(), CniError> {
 }
 
 fn cmd_add(env: &CniEnv, conf: &NetConf) -> Result<Vec<u8>, CniError> {
-    let text = std::fs::read_to_string(&conf.subnet_file).map_err(|e| {
-        CniError::new(
-            code::TRY_AGAIN_LATER,
-            format!("failed to load flannel 'subnet.env' file: open {}: {e}. Check the flannel pod log for this node.", conf.subnet_file),
-        )
-    })?;
-    let senv = subnet_env::parse(&conf.subnet_file, &text)
-        .map_err(|m| CniError::new(code::INVALID_CONFIG, m))?;
+    let senv = load_env_waiting(conf)?;
     let d = delegate::build(conf, &senv).map_err(|m| CniError::new(code::INVALID_CONFIG, m))?;
     let plugin = d
         .get("type")
@@ -179,6 +172,22 @@ fn load_env(conf: &NetConf) -> Result<subnet_env::PluginSubnetEnv, CniError> {
         )
     })?;
     subnet_env::parse(&conf.subnet_file, &text).map_err(|m| CniError::new(code::INVALID_CONFIG, m))
+}
+
+/// Right after a node boots the runtime may call ADD before flanneld has written subnet.env
+/// (`/run` is a tmpfs): wait for it, up to `subnetFileWait` seconds, before failing.
+fn load_env_waiting(conf: &NetConf) -> Result<subnet_env::PluginSubnetEnv, CniError> {
+    let deadline = std::time::Instant::now() + conf.subnet_file_wait;
+    while !std::path::Path::new(&conf.subnet_file).exists() && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    load_env(conf).map_err(|mut e| {
+        if e.code == code::TRY_AGAIN_LATER && !conf.subnet_file_wait.is_zero() {
+            e.msg = format!("{} (waited {} s)", e.msg, conf.subnet_file_wait.as_secs());
+        }
+        e
+    })
 }
 
 /// STATUS (CNI 1.1.0): ready only when flanneld has written a valid subnet.env.
