@@ -190,3 +190,28 @@ fn interface_selection_by_regex_reach_and_public_ip_with_clear_errors() {
     assert_eq!(status.code(), Some(1));
     assert!(n.log().contains("no usable interface: tried --iface=eth9 (no interface with that name), --iface-regex=^wlan (no address or name matched)"), "{}", n.log());
 }
+
+#[test]
+fn an_exhausted_network_is_a_clear_out_of_subnets_error() {
+    let mut n = Node::new("oos");
+    // A /28 holds three /30 subnets (.4, .8, .12); all are taken by other nodes.
+    n.etcdctl(&[
+        "put",
+        "/coreos.com/network/config",
+        r#"{"Network":"10.9.9.0/28","Backend":{"Type":"vxlan"}}"#,
+    ]);
+    for (i, s) in ["10.9.9.4-30", "10.9.9.8-30", "10.9.9.12-30"]
+        .iter()
+        .enumerate()
+    {
+        n.etcdctl(&[
+            "put",
+            &format!("/coreos.com/network/subnets/{s}"),
+            &format!(r#"{{"PublicIP":"10.0.0.{}","PublicIPv6":null}}"#, 100 + i),
+        ]);
+    }
+    n.start(&[]);
+    let status = n.flanneld.as_mut().unwrap().0.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(n.log().contains("out of subnets"), "{}", n.log());
+}

@@ -549,3 +549,20 @@ fn hand_deleted_state_comes_back_within_a_second_by_netlink_event() {
     let m = flannel_lab::ping::ping_all(&lab.state);
     assert!(m.all_ok(), "{}", m.render());
 }
+
+#[test]
+fn twenty_nodes_starting_together_get_distinct_subnets_and_all_stay_up() {
+    let lab = Lab::up(20, 0, &[]);
+    let subnets: std::collections::BTreeSet<&str> =
+        lab.state.nodes.iter().map(|n| n.subnet.as_str()).collect();
+    assert_eq!(subnets.len(), 20, "{subnets:?}");
+    for n in &lab.state.nodes {
+        assert_eq!(
+            flannel_lab::cluster::flanneld_pids(n).len(),
+            1,
+            "flanneld on {} exited:\n{}",
+            n.name,
+            std::fs::read_to_string(&n.log).unwrap_or_default()
+        );
+    }
+}
