@@ -566,3 +566,52 @@ fn twenty_nodes_starting_together_get_distinct_subnets_and_all_stay_up() {
         );
     }
 }
+
+#[test]
+fn restarting_flanneld_loses_no_ping_across_nodes() {
+    let lab = Lab::up(2, 1, &[]);
+    let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
+    // 700 pings at 10 ms intervals (~7 s) while both flanneld restart.
+    let pinger = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &a.pods[0].netns,
+            "ping",
+            "-i",
+            "0.01",
+            "-c",
+            "700",
+            "-W",
+            "1",
+            "-q",
+            &b.pods[0].ip,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut restarted = Vec::new();
+    for n in [a, b] {
+        let before = std::fs::read_to_string(&n.log)
+            .unwrap_or_default()
+            .matches("flannel is ready")
+            .count();
+        stop_flanneld(n).unwrap();
+        restarted.push(Proc(start_flanneld(n).unwrap()));
+        let ready = eventually(Duration::from_secs(10), || {
+            std::fs::read_to_string(&n.log)
+                .unwrap_or_default()
+                .matches("flannel is ready")
+                .count()
+                > before
+        });
+        assert!(ready.is_some(), "{} did not come back", n.name);
+    }
+    let out = pinger.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("700 packets transmitted, 700 received, 0% packet loss"),
+        "{text}"
+    );
+}
