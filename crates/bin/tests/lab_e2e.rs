@@ -615,3 +615,74 @@ fn restarting_flanneld_loses_no_ping_across_nodes() {
         "{text}"
     );
 }
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / hz
+}
+
+#[test]
+fn an_etcd_outage_keeps_the_data_plane_and_costs_no_cpu_then_heals() {
+    let lab = Lab::up(2, 1, &["--iptables-resync=1"]);
+    let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
+    let pids: Vec<i32> = lab
+        .state
+        .nodes
+        .iter()
+        .flat_map(flannel_lab::cluster::flanneld_pids)
+        .collect();
+    assert_eq!(pids.len(), 2);
+    flannel_lab::cluster::stop_etcd(&lab.state).unwrap();
+    let cpu0: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
+    let started = std::time::Instant::now();
+    // 30 s without etcd: pods keep talking; flanneld stays up and quiet.
+    while started.elapsed() < Duration::from_secs(30) {
+        assert!(
+            flannel_lab::ping::ping(&a.pods[0].netns, &b.pods[0].ip),
+            "ping failed {:?} into the outage",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    for (p, c0) in pids.iter().zip(&cpu0) {
+        let used = cpu_seconds(*p) - c0;
+        assert!(
+            used < 0.01 * secs,
+            "flanneld {p} used {used:.2} s of CPU in {secs:.0} s without etcd (over 1 % of a core)"
+        );
+    }
+    assert_eq!(
+        lab.state
+            .nodes
+            .iter()
+            .flat_map(flannel_lab::cluster::flanneld_pids)
+            .count(),
+        2,
+        "both flanneld still running"
+    );
+    let _etcd = Proc(flannel_lab::cluster::start_etcd(&lab.state).unwrap());
+    etcd_put(
+        &lab.state,
+        "/coreos.com/network/subnets/10.244.200.0-24",
+        PEER,
+    )
+    .unwrap();
+    let t = eventually(Duration::from_secs(5), || {
+        routes(&a.netns).contains("10.244.200.0/24 via 10.244.200.0 dev flannel.1")
+    });
+    assert!(
+        t.is_some(),
+        "a new peer was not programmed within 5 s of etcd's return:\n{}",
+        std::fs::read_to_string(&a.log).unwrap_or_default()
+    );
+}

@@ -122,6 +122,54 @@ pub fn etcd_del(state: &LabState, key: &str) -> anyhow::Result<()> {
     etcdctl(&state.nodes[0].netns, &["del", key]).map(|_| ())
 }
 
+/// PIDs of processes in `ns` whose program name is `name`.
+fn pids_named(ns: &str, name: &str) -> Vec<i32> {
+    ip(&["netns", "pids", ns])
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| {
+                    c.split(|b| *b == 0)
+                        .next()
+                        .is_some_and(|a| a.ends_with(name.as_bytes()))
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Stops the lab's etcd (SIGTERM, then SIGKILL after 10 s): a datastore outage.
+pub fn stop_etcd(state: &LabState) -> anyhow::Result<()> {
+    let ns = &state.nodes[0].netns;
+    for p in pids_named(ns, "etcd") {
+        // SAFETY: kill(2) on a PID found in the lab's namespace.
+        unsafe { libc::kill(p, libc::SIGTERM) };
+    }
+    if wait_until("etcd to exit", Duration::from_secs(10), || {
+        Ok(pids_named(ns, "etcd").is_empty())
+    })
+    .is_err()
+    {
+        for p in pids_named(ns, "etcd") {
+            // SAFETY: as above.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    }
+    Ok(())
+}
+
+/// Starts the lab's etcd again on its data and waits until it is healthy.
+pub fn start_etcd(state: &LabState) -> anyhow::Result<Child> {
+    let ns = &state.nodes[0].netns;
+    let child = spawn_in_ns(ns, "etcd", &state.etcd_args, &state.etcd_log)?;
+    wait_until("etcd to come back", Duration::from_secs(30), || {
+        Ok(etcdctl(ns, &["endpoint", "health"]).is_ok())
+    })?;
+    Ok(child)
+}
+
 /// Starts the node's flanneld (appending to its log). Dropping the handle leaves it running.
 pub fn start_flanneld(n: &NodeState) -> anyhow::Result<Child> {
     let (prog, args) = n
@@ -133,19 +181,7 @@ pub fn start_flanneld(n: &NodeState) -> anyhow::Result<Child> {
 
 /// The PIDs of the node's flanneld processes.
 pub fn flanneld_pids(n: &NodeState) -> Vec<i32> {
-    let pids = ip(&["netns", "pids", &n.netns]).unwrap_or_default();
-    pids.split_whitespace()
-        .filter_map(|p| p.parse::<i32>().ok())
-        .filter(|p| {
-            std::fs::read(format!("/proc/{p}/cmdline"))
-                .map(|c| {
-                    c.split(|b| *b == 0)
-                        .next()
-                        .is_some_and(|a| a.ends_with(b"flanneld"))
-                })
-                .unwrap_or(false)
-        })
-        .collect()
+    pids_named(&n.netns, "flanneld")
 }
 
 /// Stops the node's flanneld with SIGTERM and waits for it to exit (SIGKILL after 10 s).
@@ -408,6 +444,7 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
         state_dir: dir,
         backend: spec.backend.clone(),
         etcd_log,
+        etcd_args,
         nodes,
     };
     state.save()?;

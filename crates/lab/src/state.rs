@@ -30,6 +30,8 @@ pub struct LabState {
     pub state_dir: PathBuf,
     pub backend: String,
     pub etcd_log: PathBuf,
+    /// etcd's arguments, so it can be stopped and started again.
+    pub etcd_args: Vec<String>,
     pub nodes: Vec<NodeState>,
 }
 
