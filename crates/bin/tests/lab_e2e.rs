@@ -686,3 +686,72 @@ fn an_etcd_outage_keeps_the_data_plane_and_costs_no_cpu_then_heals() {
         std::fs::read_to_string(&a.log).unwrap_or_default()
     );
 }
+
+#[test]
+fn routes_of_a_lease_deleted_while_flanneld_was_stopped_are_gone_after_it_starts() {
+    let lab = Lab::up(2, 0, &[]);
+    let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
+    assert!(routes(&a.netns).contains(&b.subnet));
+    stop_flanneld(a).unwrap();
+    stop_flanneld(b).unwrap();
+    etcd_del(
+        &lab.state,
+        &format!("/coreos.com/network/subnets/{}", b.subnet.replace('/', "-")),
+    )
+    .unwrap();
+    assert!(
+        routes(&a.netns).contains(&b.subnet),
+        "nothing changes while flanneld is stopped"
+    );
+    let _a = Proc(start_flanneld(a).unwrap());
+    let gone = eventually(Duration::from_secs(10), || {
+        !routes(&a.netns).contains(&b.subnet)
+            && !fdb(&a.netns).contains(&b.ip)
+            && !neigh(&a.netns).contains(b.subnet.trim_end_matches("/24"))
+    });
+    assert!(
+        gone.is_some(),
+        "stale state survived the start:\n{}\n{}",
+        routes(&a.netns),
+        fdb(&a.netns)
+    );
+}
+
+#[test]
+fn a_config_change_or_a_stolen_lease_is_reported_without_losing_state() {
+    let lab = Lab::up(2, 1, &["--iptables-resync=1"]);
+    let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
+    let log = || std::fs::read_to_string(&a.log).unwrap_or_default();
+    let before = routes(&a.netns);
+    etcd_put(
+        &lab.state,
+        "/coreos.com/network/config",
+        r#"{"Network": "10.250.0.0/16", "Backend": {"Type": "vxlan"}}"#,
+    )
+    .unwrap();
+    let said = eventually(Duration::from_secs(5), || {
+        log().contains("the network config changed while flanneld runs: it differs")
+    });
+    assert!(said.is_some(), "{}", log());
+    // Another writer claims our subnet.
+    let key = format!("/coreos.com/network/subnets/{}", a.subnet.replace('/', "-"));
+    etcd_put(&lab.state, &key, r#"{"PublicIP":"10.0.0.77","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:77"}}"#).unwrap();
+    let said = eventually(Duration::from_secs(5), || {
+        log().contains("our lease was overwritten by another writer (PublicIP 10.0.0.77)")
+    });
+    assert!(said.is_some(), "{}", log());
+    assert_eq!(routes(&a.netns), before, "nothing of ours was torn down");
+    assert_eq!(
+        flannel_lab::cluster::flanneld_pids(a).len(),
+        1,
+        "still running"
+    );
+    assert_eq!(
+        log().matches("our lease was overwritten").count(),
+        1,
+        "said once, not every pass"
+    );
+    // The other node follows etcd: it now sends a's subnet to the claimant.
+    let fb = fdb(&b.netns);
+    assert!(fb.contains("02:00:00:00:00:77 dst 10.0.0.77"), "{fb}");
+}

@@ -120,3 +120,17 @@ mod tests {
             .contains("EnableIPv4"));
     }
 }
+
+/// `v` with every object key lower-cased (recursively): two documents that Go's decoder reads
+/// the same compare equal after this.
+pub fn lowercase_keys(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), lowercase_keys(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(lowercase_keys).collect()),
+        other => other.clone(),
+    }
+}

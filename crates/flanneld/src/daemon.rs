@@ -252,6 +252,9 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renew_at = renew_deadline(&own, o.renew_margin);
     let own_key = own.lease.key();
+    let own_key_text = sm.key_for(&own_key);
+    let mut drift = crate::drift::ConfigDrift::new(config.clone());
+    let mut claims = crate::drift::ClaimWatch::default();
 
     let result: anyhow::Result<()> = loop {
         tokio::select! {
@@ -264,6 +267,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
                     own_gone |= matches!(&ev, LeaseEvent::Removed(k) if *k == own_key);
                     leases.apply(ev);
                 }
+                claims.check(&own, &leases, &own_key_text);
                 if own_gone || (!leases.is_empty() && !leases.leases().iter().any(|l| l.key() == own_key)) {
                     warn!(subnet = %subnet, "our lease disappeared from etcd; taking it back");
                     match sm.reclaim(&own).await {
@@ -282,6 +286,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             }
             _ = resync.tick() => {
                 reconcile(&mut backend, &own, &leases).await;
+                drift.check(&sm).await;
                 let fw = fw.clone();
                 if o.blackhole_route {
                     ensure_blackhole(&nl, subnet).await;

@@ -2,6 +2,7 @@
 //! together. The binary in `flannel-rs` calls [`main`].
 
 pub mod daemon;
+pub mod drift;
 pub mod flags;
 pub mod health;
 pub mod iface;

@@ -1,0 +1,119 @@
+//! Things that change under a running flanneld and that it reports instead of silently
+//! following or fighting: the network config, and our own lease overwritten by someone else.
+
+use flannel_core::NetworkConfig;
+use flannel_subnet::etcd::EtcdSubnetManager;
+use flannel_subnet::{LeaseSet, OwnLease, SubnetManager};
+use tracing::{error, info};
+
+/// Compares the config in etcd with the one flanneld started with, once per resync.
+pub struct ConfigDrift {
+    started: NetworkConfig,
+    reported: Option<String>,
+}
+
+impl ConfigDrift {
+    pub fn new(started: NetworkConfig) -> Self {
+        Self {
+            started,
+            reported: None,
+        }
+    }
+
+    /// What is wrong with `text` compared with the running config, if anything.
+    pub fn problem(&self, text: &str) -> Option<String> {
+        match NetworkConfig::parse_and_check(text) {
+            Err(e) => Some(format!("it is now invalid ({e})")),
+            Ok(c) if !same(&c, &self.started) => {
+                Some("it differs from the config flanneld started with".into())
+            }
+            Ok(_) => None,
+        }
+    }
+
+    pub async fn check(&mut self, sm: &EtcdSubnetManager) {
+        let Ok(Some(text)) = sm.get_network_config().await else {
+            return;
+        };
+        match self.problem(&text) {
+            Some(p) if self.reported.as_deref() != Some(text.as_str()) => {
+                error!(
+                    key = %sm.config_key(),
+                    "the network config changed while flanneld runs: {p}; flanneld keeps the config it started with (and its routes); restart it to apply the new one"
+                );
+                self.reported = Some(text);
+            }
+            None if self.reported.is_some() => {
+                info!(key = %sm.config_key(), "the network config is back to the one flanneld runs with");
+                self.reported = None;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Equal as flannel reads them (backend keys match case-insensitively).
+fn same(a: &NetworkConfig, b: &NetworkConfig) -> bool {
+    let norm = |c: &NetworkConfig| NetworkConfig {
+        backend: flannel_core::json_ci::lowercase_keys(&c.backend),
+        ..c.clone()
+    };
+    norm(a) == norm(b)
+}
+
+/// Reports (once per claimant) when the value under our own subnet key is not ours any more.
+#[derive(Default)]
+pub struct ClaimWatch {
+    reported: Option<String>,
+}
+
+impl ClaimWatch {
+    pub fn check(&mut self, own: &OwnLease, leases: &LeaseSet, key: &str) {
+        let mine = &own.lease.attrs;
+        let theirs = leases
+            .leases()
+            .into_iter()
+            .find(|l| l.key() == own.lease.key())
+            .map(|l| l.attrs);
+        match theirs {
+            Some(t) if t != *mine => {
+                let who = t.to_json();
+                if self.reported.as_deref() != Some(who.as_str()) {
+                    error!(
+                        key,
+                        claimant = %who,
+                        "our lease was overwritten by another writer (PublicIP {}): two nodes now claim {}; keeping our kernel state and not overwriting it back; find the other writer",
+                        t.public_ip,
+                        own.lease.subnet
+                    );
+                    self.reported = Some(who);
+                }
+            }
+            _ => self.reported = None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_drift_is_named() {
+        let c = NetworkConfig::parse_and_check(
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        let d = ConfigDrift::new(c);
+        assert_eq!(
+            d.problem(r#"{"network":"10.244.0.0/16","backend":{"type":"vxlan"}}"#),
+            None,
+            "same config, other spelling"
+        );
+        assert!(d
+            .problem(r#"{"Network":"10.245.0.0/16","Backend":{"Type":"vxlan"}}"#)
+            .unwrap()
+            .contains("differs"));
+        assert!(d.problem("{oops").unwrap().contains("invalid"));
+    }
+}
