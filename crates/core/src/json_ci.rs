@@ -92,6 +92,20 @@ impl<'a> CiObject<'a> {
     }
 }
 
+/// `v` with every object key lower-cased (recursively): two documents that Go's decoder reads
+/// the same compare equal after this.
+pub fn lowercase_keys(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), lowercase_keys(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(lowercase_keys).collect()),
+        other => other.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,19 +132,5 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("EnableIPv4"));
-    }
-}
-
-/// `v` with every object key lower-cased (recursively): two documents that Go's decoder reads
-/// the same compare equal after this.
-pub fn lowercase_keys(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), lowercase_keys(v)))
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.iter().map(lowercase_keys).collect()),
-        other => other.clone(),
     }
 }
