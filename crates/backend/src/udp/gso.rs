@@ -48,8 +48,14 @@ impl Segments {
 
 /// Completes a partial checksum (`VIRTIO_NET_HDR_F_NEEDS_CSUM`): the field already holds the
 /// pseudo-header sum; the rest of the sum runs from `start` to the end.
-fn complete_checksum(p: &mut [u8], start: usize, offset: usize) -> Result<(), SegError> {
-    if start + offset + 2 > p.len() {
+fn complete_checksum(
+    p: &mut [u8],
+    ihl: usize,
+    start: usize,
+    offset: usize,
+) -> Result<(), SegError> {
+    // The checksum lives in the L4 header: anything pointing into the IP header is bogus.
+    if start < ihl || start + offset + 2 > p.len() {
         return Err(SegError::Malformed);
     }
     let c = !csum_fold(csum_add(0, &p[start..]));
@@ -66,7 +72,12 @@ pub fn segment(h: &VnetHdr, pkt: &mut [u8], hdrs: &mut Vec<u8>) -> Result<Segmen
     match h.gso_type & !vnet::GSO_ECN {
         vnet::GSO_NONE => {
             if h.flags & vnet::F_NEEDS_CSUM != 0 {
-                complete_checksum(pkt, usize::from(h.csum_start), usize::from(h.csum_offset))?;
+                complete_checksum(
+                    pkt,
+                    ip.ihl,
+                    usize::from(h.csum_start),
+                    usize::from(h.csum_offset),
+                )?;
             }
             if !decrement_ttl(pkt) {
                 return Err(SegError::TtlExpired);
@@ -255,6 +266,15 @@ pub(crate) mod tests {
         );
         assert_eq!(
             segment(&VnetHdr::default(), &mut [0x45, 0, 0], &mut hdrs),
+            Err(SegError::Malformed)
+        );
+        // A checksum offset pointing into the IP header (a fuzzer found this one).
+        let bogus = VnetHdr {
+            flags: vnet::F_NEEDS_CSUM,
+            ..Default::default()
+        };
+        assert_eq!(
+            segment(&bogus, &mut tcp_packet(1, 0x10, b"abc"), &mut hdrs),
             Err(SegError::Malformed)
         );
         let h6 = VnetHdr {
