@@ -436,3 +436,44 @@ fn add_waits_for_a_subnet_env_that_flanneld_writes_a_moment_later() {
     assert_eq!(result["ips"][0]["address"], "10.1.17.2/24");
     assert!(s.run("DEL", &s.conf(), &s.pod.path()).0);
 }
+
+#[test]
+fn malformed_stdin_and_environment_are_cni_errors() {
+    let s = Setup::new(Some(SUBNET_ENV));
+    let plugin = bin_dir().join("flannel");
+    let run = |env: &[(&str, &str)], stdin: &[u8]| {
+        let mut c = Command::new(&plugin);
+        c.env_clear()
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.code(), v)
+    };
+    let netns = s.pod.path();
+    let full = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", s.pod.0.as_str()),
+        ("CNI_NETNS", netns.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", "/usr/lib/cni"),
+    ];
+    let (code, err) = run(&full, b"{not json");
+    assert_eq!((code, err["code"].as_u64()), (Some(1), Some(6)), "{err}");
+    let (code, err) = run(&full[..2], s.conf().to_string().as_bytes());
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        err["msg"],
+        "required env variables [CNI_NETNS,CNI_IFNAME,CNI_PATH] missing"
+    );
+    let mut bad_id = full;
+    bad_id[1] = ("CNI_CONTAINERID", "../../etc/passwd");
+    let (_, err) = run(&bad_id, s.conf().to_string().as_bytes());
+    assert_eq!(err["msg"], "invalid characters in containerID");
+    let (_, err) = run(&[("CNI_COMMAND", "FROB")], s.conf().to_string().as_bytes());
+    assert_eq!(err["msg"], "unknown CNI_COMMAND: FROB");
+    assert!(!s.stored().exists(), "nothing stored by any of these");
+}

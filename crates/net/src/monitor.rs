@@ -42,11 +42,18 @@ pub async fn watch(kick: mpsc::Sender<()>) {
                     .set_rx_buf_sz(4 * 1024 * 1024);
                 let driver = tokio::spawn(conn);
                 while let Some((m, _)) = messages.next().await {
-                    if let NetlinkPayload::InnerMessage(inner) = &m.payload {
-                        if relevant(inner) && kick.try_send(()).is_err() && kick.is_closed() {
-                            driver.abort();
-                            return;
+                    let wake = match &m.payload {
+                        NetlinkPayload::InnerMessage(inner) => relevant(inner),
+                        // ENOBUFS: notifications were lost; a full resync covers them.
+                        NetlinkPayload::Overrun(_) => {
+                            warn!("netlink notifications overran the socket buffer; resyncing");
+                            true
                         }
+                        _ => false,
+                    };
+                    if wake && kick.try_send(()).is_err() && kick.is_closed() {
+                        driver.abort();
+                        return;
                     }
                 }
                 driver.abort();
