@@ -63,7 +63,7 @@ impl VxlanBackend {
             index: 0,
             skips: SkipLog::default(),
         };
-        b.ensure_device().await?;
+        b.ensure_device(true).await?;
         Ok(b)
     }
 
@@ -87,11 +87,13 @@ impl VxlanBackend {
     }
 
     /// Makes sure the device exists and is compatible; returns whether it had to be created.
-    async fn ensure_device(&mut self) -> Result<bool, BackendError> {
+    /// `adopt_mac`: at registration an existing device's MAC becomes ours (peers know it); later
+    /// passes restore our MAC instead (see `ensure_device_config`).
+    async fn ensure_device(&mut self, adopt_mac: bool) -> Result<bool, BackendError> {
         let name = self.spec.name.clone();
         if let Some(l) = self.nl.link_by_name(&name).await? {
             if self.compatible(&l) {
-                if let Some(mac) = l.mac {
+                if let (true, Some(mac)) = (adopt_mac, l.mac) {
                     self.spec.mac = mac;
                 }
                 self.index = l.index;
@@ -141,6 +143,12 @@ impl VxlanBackend {
             }
             if !l.up {
                 self.nl.set_up(self.index).await?;
+                changes += 1;
+            }
+            // Peers send to the MAC our lease publishes: a MAC changed by hand goes back.
+            if l.mac != Some(self.spec.mac) {
+                warn!(device = %self.spec.name, found = ?l.mac.map(|m| m.to_string()), "vxlan device MAC was changed; restoring {}", self.spec.mac);
+                self.nl.set_mac(self.index, self.spec.mac).await?;
                 changes += 1;
             }
         }
@@ -271,13 +279,7 @@ impl Backend for VxlanBackend {
         own: &Lease,
         leases: &[Lease],
     ) -> Result<ReconcileReport, BackendError> {
-        let mac_before = self.spec.mac;
-        let recreated = self.ensure_device().await?;
-        if self.spec.mac != mac_before {
-            // An adopted device with another MAC: peers learn it from our lease, which the
-            // daemon republishes when lease_attrs() changes.
-            info!(mac = %self.spec.mac, "vxlan device MAC differs from the published one");
-        }
+        let recreated = self.ensure_device(false).await?;
         let dev_changes = self.ensure_device_config(own).await?;
         let mut report = self.reconcile_peers(own, leases).await?;
         report.device_recreated = recreated;

@@ -522,6 +522,34 @@ fn hand_deleted_state_comes_back_within_a_second_by_netlink_event() {
             fdb(&a.netns)
         );
     }
+    // A MAC changed by hand goes back to the one our lease publishes.
+    ip(&[
+        "-n",
+        &a.netns,
+        "link",
+        "set",
+        "flannel.1",
+        "address",
+        "02:11:22:33:44:55",
+    ]);
+    assert!(
+        eventually(Duration::from_secs(1), || vtep_mac(&a.netns) == mac_a).is_some(),
+        "MAC not restored within 1 s"
+    );
+    // A MAC changed by hand goes back to the one our lease publishes.
+    ip(&[
+        "-n",
+        &a.netns,
+        "link",
+        "set",
+        "flannel.1",
+        "address",
+        "02:11:22:33:44:55",
+    ]);
+    assert!(
+        eventually(Duration::from_secs(1), || vtep_mac(&a.netns) == mac_a).is_some(),
+        "MAC not restored within 1 s"
+    );
     let o = std::process::Command::new("bridge")
         .args([
             "-n",
@@ -754,4 +782,28 @@ fn a_config_change_or_a_stolen_lease_is_reported_without_losing_state() {
     // The other node follows etcd: it now sends a's subnet to the claimant.
     let fb = fdb(&b.netns);
     assert!(fb.contains("02:00:00:00:00:77 dst 10.0.0.77"), "{fb}");
+}
+
+#[test]
+fn a_lease_that_vanishes_while_running_is_taken_back_with_the_same_subnet() {
+    let lab = Lab::up(2, 0, &[]);
+    let a = &lab.state.nodes[0];
+    let key = format!("/coreos.com/network/subnets/{}", a.subnet.replace('/', "-"));
+    let value = etcd_get(&lab.state, &key).unwrap();
+    etcd_del(&lab.state, &key).unwrap();
+    let back = eventually(Duration::from_secs(5), || {
+        etcd_get(&lab.state, &key)
+            .map(|v| v == value)
+            .unwrap_or(false)
+    });
+    assert!(
+        back.is_some(),
+        "lease not taken back:\n{}",
+        std::fs::read_to_string(&a.log).unwrap_or_default()
+    );
+    assert_eq!(
+        flannel_lab::cluster::flanneld_pids(a).len(),
+        1,
+        "still running"
+    );
 }

@@ -206,6 +206,15 @@ impl Netlink {
         })
     }
 
+    pub async fn set_mac(&self, index: u32, mac: MacAddr) -> Result<(), NetError> {
+        let m = LinkUnspec::new_with_index(index)
+            .address(mac.0.to_vec())
+            .build();
+        ctx(self.handle.link().set(m).execute().await, || {
+            format!("set link #{index} address {mac}")
+        })
+    }
+
     /// IPv4 addresses with their link index; all links when `index` is `None`.
     pub async fn ipv4_addrs(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Net)>, NetError> {
         let mut req = self.handle.address().get();
