@@ -807,3 +807,40 @@ fn a_lease_that_vanishes_while_running_is_taken_back_with_the_same_subnet() {
         "still running"
     );
 }
+
+#[test]
+fn the_lease_is_renewed_when_its_margin_says_so() {
+    // 24 h lease, 1439 min margin: renewal falls due one minute after the lease was taken.
+    let lab = Lab::up(1, 0, &["--subnet-lease-renew-margin=1439"]);
+    let a = &lab.state.nodes[0];
+    let key = format!("/coreos.com/network/subnets/{}", a.subnet.replace('/', "-"));
+    let lease_id = || {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &a.netns, "etcdctl", "get", &key, "-w", "json",
+            ])
+            .env("ETCDCTL_API", "3")
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["kvs"][0]["lease"].as_i64().unwrap_or(0)
+    };
+    let first = lease_id();
+    assert_ne!(first, 0);
+    let renewed = eventually(Duration::from_secs(80), || {
+        std::fs::read_to_string(&a.log)
+            .unwrap_or_default()
+            .contains("lease renewed")
+            && lease_id() != first
+    });
+    assert!(
+        renewed.is_some(),
+        "not renewed:\n{}",
+        std::fs::read_to_string(&a.log).unwrap_or_default()
+    );
+    let took = renewed.unwrap();
+    assert!(
+        took > Duration::from_secs(40),
+        "renewed too early ({took:?})"
+    );
+}
