@@ -14,7 +14,7 @@ const USAGE: &str = "usage:
   flannel-lab ping-all                                                every pod pings every other pod
   flannel-lab status [--json]                                         nodes, pods, routes, FDB, where the logs are
   flannel-lab down                                                    remove everything the lab made
-  flannel-lab bench [--seconds S] [--repeat R]                                2-node labs per backend: iperf3 and ping, table
+  flannel-lab bench [--seconds S] [--repeat R]                        2-node labs per backend: iperf3 and ping, table
 common options: --name LAB (default flab; namespaces are LAB-*), --state-dir DIR (default /run/flannel-lab)";
 
 struct Args {
