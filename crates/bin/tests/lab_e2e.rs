@@ -143,6 +143,7 @@ fn three_nodes_all_pods_reach_each_other_and_nodes_show_the_tutorial_state() {
         "{left}"
     );
     assert!(!lab.state.state_dir.exists());
+    assert!(!lab.root.path().exists(), "the empty state root goes too");
 }
 
 const PEER: &str = r#"{"PublicIP":"10.0.0.99","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;

@@ -515,6 +515,8 @@ pub fn down(lab: &str, state_root: &Path) -> anyhow::Result<Vec<String>> {
             errors.push(format!("removing {}: {e}", dir.display()));
         }
     }
+    // The state root too, when no other lab lives there (remove_dir only removes empty ones).
+    let _ = std::fs::remove_dir(state_root);
     if !errors.is_empty() {
         bail!("down left something behind: {}", errors.join("; "));
     }
