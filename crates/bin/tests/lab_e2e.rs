@@ -781,8 +781,10 @@ fn a_config_change_or_a_stolen_lease_is_reported_without_losing_state() {
         "said once, not every pass"
     );
     // The other node follows etcd: it now sends a's subnet to the claimant.
-    let fb = fdb(&b.netns);
-    assert!(fb.contains("02:00:00:00:00:77 dst 10.0.0.77"), "{fb}");
+    let follows = eventually(Duration::from_secs(5), || {
+        fdb(&b.netns).contains("02:00:00:00:00:77 dst 10.0.0.77")
+    });
+    assert!(follows.is_some(), "{}", fdb(&b.netns));
 }
 
 #[test]
