@@ -268,7 +268,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
                     leases.apply(ev);
                 }
                 claims.check(&own, &leases, &own_key_text);
-                if own_gone || (!leases.is_empty() && !leases.leases().iter().any(|l| l.key() == own_key)) {
+                if own_gone || (!leases.is_empty() && leases.get(&own_key).is_none()) {
                     warn!(subnet = %subnet, "our lease disappeared from etcd; taking it back");
                     match sm.reclaim(&own).await {
                         Ok(l) => { own = l; renew_at = renew_deadline(&own, o.renew_margin); }

@@ -70,13 +70,9 @@ pub struct ClaimWatch {
 impl ClaimWatch {
     pub fn check(&mut self, own: &OwnLease, leases: &LeaseSet, key: &str) {
         let mine = &own.lease.attrs;
-        let theirs = leases
-            .leases()
-            .into_iter()
-            .find(|l| l.key() == own.lease.key())
-            .map(|l| l.attrs);
+        let theirs = leases.get(&own.lease.key()).map(|l| &l.attrs);
         match theirs {
-            Some(t) if t != *mine => {
+            Some(t) if t != mine => {
                 let who = t.to_json();
                 if self.reported.as_deref() != Some(who.as_str()) {
                     error!(

@@ -38,6 +38,11 @@ impl LeaseSet {
         self.leases.values().cloned().collect()
     }
 
+    /// The lease under `key`, if known.
+    pub fn get(&self, key: &SubnetKey) -> Option<&Lease> {
+        self.leases.get(key)
+    }
+
     pub fn len(&self) -> usize {
         self.leases.len()
     }
