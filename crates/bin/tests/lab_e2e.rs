@@ -271,7 +271,7 @@ fn a_peer_added_and_removed_in_etcd_reaches_and_leaves_the_kernel_within_5s() {
 fn restart_keeps_subnet_mac_and_kernel_state_and_our_lease_is_in_upstream_format() {
     let lab = Lab::up(2, 1, &[]);
     let n = &lab.state.nodes[1];
-    let key = format!("/coreos.com/network/subnets/{}", n.subnet.replace('/', "-"));
+    let key = flannel_lab::cluster::lease_key(&n.subnet);
     let mac = vtep_mac(&n.netns);
     let value = etcd_get(&lab.state, &key).unwrap();
     assert_eq!(
@@ -405,11 +405,7 @@ fn host_gw_routes_via_peer_public_ips_heal_and_go() {
         "{}",
         routes(&a.netns)
     );
-    let value = etcd_get(
-        &lab.state,
-        &format!("/coreos.com/network/subnets/{}", a.subnet.replace('/', "-")),
-    )
-    .unwrap();
+    let value = etcd_get(&lab.state, &flannel_lab::cluster::lease_key(&a.subnet)).unwrap();
     assert_eq!(
         value.trim(),
         format!(
@@ -431,11 +427,7 @@ fn host_gw_routes_via_peer_public_ips_heal_and_go() {
     ]);
     // (b's flanneld would take a deleted lease straight back: stop it first, as a node leaving.)
     stop_flanneld(b).unwrap();
-    etcd_del(
-        &lab.state,
-        &format!("/coreos.com/network/subnets/{}", b.subnet.replace('/', "-")),
-    )
-    .unwrap();
+    etcd_del(&lab.state, &flannel_lab::cluster::lease_key(&b.subnet)).unwrap();
     assert!(
         eventually(Duration::from_secs(5), || !routes(&a.netns)
             .contains(&b.subnet))
@@ -709,11 +701,7 @@ fn routes_of_a_lease_deleted_while_flanneld_was_stopped_are_gone_after_it_starts
     assert!(routes(&a.netns).contains(&b.subnet));
     stop_flanneld(a).unwrap();
     stop_flanneld(b).unwrap();
-    etcd_del(
-        &lab.state,
-        &format!("/coreos.com/network/subnets/{}", b.subnet.replace('/', "-")),
-    )
-    .unwrap();
+    etcd_del(&lab.state, &flannel_lab::cluster::lease_key(&b.subnet)).unwrap();
     assert!(
         routes(&a.netns).contains(&b.subnet),
         "nothing changes while flanneld is stopped"
@@ -749,7 +737,7 @@ fn a_config_change_or_a_stolen_lease_is_reported_without_losing_state() {
     });
     assert!(said.is_some(), "{}", log());
     // Another writer claims our subnet.
-    let key = format!("/coreos.com/network/subnets/{}", a.subnet.replace('/', "-"));
+    let key = flannel_lab::cluster::lease_key(&a.subnet);
     etcd_put(&lab.state, &key, r#"{"PublicIP":"10.0.0.77","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:77"}}"#).unwrap();
     let said = eventually(Duration::from_secs(5), || {
         log().contains("our lease was overwritten by another writer (PublicIP 10.0.0.77)")
@@ -777,7 +765,7 @@ fn a_config_change_or_a_stolen_lease_is_reported_without_losing_state() {
 fn a_lease_that_vanishes_while_running_is_taken_back_with_the_same_subnet() {
     let lab = Lab::up(2, 0, &[]);
     let a = &lab.state.nodes[0];
-    let key = format!("/coreos.com/network/subnets/{}", a.subnet.replace('/', "-"));
+    let key = flannel_lab::cluster::lease_key(&a.subnet);
     let value = etcd_get(&lab.state, &key).unwrap();
     etcd_del(&lab.state, &key).unwrap();
     let back = eventually(Duration::from_secs(5), || {
@@ -802,7 +790,7 @@ fn the_lease_is_renewed_when_its_margin_says_so() {
     // 24 h lease, 1439 min margin: renewal falls due one minute after the lease was taken.
     let lab = Lab::up(1, 0, &["--subnet-lease-renew-margin=1439"]);
     let a = &lab.state.nodes[0];
-    let key = format!("/coreos.com/network/subnets/{}", a.subnet.replace('/', "-"));
+    let key = flannel_lab::cluster::lease_key(&a.subnet);
     let lease_id = || {
         let out = std::process::Command::new("ip")
             .args([

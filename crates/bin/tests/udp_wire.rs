@@ -94,11 +94,9 @@ fn udp_lab_pings_and_sets_up_flannel0_like_upstream() {
     let env =
         std::fs::read_to_string(lab.state.state_dir.join(&n.name).join("subnet.env")).unwrap();
     assert!(env.contains("FLANNEL_MTU=1472"), "{env}");
-    let value = flannel_lab::cluster::etcd_get(
-        &lab.state,
-        &format!("/coreos.com/network/subnets/{}", n.subnet.replace('/', "-")),
-    )
-    .unwrap();
+    let value =
+        flannel_lab::cluster::etcd_get(&lab.state, &flannel_lab::cluster::lease_key(&n.subnet))
+            .unwrap();
     assert_eq!(
         value.trim(),
         format!(r#"{{"PublicIP":"{}","PublicIPv6":null}}"#, n.ip),

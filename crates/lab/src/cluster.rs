@@ -109,6 +109,11 @@ fn etcdctl(ns: &str, args: &[&str]) -> anyhow::Result<String> {
     sh::run(&mut c)
 }
 
+/// The etcd key of the lease for `subnet` (`10.244.1.0/24` → `.../subnets/10.244.1.0-24`).
+pub fn lease_key(subnet: &str) -> String {
+    format!("{ETCD_PREFIX}/subnets/{}", subnet.replace('/', "-"))
+}
+
 /// Puts a key into the lab's etcd (from master1's namespace).
 pub fn etcd_put(state: &LabState, key: &str, value: &str) -> anyhow::Result<()> {
     etcdctl(&state.nodes[0].netns, &["put", key, value]).map(|_| ())
