@@ -8,6 +8,7 @@ PACKAGES=(
   containernetworking-plugins      # bridge, host-local, portmap in /usr/lib/cni
   iproute2 iptables nftables       # ip, bridge, iptables(-restore), nft
   iperf3 iputils-ping              # lab traffic
+  openssl                          # test certificates for etcd over TLS
   protobuf-compiler libprotobuf-dev  # etcd-client compiles etcd's protos at build time
 )
 

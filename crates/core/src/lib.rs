@@ -6,6 +6,7 @@
 pub mod allocator;
 pub mod config;
 pub mod diff;
+pub mod errtext;
 pub mod hostgw;
 pub mod iface;
 pub mod iptables;

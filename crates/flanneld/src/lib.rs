@@ -40,7 +40,7 @@ pub fn main() -> ExitCode {
     let opts = match options::Options::from_values(&values) {
         Ok(o) => o,
         Err(e) => {
-            tracing::error!("{e:#}");
+            tracing::error!("{}", error_line(&e));
             return ExitCode::from(1);
         }
     };
@@ -60,10 +60,15 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            tracing::error!("{e:#}");
+            tracing::error!("{}", error_line(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes on one line, each cause said once.
+fn error_line(e: &anyhow::Error) -> String {
+    flannel_core::errtext::chain(e.chain().map(|c| c.to_string()))
 }
 
 fn init_logging(v: i64) {

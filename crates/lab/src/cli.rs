@@ -177,7 +177,10 @@ pub fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("flannel-lab: {e:#}");
+            eprintln!(
+                "flannel-lab: {}",
+                flannel_core::errtext::chain(e.chain().map(|c| c.to_string()))
+            );
             ExitCode::from(1)
         }
     }

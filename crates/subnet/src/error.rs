@@ -1,13 +1,60 @@
 use flannel_core::ConfigError;
+use std::error::Error as _;
+use std::fmt;
+
+/// An etcd client error, displayed with its real cause. etcd-client's own text hides it (a TLS
+/// problem prints "transport error: transport error") and it has no `source()`; gRPC statuses
+/// print a Debug dump of their source. This prints `<code>: <message>: <causes>` instead.
+#[derive(Debug)]
+pub struct EtcdCause(pub etcd_client::Error);
+
+impl From<etcd_client::Error> for EtcdCause {
+    fn from(e: etcd_client::Error) -> Self {
+        Self(e)
+    }
+}
+
+impl EtcdCause {
+    /// etcd's own message for a refused request, when it is one.
+    pub fn grpc_message(&self) -> Option<&str> {
+        match &self.0 {
+            etcd_client::Error::GRpcStatus(s) => Some(s.message()),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for EtcdCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut msgs: Vec<String> = Vec::new();
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = None;
+        match &self.0 {
+            etcd_client::Error::GRpcStatus(s) => {
+                msgs.push(format!("{:?}", s.code()).to_lowercase());
+                msgs.push(s.message().to_string());
+                cause = s.source();
+            }
+            etcd_client::Error::TransportError(t) => {
+                msgs.push("transport error".into());
+                cause = t.source();
+            }
+            other => msgs.push(other.to_string()),
+        }
+        while let Some(c) = cause {
+            msgs.push(c.to_string());
+            cause = c.source();
+        }
+        f.write_str(&flannel_core::errtext::chain(msgs))
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubnetError {
-    #[error("etcd {op} {key}: {source}")]
+    #[error("etcd {op} {key}: {cause}")]
     Etcd {
         op: &'static str,
         key: String,
-        #[source]
-        source: etcd_client::Error,
+        cause: EtcdCause,
     },
     #[error("etcd {op} {key}: no answer within {secs} s")]
     Timeout {
@@ -15,18 +62,16 @@ pub enum SubnetError {
         key: String,
         secs: u64,
     },
-    #[error("cannot connect to etcd at {endpoints}: {source}")]
-    Connect {
-        endpoints: String,
-        #[source]
-        source: etcd_client::Error,
-    },
-    #[error("reading etcd TLS file {path}: {source}")]
+    #[error("cannot connect to etcd at {endpoints}: {cause}")]
+    Connect { endpoints: String, cause: EtcdCause },
+    #[error("{flag} {path}: {msg}")]
     TlsFile {
+        flag: String,
         path: String,
-        #[source]
-        source: std::io::Error,
+        msg: String,
     },
+    #[error("etcd endpoints {0}")]
+    Endpoints(String),
     #[error("invalid network config at {key}: {source}")]
     Config {
         key: String,

@@ -7,6 +7,7 @@
 pub mod error;
 pub mod etcd;
 pub mod events;
+mod recurring;
 
 pub use error::SubnetError;
 pub use events::{LeaseEvent, LeaseSet};

@@ -210,19 +210,123 @@ impl Drop for Proc {
     }
 }
 
+/// Certificates for an etcd that speaks TLS, made with the real `openssl`: a CA, a server
+/// certificate for 127.0.0.1 and a client certificate, all signed by the CA.
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    pub fn generate(dir: &Path) -> Self {
+        let p = |n: &str| dir.join(n);
+        let openssl = |args: &[&str]| {
+            let o = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("run openssl (apt-get install openssl)");
+            assert!(
+                o.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        // X.509 v3 (extensions present): rustls refuses v1 certificates.
+        std::fs::write(
+            p("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("ext file");
+        std::fs::write(p("client.ext"), "extendedKeyUsage=clientAuth\n").expect("ext file");
+        for (name, cn) in [("server", "127.0.0.1"), ("client", "root")] {
+            let subj = format!("/CN={cn}");
+            let key = format!("{name}.key");
+            let csr = format!("{name}.csr");
+            let pem = format!("{name}.pem");
+            openssl(&[
+                "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subj, "-keyout", &key, "-out",
+                &csr,
+            ]);
+            let ext = format!("{name}.ext");
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &pem,
+                "-extfile",
+                &ext,
+            ]);
+        }
+        Self {
+            ca: p("ca.pem"),
+            server_cert: p("server.pem"),
+            server_key: p("server.key"),
+            client_cert: p("client.pem"),
+            client_key: p("client.key"),
+        }
+    }
+}
+
 /// One node in a namespace of its own: `eth0` with 10.0.0.50/24 and fd00::50/64, a real etcd on
-/// its loopback, and our flanneld started and stopped on demand. Everything goes on drop.
+/// its loopback (stoppable and restartable on the same data dir, optionally with TLS), and our
+/// flanneld started and stopped on demand. Everything goes on drop.
 pub struct Node {
     pub flanneld: Option<Proc>,
     /// How many times the log said "flannel is ready" before the current start.
     ready_before: usize,
-    _etcd: Proc,
+    etcd: Option<Proc>,
+    /// Extra etcd arguments (TLS); a test may add some before restarting etcd.
+    pub etcd_args: Vec<String>,
+    /// The client URL of the node's etcd.
+    pub endpoint: String,
+    /// Flags every `etcdctl` call gets (credentials, CA) once the test turned them on.
+    pub etcdctl_flags: Vec<String>,
     pub dir: TempDir,
     pub ns: Netns,
 }
 
 impl Node {
     pub fn new(tag: &str) -> Self {
+        Self::build(tag, None)
+    }
+
+    /// A node whose etcd serves TLS only (`https://127.0.0.1:2379`); returns the certificates.
+    pub fn with_tls(tag: &str) -> (Self, TlsFiles) {
+        let dir = TempDir::new(&format!("{tag}-tls"));
+        let tls = TlsFiles::generate(dir.path());
+        let node = Self::build(tag, Some((&tls, dir)));
+        (node, tls)
+    }
+
+    fn build(tag: &str, tls: Option<(&TlsFiles, TempDir)>) -> Self {
         require_root();
         let ns = Netns::new(tag);
         ip(&[
@@ -242,38 +346,79 @@ impl Node {
         ip(&["-n", &ns.0, "link", "set", "eth0", "up"]);
         ip(&["-n", &ns.0, "link", "set", "eth1", "up"]);
         let dir = TempDir::new(tag);
-        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
-        let etcd = Proc(
+        let (scheme, mut etcd_args, mut etcdctl_flags) = ("http", Vec::new(), Vec::new());
+        let scheme = match tls {
+            None => scheme,
+            Some((t, tls_dir)) => {
+                // The certificates live with the node's files from here on.
+                let keep = dir.path().join("tls");
+                std::fs::rename(tls_dir.path(), &keep).expect("move tls dir");
+                std::mem::forget(tls_dir);
+                let at = |p: &Path| {
+                    keep.join(p.file_name().expect("file"))
+                        .display()
+                        .to_string()
+                };
+                etcd_args = vec![
+                    format!("--cert-file={}", at(&t.server_cert)),
+                    format!("--key-file={}", at(&t.server_key)),
+                ];
+                etcdctl_flags = vec![format!("--cacert={}", at(&t.ca))];
+                "https"
+            }
+        };
+        let endpoint = format!("{scheme}://127.0.0.1:2379");
+        let mut n = Node {
+            ready_before: 0,
+            flanneld: None,
+            etcd: None,
+            etcd_args,
+            endpoint,
+            etcdctl_flags,
+            dir,
+            ns,
+        };
+        n.start_etcd();
+        n
+    }
+
+    /// Starts the node's etcd on its data dir (kept across restarts).
+    pub fn start_etcd(&mut self) {
+        assert!(self.etcd.is_none(), "etcd already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .expect("etcd log");
+        self.etcd = Some(Proc(
             Command::new("ip")
-                .args(["netns", "exec", &ns.0, "etcd", "--data-dir"])
-                .arg(dir.path().join("etcd"))
-                .args([
-                    "--listen-client-urls",
-                    "http://127.0.0.1:2379",
-                    "--advertise-client-urls",
-                    "http://127.0.0.1:2379",
-                ])
+                .args(["netns", "exec", &self.ns.0, "etcd", "--data-dir"])
+                .arg(self.dir.path().join("etcd"))
+                .arg(format!("--listen-client-urls={}", self.endpoint))
+                .arg(format!("--advertise-client-urls={}", self.endpoint))
                 .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
+                .args(&self.etcd_args)
                 .stdout(log.try_clone().expect("log"))
                 .stderr(log)
                 .spawn()
                 .expect("start etcd"),
-        );
-        Node {
-            ready_before: 0,
-            flanneld: None,
-            _etcd: etcd,
-            dir,
-            ns,
-        }
+        ));
+    }
+
+    /// Kills the node's etcd (its data stays).
+    pub fn stop_etcd(&mut self) {
+        drop(self.etcd.take().expect("etcd running"));
     }
 
     /// `etcdctl` inside the node, retried while etcd starts.
     pub fn etcdctl(&self, args: &[&str]) -> String {
         let mut out = String::new();
+        let mut err = String::new();
         let ok = eventually(Duration::from_secs(10), || {
             match Command::new("ip")
                 .args(["netns", "exec", &self.ns.0, "etcdctl"])
+                .arg(format!("--endpoints={}", self.endpoint))
+                .args(&self.etcdctl_flags)
                 .args(args)
                 .env("ETCDCTL_API", "3")
                 .output()
@@ -282,10 +427,17 @@ impl Node {
                     out = String::from_utf8_lossy(&o.stdout).into_owned();
                     true
                 }
-                _ => false,
+                Ok(o) => {
+                    err = String::from_utf8_lossy(&o.stderr).into_owned();
+                    false
+                }
+                Err(e) => {
+                    err = e.to_string();
+                    false
+                }
             }
         });
-        assert!(ok.is_some(), "etcdctl {args:?} failed");
+        assert!(ok.is_some(), "etcdctl {args:?} failed: {err}");
         out
     }
 
@@ -306,6 +458,11 @@ impl Node {
 
     /// Starts flanneld with `--etcd-endpoints`, `--subnet-file` and exactly `extra`.
     pub fn start_with(&mut self, extra: &[&str]) {
+        self.start_env(extra, &[]);
+    }
+
+    /// Like [`Self::start_with`], with extra environment variables (`FLANNELD_*`).
+    pub fn start_env(&mut self, extra: &[&str], env: &[(&str, &str)]) {
         // subnet.env stays: a restart reads the previous run's subnet and network from it.
         self.ready_before = self.log().matches("flannel is ready").count();
         let log = std::fs::OpenOptions::new()
@@ -313,12 +470,16 @@ impl Node {
             .append(true)
             .open(self.dir.path().join("flanneld.log"))
             .expect("log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns.0])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns.0])
             .arg(bin_dir().join("flanneld"))
-            .arg("--etcd-endpoints=http://127.0.0.1:2379")
-            .arg(format!("--subnet-file={}", self.subnet_env().display()))
+            .arg(format!("--subnet-file={}", self.subnet_env().display()));
+        if !extra.iter().any(|a| a.starts_with("--etcd-endpoints")) {
+            cmd.arg(format!("--etcd-endpoints={}", self.endpoint));
+        }
+        let child = cmd
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -337,6 +498,25 @@ impl Node {
             "flanneld did not become ready:\n{}",
             self.log()
         );
+    }
+
+    /// Whether the flanneld started last is still running.
+    pub fn flanneld_running(&mut self) -> bool {
+        match self.flanneld.as_mut() {
+            Some(p) => matches!(p.0.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Waits up to `timeout` for flanneld to exit; its status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let p = self.flanneld.as_mut()?;
+        let mut status = None;
+        eventually(timeout, || {
+            status = p.0.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
     }
 
     /// SIGTERM, then the exit status.

@@ -1,10 +1,14 @@
 //! The etcd v3 subnet manager: upstream's key layout (`<prefix>/config`,
 //! `<prefix>/subnets/<ip>-<len>`), lease JSON, 24 h etcd leases and create-if-absent transactions.
 
+mod conn;
+mod tls;
+
+use crate::recurring::Recurring;
 use crate::{LeaseEvent, OwnLease, SubnetError, SubnetManager};
+use conn::Conn;
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
+    Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
 use flannel_core::allocator::pick_free;
 use flannel_core::subnet::{v4_net, v4_to_u128, v6_net, v6_to_u128};
@@ -20,7 +24,7 @@ use tracing::{debug, info, warn};
 pub const SUBNET_TTL_SECS: i64 = 24 * 60 * 60;
 /// Upstream tries this many times before giving up on acquiring a subnet.
 pub const ACQUIRE_ATTEMPTS: usize = 10;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -57,7 +61,7 @@ pub struct Listing {
 
 #[derive(Clone)]
 pub struct EtcdSubnetManager {
-    client: Client,
+    conn: Conn,
     prefix: String,
     previous: PreviousSubnets,
 }
@@ -80,58 +84,24 @@ async fn timed<T>(
             key: key.to_string(),
             secs: REQUEST_TIMEOUT.as_secs(),
         }),
-        Ok(Err(source)) => Err(SubnetError::Etcd {
+        Ok(Err(e)) => Err(SubnetError::Etcd {
             op,
             key: key.to_string(),
-            source,
+            cause: e.into(),
         }),
         Ok(Ok(v)) => Ok(v),
     }
 }
 
-fn read_file(path: &str) -> Result<Vec<u8>, SubnetError> {
-    std::fs::read(path).map_err(|source| SubnetError::TlsFile {
-        path: path.to_string(),
-        source,
-    })
-}
-
 impl EtcdSubnetManager {
-    /// Connects lazily: the channel is made now, the first request finds out whether etcd is up.
-    /// TLS is used only when both a key and a certificate file are given, as upstream does.
+    /// Connects lazily: the channel is made now, the first request finds out whether etcd is
+    /// up (and authenticates, when a username is given). TLS as [`tls`] decides.
     pub async fn connect(
         opts: &EtcdOptions,
         previous: PreviousSubnets,
     ) -> Result<Self, SubnetError> {
-        let mut co = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        if !opts.username.is_empty() {
-            co = co.with_user(opts.username.clone(), opts.password.clone());
-        }
-        if !opts.keyfile.is_empty() && !opts.certfile.is_empty() {
-            let identity =
-                Identity::from_pem(read_file(&opts.certfile)?, read_file(&opts.keyfile)?);
-            let mut tls = TlsOptions::new().identity(identity);
-            if !opts.cafile.is_empty() {
-                tls = tls.ca_certificate(Certificate::from_pem(read_file(&opts.cafile)?));
-            }
-            co = co.with_tls(tls);
-        } else {
-            warn!("no etcd TLS key and certificate given: talking to etcd in plain text");
-        }
-        let endpoints = opts.endpoints.join(",");
-        let client =
-            tokio::time::timeout(REQUEST_TIMEOUT, Client::connect(&opts.endpoints, Some(co)))
-                .await
-                .map_err(|_| SubnetError::Timeout {
-                    op: "connect",
-                    key: endpoints.clone(),
-                    secs: REQUEST_TIMEOUT.as_secs(),
-                })?
-                .map_err(|source| SubnetError::Connect { endpoints, source })?;
         Ok(Self {
-            client,
+            conn: Conn::connect(opts).await?,
             prefix: clean_prefix(&opts.prefix),
             previous,
         })
@@ -177,7 +147,7 @@ impl EtcdSubnetManager {
     /// Every lease under `subnets/`.
     pub async fn list(&self) -> Result<Listing, SubnetError> {
         let prefix = self.subnets_prefix();
-        let mut c = self.client.clone();
+        let mut c = self.conn.client().await?;
         let resp = timed(
             "get",
             &prefix,
@@ -226,7 +196,7 @@ impl EtcdSubnetManager {
         cmp: Compare,
         reservation: bool,
     ) -> Result<Option<OwnLease>, SubnetError> {
-        let mut c = self.client.clone();
+        let mut c = self.conn.client().await?;
         let (id, ttl) = if reservation {
             (0, Duration::MAX)
         } else {
@@ -300,7 +270,7 @@ impl EtcdSubnetManager {
                     continue;
                 }
                 warn!(key = %e.key, "our public IP holds a lease that no longer fits the network config; deleting it");
-                let mut c = self.client.clone();
+                let mut c = self.conn.client().await?;
                 let txn = Txn::new()
                     .when(vec![Compare::mod_revision(
                         e.key.as_str(),
@@ -421,10 +391,13 @@ impl EtcdSubnetManager {
     }
 
     /// The watch loop resuming at `resume` (as after a reconnect); `None` starts with a listing.
+    /// A problem that keeps coming back (etcd down, refused credentials) is logged once, not
+    /// on every retry.
     pub async fn run_watch_from(&self, tx: mpsc::Sender<LeaseEvent>, resume: Option<i64>) {
         let prefix = self.subnets_prefix();
         let mut backoff = WATCH_BACKOFF_MIN;
         let mut next_rev: Option<i64> = resume;
+        let mut trouble = Recurring::default();
         loop {
             if tx.is_closed() {
                 return;
@@ -440,7 +413,7 @@ impl EtcdSubnetManager {
                         l.revision + 1
                     }
                     Err(e) => {
-                        warn!(error = %e, "listing leases failed; retrying in {backoff:?}");
+                        trouble.failed("listing leases failed", &e);
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
                         continue;
@@ -448,14 +421,15 @@ impl EtcdSubnetManager {
                 },
             };
             next_rev = Some(start);
-            let mut c = self.client.clone();
             let opts = WatchOptions::new().with_prefix().with_start_revision(start);
-            let mut stream = match timed("watch", &prefix, c.watch(prefix.as_str(), Some(opts)))
-                .await
-            {
+            let started = match self.conn.client().await {
+                Ok(mut c) => timed("watch", &prefix, c.watch(prefix.as_str(), Some(opts))).await,
+                Err(e) => Err(e),
+            };
+            let mut stream = match started {
                 Ok(s) => s,
                 Err(e) => {
-                    warn!(error = %e, "starting the lease watch failed; retrying in {backoff:?}");
+                    trouble.failed("starting the lease watch failed", &e);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
                     continue;
@@ -474,6 +448,15 @@ impl EtcdSubnetManager {
                             next_rev = None;
                             break;
                         }
+                        if resp.canceled() && conn::is_auth_failure(resp.cancel_reason()) {
+                            // etcd restarted and forgot our token: a new one, and the watch
+                            // goes on from where it was (no events lost, no re-list).
+                            info!("etcd refused our auth token (did it restart?); authenticating again");
+                            if let Err(e) = self.conn.reauthenticate().await {
+                                trouble.failed("authenticating to etcd failed", &e);
+                            }
+                            break;
+                        }
                         if resp.canceled() {
                             warn!(
                                 reason = resp.cancel_reason(),
@@ -482,6 +465,7 @@ impl EtcdSubnetManager {
                             next_rev = None;
                             break;
                         }
+                        trouble.ok("the lease watch works again");
                         for ev in resp.events() {
                             let Some(kv) = ev.kv() else { continue };
                             let out = match ev.event_type() {
@@ -506,11 +490,11 @@ impl EtcdSubnetManager {
                         }
                     }
                     Ok(None) => {
-                        warn!("etcd closed the lease watch; reconnecting");
+                        trouble.failed("etcd closed the lease watch", &"reconnecting");
                         break;
                     }
                     Err(e) => {
-                        warn!(error = %e, "lease watch failed; reconnecting in {backoff:?}");
+                        trouble.failed("the lease watch failed", &e);
                         break;
                     }
                 }
@@ -524,7 +508,7 @@ impl EtcdSubnetManager {
 impl SubnetManager for EtcdSubnetManager {
     async fn get_network_config(&self) -> Result<Option<String>, SubnetError> {
         let key = self.config_key();
-        let mut c = self.client.clone();
+        let mut c = self.conn.client().await?;
         let resp = timed("get", &key, c.get(key.as_str(), None)).await?;
         Ok(resp
             .kvs()
