@@ -1,24 +1,30 @@
 //! The host-gw backend (upstream `pkg/backend/hostgw`): a route per peer subnet via the peer's
 //! public IP on the external interface. Needs every node on one L2 segment.
 
-use crate::skiplog::SkipLog;
+use crate::routes::RoutePlan;
 use crate::{BackendError, ExternalInterface, ReconcileReport};
-use flannel_core::diff::diff;
 use flannel_core::hostgw::desired_routes;
 use flannel_core::{Lease, LeaseAttrs};
+use flannel_net::netlink::gw_routes_on;
 use flannel_net::Netlink;
-use futures::future::join_all;
-use std::collections::BTreeMap;
-use tracing::{info, warn};
+use ipnet::Ipv4Net;
+use std::collections::BTreeSet;
 
 pub struct HostGwBackend {
     nl: Netlink,
     ext: ExternalInterface,
-    skips: SkipLog,
+    /// The cluster network: leases outside it are never routed.
+    network: Ipv4Net,
+    /// Destinations routed on the last pass (see `RouteGuard::claimed`).
+    claimed: BTreeSet<Ipv4Net>,
 }
 
 impl HostGwBackend {
-    pub fn register(nl: Netlink, ext: ExternalInterface) -> Result<Self, BackendError> {
+    pub fn register(
+        nl: Netlink,
+        ext: ExternalInterface,
+        network: Ipv4Net,
+    ) -> Result<Self, BackendError> {
         if ext.ext_addr != ext.iface_addr {
             return Err(BackendError::Config {
                 backend: "host-gw",
@@ -31,7 +37,8 @@ impl HostGwBackend {
         Ok(Self {
             nl,
             ext,
-            skips: SkipLog::default(),
+            network,
+            claimed: BTreeSet::new(),
         })
     }
 
@@ -54,51 +61,28 @@ impl HostGwBackend {
         own: &Lease,
         leases: &[Lease],
     ) -> Result<ReconcileReport, BackendError> {
-        let (desired, skipped) = desired_routes(own.subnet, leases);
-        self.skips.report(&skipped);
         let idx = self.ext.index;
-        // What we own on the interface, plus whatever currently routes a subnet we want (a wrong
-        // gateway there gets replaced; routes of others for other destinations are never touched).
-        let mut actual = self.nl.own_routes_via_link(idx).await?;
-        let all = self.nl.routes_via_link(idx).await?;
-        actual.extend(all.into_iter().filter(|(d, _)| desired.contains_key(d)));
-        Ok(apply_routes(&self.nl, idx, &desired, &actual, false).await)
+        let table = self.nl.main_routes_v4().await?;
+        let guard =
+            crate::guard::read(&self.nl, &table, self.network, &[], idx, &self.claimed).await?;
+        let (desired, skipped) = desired_routes(own.subnet, leases, &guard);
+        let adopt = crate::guard::adoptable(&table, &[], &desired);
+        let plan = RoutePlan::new(
+            idx,
+            false,
+            &desired,
+            &gw_routes_on(&table, idx, true),
+            &adopt,
+        );
+        let mut report = plan.remove(&self.nl).await;
+        let (added, failed) = plan.upsert(&self.nl).await;
+        report.absorb(added);
+        self.claimed = desired
+            .keys()
+            .filter(|d| !failed.contains(d))
+            .copied()
+            .collect();
+        report.skipped = skipped;
+        Ok(report)
     }
-}
-
-/// Applies a route diff on link `idx` as two pipelined batches (removals, then additions).
-pub(crate) async fn apply_routes(
-    nl: &Netlink,
-    idx: u32,
-    desired: &BTreeMap<ipnet::Ipv4Net, std::net::Ipv4Addr>,
-    actual: &BTreeMap<ipnet::Ipv4Net, std::net::Ipv4Addr>,
-    onlink: bool,
-) -> ReconcileReport {
-    let plan = diff(desired, actual);
-    let mut report = ReconcileReport::default();
-    let removed = join_all(plan.remove.iter().map(|(d, g)| nl.del_route(*d, *g, idx))).await;
-    let added = join_all(
-        plan.upsert
-            .iter()
-            .map(|(d, g)| nl.replace_route(*d, *g, idx, onlink)),
-    )
-    .await;
-    for ((d, g), r) in plan.remove.iter().zip(&removed) {
-        match r {
-            Ok(()) => {
-                info!(subnet = %d, via = %g, "removed route to a peer that has no lease any more")
-            }
-            Err(e) => warn!(error = %e, "removing a route failed; retrying on the next pass"),
-        }
-    }
-    for ((d, g), r) in plan.upsert.iter().zip(&added) {
-        match r {
-            Ok(()) => info!(subnet = %d, via = %g, "programmed route to peer"),
-            Err(e) => warn!(error = %e, "adding a route failed; retrying on the next pass"),
-        }
-    }
-    report.removed = removed.iter().filter(|r| r.is_ok()).count();
-    report.added = added.iter().filter(|r| r.is_ok()).count();
-    report.failed = removed.iter().chain(&added).filter(|r| r.is_err()).count();
-    report
 }

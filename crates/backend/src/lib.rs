@@ -4,8 +4,9 @@
 //! (`BackendType`/`BackendData`) and the MTU for pods, and reconciles the kernel against the set
 //! of known leases whenever asked (lease events, netlink events, timer).
 
+pub mod guard;
 pub mod hostgw;
-pub mod skiplog;
+pub mod routes;
 pub mod udp;
 pub mod vxlan;
 
@@ -40,12 +41,30 @@ pub enum BackendError {
 }
 
 /// What one reconcile pass changed; zero everywhere means the kernel already matched.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
     pub added: usize,
     pub removed: usize,
     pub failed: usize,
     pub device_recreated: bool,
+    /// Leases left out, and why (the daemon logs them with their datastore key).
+    pub skipped: Vec<flannel_core::peers::Skipped>,
+}
+
+impl ReconcileReport {
+    /// Adds the counts of `other` to these.
+    pub fn absorb(&mut self, other: ReconcileReport) {
+        self.added += other.added;
+        self.removed += other.removed;
+        self.failed += other.failed;
+        self.device_recreated |= other.device_recreated;
+        self.skipped.extend(other.skipped);
+    }
+
+    /// Whether the pass changed or failed anything.
+    pub fn changed(&self) -> bool {
+        self.added + self.removed + self.failed > 0 || self.device_recreated
+    }
 }
 
 pub trait Backend: Send {
@@ -90,7 +109,7 @@ impl AnyBackend {
                     .map_err(|e| BackendError::Config { backend: "vxlan", msg: e.to_string() })?;
                 Ok(Self::Vxlan(vxlan::VxlanBackend::register(nl, cfg, ext, network, stored_mac).await?))
             }
-            "host-gw" => Ok(Self::HostGw(hostgw::HostGwBackend::register(nl, ext)?)),
+            "host-gw" => Ok(Self::HostGw(hostgw::HostGwBackend::register(nl, ext, network)?)),
             "udp" => Ok(Self::Udp(udp::backend::UdpBackend::register(nl, ext, network, backend).await?)),
             other => Err(BackendError::Config {
                 backend: "any",

@@ -1,18 +1,17 @@
 //! The vxlan backend (upstream `pkg/backend/vxlan`): device `flannel.<VNI>`, and per peer a
 //! permanent neighbour entry, a permanent FDB entry and an onlink route, reconciled as data.
 
-use crate::hostgw::apply_routes;
-use crate::skiplog::SkipLog;
+use crate::routes::RoutePlan;
 use crate::{Backend, BackendError, ExternalInterface, ReconcileReport};
 use flannel_core::diff::diff;
 use flannel_core::lease::VxlanData;
 use flannel_core::vxlan::{desired_peers_with, VxlanConfig};
 use flannel_core::{Lease, LeaseAttrs, MacAddr};
-use flannel_net::netlink::is_vxlan;
+use flannel_net::netlink::{gw_routes_on, is_vxlan};
 use flannel_net::{Link, Netlink, VxlanSpec};
 use futures::future::join_all;
 use ipnet::Ipv4Net;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use tracing::{debug, info, warn};
 
@@ -24,7 +23,8 @@ pub struct VxlanBackend {
     network: Ipv4Net,
     spec: VxlanSpec,
     index: u32,
-    skips: SkipLog,
+    /// Destinations routed on the last pass (see `RouteGuard::claimed`).
+    claimed: BTreeSet<Ipv4Net>,
 }
 
 impl VxlanBackend {
@@ -61,7 +61,7 @@ impl VxlanBackend {
             network,
             spec,
             index: 0,
-            skips: SkipLog::default(),
+            claimed: BTreeSet::new(),
         };
         b.ensure_device(true).await?;
         Ok(b)
@@ -181,41 +181,46 @@ impl VxlanBackend {
         own: &Lease,
         leases: &[Lease],
     ) -> Result<ReconcileReport, BackendError> {
+        let (idx, ext) = (self.index, self.ext.index);
+        let nl = &self.nl;
+        let table = nl.main_routes_v4().await?;
+        let guard =
+            crate::guard::read(nl, &table, self.network, &[idx], ext, &self.claimed).await?;
         let direct = self.direct_peers(leases).await;
-        let (desired, skipped) = desired_peers_with(own.subnet, leases, &|ip| {
+        let (desired, skipped) = desired_peers_with(own.subnet, leases, &guard, &|ip| {
             direct.get(&ip).copied().unwrap_or(false)
         });
-        self.skips.report(&skipped);
-        let direct_actual = self.nl.own_routes_via_link(self.ext.index).await?;
-        let direct_report = apply_routes(
-            &self.nl,
-            self.ext.index,
-            &desired.direct,
-            &direct_actual,
+        // DirectRouting routes live on the external interface, where only `proto 252` ones are
+        // ours; every route on our own device is ours. Foreign routes the guard let through
+        // are overwritten in place.
+        let direct_plan = RoutePlan::new(
+            ext,
             false,
-        )
-        .await;
-        let mut report = ReconcileReport::default();
-        let idx = self.index;
-        let nl = &self.nl;
-        let (neigh, fdb, routes) =
-            tokio::try_join!(nl.neighbours(idx), nl.fdb(idx), nl.routes_via_link(idx))?;
-        let (pn, pf, pr) = (
-            diff(&desired.neighbours, &neigh),
-            diff(&desired.fdb, &fdb),
-            diff(&desired.routes, &routes),
+            &desired.direct,
+            &gw_routes_on(&table, ext, true),
+            &crate::guard::adoptable(&table, &[idx], &desired.direct),
         );
-        if !(pn.is_empty() && pf.is_empty() && pr.is_empty()) {
-            debug!(neighbours = ?pn, fdb = ?pf, routes = ?pr, "vxlan peer plan");
+        let overlay_plan = RoutePlan::new(
+            idx,
+            true,
+            &desired.routes,
+            &gw_routes_on(&table, idx, false),
+            &crate::guard::adoptable(&table, &[idx], &desired.routes),
+        );
+        let (neigh, fdb) = tokio::try_join!(nl.neighbours(idx), nl.fdb(idx))?;
+        let (pn, pf) = (diff(&desired.neighbours, &neigh), diff(&desired.fdb, &fdb));
+        if !(pn.is_empty() && pf.is_empty() && overlay_plan.is_empty()) {
+            debug!(neighbours = ?pn, fdb = ?pf, "vxlan peer plan");
         }
 
         // Removals first, routes before the entries they rely on; then additions in upstream's
         // order (neighbour, FDB, route). Each group goes out as one pipelined batch.
+        let mut report = direct_plan.remove(nl).await;
+        report.absorb(overlay_plan.remove(nl).await);
         let mut results = Vec::new();
-        results.extend(join_all(pr.remove.iter().map(|(d, g)| nl.del_route(*d, *g, idx))).await);
         results.extend(join_all(pn.remove.iter().map(|(ip, _)| nl.del_neighbour(idx, *ip))).await);
         results.extend(join_all(pf.remove.iter().map(|(m, d)| nl.del_fdb(idx, *m, *d))).await);
-        report.removed = pr.remove.len() + pn.remove.len() + pf.remove.len();
+        report.removed += pn.remove.len() + pf.remove.len();
         results.extend(
             join_all(
                 pn.upsert
@@ -225,30 +230,26 @@ impl VxlanBackend {
             .await,
         );
         results.extend(join_all(pf.upsert.iter().map(|(m, d)| nl.set_fdb(idx, *m, *d))).await);
-        results.extend(
-            join_all(
-                pr.upsert
-                    .iter()
-                    .map(|(d, g)| nl.replace_onlink_route(*d, *g, idx)),
-            )
-            .await,
-        );
-        report.added = pn.upsert.len() + pf.upsert.len() + pr.upsert.len();
+        report.added += pn.upsert.len() + pf.upsert.len();
         for r in results {
             if let Err(e) = r {
                 warn!(error = %e, "reconcile step failed; will retry on the next pass");
                 report.failed += 1;
             }
         }
-        report.added += direct_report.added;
-        report.removed += direct_report.removed;
-        report.failed += direct_report.failed;
-        for (dst, gw) in &pr.upsert {
-            info!(subnet = %dst, via = %gw, "programmed route to peer");
-        }
-        for (dst, _) in &pr.remove {
-            info!(subnet = %dst, "removing route to a peer that has no lease any more");
-        }
+        let (overlay, mut failed) = overlay_plan.upsert(nl).await;
+        let (direct, direct_failed) = direct_plan.upsert(nl).await;
+        report.absorb(overlay);
+        report.absorb(direct);
+        failed.extend(direct_failed);
+        self.claimed = desired
+            .routes
+            .keys()
+            .chain(desired.direct.keys())
+            .filter(|d| !failed.contains(d))
+            .copied()
+            .collect();
+        report.skipped = skipped;
         Ok(report)
     }
 }

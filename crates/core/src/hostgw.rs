@@ -3,6 +3,7 @@
 
 use crate::lease::Lease;
 use crate::peers::{usable_peers, Skipped};
+use crate::route_guard::RouteGuard;
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -10,8 +11,9 @@ use std::net::Ipv4Addr;
 pub fn desired_routes(
     own_subnet: Ipv4Net,
     leases: &[Lease],
+    guard: &RouteGuard,
 ) -> (BTreeMap<Ipv4Net, Ipv4Addr>, Vec<Skipped>) {
-    let (peers, skipped) = usable_peers(own_subnet, leases, &["host-gw"]);
+    let (peers, skipped) = usable_peers(own_subnet, leases, &["host-gw"], guard);
     (
         peers
             .iter()
@@ -36,6 +38,7 @@ mod tests {
     #[test]
     fn routes_via_public_ips_and_skips() {
         let own: Ipv4Net = "10.244.1.0/24".parse().unwrap();
+        let guard = RouteGuard::networks_only(vec!["10.244.0.0/16".parse().unwrap()]);
         let (r, skipped) = desired_routes(
             own,
             &[
@@ -43,13 +46,19 @@ mod tests {
                 lease("10.244.2.0/24", "10.0.0.52", "host-gw"),
                 lease("10.244.3.0/24", "10.0.0.53", "vxlan"),
                 lease("10.244.4.0/24", "0.0.0.0", "host-gw"),
+                lease("10.245.4.0/24", "10.0.0.54", "host-gw"),
             ],
+            &guard,
         );
         assert_eq!(r.len(), 1);
         assert_eq!(
             r[&"10.244.2.0/24".parse().unwrap()],
             Ipv4Addr::new(10, 0, 0, 52)
         );
-        assert_eq!(skipped.len(), 2);
+        assert_eq!(skipped.len(), 3);
+        assert!(
+            skipped[2].reason.contains("outside the network"),
+            "{skipped:?}"
+        );
     }
 }

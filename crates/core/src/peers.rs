@@ -1,14 +1,18 @@
 //! Which leases a backend programs: every lease but our own, of the backend's type, with a
-//! public address, not overlapping our subnet. The rest are reported (and logged by the caller
-//! with the lease's subnet), never fatal.
+//! public address, not overlapping our subnet, and allowed by the [`RouteGuard`] (inside the
+//! Network, taking over nothing the node routes by itself). The rest are reported, never fatal;
+//! the caller logs them with the lease's datastore key.
 
 use crate::lease::Lease;
-use ipnet::Ipv4Net;
+use crate::route_guard::RouteGuard;
+use crate::subnet_key::SubnetKey;
+use ipnet::{IpNet, Ipv4Net};
+use std::net::IpAddr;
 
 /// A lease that was left out, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Skipped {
-    pub subnet: Ipv4Net,
+    pub key: SubnetKey,
     pub reason: String,
 }
 
@@ -18,6 +22,7 @@ pub fn usable_peers<'a>(
     own_subnet: Ipv4Net,
     leases: &'a [Lease],
     backend_types: &[&str],
+    guard: &RouteGuard,
 ) -> (Vec<&'a Lease>, Vec<Skipped>) {
     let mut ok = Vec::new();
     let mut skipped = Vec::new();
@@ -35,11 +40,11 @@ pub fn usable_peers<'a>(
         } else if l.attrs.public_ip.is_unspecified() {
             Some("PublicIP is 0.0.0.0".into())
         } else {
-            None
+            guard.conflict(IpNet::V4(l.subnet), Some(IpAddr::V4(l.attrs.public_ip)))
         };
         match reason {
             Some(reason) => skipped.push(Skipped {
-                subnet: l.subnet,
+                key: l.key(),
                 reason,
             }),
             None => ok.push(l),

@@ -5,6 +5,7 @@
 use crate::lease::{Lease, VxlanData};
 use crate::mac::MacAddr;
 use crate::peers::usable_peers;
+use crate::route_guard::RouteGuard;
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -25,20 +26,25 @@ pub struct VxlanPeers {
 pub use crate::peers::Skipped;
 
 /// Computes the desired peer state from every known lease. Our own lease, leases of other
-/// backend types and leases with unusable data are skipped (and reported), never fatal.
-/// Peers for which `direct` says the public IP is on our own L2 segment (`DirectRouting`) get a
-/// plain route via that IP instead of VXLAN entries.
-pub fn desired_peers(own_subnet: Ipv4Net, leases: &[Lease]) -> (VxlanPeers, Vec<Skipped>) {
-    desired_peers_with(own_subnet, leases, &|_| false)
+/// backend types, leases the guard refuses and leases with unusable data are skipped (and
+/// reported), never fatal. Peers for which `direct` says the public IP is on our own L2
+/// segment (`DirectRouting`) get a plain route via that IP instead of VXLAN entries.
+pub fn desired_peers(
+    own_subnet: Ipv4Net,
+    leases: &[Lease],
+    guard: &RouteGuard,
+) -> (VxlanPeers, Vec<Skipped>) {
+    desired_peers_with(own_subnet, leases, guard, &|_| false)
 }
 
 pub fn desired_peers_with(
     own_subnet: Ipv4Net,
     leases: &[Lease],
+    guard: &RouteGuard,
     direct: &dyn Fn(Ipv4Addr) -> bool,
 ) -> (VxlanPeers, Vec<Skipped>) {
     let mut s = VxlanPeers::default();
-    let (peers, mut skipped) = usable_peers(own_subnet, leases, &["vxlan"]);
+    let (peers, mut skipped) = usable_peers(own_subnet, leases, &["vxlan"], guard);
     for l in peers {
         if direct(l.attrs.public_ip) {
             s.direct.insert(l.subnet, l.attrs.public_ip);
@@ -48,14 +54,14 @@ pub fn desired_peers_with(
             Some(Ok(d)) => d,
             Some(Err(e)) => {
                 skipped.push(Skipped {
-                    subnet: l.subnet,
+                    key: l.key(),
                     reason: e.to_string(),
                 });
                 continue;
             }
             None => {
                 skipped.push(Skipped {
-                    subnet: l.subnet,
+                    key: l.key(),
                     reason: "no BackendData".into(),
                 });
                 continue;
@@ -73,6 +79,10 @@ pub fn desired_peers_with(
 mod tests {
     use super::*;
     use crate::lease::LeaseAttrs;
+
+    fn guard() -> RouteGuard {
+        RouteGuard::networks_only(vec!["10.244.0.0/16".parse().unwrap()])
+    }
 
     fn lease(subnet: &str, ip: &str, ty: &str, data: Option<serde_json::Value>) -> Lease {
         Lease::v4(
@@ -104,7 +114,7 @@ mod tests {
                 Some(serde_json::json!({"VNI":1,"VtepMAC":"02:00:00:00:00:52"})),
             ),
         ];
-        let (s, skipped) = desired_peers(own, &leases);
+        let (s, skipped) = desired_peers(own, &leases, &guard());
         assert!(skipped.is_empty());
         assert_eq!(s.routes.len(), 2);
         assert_eq!(
@@ -140,7 +150,7 @@ mod tests {
                 Some(serde_json::json!({"VNI":1,"VtepMAC":"02:00:00:00:00:56"})),
             ),
         ];
-        let (s, skipped) = desired_peers(own, &leases);
+        let (s, skipped) = desired_peers(own, &leases, &guard());
         assert_eq!(s, VxlanPeers::default());
         assert_eq!(skipped.len(), 4);
         let reasons: Vec<&str> = skipped.iter().map(|s| s.reason.as_str()).collect();
@@ -179,7 +189,7 @@ mod tests {
             ),
         ];
         let same_segment = |ip: Ipv4Addr| ip.octets()[2] == 0;
-        let (s, _) = desired_peers_with(own, &leases, &same_segment);
+        let (s, _) = desired_peers_with(own, &leases, &guard(), &same_segment);
         assert_eq!(
             s.direct[&"10.244.1.0/24".parse().unwrap()],
             Ipv4Addr::new(10, 0, 0, 51)

@@ -215,6 +215,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     };
 
     // Program the peers we already know before telling the CNI plugin we are ready.
+    let mut skips = crate::skiplog::SkipLog::default();
     let mut leases = LeaseSet::default();
     match sm.list().await {
         Ok(l) => leases.apply(LeaseEvent::Snapshot(
@@ -222,7 +223,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         )),
         Err(e) => warn!(error = %e, "listing leases failed; peers come with the watch"),
     }
-    reconcile(&mut backend, &own, &leases).await;
+    reconcile(&mut backend, &own, &leases, &mut skips, &sm).await;
 
     let env = SubnetEnv {
         v4: config.enable_ipv4.then_some((network, subnet)),
@@ -276,16 +277,16 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
                         Err(e) => warn!(error = %e, "re-creating our lease failed; retrying on the next event or resync"),
                     }
                 }
-                reconcile(&mut backend, &own, &leases).await;
+                reconcile(&mut backend, &own, &leases, &mut skips, &sm).await;
             }
             Some(()) = kicks.recv() => {
                 // Let a burst (and our own writes) settle before looking.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 while kicks.try_recv().is_ok() {}
-                reconcile(&mut backend, &own, &leases).await;
+                reconcile(&mut backend, &own, &leases, &mut skips, &sm).await;
             }
             _ = resync.tick() => {
-                reconcile(&mut backend, &own, &leases).await;
+                reconcile(&mut backend, &own, &leases, &mut skips, &sm).await;
                 drift.check(&sm).await;
                 let fw = fw.clone();
                 if o.blackhole_route {
@@ -346,18 +347,26 @@ async fn ensure_blackhole(nl: &Netlink, subnet: ipnet::Ipv4Net) {
     }
 }
 
-async fn reconcile(backend: &mut AnyBackend, own: &OwnLease, leases: &LeaseSet) {
+async fn reconcile(
+    backend: &mut AnyBackend,
+    own: &OwnLease,
+    leases: &LeaseSet,
+    skips: &mut crate::skiplog::SkipLog,
+    sm: &EtcdSubnetManager,
+) {
     match backend.reconcile(&own.lease, &leases.leases()).await {
-        Ok(r) if r.added + r.removed + r.failed > 0 || r.device_recreated => {
-            info!(
-                added = r.added,
-                removed = r.removed,
-                failed = r.failed,
-                device_recreated = r.device_recreated,
-                "reconciled kernel state"
-            );
+        Ok(r) => {
+            skips.report(&r.skipped, &|k| sm.key_for(k));
+            if r.changed() {
+                info!(
+                    added = r.added,
+                    removed = r.removed,
+                    failed = r.failed,
+                    device_recreated = r.device_recreated,
+                    "reconciled kernel state"
+                );
+            }
         }
-        Ok(_) => {}
         Err(e) => error!(error = %e, "reconcile failed; retrying on the next event or resync"),
     }
 }

@@ -7,6 +7,7 @@ pub mod flags;
 pub mod health;
 pub mod iface;
 pub mod options;
+pub mod skiplog;
 
 use flags::{parse, usage, Parsed};
 use std::process::ExitCode;

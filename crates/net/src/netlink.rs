@@ -85,6 +85,46 @@ pub struct VxlanSpec {
     pub learning: bool,
 }
 
+/// A main-table IPv4 route as flannel needs to see it: where to, how, and whose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub dst: Ipv4Net,
+    pub gw: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+    /// The route protocol: [`ROUTE_PROTOCOL`] marks ours.
+    pub protocol: u8,
+    /// A plain unicast route (not blackhole, unreachable, prohibit, ...).
+    pub unicast: bool,
+}
+
+impl RouteEntry {
+    pub fn ours(&self) -> bool {
+        self.protocol == ROUTE_PROTOCOL
+    }
+}
+
+/// Routes with a gateway through link `index`: destination → gateway; only ours (`proto
+/// 252`) when `only_ours`.
+pub fn gw_routes_on(
+    routes: &[RouteEntry],
+    index: u32,
+    only_ours: bool,
+) -> BTreeMap<Ipv4Net, Ipv4Addr> {
+    routes
+        .iter()
+        .filter(|r| r.oif == Some(index) && (!only_ours || r.ours()))
+        .filter_map(|r| Some((r.dst, r.gw?)))
+        .collect()
+}
+
+/// How a route is written: over an existing one we own, or created only where none exists (the
+/// kernel answers EEXIST instead of replacing a route that is not ours).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteWrite {
+    Replace,
+    Create,
+}
+
 fn parse_link(m: &LinkMessage) -> Link {
     let mut l = Link {
         index: m.header.index,
@@ -439,41 +479,33 @@ impl Netlink {
         })
     }
 
+    /// Every main-table IPv4 route, parsed.
+    pub async fn main_routes_v4(&self) -> Result<Vec<RouteEntry>, NetError> {
+        Ok(self
+            .v4_routes()
+            .await?
+            .iter()
+            .filter(|r| route_table(r) == u32::from(RT_TABLE_MAIN))
+            .filter_map(|r| {
+                Some(RouteEntry {
+                    dst: route_dst(r).or_else(|| {
+                        (r.header.destination_prefix_length == 0).then(Ipv4Net::default)
+                    })?,
+                    gw: route_gw(r),
+                    oif: route_oif(r),
+                    protocol: u8::from(r.header.protocol),
+                    unicast: r.header.kind == RouteType::Unicast,
+                })
+            })
+            .collect())
+    }
+
     /// Main-table IPv4 routes with a gateway through link `index`: destination → gateway.
     pub async fn routes_via_link(
         &self,
         index: u32,
     ) -> Result<BTreeMap<Ipv4Net, Ipv4Addr>, NetError> {
-        self.gw_routes(index, false).await
-    }
-
-    /// Like [`Self::routes_via_link`], only the routes flannel-rs installed (`proto 252`).
-    pub async fn own_routes_via_link(
-        &self,
-        index: u32,
-    ) -> Result<BTreeMap<Ipv4Net, Ipv4Addr>, NetError> {
-        self.gw_routes(index, true).await
-    }
-
-    async fn gw_routes(
-        &self,
-        index: u32,
-        only_ours: bool,
-    ) -> Result<BTreeMap<Ipv4Net, Ipv4Addr>, NetError> {
-        let mut out = BTreeMap::new();
-        for r in self.v4_routes().await? {
-            if route_table(&r) != u32::from(RT_TABLE_MAIN) || route_oif(&r) != Some(index) {
-                continue;
-            }
-            if only_ours && r.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL) {
-                continue;
-            }
-            let (Some(dst), Some(gw)) = (route_dst(&r), route_gw(&r)) else {
-                continue;
-            };
-            out.insert(dst, gw);
-        }
-        Ok(out)
+        Ok(gw_routes_on(&self.main_routes_v4().await?, index, false))
     }
 
     /// Main-table IPv4 routes without a gateway on link `index` (`ip route ... dev X`).
@@ -501,23 +533,14 @@ impl Netlink {
         })
     }
 
-    /// `ip route replace <dst> via <gw> dev <index> onlink proto 252`.
-    pub async fn replace_onlink_route(
-        &self,
-        dst: Ipv4Net,
-        gw: Ipv4Addr,
-        index: u32,
-    ) -> Result<(), NetError> {
-        self.replace_route(dst, gw, index, true).await
-    }
-
-    /// `ip route replace <dst> via <gw> dev <index> [onlink] proto 252`.
-    pub async fn replace_route(
+    /// `ip route replace|add <dst> via <gw> dev <index> [onlink] proto 252`.
+    pub async fn write_route(
         &self,
         dst: Ipv4Net,
         gw: Ipv4Addr,
         index: u32,
         onlink: bool,
+        how: RouteWrite,
     ) -> Result<(), NetError> {
         let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst.network(), dst.prefix_len())
@@ -528,15 +551,22 @@ impl Netlink {
         if onlink {
             b = b.onlink();
         }
-        ctx(
-            self.handle.route().add(b.build()).replace().execute().await,
-            || {
-                format!(
-                    "replace route {dst} via {gw} dev #{index}{}",
-                    if onlink { " onlink" } else { "" }
-                )
-            },
-        )
+        let req = self.handle.route().add(b.build());
+        let req = match how {
+            RouteWrite::Replace => req.replace(),
+            RouteWrite::Create => req,
+        };
+        ctx(req.execute().await, || {
+            format!(
+                "{} route {dst} via {gw} dev #{index}{}",
+                if how == RouteWrite::Replace {
+                    "replace"
+                } else {
+                    "add"
+                },
+                if onlink { " onlink" } else { "" }
+            )
+        })
     }
 
     pub async fn del_route(&self, dst: Ipv4Net, gw: Ipv4Addr, index: u32) -> Result<(), NetError> {

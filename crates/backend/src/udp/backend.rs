@@ -5,7 +5,6 @@ use super::sock::Sock;
 use super::table::PeerTable;
 use super::tun;
 use super::worker::{Counters, Ctl, Worker};
-use crate::skiplog::SkipLog;
 use crate::{BackendError, ExternalInterface, ReconcileReport};
 use flannel_core::peers::usable_peers;
 use flannel_core::{Lease, LeaseAttrs};
@@ -35,7 +34,6 @@ pub struct UdpBackend {
     local: Option<Ipv4Net>,
     counters: Arc<Counters>,
     reported_unknown: u64,
-    skips: SkipLog,
 }
 
 impl UdpBackend {
@@ -123,7 +121,6 @@ impl UdpBackend {
             local: None,
             counters,
             reported_unknown: 0,
-            skips: SkipLog::default(),
         })
     }
 
@@ -181,8 +178,18 @@ impl UdpBackend {
             report.added += 1;
         }
         // Upstream's udp leases carry no BackendType; accept "udp" too.
-        let (peers, skipped) = usable_peers(own.subnet, leases, &["", "udp"]);
-        self.skips.report(&skipped);
+        let table = self.nl.main_routes_v4().await?;
+        let guard = crate::guard::read(
+            &self.nl,
+            &table,
+            self.network,
+            &[self.index],
+            self.ext.index,
+            &Default::default(),
+        )
+        .await?;
+        let (peers, skipped) = usable_peers(own.subnet, leases, &["", "udp"], &guard);
+        report.skipped = skipped;
         let table = Arc::new(PeerTable::new(
             peers.iter().map(|l| (l.subnet, l.attrs.public_ip)),
             self.port,

@@ -1,0 +1,215 @@
+//! A lease never takes over what the node already routes: a subnet outside the Network, one
+//! overlapping an address of an interface we did not create, or one overlapping a route that
+//! is not ours is skipped with one log line naming its key, on every backend; and a route we
+//! do not own is never replaced or removed.
+
+mod common;
+
+use common::{eventually, Node};
+use std::time::Duration;
+
+/// The node's own underlay (eth0 10.0.0.50/24) lies inside this Network.
+fn config(backend: &str) -> String {
+    format!(r#"{{"Network": "10.0.0.0/8", "SubnetMin": "10.1.0.0", "Backend": {backend}}}"#)
+}
+
+const KEY: &str = "/coreos.com/network/subnets";
+
+fn vxlan_lease(ip: &str, mac: &str) -> String {
+    format!(
+        r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+    )
+}
+
+fn lease(ip: &str, ty: &str) -> String {
+    match ty {
+        "vxlan" => vxlan_lease(ip, "02:00:00:00:00:60"),
+        "" => format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null}}"#),
+        t => format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"{t}"}}"#),
+    }
+}
+
+fn route(n: &Node, dst: &str) -> String {
+    n.exec("ip", &["route", "show", "exact", dst])
+        .trim()
+        .to_string()
+}
+
+/// Starts a node on `backend`, with a foreign static route to 10.5.0.0/24 on eth0.
+fn node(tag: &str, backend: &str) -> Node {
+    let mut n = Node::new(tag);
+    n.etcdctl(&["put", "/coreos.com/network/config", &config(backend)]);
+    n.exec(
+        "ip",
+        &[
+            "route",
+            "add",
+            "10.5.0.0/24",
+            "via",
+            "10.0.0.1",
+            "dev",
+            "eth0",
+        ],
+    );
+    n.start(&[]);
+    n.wait_ready();
+    n
+}
+
+/// Puts the hostile leases and a good one; checks the kernel kept its own routes, the good
+/// lease is programmed (`good` says how it shows in `ip route`), one log line per bad lease;
+/// then removes them all and checks the node's routes are still there.
+fn hostile_leases_are_skipped(n: &Node, ty: &str, good: &str) {
+    let connected = route(n, "10.0.0.0/24");
+    assert!(connected.contains("dev eth0 proto kernel"), "{connected}");
+    let foreign = route(n, "10.5.0.0/24");
+    let bad = [
+        ("10.0.0.0-24", "overlaps"),    // the node's own eth0 prefix
+        ("10.0.0.0-16", "overlaps"),    // a lease that contains it
+        ("10.5.0.0-24", "overlaps"),    // a static route of someone else
+        ("192.168.50.0-24", "outside"), // outside the Network
+        ("128.0.0.0-1", "outside"),
+    ];
+    for (k, _) in &bad {
+        n.etcdctl(&["put", &format!("{KEY}/{k}"), &lease("10.0.0.60", ty)]);
+    }
+    n.etcdctl(&[
+        "put",
+        &format!("{KEY}/10.7.0.0-24"),
+        &lease("10.0.0.61", ty),
+    ]);
+    let programmed = eventually(Duration::from_secs(10), || {
+        n.exec("ip", &["route", "show"]).contains(good)
+    });
+    assert!(
+        programmed.is_some(),
+        "{}\n{}",
+        n.exec("ip", &["route"]),
+        n.log()
+    );
+    for (k, why) in &bad {
+        let said = eventually(Duration::from_secs(5), || {
+            n.log()
+                .lines()
+                .any(|l| l.contains(&format!("{KEY}/{k}")) && l.contains(why))
+        });
+        assert!(said.is_some(), "no log line for {k} ({why}):\n{}", n.log());
+    }
+    // Give the reconciler a few more passes, then look at the kernel.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        route(n, "10.0.0.0/24"),
+        connected,
+        "connected route replaced"
+    );
+    assert_eq!(route(n, "10.5.0.0/24"), foreign, "foreign route replaced");
+    assert_eq!(
+        route(n, "10.0.0.0/16"),
+        "",
+        "lease containing the underlay routed"
+    );
+    assert_eq!(route(n, "192.168.50.0/24"), "");
+    assert_eq!(route(n, "128.0.0.0/1"), "");
+    for (k, _) in &bad {
+        let lines = n
+            .log()
+            .lines()
+            .filter(|l| l.contains(&format!("{KEY}/{k}")))
+            .count();
+        assert_eq!(lines, 1, "one line for {k}, not one per pass:\n{}", n.log());
+    }
+    // The leases go: everything of the node's own stays.
+    for (k, _) in &bad {
+        n.etcdctl(&["del", &format!("{KEY}/{k}")]);
+    }
+    n.etcdctl(&["del", &format!("{KEY}/10.7.0.0-24")]);
+    let gone = eventually(Duration::from_secs(10), || {
+        !n.exec("ip", &["route", "show"]).contains("10.7.0.0/24")
+    });
+    assert!(gone.is_some(), "{}", n.exec("ip", &["route"]));
+    assert_eq!(
+        route(n, "10.0.0.0/24"),
+        connected,
+        "connected route removed"
+    );
+    assert_eq!(route(n, "10.5.0.0/24"), foreign, "foreign route removed");
+    // The underlay still works: the node reaches its own segment.
+    assert!(n
+        .exec("ip", &["route", "get", "10.0.0.99"])
+        .contains("dev eth0"));
+}
+
+#[test]
+fn vxlan_never_takes_over_the_nodes_routes() {
+    let n = node("gv", r#"{"Type": "vxlan"}"#);
+    hostile_leases_are_skipped(&n, "vxlan", "10.7.0.0/24 via 10.7.0.0 dev flannel.1");
+}
+
+#[test]
+fn vxlan_direct_routing_never_takes_over_the_nodes_routes() {
+    let n = node("gd", r#"{"Type": "vxlan", "DirectRouting": true}"#);
+    hostile_leases_are_skipped(&n, "vxlan", "10.7.0.0/24 via 10.0.0.61 dev eth0");
+}
+
+#[test]
+fn host_gw_never_takes_over_the_nodes_routes() {
+    let n = node("gh", r#"{"Type": "host-gw"}"#);
+    hostile_leases_are_skipped(&n, "host-gw", "10.7.0.0/24 via 10.0.0.61 dev eth0");
+}
+
+#[test]
+fn udp_never_takes_over_the_nodes_routes() {
+    let n = node("gu", r#"{"Type": "udp"}"#);
+    // udp routes the whole Network into flannel0 and picks peers itself: a skipped lease is
+    // absent from its peer table, which the log reports.
+    hostile_leases_are_skipped(&n, "", "10.0.0.0/8 dev flannel0");
+    assert!(
+        n.log().contains("udp peer table updated peers=1"),
+        "only the good peer: {}",
+        n.log()
+    );
+}
+
+#[test]
+fn host_gw_adopts_an_identical_route_left_by_upstream_and_removes_it_with_its_lease() {
+    let mut n = Node::new("ga");
+    n.etcdctl(&[
+        "put",
+        "/coreos.com/network/config",
+        &config(r#"{"Type": "host-gw"}"#),
+    ]);
+    // What upstream flannel left: its route for a peer, without a protocol (proto boot).
+    n.exec(
+        "ip",
+        &[
+            "route",
+            "add",
+            "10.9.0.0/24",
+            "via",
+            "10.0.0.62",
+            "dev",
+            "eth0",
+        ],
+    );
+    n.etcdctl(&[
+        "put",
+        &format!("{KEY}/10.9.0.0-24"),
+        &lease("10.0.0.62", "host-gw"),
+    ]);
+    n.start(&[]);
+    n.wait_ready();
+    let tagged = eventually(Duration::from_secs(5), || {
+        route(&n, "10.9.0.0/24") == "10.9.0.0/24 via 10.0.0.62 dev eth0 proto 252"
+    });
+    assert!(
+        tagged.is_some(),
+        "{}\n{}",
+        route(&n, "10.9.0.0/24"),
+        n.log()
+    );
+    n.etcdctl(&["del", &format!("{KEY}/10.9.0.0-24")]);
+    let gone = eventually(Duration::from_secs(5), || {
+        route(&n, "10.9.0.0/24").is_empty()
+    });
+    assert!(gone.is_some(), "{}", route(&n, "10.9.0.0/24"));
+}
