@@ -215,3 +215,76 @@ fn an_exhausted_network_is_a_clear_out_of_subnets_error() {
     assert_eq!(status.code(), Some(1));
     assert!(n.log().contains("out of subnets"), "{}", n.log());
 }
+
+#[test]
+fn the_health_server_survives_running_out_of_file_descriptors() {
+    let mut n = Node::new("fd");
+    n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
+    n.nofile = Some(64);
+    n.start(&["--healthz-port=8081", "--iptables-resync=1"]);
+    n.wait_ready();
+    let pid = n.flanneld_pid();
+    // 120 idle connections: more than the process may open files.
+    let conns = common::idle_connections_in_ns(&n.ns.0, 8081, 120);
+    assert!(conns.len() >= 100, "only {} connected", conns.len());
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu0 = common::cpu_seconds(pid);
+    let t0 = std::time::Instant::now();
+    // Meanwhile the firewall resync still works: a deleted rule comes back.
+    let rule = [
+        "-D",
+        "FLANNEL-FWD",
+        "-s",
+        "10.244.0.0/16",
+        "-m",
+        "comment",
+        "--comment",
+        "flanneld forward",
+        "-j",
+        "ACCEPT",
+    ];
+    let o = Command::new("ip")
+        .args(["netns", "exec", &n.ns.0, "iptables"])
+        .args(rule)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let back = eventually(Duration::from_secs(5), || {
+        n.exec("iptables", &["-S", "FLANNEL-FWD"])
+            .contains("-A FLANNEL-FWD -s 10.244.0.0/16")
+    });
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(t0.elapsed()));
+    let used = common::cpu_seconds(pid) - cpu0;
+    let secs = t0.elapsed().as_secs_f64();
+    assert!(
+        used < 0.2 * secs,
+        "flanneld used {used:.2} s of CPU in {secs:.1} s while connections piled up:\n{}",
+        n.log()
+    );
+    assert!(back.is_some(), "iptables resync starved:\n{}", n.log());
+    // Idle connections are closed by the server, not held for ever.
+    let closed = eventually(Duration::from_secs(15), || {
+        conns.iter().take(5).all(closed_by_peer)
+    });
+    assert!(closed.is_some(), "idle connections were never closed");
+    drop(conns);
+    let answers = eventually(Duration::from_secs(15), || {
+        http_get_in_ns(&n.ns.0, 8081, "/healthz").map(|r| r.0) == Some(200)
+    });
+    assert!(
+        answers.is_some(),
+        "/healthz no longer answers:\n{}",
+        n.log()
+    );
+    assert!(n.flanneld_running());
+}
+
+/// Whether the other end closed `c` (EOF or reset), without waiting long.
+fn closed_by_peer(c: &std::net::TcpStream) -> bool {
+    use std::io::{ErrorKind, Read};
+    let _ = c.set_read_timeout(Some(Duration::from_millis(20)));
+    match (&*c).read(&mut [0u8; 1]) {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+    }
+}

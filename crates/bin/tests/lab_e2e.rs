@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{bin_dir, eventually, ip, require_root, unique, Proc, TempDir};
+use common::{bin_dir, cpu_seconds, eventually, ip, require_root, unique, Proc, TempDir};
 use flannel_lab::cluster::{etcd_del, etcd_get, etcd_put, start_flanneld, stop_flanneld};
 use flannel_lab::{down, up, LabSpec, LabState};
 use std::time::Duration;
@@ -621,20 +621,6 @@ fn restarting_flanneld_loses_no_ping_across_nodes() {
         text.contains("700 packets transmitted, 700 received, 0% packet loss"),
         "{text}"
     );
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    // SAFETY: sysconf has no memory effects.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / hz
 }
 
 #[test]

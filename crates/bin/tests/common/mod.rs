@@ -192,6 +192,45 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Dura
     }
 }
 
+/// utime + stime of a process, in seconds.
+pub fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (field(11) + field(12)) / hz
+}
+
+/// Opens `n` TCP connections to 127.0.0.1:`port` inside namespace `ns` and keeps them open
+/// (idle) until the returned handles are dropped.
+pub fn idle_connections_in_ns(ns: &str, port: u16, n: usize) -> Vec<std::net::TcpStream> {
+    use std::os::fd::AsRawFd;
+    let ns_file = std::fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
+    std::thread::spawn(move || {
+        // SAFETY: setns(2) on this short-lived thread only; the fd is open for the call.
+        assert_eq!(
+            unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0,
+            "setns"
+        );
+        (0..n)
+            .filter_map(|_| {
+                std::net::TcpStream::connect_timeout(
+                    &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                    Duration::from_secs(2),
+                )
+                .ok()
+            })
+            .collect()
+    })
+    .join()
+    .expect("connect thread")
+}
+
 /// The directory holding the built binaries (flanneld, flannel, flannel-lab).
 pub fn bin_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_flanneld"))
@@ -309,6 +348,8 @@ pub struct Node {
     pub endpoint: String,
     /// Flags every `etcdctl` call gets (credentials, CA) once the test turned them on.
     pub etcdctl_flags: Vec<String>,
+    /// `ulimit -n` for the next flanneld start, when set.
+    pub nofile: Option<u64>,
     pub dir: TempDir,
     pub ns: Netns,
 }
@@ -375,6 +416,7 @@ impl Node {
             etcd_args,
             endpoint,
             etcdctl_flags,
+            nofile: None,
             dir,
             ns,
         };
@@ -477,6 +519,23 @@ impl Node {
         if !extra.iter().any(|a| a.starts_with("--etcd-endpoints")) {
             cmd.arg(format!("--etcd-endpoints={}", self.endpoint));
         }
+        if let Some(limit) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit(2) between fork and exec touches no memory of the parent; the
+            // limit is inherited by flanneld through `ip netns exec`.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let l = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = cmd
             .args(extra)
             .envs(env.iter().copied())
@@ -498,6 +557,11 @@ impl Node {
             "flanneld did not become ready:\n{}",
             self.log()
         );
+    }
+
+    /// The PID of the running flanneld (`ip netns exec` execs it in place).
+    pub fn flanneld_pid(&self) -> i32 {
+        self.flanneld.as_ref().expect("flanneld running").0.id() as i32
     }
 
     /// Whether the flanneld started last is still running.
