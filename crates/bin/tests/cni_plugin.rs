@@ -198,7 +198,7 @@ fn missing_subnet_env_is_a_cni_error_and_stores_nothing() {
 }
 
 #[test]
-fn a_failing_delegate_leaves_no_stored_config_and_its_error_is_passed_through() {
+fn a_missing_pod_namespace_stores_nothing_and_is_named_in_the_error() {
     let s = Setup::new(Some(SUBNET_ENV));
     let (ok, err) = s.run("ADD", &s.conf(), "/run/netns/no-such-namespace");
     assert!(!ok);
@@ -476,4 +476,214 @@ fn malformed_stdin_and_environment_are_cni_errors() {
     let (_, err) = run(&[("CNI_COMMAND", "FROB")], s.conf().to_string().as_bytes());
     assert_eq!(err["msg"], "unknown CNI_COMMAND: FROB");
     assert!(!s.stored().exists(), "nothing stored by any of these");
+}
+
+impl Setup {
+    /// The container ID host-local recorded for `ip`, if the address is allocated.
+    fn ipam_owner(&self, ip: &str) -> Option<String> {
+        std::fs::read_to_string(self.dir.path().join("ipam").join("cni-flannel").join(ip))
+            .ok()
+            .and_then(|s| s.lines().next().map(|l| l.trim().to_string()))
+    }
+
+    fn stored_for(&self, container: &str) -> std::path::PathBuf {
+        self.dir.path().join("data").join(container)
+    }
+
+    /// ADD of the test's pod; returns its address (without prefix).
+    fn add_pod(&self) -> String {
+        let (ok, r) = self.run("ADD", &self.conf(), &self.pod.path());
+        assert!(ok, "ADD failed: {r}");
+        let a = r["ips"][0]["address"].as_str().unwrap();
+        a.split('/').next().unwrap().to_string()
+    }
+}
+
+fn pod_addr(ns: &str) -> String {
+    let o = Command::new("ip")
+        .args(["-n", ns, "-o", "-4", "addr", "show", "dev", "eth0"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn a_second_add_of_the_same_container_fails_without_harming_it() {
+    let s = Setup::new(Some(SUBNET_ENV));
+    let addr = s.add_pod();
+    let stored = std::fs::read(s.stored()).unwrap();
+    let (ok, err) = s.run("ADD", &s.conf(), &s.pod.path());
+    assert!(!ok, "a second ADD cannot succeed: {err}");
+    assert!(
+        pod_addr(&s.pod.0).contains(&format!("inet {addr}/24")),
+        "eth0 kept"
+    );
+    assert_eq!(
+        s.ipam_owner(&addr).as_deref(),
+        Some(s.pod.0.as_str()),
+        "address kept"
+    );
+    assert_eq!(
+        std::fs::read(s.stored()).unwrap(),
+        stored,
+        "stored config kept"
+    );
+    assert!(err["msg"].as_str().unwrap().contains(&s.pod.0), "{err}");
+    // A second ADD with a broken config does not overwrite it either.
+    let mut broken = s.conf();
+    broken["delegate"] = json!({"type": "nosuchplugin"});
+    assert!(!s.run("ADD", &broken, &s.pod.path()).0);
+    assert_eq!(
+        std::fs::read(s.stored()).unwrap(),
+        stored,
+        "stored config kept"
+    );
+    // ... so DEL still undoes the real attachment.
+    let (ok, out) = s.run("DEL", &s.conf(), &s.pod.path());
+    assert!(ok, "{out}");
+    assert!(pod_addr(&s.pod.0).is_empty());
+    assert_eq!(s.ipam_owner(&addr), None, "address freed");
+    assert!(!s.stored().exists());
+}
+
+#[test]
+fn another_container_into_the_same_netns_and_ifname_fails_without_harm() {
+    let s = Setup::new(Some(SUBNET_ENV));
+    let addr = s.add_pod();
+    let stored = std::fs::read(s.stored()).unwrap();
+    let (ok, err) = s.run_as("intruder1", "ADD", &s.conf(), &s.pod.path());
+    assert!(!ok, "{err}");
+    assert!(
+        pod_addr(&s.pod.0).contains(&format!("inet {addr}/24")),
+        "eth0 kept"
+    );
+    assert!(err["msg"].as_str().unwrap().contains("eth0"), "{err}");
+    assert_eq!(s.ipam_owner(&addr).as_deref(), Some(s.pod.0.as_str()));
+    assert_eq!(std::fs::read(s.stored()).unwrap(), stored);
+    assert!(
+        !s.stored_for("intruder1").exists(),
+        "nothing stored for the failed ADD"
+    );
+    // Its DEL (the runtime cleans up after a failed ADD) touches nothing of the pod either.
+    let (ok, out) = s.run_as("intruder1", "DEL", &s.conf(), &s.pod.path());
+    assert!(ok, "{out}");
+    assert!(pod_addr(&s.pod.0).contains(&format!("inet {addr}/24")));
+    assert!(s.run("DEL", &s.conf(), &s.pod.path()).0);
+}
+
+#[test]
+fn a_missing_delegate_plugin_stores_nothing_and_del_always_finishes() {
+    let s = Setup::new(Some(SUBNET_ENV));
+    let mut conf = s.conf();
+    conf["delegate"] = json!({"type": "nosuchplugin"});
+    let (ok, err) = s.run("ADD", &conf, &s.pod.path());
+    assert!(!ok);
+    assert!(
+        err["msg"].as_str().unwrap().contains("nosuchplugin"),
+        "{err}"
+    );
+    assert!(!s.stored().exists(), "nothing stored");
+    let (ok, out) = s.run("DEL", &conf, &s.pod.path());
+    assert!(ok, "{out}");
+
+    // A plugin that vanished after a successful ADD: DEL finishes and says what was left.
+    let plugins = TempDir::new("plugins");
+    std::fs::copy("/usr/lib/cni/bridge", plugins.path().join("bridge")).unwrap();
+    std::fs::copy("/usr/lib/cni/host-local", plugins.path().join("host-local")).unwrap();
+    let with_path = |command: &str| {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &s.node.0])
+            .arg(bin_dir().join("flannel"))
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &s.pod.0)
+            .env("CNI_NETNS", s.pod.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", plugins.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(s.conf().to_string().as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    assert!(with_path("ADD").status.success());
+    std::fs::remove_file(plugins.path().join("bridge")).unwrap();
+    let o = with_path("DEL");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("bridge"),
+        "said on stderr"
+    );
+    assert!(!s.stored().exists());
+}
+
+#[test]
+fn a_delegate_config_the_bridge_rejects_leaves_nothing_behind() {
+    let s = Setup::new(Some(SUBNET_ENV));
+    let mut conf = s.conf();
+    conf["delegate"] = json!({"hairpinMode": "yes"});
+    let (ok, err) = s.run("ADD", &conf, &s.pod.path());
+    assert!(!ok);
+    assert!(
+        err["msg"].as_str().unwrap().contains("hairpinMode"),
+        "the bridge's own error: {err}"
+    );
+    assert!(!s.stored().exists(), "nothing to undo, nothing kept");
+    let (ok, out) = s.run("DEL", &conf, &s.pod.path());
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn a_cni_netns_that_is_not_a_network_namespace() {
+    let s = Setup::new(Some(SUBNET_ENV));
+    let not_ns = s.dir.path().join("not-a-netns");
+    std::fs::write(&not_ns, "").unwrap();
+    let not_ns = not_ns.display().to_string();
+    let (ok, err) = s.run("ADD", &s.conf(), &not_ns);
+    assert!(!ok);
+    assert_eq!(err["code"], 4, "{err}");
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap()
+            .contains("not a network namespace"),
+        "{err}"
+    );
+    assert!(!s.stored().exists());
+    // A pod added for real, its namespace gone and the path reused: DEL still finishes and
+    // frees the address.
+    let addr = s.add_pod();
+    let (ok, out) = s.run("DEL", &s.conf(), &not_ns);
+    assert!(ok, "{out}");
+    assert!(!s.stored().exists());
+    assert_eq!(s.ipam_owner(&addr), None, "address freed");
+}
+
+#[test]
+fn gc_without_valid_attachments_removes_nothing() {
+    let s = Setup::new(Some(SUBNET_ENV));
+    let addr = s.add_pod();
+    for gc in [s.conf_v("1.1.0"), {
+        let mut c = s.conf_v("1.1.0");
+        c["cni.dev/valid-attachments"] = json!({"containerID": "x"});
+        c
+    }] {
+        let (ok, out) = s.run("GC", &gc, "");
+        assert!(ok, "{out}");
+        assert!(s.stored().exists(), "kept: {gc}");
+        assert_eq!(s.ipam_owner(&addr).as_deref(), Some(s.pod.0.as_str()));
+    }
+    // An empty list: everything is stale.
+    let mut gc = s.conf_v("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    let (ok, out) = s.run("GC", &gc, "");
+    assert!(ok, "{out}");
+    assert!(!s.stored().exists());
+    assert_eq!(s.ipam_owner(&addr), None);
 }

@@ -2,6 +2,7 @@
 //! `bridge` + `host-local` delegate config, stores it in `dataDir` before the delegate runs, and
 //! replays it on DEL. Errors are CNI error objects on stdout with a non-zero exit.
 
+pub mod attachment;
 pub mod check;
 pub mod delegate;
 pub mod env;
@@ -9,6 +10,7 @@ pub mod error;
 pub mod gc;
 pub mod invoke;
 pub mod netconf;
+pub mod netns;
 pub mod plugin;
 pub mod subnet_env;
 

@@ -1,10 +1,12 @@
 //! The commands: ADD, DEL, CHECK, VERSION.
 
+use crate::attachment;
 use crate::delegate;
 use crate::env::CniEnv;
 use crate::error::{code, CniError};
 use crate::invoke;
 use crate::netconf::NetConf;
+use crate::netns;
 use crate::subnet_env;
 use crate::SUPPORTED_VERSIONS;
 use serde_json::{json, Value};
@@ -82,33 +84,6 @@ fn stored_path(conf: &NetConf, env: &CniEnv) -> PathBuf {
     Path::new(&conf.data_dir).join(&env.container_id)
 }
 
-fn io_err(what: String) -> impl FnOnce(std::io::Error) -> CniError {
-    move |e| CniError::new(code::IO_FAILURE, format!("{what}: {e}"))
-}
-
-/// Writes the delegate config with mode 0600 in a 0700 directory, synced, before the delegate
-/// runs: DEL must be able to undo whatever the delegate managed to do.
-fn save(path: &Path, data: &[u8]) -> Result<(), CniError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io_err(format!("creating {}", dir.display())))?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err(format!("writing {}", path.display())))?;
-    f.write_all(data)
-        .map_err(io_err(format!("writing {}", path.display())))?;
-    f.sync_all()
-        .map_err(io_err(format!("syncing {}", path.display())))
-}
-
 fn cmd_add(env: &CniEnv, conf: &NetConf) -> Result<Vec<u8>, CniError> {
     let senv = load_env_waiting(conf)?;
     let d = delegate::build(conf, &senv).map_err(|m| CniError::new(code::INVALID_CONFIG, m))?;
@@ -122,45 +97,57 @@ fn cmd_add(env: &CniEnv, conf: &NetConf) -> Result<Vec<u8>, CniError> {
         "delegateAdd: netconf sent to delegate plugin:\n{}",
         String::from_utf8_lossy(&bytes)
     );
+    // Everything that would make the delegate fail for certain is checked before anything is
+    // stored or run, so that a failed ADD never has to undo (and never harms) an attachment
+    // it did not make.
+    invoke::find_plugin(&env.path, &plugin)?;
     let path = stored_path(conf, env);
-    save(&path, &bytes)?;
+    if path.exists() {
+        return Err(attachment::already_attached(&path));
+    }
+    if netns::has_link(&env.netns, &env.ifname)? {
+        return Err(CniError::new(
+            code::INVALID_ENV,
+            format!(
+                "CNI_IFNAME {} already exists in {}: another attachment uses it",
+                env.ifname, env.netns
+            ),
+        ));
+    }
+    attachment::save_new(&path, &bytes)?;
     match invoke::run(&env.path, &plugin, "ADD", &bytes) {
         Ok(out) => Ok(out),
         Err(e) => {
-            // Undo what the delegate may have done, then forget the config: nothing is left behind.
-            if invoke::run(&env.path, &plugin, "DEL", &bytes).is_ok() {
-                let _ = std::fs::remove_file(&path);
+            // Undo what the delegate may have done, then forget the config: nothing is left
+            // behind. If the undo fails too and the pod has no interface of ours, the delegate
+            // made nothing there (a config it cannot even read, say): nothing to keep either.
+            if let Err(undo) = attachment::undo(&path, &env.path, &[]) {
+                if netns::has_link(&env.netns, &env.ifname).unwrap_or(true) {
+                    eprintln!(
+                        "flannel: undoing the failed ADD failed too ({}); {} is kept for DEL",
+                        undo.msg,
+                        path.display()
+                    );
+                } else {
+                    let _ = std::fs::remove_file(&path);
+                }
             }
             Err(e)
         }
     }
 }
 
+/// DEL replays the stored config. A `CNI_NETNS` that is not a network namespace any more (the
+/// pod is gone, the path reused) is left out, so the delegate still frees the address.
 fn cmd_del(env: &CniEnv, conf: &NetConf) -> Result<Vec<u8>, CniError> {
-    let path = stored_path(conf, env);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        // Nothing stored: ADD never ran or DEL already did. DEL is idempotent.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err(format!("reading {}", path.display()))(e)),
-    };
-    let stored: Value = match serde_json::from_slice(&bytes) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!(
-                "flannel: stored delegate config {} is unreadable ({e}); nothing to undo",
-                path.display()
-            );
-            return Ok(Vec::new());
+    let mut vars = Vec::new();
+    if !env.netns.is_empty() {
+        if let Err(e) = netns::check(&env.netns) {
+            eprintln!("flannel: {}; running the delegate's DEL without it", e.msg);
+            vars.push(("CNI_NETNS", ""));
         }
-    };
-    let plugin = stored
-        .get("type")
-        .and_then(Value::as_str)
-        .unwrap_or("bridge")
-        .to_string();
-    invoke::run(&env.path, &plugin, "DEL", &bytes)?;
-    std::fs::remove_file(&path).map_err(io_err(format!("removing {}", path.display())))?;
+    }
+    attachment::undo(&stored_path(conf, env), &env.path, &vars)?;
     Ok(Vec::new())
 }
 
