@@ -223,3 +223,121 @@ fn upstream_framing_both_ways_and_strangers_dropped() {
     });
     assert!(seen.is_some(), "the drop is logged");
 }
+
+/// A UDP datagram from `src:4000` to `dst:9999` carrying `payload`, as a raw IPv4 packet.
+fn udp_packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    let total = (28 + payload.len()) as u16;
+    let mut p = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0];
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    fix_ipv4_checksum(&mut p[..20]);
+    p.extend_from_slice(&4000u16.to_be_bytes());
+    p.extend_from_slice(&9999u16.to_be_bytes());
+    p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]); // no UDP checksum (allowed over IPv4)
+    p.extend_from_slice(payload);
+    p
+}
+
+/// Adds a namespace to the lab's switch at `addr` (a /24 of the underlay).
+fn on_switch(lab: &Lab, tag: &str, addr: &str) -> Netns {
+    let ns = Netns::new(tag);
+    let sw = format!("{}-sw", lab.name);
+    let port = format!("p{}", &ns.0[ns.0.len().saturating_sub(8)..]);
+    ip(&[
+        "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.0,
+    ]);
+    ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"]);
+    ip(&["-n", &ns.0, "addr", "add", addr, "dev", "eth0"]);
+    ip(&["-n", &ns.0, "link", "set", "eth0", "up"]);
+    ns
+}
+
+/// A UDP socket on port 9999 inside `ns`, collecting what arrives until dropped.
+fn listener(ns: &str) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    std::thread::spawn(move || {
+        // SAFETY: setns(2) on this thread only, with an open namespace fd.
+        assert_eq!(
+            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let s = UdpSocket::bind("0.0.0.0:9999").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = [0u8; 1500];
+        while let Ok((n, _)) = s.recv_from(&mut buf) {
+            if tx
+                .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    ready_rx.recv().unwrap();
+    rx
+}
+
+#[test]
+fn spoofed_inner_packets_are_dropped_and_counted() {
+    let lab = lab();
+    let node = &lab.state.nodes[1];
+    let node_ip: Ipv4Addr = node.ip.parse().unwrap();
+    let pod: Ipv4Addr = node.pods[0].ip.parse().unwrap();
+    let other_pod: Ipv4Addr = lab.state.nodes[0].pods[0].ip.parse().unwrap();
+    let peer = on_switch(&lab, "sp", "10.0.0.99/24");
+    let victim = on_switch(&lab, "vi", "10.0.0.97/24");
+    etcd_put(
+        &lab.state,
+        "/coreos.com/network/subnets/10.244.200.0-24",
+        r#"{"PublicIP":"10.0.0.99","PublicIPv6":null}"#,
+    )
+    .unwrap();
+    let at_pod = listener(&node.pods[0].netns);
+    let at_victim = listener(&victim.0);
+    let send = |inner: Vec<u8>| {
+        in_ns(&peer.0, move || {
+            let s = UdpSocket::bind("10.0.0.99:8285").unwrap();
+            s.send_to(&inner, (node_ip, 8285)).unwrap();
+        })
+    };
+    // The legitimate packet first, until the node knows the new peer.
+    let ok = eventually(Duration::from_secs(10), || {
+        send(udp_packet(Ipv4Addr::new(10, 244, 200, 5), pod, b"legit"));
+        at_pod.recv_timeout(Duration::from_millis(200)).as_deref() == Ok("legit")
+    });
+    assert!(ok.is_some(), "the peer's own pod traffic must pass");
+    // Relayed off the network, it would reach the victim (masqueraded by the node).
+    send(udp_packet(
+        Ipv4Addr::new(10, 244, 200, 5),
+        Ipv4Addr::new(10, 0, 0, 97),
+        b"relay",
+    ));
+    // A source in another node's subnet: the peer impersonates that node's pod.
+    send(udp_packet(other_pod, pod, b"spoofed"));
+    // From outside the cluster (not masqueraded): allowed, as with vxlan.
+    send(udp_packet(Ipv4Addr::new(192, 168, 7, 7), pod, b"outside"));
+    assert!(
+        at_victim.recv_timeout(Duration::from_millis(1500)).is_err(),
+        "a packet for an address outside our subnet was relayed"
+    );
+    let mut got = Vec::new();
+    while let Ok(m) = at_pod.recv_timeout(Duration::from_millis(500)) {
+        got.push(m);
+    }
+    assert_eq!(got, ["outside"], "what reached the pod");
+    let log = node.log.clone();
+    let seen = eventually(Duration::from_secs(5), || {
+        let l = std::fs::read_to_string(&log).unwrap_or_default();
+        l.contains("not for this node's subnet") && l.contains("source in another node's subnet")
+    });
+    assert!(
+        seen.is_some(),
+        "each drop reason is counted and logged:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}

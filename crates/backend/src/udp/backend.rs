@@ -33,7 +33,8 @@ pub struct UdpBackend {
     table: Arc<PeerTable>,
     local: Option<Ipv4Net>,
     counters: Arc<Counters>,
-    reported_unknown: u64,
+    /// Drop counters as last logged: unknown sender, not for us, spoofed source.
+    reported_drops: [u64; 3],
 }
 
 impl UdpBackend {
@@ -120,7 +121,7 @@ impl UdpBackend {
             table: Arc::new(PeerTable::default()),
             local: None,
             counters,
-            reported_unknown: 0,
+            reported_drops: [0; 3],
         })
     }
 
@@ -193,26 +194,46 @@ impl UdpBackend {
         let table = Arc::new(PeerTable::new(
             peers.iter().map(|l| (l.subnet, l.attrs.public_ip)),
             self.port,
+            own.subnet,
+            self.network,
         ));
         if table != self.table || self.local != Some(own.subnet) {
             for (tx, _) in &self.workers {
-                let _ = tx.send(Ctl::Table(table.clone(), own.subnet.network()));
+                let _ = tx.send(Ctl::Table(table.clone()));
             }
             info!(peers = table.len(), "udp peer table updated");
             report.added += 1;
             self.table = table;
             self.local = Some(own.subnet);
         }
-        let unknown = self.counters.rx_unknown_source.load(Ordering::Relaxed);
-        if unknown > self.reported_unknown {
-            warn!(
-                dropped = unknown - self.reported_unknown,
-                total = unknown,
-                "dropped udp datagrams from senders that are not peers"
-            );
-            self.reported_unknown = unknown;
-        }
+        self.report_drops();
         Ok(report)
+    }
+
+    /// Logs each drop reason whose count grew since the last pass.
+    fn report_drops(&mut self) {
+        let c = &self.counters;
+        let reasons = [
+            (
+                &c.rx_unknown_source,
+                "dropped udp datagrams from senders that are not peers",
+            ),
+            (
+                &c.rx_not_for_us,
+                "dropped inner packets not for this node's subnet (they would be relayed off the network)",
+            ),
+            (
+                &c.rx_spoofed_source,
+                "dropped inner packets with a source in another node's subnet (spoofed)",
+            ),
+        ];
+        for ((counter, what), seen) in reasons.iter().zip(self.reported_drops.iter_mut()) {
+            let now = counter.load(Ordering::Relaxed);
+            if now > *seen {
+                warn!(dropped = now - *seen, total = now, "{what}");
+                *seen = now;
+            }
+        }
     }
 }
 

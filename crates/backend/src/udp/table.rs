@@ -1,8 +1,9 @@
-//! The peer table of the udp backend: remote subnet → the peer's `PublicIP:port`, and the set
-//! of peer addresses accepted as senders. Built by the control side, read by workers.
+//! The peer table of the udp backend: remote subnet → the peer's `PublicIP:port` for sending,
+//! and for receiving what each peer may send: its own subnets as sources, ours as destination.
+//! Built by the control side, read by workers.
 
 use ipnet::Ipv4Net;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -10,18 +11,45 @@ pub struct PeerTable {
     /// Distinct prefix lengths (normally just SubnetLen), longest first.
     lens: Vec<u8>,
     routes: HashMap<(u32, u8), SocketAddrV4>,
-    sources: HashSet<Ipv4Addr>,
+    /// Each peer's subnets, by its public IP: the senders accepted, and their sources.
+    sources: HashMap<Ipv4Addr, Vec<Ipv4Net>>,
+    /// Our own subnet: the only destination a peer may send to.
+    own: Ipv4Net,
+    /// The cluster network: a source inside it must lie in the sending peer's subnet.
+    network: Ipv4Net,
+}
+
+/// What becomes of an inner packet from a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inbound {
+    Accept,
+    /// Its destination is not in our subnet: written to the TUN it would be forwarded (and
+    /// masqueraded) off the network, a relay for whoever can spoof a peer's address.
+    NotForUs,
+    /// Its source is in the cluster network but not in the sending peer's subnet: it would
+    /// impersonate another node's pod. (Sources outside the network are traffic from outside
+    /// the cluster, not masqueraded, which vxlan carries too.)
+    SpoofedSource,
 }
 
 impl PeerTable {
-    pub fn new(peers: impl IntoIterator<Item = (Ipv4Net, Ipv4Addr)>, port: u16) -> Self {
-        let mut t = Self::default();
+    pub fn new(
+        peers: impl IntoIterator<Item = (Ipv4Net, Ipv4Addr)>,
+        port: u16,
+        own: Ipv4Net,
+        network: Ipv4Net,
+    ) -> Self {
+        let mut t = Self {
+            own,
+            network,
+            ..Self::default()
+        };
         for (net, ip) in peers {
             t.routes.insert(
                 (u32::from(net.network()), net.prefix_len()),
                 SocketAddrV4::new(ip, port),
             );
-            t.sources.insert(ip);
+            t.sources.entry(ip).or_default().push(net);
             if !t.lens.contains(&net.prefix_len()) {
                 t.lens.push(net.prefix_len());
             }
@@ -43,9 +71,26 @@ impl PeerTable {
         })
     }
 
-    /// Whether datagrams from `src` are accepted (upstream accepts anything; we only take peers).
-    pub fn is_peer(&self, src: Ipv4Addr) -> bool {
-        self.sources.contains(&src)
+    /// The subnets of the peer at `src`; `None` when it is no peer (upstream accepts anything;
+    /// we only take peers).
+    pub fn peer_subnets(&self, src: Ipv4Addr) -> Option<&[Ipv4Net]> {
+        self.sources.get(&src).map(Vec::as_slice)
+    }
+
+    /// The verdict on an inner packet `src → dst` from a peer holding `subnets`.
+    pub fn inbound(&self, subnets: &[Ipv4Net], src: Ipv4Addr, dst: Ipv4Addr) -> Inbound {
+        if !self.own.contains(&dst) {
+            Inbound::NotForUs
+        } else if self.network.contains(&src) && !subnets.iter().any(|s| s.contains(&src)) {
+            Inbound::SpoofedSource
+        } else {
+            Inbound::Accept
+        }
+    }
+
+    /// Our own subnet.
+    pub fn own(&self) -> Ipv4Net {
+        self.own
     }
 
     pub fn len(&self) -> usize {
@@ -61,9 +106,8 @@ impl PeerTable {
 mod tests {
     use super::*;
 
-    #[test]
-    fn longest_prefix_lookup_and_sources() {
-        let t = PeerTable::new(
+    fn table() -> PeerTable {
+        PeerTable::new(
             [
                 (
                     "10.244.2.0/24".parse().unwrap(),
@@ -75,13 +119,44 @@ mod tests {
                 ),
             ],
             8285,
-        );
+            "10.244.1.0/24".parse().unwrap(),
+            "10.244.0.0/16".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn longest_prefix_lookup_and_sources() {
+        let t = table();
         assert_eq!(
             t.lookup(Ipv4Addr::new(10, 244, 2, 9)),
             Some("10.0.0.52:8285".parse().unwrap())
         );
         assert_eq!(t.lookup(Ipv4Addr::new(10, 244, 4, 9)), None);
-        assert!(t.is_peer(Ipv4Addr::new(10, 0, 0, 53)));
-        assert!(!t.is_peer(Ipv4Addr::new(10, 0, 0, 99)));
+        assert!(t.peer_subnets(Ipv4Addr::new(10, 0, 0, 53)).is_some());
+        assert!(t.peer_subnets(Ipv4Addr::new(10, 0, 0, 99)).is_none());
+    }
+
+    #[test]
+    fn inbound_packets_must_be_for_us_and_from_the_sender() {
+        let t = table();
+        let from52 = t.peer_subnets(Ipv4Addr::new(10, 0, 0, 52)).unwrap();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(
+            t.inbound(from52, ip("10.244.2.5"), ip("10.244.1.7")),
+            Inbound::Accept
+        );
+        assert_eq!(
+            t.inbound(from52, ip("10.244.2.5"), ip("10.0.0.99")),
+            Inbound::NotForUs
+        );
+        assert_eq!(
+            t.inbound(from52, ip("10.244.3.5"), ip("10.244.1.7")),
+            Inbound::SpoofedSource
+        );
+        // From outside the cluster: allowed, as vxlan carries it.
+        assert_eq!(
+            t.inbound(from52, ip("192.168.7.7"), ip("10.244.1.7")),
+            Inbound::Accept
+        );
     }
 }

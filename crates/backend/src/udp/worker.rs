@@ -5,7 +5,7 @@ use super::gro::{Gro, MAX_SEGS};
 use super::gso::{segment, SegError};
 use super::packet::{decrement_ttl, icmp_net_unreachable, parse_ipv4};
 use super::sock::{Received, RecvBatch, Sock};
-use super::table::PeerTable;
+use super::table::{Inbound, PeerTable};
 use super::vnet::{self, VnetHdr};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -24,6 +24,10 @@ pub struct Counters {
     pub rx_packets: AtomicU64,
     /// Datagrams whose sender is not a known peer (upstream accepts them; we drop them).
     pub rx_unknown_source: AtomicU64,
+    /// Inner packets from a peer for an address outside our subnet (not relayed).
+    pub rx_not_for_us: AtomicU64,
+    /// Inner packets from a peer with a source in another node's subnet.
+    pub rx_spoofed_source: AtomicU64,
     pub rx_malformed: AtomicU64,
     pub no_route: AtomicU64,
     pub ttl_expired: AtomicU64,
@@ -35,8 +39,8 @@ fn inc(c: &AtomicU64, n: u64) {
 }
 
 pub enum Ctl {
-    /// New peers, and the TUN address (the source of ICMP errors we generate).
-    Table(Arc<PeerTable>, Ipv4Addr),
+    /// New peers (and our subnet, whose address on the TUN is the source of our ICMP errors).
+    Table(Arc<PeerTable>),
     Stop,
 }
 
@@ -102,9 +106,9 @@ impl Worker {
             unsafe { libc::poll(fds.as_mut_ptr(), 2, 200) };
             while let Ok(m) = self.ctl.try_recv() {
                 match m {
-                    Ctl::Table(t, l) => {
+                    Ctl::Table(t) => {
+                        local = t.own().network();
                         table = t;
-                        local = l;
                     }
                     Ctl::Stop => return,
                 }
@@ -186,7 +190,8 @@ impl Worker {
     }
 }
 
-/// Peers → TUN: check the sender, split GRO batches into packets, validate, decrement TTL,
+/// Peers → TUN: check the sender (once per datagram), split GRO batches into packets, check
+/// each packet's addresses against what that sender may send, validate, decrement TTL,
 /// coalesce for the TUN write. The coalescer keeps slices of `data` until the batch is flushed.
 fn inbound<'a>(
     data: &'a mut [u8],
@@ -196,16 +201,27 @@ fn inbound<'a>(
     gro: &mut Gro<'a>,
     write: &mut impl FnMut(&[&[u8]]),
 ) {
-    if !table.is_peer(r.from) {
+    let Some(subnets) = table.peer_subnets(r.from) else {
         inc(&c.rx_unknown_source, 1);
         return;
-    }
+    };
     let seg = if r.seg > 0 { r.seg } else { data.len().max(1) };
     for pkt in data.chunks_mut(seg) {
         let Some(ip) = parse_ipv4(pkt) else {
             inc(&c.rx_malformed, 1);
             continue;
         };
+        match table.inbound(subnets, ip.src, ip.dst) {
+            Inbound::Accept => {}
+            Inbound::NotForUs => {
+                inc(&c.rx_not_for_us, 1);
+                continue;
+            }
+            Inbound::SpoofedSource => {
+                inc(&c.rx_spoofed_source, 1);
+                continue;
+            }
+        }
         let pkt = &mut pkt[..ip.total_len];
         if !decrement_ttl(pkt) {
             inc(&c.ttl_expired, 1);
@@ -223,12 +239,15 @@ mod tests {
 
     #[test]
     fn inbound_drops_strangers_truncated_and_oversized_input() {
+        // The test packets go 10.244.1.2 -> 10.244.2.3: from the peer's subnet into ours.
         let table = PeerTable::new(
             [(
-                "10.244.2.0/24".parse().unwrap(),
+                "10.244.1.0/24".parse().unwrap(),
                 Ipv4Addr::new(10, 0, 0, 52),
             )],
             8285,
+            "10.244.2.0/24".parse().unwrap(),
+            "10.244.0.0/16".parse().unwrap(),
         );
         let c = Counters::default();
         let good = tcp_packet(1, 0x10, b"hello");
