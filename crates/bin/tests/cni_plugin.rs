@@ -687,3 +687,19 @@ fn gc_without_valid_attachments_removes_nothing() {
     assert!(!s.stored().exists());
     assert_eq!(s.ipam_owner(&addr), None);
 }
+
+#[test]
+fn a_subnet_file_that_is_a_directory_is_a_config_error_not_try_again() {
+    let s = Setup::new(None);
+    std::fs::create_dir(s.dir.path().join("subnet.env")).unwrap();
+    let mut conf = s.conf();
+    conf["subnetFileWait"] = json!(0);
+    let (ok, err) = s.run("ADD", &conf, &s.pod.path());
+    assert!(!ok);
+    assert_eq!(err["code"], 7, "{err}");
+    assert!(
+        err["msg"].as_str().unwrap().contains("is a directory"),
+        "{err}"
+    );
+    assert!(!s.stored().exists());
+}

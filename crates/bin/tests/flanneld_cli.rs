@@ -288,3 +288,106 @@ fn closed_by_peer(c: &std::net::TcpStream) -> bool {
         Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
     }
 }
+
+#[test]
+fn an_unreadable_lease_is_reported_once_not_once_per_listing() {
+    let mut n = Node::new("ur");
+    n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
+    n.etcdctl(&[
+        "put",
+        "/coreos.com/network/subnets/10.244.9.0-24",
+        "garbage",
+    ]);
+    n.start(&["--iptables-resync=1"]);
+    n.wait_ready();
+    std::thread::sleep(Duration::from_secs(2));
+    let lines: Vec<String> = n
+        .log()
+        .lines()
+        .filter(|l| l.contains("10.244.9.0-24"))
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("unreadable"), "{lines:#?}");
+    // A different bad value under the same key is news, and said again.
+    n.etcdctl(&["put", "/coreos.com/network/subnets/10.244.9.0-24", "{}x"]);
+    let again = eventually(Duration::from_secs(5), || {
+        n.log()
+            .lines()
+            .filter(|l| l.contains("10.244.9.0-24"))
+            .count()
+            == 2
+    });
+    assert!(again.is_some(), "{}", n.log());
+}
+
+#[test]
+fn verbose_logging_means_our_logs_not_our_dependencies() {
+    let mut n = Node::new("vv");
+    n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
+    n.start(&["-v=10", "--iptables-resync=1"]);
+    n.wait_ready();
+    let before = n.log().lines().count();
+    std::thread::sleep(Duration::from_secs(3));
+    let log = n.log();
+    let idle: Vec<&str> = log.lines().skip(before).collect();
+    let foreign: Vec<&&str> = idle
+        .iter()
+        .filter(|l| {
+            // `<time> <LEVEL> <target>: ...`
+            let target = l.split_whitespace().nth(2).unwrap_or_default();
+            !target.starts_with("flannel")
+        })
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "{} lines from dependencies in 3 s, e.g. {:?}",
+        foreign.len(),
+        foreign.iter().take(3).collect::<Vec<_>>()
+    );
+    assert!(
+        log.contains("DEBUG") || log.contains("TRACE"),
+        "-v=10 still turns on our own debug logs"
+    );
+    assert!(idle.len() < 200, "{} lines in 3 s of idling", idle.len());
+}
+
+#[test]
+fn a_lease_planted_with_our_public_ip_does_not_move_us_off_our_subnet() {
+    let mut n = Node::new("pl");
+    n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
+    n.start(&[]);
+    n.wait_ready();
+    let env = std::fs::read_to_string(n.subnet_env()).unwrap();
+    let ours = env
+        .lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+        .unwrap()
+        .to_string();
+    n.stop();
+    // While flanneld is stopped, our lease expires and a lease claiming our PublicIP appears
+    // (another node behind the same address, say). Pods here still use our subnet.
+    n.etcdctl(&["del", "--prefix", "/coreos.com/network/subnets/"]);
+    n.etcdctl(&[
+        "put",
+        "/coreos.com/network/subnets/10.244.77.0-24",
+        r#"{"PublicIP":"10.0.0.50","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:77"}}"#,
+    ]);
+    n.start(&[]);
+    n.wait_ready();
+    let env = std::fs::read_to_string(n.subnet_env()).unwrap();
+    assert!(
+        env.contains(&format!("FLANNEL_SUBNET={ours}")),
+        "{env}\n{}",
+        n.log()
+    );
+    let loud = n
+        .log()
+        .lines()
+        .any(|l| l.contains("ERROR") && l.contains("/coreos.com/network/subnets/10.244.77.0-24"));
+    assert!(loud, "the planted lease is named loudly:\n{}", n.log());
+    // The planted lease is left alone (it is not ours to delete).
+    assert!(!n
+        .etcdctl(&["get", "/coreos.com/network/subnets/10.244.77.0-24"])
+        .is_empty());
+}

@@ -152,9 +152,24 @@ fn cmd_del(env: &CniEnv, conf: &NetConf) -> Result<Vec<u8>, CniError> {
 }
 
 fn load_env(conf: &NetConf) -> Result<subnet_env::PluginSubnetEnv, CniError> {
+    if std::path::Path::new(&conf.subnet_file).is_dir() {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!(
+                "subnetFile {} is a directory, not flanneld's subnet.env file: check subnetFile in the CNI config",
+                conf.subnet_file
+            ),
+        ));
+    }
     let text = std::fs::read_to_string(&conf.subnet_file).map_err(|e| {
+        // Only a missing file means "flanneld has not written it yet": try again later.
+        // Anything else (a directory, no permission) will not fix itself.
+        let c = match e.kind() {
+            std::io::ErrorKind::NotFound => code::TRY_AGAIN_LATER,
+            _ => code::INVALID_CONFIG,
+        };
         CniError::new(
-            code::TRY_AGAIN_LATER,
+            c,
             format!("failed to load flannel 'subnet.env' file: open {}: {e}. Check the flannel pod log for this node.", conf.subnet_file),
         )
     })?;

@@ -73,16 +73,49 @@ fn error_line(e: &anyhow::Error) -> String {
 }
 
 fn init_logging(v: i64) {
-    let default = match v {
-        i64::MIN..=1 => "info",
-        2..=4 => "debug",
-        _ => "trace",
-    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_directives(v)));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
+}
+
+/// Our crates whose logs `-v` controls.
+const OUR_CRATES: &[&str] = &[
+    "flanneld",
+    "flannel_core",
+    "flannel_subnet",
+    "flannel_net",
+    "flannel_backend",
+];
+
+/// `-v` means our logs: 0-1 info, 2-4 debug, 5 and up trace. Dependencies (HTTP/2, gRPC,
+/// netlink) stay at warn whatever `-v` says; `RUST_LOG` overrides all of it.
+pub fn log_directives(v: i64) -> String {
+    let ours = match v {
+        i64::MIN..=1 => "info",
+        2..=4 => "debug",
+        _ => "trace",
+    };
+    let mut d = String::from("warn");
+    for c in OUR_CRATES {
+        d.push_str(&format!(",{c}={ours}"));
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn v_levels_apply_to_our_crates_only() {
+        let d = super::log_directives(10);
+        assert!(
+            d.starts_with("warn,") && d.contains("flannel_subnet=trace"),
+            "{d}"
+        );
+        assert!(super::log_directives(0).contains("flanneld=info"));
+        assert!(super::log_directives(3).contains("flannel_net=debug"));
+    }
 }

@@ -15,10 +15,13 @@ use flannel_core::subnet::{v4_net, v4_to_u128, v6_net, v6_to_u128};
 use flannel_core::subnet_env::PreviousSubnets;
 use flannel_core::subnet_key::SubnetKey;
 use flannel_core::{Lease, LeaseAttrs, NetworkConfig};
+use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Upstream's `subnetTTL`: every lease key hangs on a 24 h etcd lease.
 pub const SUBNET_TTL_SECS: i64 = 24 * 60 * 60;
@@ -59,9 +62,51 @@ pub struct Listing {
     pub revision: i64,
 }
 
+/// The prefixes held by leases (readable or not), per family, as (base, length).
+struct Taken {
+    v4: Vec<(u128, u8)>,
+    v6: Vec<(u128, u8)>,
+}
+
+impl Taken {
+    fn of(entries: &[&Entry], unreadable: &[SubnetKey]) -> Self {
+        let keys: Vec<SubnetKey> = entries
+            .iter()
+            .map(|e| e.lease.key())
+            .chain(unreadable.iter().copied())
+            .collect();
+        Self {
+            v4: keys
+                .iter()
+                .map(|k| (v4_to_u128(k.v4.network()), k.v4.prefix_len()))
+                .collect(),
+            v6: keys
+                .iter()
+                .filter_map(|k| k.v6)
+                .map(|n| (v6_to_u128(n.network()), n.prefix_len()))
+                .collect(),
+        }
+    }
+
+    /// Whether no lease overlaps `k` in either family.
+    fn is_free(&self, k: &SubnetKey) -> bool {
+        let free = |taken: &[(u128, u8)], base: u128, len: u8, bits: u8| {
+            !taken
+                .iter()
+                .any(|&(b, l)| flannel_core::subnet::overlaps(bits, base, len, b, l))
+        };
+        free(&self.v4, v4_to_u128(k.v4.network()), k.v4.prefix_len(), 32)
+            && k.v6
+                .is_none_or(|n| free(&self.v6, v6_to_u128(n.network()), n.prefix_len(), 128))
+    }
+}
+
 #[derive(Clone)]
 pub struct EtcdSubnetManager {
     conn: Conn,
+    /// Keys whose value could not be read, with a hash of that value: each bad value is
+    /// reported once, not on every listing.
+    reported: Arc<Mutex<HashMap<String, u64>>>,
     prefix: String,
     previous: PreviousSubnets,
 }
@@ -102,6 +147,7 @@ impl EtcdSubnetManager {
     ) -> Result<Self, SubnetError> {
         Ok(Self {
             conn: Conn::connect(opts).await?,
+            reported: Arc::default(),
             prefix: clean_prefix(&opts.prefix),
             previous,
         })
@@ -120,27 +166,53 @@ impl EtcdSubnetManager {
     }
 
     /// Decodes one key/value. `Err(Some(key))` when the key names a subnet but the value is
-    /// unreadable, `Err(None)` when the key is not a subnet; both logged with the key.
+    /// unreadable, `Err(None)` when the key is not a subnet; both logged with the key, once per
+    /// distinct value (the same listing is read several times at start and on every relist).
     fn decode(&self, key: &[u8], value: &[u8]) -> Result<Lease, Option<SubnetKey>> {
         let key = String::from_utf8_lossy(key);
         let name = key.strip_prefix(&self.subnets_prefix()).unwrap_or(&key);
         let sk = match SubnetKey::parse(name) {
             Ok(k) => k,
             Err(e) => {
-                warn!(key = %key, error = %e, "skipping etcd key: not a subnet");
+                if self.first_report(&key, value) {
+                    warn!(key = %key, error = %e, "skipping etcd key: not a subnet");
+                }
                 return Err(None);
             }
         };
         match LeaseAttrs::from_json(value) {
-            Ok(attrs) => Ok(Lease {
-                subnet: sk.v4,
-                ipv6_subnet: sk.v6,
-                attrs,
-            }),
+            Ok(attrs) => {
+                self.forget_report(&key);
+                Ok(Lease {
+                    subnet: sk.v4,
+                    ipv6_subnet: sk.v6,
+                    attrs,
+                })
+            }
             Err(e) => {
-                warn!(key = %key, error = %e, "skipping lease with an unreadable value (its subnet stays reserved)");
+                if self.first_report(&key, value) {
+                    warn!(key = %key, error = %e, "skipping lease with an unreadable value (its subnet stays reserved)");
+                } else {
+                    debug!(key = %key, "still unreadable");
+                }
                 Err(Some(sk))
             }
+        }
+    }
+
+    /// Whether `value` under `key` has not been reported yet (and records it).
+    fn first_report(&self, key: &str, value: &[u8]) -> bool {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        value.hash(&mut h);
+        let hash = h.finish();
+        let mut r = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        r.insert(key.to_string(), hash) != Some(hash)
+    }
+
+    fn forget_report(&self, key: &str) {
+        let mut r = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        if !r.is_empty() {
+            r.remove(key);
         }
     }
 
@@ -249,13 +321,52 @@ impl EtcdSubnetManager {
                 None => self.list().await?,
             };
             let mut taken: Vec<&Entry> = l.entries.iter().collect();
-
-            // 1. The lease our PublicIP already holds.
-            if let Some(e) = l
+            let mine: Vec<&Entry> = l
                 .entries
                 .iter()
-                .find(|e| e.lease.attrs.public_ip == attrs.public_ip)
-            {
+                .filter(|e| e.lease.attrs.public_ip == attrs.public_ip)
+                .collect();
+            // Our previous run's subnet (subnet.env), if it still fits the config.
+            let prev = self.previous.subnet.and_then(|s| {
+                let k = SubnetKey::new(
+                    s,
+                    if v6_range.is_some() {
+                        self.previous.ipv6_subnet
+                    } else {
+                        None
+                    },
+                );
+                let probe = Lease {
+                    subnet: k.v4,
+                    ipv6_subnet: k.v6,
+                    attrs: attrs.clone(),
+                };
+                Self::compatible(cfg, &probe).then_some(k)
+            });
+
+            // 1. Our previous subnet, still held by our PublicIP: a restart. Pods on this node
+            //    use its addresses; another lease claiming our PublicIP does not move us.
+            if let Some(e) = prev.and_then(|k| mine.iter().find(|e| e.lease.key() == k)) {
+                self.report_other_claims(&mine, &e.key, attrs);
+                let cmp = Compare::mod_revision(e.key.as_str(), CompareOp::Equal, e.mod_revision);
+                if let Some(own) = self
+                    .put_if(&e.key, e.lease.key(), attrs, cmp, e.etcd_lease == 0)
+                    .await?
+                {
+                    info!(key = %e.key, "reusing our previous subnet, held by our public IP {}", attrs.public_ip);
+                    return Ok(own);
+                }
+                continue;
+            }
+
+            // 2. Our previous subnet, if nobody holds it (our lease expired while we were down).
+            let prev = prev.filter(|k| Taken::of(&taken, &l.unreadable).is_free(k));
+            if let Some(k) = prev {
+                self.report_other_claims(&mine, &self.key_for(&k), attrs);
+            } else if let Some(e) = mine.first() {
+                // 3. The lease our PublicIP holds (upstream's first choice; ours after a reboot,
+                //    when subnet.env is gone with /run).
+                self.report_other_claims(&mine, &e.key, attrs);
                 if Self::compatible(cfg, &e.lease) {
                     let cmp =
                         Compare::mod_revision(e.key.as_str(), CompareOp::Equal, e.mod_revision);
@@ -281,48 +392,12 @@ impl EtcdSubnetManager {
                 timed("txn delete", &e.key, c.txn(txn)).await?;
                 taken.retain(|t| t.key != e.key);
             }
+            let Taken {
+                v4: taken_v4,
+                v6: taken_v6,
+            } = Taken::of(&taken, &l.unreadable);
 
-            let keys = taken
-                .iter()
-                .map(|e| e.lease.key())
-                .chain(l.unreadable.iter().copied());
-            let taken_v4: Vec<(u128, u8)> = keys
-                .clone()
-                .map(|k| (v4_to_u128(k.v4.network()), k.v4.prefix_len()))
-                .collect();
-            let taken_v6: Vec<(u128, u8)> = keys
-                .filter_map(|k| k.v6)
-                .map(|n| (v6_to_u128(n.network()), n.prefix_len()))
-                .collect();
-            let free = |taken: &[(u128, u8)], base: u128, len: u8, bits: u8| {
-                !taken
-                    .iter()
-                    .any(|&(b, l)| flannel_core::subnet::overlaps(bits, base, len, b, l))
-            };
-
-            // 2. The subnet of our previous run, if nobody holds it and it still fits.
-            let prev = self.previous.subnet.and_then(|s| {
-                let k = SubnetKey::new(
-                    s,
-                    if v6_range.is_some() {
-                        self.previous.ipv6_subnet
-                    } else {
-                        None
-                    },
-                );
-                let probe = Lease {
-                    subnet: k.v4,
-                    ipv6_subnet: k.v6,
-                    attrs: attrs.clone(),
-                };
-                let is_free = free(&taken_v4, v4_to_u128(s.network()), s.prefix_len(), 32)
-                    && k.v6.is_none_or(|n| {
-                        free(&taken_v6, v6_to_u128(n.network()), n.prefix_len(), 128)
-                    });
-                (Self::compatible(cfg, &probe) && is_free).then_some(k)
-            });
-
-            // 3. A random free subnet.
+            // 4. A random free subnet.
             let key = match prev {
                 Some(k) => k,
                 None => {
@@ -350,6 +425,18 @@ impl EtcdSubnetManager {
             }
         }
         Err(SubnetError::TooManyConflicts(ACQUIRE_ATTEMPTS))
+    }
+
+    /// Says loudly which other leases claim our PublicIP besides `chosen`: another node behind
+    /// the same address (NAT, a Vagrant NIC) or a planted lease. They are left alone.
+    fn report_other_claims(&self, mine: &[&Entry], chosen: &str, attrs: &LeaseAttrs) {
+        for e in mine.iter().filter(|e| e.key != chosen) {
+            error!(
+                key = %e.key,
+                "lease {} also claims our public IP {}: another node behind the same address (set --public-ip or --iface), or a stale or planted lease; keeping {chosen} and leaving {} alone",
+                e.key, attrs.public_ip, e.key
+            );
+        }
     }
 
     /// Renews by putting the same value on a fresh 24 h lease, only while the key still holds
