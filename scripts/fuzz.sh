@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Runs every fuzz target (fuzz/fuzz_targets: config parser, subnet-key and lease codecs, CNI
-# config and subnet.env, the udp packet path) for SECONDS each: ./scripts/fuzz.sh [SECONDS]
-# The test command runs them briefly; run e.g. `./scripts/fuzz.sh 600` for a long session.
+# config and subnet.env, the udp packet path, flanneld's flags and health requests) for SECONDS
+# each: ./scripts/fuzz.sh [SECONDS]
+# Each run starts from the seed corpus checked in under fuzz/seeds/<target>/ (so a short run
+# already covers the code) and writes what it finds to a temporary corpus; the repository stays
+# untouched. FUZZ_UPDATE_SEEDS=1 merges the inputs that add coverage into fuzz/seeds/ after the
+# run (do it after a long session, then commit them).
 # Prints one line per target; exits non-zero if any target found a crash (the input is kept in
 # fuzz/artifacts/<target>/ and can be replayed with `cargo fuzz run <target> <file>`).
 set -euo pipefail
@@ -10,17 +14,23 @@ cd "$(dirname "$0")/../fuzz"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # cargo fuzz passes nightly-only flags (the sanitizer); this machine has one stable toolchain.
 export RUSTC_BOOTSTRAP=1
-logs=$(mktemp -d)
-trap 'rm -rf "$logs"' EXIT
-cargo fuzz build >"$logs/build.log" 2>&1 || { cat "$logs/build.log"; exit 1; }
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cargo fuzz build >"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
 failed=0
 for t in $(cargo fuzz list); do
-  if cargo fuzz run "$t" -- -max_total_time="$secs" >"$logs/$t.log" 2>&1; then
-    echo "fuzz $t: ok, $(grep -oE 'Done [0-9]+ runs' "$logs/$t.log" | tail -1) in ${secs} s"
+  mkdir -p "$work/$t" "seeds/$t"
+  if cargo fuzz run "$t" "$work/$t" "seeds/$t" -- -max_total_time="$secs" >"$work/$t.log" 2>&1; then
+    echo "fuzz $t: ok, $(grep -oE 'Done [0-9]+ runs' "$work/$t.log" | tail -1) in ${secs} s," \
+      "coverage $(grep -oE 'cov: [0-9]+' "$work/$t.log" | tail -1 | cut -d' ' -f2)"
   else
     echo "fuzz $t: FAILED"
-    grep -A20 -E 'panicked|ERROR: libFuzzer|SUMMARY' "$logs/$t.log" | head -40
+    grep -A20 -E 'panicked|ERROR: libFuzzer|SUMMARY' "$work/$t.log" | head -40
     failed=$((failed + 1))
+  fi
+  if [ "${FUZZ_UPDATE_SEEDS:-0}" = 1 ]; then
+    cargo fuzz run "$t" "seeds/$t" "$work/$t" -- -merge=1 >"$work/$t.merge.log" 2>&1 ||
+      { echo "merging $t failed:"; tail -5 "$work/$t.merge.log"; }
   fi
 done
 exit "$failed"

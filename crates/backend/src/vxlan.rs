@@ -260,13 +260,13 @@ impl Backend for VxlanBackend {
             public_ip: self.ext.ext_addr,
             public_ipv6: self.ext.ext_v6_addr,
             backend_type: "vxlan".into(),
-            backend_data: Some(
-                VxlanData {
+            backend_data: Some(flannel_core::raw_json::RawJson::from_value(
+                &VxlanData {
                     vni: self.cfg.vni,
                     vtep_mac: self.spec.mac,
                 }
                 .to_value(),
-            ),
+            )),
             backend_v6_data: None,
         }
     }

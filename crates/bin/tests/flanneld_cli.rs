@@ -391,3 +391,32 @@ fn a_lease_planted_with_our_public_ip_does_not_move_us_off_our_subnet() {
         .etcdctl(&["get", "/coreos.com/network/subnets/10.244.77.0-24"])
         .is_empty());
 }
+
+#[test]
+fn a_config_with_long_non_ascii_text_in_a_wrong_typed_value_crashes_nothing() {
+    let bad = format!(
+        r#"{{"Network":"10.244.0.0/16","EnableIPv6":"{}","Backend":{{"Type":"vxlan"}}}}"#,
+        "é".repeat(40)
+    );
+    let mut n = Node::new("na");
+    n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
+    n.start(&["--iptables-resync=1"]);
+    n.wait_ready();
+    // The config is re-read on every resync: one bad write reaches every node.
+    n.etcdctl(&["put", "/coreos.com/network/config", &bad]);
+    let said = eventually(Duration::from_secs(5), || {
+        n.log()
+            .contains("it is now invalid (EnableIPv6: expected true or false")
+    });
+    assert!(said.is_some(), "{}", n.log());
+    assert!(n.flanneld_running(), "{}", n.log());
+    // At start it is waited on, not a crash.
+    n.stop();
+    n.start(&[]);
+    let waits = eventually(Duration::from_secs(5), || {
+        n.log()
+            .contains("invalid network config at /coreos.com/network/config: EnableIPv6")
+    });
+    assert!(waits.is_some(), "{}", n.log());
+    assert!(n.flanneld_running());
+}

@@ -11,19 +11,20 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    #[error("network config is not valid JSON: {0}")]
+    // Callers name the document and where it lives ("invalid network config at <key>: ...").
+    #[error("not valid JSON: {0}")]
     Json(String),
-    #[error("network config must be a JSON object")]
+    #[error("must be a JSON object")]
     NotAnObject,
-    #[error("network config: {0}")]
+    #[error("{0}")]
     Field(#[from] FieldError),
-    #[error("network config: {key}: invalid {family} CIDR format: {value:?}")]
+    #[error("{key}: invalid {family} CIDR format: {value:?}")]
     InvalidCidr {
         key: &'static str,
         family: &'static str,
         value: String,
     },
-    #[error("network config: {key}: invalid {family} address: {value:?}")]
+    #[error("{key}: invalid {family} address: {value:?}")]
     InvalidIp {
         key: &'static str,
         family: &'static str,
@@ -608,10 +609,7 @@ mod tests {
             let default = NetworkConfig::parse(&format!("{{{base}}}")).unwrap();
             assert_eq!(get(&null), get(&default), "{key}: null keeps the default");
             let e = err(&format!("{{{base},\"{key}\":{bad}}}"));
-            assert!(
-                e.starts_with(&format!("network config: {key}")),
-                "{key}={bad}: {e}"
-            );
+            assert!(e.starts_with(&key.to_string()), "{key}={bad}: {e}");
         }
         let unknown = checked(r#"{"Network":"10.8.0.0/16","Whatever":[1,2]}"#).unwrap();
         assert_eq!(
@@ -625,21 +623,21 @@ mod tests {
     fn parse_errors_name_the_key() {
         assert_eq!(
             err(r#"{"Network":"10.0.0.0"}"#),
-            r#"network config: Network: invalid IPv4 CIDR format: "10.0.0.0""#
+            r#"Network: invalid IPv4 CIDR format: "10.0.0.0""#
         );
         assert_eq!(
             err(r#"{"Network":"fc00::/64"}"#),
-            r#"network config: Network: invalid IPv4 CIDR format: "fc00::/64""#
+            r#"Network: invalid IPv4 CIDR format: "fc00::/64""#
         );
         assert_eq!(
             err(r#"{"Network":"10.0.0.0/8","SubnetLen":"24"}"#),
-            r#"network config: SubnetLen: expected a number, got "24""#
+            r#"SubnetLen: expected a number, got "24""#
         );
         assert_eq!(
             err(r#"{"Network":"10.0.0.0/8","Backend":"vxlan"}"#),
-            r#"network config: Backend: expected an object, got "vxlan""#
+            r#"Backend: expected an object, got "vxlan""#
         );
-        assert!(err("{not json").starts_with("network config is not valid JSON"));
-        assert_eq!(err("[1]"), "network config must be a JSON object");
+        assert!(err("{not json").starts_with("not valid JSON"));
+        assert_eq!(err("[1]"), "must be a JSON object");
     }
 }

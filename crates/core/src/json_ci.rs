@@ -21,12 +21,13 @@ pub struct FieldError {
     pub got: String,
 }
 
+/// The value as JSON text, cut to 60 characters (never inside a character: the text may be
+/// anything a writer put in the datastore).
 fn describe(v: &Value) -> String {
     let s = v.to_string();
-    if s.len() > 60 {
-        format!("{}...", &s[..60])
-    } else {
-        s
+    match s.char_indices().nth(60) {
+        Some((cut, _)) => format!("{}...", &s[..cut]),
+        None => s,
     }
 }
 
@@ -119,6 +120,22 @@ mod tests {
         assert_eq!(o.uint("SubnetLen", 32).unwrap(), Some(24));
         assert!(o.get("Backend").is_none());
         assert!(o.get("Missing").is_none());
+    }
+
+    #[test]
+    fn long_non_ascii_values_are_cut_at_a_character_boundary() {
+        // Found by the config fuzz target: "end byte index 60 is not a char boundary".
+        let v = json!({"EnableIPv6": "é".repeat(100)});
+        let o = CiObject::new(v.as_object().unwrap());
+        let e = o.bool("EnableIPv6").unwrap_err().to_string();
+        assert!(
+            e.starts_with("EnableIPv6: expected true or false, got \"éé"),
+            "{e}"
+        );
+        assert!(e.ends_with("..."), "{e}");
+        let short = json!({"A": "é"});
+        let o = CiObject::new(short.as_object().unwrap());
+        assert!(o.bool("A").unwrap_err().to_string().ends_with("\"é\""));
     }
 
     #[test]

@@ -4,9 +4,12 @@
 
 use crate::json_ci::{CiObject, FieldError};
 use crate::mac::MacAddr;
+use crate::raw_json::RawJson;
 use crate::subnet_key::SubnetKey;
 use ipnet::{Ipv4Net, Ipv6Net};
-use serde_json::Value;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,8 +34,9 @@ pub struct LeaseAttrs {
     pub public_ipv6: Option<Ipv6Addr>,
     /// Empty for backends that publish no type (udp).
     pub backend_type: String,
-    pub backend_data: Option<Value>,
-    pub backend_v6_data: Option<Value>,
+    /// Kept exactly as the writer wrote it (upstream's `json.RawMessage`).
+    pub backend_data: Option<RawJson>,
+    pub backend_v6_data: Option<RawJson>,
 }
 
 /// A subnet and who holds it.
@@ -65,7 +69,7 @@ impl LeaseAttrs {
             public_ip,
             public_ipv6: None,
             backend_type: backend_type.into(),
-            backend_data,
+            backend_data: backend_data.as_ref().map(RawJson::from_value),
             backend_v6_data: None,
         }
     }
@@ -87,21 +91,48 @@ impl LeaseAttrs {
         }
         if let Some(d) = &self.backend_data {
             s.push_str(",\"BackendData\":");
-            s.push_str(&d.to_string());
+            s.push_str(d.get());
         }
         if let Some(d) = &self.backend_v6_data {
             s.push_str(",\"BackendV6Data\":");
-            s.push_str(&d.to_string());
+            s.push_str(d.get());
         }
         s.push('}');
         s
     }
 
-    /// Reads a lease value with Go's rules: keys case-insensitive, unknown keys ignored.
+    /// Reads a lease value with Go's rules: keys case-insensitive, unknown keys ignored, `null`
+    /// as absent. The backend data are kept as written.
     pub fn from_json(text: &[u8]) -> Result<Self, LeaseError> {
-        let v: Value = serde_json::from_slice(text).map_err(|e| LeaseError::Json(e.to_string()))?;
-        let m = v.as_object().ok_or(LeaseError::NotAnObject)?;
-        let o = CiObject::new(m);
+        let raw: BTreeMap<String, Box<RawValue>> = match serde_json::from_slice(text) {
+            Ok(m) => m,
+            // Valid JSON that is not an object gets its own message.
+            Err(e) => {
+                return Err(match serde_json::from_slice::<Value>(text) {
+                    Ok(_) => LeaseError::NotAnObject,
+                    Err(_) => LeaseError::Json(e.to_string()),
+                })
+            }
+        };
+        let is = |k: &str, name: &str| k.eq_ignore_ascii_case(name);
+        // The scalar fields through the case-insensitive reader; the backend data raw.
+        let mut scalars = Map::new();
+        let (mut data, mut v6data) = (None, None);
+        for (k, v) in &raw {
+            if is(k, "BackendData") {
+                pick(&mut data, k, "BackendData", v);
+            } else if is(k, "BackendV6Data") {
+                pick(&mut v6data, k, "BackendV6Data", v);
+            } else if ["PublicIP", "PublicIPv6", "BackendType"]
+                .iter()
+                .any(|n| is(k, n))
+            {
+                let v: Value =
+                    serde_json::from_str(v.get()).map_err(|e| LeaseError::Json(e.to_string()))?;
+                scalars.insert(k.clone(), v);
+            }
+        }
+        let o = CiObject::new(&scalars);
         let public_ip = match o.str("PublicIP")? {
             None => Ipv4Addr::UNSPECIFIED,
             Some(s) => s.parse().map_err(|_| LeaseError::BadIp {
@@ -118,13 +149,31 @@ impl LeaseAttrs {
                 })
             })
             .transpose()?;
+        let keep = |d: Option<(bool, &RawValue)>| {
+            d.map(|(_, r)| r)
+                .filter(|r| r.get().trim() != "null")
+                .map(|r| RawJson::from_text(r.get()))
+                .transpose()
+                .map_err(|e| LeaseError::Json(e.to_string()))
+        };
         Ok(Self {
             public_ip,
             public_ipv6,
             backend_type: o.str("BackendType")?.unwrap_or("").to_string(),
-            backend_data: o.get("BackendData").cloned(),
-            backend_v6_data: o.get("BackendV6Data").cloned(),
+            backend_data: keep(data)?,
+            backend_v6_data: keep(v6data)?,
         })
+    }
+}
+
+/// Among keys that match a field ignoring case, the same choice as the `json_ci` reader makes
+/// for every other field: the exact spelling wins, else the first in key order.
+fn pick<'a>(slot: &mut Option<(bool, &'a RawValue)>, key: &str, name: &str, v: &'a RawValue) {
+    let exact = key == name;
+    match slot {
+        Some((true, _)) => {}
+        Some((false, _)) if !exact => {}
+        _ => *slot = Some((exact, v)),
     }
 }
 
@@ -139,6 +188,14 @@ impl VxlanData {
     pub fn to_value(&self) -> Value {
         // serde_json's map is sorted, which gives upstream's field order (VNI < VtepMAC).
         serde_json::json!({"VNI": self.vni, "VtepMAC": self.vtep_mac.to_string()})
+    }
+
+    /// Reads backend data as a lease carries it.
+    pub fn from_raw(r: &RawJson) -> Result<Self, LeaseError> {
+        let v = r
+            .value()
+            .map_err(|e| LeaseError::Vxlan(format!("not JSON: {e}")))?;
+        Self::from_value(&v)
     }
 
     pub fn from_value(v: &Value) -> Result<Self, LeaseError> {
@@ -168,7 +225,7 @@ mod tests {
         let a = LeaseAttrs::from_json(DOC_EXAMPLE.as_bytes()).unwrap();
         assert_eq!(a.public_ip, Ipv4Addr::new(192, 168, 64, 3));
         assert_eq!(a.backend_type, "vxlan");
-        let d = VxlanData::from_value(a.backend_data.as_ref().unwrap()).unwrap();
+        let d = VxlanData::from_raw(a.backend_data.as_ref().unwrap()).unwrap();
         assert_eq!(d.vni, 1);
         assert_eq!(d.vtep_mac.to_string(), "c6:d2:32:6f:8f:44");
         assert_eq!(a.to_json(), DOC_EXAMPLE);
@@ -196,6 +253,26 @@ mod tests {
         assert_eq!(a.public_ip, Ipv4Addr::new(10, 1, 1, 1));
         assert_eq!(a.backend_type, "host-gw");
         assert_eq!(a.public_ipv6, None);
+    }
+
+    #[test]
+    fn backend_data_is_kept_exactly_as_written() {
+        // Found by the lease_codec fuzz target: a float did not survive decode/encode.
+        let text = r#"{"PublicIP":"10.1.1.1","PublicIPv6":null,"BackendType":"x","BackendData":{"n": 9.903333333333332e+93, "s":"é"}}"#;
+        let a = LeaseAttrs::from_json(text.as_bytes()).unwrap();
+        assert_eq!(a.to_json(), text);
+        assert_eq!(LeaseAttrs::from_json(a.to_json().as_bytes()).unwrap(), a);
+        // Case-insensitive, exact spelling preferred, null as absent.
+        let a = LeaseAttrs::from_json(
+            br#"{"backenddata":{"a":1},"BackendData":{"b":2},"BACKENDV6DATA":null}"#,
+        )
+        .unwrap();
+        assert_eq!(a.backend_data.unwrap().get(), r#"{"b":2}"#);
+        assert_eq!(a.backend_v6_data, None);
+        assert!(matches!(
+            LeaseAttrs::from_json(b"[1]"),
+            Err(LeaseError::NotAnObject)
+        ));
     }
 
     #[test]

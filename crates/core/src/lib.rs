@@ -15,6 +15,7 @@ pub mod lease;
 pub mod mac;
 pub mod nftables;
 pub mod peers;
+pub mod raw_json;
 pub mod route_guard;
 pub mod subnet;
 pub mod subnet_env;

@@ -50,7 +50,7 @@ pub fn desired_peers_with(
             s.direct.insert(l.subnet, l.attrs.public_ip);
             continue;
         }
-        let data = match l.attrs.backend_data.as_ref().map(VxlanData::from_value) {
+        let data = match l.attrs.backend_data.as_ref().map(VxlanData::from_raw) {
             Some(Ok(d)) => d,
             Some(Err(e)) => {
                 skipped.push(Skipped {

@@ -60,7 +60,7 @@ async fn previous_vtep_mac(sm: &EtcdSubnetManager, public_ip: Ipv4Addr) -> Optio
         .iter()
         .find(|e| e.lease.attrs.public_ip == public_ip && e.lease.attrs.backend_type == "vxlan")
         .and_then(|e| e.lease.attrs.backend_data.as_ref())
-        .and_then(|d| VxlanData::from_value(d).ok())
+        .and_then(|d| VxlanData::from_raw(d).ok())
         .map(|d| d.vtep_mac)
 }
 

@@ -1,0 +1,33 @@
+//! flanneld's other outside input: command-line flags with their `FLANNELD_*` environment, and
+//! the request line a health-check client sends. Any bytes give values or an error, never a
+//! panic.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    // The first line is what a client sends to the health server.
+    let first = text.lines().next().unwrap_or_default();
+    let (status, _) = flanneld::health::respond(first, data.len() % 2 == 0);
+    assert!(status.starts_with("200") || status.starts_with("404") || status.starts_with("503"));
+    // The rest: arguments before a line "--", `NAME=value` environment lines after it.
+    let mut args = Vec::new();
+    let mut env = Vec::new();
+    let mut in_env = false;
+    for l in text.lines().skip(1) {
+        if l == "--" {
+            in_env = true;
+        } else if in_env {
+            if let Some((k, v)) = l.split_once('=') {
+                env.push((k.to_string(), v.to_string()));
+            }
+        } else {
+            args.push(l.to_string());
+        }
+    }
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    if let Ok(flanneld::flags::Parsed::Values(v)) = flanneld::flags::parse(&args, &get) {
+        let _ = v.describe();
+        let _ = flanneld::options::Options::from_values(&v);
+    }
+});
