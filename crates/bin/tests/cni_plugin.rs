@@ -56,6 +56,19 @@ impl Setup {
 
     fn run_as(&self, container: &str, command: &str, conf: &Value, netns: &str) -> (bool, Value) {
         let cni_path = format!("{}:/usr/lib/cni", bin_dir().display());
+        let (ok, v, _) = self.invoke(container, command, conf, netns, &cni_path);
+        (ok, v)
+    }
+
+    /// The plugin with every CNI variable given; returns (exit ok, stdout JSON or Null, stderr).
+    fn invoke(
+        &self,
+        container: &str,
+        command: &str,
+        conf: &Value,
+        netns: &str,
+        cni_path: &str,
+    ) -> (bool, Value, String) {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.node.0])
             .arg(bin_dir().join("flannel"))
@@ -82,7 +95,8 @@ impl Setup {
         } else {
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("stdout not JSON ({e}): {text}"))
         };
-        (out.status.success(), v)
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), v, stderr)
     }
 }
 
@@ -590,36 +604,14 @@ fn a_missing_delegate_plugin_stores_nothing_and_del_always_finishes() {
     let plugins = TempDir::new("plugins");
     std::fs::copy("/usr/lib/cni/bridge", plugins.path().join("bridge")).unwrap();
     std::fs::copy("/usr/lib/cni/host-local", plugins.path().join("host-local")).unwrap();
-    let with_path = |command: &str| {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &s.node.0])
-            .arg(bin_dir().join("flannel"))
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", &s.pod.0)
-            .env("CNI_NETNS", s.pod.path())
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", plugins.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(s.conf().to_string().as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    };
-    assert!(with_path("ADD").status.success());
+    let cni_path = plugins.path().display().to_string();
+    let with_path =
+        |command: &str| s.invoke(&s.pod.0, command, &s.conf(), &s.pod.path(), &cni_path);
+    assert!(with_path("ADD").0);
     std::fs::remove_file(plugins.path().join("bridge")).unwrap();
-    let o = with_path("DEL");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("bridge"),
-        "said on stderr"
-    );
+    let (ok, out, stderr) = with_path("DEL");
+    assert!(ok, "{out}");
+    assert!(stderr.contains("bridge"), "said on stderr: {stderr}");
     assert!(!s.stored().exists());
 }
 

@@ -88,17 +88,14 @@ fn with_credentials_and_etcd_down_at_start_flanneld_waits_quietly() {
 fn an_https_endpoint_with_only_a_ca_file_is_verified_with_that_ca() {
     let (mut n, tls) = Node::with_tls("ca");
     n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
-    let ca = n.dir.path().join("tls").join("ca.pem");
-    assert!(ca.exists(), "{}", tls.ca.display());
-    n.start(&[&format!("--etcd-cafile={}", ca.display())]);
+    let ca = n.tls_files()("ca.pem");
+    assert!(std::path::Path::new(&ca).exists(), "{}", tls.ca.display());
+    n.start(&[&format!("--etcd-cafile={ca}")]);
     n.wait_ready();
     let log = n.log();
     assert!(!log.contains("plain text"), "{log}");
     assert!(
-        log.contains(&format!(
-            "server certificate checked against {}",
-            ca.display()
-        )),
+        log.contains(&format!("server certificate checked against {ca}")),
         "say what really happens:\n{log}"
     );
 }
@@ -106,8 +103,7 @@ fn an_https_endpoint_with_only_a_ca_file_is_verified_with_that_ca() {
 #[test]
 fn mutual_tls_with_a_client_certificate() {
     let (mut n, _tls) = Node::with_tls("mt");
-    let d = n.dir.path().join("tls");
-    let f = |name: &str| d.join(name).display().to_string();
+    let f = n.tls_files();
     n.stop_etcd();
     n.etcd_args.push("--client-cert-auth".into());
     n.etcd_args
@@ -158,8 +154,7 @@ fn an_https_endpoint_with_an_unknown_ca_is_a_clear_error_not_plain_text() {
 #[test]
 fn swapped_client_certificate_and_key_files_give_one_clear_error() {
     let (mut n, _tls) = Node::with_tls("sw");
-    let d = n.dir.path().join("tls");
-    let f = |name: &str| d.join(name).display().to_string();
+    let f = n.tls_files();
     n.start(&[
         &format!("--etcd-cafile={}", f("ca.pem")),
         &format!("--etcd-certfile={}", f("client.key")),

@@ -447,6 +447,13 @@ impl Node {
         ));
     }
 
+    /// Names the certificate files of a node made by [`Node::with_tls`] (`ca.pem`, ...), without
+    /// holding on to the node.
+    pub fn tls_files(&self) -> impl Fn(&str) -> String {
+        let dir = self.dir.path().join("tls");
+        move |name| dir.join(name).display().to_string()
+    }
+
     /// Kills the node's etcd (its data stays).
     pub fn stop_etcd(&mut self) {
         drop(self.etcd.take().expect("etcd running"));
