@@ -299,11 +299,11 @@ fn spoofed_inner_packets_are_dropped_and_counted() {
     .unwrap();
     let at_pod = listener(&node.pods[0].netns);
     let at_victim = listener(&victim.0);
+    // One socket for every send, made in the peer's namespace (it stays there): binding the
+    // same address again and again races with forks of parallel tests holding the old one.
+    let sock = in_ns(&peer.0, || UdpSocket::bind("10.0.0.99:8285").unwrap());
     let send = |inner: Vec<u8>| {
-        in_ns(&peer.0, move || {
-            let s = UdpSocket::bind("10.0.0.99:8285").unwrap();
-            s.send_to(&inner, (node_ip, 8285)).unwrap();
-        })
+        sock.send_to(&inner, (node_ip, 8285)).unwrap();
     };
     // The legitimate packet first, until the node knows the new peer.
     let ok = eventually(Duration::from_secs(10), || {
