@@ -154,7 +154,7 @@ async fn renew_moves_the_key_to_a_fresh_lease_and_fails_when_the_key_is_gone() {
         before, after,
         "renewal uses a new etcd lease, like upstream"
     );
-    assert_eq!(renewed.handle, after);
+    assert_eq!(renewed.handle().etcd_lease_id(), after);
     assert_eq!(value, own.lease.attrs.to_json());
     f.client
         .delete(format!("{}/{key}", f.prefix), None)

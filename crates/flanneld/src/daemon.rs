@@ -1,23 +1,17 @@
-//! The flanneld startup sequence and main loop: config, interface, backend, lease, rules,
-//! subnet.env, then watch + reconcile + renew until a signal.
+//! The running daemon: its state in one struct (own lease, known leases, what the last reconcile
+//! did, counters) and one method per trigger (lease events, a netlink notification, the resync
+//! timer, the renewal deadline). `run` only waits for triggers and calls them; startup builds
+//! the struct (see `startup`).
 
-use crate::health;
-use crate::iface;
+use crate::drift::{ClaimWatch, ConfigDrift};
 use crate::options::Options;
-use anyhow::{bail, Context};
-use flannel_backend::AnyBackend;
-use flannel_backend::Backend;
-use flannel_core::iface::Families;
-use flannel_core::lease::VxlanData;
-use flannel_core::subnet_env::{PreviousSubnets, SubnetEnv};
-use flannel_core::{MacAddr, NetworkConfig};
-use flannel_net::firewall::{self, FamilyNets, FirewallConfig, IptablesManager, TrafficManager};
+use crate::skiplog::SkipLog;
+use anyhow::anyhow;
+use flannel_backend::{AnyBackend, Backend, ReconcileReport};
+use flannel_core::Lease;
+use flannel_net::firewall::TrafficManager;
 use flannel_net::Netlink;
-use flannel_subnet::etcd::EtcdSubnetManager;
 use flannel_subnet::{LeaseEvent, LeaseSet, OwnLease, SubnetError, SubnetManager};
-use ipnet::IpNet;
-use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
@@ -25,313 +19,246 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tracing::{error, info, warn};
 
-/// Retry pause while etcd is unreachable or the config is missing (upstream: 1 s).
-const CONFIG_RETRY: Duration = Duration::from_secs(1);
 /// Retry pause after a failed renewal (upstream: 1 minute).
 const RENEW_RETRY: Duration = Duration::from_secs(60);
 
-async fn wait_for_config(sm: &EtcdSubnetManager) -> anyhow::Result<NetworkConfig> {
-    let key = sm.config_key();
-    let mut last_problem = String::new();
-    loop {
-        let problem = match sm.get_network_config().await {
-            Ok(Some(text)) => match NetworkConfig::parse_and_check(&text) {
-                Ok(c) => return Ok(c),
-                Err(e) => format!("invalid network config at {key}: {e}"),
-            },
-            Ok(None) => format!(
-                "waiting for the network config: {key} does not exist in etcd (create it with `etcdctl put {key} '{{\"Network\": \"10.244.0.0/16\", \"Backend\": {{\"Type\": \"vxlan\"}}}}'`)"
-            ),
-            Err(e) => format!("waiting for etcd: {e}"),
-        };
-        // Say it once per distinct problem, not once a second.
-        if problem != last_problem {
-            warn!("{problem}");
-            last_problem = problem;
-        }
-        tokio::time::sleep(CONFIG_RETRY).await;
-    }
+/// Why a reconcile pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Start,
+    Lease,
+    Netlink,
+    Timer,
 }
 
-/// The VtepMAC our public IP published before, so a recreated device keeps the MAC peers know.
-async fn previous_vtep_mac(sm: &EtcdSubnetManager, public_ip: Ipv4Addr) -> Option<MacAddr> {
-    let l = sm.list().await.ok()?;
-    l.entries
-        .iter()
-        .find(|e| e.lease.attrs.public_ip == public_ip && e.lease.attrs.backend_type == "vxlan")
-        .and_then(|e| e.lease.attrs.backend_data.as_ref())
-        .and_then(|d| VxlanData::from_raw(d).ok())
-        .map(|d| d.vtep_mac)
+/// What the daemon has done so far, for metrics and diagnostics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub lease_events: u64,
+    /// Reconcile passes by trigger: start, lease, netlink, timer.
+    pub reconciles: [u64; 4],
+    pub reconcile_errors: u64,
+    pub renewals: u64,
+    pub renewal_failures: u64,
+    pub reclaims: u64,
 }
 
-fn renew_deadline(own: &OwnLease, margin: Duration) -> Instant {
-    // A reservation never expires: check again in a day, harmlessly.
+/// A copy of the daemon's state at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub own: Lease,
+    pub leases: Vec<Lease>,
+    pub last_report: ReconcileReport,
+    pub counters: Counters,
+}
+
+pub struct Daemon<SM: SubnetManager> {
+    pub(crate) sm: Arc<SM>,
+    pub(crate) nl: Netlink,
+    pub(crate) opts: Options,
+    pub(crate) backend: AnyBackend,
+    pub(crate) fw: Arc<dyn TrafficManager>,
+    pub(crate) own: OwnLease,
+    pub(crate) leases: LeaseSet,
+    pub(crate) renew_at: Instant,
+    pub(crate) last_report: ReconcileReport,
+    pub(crate) counters: Counters,
+    pub(crate) skips: SkipLog,
+    pub(crate) drift: ConfigDrift,
+    pub(crate) claims: ClaimWatch,
+}
+
+/// When to renew: the margin before the lease ends (a lease that never ends: a year, harmlessly).
+pub(crate) fn renew_deadline(own: &OwnLease, margin: Duration) -> Instant {
     let ttl = own.ttl.min(Duration::from_secs(86400 * 365));
     Instant::now() + ttl.saturating_sub(margin).max(Duration::from_secs(1))
 }
 
-/// Upstream refuses to start in iptables mode without br_netfilter: bridged pod traffic would
-/// bypass the FORWARD rules.
-fn check_br_netfilter(cfg: &NetworkConfig) -> anyhow::Result<()> {
-    if cfg.enable_nftables {
-        return Ok(());
-    }
-    let need = [
-        (cfg.enable_ipv4, "bridge-nf-call-iptables"),
-        (cfg.enable_ipv6, "bridge-nf-call-ip6tables"),
-    ];
-    for (on, knob) in need {
-        let p = format!("/proc/sys/net/bridge/{knob}");
-        if on && !std::path::Path::new(&p).exists() {
-            bail!("{p} does not exist: load the br_netfilter module (modprobe br_netfilter), or set \"EnableNFTables\": true");
+impl<SM: SubnetManager> Daemon<SM> {
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            own: self.own.lease.clone(),
+            leases: self.leases.leases(),
+            last_report: self.last_report.clone(),
+            counters: self.counters.clone(),
         }
     }
-    Ok(())
-}
 
-/// The families the firewall works on, from the config and our lease.
-fn family_nets(cfg: &NetworkConfig, own: &OwnLease) -> Vec<FamilyNets> {
-    let mut v = Vec::new();
-    if let (true, Some(n)) = (cfg.enable_ipv4, cfg.network) {
-        v.push(FamilyNets {
-            cluster: IpNet::V4(n),
-            pod: IpNet::V4(own.lease.subnet),
-        });
-    }
-    if let (true, Some(n), Some(s)) = (cfg.enable_ipv6, cfg.ipv6_network, own.lease.ipv6_subnet) {
-        v.push(FamilyNets {
-            cluster: IpNet::V6(n),
-            pod: IpNet::V6(s),
-        });
-    }
-    v
-}
-
-/// The same from the previous run's subnet.env, for recycling old rules.
-fn previous_nets(p: &PreviousSubnets) -> Vec<FamilyNets> {
-    let mut v = Vec::new();
-    if let (Some(n), Some(s)) = (p.network, p.subnet) {
-        v.push(FamilyNets {
-            cluster: IpNet::V4(n),
-            pod: IpNet::V4(s),
-        });
-    }
-    if let (Some(n), Some(s)) = (p.ipv6_network, p.ipv6_subnet) {
-        v.push(FamilyNets {
-            cluster: IpNet::V6(n),
-            pod: IpNet::V6(s),
-        });
-    }
-    v
-}
-
-pub async fn run(o: Options) -> anyhow::Result<()> {
-    let previous = PreviousSubnets::read(&o.subnet_file);
-    let sm = Arc::new(EtcdSubnetManager::connect(&o.etcd, previous.clone()).await?);
-    let nl = Netlink::new().context("opening a netlink socket")?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let ready = Arc::new(AtomicBool::new(false));
-    let _health = match o.healthz {
-        Some(addr) => Some(
-            health::start(addr, ready.clone())
-                .await
-                .with_context(|| format!("starting the health server on {addr}"))?,
-        ),
-        None => None,
-    };
-
-    let config = tokio::select! {
-        c = wait_for_config(&sm) => c?,
-        _ = sigterm.recv() => return Ok(()),
-        _ = sigint.recv() => return Ok(()),
-    };
-    let network = config
-        .network
-        .context("the etcd subnet manager needs an IPv4 Network")?;
-    check_br_netfilter(&config)?;
-    if !flannel_backend::SUPPORTED.contains(&config.backend_type.as_str()) {
-        bail!(
-            "backend type {:?} at {} is not supported by this flannel-rs build (supported: {})",
-            config.backend_type,
-            sm.config_key(),
-            flannel_backend::SUPPORTED.join(", ")
-        );
-    }
-
-    let families = Families {
-        v4: config.enable_ipv4,
-        v6: config.enable_ipv6,
-    };
-    let ext = iface::select(&nl, &o, families).await?;
-    info!(iface = %ext.name, iface_addr = %ext.iface_addr, public_ip = %ext.ext_addr, public_ipv6 = ?ext.ext_v6_addr, mtu = ext.mtu, "using interface");
-
-    let stored_mac = previous_vtep_mac(&sm, ext.ext_addr).await;
-    let mut backend = AnyBackend::register(
-        &config.backend_type,
-        &config.backend,
-        nl.clone(),
-        ext,
-        network,
-        stored_mac,
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "setting up the {} backend (config at {})",
-            config.backend_type,
-            sm.config_key()
-        )
-    })?;
-    let mut own = sm
-        .acquire_lease(&config, &backend.lease_attrs())
-        .await
-        .context("acquiring a subnet lease")?;
-    let subnet = own.lease.subnet;
-    info!(subnet = %subnet, ipv6_subnet = ?own.lease.ipv6_subnet, "lease acquired");
-
-    let fw_cfg = FirewallConfig {
-        families: family_nets(&config, &own),
-        ip_masq: o.ip_masq,
-        forward: o.forward_rules,
-        fully_random_disable: o.ip_masq_fully_random_disable,
-    };
-    let fw: Arc<dyn TrafficManager> = {
-        let (cfg, nft, old) = (
-            fw_cfg.clone(),
-            config.enable_nftables,
-            previous_nets(&previous),
-        );
-        tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<dyn TrafficManager>> {
-            if !nft {
-                IptablesManager::new(&cfg).recycle(&old, &cfg.families);
+    /// One reconcile pass: the kernel made to match our lease and the known leases.
+    pub async fn reconcile(&mut self, trigger: Trigger) {
+        self.counters.reconciles[trigger as usize] += 1;
+        match self
+            .backend
+            .reconcile(&self.own.lease, &self.leases.leases())
+            .await
+        {
+            Ok(r) => {
+                let sm = &self.sm;
+                self.skips.report(&r.skipped, &|k| sm.describe(k));
+                if r.changed() {
+                    info!(
+                        ?trigger,
+                        added = r.added,
+                        removed = r.removed,
+                        failed = r.failed,
+                        device_recreated = r.device_recreated,
+                        "reconciled kernel state"
+                    );
+                }
+                self.last_report = r;
             }
-            let m: Arc<dyn TrafficManager> = Arc::from(firewall::manager(&cfg, nft));
-            m.setup()
-                .with_context(|| format!("installing {} rules", m.name()))?;
-            Ok(m)
-        })
-        .await??
-    };
-
-    // Program the peers we already know before telling the CNI plugin we are ready.
-    let mut skips = crate::skiplog::SkipLog::default();
-    let mut leases = LeaseSet::default();
-    match sm.list().await {
-        Ok(l) => leases.apply(LeaseEvent::Snapshot(
-            l.entries.into_iter().map(|e| e.lease).collect(),
-        )),
-        Err(e) => warn!(error = %e, "listing leases failed; peers come with the watch"),
+            Err(e) => {
+                self.counters.reconcile_errors += 1;
+                error!(error = %e, "reconcile failed; retrying on the next event or resync");
+            }
+        }
     }
-    reconcile(&mut backend, &own, &leases, &mut skips, &sm).await;
 
-    let env = SubnetEnv {
-        v4: config.enable_ipv4.then_some((network, subnet)),
-        v6: config
-            .ipv6_network
-            .zip(own.lease.ipv6_subnet)
-            .filter(|_| config.enable_ipv6),
-        mtu: backend.mtu(),
-        ipmasq: o.ip_masq,
-    };
-    env.write_atomic(&o.subnet_file)
-        .with_context(|| format!("writing {}", o.subnet_file.display()))?;
-    ready.store(true, Ordering::SeqCst);
-    info!(file = %o.subnet_file.display(), "wrote subnet file; flannel is ready");
-
-    let (tx, mut rx) = mpsc::channel::<LeaseEvent>(4096);
-    let watcher = {
-        let sm = sm.clone();
-        tokio::spawn(async move { sm.watch_leases(tx).await })
-    };
-    // Kernel notifications (a deleted route, neighbour, FDB entry, address or link) wake the
-    // reconciler at once; the capacity of 1 coalesces bursts.
-    let (kick_tx, mut kicks) = mpsc::channel::<()>(1);
-    let monitor = tokio::spawn(flannel_net::monitor::watch(kick_tx));
-    // Like upstream, the first resync comes one period after start.
-    let mut resync = tokio::time::interval_at(Instant::now() + o.resync, o.resync);
-    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut renew_at = renew_deadline(&own, o.renew_margin);
-    let own_key = own.lease.key();
-    let own_key_text = sm.key_for(&own_key);
-    let mut drift = crate::drift::ConfigDrift::new(config.clone());
-    let mut claims = crate::drift::ClaimWatch::default();
-
-    let result: anyhow::Result<()> = loop {
-        tokio::select! {
-            ev = rx.recv() => {
-                let Some(ev) = ev else { break Err(anyhow::anyhow!("the lease watch stopped")) };
-                let mut own_gone = matches!(&ev, LeaseEvent::Removed(k) if *k == own_key);
-                leases.apply(ev);
-                // Drain what is queued so a burst of events costs one reconcile.
-                while let Ok(ev) = rx.try_recv() {
-                    own_gone |= matches!(&ev, LeaseEvent::Removed(k) if *k == own_key);
-                    leases.apply(ev);
+    /// Lease events (a burst drained at once costs one reconcile).
+    pub async fn on_lease_events(&mut self, events: Vec<LeaseEvent>) -> anyhow::Result<()> {
+        let own_key = self.own.lease.key();
+        let mut own_gone = false;
+        for ev in events {
+            self.counters.lease_events += 1;
+            own_gone |= matches!(&ev, LeaseEvent::Removed(k) if *k == own_key);
+            self.leases.apply(ev);
+        }
+        let restore = self.sm.restores_own_lease();
+        let theirs_differ = self
+            .leases
+            .get(&own_key)
+            .is_some_and(|l| l.attrs != self.own.lease.attrs);
+        if !restore {
+            self.claims
+                .check(&self.own, &self.leases, &self.sm.describe(&own_key));
+        }
+        let missing = !self.leases.is_empty() && self.leases.get(&own_key).is_none();
+        if own_gone || missing || (restore && theirs_differ) {
+            warn!(lease = %self.sm.describe(&own_key), "our lease disappeared or was changed; taking it back");
+            self.counters.reclaims += 1;
+            match self.sm.reclaim_lease(&self.own).await {
+                Ok(l) => {
+                    self.own = l;
+                    self.renew_at = renew_deadline(&self.own, self.opts.renew_margin);
                 }
-                claims.check(&own, &leases, &own_key_text);
-                if own_gone || (!leases.is_empty() && leases.get(&own_key).is_none()) {
-                    warn!(subnet = %subnet, "our lease disappeared from etcd; taking it back");
-                    match sm.reclaim(&own).await {
-                        Ok(l) => { own = l; renew_at = renew_deadline(&own, o.renew_margin); }
-                        Err(SubnetError::LeaseLost { key }) => break Err(anyhow::anyhow!("lease {key} was taken by another node; restart to get a new subnet")),
-                        Err(e) => warn!(error = %e, "re-creating our lease failed; retrying on the next event or resync"),
-                    }
+                Err(SubnetError::LeaseLost { key }) => {
+                    return Err(anyhow!(
+                        "lease {key} was taken by another node; restart to get a new subnet"
+                    ))
                 }
-                reconcile(&mut backend, &own, &leases, &mut skips, &sm).await;
-            }
-            Some(()) = kicks.recv() => {
-                // Let a burst (and our own writes) settle before looking.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                while kicks.try_recv().is_ok() {}
-                reconcile(&mut backend, &own, &leases, &mut skips, &sm).await;
-            }
-            _ = resync.tick() => {
-                reconcile(&mut backend, &own, &leases, &mut skips, &sm).await;
-                drift.check(&sm).await;
-                let fw = fw.clone();
-                if o.blackhole_route {
-                    ensure_blackhole(&nl, subnet).await;
-                }
-                match tokio::task::spawn_blocking(move || fw.resync()).await {
-                    Ok(Err(e)) => warn!(error = %e, "checking firewall rules failed"),
-                    Err(e) => warn!(error = %e, "iptables check task failed"),
-                    Ok(Ok(_)) => {}
-                }
-                if backend.lease_attrs() != own.lease.attrs {
-                    info!("backend data changed (new VtepMAC?); republishing our lease");
-                    match sm.republish(&own, &backend.lease_attrs()).await {
-                        Ok(l) => own = l,
-                        Err(e) => warn!(error = %e, "republishing our lease failed"),
-                    }
+                Err(e) => {
+                    warn!(error = %e, "taking our lease back failed; retrying on the next event or resync")
                 }
             }
-            _ = sleep_until(renew_at) => {
-                match sm.renew_lease(&own).await {
+        }
+        self.reconcile(Trigger::Lease).await;
+        Ok(())
+    }
+
+    /// A netlink notification about state we may own.
+    pub async fn on_netlink_kick(&mut self) {
+        self.reconcile(Trigger::Netlink).await;
+    }
+
+    /// The resync timer: kernel state, config drift, blackhole route, firewall, our lease data.
+    pub async fn on_resync(&mut self) {
+        self.reconcile(Trigger::Timer).await;
+        self.drift.check(self.sm.as_ref()).await;
+        if self.opts.blackhole_route {
+            ensure_blackhole(&self.nl, self.own.lease.subnet).await;
+        }
+        let fw = self.fw.clone();
+        match tokio::task::spawn_blocking(move || fw.resync()).await {
+            Ok(Err(e)) => warn!(error = %e, "checking firewall rules failed"),
+            Err(e) => warn!(error = %e, "firewall check task failed"),
+            Ok(Ok(_)) => {}
+        }
+        let attrs = self.backend.lease_attrs();
+        if attrs != self.own.lease.attrs {
+            info!("backend data changed (new VtepMAC?); republishing our lease");
+            match self.sm.republish(&self.own, &attrs).await {
+                Ok(l) => self.own = l,
+                Err(e) => warn!(error = %e, "republishing our lease failed"),
+            }
+        }
+    }
+
+    /// The renewal deadline.
+    pub async fn on_renew(&mut self) {
+        match self.sm.renew_lease(&self.own).await {
+            Ok(l) => {
+                self.counters.renewals += 1;
+                self.own = l;
+                self.renew_at = renew_deadline(&self.own, self.opts.renew_margin);
+                info!(subnet = %self.own.lease.subnet, ttl_secs = self.own.ttl.as_secs(), "lease renewed");
+            }
+            Err(SubnetError::LeaseLost { key }) => {
+                self.counters.renewal_failures += 1;
+                warn!(key, "lease vanished before renewal; taking it back");
+                match self.sm.reclaim_lease(&self.own).await {
                     Ok(l) => {
-                        own = l;
-                        renew_at = renew_deadline(&own, o.renew_margin);
-                        info!(subnet = %subnet, ttl_secs = own.ttl.as_secs(), "lease renewed");
-                    }
-                    Err(SubnetError::LeaseLost { key }) => {
-                        warn!(key, "lease vanished before renewal; taking it back");
-                        match sm.reclaim(&own).await {
-                            Ok(l) => { own = l; renew_at = renew_deadline(&own, o.renew_margin); }
-                            Err(e) => { error!(error = %e, "could not take our lease back"); renew_at = Instant::now() + RENEW_RETRY; }
-                        }
+                        self.own = l;
+                        self.renew_at = renew_deadline(&self.own, self.opts.renew_margin);
                     }
                     Err(e) => {
-                        error!(error = %e, "renewing the lease failed; retrying in {RENEW_RETRY:?}");
-                        renew_at = Instant::now() + RENEW_RETRY;
+                        error!(error = %e, "could not take our lease back");
+                        self.renew_at = Instant::now() + RENEW_RETRY;
                     }
                 }
             }
-            _ = sigterm.recv() => { info!("SIGTERM: exiting cleanly; kernel state, rules and lease kept"); break Ok(()) }
-            _ = sigint.recv() => { info!("SIGINT: exiting cleanly; kernel state, rules and lease kept"); break Ok(()) }
+            Err(e) => {
+                self.counters.renewal_failures += 1;
+                error!(error = %e, "renewing the lease failed; retrying in {RENEW_RETRY:?}");
+                self.renew_at = Instant::now() + RENEW_RETRY;
+            }
         }
-    };
-    watcher.abort();
-    monitor.abort();
-    result
+    }
+
+    /// Waits for triggers until a signal (Ok) or a fatal condition (Err).
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let (tx, mut rx) = mpsc::channel::<LeaseEvent>(4096);
+        let watcher = {
+            let sm = self.sm.clone();
+            tokio::spawn(async move { sm.watch_leases(tx).await })
+        };
+        // Kernel notifications (a deleted route, neighbour, FDB entry, address or link) wake the
+        // reconciler at once; the capacity of 1 coalesces bursts.
+        let (kick_tx, mut kicks) = mpsc::channel::<()>(1);
+        let monitor = tokio::spawn(flannel_net::monitor::watch(kick_tx));
+        // Like upstream, the first resync comes one period after start.
+        let period = self.opts.resync;
+        let mut resync = tokio::time::interval_at(Instant::now() + period, period);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result: anyhow::Result<()> = loop {
+            tokio::select! {
+                ev = rx.recv() => {
+                    let Some(ev) = ev else { break Err(anyhow!("the lease watch stopped")) };
+                    let mut batch = vec![ev];
+                    while let Ok(ev) = rx.try_recv() {
+                        batch.push(ev);
+                    }
+                    if let Err(e) = self.on_lease_events(batch).await {
+                        break Err(e);
+                    }
+                }
+                Some(()) = kicks.recv() => {
+                    // Let a burst (and our own writes) settle before looking.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    while kicks.try_recv().is_ok() {}
+                    self.on_netlink_kick().await;
+                }
+                _ = resync.tick() => self.on_resync().await,
+                _ = sleep_until(self.renew_at) => self.on_renew().await,
+                _ = sigterm.recv() => { info!("SIGTERM: exiting cleanly; kernel state, rules and lease kept"); break Ok(()) }
+                _ = sigint.recv() => { info!("SIGINT: exiting cleanly; kernel state, rules and lease kept"); break Ok(()) }
+            }
+        };
+        watcher.abort();
+        monitor.abort();
+        result
+    }
 }
 
 /// `--ip-blackhole-route`: packets for unused addresses of our subnet are dropped here instead
@@ -344,29 +271,5 @@ async fn ensure_blackhole(nl: &Netlink, subnet: ipnet::Ipv4Net) {
             Err(e) => warn!(error = %e, "adding the blackhole route failed"),
         },
         Err(e) => warn!(error = %e, "checking the blackhole route failed"),
-    }
-}
-
-async fn reconcile(
-    backend: &mut AnyBackend,
-    own: &OwnLease,
-    leases: &LeaseSet,
-    skips: &mut crate::skiplog::SkipLog,
-    sm: &EtcdSubnetManager,
-) {
-    match backend.reconcile(&own.lease, &leases.leases()).await {
-        Ok(r) => {
-            skips.report(&r.skipped, &|k| sm.key_for(k));
-            if r.changed() {
-                info!(
-                    added = r.added,
-                    removed = r.removed,
-                    failed = r.failed,
-                    device_recreated = r.device_recreated,
-                    "reconciled kernel state"
-                );
-            }
-        }
-        Err(e) => error!(error = %e, "reconcile failed; retrying on the next event or resync"),
     }
 }

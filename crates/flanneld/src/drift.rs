@@ -1,8 +1,7 @@
 //! Things that change under a running flanneld and that it reports instead of silently
 //! following or fighting: the network config, and our own lease overwritten by someone else.
 
-use flannel_core::NetworkConfig;
-use flannel_subnet::etcd::EtcdSubnetManager;
+use flannel_core::{ConfigError, NetworkConfig};
 use flannel_subnet::{LeaseSet, OwnLease, SubnetManager};
 use tracing::{error, info};
 
@@ -20,9 +19,9 @@ impl ConfigDrift {
         }
     }
 
-    /// What is wrong with `text` compared with the running config, if anything.
-    pub fn problem(&self, text: &str) -> Option<String> {
-        match NetworkConfig::parse_and_check(text) {
+    /// What is wrong with the config now read compared with the running one, if anything.
+    pub fn problem(&self, now: Result<NetworkConfig, ConfigError>) -> Option<String> {
+        match now {
             Err(e) => Some(format!("it is now invalid ({e})")),
             Ok(c) if !same(&c, &self.started) => {
                 Some("it differs from the config flanneld started with".into())
@@ -31,20 +30,20 @@ impl ConfigDrift {
         }
     }
 
-    pub async fn check(&mut self, sm: &EtcdSubnetManager) {
+    pub async fn check(&mut self, sm: &impl SubnetManager) {
         let Ok(Some(text)) = sm.get_network_config().await else {
             return;
         };
-        match self.problem(&text) {
+        match self.problem(sm.parse_config(&text)) {
             Some(p) if self.reported.as_deref() != Some(text.as_str()) => {
                 error!(
-                    key = %sm.config_key(),
+                    key = %sm.config_location(),
                     "the network config changed while flanneld runs: {p}; flanneld keeps the config it started with (and its routes); restart it to apply the new one"
                 );
                 self.reported = Some(text);
             }
             None if self.reported.is_some() => {
-                info!(key = %sm.config_key(), "the network config is back to the one flanneld runs with");
+                info!(key = %sm.config_location(), "the network config is back to the one flanneld runs with");
                 self.reported = None;
             }
             _ => {}
@@ -101,15 +100,17 @@ mod tests {
         )
         .unwrap();
         let d = ConfigDrift::new(c);
+        let p = |t: &str| d.problem(NetworkConfig::parse_and_check(t));
         assert_eq!(
-            d.problem(r#"{"network":"10.244.0.0/16","backend":{"type":"vxlan"}}"#),
+            p(r#"{"network":"10.244.0.0/16","backend":{"type":"vxlan"}}"#),
             None,
             "same config, other spelling"
         );
-        assert!(d
-            .problem(r#"{"Network":"10.245.0.0/16","Backend":{"Type":"vxlan"}}"#)
-            .unwrap()
-            .contains("differs"));
-        assert!(d.problem("{oops").unwrap().contains("invalid"));
+        assert!(
+            p(r#"{"Network":"10.245.0.0/16","Backend":{"Type":"vxlan"}}"#)
+                .unwrap()
+                .contains("differs")
+        );
+        assert!(p("{oops").unwrap().contains("invalid"));
     }
 }

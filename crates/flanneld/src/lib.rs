@@ -8,6 +8,7 @@ pub mod health;
 pub mod iface;
 pub mod options;
 pub mod skiplog;
+pub mod startup;
 
 use flags::{parse, usage, Parsed};
 use std::process::ExitCode;
@@ -55,7 +56,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(daemon::run(opts)) {
+    match rt.block_on(startup::run(opts)) {
         Ok(()) => {
             tracing::info!("Exiting cleanly...");
             ExitCode::SUCCESS

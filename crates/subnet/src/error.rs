@@ -84,4 +84,7 @@ pub enum SubnetError {
     TooManyConflicts(usize),
     #[error("lease {key} is gone or was changed by another writer")]
     LeaseLost { key: String },
+    /// Not possible yet, and nothing to fix here: wait and ask again (a node without podCIDR).
+    #[error("{0}")]
+    NotYet(String),
 }

@@ -5,7 +5,7 @@ mod conn;
 mod tls;
 
 use crate::recurring::Recurring;
-use crate::{LeaseEvent, OwnLease, SubnetError, SubnetManager};
+use crate::{LeaseEvent, LeaseHandle, OwnLease, SubnetError, SubnetManager};
 use conn::Conn;
 use etcd_client::{
     Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
@@ -296,7 +296,7 @@ impl EtcdSubnetManager {
         Ok(Some(OwnLease {
             lease,
             ttl,
-            handle: id,
+            handle: LeaseHandle(id),
         }))
     }
 
@@ -442,7 +442,7 @@ impl EtcdSubnetManager {
     /// Renews by putting the same value on a fresh 24 h lease, only while the key still holds
     /// exactly our value (so a subnet taken over by someone else is never overwritten).
     pub async fn renew(&self, own: &OwnLease) -> Result<OwnLease, SubnetError> {
-        if own.handle == 0 {
+        if own.handle.0 == 0 {
             return Ok(own.clone()); // a reservation does not expire
         }
         self.republish(own, &own.lease.attrs).await
@@ -457,7 +457,7 @@ impl EtcdSubnetManager {
     ) -> Result<OwnLease, SubnetError> {
         let key = self.key_for(&own.lease.key());
         let cmp = Compare::value(key.as_str(), CompareOp::Equal, own.lease.attrs.to_json());
-        self.put_if(&key, own.lease.key(), attrs, cmp, own.handle == 0)
+        self.put_if(&key, own.lease.key(), attrs, cmp, own.handle.0 == 0)
             .await?
             .ok_or(SubnetError::LeaseLost { key })
     }
@@ -593,6 +593,17 @@ impl EtcdSubnetManager {
 }
 
 impl SubnetManager for EtcdSubnetManager {
+    fn config_location(&self) -> String {
+        self.config_key()
+    }
+
+    fn config_missing_hint(&self) -> String {
+        let key = self.config_key();
+        format!(
+            "{key} does not exist in etcd (create it with `etcdctl put {key} '{{\"Network\": \"10.244.0.0/16\", \"Backend\": {{\"Type\": \"vxlan\"}}}}'`)"
+        )
+    }
+
     async fn get_network_config(&self) -> Result<Option<String>, SubnetError> {
         let key = self.config_key();
         let mut c = self.conn.client().await?;
@@ -601,6 +612,19 @@ impl SubnetManager for EtcdSubnetManager {
             .kvs()
             .first()
             .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    async fn stored_vtep_mac(
+        &self,
+        public_ip: std::net::Ipv4Addr,
+    ) -> Option<flannel_core::MacAddr> {
+        let l = self.list().await.ok()?;
+        l.entries
+            .iter()
+            .find(|e| e.lease.attrs.public_ip == public_ip && e.lease.attrs.backend_type == "vxlan")
+            .and_then(|e| e.lease.attrs.backend_data.as_ref())
+            .and_then(|d| flannel_core::lease::VxlanData::from_raw(d).ok())
+            .map(|d| d.vtep_mac)
     }
 
     async fn acquire_lease(
@@ -615,8 +639,34 @@ impl SubnetManager for EtcdSubnetManager {
         self.renew(lease).await
     }
 
+    async fn reclaim_lease(&self, lease: &OwnLease) -> Result<OwnLease, SubnetError> {
+        self.reclaim(lease).await
+    }
+
+    async fn republish(
+        &self,
+        lease: &OwnLease,
+        attrs: &LeaseAttrs,
+    ) -> Result<OwnLease, SubnetError> {
+        EtcdSubnetManager::republish(self, lease, attrs).await
+    }
+
+    async fn list_leases(&self) -> Result<Vec<Lease>, SubnetError> {
+        Ok(self
+            .list()
+            .await?
+            .entries
+            .into_iter()
+            .map(|e| e.lease)
+            .collect())
+    }
+
     async fn watch_leases(&self, tx: mpsc::Sender<LeaseEvent>) {
         self.run_watch(tx).await
+    }
+
+    fn describe(&self, key: &SubnetKey) -> String {
+        self.key_for(key)
     }
 }
 

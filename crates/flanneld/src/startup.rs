@@ -1,0 +1,316 @@
+//! The startup sequence, the same for every datastore (upstream `main.go`): network config,
+//! interface, backend, lease, traffic rules, a first reconcile, subnet.env, ready; then the
+//! daemon runs. Waits (etcd away, no config yet, no podCIDR yet) are said once per distinct
+//! problem and end on SIGTERM/SIGINT like the daemon.
+
+use crate::daemon::{renew_deadline, Counters, Daemon, Trigger};
+use crate::drift::{ClaimWatch, ConfigDrift};
+use crate::health;
+use crate::iface;
+use crate::options::Options;
+use crate::skiplog::SkipLog;
+use anyhow::{bail, Context};
+use flannel_backend::{AnyBackend, Backend};
+use flannel_core::iface::Families;
+use flannel_core::subnet_env::{PreviousSubnets, SubnetEnv};
+use flannel_core::NetworkConfig;
+use flannel_net::firewall::{self, FamilyNets, FirewallConfig, IptablesManager, TrafficManager};
+use flannel_net::Netlink;
+use flannel_subnet::etcd::EtcdSubnetManager;
+use flannel_subnet::{LeaseEvent, LeaseSet, OwnLease, SubnetError, SubnetManager};
+use ipnet::IpNet;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+/// Retry pause while the datastore is unreachable or the config is missing (upstream: 1 s).
+const CONFIG_RETRY: Duration = Duration::from_secs(1);
+/// Retry pause while the lease cannot be had yet (no podCIDR).
+const LEASE_RETRY: Duration = Duration::from_secs(2);
+/// A wait that goes on is said again this often.
+const REMIND_EVERY: Duration = Duration::from_secs(60);
+
+/// Runs `fut` until it ends or a signal arrives (`None`).
+async fn or_signal<T>(fut: impl Future<Output = T>) -> anyhow::Result<Option<T>> {
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        v = fut => Some(v),
+        _ = sigterm.recv() => None,
+        _ = sigint.recv() => None,
+    })
+}
+
+/// Says a waiting problem once, again when it changes, and every [`REMIND_EVERY`].
+#[derive(Default)]
+struct WaitLog {
+    last: String,
+    said_at: Option<tokio::time::Instant>,
+}
+
+impl WaitLog {
+    fn say(&mut self, problem: String) {
+        let due = self.said_at.is_none_or(|t| t.elapsed() >= REMIND_EVERY);
+        if problem != self.last || due {
+            warn!("{problem}");
+            self.last = problem;
+            self.said_at = Some(tokio::time::Instant::now());
+        }
+    }
+}
+
+async fn wait_for_config(sm: &impl SubnetManager) -> NetworkConfig {
+    let at = sm.config_location();
+    let mut log = WaitLog::default();
+    loop {
+        let problem = match sm.get_network_config().await {
+            Ok(Some(text)) => match sm.parse_config(&text) {
+                Ok(c) => return c,
+                Err(e) => format!("invalid network config at {at}: {e}"),
+            },
+            Ok(None) => format!(
+                "waiting for the network config: {}",
+                sm.config_missing_hint()
+            ),
+            Err(e) => format!("waiting for {}: {e}", datastore_name(&at)),
+        };
+        log.say(problem);
+        tokio::time::sleep(CONFIG_RETRY).await;
+    }
+}
+
+fn datastore_name(config_location: &str) -> &'static str {
+    if config_location.starts_with('/') && !config_location.contains("/config") {
+        "the network config file"
+    } else {
+        "etcd"
+    }
+}
+
+/// Acquires our lease, waiting (and saying why) while the datastore says "not yet".
+async fn acquire(
+    sm: &impl SubnetManager,
+    config: &NetworkConfig,
+    attrs: &flannel_core::LeaseAttrs,
+) -> anyhow::Result<OwnLease> {
+    let mut log = WaitLog::default();
+    loop {
+        match sm.acquire_lease(config, attrs).await {
+            Ok(l) => return Ok(l),
+            Err(SubnetError::NotYet(why)) => log.say(why),
+            Err(e) => return Err(e).context("acquiring a subnet lease"),
+        }
+        tokio::time::sleep(LEASE_RETRY).await;
+    }
+}
+
+/// Upstream refuses to start in iptables mode without br_netfilter: bridged pod traffic would
+/// bypass the FORWARD rules.
+fn check_br_netfilter(cfg: &NetworkConfig) -> anyhow::Result<()> {
+    if cfg.enable_nftables {
+        return Ok(());
+    }
+    let need = [
+        (cfg.enable_ipv4, "bridge-nf-call-iptables"),
+        (cfg.enable_ipv6, "bridge-nf-call-ip6tables"),
+    ];
+    for (on, knob) in need {
+        let p = format!("/proc/sys/net/bridge/{knob}");
+        if on && !std::path::Path::new(&p).exists() {
+            bail!("{p} does not exist: load the br_netfilter module (modprobe br_netfilter), or set \"EnableNFTables\": true");
+        }
+    }
+    Ok(())
+}
+
+/// The families the firewall works on, from the config and our lease.
+fn family_nets(cfg: &NetworkConfig, own: &OwnLease) -> Vec<FamilyNets> {
+    let mut v = Vec::new();
+    if let (true, Some(n)) = (cfg.enable_ipv4, cfg.network) {
+        v.push(FamilyNets {
+            cluster: IpNet::V4(n),
+            pod: IpNet::V4(own.lease.subnet),
+        });
+    }
+    if let (true, Some(n), Some(s)) = (cfg.enable_ipv6, cfg.ipv6_network, own.lease.ipv6_subnet) {
+        v.push(FamilyNets {
+            cluster: IpNet::V6(n),
+            pod: IpNet::V6(s),
+        });
+    }
+    v
+}
+
+/// The same from the previous run's subnet.env, for recycling old rules.
+fn previous_nets(p: &PreviousSubnets) -> Vec<FamilyNets> {
+    let mut v = Vec::new();
+    if let (Some(n), Some(s)) = (p.network, p.subnet) {
+        v.push(FamilyNets {
+            cluster: IpNet::V4(n),
+            pod: IpNet::V4(s),
+        });
+    }
+    if let (Some(n), Some(s)) = (p.ipv6_network, p.ipv6_subnet) {
+        v.push(FamilyNets {
+            cluster: IpNet::V6(n),
+            pod: IpNet::V6(s),
+        });
+    }
+    v
+}
+
+/// Installs the masquerade and forward rules (after recycling the previous network's).
+async fn setup_firewall(
+    cfg: FirewallConfig,
+    nftables: bool,
+    previous: &PreviousSubnets,
+) -> anyhow::Result<Arc<dyn TrafficManager>> {
+    let old = previous_nets(previous);
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<dyn TrafficManager>> {
+        if !nftables {
+            IptablesManager::new(&cfg).recycle(&old, &cfg.families);
+        }
+        let m: Arc<dyn TrafficManager> = Arc::from(firewall::manager(&cfg, nftables));
+        m.setup()
+            .with_context(|| format!("installing {} rules", m.name()))?;
+        Ok(m)
+    })
+    .await?
+}
+
+/// flanneld with the datastore the options choose.
+pub async fn run(o: Options) -> anyhow::Result<()> {
+    let previous = PreviousSubnets::read(&o.subnet_file);
+    let sm = EtcdSubnetManager::connect(&o.etcd, previous.clone()).await?;
+    run_with(o, Arc::new(sm), previous).await
+}
+
+/// The startup sequence over any datastore, then the daemon until a signal.
+pub async fn run_with<SM: SubnetManager>(
+    o: Options,
+    sm: Arc<SM>,
+    previous: PreviousSubnets,
+) -> anyhow::Result<()> {
+    let nl = Netlink::new().context("opening a netlink socket")?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let _health = match o.healthz {
+        Some(addr) => Some(
+            health::start(addr, ready.clone())
+                .await
+                .with_context(|| format!("starting the health server on {addr}"))?,
+        ),
+        None => None,
+    };
+
+    let Some(config) = or_signal(wait_for_config(sm.as_ref())).await? else {
+        return Ok(());
+    };
+    let at = sm.config_location();
+    let network = config
+        .network
+        .with_context(|| format!("the network config at {at} has no IPv4 Network: this flannel-rs build routes IPv4 pods only"))?;
+    check_br_netfilter(&config)?;
+    if !flannel_backend::SUPPORTED.contains(&config.backend_type.as_str()) {
+        bail!(
+            "backend type {:?} at {at} is not supported by this flannel-rs build (supported: {})",
+            config.backend_type,
+            flannel_backend::SUPPORTED.join(", ")
+        );
+    }
+
+    let families = Families {
+        v4: config.enable_ipv4,
+        v6: config.enable_ipv6,
+    };
+    let overrides = sm
+        .public_ip_override()
+        .await
+        .context("reading this node's public IP settings")?;
+    let mut o = o;
+    if let Some(ip) = overrides.v4 {
+        info!(public_ip = %ip, "the datastore sets this node's public IP");
+        o.public_ip = Some(ip);
+    }
+    if let Some(ip) = overrides.v6 {
+        info!(public_ipv6 = %ip, "the datastore sets this node's public IPv6");
+        o.public_ipv6 = Some(ip);
+    }
+    let ext = iface::select(&nl, &o, families).await?;
+    info!(iface = %ext.name, iface_addr = %ext.iface_addr, public_ip = %ext.ext_addr, public_ipv6 = ?ext.ext_v6_addr, mtu = ext.mtu, "using interface");
+
+    let stored_mac = sm.stored_vtep_mac(ext.ext_addr).await;
+    let backend = AnyBackend::register(
+        &config.backend_type,
+        &config.backend,
+        nl.clone(),
+        ext,
+        network,
+        stored_mac,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "setting up the {} backend (config at {at})",
+            config.backend_type
+        )
+    })?;
+    let Some(own) = or_signal(acquire(sm.as_ref(), &config, &backend.lease_attrs())).await? else {
+        return Ok(());
+    };
+    let own = own?;
+    info!(subnet = %own.lease.subnet, ipv6_subnet = ?own.lease.ipv6_subnet, lease = %sm.describe(&own.lease.key()), "lease acquired");
+
+    let fw_cfg = FirewallConfig {
+        families: family_nets(&config, &own),
+        ip_masq: o.ip_masq,
+        forward: o.forward_rules,
+        fully_random_disable: o.ip_masq_fully_random_disable,
+    };
+    let fw = setup_firewall(fw_cfg, config.enable_nftables, &previous).await?;
+
+    // Program the peers we already know before telling the CNI plugin we are ready.
+    let mut leases = LeaseSet::default();
+    match sm.list_leases().await {
+        Ok(l) => leases.apply(LeaseEvent::Snapshot(l)),
+        Err(e) => warn!(error = %e, "listing leases failed; peers come with the watch"),
+    }
+    let renew_at = renew_deadline(&own, o.renew_margin);
+    let mut d = Daemon {
+        nl,
+        backend,
+        fw,
+        own,
+        leases,
+        renew_at,
+        last_report: Default::default(),
+        counters: Counters::default(),
+        skips: SkipLog::default(),
+        drift: ConfigDrift::new(config.clone()),
+        claims: ClaimWatch::default(),
+        sm,
+        opts: o,
+    };
+    d.reconcile(Trigger::Start).await;
+
+    let env = SubnetEnv {
+        v4: config.enable_ipv4.then_some((network, d.own.lease.subnet)),
+        v6: config
+            .ipv6_network
+            .zip(d.own.lease.ipv6_subnet)
+            .filter(|_| config.enable_ipv6),
+        mtu: d.backend.mtu(),
+        ipmasq: d.opts.ip_masq,
+    };
+    let file = &d.opts.subnet_file;
+    env.write_atomic(file)
+        .with_context(|| format!("writing {}", file.display()))?;
+    ready.store(true, Ordering::SeqCst);
+    info!(file = %file.display(), "wrote subnet file; flannel is ready");
+    if let Err(e) = d.sm.complete_lease(&d.own).await {
+        warn!(error = %e, "completing the lease failed");
+    }
+    d.run().await
+}
