@@ -1,0 +1,500 @@
+//! The HTTP side of the fake: bearer-token auth, routing, and each verb answered the way the
+//! real API server answers it: lists with `limit`/`continue`, watches as a chunked stream of
+//! JSON lines (replay from a resourceVersion, bookmarks, a single ERROR event with 410 when the
+//! history is gone, end at `timeoutSeconds`), get, create, replace, patch (object and `/status`),
+//! delete, discovery. Errors are `Status` objects.
+
+use crate::store::{ApiError, Kind, PatchType, Store};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// One request as the fake saw it, for tests that check what a client sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub content_type: String,
+    pub body: String,
+    pub status: u16,
+}
+
+pub(crate) struct Shared {
+    pub store: Mutex<Store>,
+    pub tokens: Mutex<Vec<String>>,
+    pub bookmark_every: Duration,
+    pub log: Mutex<VecDeque<Logged>>,
+}
+
+/// Locks a mutex whose holder may have panicked (a test asserting inside): the data is fine.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+const LOG_KEEP: usize = 2000;
+
+fn full(status: StatusCode, v: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(v.to_string())).boxed())
+        .unwrap_or_default()
+}
+
+fn error(e: &ApiError) -> Response<Body> {
+    full(
+        StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &e.status(),
+    )
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(q: &str) -> Self {
+        Self(
+            q.split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| match p.split_once('=') {
+                    Some((k, v)) => (percent_decode(k), percent_decode(v)),
+                    None => (percent_decode(p), String::new()),
+                })
+                .collect(),
+        )
+    }
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+    }
+    fn flag(&self, k: &str) -> bool {
+        matches!(self.get(k), Some("true" | "1" | ""))
+    }
+    /// `fieldSelector=metadata.name=X` (the only field selector clients send here).
+    fn name_selector(&self) -> Option<String> {
+        let f = self.get("fieldSelector")?;
+        f.strip_prefix("metadata.name==")
+            .or_else(|| f.strip_prefix("metadata.name="))
+            .map(String::from)
+    }
+}
+
+enum Target {
+    Collection {
+        kind: Kind,
+        ns: Option<String>,
+    },
+    Object {
+        kind: Kind,
+        ns: String,
+        name: String,
+        status: bool,
+    },
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let rest = path.strip_prefix("/api/v1/")?;
+    let seg: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let kind_of = |s: &str| match s {
+        "nodes" => Some(Kind::Node),
+        "pods" => Some(Kind::Pod),
+        "configmaps" => Some(Kind::ConfigMap),
+        _ => None,
+    };
+    match seg.as_slice() {
+        [k] => Some(Target::Collection {
+            kind: kind_of(k)?,
+            ns: None,
+        }),
+        ["namespaces", ns, k] => Some(Target::Collection {
+            kind: kind_of(k).filter(|k| k.namespaced())?,
+            ns: Some(ns.to_string()),
+        }),
+        ["nodes", name] => Some(Target::Object {
+            kind: Kind::Node,
+            ns: String::new(),
+            name: name.to_string(),
+            status: false,
+        }),
+        ["nodes", name, "status"] => Some(Target::Object {
+            kind: Kind::Node,
+            ns: String::new(),
+            name: name.to_string(),
+            status: true,
+        }),
+        ["namespaces", ns, k, name] => Some(Target::Object {
+            kind: kind_of(k).filter(|k| k.namespaced())?,
+            ns: ns.to_string(),
+            name: name.to_string(),
+            status: false,
+        }),
+        ["namespaces", ns, k, name, "status"] => Some(Target::Object {
+            kind: kind_of(k).filter(|k| k.namespaced())?,
+            ns: ns.to_string(),
+            name: name.to_string(),
+            status: true,
+        }),
+        _ => None,
+    }
+}
+
+fn discovery(path: &str, host: &str) -> Option<Value> {
+    let res = |name: &str, kind: &str, namespaced: bool, short: &[&str], verbs: &[&str]| {
+        json!({"name":name,"singularName":name.trim_end_matches('s').split('/').next().unwrap_or(""),
+               "namespaced":namespaced,"kind":kind,"verbs":verbs,"shortNames":short})
+    };
+    let all = [
+        "create", "delete", "get", "list", "patch", "update", "watch",
+    ];
+    Some(match path {
+        "/version" => json!({"major":"1","minor":"32","gitVersion":"v1.32.0-flannel-kube-fake",
+            "gitCommit":"0000000000000000000000000000000000000000","gitTreeState":"clean",
+            "buildDate":"2026-01-01T00:00:00Z","goVersion":"go1.23","compiler":"gc","platform":"linux/amd64"}),
+        "/api" => json!({"kind":"APIVersions","versions":["v1"],
+            "serverAddressByClientCIDRs":[{"clientCIDR":"0.0.0.0/0","serverAddress":host}]}),
+        "/apis" => json!({"kind":"APIGroupList","apiVersion":"v1","groups":[]}),
+        "/api/v1" => json!({"kind":"APIResourceList","groupVersion":"v1","resources":[
+            res("nodes", "Node", false, &["no"], &all),
+            res("nodes/status", "Node", false, &[], &["get", "patch", "update"]),
+            res("pods", "Pod", true, &["po"], &all),
+            res("configmaps", "ConfigMap", true, &["cm"], &all),
+        ]}),
+        _ => return None,
+    })
+}
+
+fn list(sh: &Shared, kind: Kind, ns: Option<&str>, q: &Query) -> Response<Body> {
+    let store = lock(&sh.store);
+    let rv = store.resource_version();
+    let name = q.name_selector();
+    let mut items: Vec<Value> = store
+        .list(kind, ns)
+        .into_iter()
+        .filter(|o| name.as_deref().is_none_or(|n| o["metadata"]["name"] == n))
+        .collect();
+    drop(store);
+    // `continue` is "<rv>:<last name>": the next page starts after that name.
+    let mut list_rv = rv.to_string();
+    if let Some(c) = q.get("continue").filter(|c| !c.is_empty()) {
+        let (crv, after) = c.split_once(':').unwrap_or(("", c));
+        list_rv = crv.to_string();
+        items.retain(|o| o["metadata"]["name"].as_str().is_some_and(|n| n > after));
+    }
+    let mut meta = json!({"resourceVersion": list_rv});
+    if let Some(limit) = q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0)
+    {
+        if items.len() > limit {
+            items.truncate(limit);
+            let last = items[limit - 1]["metadata"]["name"].as_str().unwrap_or("");
+            meta["continue"] = json!(format!("{list_rv}:{last}"));
+        }
+    }
+    full(
+        StatusCode::OK,
+        &json!({"kind": format!("{}List", kind.name()), "apiVersion":"v1", "metadata": meta, "items": items}),
+    )
+}
+
+fn event_line(ty: &str, object: &Value) -> Bytes {
+    let mut s = json!({"type": ty, "object": object}).to_string();
+    s.push('\n');
+    Bytes::from(s)
+}
+
+/// A watch as a streaming response; the events come from a task of its own.
+fn watch(sh: Arc<Shared>, kind: Kind, ns: Option<String>, q: &Query) -> Response<Body> {
+    let start = match q.get("resourceVersion") {
+        None | Some("") | Some("0") => None,
+        Some(r) => match r.parse::<u64>() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                return error(&ApiError::new(
+                    400,
+                    "BadRequest",
+                    format!("invalid resourceVersion {r:?}"),
+                ))
+            }
+        },
+    };
+    let bookmarks = q.flag("allowWatchBookmarks");
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let name = q.name_selector();
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    tokio::spawn(run_watch(sh, kind, ns, start, bookmarks, timeout, name, tx));
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .header("transfer-encoding", "chunked")
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap_or_default()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_watch(
+    sh: Arc<Shared>,
+    kind: Kind,
+    ns: Option<String>,
+    start: Option<u64>,
+    bookmarks: bool,
+    timeout: Option<Duration>,
+    name: Option<String>,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let wanted = |o: &Value| {
+        name.as_deref().is_none_or(|n| o["metadata"]["name"] == n)
+            && ns
+                .as_deref()
+                .is_none_or(|ns| o["metadata"]["namespace"] == ns)
+    };
+    let opened = lock(&sh.store).watch(kind, ns.as_deref(), start);
+    let (initial, mut live) = match opened {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = tx.send(event_line("ERROR", &e.status())).await;
+            return;
+        }
+    };
+    let mut last = start.unwrap_or(0);
+    for ev in initial {
+        last = last.max(ev.rv);
+        if wanted(&ev.object)
+            && tx
+                .send(event_line(ev.ty.as_str(), &ev.object))
+                .await
+                .is_err()
+        {
+            return;
+        }
+    }
+    let deadline =
+        tokio::time::Instant::now() + timeout.unwrap_or(Duration::from_secs(86400 * 365));
+    let mut tick = tokio::time::interval(sh.bookmark_every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            r = live.recv() => match r {
+                Ok(ev) if ev.kind == kind && ev.rv > last => {
+                    last = ev.rv;
+                    if wanted(&ev.object) && tx.send(event_line(ev.ty.as_str(), &ev.object)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                // Too slow to keep up: end the watch; the client resumes from its last event.
+                Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = tick.tick(), if bookmarks => {
+                // Only when every event up to the store's version has been passed on (the store
+                // publishes under its lock), so a client resuming from the bookmark misses none.
+                let rv = {
+                    let s = lock(&sh.store);
+                    live.is_empty().then(|| s.resource_version())
+                };
+                if let Some(rv) = rv.filter(|rv| *rv >= last) {
+                    last = rv;
+                    let b = json!({"kind": kind.name(), "apiVersion": "v1", "metadata": {"resourceVersion": rv.to_string()}});
+                    if tx.send(event_line("BOOKMARK", &b)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => return,
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            400,
+            "BadRequest",
+            format!("the request body is not JSON: {e}"),
+        )
+    })
+}
+
+fn route(
+    sh: &Arc<Shared>,
+    method: &Method,
+    path: &str,
+    query: &str,
+    ct: &str,
+    body: &[u8],
+    host: &str,
+) -> Response<Body> {
+    let q = Query::parse(query);
+    if method == Method::GET {
+        if let Some(v) = discovery(path, host) {
+            return full(StatusCode::OK, &v);
+        }
+    }
+    let Some(target) = parse_path(path) else {
+        return error(&ApiError::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        ));
+    };
+    let result: Result<(StatusCode, Value), ApiError> = match (method, target) {
+        (&Method::GET, Target::Collection { kind, ns }) => {
+            return if q.flag("watch") {
+                watch(sh.clone(), kind, ns, &q)
+            } else {
+                list(sh, kind, ns.as_deref(), &q)
+            };
+        }
+        (&Method::POST, Target::Collection { kind, ns }) => parse_body(body).and_then(|obj| {
+            let ns = ns.or_else(|| obj["metadata"]["namespace"].as_str().map(String::from)).unwrap_or_else(|| "default".into());
+            lock(&sh.store).create(kind, &ns, obj).map(|o| (StatusCode::CREATED, o))
+        }),
+        (&Method::GET, Target::Object { kind, ns, name, .. }) => lock(&sh.store).get(kind, &ns, &name).map(|o| (StatusCode::OK, o)),
+        (&Method::PUT, Target::Object { kind, ns, name, status }) => parse_body(body)
+            .and_then(|obj| lock(&sh.store).replace(kind, &ns, &name, obj, status))
+            .map(|o| (StatusCode::OK, o)),
+        (&Method::PATCH, Target::Object { kind, ns, name, status }) => match PatchType::from_content_type(ct) {
+            None => Err(ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ct:?})"))),
+            Some(ty) => parse_body(body)
+                .and_then(|p| lock(&sh.store).patch(kind, &ns, &name, ty, &p, status))
+                .map(|o| (StatusCode::OK, o)),
+        },
+        (&Method::DELETE, Target::Object { kind, ns, name, .. }) => lock(&sh.store).delete(kind, &ns, &name).map(|o| (StatusCode::OK, o)),
+        (m, _) => Err(ApiError::new(405, "MethodNotAllowed", format!("{m} is not supported here"))),
+    };
+    match result {
+        Ok((code, v)) => full(code, &v),
+        Err(e) => error(&e),
+    }
+}
+
+/// One request: authenticated by bearer token, routed, logged.
+pub(crate) async fn handle(
+    req: Request<Incoming>,
+    sh: Arc<Shared>,
+) -> Result<Response<Body>, Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let header = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let ct = header("content-type");
+    let host = header("host");
+    let token = header("authorization")
+        .strip_prefix("Bearer ")
+        .map(str::to_string)
+        .unwrap_or_default();
+    let authorized = !token.is_empty() && lock(&sh.tokens).contains(&token);
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let resp = if authorized {
+        route(&sh, &method, &path, &query, &ct, &body, &host)
+    } else {
+        error(&ApiError::new(401, "Unauthorized", "Unauthorized"))
+    };
+    let mut log = lock(&sh.log);
+    if log.len() >= LOG_KEEP {
+        log.pop_front();
+    }
+    log.push_back(Logged {
+        method: method.to_string(),
+        path,
+        query,
+        content_type: ct,
+        body: String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]).into_owned(),
+        status: resp.status().as_u16(),
+    });
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_queries() {
+        assert!(matches!(
+            parse_path("/api/v1/nodes"),
+            Some(Target::Collection {
+                kind: Kind::Node,
+                ns: None
+            })
+        ));
+        assert!(matches!(
+            parse_path("/api/v1/nodes/n1/status"),
+            Some(Target::Object { status: true, .. })
+        ));
+        assert!(matches!(
+            parse_path("/api/v1/namespaces/kube-flannel/pods/p"),
+            Some(Target::Object {
+                kind: Kind::Pod,
+                ..
+            })
+        ));
+        assert!(parse_path("/api/v1/namespaces/x/nodes").is_none());
+        assert!(parse_path("/apis/apps/v1/deployments").is_none());
+        let q = Query::parse("watch=1&fieldSelector=metadata.name%3Dnode1&resourceVersion=12&allowWatchBookmarks=true");
+        assert!(q.flag("watch") && q.flag("allowWatchBookmarks"));
+        assert_eq!(q.name_selector().as_deref(), Some("node1"));
+        assert_eq!(q.get("resourceVersion"), Some("12"));
+        assert_eq!(percent_decode("a%2Fb%"), "a/b%");
+    }
+}
