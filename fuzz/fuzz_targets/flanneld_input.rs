@@ -28,6 +28,6 @@ fuzz_target!(|data: &[u8]| {
     let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     if let Ok(flanneld::flags::Parsed::Values(v)) = flanneld::flags::parse(&args, &get) {
         let _ = v.describe();
-        let _ = flanneld::options::Options::from_values(&v);
+        let _ = flanneld::options::Options::from_values(&v, &get);
     }
 });

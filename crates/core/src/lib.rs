@@ -20,6 +20,7 @@ pub mod route_guard;
 pub mod subnet;
 pub mod subnet_env;
 pub mod subnet_key;
+pub mod time;
 pub mod vxlan;
 
 pub use config::{ConfigError, NetworkConfig};

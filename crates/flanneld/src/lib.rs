@@ -39,7 +39,7 @@ pub fn main() -> ExitCode {
     if !values.rest.is_empty() {
         tracing::warn!("ignoring extra arguments {:?}", values.rest);
     }
-    let opts = match options::Options::from_values(&values) {
+    let opts = match options::Options::from_values(&values, &|k| std::env::var(k).ok()) {
         Ok(o) => o,
         Err(e) => {
             tracing::error!("{}", error_line(&e));

@@ -10,6 +10,8 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Options {
     pub etcd: flannel_subnet::etcd::EtcdOptions,
+    /// `--kube-subnet-mgr`: the Kubernetes subnet manager and its settings.
+    pub kube: Option<flannel_subnet::kube::KubeOptions>,
     pub ifaces: Vec<String>,
     pub iface_regex: Vec<Regex>,
     pub iface_can_reach: Option<IpAddr>,
@@ -28,10 +30,14 @@ pub struct Options {
 }
 
 impl Options {
-    pub fn from_values(v: &Values) -> anyhow::Result<Self> {
-        if v.bool("kube-subnet-mgr") {
-            bail!("--kube-subnet-mgr: the Kubernetes subnet manager is not available in this flannel-rs build yet; use etcd (--etcd-endpoints)");
-        }
+    /// The options from parsed flags and the process environment (`env`: `NODE_NAME`,
+    /// `POD_NAME`, `POD_NAMESPACE`, `EVENT_QUEUE_DEPTH`, `CONT_WHEN_CACHE_NOT_READY`).
+    pub fn from_values(v: &Values, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let kube = if v.bool("kube-subnet-mgr") {
+            Some(kube_options(v, env)?)
+        } else {
+            None
+        };
         let margin = v.int("subnet-lease-renew-margin");
         if !(1..=1439).contains(&margin) {
             bail!("--subnet-lease-renew-margin={margin}: must be between 1 and 1439 minutes");
@@ -104,6 +110,7 @@ impl Options {
                 username: v.str("etcd-username"),
                 password: v.str("etcd-password"),
             },
+            kube,
             ifaces: v.list("iface"),
             iface_regex,
             iface_can_reach,
@@ -122,6 +129,32 @@ impl Options {
     }
 }
 
+/// Kubernetes mode's settings. `EVENT_QUEUE_DEPTH` and `CONT_WHEN_CACHE_NOT_READY` are accepted
+/// as upstream reads them (a non-number depth is an error) but change nothing: flannel-rs's node
+/// queue is keyed by node and never full, and it waits for the API instead of giving up.
+fn kube_options(
+    v: &Values,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<flannel_subnet::kube::KubeOptions> {
+    let get = |k: &str| env(k).unwrap_or_default();
+    let depth = get("EVENT_QUEUE_DEPTH");
+    if !depth.is_empty() && depth.trim().parse::<i64>().is_err() {
+        bail!("EVENT_QUEUE_DEPTH={depth:?} is not a number");
+    }
+    Ok(flannel_subnet::kube::KubeOptions {
+        source: flannel_subnet::kube::ApiSource {
+            kubeconfig: v.str("kubeconfig-file"),
+            api_url: v.str("kube-api-url"),
+        },
+        annotation_prefix: v.str("kube-annotation-prefix"),
+        net_config_path: PathBuf::from(v.str("net-config-path")),
+        set_node_network_unavailable: v.bool("set-node-network-unavailable"),
+        node_name: get("NODE_NAME"),
+        pod_name: get("POD_NAME"),
+        pod_namespace: get("POD_NAMESPACE"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,7 +163,7 @@ mod tests {
     fn opts(args: &[&str]) -> anyhow::Result<Options> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         match parse(&args, &|_| None)? {
-            Parsed::Values(v) => Options::from_values(&v),
+            Parsed::Values(v) => Options::from_values(&v, &|_| None),
             Parsed::Help => unreachable!(),
         }
     }

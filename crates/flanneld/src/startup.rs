@@ -17,6 +17,7 @@ use flannel_core::NetworkConfig;
 use flannel_net::firewall::{self, FamilyNets, FirewallConfig, IptablesManager, TrafficManager};
 use flannel_net::Netlink;
 use flannel_subnet::etcd::EtcdSubnetManager;
+use flannel_subnet::kube::KubeSubnetManager;
 use flannel_subnet::{LeaseEvent, LeaseSet, OwnLease, SubnetError, SubnetManager};
 use ipnet::IpNet;
 use std::future::Future;
@@ -90,18 +91,16 @@ fn datastore_name(config_location: &str) -> &'static str {
     }
 }
 
-/// Acquires our lease, waiting (and saying why) while the datastore says "not yet".
-async fn acquire(
-    sm: &impl SubnetManager,
-    config: &NetworkConfig,
-    attrs: &flannel_core::LeaseAttrs,
-) -> anyhow::Result<OwnLease> {
+/// Runs `op` until it gives something other than [`SubnetError::NotYet`], saying why it
+/// waits (once, and every minute).
+async fn until_ready<T, F: Future<Output = Result<T, SubnetError>>>(
+    op: impl Fn() -> F,
+) -> Result<T, SubnetError> {
     let mut log = WaitLog::default();
     loop {
-        match sm.acquire_lease(config, attrs).await {
-            Ok(l) => return Ok(l),
+        match op().await {
             Err(SubnetError::NotYet(why)) => log.say(why),
-            Err(e) => return Err(e).context("acquiring a subnet lease"),
+            other => return other,
         }
         tokio::time::sleep(LEASE_RETRY).await;
     }
@@ -184,8 +183,17 @@ async fn setup_firewall(
 /// flanneld with the datastore the options choose.
 pub async fn run(o: Options) -> anyhow::Result<()> {
     let previous = PreviousSubnets::read(&o.subnet_file);
-    let sm = EtcdSubnetManager::connect(&o.etcd, previous.clone()).await?;
-    run_with(o, Arc::new(sm), previous).await
+    match o.kube.clone() {
+        Some(k) => {
+            let sm = KubeSubnetManager::connect(k).await?;
+            info!(server = %sm.server(), "using the Kubernetes API as datastore");
+            run_with(o, Arc::new(sm), previous).await
+        }
+        None => {
+            let sm = EtcdSubnetManager::connect(&o.etcd, previous.clone()).await?;
+            run_with(o, Arc::new(sm), previous).await
+        }
+    }
 }
 
 /// The startup sequence over any datastore, then the daemon until a signal.
@@ -225,10 +233,10 @@ pub async fn run_with<SM: SubnetManager>(
         v4: config.enable_ipv4,
         v6: config.enable_ipv6,
     };
-    let overrides = sm
-        .public_ip_override()
-        .await
-        .context("reading this node's public IP settings")?;
+    let Some(overrides) = or_signal(until_ready(|| sm.public_ip_override())).await? else {
+        return Ok(());
+    };
+    let overrides = overrides.context("reading this node's public IP settings")?;
     let mut o = o;
     if let Some(ip) = overrides.v4 {
         info!(public_ip = %ip, "the datastore sets this node's public IP");
@@ -257,10 +265,11 @@ pub async fn run_with<SM: SubnetManager>(
             config.backend_type
         )
     })?;
-    let Some(own) = or_signal(acquire(sm.as_ref(), &config, &backend.lease_attrs())).await? else {
+    let attrs = backend.lease_attrs();
+    let Some(own) = or_signal(until_ready(|| sm.acquire_lease(&config, &attrs))).await? else {
         return Ok(());
     };
-    let own = own?;
+    let own = own.context("acquiring a subnet lease")?;
     info!(subnet = %own.lease.subnet, ipv6_subnet = ?own.lease.ipv6_subnet, lease = %sm.describe(&own.lease.key()), "lease acquired");
 
     let fw_cfg = FirewallConfig {

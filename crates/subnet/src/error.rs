@@ -84,7 +84,19 @@ pub enum SubnetError {
     TooManyConflicts(usize),
     #[error("lease {key} is gone or was changed by another writer")]
     LeaseLost { key: String },
-    /// Not possible yet, and nothing to fix here: wait and ask again (a node without podCIDR).
+    /// Not possible yet: wait and ask again (a node without podCIDR, the API away).
     #[error("{0}")]
     NotYet(String),
+    /// A request to the Kubernetes API failed; `code` is the HTTP status when the server
+    /// answered.
+    #[error("Kubernetes API: {op} {target}: {msg}")]
+    Kube {
+        op: &'static str,
+        target: String,
+        msg: String,
+        code: Option<u16>,
+    },
+    /// A file the datastore reads (net-conf.json, a kubeconfig) cannot be used.
+    #[error("{path}: {msg}")]
+    File { path: String, msg: String },
 }

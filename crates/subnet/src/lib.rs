@@ -8,6 +8,7 @@
 pub mod error;
 pub mod etcd;
 pub mod events;
+pub mod kube;
 mod recurring;
 
 pub use error::SubnetError;

@@ -337,6 +337,8 @@ impl TlsFiles {
 /// One node in a namespace of its own: `eth0` with 10.0.0.50/24 and fd00::50/64, a real etcd on
 /// its loopback (stoppable and restartable on the same data dir, optionally with TLS), and our
 /// flanneld started and stopped on demand. Everything goes on drop.
+pub mod kube;
+
 pub struct Node {
     pub flanneld: Option<Proc>,
     /// How many times the log said "flannel is ready" before the current start.
@@ -356,6 +358,13 @@ pub struct Node {
 
 impl Node {
     pub fn new(tag: &str) -> Self {
+        let mut n = Self::build(tag, None);
+        n.start_etcd();
+        n
+    }
+
+    /// A node without etcd (Kubernetes mode brings its own API server).
+    pub fn bare(tag: &str) -> Self {
         Self::build(tag, None)
     }
 
@@ -363,7 +372,8 @@ impl Node {
     pub fn with_tls(tag: &str) -> (Self, TlsFiles) {
         let dir = TempDir::new(&format!("{tag}-tls"));
         let tls = TlsFiles::generate(dir.path());
-        let node = Self::build(tag, Some((&tls, dir)));
+        let mut node = Self::build(tag, Some((&tls, dir)));
+        node.start_etcd();
         (node, tls)
     }
 
@@ -409,7 +419,7 @@ impl Node {
             }
         };
         let endpoint = format!("{scheme}://127.0.0.1:2379");
-        let mut n = Node {
+        Node {
             ready_before: 0,
             flanneld: None,
             etcd: None,
@@ -419,9 +429,7 @@ impl Node {
             nofile: None,
             dir,
             ns,
-        };
-        n.start_etcd();
-        n
+        }
     }
 
     /// Starts the node's etcd on its data dir (kept across restarts).

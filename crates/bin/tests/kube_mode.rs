@@ -1,0 +1,368 @@
+//! flanneld with `--kube-subnet-mgr` against the Kubernetes API fake over HTTPS: its subnet is
+//! its node's podCIDR, it publishes itself in annotations (a strategic-merge patch of only the
+//! changed keys on `nodes/<name>/status`), marks the node's network available, and turns every
+//! flannel Node into kernel state.
+
+mod common;
+
+use common::kube::{KubeNode, ANN, NODE, POD_CIDR};
+use common::{eventually, http_get_in_ns};
+use flannel_kube_fake::{Kind, PatchType};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(5);
+
+fn patches_of(k: &KubeNode, path: &str) -> Vec<Value> {
+    k.api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH" && r.path == path)
+        .map(|r| {
+            assert_eq!(r.content_type, "application/strategic-merge-patch+json");
+            serde_json::from_str(&r.body).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn startup_publishes_annotations_on_status_and_marks_the_network_available() {
+    let mut k = KubeNode::new("ks", &[POD_CIDR]);
+    k.start(&[]);
+    k.node.wait_ready();
+    let env = std::fs::read_to_string(k.node.subnet_env()).unwrap();
+    assert!(env.contains("FLANNEL_SUBNET=10.244.0.1/24"), "{env}");
+    assert!(env.contains("FLANNEL_MTU=1450"), "{env}");
+    // Exactly upstream's annotations, the VTEP MAC of our device in backend-data.
+    let mac = k.node.exec("cat", &["/sys/class/net/flannel.1/address"]);
+    assert_eq!(k.annotation("kube-subnet-manager").as_deref(), Some("true"));
+    assert_eq!(k.annotation("backend-type").as_deref(), Some("vxlan"));
+    assert_eq!(k.annotation("public-ip").as_deref(), Some("10.0.0.50"));
+    assert_eq!(
+        k.annotation("backend-data"),
+        Some(format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, mac.trim()))
+    );
+    // Sent to the status subresource, as a strategic-merge patch of only our keys.
+    let status = format!("/api/v1/nodes/{NODE}/status");
+    let patches = patches_of(&k, &status);
+    assert!(
+        k.api
+            .requests()
+            .iter()
+            .all(|r| !(r.method == "PATCH" && r.path == format!("/api/v1/nodes/{NODE}"))),
+        "nothing patched outside /status"
+    );
+    let ann_patch = patches
+        .iter()
+        .find(|p| p["metadata"]["annotations"].is_object())
+        .expect("an annotation patch");
+    assert_eq!(
+        ann_patch.as_object().unwrap().len(),
+        1,
+        "only metadata: {ann_patch}"
+    );
+    assert_eq!(
+        ann_patch["metadata"]["annotations"]
+            .as_object()
+            .unwrap()
+            .len(),
+        4
+    );
+    // NetworkUnavailable=False, FlannelIsUp, the kubelet's Ready condition kept.
+    let cond = eventually(T, || {
+        k.own()["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| {
+                c["type"] == "NetworkUnavailable"
+                    && c["status"] == "False"
+                    && c["reason"] == "FlannelIsUp"
+                    && c["message"] == "Flannel is running on this node"
+            })
+    });
+    assert!(cond.is_some(), "{}", k.own());
+    assert!(k.own()["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["type"] == "Ready"));
+    // A restart sends no annotation patch: nothing changed.
+    k.node.stop();
+    let before = patches_of(&k, &status).len();
+    k.start(&[]);
+    k.node.wait_ready();
+    std::thread::sleep(Duration::from_millis(500));
+    let after: Vec<Value> = patches_of(&k, &status).into_iter().skip(before).collect();
+    assert!(
+        after.iter().all(|p| p["metadata"]["annotations"].is_null()),
+        "unchanged annotations are not sent again: {after:?}"
+    );
+}
+
+#[test]
+fn set_node_network_unavailable_false_leaves_the_condition_alone() {
+    let mut k = KubeNode::new("kc", &[POD_CIDR]);
+    k.start(&["--set-node-network-unavailable=false"]);
+    k.node.wait_ready();
+    std::thread::sleep(Duration::from_millis(500));
+    let c = k.own()["status"]["conditions"].clone();
+    assert!(
+        c.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "NetworkUnavailable" && c["status"] == "True"),
+        "{c}"
+    );
+}
+
+#[test]
+fn peers_come_change_their_mac_and_go() {
+    let mut k = KubeNode::new("kp", &[POD_CIDR]);
+    k.add_peer("node1", "10.244.1.0/24", "10.0.0.51", "02:00:00:00:00:51");
+    k.start(&[]);
+    k.node.wait_ready();
+    assert!(
+        k.routes()
+            .contains("10.244.1.0/24 via 10.244.1.0 dev flannel.1"),
+        "{}",
+        k.routes()
+    );
+    // Added while running.
+    k.add_peer("node2", "10.244.2.0/24", "10.0.0.52", "02:00:00:00:00:52");
+    let t = eventually(T, || {
+        k.routes()
+            .contains("10.244.2.0/24 via 10.244.2.0 dev flannel.1")
+    });
+    assert!(t.is_some(), "{}", k.node.log());
+    // A new VTEP MAC (the peer's device was recreated).
+    k.annotate(
+        "node2",
+        "backend-data",
+        Some(r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:99"}"#),
+    );
+    let t = eventually(T, || {
+        k.node
+            .exec("bridge", &["fdb", "show", "dev", "flannel.1"])
+            .contains("02:00:00:00:00:99 dst 10.0.0.52")
+            && k.node
+                .exec("ip", &["neigh", "show", "dev", "flannel.1"])
+                .contains("10.244.2.0 lladdr 02:00:00:00:00:99")
+    });
+    assert!(t.is_some(), "{}", k.node.log());
+    // Deleted.
+    k.api.delete(Kind::Node, "", "node2").unwrap();
+    let t = eventually(T, || !k.routes().contains("10.244.2.0/24"));
+    assert!(t.is_some(), "{}", k.routes());
+    assert!(k.routes().contains("10.244.1.0/24"));
+    // Heartbeats (status changes) cost nothing: no reconcile logged for them.
+    let lines = k.node.log().lines().count();
+    for i in 0..20 {
+        k.api
+            .patch(Kind::Node, "", "node1", PatchType::Strategic,
+                &json!({"status":{"conditions":[{"type":"Ready","status":"True","lastHeartbeatTime":format!("2026-01-01T00:00:{i:02}Z")}]}}), true)
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        k.node.log().lines().count(),
+        lines,
+        "heartbeats are no news:\n{}",
+        k.node.log()
+    );
+}
+
+#[test]
+fn foreign_and_garbage_nodes_are_ignored_with_one_line_each() {
+    let mut k = KubeNode::new("kg", &[POD_CIDR]);
+    // Not a flannel node: no annotations at all.
+    k.api
+        .create(
+            Kind::Node,
+            "",
+            flannel_kube_fake::node("plain", &["10.244.7.0/24"], "10.0.0.57", 0),
+        )
+        .unwrap();
+    k.add_peer("garbage", "10.244.8.0/24", "10.0.0.58", "02:00:00:00:00:58");
+    k.annotate("garbage", "public-ip", Some("not-an-ip"));
+    k.add_peer(
+        "outside",
+        "192.168.9.0/24",
+        "10.0.0.59",
+        "02:00:00:00:00:59",
+    );
+    k.add_peer("good", "10.244.1.0/24", "10.0.0.51", "02:00:00:00:00:51");
+    k.start(&[]);
+    k.node.wait_ready();
+    let t = eventually(T, || k.routes().contains("10.244.1.0/24 via"));
+    assert!(t.is_some(), "{}", k.node.log());
+    std::thread::sleep(Duration::from_secs(1));
+    let r = k.routes();
+    assert!(
+        !r.contains("10.244.7.0") && !r.contains("10.244.8.0") && !r.contains("192.168.9.0"),
+        "{r}"
+    );
+    let log = k.node.log();
+    let lines = |s: &str| log.lines().filter(|l| l.contains(s)).count();
+    assert_eq!(lines("skipping node garbage"), 1, "{log}");
+    assert!(
+        log.contains("\"not-an-ip\" is not an IPv4 address"),
+        "{log}"
+    );
+    assert_eq!(lines("node outside"), 1, "{log}");
+    assert!(
+        log.contains("skipping lease node outside: lies outside the network 10.244.0.0/16"),
+        "{log}"
+    );
+    assert_eq!(
+        lines("plain"),
+        0,
+        "a node flannel does not manage is no news:\n{log}"
+    );
+}
+
+#[test]
+fn health_stays_unready_until_a_pod_cidr_is_assigned() {
+    let mut k = KubeNode::new("kn", &[]);
+    k.start(&["--healthz-port=8081", "--healthz-ip=127.0.0.1"]);
+    let said = eventually(T, || {
+        k.node.log().contains("node node0 has no IPv4 podCIDR yet")
+    });
+    assert!(said.is_some(), "{}", k.node.log());
+    assert!(
+        k.node.log().contains("--allocate-node-cidrs"),
+        "{}",
+        k.node.log()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        http_get_in_ns(&k.node.ns.0, 8081, "/readyz").map(|r| r.0),
+        Some(503)
+    );
+    assert!(
+        !k.node.subnet_env().exists(),
+        "no subnet.env before the podCIDR"
+    );
+    assert!(k.node.flanneld_running(), "no crash loop");
+    assert_eq!(
+        k.node.log().matches("has no IPv4 podCIDR yet").count(),
+        1,
+        "said once"
+    );
+    // kube-controller-manager allocates it.
+    k.api
+        .patch(
+            Kind::Node,
+            "",
+            NODE,
+            PatchType::Merge,
+            &json!({"spec":{"podCIDR":POD_CIDR,"podCIDRs":[POD_CIDR]}}),
+            false,
+        )
+        .unwrap();
+    k.node.wait_ready();
+    assert_eq!(
+        http_get_in_ns(&k.node.ns.0, 8081, "/readyz").map(|r| r.0),
+        Some(200)
+    );
+}
+
+#[test]
+fn a_network_that_does_not_contain_the_pod_cidr_is_upstreams_error() {
+    let mut k = KubeNode::new("kx", &["10.99.0.0/24"]);
+    k.start(&[]);
+    let status = k.node.wait_exit(Duration::from_secs(10));
+    let log = k.node.log();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{log}");
+    assert!(
+        log.contains("subnet \"10.244.0.0/16\" specified in the flannel net config doesn't contain \"10.99.0.0/24\" PodCIDR of the \"node0\" node"),
+        "{log}"
+    );
+}
+
+#[test]
+fn dual_stack_pod_cidrs_give_both_subnets_and_v6_is_checked() {
+    let mut k = KubeNode::new("kd", &[POD_CIDR, "fd00:10:244::/64"]);
+    std::fs::write(
+        k.net_conf(),
+        r#"{"Network":"10.244.0.0/16","IPv6Network":"fd00:10:244::/56","EnableIPv6":true,"EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    k.start(&[]);
+    k.node.wait_ready();
+    let env = std::fs::read_to_string(k.node.subnet_env()).unwrap();
+    assert!(env.contains("FLANNEL_SUBNET=10.244.0.1/24"), "{env}");
+    assert!(
+        env.contains("FLANNEL_IPV6_NETWORK=fd00:10:244::/56"),
+        "{env}"
+    );
+    assert!(
+        env.contains("FLANNEL_IPV6_SUBNET=fd00:10:244::1/64"),
+        "{env}"
+    );
+    // A v6 podCIDR outside IPv6Network is upstream's error too.
+    k.node.stop();
+    k.api
+        .patch(
+            Kind::Node,
+            "",
+            NODE,
+            PatchType::Merge,
+            &json!({"spec":{"podCIDRs":[POD_CIDR, "fd99::/64"]}}),
+            false,
+        )
+        .unwrap();
+    k.start(&[]);
+    let status = k.node.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{}", k.node.log());
+    assert!(
+        k.node
+            .log()
+            .contains("doesn't contain \"fd99::/64\" PodCIDR"),
+        "{}",
+        k.node.log()
+    );
+}
+
+#[test]
+fn node_name_from_the_pod_and_a_custom_annotation_prefix() {
+    let mut k = KubeNode::new("kq", &[POD_CIDR]);
+    k.api
+        .create(
+            Kind::Pod,
+            "kube-flannel",
+            json!({"metadata":{"name":"kube-flannel-ds-abcde"},"spec":{"nodeName":NODE}}),
+        )
+        .unwrap();
+    k.start_env(
+        &["--kube-annotation-prefix=example.com/x"],
+        &[
+            ("POD_NAME", "kube-flannel-ds-abcde"),
+            ("POD_NAMESPACE", "kube-flannel"),
+        ],
+    );
+    k.node.wait_ready();
+    let a = &k.own()["metadata"]["annotations"];
+    assert_eq!(a["example.com/x-public-ip"], "10.0.0.50", "{a}");
+    assert_eq!(a["example.com/x-kube-subnet-manager"], "true");
+    assert!(a.get(format!("{ANN}/public-ip")).is_none());
+    assert!(
+        k.node
+            .log()
+            .contains("this node, from pod kube-flannel/kube-flannel-ds-abcde"),
+        "{}",
+        k.node.log()
+    );
+    // An invalid prefix is refused at start, with the flag named.
+    k.node.stop();
+    k.start(&["--kube-annotation-prefix=a/b/c"]);
+    let status = k.node.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(1));
+    assert!(
+        k.node
+            .log()
+            .contains("--kube-annotation-prefix \"a/b/c\": a prefix can contain at most one slash"),
+        "{}",
+        k.node.log()
+    );
+}

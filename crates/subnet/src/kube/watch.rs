@@ -1,0 +1,351 @@
+//! The Node watch. A list (in pages), then a watch from the list's resourceVersion with
+//! bookmarks; a 410 (history gone) re-lists, the end of a watch (its timeout, a dropped
+//! connection) watches again from the last version seen, errors back off (100 ms → 5 s) and are
+//! logged once per distinct problem.
+//!
+//! What the watch learns goes into a [`NodeStore`] keyed by node name that keeps only what each
+//! node means for flannel (its lease, or why it is none) and marks the nodes that changed. The
+//! watch never waits for its reader: a burst of 5000 nodes is 5000 entries in a map, read in
+//! one go by whoever is ready (upstream's bounded channel deadlocked there).
+
+use super::annotations::Annotations;
+use super::conn::{req, Conn};
+use super::node::{node_lease, NodeLease, NodeLite};
+use crate::recurring::Recurring;
+use crate::SubnetError;
+use flannel_core::iface::Families;
+use flannel_core::subnet_key::SubnetKey;
+use futures::TryStreamExt;
+use serde::Deserialize;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The server ends each watch after about this long (client-go picks 5–10 minutes).
+const WATCH_SECONDS: u64 = 290;
+/// No event, not even a bookmark, for this long: the watch is dead; start another.
+const IDLE_LIMIT: Duration = Duration::from_secs(WATCH_SECONDS + 30);
+const PAGE: usize = 500;
+
+#[derive(Default)]
+struct Inner {
+    nodes: HashMap<String, NodeLease>,
+    /// Node names whose meaning changed since the reader last looked.
+    dirty: BTreeSet<String>,
+    /// Which node holds a lease key, for log lines.
+    by_key: HashMap<SubnetKey, String>,
+    synced: bool,
+}
+
+/// What every node means now, and which changed.
+#[derive(Default)]
+pub struct NodeStore {
+    inner: Mutex<Inner>,
+    pub(crate) changed: Notify,
+    /// Counters: lists, watches started, watch errors.
+    pub(crate) stats: Mutex<WatchStats>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WatchStats {
+    pub lists: u64,
+    pub watches: u64,
+    pub errors: u64,
+}
+
+impl NodeStore {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records what `name` means now; marks it when that changed. Logs a node that cannot be
+    /// used once per reason.
+    fn set(&self, name: &str, meaning: Option<NodeLease>) -> bool {
+        let mut s = self.lock();
+        let old = s.nodes.get(name);
+        if old == meaning.as_ref() {
+            return false;
+        }
+        if let Some(NodeLease::Lease(l)) = old {
+            let k = l.key();
+            if s.by_key.get(&k).is_some_and(|n| n == name) {
+                s.by_key.remove(&k);
+            }
+        }
+        match &meaning {
+            Some(NodeLease::Bad(why)) => warn!("skipping node {name}: {why}"),
+            Some(NodeLease::Lease(l)) => {
+                s.by_key.insert(l.key(), name.to_string());
+            }
+            _ => {}
+        }
+        match meaning {
+            Some(m) => s.nodes.insert(name.to_string(), m),
+            None => s.nodes.remove(name),
+        };
+        s.dirty.insert(name.to_string());
+        true
+    }
+
+    /// Replaces everything with a full listing (nodes missing from it are gone).
+    fn replace_all(&self, all: HashMap<String, NodeLease>) {
+        let gone: Vec<String> = self
+            .lock()
+            .nodes
+            .keys()
+            .filter(|n| !all.contains_key(*n))
+            .cloned()
+            .collect();
+        for n in gone {
+            self.set(&n, None);
+        }
+        for (n, m) in all {
+            self.set(&n, Some(m));
+        }
+        self.lock().synced = true;
+        self.changed.notify_one();
+    }
+
+    /// Takes the changed nodes with what they mean now (`None`: gone or not a lease).
+    pub fn take_changes(&self) -> Vec<(String, Option<flannel_core::Lease>)> {
+        let mut s = self.lock();
+        let dirty = std::mem::take(&mut s.dirty);
+        dirty
+            .into_iter()
+            .map(|n| {
+                let lease = match s.nodes.get(&n) {
+                    Some(NodeLease::Lease(l)) => Some(l.clone()),
+                    _ => None,
+                };
+                (n, lease)
+            })
+            .collect()
+    }
+
+    /// Every lease now.
+    pub fn leases(&self) -> Vec<flannel_core::Lease> {
+        self.lock()
+            .nodes
+            .values()
+            .filter_map(|m| match m {
+                NodeLease::Lease(l) => Some(l.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn synced(&self) -> bool {
+        self.lock().synced
+    }
+
+    /// Records which node holds `key` (for log lines), outside the watch (the first listing,
+    /// our own node).
+    pub fn remember(&self, name: &str, key: SubnetKey) {
+        self.lock().by_key.insert(key, name.to_string());
+    }
+
+    pub fn node_of(&self, key: &SubnetKey) -> Option<String> {
+        self.lock().by_key.get(key).cloned()
+    }
+
+    fn count(&self, f: impl FnOnce(&mut WatchStats)) {
+        f(&mut self.stats.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+#[derive(Deserialize)]
+struct NodeList {
+    #[serde(default)]
+    metadata: ListMeta,
+    #[serde(default)]
+    items: Vec<NodeLite>,
+}
+
+#[derive(Deserialize, Default)]
+struct ListMeta {
+    #[serde(default, rename = "resourceVersion")]
+    resource_version: Option<String>,
+    #[serde(default, rename = "continue")]
+    cont: Option<String>,
+}
+
+/// Every node, page by page, and the resourceVersion of the listing.
+pub(crate) async fn list_nodes(conn: &Conn) -> Result<(Vec<NodeLite>, String), SubnetError> {
+    let mut items = Vec::new();
+    let mut cont = String::new();
+    let mut rv = String::new();
+    loop {
+        let mut path = format!("/api/v1/nodes?limit={PAGE}");
+        if !cont.is_empty() {
+            path.push_str("&continue=");
+            path.push_str(&cont);
+        }
+        let page: NodeList = conn
+            .request("list", "nodes", || {
+                req(http::Method::GET, &path, None, Vec::new())
+            })
+            .await?;
+        if rv.is_empty() {
+            rv = page.metadata.resource_version.unwrap_or_default();
+        }
+        items.extend(page.items);
+        match page.metadata.cont.filter(|c| !c.is_empty()) {
+            Some(c) => cont = c,
+            None => return Ok((items, rv)),
+        }
+    }
+}
+
+/// The watch loop; runs until the task is dropped.
+pub(crate) async fn run(conn: Arc<Conn>, ann: Annotations, fam: Families, store: Arc<NodeStore>) {
+    let meaning = |mut n: NodeLite| {
+        n.retain_ours(&ann);
+        let name = n.metadata.name.clone();
+        (name, node_lease(&n, &ann, fam))
+    };
+    let mut rv: Option<String> = None;
+    let mut backoff = BACKOFF_MIN;
+    let mut trouble = Recurring::default();
+    loop {
+        let from = match rv.clone() {
+            Some(v) => v,
+            None => match list_nodes(&conn).await {
+                Ok((items, list_rv)) => {
+                    store.count(|s| s.lists += 1);
+                    store.replace_all(items.into_iter().map(meaning).collect());
+                    debug!(resource_version = %list_rv, "listed nodes");
+                    rv = Some(list_rv.clone());
+                    list_rv
+                }
+                Err(e) => {
+                    store.count(|s| s.errors += 1);
+                    trouble.failed("listing nodes failed", &e);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            },
+        };
+        let path = format!(
+            "/api/v1/nodes?watch=true&resourceVersion={from}&allowWatchBookmarks=true&timeoutSeconds={WATCH_SECONDS}"
+        );
+        let started = {
+            let client = conn.client();
+            let r = req(http::Method::GET, &path, None, Vec::new());
+            tokio::time::timeout(
+                super::conn::REQUEST_TIMEOUT,
+                client.request_events::<NodeLite>(r),
+            )
+            .await
+        };
+        let stream = match started {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                let e = super::conn::kube_err("watch", "nodes", e);
+                if matches!(
+                    e,
+                    SubnetError::Kube {
+                        code: Some(401),
+                        ..
+                    }
+                ) {
+                    let _ = conn.rebuild().await;
+                }
+                if matches!(
+                    e,
+                    SubnetError::Kube {
+                        code: Some(410),
+                        ..
+                    }
+                ) {
+                    rv = None;
+                }
+                store.count(|s| s.errors += 1);
+                trouble.failed("starting the node watch failed", &e);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+            Err(_) => {
+                store.count(|s| s.errors += 1);
+                trouble.failed("starting the node watch failed", &"no answer within 10 s");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        store.count(|s| s.watches += 1);
+        futures::pin_mut!(stream);
+        let mut failed = false;
+        loop {
+            let next = tokio::time::timeout(IDLE_LIMIT, stream.try_next()).await;
+            let ev = match next {
+                Ok(Ok(Some(ev))) => ev,
+                Ok(Ok(None)) => break, // the server ended the watch: watch again from `rv`
+                Ok(Err(e)) => {
+                    store.count(|s| s.errors += 1);
+                    trouble.failed(
+                        "the node watch failed",
+                        &super::conn::kube_err("watch", "nodes", e),
+                    );
+                    failed = true;
+                    break;
+                }
+                Err(_) => {
+                    trouble.failed(
+                        "the node watch went silent",
+                        &format!("nothing for {} s", IDLE_LIMIT.as_secs()),
+                    );
+                    failed = true;
+                    break;
+                }
+            };
+            backoff = BACKOFF_MIN;
+            trouble.ok("the node watch works again");
+            use kube::core::WatchEvent as W;
+            match ev {
+                W::Added(n) | W::Modified(n) => {
+                    let v = n.metadata.resource_version.clone();
+                    let (name, m) = meaning(n);
+                    if store.set(&name, Some(m)) {
+                        store.changed.notify_one();
+                    }
+                    rv = v.or(rv);
+                }
+                W::Deleted(n) => {
+                    let v = n.metadata.resource_version.clone();
+                    if store.set(&n.metadata.name, None) {
+                        store.changed.notify_one();
+                    }
+                    rv = v.or(rv);
+                }
+                W::Bookmark(b) => rv = Some(b.metadata.resource_version),
+                W::Error(s) if s.code == 410 => {
+                    info!(
+                        "the node watch's history is gone ({}); listing again",
+                        s.message
+                    );
+                    rv = None;
+                    break;
+                }
+                W::Error(s) => {
+                    store.count(|st| st.errors += 1);
+                    trouble.failed(
+                        "the node watch failed",
+                        &format!("{} ({})", s.message, s.code),
+                    );
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
