@@ -366,3 +366,201 @@ fn node_name_from_the_pod_and_a_custom_annotation_prefix() {
         k.node.log()
     );
 }
+
+#[test]
+fn in_cluster_config_and_a_rotated_service_account_token() {
+    let mut k = KubeNode::new("ki", &[POD_CIDR]);
+    let sa = k.start_in_cluster();
+    k.node.wait_ready();
+    assert!(
+        k.node.log().contains("server=https://127.0.0.1:6443/"),
+        "{}",
+        k.node.log()
+    );
+    // The kubelet rotates the token; the API server accepts only the new one from now on.
+    std::fs::write(sa.join("token"), "rotated-token").unwrap();
+    k.api.set_tokens(vec!["rotated-token".into()]);
+    // Connections end (as on an API server restart): everything is asked again, with 401s.
+    k.api.restart_without_history().unwrap();
+    k.add_peer("node1", "10.244.1.0/24", "10.0.0.51", "02:00:00:00:00:51");
+    let t = eventually(Duration::from_secs(10), || {
+        k.routes().contains("10.244.1.0/24 via")
+    });
+    assert!(
+        t.is_some(),
+        "the rotated token was not picked up:\n{}",
+        k.node.log()
+    );
+    assert!(
+        k.node.log().contains("reading them again"),
+        "{}",
+        k.node.log()
+    );
+}
+
+#[test]
+fn a_410_and_an_api_restart_without_history_lose_no_node() {
+    let mut k = KubeNode::new("kr", &[POD_CIDR]);
+    k.start(&[]);
+    k.node.wait_ready();
+    // The API server goes away; meanwhile a node comes and the history is compacted: when it
+    // is back, the watch resumes from a version older than the history (410) and re-lists.
+    k.api.stop();
+    k.add_peer("node1", "10.244.1.0/24", "10.0.0.51", "02:00:00:00:00:51");
+    k.api.compact();
+    k.api.resume().unwrap();
+    let t = eventually(T, || k.routes().contains("10.244.1.0/24 via"));
+    assert!(t.is_some(), "{}", k.node.log());
+    let log = k.node.log();
+    assert!(log.contains("the node watch's history is gone"), "{log}");
+    assert!(k.node.flanneld_running());
+}
+
+#[test]
+fn the_api_away_for_30s_costs_no_cpu_and_heals() {
+    let mut k = KubeNode::new("ka", &[POD_CIDR]);
+    k.add_peer("node1", "10.244.1.0/24", "10.0.0.51", "02:00:00:00:00:51");
+    k.start(&["--iptables-resync=1"]);
+    k.node.wait_ready();
+    let pid = k.node.flanneld_pid();
+    k.api.stop();
+    let cpu0 = common::cpu_seconds(pid);
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(30) {
+        assert!(
+            k.routes().contains("10.244.1.0/24 via"),
+            "kernel state kept"
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    let used = common::cpu_seconds(pid) - cpu0;
+    let secs = t0.elapsed().as_secs_f64();
+    assert!(
+        used < 0.05 * secs,
+        "{used:.2} s of CPU in {secs:.0} s without the API"
+    );
+    assert!(k.node.flanneld_running());
+    let warns = k.node.log().matches("the node watch failed").count()
+        + k.node
+            .log()
+            .matches("starting the node watch failed")
+            .count();
+    assert!(
+        warns <= 3,
+        "backs off quietly ({warns} warnings):\n{}",
+        k.node.log()
+    );
+    k.api.resume().unwrap();
+    k.add_peer("node2", "10.244.2.0/24", "10.0.0.52", "02:00:00:00:00:52");
+    let back = eventually(T, || k.routes().contains("10.244.2.0/24 via"));
+    assert!(
+        back.is_some(),
+        "a new node within 5 s of the API's return:\n{}",
+        k.node.log()
+    );
+}
+
+#[test]
+fn a_node_deleted_while_flanneld_was_down_is_gone_after_start() {
+    let mut k = KubeNode::new("kz", &[POD_CIDR]);
+    k.add_peer("node1", "10.244.1.0/24", "10.0.0.51", "02:00:00:00:00:51");
+    k.start(&[]);
+    k.node.wait_ready();
+    assert!(k.routes().contains("10.244.1.0/24 via"));
+    k.node.stop();
+    k.api.delete(Kind::Node, "", "node1").unwrap();
+    k.start(&[]);
+    k.node.wait_ready();
+    let gone = eventually(T, || {
+        !k.routes().contains("10.244.1.0/24")
+            && !k
+                .node
+                .exec("bridge", &["fdb", "show", "dev", "flannel.1"])
+                .contains("02:00:00:00:00:51")
+    });
+    assert!(gone.is_some(), "{}", k.routes());
+}
+
+#[test]
+fn a_restart_with_the_device_deleted_takes_the_mac_back_from_our_annotation() {
+    let mut k = KubeNode::new("km", &[POD_CIDR]);
+    k.start(&[]);
+    k.node.wait_ready();
+    let mac = k
+        .node
+        .exec("cat", &["/sys/class/net/flannel.1/address"])
+        .trim()
+        .to_string();
+    k.node.stop();
+    k.node.exec("ip", &["link", "del", "flannel.1"]);
+    k.start(&[]);
+    k.node.wait_ready();
+    let again = k
+        .node
+        .exec("cat", &["/sys/class/net/flannel.1/address"])
+        .trim()
+        .to_string();
+    assert_eq!(again, mac, "peers keep valid neighbour and FDB entries");
+    assert!(k.annotation("backend-data").unwrap().contains(&mac));
+}
+
+#[test]
+fn our_annotations_changed_by_someone_are_put_back() {
+    let mut k = KubeNode::new("kb", &[POD_CIDR]);
+    k.start(&[]);
+    k.node.wait_ready();
+    let data = k.annotation("backend-data").unwrap();
+    k.annotate(
+        NODE,
+        "backend-data",
+        Some(r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:01"}"#),
+    );
+    let back = eventually(T, || {
+        k.annotation("backend-data").as_deref() == Some(data.as_str())
+    });
+    assert!(back.is_some(), "{}", k.node.log());
+    k.annotate(NODE, "kube-subnet-manager", None);
+    let back = eventually(T, || {
+        k.annotation("kube-subnet-manager").as_deref() == Some("true")
+    });
+    assert!(back.is_some(), "{}", k.node.log());
+}
+
+#[test]
+fn node_public_ip_and_public_ip_overwrite_annotations() {
+    let mut k = KubeNode::new("ko", &[POD_CIDR]);
+    // node-public-ip replaces --public-ip (and picks the interface carrying it); the overwrite
+    // is what peers are told.
+    k.node
+        .exec("ip", &["addr", "add", "10.0.0.77/24", "dev", "eth0"]);
+    k.annotate(NODE, "node-public-ip", Some("10.0.0.77"));
+    k.annotate(NODE, "public-ip-overwrite", Some("192.0.2.7"));
+    k.start_env(&[], &[("NODE_NAME", NODE)]);
+    k.node.wait_ready();
+    assert!(
+        k.node
+            .log()
+            .contains("the datastore sets this node's public IP public_ip=10.0.0.77"),
+        "{}",
+        k.node.log()
+    );
+    assert_eq!(k.annotation("public-ip").as_deref(), Some("192.0.2.7"));
+    let vx = k.node.exec("ip", &["-d", "link", "show", "flannel.1"]);
+    assert!(
+        vx.contains("local 10.0.0.77"),
+        "the device uses the node public IP: {vx}"
+    );
+    // A node-public-ip that is no address is named, not guessed around.
+    k.node.stop();
+    k.annotate(NODE, "node-public-ip", Some("ten.zero"));
+    k.start(&[]);
+    let status = k.node.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(1));
+    assert!(
+        k.node
+            .log()
+            .contains("node-public-ip \"ten.zero\" is not an IP address"),
+        "{}",
+        k.node.log()
+    );
+}

@@ -100,7 +100,8 @@ pub fn log_directives(v: i64) -> String {
         2..=4 => "debug",
         _ => "trace",
     };
-    let mut d = String::from("warn");
+    // kube-client logs every failed request itself; ours say it once, with the cause.
+    let mut d = String::from("warn,kube_client=off");
     for c in OUR_CRATES {
         d.push_str(&format!(",{c}={ours}"));
     }

@@ -91,6 +91,45 @@ impl KubeNode {
             .unwrap();
     }
 
+    /// Starts flanneld the way the DaemonSet runs it: in-cluster config only
+    /// (`KUBERNETES_SERVICE_HOST/PORT`, the service-account directory bind-mounted at
+    /// /var/run/secrets/kubernetes.io/serviceaccount in a private mount namespace whose /run
+    /// is a fresh tmpfs: nothing of the host's is touched). Returns that directory.
+    pub fn start_in_cluster(&mut self) -> PathBuf {
+        let sa = self.node.dir.path().join("serviceaccount");
+        std::fs::create_dir_all(&sa).unwrap();
+        std::fs::copy(self.api.ca(), sa.join("ca.crt")).unwrap();
+        std::fs::copy(self.api.dir().join("token"), sa.join("token")).unwrap();
+        std::fs::write(sa.join("namespace"), "kube-flannel").unwrap();
+        let script = format!(
+            "mount -t tmpfs tmpfs /run && mkdir -p /run/secrets/kubernetes.io/serviceaccount && mount --bind {} /run/secrets/kubernetes.io/serviceaccount && exec \"$0\" \"$@\"",
+            sa.display()
+        );
+        self.node.launcher = [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let nc = format!("--net-config-path={}", self.net_conf().display());
+        self.node.start_env(
+            &["--kube-subnet-mgr", &nc, "--iface=eth0"],
+            &[
+                ("NODE_NAME", NODE),
+                ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+                ("KUBERNETES_SERVICE_PORT", "6443"),
+            ],
+        );
+        self.node.launcher.clear();
+        sa
+    }
+
     pub fn routes(&self) -> String {
         self.node.exec("ip", &["route", "show"])
     }

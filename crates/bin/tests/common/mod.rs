@@ -352,6 +352,8 @@ pub struct Node {
     pub etcdctl_flags: Vec<String>,
     /// `ulimit -n` for the next flanneld start, when set.
     pub nofile: Option<u64>,
+    /// A command line flanneld is started through (it must exec `"$0" "$@"`), when set.
+    pub launcher: Vec<String>,
     pub dir: TempDir,
     pub ns: Netns,
 }
@@ -427,6 +429,7 @@ impl Node {
             endpoint,
             etcdctl_flags,
             nofile: None,
+            launcher: Vec::new(),
             dir,
             ns,
         }
@@ -529,6 +532,7 @@ impl Node {
             .expect("log");
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns.0])
+            .args(&self.launcher)
             .arg(bin_dir().join("flanneld"))
             .arg(format!("--subnet-file={}", self.subnet_env().display()));
         if !extra.iter().any(|a| a.starts_with("--etcd-endpoints")) {

@@ -253,7 +253,10 @@ pub(crate) async fn run(conn: Arc<Conn>, ann: Annotations, fam: Families, store:
                         ..
                     }
                 ) {
-                    let _ = conn.rebuild().await;
+                    info!("the API server refused our credentials; reading them again");
+                    if let Err(e) = conn.rebuild().await {
+                        warn!(error = %e, "reading the credentials again failed");
+                    }
                 }
                 if matches!(
                     e,
