@@ -3,55 +3,11 @@
 
 mod common;
 
+use common::lab::Lab;
 use common::{bin_dir, cpu_seconds, eventually, ip, require_root, unique, Proc, TempDir};
 use flannel_lab::cluster::{etcd_del, etcd_get, etcd_put, start_flanneld, stop_flanneld};
-use flannel_lab::{down, up, LabSpec, LabState};
+use flannel_lab::{down, up, LabSpec};
 use std::time::Duration;
-
-/// A lab that is torn down when the test ends, pass or fail.
-struct Lab {
-    state: LabState,
-    name: String,
-    root: TempDir,
-}
-
-impl Lab {
-    fn up(nodes: usize, pods: usize, flanneld_args: &[&str]) -> Lab {
-        Self::up_with(LabSpec {
-            nodes,
-            pods_per_node: pods,
-            flanneld_args: flanneld_args.iter().map(|s| s.to_string()).collect(),
-            ..LabSpec::default()
-        })
-    }
-
-    fn up_with(spec: LabSpec) -> Lab {
-        require_root();
-        let root = TempDir::new("lab");
-        let name = unique("t");
-        let spec = LabSpec {
-            lab: name.clone(),
-            state_root: root.path().to_path_buf(),
-            bin_dir: bin_dir(),
-            ..spec
-        };
-        match up(&spec) {
-            Ok(state) => Lab { state, name, root },
-            Err(e) => {
-                let _ = down(&name, root.path());
-                panic!("lab up failed: {e:#}");
-            }
-        }
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if let Err(e) = down(&self.name, self.root.path()) {
-            eprintln!("lab down: {e:#}");
-        }
-    }
-}
 
 fn routes(ns: &str) -> String {
     ip(&["-n", ns, "route", "show"])

@@ -4,47 +4,23 @@
 
 mod common;
 
-use common::{bin_dir, eventually, ip, require_root, unique, Netns, TempDir};
+use common::lab::Lab;
+use common::{eventually, ip, Netns};
 use flannel_backend::udp::packet::{checksum, fix_ipv4_checksum, parse_ipv4, PROTO_ICMP};
 use flannel_lab::cluster::etcd_put;
-use flannel_lab::{down, up, LabSpec, LabState};
+use flannel_lab::LabSpec;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-struct Lab {
-    state: LabState,
-    name: String,
-    root: TempDir,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = down(&self.name, self.root.path());
-    }
-}
-
 fn lab() -> Lab {
-    require_root();
-    let root = TempDir::new("udp");
-    let name = unique("u");
-    let spec = LabSpec {
-        lab: name.clone(),
+    Lab::up_with(LabSpec {
         nodes: 2,
         pods_per_node: 1,
         backend: "udp".into(),
-        state_root: root.path().to_path_buf(),
-        bin_dir: bin_dir(),
         flanneld_args: vec!["--iptables-resync=1".into()],
         ..LabSpec::default()
-    };
-    match up(&spec) {
-        Ok(state) => Lab { state, name, root },
-        Err(e) => {
-            let _ = down(&name, root.path());
-            panic!("lab up failed: {e:#}");
-        }
-    }
+    })
 }
 
 /// An ICMP echo request from `src` to `dst`, as a raw IPv4 packet.
@@ -240,20 +216,6 @@ fn udp_packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
     p
 }
 
-/// Adds a namespace to the lab's switch at `addr` (a /24 of the underlay).
-fn on_switch(lab: &Lab, tag: &str, addr: &str) -> Netns {
-    let ns = Netns::new(tag);
-    let sw = format!("{}-sw", lab.name);
-    let port = format!("p{}", &ns.0[ns.0.len().saturating_sub(8)..]);
-    ip(&[
-        "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.0,
-    ]);
-    ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"]);
-    ip(&["-n", &ns.0, "addr", "add", addr, "dev", "eth0"]);
-    ip(&["-n", &ns.0, "link", "set", "eth0", "up"]);
-    ns
-}
-
 /// A UDP socket on port 9999 inside `ns`, collecting what arrives until dropped.
 fn listener(ns: &str) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -289,8 +251,8 @@ fn spoofed_inner_packets_are_dropped_and_counted() {
     let node_ip: Ipv4Addr = node.ip.parse().unwrap();
     let pod: Ipv4Addr = node.pods[0].ip.parse().unwrap();
     let other_pod: Ipv4Addr = lab.state.nodes[0].pods[0].ip.parse().unwrap();
-    let peer = on_switch(&lab, "sp", "10.0.0.99/24");
-    let victim = on_switch(&lab, "vi", "10.0.0.97/24");
+    let peer = lab.on_switch("sp", "10.0.0.99/24");
+    let victim = lab.on_switch("vi", "10.0.0.97/24");
     etcd_put(
         &lab.state,
         "/coreos.com/network/subnets/10.244.200.0-24",

@@ -6,6 +6,7 @@
 //! bearer-token auth, with a CA and server certificate it makes itself. Tests drive it directly
 //! (compact its history, restart it without history, take it away and back).
 
+pub mod cli;
 pub mod patch;
 pub mod server;
 pub mod store;
@@ -108,14 +109,13 @@ impl FakeApi {
     pub fn start(opts: Options) -> Result<Self, FakeError> {
         let mut sans = opts.sans.clone();
         sans.push(opts.listen.ip().to_string());
-        let pki = tls::make(&sans)?;
         std::fs::create_dir_all(&opts.dir)
             .map_err(io(format!("creating {}", opts.dir.display())))?;
+        let pki = tls::load_or_make(&opts.dir, &sans)?;
         let w = |name: &str, data: &str| {
             let p = opts.dir.join(name);
             std::fs::write(&p, data).map_err(io(format!("writing {}", p.display())))
         };
-        w("ca.crt", &pki.ca_pem)?;
         w("token", &opts.token)?;
         let kubeconfig = json!({
             "apiVersion": "v1", "kind": "Config",
@@ -254,6 +254,30 @@ impl FakeApi {
         lock(&self.shared.store).delete(kind, ns, name)
     }
 
+    /// Writes every object (not the history) to `path`, atomically.
+    pub fn save(&self, path: &Path) -> Result<(), FakeError> {
+        let snap = lock(&self.shared.store).snapshot();
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, snap.to_string()).map_err(io(format!("writing {}", tmp.display())))?;
+        std::fs::rename(&tmp, path).map_err(io(format!("renaming {}", tmp.display())))
+    }
+
+    /// Loads objects written by [`FakeApi::save`]; returns how many.
+    pub fn load(&self, path: &Path) -> Result<usize, FakeError> {
+        let text =
+            std::fs::read_to_string(path).map_err(io(format!("reading {}", path.display())))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| FakeError::Io {
+            what: format!("parsing {}", path.display()),
+            source: std::io::Error::other(e),
+        })?;
+        lock(&self.shared.store)
+            .restore(&v)
+            .map_err(|e| FakeError::Io {
+                what: format!("loading {}", path.display()),
+                source: std::io::Error::other(e.message),
+            })
+    }
+
     /// The requests served so far (the last 2000), oldest first.
     pub fn requests(&self) -> Vec<Logged> {
         lock(&self.shared.log).iter().cloned().collect()
@@ -302,6 +326,8 @@ async fn serve(
 /// `NetworkUnavailable=True`. `padding` bytes of status (images) make it as heavy as real ones.
 pub fn node(name: &str, pod_cidrs: &[&str], internal_ip: &str, padding: usize) -> Value {
     let mut n = json!({
+        "apiVersion": "v1",
+        "kind": "Node",
         "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
         "spec": {"podCIDR": pod_cidrs.first().copied().unwrap_or(""), "podCIDRs": pod_cidrs},
         "status": {

@@ -194,6 +194,27 @@ fn discovery(path: &str, host: &str) -> Option<Value> {
         "/api" => json!({"kind":"APIVersions","versions":["v1"],
             "serverAddressByClientCIDRs":[{"clientCIDR":"0.0.0.0/0","serverAddress":host}]}),
         "/apis" => json!({"kind":"APIGroupList","apiVersion":"v1","groups":[]}),
+        // OpenAPI v3: only what kubectl reads to learn that the server validates fields itself
+        // (the PATCH operations of each kind with a `fieldValidation` query parameter), so it
+        // does not need a full schema for client-side validation.
+        "/openapi/v3" => {
+            json!({"paths":{"api/v1":{"serverRelativeURL":"/openapi/v3/api/v1?hash=flannel-kube-fake"}}})
+        }
+        "/openapi/v3/api/v1" => {
+            let patch = |kind: &str| {
+                json!({"patch": {
+                    "x-kubernetes-group-version-kind": {"group": "", "version": "v1", "kind": kind},
+                    "x-kubernetes-action": "patch",
+                    "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "OK"}}
+                }})
+            };
+            json!({"openapi":"3.0.0","info":{"title":"Kubernetes","version":"v1.32.0-flannel-kube-fake"},"paths":{
+                "/api/v1/nodes/{name}": patch("Node"),
+                "/api/v1/namespaces/{namespace}/pods/{name}": patch("Pod"),
+                "/api/v1/namespaces/{namespace}/configmaps/{name}": patch("ConfigMap"),
+            }})
+        }
         "/api/v1" => json!({"kind":"APIResourceList","groupVersion":"v1","resources":[
             res("nodes", "Node", false, &["no"], &all),
             res("nodes/status", "Node", false, &[], &["get", "patch", "update"]),

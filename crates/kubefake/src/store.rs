@@ -322,6 +322,49 @@ impl Store {
         Ok(obj)
     }
 
+    /// Every object with its kind and namespace, and the resourceVersion: what survives a
+    /// restart (the history does not).
+    pub fn snapshot(&self) -> Value {
+        let objects: Vec<Value> = self
+            .objects
+            .iter()
+            .map(|((k, ns, _), o)| json!({"kind": k.name(), "namespace": ns, "object": o}))
+            .collect();
+        json!({"resourceVersion": self.rv, "uid": self.uid, "objects": objects})
+    }
+
+    /// Loads a [`Store::snapshot`]: the objects as they were, versions going on from there,
+    /// no history (a watch from an older version gets 410).
+    pub fn restore(&mut self, snap: &Value) -> Result<usize, ApiError> {
+        let bad = |m: &str| ApiError::new(400, "BadRequest", format!("state file: {m}"));
+        self.rv = snap["resourceVersion"]
+            .as_u64()
+            .ok_or_else(|| bad("no resourceVersion"))?;
+        self.uid = snap["uid"].as_u64().unwrap_or(0);
+        self.oldest = self.rv;
+        self.history.clear();
+        let mut n = 0;
+        for e in snap["objects"]
+            .as_array()
+            .ok_or_else(|| bad("no objects"))?
+        {
+            let kind = match e["kind"].as_str() {
+                Some("Node") => Kind::Node,
+                Some("Pod") => Kind::Pod,
+                Some("ConfigMap") => Kind::ConfigMap,
+                other => return Err(bad(&format!("unknown kind {other:?}"))),
+            };
+            let ns = e["namespace"].as_str().unwrap_or("");
+            let name = e["object"]["metadata"]["name"]
+                .as_str()
+                .ok_or_else(|| bad("object without name"))?;
+            self.objects
+                .insert(Self::key(kind, ns, name), e["object"].clone());
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Forgets the history: watches from any earlier resourceVersion get 410 Gone.
     pub fn compact(&mut self) {
         self.history.clear();
@@ -463,6 +506,30 @@ mod tests {
         s.patch(Kind::Node, "", "a", PatchType::Merge, &json!({}), false)
             .unwrap();
         assert_eq!(s.resource_version(), before);
+    }
+
+    #[test]
+    fn a_snapshot_restores_objects_but_not_history() {
+        let mut s = Store::default();
+        s.create(Kind::Node, "", node("a")).unwrap();
+        s.create(Kind::Pod, "ns1", json!({"metadata":{"name":"p"}}))
+            .unwrap();
+        let rv = s.resource_version();
+        let snap = s.snapshot();
+        let mut t = Store::default();
+        assert_eq!(t.restore(&snap).unwrap(), 2);
+        assert_eq!(
+            t.get(Kind::Pod, "ns1", "p").unwrap()["metadata"]["name"],
+            "p"
+        );
+        assert_eq!(t.resource_version(), rv);
+        assert_eq!(
+            t.watch(Kind::Node, None, Some(rv - 1)).unwrap_err().code,
+            410
+        );
+        assert!(t.watch(Kind::Node, None, Some(rv)).is_ok());
+        let b = t.create(Kind::Node, "", node("b")).unwrap();
+        assert_eq!(b["metadata"]["resourceVersion"], (rv + 1).to_string());
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! The fake's own PKI: a CA and a server certificate for the names and addresses clients use,
-//! made at start with rcgen, and the rustls server config (HTTP/1.1 only).
+//! made with rcgen the first time and kept in the fake's directory (a restarted API server keeps
+//! its certificates: clients hold its CA), and the rustls server config (HTTP/1.1 only).
 
+use std::path::Path;
 use std::sync::Arc;
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 pub struct Pki {
@@ -11,12 +14,67 @@ pub struct Pki {
     server_key: Vec<u8>,
 }
 
+const CA: &str = "ca.crt";
+const CERT: &str = "server.crt";
+const KEY: &str = "server.key";
+
+/// The PKI kept in `dir`, or a new one (written there) when there is none.
+pub fn load_or_make(dir: &Path, sans: &[String]) -> Result<Pki, TlsError> {
+    let read = |n: &str| std::fs::read(dir.join(n)).ok();
+    if let (Some(ca), Some(cert), Some(key)) = (read(CA), read(CERT), read(KEY)) {
+        let cert =
+            CertificateDer::from_pem_slice(&cert).map_err(|e| TlsError::Pem(e.to_string()))?;
+        let key =
+            PrivatePkcs8KeyDer::from_pem_slice(&key).map_err(|e| TlsError::Pem(e.to_string()))?;
+        return Ok(Pki {
+            ca_pem: String::from_utf8_lossy(&ca).into_owned(),
+            server_cert: cert,
+            server_key: key.secret_pkcs8_der().to_vec(),
+        });
+    }
+    let pki = make(sans)?;
+    let write = |n: &str, data: &[u8]| {
+        std::fs::write(dir.join(n), data).map_err(|e| TlsError::Pem(format!("writing {n}: {e}")))
+    };
+    write(CA, pki.ca_pem.as_bytes())?;
+    write(CERT, pem("CERTIFICATE", &pki.server_cert).as_bytes())?;
+    write(KEY, pem("PRIVATE KEY", &pki.server_key).as_bytes())?;
+    Ok(pki)
+}
+
+/// DER as PEM (base64 in 64-column lines).
+fn pem(label: &str, der: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for c in der.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                b64.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("making certificates: {0}")]
     Cert(#[from] rcgen::Error),
     #[error("TLS config: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("stored certificates: {0}")]
+    Pem(String),
 }
 
 /// A fresh CA and a server certificate signed by it, for `sans` (IP addresses or DNS names).
@@ -59,5 +117,21 @@ impl Pki {
             .with_single_cert(vec![self.server_cert.clone()], key)?;
         c.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_start_reuses_the_certificates() {
+        let d = tempfile::tempdir().unwrap();
+        let a = load_or_make(d.path(), &["127.0.0.1".into()]).unwrap();
+        let b = load_or_make(d.path(), &["127.0.0.1".into()]).unwrap();
+        assert_eq!(a.ca_pem, b.ca_pem);
+        assert_eq!(a.server_cert, b.server_cert);
+        assert_eq!(a.server_key, b.server_key);
+        assert!(b.server_config().is_ok());
     }
 }

@@ -10,7 +10,8 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage:
   flannel-lab up [--nodes N] [--pods-per-node K] [--backend vxlan|host-gw|udp]
-                 [--segments 1|2] [--direct-routing]                  build the cluster (default 3 nodes, 2 pods each)
+                 [--segments 1|2] [--direct-routing] [--datastore etcd|kube]
+                                                                      build the cluster (default 3 nodes, 2 pods each)
   flannel-lab ping-all                                                every pod pings every other pod
   flannel-lab status [--json]                                         nodes, pods, routes, FDB, where the logs are
   flannel-lab down                                                    remove everything the lab made
@@ -24,6 +25,7 @@ struct Args {
     nodes: usize,
     pods: usize,
     backend: String,
+    datastore: String,
     segments: usize,
     direct_routing: bool,
     json: bool,
@@ -39,6 +41,7 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
         nodes: 3,
         pods: 2,
         backend: "vxlan".into(),
+        datastore: "etcd".into(),
         segments: 1,
         direct_routing: false,
         json: false,
@@ -65,6 +68,7 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
             "--nodes" => a.nodes = num(flag, value(flag)?)?,
             "--pods-per-node" => a.pods = num(flag, value(flag)?)?,
             "--backend" => a.backend = value(flag)?,
+            "--datastore" => a.datastore = value(flag)?,
             "--name" => a.name = value(flag)?,
             "--state-dir" => a.state_root = PathBuf::from(value(flag)?),
             "--json" => a.json = true,
@@ -93,6 +97,7 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 nodes: a.nodes,
                 pods_per_node: a.pods,
                 backend: a.backend,
+                datastore: crate::cluster::Datastore::parse(&a.datastore)?,
                 segments: a.segments,
                 direct_routing: a.direct_routing,
                 state_root: a.state_root.clone(),

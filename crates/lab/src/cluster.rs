@@ -13,9 +13,37 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+/// Where leases live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Datastore {
+    /// etcd on master1.
+    Etcd,
+    /// The Kubernetes API fake on master1 (https://10.0.0.50:6443), flanneld with
+    /// `--kube-subnet-mgr`.
+    Kube,
+}
+
+impl Datastore {
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "etcd" => Ok(Self::Etcd),
+            "kube" => Ok(Self::Kube),
+            other => bail!("--datastore {other}: etcd or kube"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Etcd => "etcd",
+            Self::Kube => "kube",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LabSpec {
     pub lab: String,
+    pub datastore: Datastore,
     pub nodes: usize,
     pub pods_per_node: usize,
     pub backend: String,
@@ -33,6 +61,7 @@ impl Default for LabSpec {
     fn default() -> Self {
         Self {
             lab: DEFAULT_LAB.into(),
+            datastore: Datastore::Etcd,
             nodes: 3,
             pods_per_node: 2,
             backend: "vxlan".into(),
@@ -173,6 +202,61 @@ pub fn start_etcd(state: &LabState) -> anyhow::Result<Child> {
         Ok(etcdctl(ns, &["endpoint", "health"]).is_ok())
     })?;
     Ok(child)
+}
+
+/// `kubectl` with the lab's admin kubeconfig, run in master1's namespace (kube mode).
+pub fn kubectl(state: &LabState, args: &[&str]) -> anyhow::Result<String> {
+    let kc = state.kubeconfig().display().to_string();
+    sh::run(&mut in_ns(
+        &state.nodes[0].netns,
+        "kubectl",
+        &[&["--kubeconfig", kc.as_str()][..], args].concat(),
+    ))
+}
+
+fn api_serving(state: &LabState) -> bool {
+    std::fs::read_to_string(&state.api_log)
+        .map(|l| {
+            l.lines()
+                .last()
+                .is_some_and(|x| x.contains("serving https://"))
+        })
+        .unwrap_or(false)
+}
+
+/// Starts the API fake (it loads the objects it saved when stopped) and waits until it serves.
+pub fn start_api(state: &LabState) -> anyhow::Result<Child> {
+    let (prog, args) = state
+        .api_args
+        .split_first()
+        .context("no API server command line recorded (not a kube-mode lab?)")?;
+    let child = spawn_in_ns(&state.nodes[0].netns, prog, args, &state.api_log)?;
+    wait_until("the API fake to serve", Duration::from_secs(30), || {
+        Ok(api_serving(state))
+    })
+    .with_context(|| format!("API fake log:\n{}", log_tail(&state.api_log)))?;
+    Ok(child)
+}
+
+/// Stops the API fake (SIGTERM: it saves its objects; the history is lost, as an API server's
+/// watch cache is on a restart).
+pub fn stop_api(state: &LabState) -> anyhow::Result<()> {
+    signal_named(state, "flannel-kube-fake", libc::SIGTERM);
+    wait_until("the API fake to exit", Duration::from_secs(10), || {
+        Ok(pids_named(&state.nodes[0].netns, "flannel-kube-fake").is_empty())
+    })
+}
+
+/// Compacts the API fake's history (SIGUSR1): watches from older versions get 410.
+pub fn compact_api(state: &LabState) {
+    signal_named(state, "flannel-kube-fake", libc::SIGUSR1);
+}
+
+fn signal_named(state: &LabState, name: &str, sig: i32) {
+    for p in pids_named(&state.nodes[0].netns, name) {
+        // SAFETY: kill(2) on a PID found in the lab's namespace.
+        unsafe { libc::kill(p, sig) };
+    }
 }
 
 /// Starts the node's flanneld (appending to its log). Dropping the handle leaves it running.
@@ -334,54 +418,126 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
         });
     }
 
-    // etcd on master1, with the tutorial's network config.
     let master = nodes[0].netns.clone();
     let etcd_log = dir.join("etcd.log");
-    let etcd_args: Vec<String> = [
-        "--name",
-        "master1",
-        "--data-dir",
-        &dir.join("etcd").to_string_lossy(),
-        "--listen-client-urls",
-        &format!("http://{}:2379,http://127.0.0.1:2379", node_ip(0)),
-        "--advertise-client-urls",
-        &format!("http://{}:2379", node_ip(0)),
-        "--listen-peer-urls",
-        "http://127.0.0.1:2380",
-        "--initial-advertise-peer-urls",
-        "http://127.0.0.1:2380",
-        "--initial-cluster",
-        "master1=http://127.0.0.1:2380",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    spawn_in_ns(&master, "etcd", &etcd_args, &etcd_log)?;
-    wait_until("etcd on master1", Duration::from_secs(30), || {
-        Ok(etcdctl(&master, &["endpoint", "health"]).is_ok())
-    })
-    .with_context(|| format!("etcd log:\n{}", log_tail(&etcd_log)))?;
-    etcdctl(
-        &master,
-        &[
-            "put",
-            &format!("{ETCD_PREFIX}/config"),
-            &net_conf(&spec.backend, spec.direct_routing),
-        ],
-    )?;
-
-    // flanneld on every node, with upstream-style flags.
+    let mut etcd_args: Vec<String> = Vec::new();
+    let mut api_args: Vec<String> = Vec::new();
+    let api_log = dir.join("kube-api.log");
     let flanneld = spec.bin_dir.join("flanneld").to_string_lossy().into_owned();
-    for n in nodes.iter_mut() {
-        let node_dir = dir.join(&n.name);
-        n.flanneld = vec![
-            flanneld.clone(),
-            format!("--etcd-endpoints=http://{}:2379", node_ip(0)),
-            "--iface=eth0".to_string(),
-            "--ip-masq".to_string(),
-            format!("--subnet-file={}", node_dir.join("subnet.env").display()),
-        ];
-        n.flanneld.extend(spec.flanneld_args.iter().cloned());
+    match spec.datastore {
+        Datastore::Etcd => {
+            // etcd on master1, with the tutorial's network config.
+            etcd_args = [
+                "--name",
+                "master1",
+                "--data-dir",
+                &dir.join("etcd").to_string_lossy(),
+                "--listen-client-urls",
+                &format!("http://{}:2379,http://127.0.0.1:2379", node_ip(0)),
+                "--advertise-client-urls",
+                &format!("http://{}:2379", node_ip(0)),
+                "--listen-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:2380",
+                "--initial-cluster",
+                "master1=http://127.0.0.1:2380",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            spawn_in_ns(&master, "etcd", &etcd_args, &etcd_log)?;
+            wait_until("etcd on master1", Duration::from_secs(30), || {
+                Ok(etcdctl(&master, &["endpoint", "health"]).is_ok())
+            })
+            .with_context(|| format!("etcd log:\n{}", log_tail(&etcd_log)))?;
+            etcdctl(
+                &master,
+                &[
+                    "put",
+                    &format!("{ETCD_PREFIX}/config"),
+                    &net_conf(&spec.backend, spec.direct_routing),
+                ],
+            )?;
+            // flanneld on every node, with upstream-style flags.
+            for n in nodes.iter_mut() {
+                let node_dir = dir.join(&n.name);
+                n.flanneld = vec![
+                    flanneld.clone(),
+                    format!("--etcd-endpoints=http://{}:2379", node_ip(0)),
+                    "--iface=eth0".to_string(),
+                    "--ip-masq".to_string(),
+                    format!("--subnet-file={}", node_dir.join("subnet.env").display()),
+                ];
+                n.flanneld.extend(spec.flanneld_args.iter().cloned());
+            }
+        }
+        Datastore::Kube => {
+            // The API fake on master1, with a Node object per node as kubelet registers it and
+            // kube-controller-manager gives it a podCIDR.
+            let kube = dir.join("kube");
+            std::fs::create_dir_all(&kube)?;
+            let seed: Vec<serde_json::Value> = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    serde_json::json!({"kind": "Node", "object":
+                        flannel_kube_fake::node(&n.name, &[&pod_cidr(i)], &n.ip, 0)})
+                })
+                .collect();
+            std::fs::write(kube.join("seed.json"), serde_json::to_string_pretty(&seed)?)?;
+            api_args = vec![
+                spec.bin_dir
+                    .join("flannel-kube-fake")
+                    .to_string_lossy()
+                    .into_owned(),
+                "--listen".into(),
+                format!("{}:{API_PORT}", node_ip(0)),
+                "--dir".into(),
+                kube.display().to_string(),
+                "--state".into(),
+                kube.join("objects.json").display().to_string(),
+                "--seed".into(),
+                kube.join("seed.json").display().to_string(),
+            ];
+            for n in nodes.iter_mut() {
+                let node_dir = dir.join(&n.name);
+                std::fs::write(
+                    node_dir.join("net-conf.json"),
+                    net_conf(&spec.backend, spec.direct_routing),
+                )?;
+                n.flanneld = vec![
+                    "env".into(),
+                    format!("NODE_NAME={}", n.name),
+                    flanneld.clone(),
+                    "--kube-subnet-mgr".into(),
+                    format!("--kubeconfig-file={}", kube.join("kubeconfig").display()),
+                    format!(
+                        "--net-config-path={}",
+                        node_dir.join("net-conf.json").display()
+                    ),
+                    "--iface=eth0".to_string(),
+                    "--ip-masq".to_string(),
+                    format!("--subnet-file={}", node_dir.join("subnet.env").display()),
+                ];
+                n.flanneld.extend(spec.flanneld_args.iter().cloned());
+            }
+        }
+    }
+    let mut state = LabState {
+        lab: spec.lab.clone(),
+        state_dir: dir.clone(),
+        backend: spec.backend.clone(),
+        datastore: spec.datastore.name().into(),
+        api_args,
+        api_log,
+        etcd_log,
+        etcd_args,
+        nodes: Vec::new(),
+    };
+    if spec.datastore == Datastore::Kube {
+        state.nodes = nodes.clone();
+        start_api(&state)?;
     }
     let mut daemons = nodes
         .iter()
@@ -444,14 +600,7 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
         }
     }
 
-    let state = LabState {
-        lab: spec.lab.clone(),
-        state_dir: dir,
-        backend: spec.backend.clone(),
-        etcd_log,
-        etcd_args,
-        nodes,
-    };
+    state.nodes = nodes;
     state.save()?;
 
     // Every node has a route to every other node's subnet before we call it up (the udp

@@ -19,6 +19,14 @@ pub fn net_conf(backend: &str, direct_routing: bool) -> String {
 /// Backends the lab can run.
 pub const BACKENDS: &[&str] = &["vxlan", "host-gw", "udp"];
 pub const ETCD_PREFIX: &str = "/coreos.com/network";
+/// Where the Kubernetes API fake listens on master1, in kube mode.
+pub const API_PORT: u16 = 6443;
+
+/// The podCIDR kube-controller-manager gives the `i`-th node (`--cluster-cidr=10.244.0.0/16`,
+/// /24 per node, in order).
+pub fn pod_cidr(i: usize) -> String {
+    format!("10.244.{i}.0/24")
+}
 
 /// `master1`, `node1`, `node2`, ... as in the tutorial.
 pub fn node_name(i: usize) -> String {

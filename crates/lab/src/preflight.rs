@@ -44,7 +44,7 @@ pub fn check(bin_dir: &Path) -> anyhow::Result<()> {
             ));
         }
     }
-    for p in ["flanneld", "flannel"] {
+    for p in ["flanneld", "flannel", "flannel-kube-fake"] {
         if !bin_dir.join(p).is_file() {
             missing.push(format!(
                 "{} (cargo build --release)",

@@ -24,11 +24,23 @@ pub struct NodeState {
     pub flanneld: Vec<String>,
 }
 
+fn etcd() -> String {
+    "etcd".into()
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LabState {
     pub lab: String,
     pub state_dir: PathBuf,
     pub backend: String,
+    /// `etcd` or `kube`.
+    #[serde(default = "etcd")]
+    pub datastore: String,
+    /// In kube mode: the API fake's command line and log, so it can be stopped and started.
+    #[serde(default)]
+    pub api_args: Vec<String>,
+    #[serde(default)]
+    pub api_log: PathBuf,
     pub etcd_log: PathBuf,
     /// etcd's arguments, so it can be stopped and started again.
     pub etcd_args: Vec<String>,
@@ -56,6 +68,11 @@ impl LabState {
         })?;
         serde_json::from_str(&text)
             .map_err(|e| anyhow::anyhow!("{} is not a lab state file: {e}", p.display()))
+    }
+
+    /// The admin kubeconfig of the API fake (kube mode).
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.state_dir.join("kube").join("kubeconfig")
     }
 
     pub fn pods(&self) -> impl Iterator<Item = &PodState> {

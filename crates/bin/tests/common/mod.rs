@@ -338,6 +338,7 @@ impl TlsFiles {
 /// its loopback (stoppable and restartable on the same data dir, optionally with TLS), and our
 /// flanneld started and stopped on demand. Everything goes on drop.
 pub mod kube;
+pub mod lab;
 
 pub struct Node {
     pub flanneld: Option<Proc>,

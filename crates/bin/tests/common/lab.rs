@@ -1,0 +1,64 @@
+//! A lab (flannel-lab's whole cluster in namespaces) that is torn down when the test ends, pass
+//! or fail, and a namespace plugged into its switch.
+
+use super::{bin_dir, ip, require_root, unique, Netns, TempDir};
+use flannel_lab::{down, up, LabSpec, LabState};
+
+pub struct Lab {
+    pub state: LabState,
+    pub name: String,
+    pub root: TempDir,
+}
+
+impl Lab {
+    pub fn up(nodes: usize, pods: usize, flanneld_args: &[&str]) -> Lab {
+        Self::up_with(LabSpec {
+            nodes,
+            pods_per_node: pods,
+            flanneld_args: flanneld_args.iter().map(|s| s.to_string()).collect(),
+            ..LabSpec::default()
+        })
+    }
+
+    pub fn up_with(spec: LabSpec) -> Lab {
+        require_root();
+        let root = TempDir::new("lab");
+        let name = unique("t");
+        let spec = LabSpec {
+            lab: name.clone(),
+            state_root: root.path().to_path_buf(),
+            bin_dir: bin_dir(),
+            ..spec
+        };
+        match up(&spec) {
+            Ok(state) => Lab { state, name, root },
+            Err(e) => {
+                let _ = down(&name, root.path());
+                panic!("lab up failed: {e:#}");
+            }
+        }
+    }
+
+    /// A namespace of the test's own, plugged into the lab's switch with `eth0` at `addr`
+    /// (a /24 of the underlay).
+    pub fn on_switch(&self, tag: &str, addr: &str) -> Netns {
+        let ns = Netns::new(tag);
+        let sw = format!("{}-sw", self.name);
+        let port = format!("p{}", &ns.0[ns.0.len().saturating_sub(8)..]);
+        ip(&[
+            "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.0,
+        ]);
+        ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"]);
+        ip(&["-n", &ns.0, "addr", "add", addr, "dev", "eth0"]);
+        ip(&["-n", &ns.0, "link", "set", "eth0", "up"]);
+        ns
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Err(e) = down(&self.name, self.root.path()) {
+            eprintln!("lab down: {e:#}");
+        }
+    }
+}

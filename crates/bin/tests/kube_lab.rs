@@ -1,0 +1,178 @@
+//! Kubernetes mode across nodes, in the lab: the API fake on master1, flanneld with
+//! `--kube-subnet-mgr` on every node, pods through our CNI plugin. Pods keep talking while the
+//! API server is away, and a node programmed by hand as upstream's kube-mode flanneld leaves
+//! one (annotations and kernel state) talks with ours both ways.
+
+mod common;
+
+use common::lab::Lab;
+use common::{cpu_seconds, eventually, ip, Netns, Proc};
+use flannel_lab::cluster::{kubectl, start_api, stop_api, Datastore};
+use flannel_lab::ping::ping;
+use flannel_lab::{LabSpec, LabState};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn kube_lab(nodes: usize, pods: usize) -> Lab {
+    Lab::up_with(LabSpec {
+        datastore: Datastore::Kube,
+        nodes,
+        pods_per_node: pods,
+        flanneld_args: vec!["--iptables-resync=1".into()],
+        ..LabSpec::default()
+    })
+}
+
+fn routes(ns: &str) -> String {
+    ip(&["-n", ns, "route", "show"])
+}
+
+/// Creates `obj` through the real kubectl.
+fn kubectl_create(state: &LabState, obj: &Value) {
+    let f = state.state_dir.join(format!(
+        "create-{}.json",
+        obj["metadata"]["name"].as_str().unwrap_or("x")
+    ));
+    std::fs::write(&f, obj.to_string()).unwrap();
+    kubectl(state, &["create", "-f", &f.display().to_string()]).expect("kubectl create");
+}
+
+/// A Node as upstream's kube-mode flanneld leaves it for a vxlan node.
+fn upstream_node(name: &str, cidr: &str, ip: &str, mac: &str) -> Value {
+    let mut n = flannel_kube_fake::node(name, &[cidr], ip, 0);
+    n["metadata"]["annotations"] = json!({
+        "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+        "flannel.alpha.coreos.com/backend-type": "vxlan",
+        "flannel.alpha.coreos.com/backend-data": format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#),
+        "flannel.alpha.coreos.com/public-ip": ip,
+    });
+    n
+}
+
+#[test]
+fn pods_keep_talking_while_the_api_server_is_away() {
+    let lab = kube_lab(2, 1);
+    let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
+    assert!(ping(&a.pods[0].netns, &b.pods[0].ip));
+    let pids: Vec<i32> = lab
+        .state
+        .nodes
+        .iter()
+        .flat_map(flannel_lab::cluster::flanneld_pids)
+        .collect();
+    stop_api(&lab.state).unwrap();
+    let cpu0: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(30) {
+        assert!(
+            ping(&a.pods[0].netns, &b.pods[0].ip) && ping(&b.pods[0].netns, &a.pods[0].ip),
+            "pods stopped talking {:?} into the outage",
+            t0.elapsed()
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    for (p, c0) in pids.iter().zip(&cpu0) {
+        let used = cpu_seconds(*p) - c0;
+        assert!(
+            used < 0.05 * secs,
+            "flanneld {p}: {used:.2} s of CPU in {secs:.0} s"
+        );
+    }
+    let _api = Proc(start_api(&lab.state).unwrap());
+    kubectl_create(
+        &lab.state,
+        &upstream_node("late", "10.244.50.0/24", "10.0.0.70", "02:00:00:00:00:70"),
+    );
+    let t = eventually(Duration::from_secs(5), || {
+        routes(&a.netns).contains("10.244.50.0/24 via 10.244.50.0 dev flannel.1")
+    });
+    assert!(
+        t.is_some(),
+        "a node added after the API's return is programmed within 5 s:\n{}",
+        std::fs::read_to_string(&a.log).unwrap_or_default()
+    );
+}
+
+#[test]
+fn a_node_programmed_as_upstream_and_ours_talk_both_ways() {
+    let lab = kube_lab(2, 1);
+    let ours = &lab.state.nodes[1];
+    // The upstream node: 10.0.0.60 on the switch, podCIDR 10.244.5.0/24, VTEP MAC fixed.
+    let up = lab.on_switch("up", "10.0.0.60/24");
+    let pod = Netns::new("upod");
+    let sh = |ns: &Netns, cmd: &str| {
+        let o = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.0, "sh", "-c", cmd])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    sh(&up, "echo 1 > /proc/sys/net/ipv4/ip_forward");
+    // What upstream's vxlan backend creates (device.go), and a pod on cni0.
+    sh(&up, "ip link add flannel.1 type vxlan id 1 local 10.0.0.60 dev eth0 nolearning dstport 8472 \
+             && ip link set flannel.1 address 02:00:00:00:00:60 mtu 1450 \
+             && ip addr add 10.244.5.0/32 dev flannel.1 && ip link set flannel.1 up \
+             && ip link add cni0 type bridge && ip addr add 10.244.5.1/24 dev cni0 && ip link set cni0 up");
+    ip(&[
+        "-n", &up.0, "link", "add", "vethp", "type", "veth", "peer", "name", "eth0", "netns",
+        &pod.0,
+    ]);
+    sh(&up, "ip link set vethp master cni0 up");
+    sh(&pod, "ip addr add 10.244.5.2/24 dev eth0 && ip link set eth0 up && ip link set lo up && ip route add default via 10.244.5.1");
+    // Upstream's per-peer entries for every flannel node, from their annotations (what its
+    // kube-mode flanneld reads from the API).
+    let nodes: Value =
+        serde_json::from_str(&kubectl(&lab.state, &["get", "nodes", "-o", "json"]).unwrap())
+            .unwrap();
+    for n in nodes["items"].as_array().unwrap() {
+        let a = &n["metadata"]["annotations"];
+        let data: Value =
+            serde_json::from_str(a["flannel.alpha.coreos.com/backend-data"].as_str().unwrap())
+                .unwrap();
+        let (mac, ip_) = (
+            data["VtepMAC"].as_str().unwrap(),
+            a["flannel.alpha.coreos.com/public-ip"].as_str().unwrap(),
+        );
+        let cidr = n["spec"]["podCIDR"].as_str().unwrap();
+        let gw = cidr.trim_end_matches("/24");
+        sh(
+            &up,
+            &format!(
+                "ip neigh replace {gw} lladdr {mac} dev flannel.1 nud permanent \
+             && bridge fdb append {mac} dev flannel.1 dst {ip_} self permanent \
+             && ip route replace {cidr} via {gw} dev flannel.1 onlink"
+            ),
+        );
+    }
+    // And its Node object, as upstream publishes it.
+    kubectl_create(
+        &lab.state,
+        &upstream_node(
+            "upstream1",
+            "10.244.5.0/24",
+            "10.0.0.60",
+            "02:00:00:00:00:60",
+        ),
+    );
+    let t = eventually(Duration::from_secs(5), || {
+        routes(&ours.netns).contains("10.244.5.0/24 via 10.244.5.0 dev flannel.1")
+    });
+    assert!(t.is_some(), "{}", routes(&ours.netns));
+    let there = eventually(Duration::from_secs(5), || {
+        ping(&ours.pods[0].netns, "10.244.5.2")
+    });
+    assert!(there.is_some(), "our pod -> the upstream node's pod");
+    assert!(
+        ping(&pod.0, &ours.pods[0].ip),
+        "the upstream node's pod -> our pod"
+    );
+    assert!(
+        ping(&pod.0, &lab.state.nodes[0].pods[0].ip),
+        "and master1's"
+    );
+}
