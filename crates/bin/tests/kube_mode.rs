@@ -564,3 +564,21 @@ fn node_public_ip_and_public_ip_overwrite_annotations() {
         k.node.log()
     );
 }
+
+#[test]
+fn an_ipv6_only_network_is_a_clear_error_for_now() {
+    let mut k = KubeNode::new("k6", &["fd00:10:244::/64"]);
+    std::fs::write(
+        k.net_conf(),
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    k.start(&[]);
+    let status = k.node.wait_exit(Duration::from_secs(10));
+    let log = k.node.log();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{log}");
+    assert!(
+        log.contains("has no IPv4 Network: this flannel-rs build routes IPv4 pods only"),
+        "{log}"
+    );
+}

@@ -169,6 +169,39 @@ mod tests {
     }
 
     #[test]
+    fn kube_mode_reads_its_environment_and_checks_event_queue_depth() {
+        let args: Vec<String> = [
+            "--kube-subnet-mgr",
+            "--kube-annotation-prefix=example.com/x",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let Parsed::Values(v) = parse(&args, &|_| None).unwrap() else {
+            unreachable!()
+        };
+        let env = |k: &str| match k {
+            "NODE_NAME" => Some("node7".to_string()),
+            "EVENT_QUEUE_DEPTH" => Some("5000".to_string()),
+            _ => None,
+        };
+        let k = Options::from_values(&v, &env).unwrap().kube.unwrap();
+        assert_eq!(k.node_name, "node7");
+        assert_eq!(k.annotation_prefix, "example.com/x");
+        assert_eq!(
+            k.net_config_path.to_str(),
+            Some("/etc/kube-flannel/net-conf.json")
+        );
+        assert!(k.set_node_network_unavailable);
+        let bad = |k: &str| (k == "EVENT_QUEUE_DEPTH").then(|| "lots".to_string());
+        let e = Options::from_values(&v, &bad).unwrap_err().to_string();
+        assert!(
+            e.contains("EVENT_QUEUE_DEPTH=\"lots\" is not a number"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn builds_typed_options() {
         let o = opts(&[
             "--etcd-endpoints=http://a:2379, http://b:2379",

@@ -9,7 +9,39 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str = "usage: flannel-kube-fake --listen IP:PORT --dir DIR [--netns FILE] [--token T] [--state FILE] [--seed FILE] [--bookmark-seconds N]";
+const USAGE: &str = "usage: flannel-kube-fake --listen IP:PORT --dir DIR [--netns FILE] [--token T] [--state FILE] [--seed FILE] [--bookmark-seconds N] [--heartbeats PER_SECOND]";
+
+/// kubelet's status heartbeats: `per_second` status patches spread over the Nodes in turn (a
+/// new `lastHeartbeatTime` on the Ready condition: a MODIFIED event with the whole object).
+fn heartbeats(api: std::sync::Arc<FakeApi>, per_second: u64) {
+    std::thread::spawn(move || {
+        let every = Duration::from_micros(1_000_000 / per_second.max(1));
+        let mut names: Vec<String> = Vec::new();
+        let mut i = 0usize;
+        loop {
+            if i.is_multiple_of(1000) || names.is_empty() {
+                names = api
+                    .list(Kind::Node)
+                    .iter()
+                    .filter_map(|n| n["metadata"]["name"].as_str().map(String::from))
+                    .collect();
+            }
+            if let Some(n) = names.get(i % names.len().max(1)) {
+                let now = flannel_core::time::now_rfc3339();
+                let _ = api.patch(
+                    Kind::Node,
+                    "",
+                    n,
+                    crate::PatchType::Strategic,
+                    &serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": now}]}}),
+                    true,
+                );
+            }
+            i += 1;
+            std::thread::sleep(every);
+        }
+    });
+}
 
 fn seed(api: &FakeApi, path: &PathBuf) -> Result<usize, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -52,6 +84,9 @@ pub fn main() -> ExitCode {
         o.bookmark_every = Duration::from_secs(s);
     }
     let state = get("--state").map(PathBuf::from);
+    let beats = get("--heartbeats")
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0);
     let seed_file = get("--seed").map(PathBuf::from);
     let api = match FakeApi::start(o) {
         Ok(a) => a,
@@ -82,6 +117,10 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+    }
+    let api = std::sync::Arc::new(api);
+    if beats > 0 {
+        heartbeats(api.clone(), beats);
     }
     eprintln!(
         "flannel-kube-fake: serving {} (kubeconfig {})",

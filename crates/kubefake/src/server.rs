@@ -226,33 +226,30 @@ fn discovery(path: &str, host: &str) -> Option<Value> {
 }
 
 fn list(sh: &Shared, kind: Kind, ns: Option<&str>, q: &Query) -> Response<Body> {
-    let store = lock(&sh.store);
-    let rv = store.resource_version();
-    let name = q.name_selector();
-    let mut items: Vec<Value> = store
-        .list(kind, ns)
-        .into_iter()
-        .filter(|o| name.as_deref().is_none_or(|n| o["metadata"]["name"] == n))
-        .collect();
-    drop(store);
     // `continue` is "<rv>:<last name>": the next page starts after that name.
-    let mut list_rv = rv.to_string();
-    if let Some(c) = q.get("continue").filter(|c| !c.is_empty()) {
-        let (crv, after) = c.split_once(':').unwrap_or(("", c));
-        list_rv = crv.to_string();
-        items.retain(|o| o["metadata"]["name"].as_str().is_some_and(|n| n > after));
-    }
-    let mut meta = json!({"resourceVersion": list_rv});
-    if let Some(limit) = q
+    let (list_rv, after) = match q.get("continue").filter(|c| !c.is_empty()) {
+        Some(c) => {
+            let (crv, after) = c.split_once(':').unwrap_or(("", c));
+            (Some(crv.to_string()), Some(after.to_string()))
+        }
+        None => (None, None),
+    };
+    let limit = q
         .get("limit")
         .and_then(|l| l.parse::<usize>().ok())
-        .filter(|l| *l > 0)
-    {
-        if items.len() > limit {
-            items.truncate(limit);
-            let last = items[limit - 1]["metadata"]["name"].as_str().unwrap_or("");
-            meta["continue"] = json!(format!("{list_rv}:{last}"));
-        }
+        .unwrap_or(0);
+    let name = q.name_selector();
+    let store = lock(&sh.store);
+    let list_rv = list_rv.unwrap_or_else(|| store.resource_version().to_string());
+    let (items, more) = store.list_page(kind, ns, after.as_deref(), limit, name.as_deref());
+    drop(store);
+    let mut meta = json!({"resourceVersion": list_rv});
+    if more {
+        let last = items
+            .last()
+            .and_then(|o| o["metadata"]["name"].as_str())
+            .unwrap_or("");
+        meta["continue"] = json!(format!("{list_rv}:{last}"));
     }
     full(
         StatusCode::OK,

@@ -231,6 +231,36 @@ impl Store {
             .collect()
     }
 
+    /// One page of a list: up to `limit` objects (all when 0) after the name `after`, sorted by
+    /// name, and whether more follow. Only the page is copied.
+    pub fn list_page(
+        &self,
+        kind: Kind,
+        ns: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+        name: Option<&str>,
+    ) -> (Vec<Value>, bool) {
+        let mut out = Vec::new();
+        let mut more = false;
+        for ((k, n, obj_name), v) in &self.objects {
+            if *k != kind || ns.is_some_and(|ns| kind.namespaced() && n != ns) {
+                continue;
+            }
+            if after.is_some_and(|a| obj_name.as_str() <= a)
+                || name.is_some_and(|want| obj_name != want)
+            {
+                continue;
+            }
+            if limit > 0 && out.len() == limit {
+                more = true;
+                break;
+            }
+            out.push(v.clone());
+        }
+        (out, more)
+    }
+
     /// Writes `new` over the object, as the main resource (`status` kept) or the `status`
     /// subresource (`spec` kept; metadata changes persist, as the real server does for nodes).
     fn write(

@@ -16,6 +16,8 @@ const USAGE: &str = "usage:
   flannel-lab status [--json]                                         nodes, pods, routes, FDB, where the logs are
   flannel-lab down                                                    remove everything the lab made
   flannel-lab bench [--seconds S] [--repeat R]                        2-node labs per backend: iperf3 and ping, table
+  flannel-lab bench-scale [--peers N] [--datastore kube|etcd] [--heartbeats R] [--seconds S]
+                                                                      one flanneld facing N peers: start to all routes, memory, idle CPU
 common options: --name LAB (default flab; namespaces are LAB-*), --state-dir DIR (default /run/flannel-lab)";
 
 struct Args {
@@ -31,6 +33,8 @@ struct Args {
     json: bool,
     seconds: u32,
     repeat: u32,
+    peers: usize,
+    heartbeats: u64,
 }
 
 fn parse(argv: &[String]) -> anyhow::Result<Args> {
@@ -47,6 +51,8 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
         json: false,
         seconds: 5,
         repeat: 3,
+        peers: 1000,
+        heartbeats: 100,
     };
     let mut it = argv.iter();
     while let Some(arg) = it.next() {
@@ -75,6 +81,8 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
             "--segments" => a.segments = num(flag, value(flag)?)?,
             "--direct-routing" => a.direct_routing = true,
             "--repeat" => a.repeat = num(flag, value(flag)?)? as u32,
+            "--peers" => a.peers = num(flag, value(flag)?)?,
+            "--heartbeats" => a.heartbeats = num(flag, value(flag)?)? as u64,
             "--seconds" => a.seconds = num(flag, value(flag)?)? as u32,
             "-h" | "--help" => a.cmd = "help".into(),
             f if f.starts_with('-') => bail!("unknown option {f}"),
@@ -153,6 +161,21 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 removed.len(),
                 state_dir(&a.state_root, &a.name).display()
             );
+            Ok(true)
+        }
+        "bench-scale" => {
+            crate::preflight::check(&crate::preflight::default_bin_dir())?;
+            let spec = crate::scale::ScaleSpec {
+                lab: a.name.clone(),
+                peers: a.peers.max(1),
+                datastore: crate::cluster::Datastore::parse(&a.datastore)?,
+                heartbeats: a.heartbeats,
+                idle: std::time::Duration::from_secs(u64::from(a.seconds.max(1))),
+                state_root: a.state_root.clone(),
+                bin_dir: crate::preflight::default_bin_dir(),
+            };
+            let row = crate::scale::run(&spec)?;
+            print!("{}", crate::scale::render(&[row]));
             Ok(true)
         }
         "bench" => {

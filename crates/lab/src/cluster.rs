@@ -76,7 +76,12 @@ impl Default for LabSpec {
 
 /// Starts `program args` inside `ns`, detached from us (own process group, output to `log`).
 /// The lab's processes are found again by namespace, so no PID bookkeeping is needed.
-fn spawn_in_ns(ns: &str, program: &str, args: &[String], log: &Path) -> anyhow::Result<Child> {
+pub(crate) fn spawn_in_ns(
+    ns: &str,
+    program: &str,
+    args: &[String],
+    log: &Path,
+) -> anyhow::Result<Child> {
     let out = File::options()
         .create(true)
         .append(true)
@@ -94,7 +99,7 @@ fn spawn_in_ns(ns: &str, program: &str, args: &[String], log: &Path) -> anyhow::
     Ok(child)
 }
 
-fn wait_until(
+pub(crate) fn wait_until(
     what: &str,
     timeout: Duration,
     mut ok: impl FnMut() -> anyhow::Result<bool>,

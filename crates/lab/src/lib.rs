@@ -13,6 +13,7 @@ pub mod cni_exec;
 pub mod names;
 pub mod ping;
 pub mod preflight;
+pub mod scale;
 pub mod sh;
 pub mod state;
 pub mod status;

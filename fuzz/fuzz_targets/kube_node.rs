@@ -1,0 +1,39 @@
+//! A Node object from the Kubernetes API (anyone who can write Nodes writes this input) to what
+//! it means for flannel: never a panic; a lease's subnet is one of the node's podCIDRs and its
+//! public IP is the annotation's. Also the annotation prefix rules and the annotations we would
+//! publish for that node.
+#![no_main]
+use flannel_core::iface::Families;
+use flannel_core::LeaseAttrs;
+use flannel_subnet::kube::annotations::Annotations;
+use flannel_subnet::kube::node::{annotations_to_publish, node_lease, pod_subnets, NodeLease, NodeLite};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    // A first line, when it is short, is an annotation prefix to try.
+    let (prefix, doc) = match data.iter().position(|b| *b == b'\n') {
+        Some(i) if i < 64 => (String::from_utf8_lossy(&data[..i]).into_owned(), &data[i + 1..]),
+        _ => ("flannel.alpha.coreos.com".to_string(), data),
+    };
+    let Ok(a) = Annotations::new(&prefix).or_else(|_| Annotations::new("flannel.alpha.coreos.com")) else {
+        return;
+    };
+    let Ok(node) = serde_json::from_slice::<NodeLite>(doc) else {
+        return;
+    };
+    for fam in [Families { v4: true, v6: false }, Families { v4: true, v6: true }, Families { v4: false, v6: true }] {
+        if let NodeLease::Lease(l) = node_lease(&node, &a, fam) {
+            let (v4, v6) = pod_subnets(&node.spec).expect("a lease has parsable podCIDRs");
+            assert_eq!(Some(l.subnet), v4);
+            if fam.v6 {
+                assert_eq!(l.ipv6_subnet, v6);
+            }
+            let ip = node.annotation(&a.backend_public_ip).expect("a lease has a public IP");
+            assert_eq!(ip.parse::<std::net::Ipv4Addr>().ok(), Some(l.attrs.public_ip));
+            let _ = l.attrs.to_json();
+            let _ = annotations_to_publish(&node, &a, &l.attrs, fam);
+        }
+        let attrs = LeaseAttrs::v4(std::net::Ipv4Addr::new(10, 0, 0, 1), "vxlan", None);
+        let _ = annotations_to_publish(&node, &a, &attrs, fam);
+    }
+});
