@@ -20,11 +20,7 @@ fn heartbeats(api: std::sync::Arc<FakeApi>, per_second: u64) {
         let mut i = 0usize;
         loop {
             if i.is_multiple_of(1000) || names.is_empty() {
-                names = api
-                    .list(Kind::Node)
-                    .iter()
-                    .filter_map(|n| n["metadata"]["name"].as_str().map(String::from))
-                    .collect();
+                names = api.names(Kind::Node);
             }
             if let Some(n) = names.get(i % names.len().max(1)) {
                 let now = flannel_core::time::now_rfc3339();

@@ -234,6 +234,10 @@ impl FakeApi {
         lock(&self.shared.store).get(kind, ns, name)
     }
 
+    pub fn names(&self, kind: Kind) -> Vec<String> {
+        lock(&self.shared.store).names(kind)
+    }
+
     pub fn list(&self, kind: Kind) -> Vec<Value> {
         lock(&self.shared.store).list(kind, None)
     }

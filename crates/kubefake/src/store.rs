@@ -231,6 +231,15 @@ impl Store {
             .collect()
     }
 
+    /// The names of every object of a kind (without copying the objects).
+    pub fn names(&self, kind: Kind) -> Vec<String> {
+        self.objects
+            .keys()
+            .filter(|(k, _, _)| *k == kind)
+            .map(|(_, _, n)| n.clone())
+            .collect()
+    }
+
     /// One page of a list: up to `limit` objects (all when 0) after the name `after`, sorted by
     /// name, and whether more follow. Only the page is copied.
     pub fn list_page(
@@ -240,7 +249,7 @@ impl Store {
         after: Option<&str>,
         limit: usize,
         name: Option<&str>,
-    ) -> (Vec<Value>, bool) {
+    ) -> (Vec<&Value>, bool) {
         let mut out = Vec::new();
         let mut more = false;
         for ((k, n, obj_name), v) in &self.objects {
@@ -256,7 +265,7 @@ impl Store {
                 more = true;
                 break;
             }
-            out.push(v.clone());
+            out.push(v);
         }
         (out, more)
     }

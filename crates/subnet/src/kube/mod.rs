@@ -60,7 +60,12 @@ pub struct KubeSubnetManager {
     node: OnceCell<String>,
     fam: OnceLock<Families>,
     store: Arc<NodeStore>,
+    /// The node watch, started by the first listing and stopped with the manager.
+    watch: std::sync::Mutex<Option<AbortOnDrop>>,
 }
+
+/// How long the first listing may take before startup goes on without it (the watch goes on).
+const SYNC_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Deserialize)]
 struct PodLite {
@@ -99,7 +104,21 @@ impl KubeSubnetManager {
             node: OnceCell::new(),
             fam: OnceLock::new(),
             store: Arc::default(),
+            watch: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Starts the node watch, once.
+    fn start_watch(&self) {
+        let mut w = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+        if w.is_none() {
+            *w = Some(AbortOnDrop(tokio::spawn(watch::run(
+                self.conn.clone(),
+                self.ann.clone(),
+                self.families(),
+                self.store.clone(),
+            ))));
+        }
     }
 
     /// The API server flanneld talks to.
@@ -383,31 +402,25 @@ impl SubnetManager for KubeSubnetManager {
         .map(|_| info!(node = %name, "set NetworkUnavailable=False"))
     }
 
+    /// The node watch's first listing (the watch starts here, once): every Node is read one
+    /// time at start, not once for this and again for the watch.
     async fn list_leases(&self) -> Result<Vec<Lease>, SubnetError> {
-        let fam = self.families();
-        let (nodes, _) = watch::list_nodes(&self.conn).await?;
-        Ok(nodes
-            .into_iter()
-            .filter_map(|mut n| {
-                n.retain_ours(&self.ann);
-                match node_lease(&n, &self.ann, fam) {
-                    NodeLease::Lease(l) => {
-                        self.store.remember(&n.metadata.name, l.key());
-                        Some(l)
-                    }
-                    _ => None,
-                }
-            })
-            .collect())
+        self.start_watch();
+        let deadline = tokio::time::Instant::now() + SYNC_WAIT;
+        while !self.store.synced() {
+            if tokio::time::Instant::now() > deadline {
+                return Err(SubnetError::NotYet(format!(
+                    "the node list did not arrive within {} s",
+                    SYNC_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(self.store.leases())
     }
 
     async fn watch_leases(&self, tx: mpsc::Sender<LeaseEvent>) {
-        let _watch = AbortOnDrop(tokio::spawn(watch::run(
-            self.conn.clone(),
-            self.ann.clone(),
-            self.families(),
-            self.store.clone(),
-        )));
+        self.start_watch();
         // What each node last stood for, as sent: a node's new lease replaces its old one.
         let mut sent: HashMap<String, SubnetKey> = HashMap::new();
         let mut first = true;
