@@ -11,6 +11,9 @@ PACKAGES=(
   openssl                          # test certificates for etcd over TLS
   protobuf-compiler libprotobuf-dev  # etcd-client compiles etcd's protos at build time
 )
+# The real kubectl drives the Kubernetes API fake in the tests; Debian's is kubernetes-client,
+# a machine may have a newer one as /usr/bin/kubectl already.
+command -v kubectl >/dev/null || PACKAGES+=(kubernetes-client)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

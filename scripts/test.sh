@@ -10,8 +10,28 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+
+# Runs a command in its own process group, killed whole (test binaries, flanneld, etcd it
+# started) after a time limit: a hung test fails the run with its output instead of stalling
+# CI until its own limit.
+bounded() {
+  local limit=$1 pid watchdog rc=0
+  shift
+  setsid "$@" &
+  pid=$!
+  (sleep "$limit" && kill -KILL -- -"$pid") </dev/null >/dev/null 2>&1 &
+  watchdog=$!
+  wait "$pid" || rc=$?
+  pkill -P "$watchdog" sleep 2>/dev/null || true
+  wait "$watchdog" 2>/dev/null || true
+  if [ "$rc" -eq 137 ]; then
+    echo "test result: FAILED. 0 passed; 1 failed: '$*' did not finish within $limit s (a test hung; see above)"
+  fi
+  return "$rc"
+}
+
 status=0
-cargo test --workspace --all-targets 2>&1 | tee "$log" || status=$?
+bounded "${TEST_TIME_LIMIT:-2700}" cargo test --workspace --all-targets 2>&1 | tee "$log" || status=$?
 fuzz_failed=0
 ./scripts/fuzz.sh "${FUZZ_SECONDS:-10}" | tee -a "$log" || fuzz_failed=$?
 [ "$fuzz_failed" -eq 0 ] || status=1

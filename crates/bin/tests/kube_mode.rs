@@ -615,3 +615,34 @@ fn an_ipv6_only_network_is_a_clear_error_for_now() {
         "{log}"
     );
 }
+
+#[test]
+fn a_sigterm_during_startup_ends_flanneld() {
+    // Enough peers that the first reconcile (between "lease acquired" and "ready") takes a
+    // moment: a SIGTERM then must not be lost, or the kubelet waits out its grace period and
+    // kills the node's flanneld (and a test that stops it waits for ever).
+    let mut k = KubeNode::new("kt", &[POD_CIDR]);
+    for i in 0..2000u32 {
+        k.add_peer(
+            &format!("peer{i:04}"),
+            &format!("10.244.{}.{}/28", 1 + i / 16, (i % 16) * 16),
+            &format!("10.0.{}.{}", i / 200 + 1, i % 200 + 1),
+            &format!("02:00:00:00:{:02x}:{:02x}", i / 256, i % 256),
+        );
+    }
+    k.start(&[]);
+    let acquired = eventually(Duration::from_secs(15), || {
+        k.node.log().contains("lease acquired")
+    });
+    assert!(acquired.is_some(), "{}", k.node.log());
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(k.node.flanneld_pid(), libc::SIGTERM) };
+    let status = k.node.wait_exit(Duration::from_secs(20));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "flanneld did not end on a SIGTERM during startup:\n{}",
+        k.node.log()
+    );
+    assert!(k.node.log().contains("SIGTERM"), "{}", k.node.log());
+}

@@ -5,6 +5,7 @@
 
 use crate::drift::{ClaimWatch, ConfigDrift};
 use crate::options::Options;
+use crate::signals::Shutdown;
 use crate::skiplog::SkipLog;
 use anyhow::anyhow;
 use flannel_backend::{AnyBackend, Backend, ReconcileReport};
@@ -14,13 +15,14 @@ use flannel_net::Netlink;
 use flannel_subnet::{LeaseEvent, LeaseSet, OwnLease, SubnetError, SubnetManager};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tracing::{error, info, warn};
 
 /// Retry pause after a failed renewal (upstream: 1 minute).
 const RENEW_RETRY: Duration = Duration::from_secs(60);
+/// How long a burst of kernel notifications may settle before the reconcile they ask for.
+const KICK_SETTLE: Duration = Duration::from_millis(50);
 
 /// Why a reconcile pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,9 +217,7 @@ impl<SM: SubnetManager> Daemon<SM> {
     }
 
     /// Waits for triggers until a signal (Ok) or a fatal condition (Err).
-    pub async fn run(mut self) -> anyhow::Result<()> {
-        let mut sigterm = signal(SignalKind::terminate())?;
-        let mut sigint = signal(SignalKind::interrupt())?;
+    pub async fn run(mut self, mut stop: Shutdown) -> anyhow::Result<()> {
         let (tx, mut rx) = mpsc::channel::<LeaseEvent>(4096);
         let watcher = {
             let sm = self.sm.clone();
@@ -231,6 +231,10 @@ impl<SM: SubnetManager> Daemon<SM> {
         let period = self.opts.resync;
         let mut resync = tokio::time::interval_at(Instant::now() + period, period);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // When the reconcile for a kernel notification is due: a burst (and our own writes)
+        // settles first, while lease events go on being handled (a sleep here would hold back
+        // a peer's route by up to that long).
+        let mut kick_due: Option<Instant> = None;
         let result: anyhow::Result<()> = loop {
             tokio::select! {
                 ev = rx.recv() => {
@@ -244,15 +248,16 @@ impl<SM: SubnetManager> Daemon<SM> {
                     }
                 }
                 Some(()) = kicks.recv() => {
-                    // Let a burst (and our own writes) settle before looking.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    kick_due.get_or_insert_with(|| Instant::now() + KICK_SETTLE);
+                }
+                _ = sleep_until(kick_due.unwrap_or_else(Instant::now)), if kick_due.is_some() => {
+                    kick_due = None;
                     while kicks.try_recv().is_ok() {}
                     self.on_netlink_kick().await;
                 }
                 _ = resync.tick() => self.on_resync().await,
                 _ = sleep_until(self.renew_at) => self.on_renew().await,
-                _ = sigterm.recv() => { info!("SIGTERM: exiting cleanly; kernel state, rules and lease kept"); break Ok(()) }
-                _ = sigint.recv() => { info!("SIGINT: exiting cleanly; kernel state, rules and lease kept"); break Ok(()) }
+                name = stop.recv() => { info!("{name}: exiting cleanly; kernel state, rules and lease kept"); break Ok(()) }
             }
         };
         watcher.abort();

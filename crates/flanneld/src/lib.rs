@@ -7,6 +7,7 @@ pub mod flags;
 pub mod health;
 pub mod iface;
 pub mod options;
+pub mod signals;
 pub mod skiplog;
 pub mod startup;
 

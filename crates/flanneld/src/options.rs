@@ -227,7 +227,6 @@ mod tests {
                 "between 1 and 1439",
             ),
             (&["--public-ip=nope"][..], "--public-ip=\"nope\""),
-            (&["--kube-subnet-mgr"][..], "--kube-subnet-mgr"),
             (&["--etcd-endpoints=,"][..], "--etcd-endpoints"),
             (
                 &["--public-ipv6=10.0.0.1"][..],

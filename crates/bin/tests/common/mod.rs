@@ -603,12 +603,16 @@ impl Node {
         status
     }
 
-    /// SIGTERM, then the exit status.
+    /// SIGTERM, then the exit status; a flanneld that ignores the signal fails the test
+    /// (with its log) instead of hanging it.
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        let mut p = self.flanneld.take().expect("flanneld running");
+        let pid = self.flanneld_pid();
         // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(p.0.id() as i32, libc::SIGTERM) };
-        p.0.wait().expect("wait flanneld")
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let status = self.wait_exit(Duration::from_secs(30));
+        // Dropping the process kills and reaps it if it still runs.
+        self.flanneld = None;
+        status.unwrap_or_else(|| panic!("flanneld ignored SIGTERM for 30 s:\n{}", self.log()))
     }
 
     /// Runs a command inside the node and returns stdout.
