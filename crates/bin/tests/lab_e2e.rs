@@ -274,6 +274,23 @@ fn restart_keeps_subnet_mac_and_kernel_state_and_our_lease_is_in_upstream_format
 }
 
 #[test]
+fn a_kube_lab_without_the_api_fake_names_it_and_an_etcd_lab_does_not_need_it() {
+    require_root();
+    // Our two binaries, but no flannel-kube-fake beside them.
+    let bins = TempDir::new("bins-nofake");
+    for b in ["flanneld", "flannel"] {
+        std::os::unix::fs::symlink(bin_dir().join(b), bins.path().join(b)).unwrap();
+    }
+    let check = |d| flannel_lab::preflight::check(bins.path(), d, &[]);
+    let err = check(flannel_lab::cluster::Datastore::Kube).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("flannel-kube-fake (cargo build --release)"),
+        "{err:#}"
+    );
+    check(flannel_lab::cluster::Datastore::Etcd).expect("an etcd lab needs no API fake");
+}
+
+#[test]
 fn down_cleans_up_after_a_failed_up() {
     require_root();
     // A flanneld that dies at once makes `up` fail half way, with namespaces and etcd running.

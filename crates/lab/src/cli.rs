@@ -164,11 +164,17 @@ fn run(a: Args) -> anyhow::Result<bool> {
             Ok(true)
         }
         "bench-scale" => {
-            crate::preflight::check(&crate::preflight::default_bin_dir())?;
+            let datastore = crate::cluster::Datastore::parse(&a.datastore)?;
+            // Peers are added and deleted with kubectl in kube mode, as an operator would.
+            let extra: &[(&str, &str)] = match datastore {
+                crate::cluster::Datastore::Kube => &[("kubectl", "kubernetes-client")],
+                crate::cluster::Datastore::Etcd => &[],
+            };
+            crate::preflight::check(&crate::preflight::default_bin_dir(), datastore, extra)?;
             let spec = crate::scale::ScaleSpec {
                 lab: a.name.clone(),
                 peers: a.peers.max(1),
-                datastore: crate::cluster::Datastore::parse(&a.datastore)?,
+                datastore,
                 heartbeats: a.heartbeats,
                 idle: std::time::Duration::from_secs(u64::from(a.seconds.max(1))),
                 state_root: a.state_root.clone(),
@@ -179,7 +185,11 @@ fn run(a: Args) -> anyhow::Result<bool> {
             Ok(true)
         }
         "bench" => {
-            crate::preflight::check(&crate::preflight::default_bin_dir())?;
+            crate::preflight::check(
+                &crate::preflight::default_bin_dir(),
+                crate::cluster::Datastore::Etcd,
+                &[("iperf3", "iperf3")],
+            )?;
             let spec = crate::bench::BenchSpec {
                 seconds: a.seconds.max(1),
                 repeat: a.repeat.max(1),

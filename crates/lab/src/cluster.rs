@@ -318,7 +318,7 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
     if !(1..=2).contains(&spec.segments) {
         bail!("--segments {}: 1 or 2", spec.segments);
     }
-    preflight::check(&spec.bin_dir)?;
+    preflight::check(&spec.bin_dir, spec.datastore, &[])?;
     let dir = state_dir(&spec.state_root, &spec.lab);
     let existing = lab_namespaces(&spec.lab)?;
     if !existing.is_empty() || dir.exists() {

@@ -1,5 +1,6 @@
 //! Checks before `up`: root, and every program the lab runs, with the package that provides it.
 
+use crate::cluster::Datastore;
 use anyhow::bail;
 use std::path::{Path, PathBuf};
 
@@ -11,8 +12,9 @@ fn on_path(program: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Fails with one message naming everything that is missing.
-pub fn check(bin_dir: &Path) -> anyhow::Result<()> {
+/// Fails with one message naming everything that is missing for a lab on `datastore`, and the
+/// `extra` programs (name, Debian package) a command needs beside.
+pub fn check(bin_dir: &Path, datastore: Datastore, extra: &[(&str, &str)]) -> anyhow::Result<()> {
     // SAFETY-free check of root: /proc/self/status Uid line.
     let uid = std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -26,13 +28,18 @@ pub fn check(bin_dir: &Path) -> anyhow::Result<()> {
         bail!("flannel-lab must run as root: it creates network namespaces");
     }
     let mut missing = Vec::new();
-    for (prog, pkg) in [
+    let mut programs = vec![
         ("ip", "iproute2"),
-        ("etcd", "etcd-server"),
-        ("etcdctl", "etcd-client"),
         ("ping", "iputils-ping"),
         ("iptables", "iptables"),
-    ] {
+    ];
+    let mut ours = vec!["flanneld", "flannel"];
+    match datastore {
+        Datastore::Etcd => programs.extend([("etcd", "etcd-server"), ("etcdctl", "etcd-client")]),
+        Datastore::Kube => ours.push("flannel-kube-fake"),
+    }
+    programs.extend_from_slice(extra);
+    for (prog, pkg) in programs {
         if !on_path(prog) {
             missing.push(format!("{prog} (apt-get install {pkg})"));
         }
@@ -44,7 +51,7 @@ pub fn check(bin_dir: &Path) -> anyhow::Result<()> {
             ));
         }
     }
-    for p in ["flanneld", "flannel", "flannel-kube-fake"] {
+    for p in ours {
         if !bin_dir.join(p).is_file() {
             missing.push(format!(
                 "{} (cargo build --release)",
