@@ -36,7 +36,14 @@ pub struct ScaleRow {
     pub peak_rss_mib: f64,
     pub idle_cpu_percent: f64,
     pub idle_rss_mib: f64,
+    /// One more peer written (the write acknowledged) to its route in the kernel; median.
+    pub add_latency: Duration,
+    /// That peer deleted to its route gone; median.
+    pub delete_latency: Duration,
 }
+
+/// How many peers are added and deleted, one at a time, for the latency figures.
+const EVENT_ROUNDS: usize = 5;
 
 /// Peer `i` (1-based; 0 is the measured node): its podCIDR, public IP and VTEP MAC.
 fn peer(i: usize) -> (String, String, String) {
@@ -131,12 +138,7 @@ fn measure(spec: &ScaleSpec, dir: &std::path::Path, ns: &str) -> anyhow::Result<
             for i in 1..=spec.peers {
                 let (cidr, ip, mac) = peer(i);
                 let mut n = flannel_kube_fake::node(&format!("peer{i:05}"), &[&cidr], &ip, 10_000);
-                n["metadata"]["annotations"] = serde_json::json!({
-                    "flannel.alpha.coreos.com/kube-subnet-manager": "true",
-                    "flannel.alpha.coreos.com/backend-type": "vxlan",
-                    "flannel.alpha.coreos.com/backend-data": format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#),
-                    "flannel.alpha.coreos.com/public-ip": ip,
-                });
+                n["metadata"]["annotations"] = peer_annotations(&ip, &mac);
                 seed.push(serde_json::json!({"kind": "Node", "object": n}));
             }
             std::fs::write(kube.join("seed.json"), serde_json::to_string(&seed)?)?;
@@ -206,10 +208,7 @@ fn measure(spec: &ScaleSpec, dir: &std::path::Path, ns: &str) -> anyhow::Result<
             let puts: Vec<(String, String)> = (1..=spec.peers)
                 .map(|i| {
                     let (cidr, ip, mac) = peer(i);
-                    (
-                        format!("/coreos.com/network/subnets/{}", cidr.replace('/', "-")),
-                        format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#),
-                    )
+                    (etcd_key(&cidr), etcd_lease(&ip, &mac))
                 })
                 .collect();
             for chunk in puts.chunks(32) {
@@ -262,6 +261,7 @@ fn measure(spec: &ScaleSpec, dir: &std::path::Path, ns: &str) -> anyhow::Result<
     let t1 = Instant::now();
     std::thread::sleep(spec.idle);
     let idle_cpu_percent = 100.0 * (cpu_seconds(pid) - cpu0) / t1.elapsed().as_secs_f64();
+    let (add_latency, delete_latency) = event_latencies(spec, dir, ns)?;
     let row = ScaleRow {
         datastore: spec.datastore.name(),
         peers: spec.peers,
@@ -271,17 +271,139 @@ fn measure(spec: &ScaleSpec, dir: &std::path::Path, ns: &str) -> anyhow::Result<
         peak_rss_mib: status_kib(pid, "VmHWM:") / 1024.0,
         idle_cpu_percent,
         idle_rss_mib: status_kib(pid, "VmRSS:") / 1024.0,
+        add_latency,
+        delete_latency,
     };
     let _ = fl.kill();
     let _ = fl.wait();
     Ok(row)
 }
 
+/// Writes peer `i` into the datastore (as upstream's flanneld would) or deletes it.
+fn write_peer(
+    spec: &ScaleSpec,
+    dir: &std::path::Path,
+    ns: &str,
+    i: usize,
+    add: bool,
+) -> anyhow::Result<()> {
+    let (cidr, ip, mac) = peer(i);
+    match spec.datastore {
+        Datastore::Kube => {
+            let kc = dir.join("kube").join("kubeconfig").display().to_string();
+            let name = format!("peer{i:05}");
+            if add {
+                let mut n = flannel_kube_fake::node(&name, &[&cidr], &ip, 10_000);
+                n["metadata"]["annotations"] = peer_annotations(&ip, &mac);
+                let file = dir.join("node.json");
+                std::fs::write(&file, n.to_string())?;
+                let f = file.display().to_string();
+                sh::run(&mut in_ns(
+                    ns,
+                    "kubectl",
+                    &["--kubeconfig", &kc, "create", "-f", &f],
+                ))?;
+            } else {
+                sh::run(&mut in_ns(
+                    ns,
+                    "kubectl",
+                    &["--kubeconfig", &kc, "delete", "node", &name, "--wait=false"],
+                ))?;
+            }
+        }
+        Datastore::Etcd => {
+            let key = etcd_key(&cidr);
+            let mut c = if add {
+                in_ns(ns, "etcdctl", &["put", &key, &etcd_lease(&ip, &mac)])
+            } else {
+                in_ns(ns, "etcdctl", &["del", &key])
+            };
+            c.env("ETCDCTL_API", "3");
+            sh::run(&mut c)?;
+        }
+    }
+    Ok(())
+}
+
+/// Medians of [`EVENT_ROUNDS`] peers added, then deleted, one at a time, each timed from the
+/// datastore's acknowledgement to the route's change in the kernel (polled every 2 ms).
+fn event_latencies(
+    spec: &ScaleSpec,
+    dir: &std::path::Path,
+    ns: &str,
+) -> anyhow::Result<(Duration, Duration)> {
+    let has_route = |cidr: &str| {
+        ip(&["-n", ns, "route", "show", cidr, "proto", "252"])
+            .map(|o| !o.trim().is_empty())
+            .unwrap_or(false)
+    };
+    let wait = |cidr: &str, want: bool| -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        while has_route(cidr) != want {
+            if t.elapsed() > Duration::from_secs(60) {
+                let log = std::fs::read_to_string(dir.join("flanneld.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                bail!(
+                    "the route to {cidr} did not {} within 60 s; flanneld's last lines:\n{}",
+                    if want { "come" } else { "go" },
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(t.elapsed())
+    };
+    // With etcd flanneld picked a free subnet of its own, which may be one of the next peers'.
+    let own = std::fs::read_to_string(dir.join("subnet.env")).unwrap_or_default();
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+        .and_then(|s| s.parse::<ipnet::Ipv4Net>().ok())
+        .map(|n| n.trunc().to_string());
+    let (mut adds, mut dels) = (Vec::new(), Vec::new());
+    for i in (spec.peers + 1..)
+        .filter(|&i| Some(peer(i).0) != own)
+        .take(EVENT_ROUNDS)
+    {
+        let (cidr, _, _) = peer(i);
+        write_peer(spec, dir, ns, i, true)?;
+        adds.push(wait(&cidr, true)?);
+        write_peer(spec, dir, ns, i, false)?;
+        dels.push(wait(&cidr, false)?);
+    }
+    Ok((median(adds), median(dels)))
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn peer_annotations(ip: &str, mac: &str) -> serde_json::Value {
+    serde_json::json!({
+        "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+        "flannel.alpha.coreos.com/backend-type": "vxlan",
+        "flannel.alpha.coreos.com/backend-data": format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#),
+        "flannel.alpha.coreos.com/public-ip": ip,
+    })
+}
+
+fn etcd_key(cidr: &str) -> String {
+    format!("/coreos.com/network/subnets/{}", cidr.replace('/', "-"))
+}
+
+/// A lease as upstream writes it.
+fn etcd_lease(ip: &str, mac: &str) -> String {
+    format!(
+        r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+    )
+}
+
 pub fn render(rows: &[ScaleRow]) -> String {
-    let mut s = String::from("| datastore | peers | start to all routes s | flanneld CPU s to then | RSS MiB | peak RSS MiB | idle CPU % | idle RSS MiB |\n|---|---|---|---|---|---|---|---|\n");
+    let mut s = String::from("| datastore | peers | start to all routes s | flanneld CPU s to then | RSS MiB | peak RSS MiB | idle CPU % | idle RSS MiB | add to route ms | delete to gone ms |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         s.push_str(&format!(
-            "| {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2} | {:.1} |\n",
+            "| {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2} | {:.1} | {:.0} | {:.0} |\n",
             r.datastore,
             r.peers,
             r.start_to_routes.as_secs_f64(),
@@ -289,7 +411,9 @@ pub fn render(rows: &[ScaleRow]) -> String {
             r.rss_mib,
             r.peak_rss_mib,
             r.idle_cpu_percent,
-            r.idle_rss_mib
+            r.idle_rss_mib,
+            r.add_latency.as_secs_f64() * 1000.0,
+            r.delete_latency.as_secs_f64() * 1000.0,
         ));
     }
     s
