@@ -166,6 +166,7 @@ fn peers_come_change_their_mac_and_go() {
             .contains("10.244.2.0/24 via 10.244.2.0 dev flannel.1")
     });
     assert!(t.is_some(), "{}", k.node.log());
+    let added = t;
     // A new VTEP MAC (the peer's device was recreated).
     k.annotate(
         "node2",
@@ -181,11 +182,14 @@ fn peers_come_change_their_mac_and_go() {
                 .contains("10.244.2.0 lladdr 02:00:00:00:00:99")
     });
     assert!(t.is_some(), "{}", k.node.log());
+    let changed = t;
     // Deleted.
     k.api.delete(Kind::Node, "", "node2").unwrap();
     let t = eventually(T, || !k.routes().contains("10.244.2.0/24"));
     assert!(t.is_some(), "{}", k.routes());
     assert!(k.routes().contains("10.244.1.0/24"));
+    // For BENCHMARKS.md (`--nocapture`); polled every 50 ms.
+    println!("measured: node added -> route {added:?}, VTEP MAC changed -> FDB+neigh {changed:?}, node deleted -> route gone {t:?}");
     // Heartbeats (status changes) cost nothing: no reconcile logged for them.
     let lines = k.node.log().lines().count();
     for i in 0..20 {
@@ -491,6 +495,7 @@ fn the_api_away_for_30s_costs_no_cpu_and_heals() {
         "a new node within 5 s of the API's return:\n{}",
         k.node.log()
     );
+    println!("measured: API away {secs:.0} s: flanneld CPU {used:.3} s, {warns} warning lines; a node added after its return routed in {back:?}");
 }
 
 #[test]
