@@ -695,3 +695,62 @@ fn a_subnet_file_that_is_a_directory_is_a_config_error_not_try_again() {
     );
     assert!(!s.stored().exists());
 }
+
+#[test]
+fn the_init_container_subcommands_install_the_plugin_and_the_conflist() {
+    // What the DaemonSet's init containers run (the image has no cp): the plugin copies itself,
+    // then the ConfigMap's conflist is installed. Both replace what is there whole.
+    let dir = TempDir::new("install");
+    let bin = dir.path().join("opt-cni-bin");
+    let netd = dir.path().join("net.d");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&netd).unwrap();
+    let dst = bin.join("flannel");
+    std::fs::write(&dst, "an older plugin").unwrap();
+    let o = Command::new(bin_dir().join("flannel"))
+        .env_clear()
+        .args(["install-plugin", &dst.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read(&dst).unwrap(),
+        std::fs::read(bin_dir().join("flannel")).unwrap()
+    );
+    let banner = Command::new(&dst).env_clear().output().unwrap();
+    assert!(String::from_utf8_lossy(&banner.stderr).starts_with("CNI Plugin flannel version"));
+
+    let src = dir.path().join("cni-conf.json");
+    let conf = r#"{"name":"cbr0","cniVersion":"0.3.1","plugins":[{"type":"flannel","delegate":{"hairpinMode":true,"isDefaultGateway":true}},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
+    std::fs::write(&src, conf).unwrap();
+    let dst = netd.join("10-flannel.conflist");
+    let run = |src: &std::path::Path| {
+        Command::new(bin_dir().join("flannel"))
+            .env_clear()
+            .args([
+                "install-conf",
+                &src.display().to_string(),
+                &dst.display().to_string(),
+            ])
+            .output()
+            .unwrap()
+    };
+    assert!(run(&src).status.success());
+    assert_eq!(std::fs::read_to_string(&dst).unwrap(), conf);
+    // A broken ConfigMap does not replace a working conflist: exit 1, the file named.
+    let bad = dir.path().join("broken.json");
+    std::fs::write(&bad, "{\"name\": \"cbr0\",").unwrap();
+    let o = run(&bad);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("broken.json is not a valid CNI config"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&dst).unwrap(), conf);
+    assert_eq!(
+        std::fs::read_dir(&netd).unwrap().count(),
+        1,
+        "no temporary file left"
+    );
+}

@@ -8,6 +8,7 @@ pub mod delegate;
 pub mod env;
 pub mod error;
 pub mod gc;
+pub mod install;
 pub mod invoke;
 pub mod netconf;
 pub mod netns;

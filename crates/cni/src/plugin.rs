@@ -1,4 +1,5 @@
-//! The commands: ADD, DEL, CHECK, VERSION.
+//! The commands: ADD, DEL, CHECK, VERSION; without `CNI_COMMAND`, the version banner or an
+//! install subcommand (see `install`).
 
 use crate::attachment;
 use crate::delegate;
@@ -17,6 +18,21 @@ use std::process::ExitCode;
 pub fn main() -> ExitCode {
     let get = |k: &str| std::env::var(k).ok();
     if get("CNI_COMMAND").unwrap_or_default().is_empty() {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        if let Some((sub, rest)) = args.split_first() {
+            if sub.starts_with("install-") {
+                return match crate::install::run(sub, rest) {
+                    Ok(done) => {
+                        eprintln!("{done}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("flannel {sub}: {e}");
+                        ExitCode::from(1)
+                    }
+                };
+            }
+        }
         eprintln!(
             "CNI Plugin flannel version {} (linux/{}) (flannel-rs)",
             flannel_core::VERSION,
