@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod cni_exec;
+pub mod manifest;
 pub mod names;
 pub mod ping;
 pub mod preflight;

@@ -1,0 +1,219 @@
+//! `deploy/kube-flannel.yml` against upstream's v0.28.9 manifest, object by object, as
+//! `../shared/spec/upstream-flannel.md` §3.4 lists it: a cluster must be able to switch by
+//! applying ours in place of upstream's. The only intended differences: our image, and the init
+//! containers run our plugin's install subcommands (the image has no shell and no cp).
+
+use flannel_lab::manifest::objects;
+use serde_json::{json, Value};
+
+fn manifest() -> Vec<Value> {
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/kube-flannel.yml");
+    objects(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objs.iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+#[test]
+fn the_same_objects_as_upstream() {
+    let objs = manifest();
+    let mut got: Vec<(String, String, String)> = objs
+        .iter()
+        .map(|o| {
+            (
+                o["kind"].as_str().unwrap().to_string(),
+                o["metadata"]["name"].as_str().unwrap().to_string(),
+                o["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    let want = [
+        ("ClusterRole", "flannel", ""),
+        ("ClusterRoleBinding", "flannel", ""),
+        ("ConfigMap", "kube-flannel-cfg", "kube-flannel"),
+        ("DaemonSet", "kube-flannel-ds", "kube-flannel"),
+        ("Namespace", "kube-flannel", ""),
+        ("ServiceAccount", "flannel", "kube-flannel"),
+    ]
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()));
+    assert_eq!(got, want);
+    let ns = find(&objs, "Namespace", "kube-flannel");
+    assert_eq!(ns["metadata"]["labels"]["k8s-app"], "flannel");
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+}
+
+#[test]
+fn rbac_grants_what_flanneld_uses_and_no_more() {
+    let objs = manifest();
+    let role = find(&objs, "ClusterRole", "flannel");
+    let mut rules: Vec<(String, Vec<String>)> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            assert_eq!(r["apiGroups"], json!([""]));
+            let verbs: Vec<String> = r["verbs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect();
+            r["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |res| (res.as_str().unwrap().to_string(), verbs.clone()))
+        })
+        .collect();
+    rules.sort();
+    assert_eq!(
+        rules,
+        vec![
+            (
+                "nodes".to_string(),
+                vec!["get".into(), "list".into(), "watch".into()]
+            ),
+            ("nodes/status".to_string(), vec!["patch".to_string()]),
+            ("pods".to_string(), vec!["get".to_string()]),
+        ]
+    );
+    let b = find(&objs, "ClusterRoleBinding", "flannel");
+    assert_eq!(
+        b["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "flannel"})
+    );
+    assert_eq!(
+        b["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "flannel", "namespace": "kube-flannel"}])
+    );
+}
+
+#[test]
+fn the_config_map_holds_upstreams_cni_and_network_config() {
+    let objs = manifest();
+    let cm = find(&objs, "ConfigMap", "kube-flannel-cfg");
+    let cni: Value = serde_json::from_str(cm["data"]["cni-conf.json"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        cni,
+        json!({"name":"cbr0","cniVersion":"0.3.1","plugins":[
+            {"type":"flannel","delegate":{"hairpinMode":true,"isDefaultGateway":true}},
+            {"type":"portmap","capabilities":{"portMappings":true}}]})
+    );
+    let net: Value = serde_json::from_str(cm["data"]["net-conf.json"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        net,
+        json!({"Network":"10.244.0.0/16","EnableNFTables":false,"Backend":{"Type":"vxlan"}})
+    );
+}
+
+#[test]
+fn the_daemonset_runs_flanneld_as_upstream_does() {
+    let objs = manifest();
+    let ds = find(&objs, "DaemonSet", "kube-flannel-ds");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"],
+        json!([{"matchExpressions":[{"key":"kubernetes.io/os","operator":"In","values":["linux"]}]}])
+    );
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["priorityClassName"], "system-node-critical");
+    assert_eq!(
+        pod["tolerations"],
+        json!([{"operator": "Exists", "effect": "NoSchedule"}])
+    );
+    assert_eq!(pod["serviceAccountName"], "flannel");
+
+    // Init containers: same names, same volumes, our install subcommands for cp/install-conf.
+    let init = pod["initContainers"].as_array().unwrap();
+    assert_eq!(init.len(), 2);
+    assert_eq!(init[0]["name"], "install-cni-plugin");
+    assert_eq!(init[0]["command"], json!(["/flannel"]));
+    assert_eq!(
+        init[0]["args"],
+        json!(["install-plugin", "/opt/cni/bin/flannel"])
+    );
+    assert_eq!(
+        init[0]["volumeMounts"],
+        json!([{"name": "cni-plugin", "mountPath": "/opt/cni/bin"}])
+    );
+    assert_eq!(init[1]["name"], "install-cni");
+    assert_eq!(
+        init[1]["args"],
+        json!([
+            "install-conf",
+            "/etc/kube-flannel/cni-conf.json",
+            "/etc/cni/net.d/10-flannel.conflist"
+        ])
+    );
+    assert_eq!(
+        init[1]["volumeMounts"],
+        json!([{"name": "cni", "mountPath": "/etc/cni/net.d"},
+               {"name": "flannel-cfg", "mountPath": "/etc/kube-flannel/"}])
+    );
+
+    let c = &pod["containers"][0];
+    assert_eq!(pod["containers"].as_array().unwrap().len(), 1);
+    assert_eq!(c["name"], "kube-flannel");
+    assert_eq!(c["command"], json!(["/opt/bin/flanneld"]));
+    assert_eq!(
+        c["args"],
+        json!(["--ip-masq", "--kube-subnet-mgr", "--healthz-port=8081"])
+    );
+    assert_eq!(
+        c["livenessProbe"]["httpGet"],
+        json!({"path": "/healthz", "port": 8081})
+    );
+    assert_eq!(
+        c["readinessProbe"]["httpGet"],
+        json!({"path": "/readyz", "port": 8081})
+    );
+    assert_eq!(
+        c["resources"]["requests"],
+        json!({"cpu": "100m", "memory": "50Mi"})
+    );
+    assert_eq!(
+        c["securityContext"],
+        json!({"privileged": false, "capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}})
+    );
+    assert_eq!(
+        c["env"],
+        json!([
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "EVENT_QUEUE_DEPTH", "value": "5000"},
+            {"name": "CONT_WHEN_CACHE_NOT_READY", "value": "false"}
+        ])
+    );
+    assert_eq!(
+        c["volumeMounts"],
+        json!([{"name": "run", "mountPath": "/run/flannel"},
+               {"name": "flannel-cfg", "mountPath": "/etc/kube-flannel/"},
+               {"name": "xtables-lock", "mountPath": "/run/xtables.lock"}])
+    );
+    let mut vols: Vec<Value> = pod["volumes"].as_array().unwrap().clone();
+    vols.sort_by_key(|v| v["name"].as_str().unwrap().to_string());
+    assert_eq!(
+        Value::Array(vols),
+        json!([
+            {"name": "cni", "hostPath": {"path": "/etc/cni/net.d"}},
+            {"name": "cni-plugin", "hostPath": {"path": "/opt/cni/bin"}},
+            {"name": "flannel-cfg", "configMap": {"name": "kube-flannel-cfg"}},
+            {"name": "run", "hostPath": {"path": "/run/flannel"}},
+            {"name": "xtables-lock", "hostPath": {"path": "/run/xtables.lock", "type": "FileOrCreate"}}
+        ])
+    );
+    // One image for every container of the pod.
+    let images: Vec<&Value> = init.iter().chain([c]).map(|c| &c["image"]).collect();
+    assert!(images.iter().all(|i| *i == images[0]), "{images:?}");
+}
