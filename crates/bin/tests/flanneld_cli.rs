@@ -134,6 +134,40 @@ fn blackhole_route_for_the_own_subnet() {
             .contains(&format!("blackhole {subnet}"))
     });
     assert!(found.is_some(), "{}", n.exec("ip", &["route"]));
+    // The first pod comes after the blackhole: the bridge's connected route for the subnet
+    // must win, or no pod of this node is reachable (and with the bridge there first, the
+    // blackhole must not replace its route).
+    let gw = subnet.replace(".0/24", ".1/24");
+    n.exec("ip", &["link", "add", "cni0", "type", "bridge"]);
+    n.exec("ip", &["addr", "add", &gw, "dev", "cni0"]);
+    n.exec("ip", &["link", "set", "cni0", "up"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let pod_ip = subnet.replace(".0/24", ".2");
+    let via = n.exec("ip", &["route", "get", &pod_ip]);
+    assert!(
+        via.contains("dev cni0"),
+        "{via}\n{}",
+        n.exec("ip", &["route"])
+    );
+    n.exec("ip", &["link", "del", "cni0"]);
+    // The bridge first, then flanneld: its route is kept.
+    n.stop();
+    n.exec("ip", &["route", "flush", "type", "blackhole"]);
+    n.exec("ip", &["link", "add", "cni0", "type", "bridge"]);
+    n.exec("ip", &["addr", "add", &gw, "dev", "cni0"]);
+    n.exec("ip", &["link", "set", "cni0", "up"]);
+    n.start(&["--ip-blackhole-route", "--iptables-resync=1"]);
+    n.wait_ready();
+    std::thread::sleep(Duration::from_millis(2500));
+    let via = n.exec("ip", &["route", "get", &pod_ip]);
+    assert!(
+        via.contains("dev cni0"),
+        "{via}\n{}",
+        n.exec("ip", &["route"])
+    );
+    assert!(n
+        .exec("ip", &["route", "show", "type", "blackhole"])
+        .contains(&format!("blackhole {subnet}")));
 }
 
 #[test]

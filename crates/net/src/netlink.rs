@@ -23,6 +23,8 @@ use std::net::{IpAddr, Ipv4Addr};
 /// The route protocol number flannel-rs stamps on the routes it installs, so it can find its
 /// own routes (and only its own) again: `ip route show proto 252`. Unassigned in rt_protos.
 pub const ROUTE_PROTOCOL: u8 = 252;
+/// The blackhole route's metric: behind every connected or flannel route for the same prefix.
+pub const BLACKHOLE_METRIC: u32 = 4096;
 const RT_TABLE_MAIN: u8 = 254;
 
 #[derive(Debug, thiserror::Error)]
@@ -443,16 +445,21 @@ impl Netlink {
         }))
     }
 
-    /// `ip route add blackhole <dst> proto 252`.
+    /// `ip route add blackhole <dst> proto 252 metric 4096`: a fallback behind the pod bridge's
+    /// connected route for the same subnet (metric 0). Never a replace: the bridge's route must
+    /// stay, and a blackhole in front of it (upstream's metric 0, when flanneld was there before
+    /// the first pod) would make every pod of the node unreachable.
     pub async fn add_blackhole(&self, dst: Ipv4Net) -> Result<(), NetError> {
         let m = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst.network(), dst.prefix_len())
             .kind(RouteType::BlackHole)
             .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+            .priority(BLACKHOLE_METRIC)
             .build();
-        ctx(self.handle.route().add(m).replace().execute().await, || {
-            format!("add blackhole route {dst}")
-        })
+        match self.handle.route().add(m).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if -e.raw_code() == EEXIST => Ok(()),
+            r => ctx(r, || format!("add blackhole route {dst}")),
+        }
     }
 
     /// The link of the first main-table IPv4 default route, as upstream picks the interface.
@@ -682,6 +689,7 @@ impl Netlink {
 
 /// ENODEV: the kernel's answer for a link that does not exist.
 const ENODEV: i32 = 19;
+const EEXIST: i32 = 17;
 
 /// The single link a filtered get returns; `None` when the kernel says there is no such link.
 async fn one_link(req: rtnetlink::LinkGetRequest, what: String) -> Result<Option<Link>, NetError> {
