@@ -263,6 +263,7 @@ fn first_in_a_conflist_followed_by_portmap() {
     let cni_path = format!("{}:/usr/lib/cni", bin_dir().display());
     let netns = s.pod.path();
     let inv = flannel_lab::cni_exec::Invocation {
+        binds: &[],
         node_ns: &s.node.0,
         container_id: &s.pod.0,
         netns_path: &netns,

@@ -176,3 +176,162 @@ fn a_node_programmed_as_upstream_and_ours_talk_both_ways() {
         "and master1's"
     );
 }
+
+/// Nodes as `kubectl get nodes -o json` shows them, by name.
+fn nodes_json(state: &LabState) -> Vec<Value> {
+    let out = kubectl(state, &["get", "nodes", "-o", "json"]).expect("kubectl get nodes");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["items"].as_array().unwrap().clone()
+}
+
+fn network_unavailable(n: &Value) -> Value {
+    n["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "NetworkUnavailable")
+        .map(|c| c["status"].clone())
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn every_backend_runs_from_the_manifest_and_down_leaves_nothing() {
+    for backend in ["vxlan", "host-gw", "udp"] {
+        let lab = Lab::up_with(LabSpec {
+            datastore: Datastore::Kube,
+            nodes: 2,
+            pods_per_node: 1,
+            backend: backend.into(),
+            backend_set: true,
+            ..LabSpec::default()
+        });
+        let s = &lab.state;
+        let m = flannel_lab::ping::ping_all(s);
+        assert!(m.all_ok(), "{backend}:\n{}", m.render());
+        for (i, n) in nodes_json(s).iter().enumerate() {
+            let name = n["metadata"]["name"].as_str().unwrap();
+            let node = s.nodes.iter().find(|x| x.name == name).unwrap();
+            assert_eq!(n["spec"]["podCIDR"], format!("10.244.{i}.0/24"));
+            assert_eq!(node.subnet, format!("10.244.{i}.0/24"));
+            let a = &n["metadata"]["annotations"];
+            // Upstream's udp backend publishes no backend type.
+            let want_type = if backend == "udp" { "" } else { backend };
+            assert_eq!(a["flannel.alpha.coreos.com/backend-type"], want_type, "{a}");
+            assert_eq!(a["flannel.alpha.coreos.com/public-ip"], node.ip.as_str());
+            assert_eq!(a["flannel.alpha.coreos.com/kube-subnet-manager"], "true");
+            assert_eq!(network_unavailable(n), "False", "{n}");
+            // flanneld runs as the container does: in-cluster config, its name from its pod,
+            // the node's own /run/flannel.
+            let log = std::fs::read_to_string(&node.log).unwrap();
+            assert!(
+                log.contains("from pod kube-flannel/kube-flannel-ds-"),
+                "{log}"
+            );
+            assert!(
+                node.subnet_file.starts_with(&s.state_dir),
+                "{:?}",
+                node.subnet_file
+            );
+            // What the init containers installed on the node.
+            let cni = node
+                .cni_binds
+                .iter()
+                .find(|b| b.dst == std::path::Path::new("/opt/cni/bin"))
+                .unwrap();
+            assert!(cni.src.join("flannel").is_file());
+        }
+        let (name, root) = (lab.name.clone(), lab.root.path().to_path_buf());
+        let made: Vec<std::path::PathBuf> = serde_json::from_str(
+            &std::fs::read_to_string(s.state_dir.join("mount-points.json")).unwrap(),
+        )
+        .unwrap();
+        drop(lab);
+        assert!(
+            !ip(&["netns", "list"]).contains(&name),
+            "namespaces left by {name}"
+        );
+        assert!(!root.join(&name).exists());
+        // Mount points the lab made are gone, unless another lab's node uses one right now.
+        for p in made {
+            assert!(
+                !p.exists() || other_labs_use(&p),
+                "{} left behind",
+                p.display()
+            );
+        }
+    }
+}
+
+/// Whether some process's mount namespace has `p` as a mount point (a lab of another test).
+fn other_labs_use(p: &std::path::Path) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read_to_string(e.path().join("mountinfo"))
+            .map(|m| {
+                m.lines()
+                    .any(|l| l.split(' ').nth(4) == Some(&*p.to_string_lossy()))
+            })
+            .unwrap_or(false)
+    })
+}
+
+#[test]
+fn the_lab_follows_an_edited_manifest() {
+    // The manifest is the lab's source of truth: another Network in the ConfigMap and an extra
+    // flanneld flag in the DaemonSet reach every node.
+    let dir = common::TempDir::new("manifest");
+    let edited = flannel_lab::manifest::DEFAULT
+        .replace(
+            r#""Network": "10.244.0.0/16""#,
+            r#""Network": "10.50.0.0/16""#,
+        )
+        .replace(
+            "        - --healthz-port=8081\n",
+            "        - --healthz-port=8081\n        - --ip-blackhole-route\n",
+        );
+    assert_ne!(edited, flannel_lab::manifest::DEFAULT);
+    let path = dir.path().join("kube-flannel.yml");
+    std::fs::write(&path, &edited).unwrap();
+    let lab = Lab::up_with(LabSpec {
+        datastore: Datastore::Kube,
+        nodes: 2,
+        pods_per_node: 1,
+        manifest: Some(path),
+        ..LabSpec::default()
+    });
+    let s = &lab.state;
+    for (i, n) in s.nodes.iter().enumerate() {
+        let want = format!("10.50.{i}.0/24");
+        assert_eq!(n.subnet, want);
+        assert!(
+            n.pods[0].ip.starts_with(&format!("10.50.{i}.")),
+            "{}",
+            n.pods[0].ip
+        );
+        assert!(n.flanneld.iter().any(|a| a == "--ip-blackhole-route"));
+        let log = std::fs::read_to_string(&n.log).unwrap();
+        assert!(log.contains("ip-blackhole-route: true"), "{log}");
+        // Like upstream, the blackhole route comes with the first resync (5 s).
+        let bh = eventually(Duration::from_secs(15), || {
+            ip(&["-n", &n.netns, "route", "show", "type", "blackhole"]).contains(&want)
+        });
+        assert!(bh.is_some(), "{}: no blackhole route for {want}", n.name);
+    }
+    for n in nodes_json(s) {
+        assert!(n["spec"]["podCIDR"].as_str().unwrap().starts_with("10.50."));
+        assert_eq!(network_unavailable(&n), "False");
+    }
+    let m = flannel_lab::ping::ping_all(s);
+    assert!(m.all_ok(), "{}", m.render());
+    // A manifest the lab cannot run is a clear error before anything starts.
+    let bad = dir.path().join("bad.yml");
+    std::fs::write(
+        &bad,
+        flannel_lab::manifest::DEFAULT.replace("/opt/bin/flanneld", "/usr/local/bin/flanneld-go"),
+    )
+    .unwrap();
+    let e = flannel_lab::manifest::Manifest::read(Some(&bad)).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("no container runs flanneld"),
+        "{e:#}"
+    );
+}

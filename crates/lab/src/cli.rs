@@ -10,11 +10,14 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage:
   flannel-lab up [--nodes N] [--pods-per-node K] [--backend vxlan|host-gw|udp]
-                 [--segments 1|2] [--direct-routing] [--datastore etcd|kube]
-                                                                      build the cluster (default 3 nodes, 2 pods each)
+                 [--segments 1|2] [--direct-routing] [--datastore etcd|kube] [--manifest FILE]
+                                                                      build the cluster (default 3 nodes, 2 pods each;
+                                                                      kube: nodes run deploy/kube-flannel.yml or FILE)
   flannel-lab ping-all                                                every pod pings every other pod
   flannel-lab status [--json]                                         nodes, pods, routes, FDB, where the logs are
   flannel-lab down                                                    remove everything the lab made
+  flannel-lab kubeconfig                                              kube mode: the admin kubeconfig's path
+  flannel-lab kubectl ARGS...                                         kube mode: kubectl with it, in master1's namespace
   flannel-lab bench [--seconds S] [--repeat R]                        2-node labs per backend: iperf3 and ping, table
   flannel-lab bench-scale [--peers N] [--datastore kube|etcd] [--heartbeats R] [--seconds S]
                                                                       one flanneld facing N peers: start to all routes, memory, idle CPU
@@ -35,6 +38,10 @@ struct Args {
     repeat: u32,
     peers: usize,
     heartbeats: u64,
+    manifest: Option<PathBuf>,
+    backend_set: bool,
+    /// After `kubectl`: its arguments, untouched.
+    rest: Vec<String>,
 }
 
 fn parse(argv: &[String]) -> anyhow::Result<Args> {
@@ -53,9 +60,16 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
         repeat: 3,
         peers: 1000,
         heartbeats: 100,
+        manifest: None,
+        backend_set: false,
+        rest: Vec::new(),
     };
     let mut it = argv.iter();
     while let Some(arg) = it.next() {
+        if a.cmd == "kubectl" {
+            a.rest.push(arg.clone());
+            continue;
+        }
         let (flag, inline) = match arg.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
             _ => (arg.as_str(), None),
@@ -73,7 +87,11 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
         match flag {
             "--nodes" => a.nodes = num(flag, value(flag)?)?,
             "--pods-per-node" => a.pods = num(flag, value(flag)?)?,
-            "--backend" => a.backend = value(flag)?,
+            "--backend" => {
+                a.backend = value(flag)?;
+                a.backend_set = true;
+            }
+            "--manifest" => a.manifest = Some(PathBuf::from(value(flag)?)),
             "--datastore" => a.datastore = value(flag)?,
             "--name" => a.name = value(flag)?,
             "--state-dir" => a.state_root = PathBuf::from(value(flag)?),
@@ -97,6 +115,18 @@ fn load(a: &Args) -> anyhow::Result<LabState> {
     LabState::load(&state_dir(&a.state_root, &a.name))
 }
 
+fn kube_lab(a: &Args) -> anyhow::Result<LabState> {
+    let s = load(a)?;
+    if s.datastore != "kube" {
+        bail!(
+            "lab {} keeps its leases in {}: there is no API server (use `up --datastore kube`)",
+            s.lab,
+            s.datastore
+        );
+    }
+    Ok(s)
+}
+
 fn run(a: Args) -> anyhow::Result<bool> {
     match a.cmd.as_str() {
         "up" => {
@@ -109,6 +139,8 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 segments: a.segments,
                 direct_routing: a.direct_routing,
                 state_root: a.state_root.clone(),
+                manifest: a.manifest.clone(),
+                backend_set: a.backend_set,
                 ..LabSpec::default()
             };
             let state = up(&spec).with_context(|| {
@@ -199,6 +231,21 @@ fn run(a: Args) -> anyhow::Result<bool> {
             let rows = crate::bench::run(&spec, &mut |c| eprintln!("measuring {c} ..."))?;
             print!("{}", crate::bench::render(&rows));
             Ok(true)
+        }
+        "kubeconfig" => {
+            let s = kube_lab(&a)?;
+            println!("{}", s.kubeconfig().display());
+            Ok(true)
+        }
+        "kubectl" => {
+            let s = kube_lab(&a)?;
+            let kc = s.kubeconfig().display().to_string();
+            let mut args: Vec<&str> = vec!["--kubeconfig", &kc];
+            args.extend(a.rest.iter().map(String::as_str));
+            let status = crate::sh::in_ns(&s.nodes[0].netns, "kubectl", &args)
+                .status()
+                .context("running kubectl (install it: apt-get install kubernetes-client)")?;
+            Ok(status.success())
         }
         "help" => {
             println!("{USAGE}");

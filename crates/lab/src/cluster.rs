@@ -1,7 +1,10 @@
 //! Bringing a lab up and tearing it down.
 
 use crate::cni_exec::{self, Invocation};
+use crate::kube_node::{self, KubeSetup, NodePod};
+use crate::manifest::Manifest;
 use crate::names::*;
+use crate::nodefs;
 use crate::preflight::{self, CNI_DIR};
 use crate::sh::{self, in_ns, ip};
 use crate::state::{LabState, NodeState, PodState};
@@ -55,6 +58,10 @@ pub struct LabSpec {
     pub bin_dir: PathBuf,
     /// Extra flags for every flanneld (e.g. a shorter resync period in tests).
     pub flanneld_args: Vec<String>,
+    /// Kube mode: the manifest the nodes run (default: the built-in deploy/kube-flannel.yml).
+    pub manifest: Option<PathBuf>,
+    /// Kube mode: whether `backend` was asked for (it then replaces the ConfigMap's backend).
+    pub backend_set: bool,
 }
 
 impl Default for LabSpec {
@@ -70,6 +77,8 @@ impl Default for LabSpec {
             state_root: PathBuf::from(DEFAULT_STATE_ROOT),
             bin_dir: preflight::default_bin_dir(),
             flanneld_args: Vec::new(),
+            manifest: None,
+            backend_set: false,
         }
     }
 }
@@ -264,13 +273,50 @@ fn signal_named(state: &LabState, name: &str, sig: i32) {
     }
 }
 
-/// Starts the node's flanneld (appending to its log). Dropping the handle leaves it running.
+/// Starts the node's flanneld (appending to its log), with its environment and mounts.
+/// Dropping the handle leaves it running.
 pub fn start_flanneld(n: &NodeState) -> anyhow::Result<Child> {
     let (prog, args) = n
         .flanneld
         .split_first()
         .context("no flanneld command line recorded")?;
-    spawn_in_ns(&n.netns, prog, args, &n.log)
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(&n.log)
+        .with_context(|| format!("opening {}", n.log.display()))?;
+    let err = out.try_clone()?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = in_ns(&n.netns, prog, &args);
+    cmd.envs(n.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
+    crate::nodefs::apply(&mut cmd, &n.binds)?;
+    cmd.spawn()
+        .with_context(|| format!("starting {prog} in {}", n.netns))
+}
+
+/// The API fake's bearer token: the admin kubeconfig's and every node's service account's.
+const LAB_TOKEN: &str = "flannel-lab-token";
+
+/// flanneld's `--subnet-file`, or its default.
+fn subnet_file_of(argv: &[String]) -> String {
+    argv.iter()
+        .find_map(|a| a.strip_prefix("--subnet-file="))
+        .unwrap_or("/run/flannel/subnet.env")
+        .to_string()
+}
+
+/// Where the lab records the mount points it made on the machine (see `nodefs`).
+fn mount_points_file(dir: &Path) -> PathBuf {
+    dir.join("mount-points.json")
+}
+
+fn record_mount_points(dir: &Path, made: &[PathBuf]) -> anyhow::Result<()> {
+    std::fs::write(mount_points_file(dir), serde_json::to_string(made)?)?;
+    Ok(())
 }
 
 /// The PIDs of the node's flanneld processes.
@@ -408,10 +454,19 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
             "sh",
             &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
         ))?;
-        std::fs::write(
-            node_dir.join("net.d/10-flannel.conflist"),
-            serde_json::to_string_pretty(&cni_exec::tutorial_conflist(&node_dir))?,
-        )?;
+        if spec.datastore == Datastore::Etcd {
+            std::fs::write(
+                node_dir.join("net.d/10-flannel.conflist"),
+                serde_json::to_string_pretty(&cni_exec::tutorial_conflist(&node_dir))?,
+            )?;
+        } else if spec.segments == 1 {
+            // A real node has a default route, and flanneld without --iface (as the DaemonSet
+            // runs it) uses its interface. The switch answers as the gateway.
+            if i == 0 {
+                ip(&["-n", &sw, "addr", "add", "10.0.0.1/24", "dev", "br0"])?;
+            }
+            ip(&["-n", &ns, "route", "add", "default", "via", "10.0.0.1"])?;
+        }
         nodes.push(NodeState {
             name,
             netns: ns,
@@ -420,10 +475,15 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
             pods: Vec::new(),
             log: node_dir.join("flanneld.log"),
             flanneld: Vec::new(),
+            env: Vec::new(),
+            binds: Vec::new(),
+            cni_binds: Vec::new(),
+            subnet_file: node_dir.join("subnet.env"),
         });
     }
 
     let master = nodes[0].netns.clone();
+    let mut kube_setup: Option<KubeSetup> = None;
     let etcd_log = dir.join("etcd.log");
     let mut etcd_args: Vec<String> = Vec::new();
     let mut api_args: Vec<String> = Vec::new();
@@ -478,19 +538,23 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
             }
         }
         Datastore::Kube => {
-            // The API fake on master1, with a Node object per node as kubelet registers it and
-            // kube-controller-manager gives it a podCIDR.
+            // The API fake on master1, holding what a cluster holds before flannel starts:
+            // the Nodes with their podCIDRs, the DaemonSet's pods, the ConfigMap.
+            let setup = KubeSetup::new(
+                Manifest::read(spec.manifest.as_deref())?,
+                spec.backend_set.then_some(spec.backend.as_str()),
+                spec.direct_routing,
+            )?;
             let kube = dir.join("kube");
             std::fs::create_dir_all(&kube)?;
-            let seed: Vec<serde_json::Value> = nodes
+            let named: Vec<(String, String)> = nodes
                 .iter()
-                .enumerate()
-                .map(|(i, n)| {
-                    serde_json::json!({"kind": "Node", "object":
-                        flannel_kube_fake::node(&n.name, &[&pod_cidr(i)], &n.ip, 0)})
-                })
+                .map(|n| (n.name.clone(), n.ip.clone()))
                 .collect();
-            std::fs::write(kube.join("seed.json"), serde_json::to_string_pretty(&seed)?)?;
+            std::fs::write(
+                kube.join("seed.json"),
+                serde_json::to_string_pretty(&setup.seed(&named)?)?,
+            )?;
             api_args = vec![
                 spec.bin_dir
                     .join("flannel-kube-fake")
@@ -500,33 +564,14 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
                 format!("{}:{API_PORT}", node_ip(0)),
                 "--dir".into(),
                 kube.display().to_string(),
+                "--token".into(),
+                LAB_TOKEN.into(),
                 "--state".into(),
                 kube.join("objects.json").display().to_string(),
                 "--seed".into(),
                 kube.join("seed.json").display().to_string(),
             ];
-            for n in nodes.iter_mut() {
-                let node_dir = dir.join(&n.name);
-                std::fs::write(
-                    node_dir.join("net-conf.json"),
-                    net_conf(&spec.backend, spec.direct_routing),
-                )?;
-                n.flanneld = vec![
-                    "env".into(),
-                    format!("NODE_NAME={}", n.name),
-                    flanneld.clone(),
-                    "--kube-subnet-mgr".into(),
-                    format!("--kubeconfig-file={}", kube.join("kubeconfig").display()),
-                    format!(
-                        "--net-config-path={}",
-                        node_dir.join("net-conf.json").display()
-                    ),
-                    "--iface=eth0".to_string(),
-                    "--ip-masq".to_string(),
-                    format!("--subnet-file={}", node_dir.join("subnet.env").display()),
-                ];
-                n.flanneld.extend(spec.flanneld_args.iter().cloned());
-            }
+            kube_setup = Some(setup);
         }
     }
     let mut state = LabState {
@@ -540,16 +585,48 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
         etcd_args,
         nodes: Vec::new(),
     };
-    if spec.datastore == Datastore::Kube {
+    if let Some(setup) = &kube_setup {
         state.nodes = nodes.clone();
         start_api(&state)?;
+        // Each node runs the DaemonSet's pod: init containers, then flanneld.
+        let ca = dir.join("kube").join("ca.crt");
+        let api_host = node_ip(0).to_string();
+        let mut made = Vec::new();
+        for (i, n) in nodes.iter_mut().enumerate() {
+            let node_dir = dir.join(&n.name);
+            let pod = NodePod {
+                setup,
+                index: i,
+                name: &n.name,
+                netns: &n.netns,
+                ip: &n.ip,
+                dir: &node_dir,
+                bin_dir: &spec.bin_dir,
+                api_host: &api_host,
+                api_port: API_PORT,
+                ca: &ca,
+                token: LAB_TOKEN,
+            };
+            let cni_binds = pod.kubelet_binds()?;
+            let run = nodefs::make_mount_points(&cni_binds, &mut made)
+                .and_then(|()| pod.install(&mut made));
+            // Recorded before anything can fail, so `down` removes them after a failed `up`.
+            record_mount_points(&dir, &made)?;
+            let run = run?;
+            n.subnet_file = nodefs::host_path(&run.binds, Path::new(&subnet_file_of(&run.argv)));
+            n.flanneld = run.argv;
+            n.flanneld.extend(spec.flanneld_args.iter().cloned());
+            n.env = run.env;
+            n.binds = run.binds;
+            n.cni_binds = cni_binds;
+        }
     }
     let mut daemons = nodes
         .iter()
         .map(start_flanneld)
         .collect::<anyhow::Result<Vec<Child>>>()?;
     for (n, child) in nodes.iter_mut().zip(daemons.iter_mut()) {
-        let env = dir.join(&n.name).join("subnet.env");
+        let env = n.subnet_file.clone();
         let log = n.log.clone();
         wait_until(
             &format!("flanneld on {} to write subnet.env", n.name),
@@ -572,10 +649,21 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
     }
 
     // Pods, through our CNI plugin (and Debian's bridge, host-local, portmap).
-    let cni_path = format!("{}:{CNI_DIR}", spec.bin_dir.display());
+    let lab_cni_path = format!("{}:{CNI_DIR}", spec.bin_dir.display());
     for n in nodes.iter_mut() {
         let node_dir = dir.join(&n.name);
-        let list = cni_exec::tutorial_conflist(&node_dir);
+        // Kube mode: what the init container installed, found as the kubelet finds it.
+        let (list, cni_path) = if n.cni_binds.is_empty() {
+            (
+                cni_exec::tutorial_conflist(&node_dir),
+                lab_cni_path.as_str(),
+            )
+        } else {
+            (
+                kube_node::installed_conflist(&n.cni_binds)?,
+                kube_node::CNI_PATH,
+            )
+        };
         std::fs::create_dir_all(node_dir.join("results"))?;
         for k in 1..=spec.pods_per_node {
             let pod = pod_name(&n.name, k);
@@ -588,7 +676,8 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
                 container_id: &pns,
                 netns_path: &netns_path,
                 ifname: "eth0",
-                cni_path: &cni_path,
+                cni_path,
+                binds: &n.cni_binds,
             };
             let result = cni_exec::add(&list, &inv).with_context(|| format!("adding pod {pod}"))?;
             std::fs::write(
@@ -669,6 +758,10 @@ pub fn down(lab: &str, state_root: &Path) -> anyhow::Result<Vec<String>> {
         }
     }
     let dir = state_dir(state_root, lab);
+    if let Ok(text) = std::fs::read_to_string(mount_points_file(&dir)) {
+        let made: Vec<PathBuf> = serde_json::from_str(&text).unwrap_or_default();
+        nodefs::remove_mount_points(&made);
+    }
     if dir.exists() {
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             errors.push(format!("removing {}: {e}", dir.display()));

@@ -18,6 +18,8 @@ pub struct Invocation<'a> {
     pub ifname: &'a str,
     /// `CNI_PATH`: our plugin's directory, then the system plugins.
     pub cni_path: &'a str,
+    /// The node's own files (kube-mode labs: its `/run/flannel`, `/opt/cni/bin`, ...).
+    pub binds: &'a [crate::nodefs::Bind],
 }
 
 fn plugin_conf(list: &Value, plugin: &Value, prev: Option<&Value>) -> anyhow::Result<Value> {
@@ -33,18 +35,20 @@ fn plugin_conf(list: &Value, plugin: &Value, prev: Option<&Value>) -> anyhow::Re
     Ok(Value::Object(conf))
 }
 
-fn find(cni_path: &str, plugin: &str) -> anyhow::Result<String> {
+/// The plugin's path as the node sees it (looked up through the node's binds).
+fn find(cni_path: &str, plugin: &str, binds: &[crate::nodefs::Bind]) -> anyhow::Result<String> {
     cni_path
         .split(':')
         .map(|d| Path::new(d).join(plugin))
-        .find(|p| p.is_file())
+        .find(|p| crate::nodefs::host_path(binds, p).is_file())
         .map(|p| p.to_string_lossy().into_owned())
         .ok_or_else(|| anyhow!("CNI plugin {plugin:?} not found in {cni_path}"))
 }
 
 fn exec(inv: &Invocation, command: &str, plugin: &str, conf: &Value) -> anyhow::Result<Value> {
-    let bin = find(inv.cni_path, plugin)?;
+    let bin = find(inv.cni_path, plugin, inv.binds)?;
     let mut c = sh::in_ns(inv.node_ns, &bin, &[]);
+    crate::nodefs::apply(&mut c, inv.binds)?;
     c.env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", inv.container_id)
         .env("CNI_NETNS", inv.netns_path)

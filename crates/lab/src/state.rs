@@ -22,6 +22,18 @@ pub struct NodeState {
     pub log: PathBuf,
     /// The flanneld command line, so it can be restarted as it was.
     pub flanneld: Vec<String>,
+    /// flanneld's environment beyond ours (kube mode: the container's env).
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// flanneld's mounts (kube mode: the pod's volumes and service-account token).
+    #[serde(default)]
+    pub binds: Vec<crate::nodefs::Bind>,
+    /// The node's own files for its CNI calls (kube mode, as the kubelet sees them).
+    #[serde(default)]
+    pub cni_binds: Vec<crate::nodefs::Bind>,
+    /// Where flanneld writes subnet.env, on the machine.
+    #[serde(default)]
+    pub subnet_file: PathBuf,
 }
 
 fn etcd() -> String {

@@ -3,10 +3,65 @@
 
 use crate::sh::ip;
 use crate::state::LabState;
-use serde_json::json;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// Kube mode: each Node as the API server has it (podCIDR, flannel's annotations,
+/// NetworkUnavailable), read with kubectl; an error text when that fails.
+fn kube_nodes(state: &LabState) -> Result<BTreeMap<String, Value>, String> {
+    if state.datastore != "kube" {
+        return Ok(BTreeMap::new());
+    }
+    let out = crate::cluster::kubectl(state, &["get", "nodes", "-o", "json"])
+        .map_err(|e| e.to_string())?;
+    let list: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+    Ok(list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            let unavailable = n["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "NetworkUnavailable")
+                .map(|c| {
+                    format!(
+                        "{} ({})",
+                        c["status"].as_str().unwrap_or("?"),
+                        c["reason"].as_str().unwrap_or("")
+                    )
+                })
+                .unwrap_or_else(|| "not set".into());
+            let annotations: serde_json::Map<String, Value> = n["metadata"]["annotations"]
+                .as_object()
+                .map(|a| {
+                    a.iter()
+                        .filter(|(k, _)| k.contains("flannel"))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                n["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                json!({
+                    "podCIDR": n["spec"]["podCIDR"],
+                    "annotations": annotations,
+                    "NetworkUnavailable": unavailable,
+                }),
+            )
+        })
+        .collect())
+}
 
 pub fn to_json(state: &LabState) -> serde_json::Value {
+    let kube = kube_nodes(state);
     json!({
+        "datastore": state.datastore,
+        "kube_error": kube.as_ref().err(),
         "lab": state.lab,
         "backend": state.backend,
         "nodes": state.nodes.iter().map(|n| json!({
@@ -15,6 +70,7 @@ pub fn to_json(state: &LabState) -> serde_json::Value {
             "ip": n.ip,
             "subnet": n.subnet,
             "log": n.log,
+            "kube": kube.as_ref().ok().and_then(|k| k.get(&n.name)),
             "pods": n.pods.iter().map(|p| json!({"name": p.name, "netns": p.netns, "ip": p.ip})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "logs": {
@@ -32,11 +88,25 @@ pub fn render(state: &LabState) -> String {
         state.backend,
         state.state_dir.display()
     );
+    let kube = kube_nodes(state);
+    if let Err(e) = &kube {
+        s += &format!("(the API server could not be asked: {e})\n");
+    }
     for n in &state.nodes {
         s += &format!(
             "\n{} ({}) eth0 {} subnet {}\n",
             n.name, n.netns, n.ip, n.subnet
         );
+        if let Some(k) = kube.as_ref().ok().and_then(|k| k.get(&n.name)) {
+            s += &format!(
+                "  Node: podCIDR {}, NetworkUnavailable {}\n",
+                k["podCIDR"].as_str().unwrap_or("none"),
+                k["NetworkUnavailable"].as_str().unwrap_or("?")
+            );
+            for (key, v) in k["annotations"].as_object().into_iter().flatten() {
+                s += &format!("    {key}: {}\n", v.as_str().unwrap_or_default());
+            }
+        }
         for p in &n.pods {
             s += &format!("  pod {} ({}) {}\n", p.name, p.netns, p.ip);
         }
@@ -44,19 +114,30 @@ pub fn render(state: &LabState) -> String {
             "  $ ip route\n{}",
             indent(&ip(&["-n", &n.netns, "route"]).unwrap_or_else(|e| e.to_string()))
         );
-        s += &format!(
-            "  $ bridge fdb show dev flannel.1\n{}",
-            indent(
-                &crate::sh::run(&mut crate::sh::cmd(
-                    "bridge",
-                    &["-n", &n.netns, "fdb", "show", "dev", "flannel.1"]
-                ))
-                .unwrap_or_else(|e| e.to_string())
-            )
-        );
+        // Only vxlan has a VXLAN device and its FDB.
+        if state.backend == "vxlan" {
+            s += &format!(
+                "  $ bridge fdb show dev flannel.1\n{}",
+                indent(
+                    &crate::sh::run(&mut crate::sh::cmd(
+                        "bridge",
+                        &["-n", &n.netns, "fdb", "show", "dev", "flannel.1"]
+                    ))
+                    .unwrap_or_else(|e| e.to_string())
+                )
+            );
+        }
         s += &format!("  flanneld log: {}\n", n.log.display());
     }
-    s += &format!("\netcd log: {}\n", state.etcd_log.display());
+    if state.datastore == "kube" {
+        s += &format!(
+            "\nAPI server log: {}\nkubeconfig: {} (or: flannel-lab kubectl get nodes)\n",
+            state.api_log.display(),
+            state.kubeconfig().display()
+        );
+    } else {
+        s += &format!("\netcd log: {}\n", state.etcd_log.display());
+    }
     s
 }
 

@@ -1,0 +1,249 @@
+//! A lab node's own view of the file system. Every lab node shares the machine's files, but a
+//! DaemonSet pod sees its node's `/run/flannel`, `/etc/cni/net.d`, `/opt/cni/bin`, its
+//! ConfigMap at `/etc/kube-flannel/` and its service-account token, and the kubelet's CNI calls
+//! see the node's `/run/flannel` and `/var/lib/cni`. So each such process runs in a private
+//! mount namespace with those paths bind-mounted from `<state>/<node>/`: nothing is written
+//! where the host's own files are.
+//!
+//! A bind mount needs its mount point to exist. Missing ones are made as empty directories (or
+//! an empty file) before the first mount and recorded, so `down` removes them again; the host's
+//! existing files are never covered outside the node's own processes.
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `src` (under the lab's state directory) appears at `dst` for the node's processes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bind {
+    pub src: PathBuf,
+    pub dst: PathBuf,
+}
+
+/// Where `path` (as the node's processes see it) really is.
+pub fn host_path(binds: &[Bind], path: &Path) -> PathBuf {
+    // The longest mount point that contains the path wins, as in the kernel's mount table.
+    binds
+        .iter()
+        .filter_map(|b| path.strip_prefix(&b.dst).ok().map(|rest| (b, rest)))
+        .max_by_key(|(b, _)| b.dst.as_os_str().len())
+        .map(|(b, rest)| {
+            if rest.as_os_str().is_empty() {
+                b.src.clone()
+            } else {
+                b.src.join(rest)
+            }
+        })
+        .unwrap_or_else(|| path.to_path_buf())
+}
+
+/// Makes the mount points that do not exist yet (like the source: a file or a directory) and
+/// appends them to `made`, outermost first, for [`remove_mount_points`] (also when it fails
+/// half-way).
+pub fn make_mount_points(binds: &[Bind], made: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    for b in binds {
+        if b.dst.symlink_metadata().is_ok() {
+            continue;
+        }
+        // Every missing ancestor is ours too.
+        let mut missing: Vec<&Path> = b
+            .dst
+            .ancestors()
+            .skip(1)
+            .take_while(|a| a.symlink_metadata().is_err())
+            .collect();
+        missing.reverse();
+        for d in missing {
+            std::fs::create_dir(d).with_context(|| format!("creating {}", d.display()))?;
+            made.push(d.to_path_buf());
+        }
+        if b.src.is_dir() {
+            std::fs::create_dir(&b.dst)
+        } else {
+            std::fs::File::create(&b.dst).map(|_| ())
+        }
+        .with_context(|| format!("creating mount point {}", b.dst.display()))?;
+        made.push(b.dst.clone());
+    }
+    Ok(())
+}
+
+/// Mount points of every process's mount namespace. Another lab's node processes may use a
+/// mount point this lab made; removing it would detach their mounts (Linux allows rmdir of a
+/// mount point in another namespace), so those stay.
+fn mount_points_in_use() -> std::collections::HashSet<PathBuf> {
+    let mut used = std::collections::HashSet::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return used;
+    };
+    for p in procs.flatten() {
+        let Ok(text) = std::fs::read_to_string(p.path().join("mountinfo")) else {
+            continue;
+        };
+        // Field 5 of each line is the mount point (spaces escaped as \040).
+        used.extend(
+            text.lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .map(|m| PathBuf::from(m.replace("\\040", " "))),
+        );
+    }
+    used
+}
+
+/// Removes the mount points [`make_mount_points`] made, innermost first, if still empty and
+/// not in use by any process.
+pub fn remove_mount_points(made: &[PathBuf]) {
+    let used = mount_points_in_use();
+    for p in made.iter().rev() {
+        if used.contains(p) {
+            continue;
+        }
+        match p.symlink_metadata() {
+            Ok(m) if m.is_dir() => {
+                let _ = std::fs::remove_dir(p);
+            }
+            Ok(m) if m.len() == 0 => {
+                let _ = std::fs::remove_file(p);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Makes `cmd` run in a private mount namespace with `binds` in place (before it execs, so
+/// `ip netns exec` and what it starts inherit them).
+pub fn apply(cmd: &mut Command, binds: &[Bind]) -> anyhow::Result<()> {
+    if binds.is_empty() {
+        return Ok(());
+    }
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .with_context(|| format!("{} has a NUL byte", p.display()))
+    };
+    // Everything the child needs is built here: after fork only system calls are made.
+    let pairs: Vec<(CString, CString)> = binds
+        .iter()
+        .map(|b| Ok((c(&b.src)?, c(&b.dst)?)))
+        .collect::<anyhow::Result<_>>()?;
+    let root = c(Path::new("/"))?;
+    // SAFETY: the closure runs between fork and exec and only calls unshare(2) and mount(2)
+    // with C strings made before the fork; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Our binds must not propagate back to the host's mount namespace.
+            if libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            for (src, dst) in &pairs {
+                if libc::mount(
+                    src.as_ptr(),
+                    dst.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(src: &str, dst: &str) -> Bind {
+        Bind {
+            src: src.into(),
+            dst: dst.into(),
+        }
+    }
+
+    #[test]
+    fn paths_resolve_through_the_innermost_bind() {
+        let binds = [
+            b("/s/n1/host/run/flannel", "/run/flannel"),
+            b("/s/n1/host/opt/cni/bin", "/opt/cni/bin"),
+            b("/s/n1/cm", "/etc/kube-flannel"),
+            b("/s/n1/cm-inner", "/etc/kube-flannel/inner"),
+        ];
+        assert_eq!(
+            host_path(&binds, Path::new("/opt/cni/bin/flannel")),
+            Path::new("/s/n1/host/opt/cni/bin/flannel")
+        );
+        assert_eq!(
+            host_path(&binds, Path::new("/run/flannel")),
+            Path::new("/s/n1/host/run/flannel")
+        );
+        assert_eq!(
+            host_path(&binds, Path::new("/etc/kube-flannel/inner/x")),
+            Path::new("/s/n1/cm-inner/x")
+        );
+        // A sibling with a common string prefix is not inside.
+        assert_eq!(
+            host_path(&binds, Path::new("/run/flannel2/x")),
+            Path::new("/run/flannel2/x")
+        );
+        assert_eq!(
+            host_path(&binds, Path::new("/usr/lib/cni/bridge")),
+            Path::new("/usr/lib/cni/bridge")
+        );
+    }
+
+    #[test]
+    fn mount_points_made_are_removed_again_and_nothing_else() {
+        let root = std::env::temp_dir().join(format!("nodefs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("src/dir")).unwrap();
+        std::fs::write(root.join("src/file"), "").unwrap();
+        std::fs::create_dir_all(root.join("host/existing")).unwrap();
+        let binds = [
+            Bind {
+                src: root.join("src/dir"),
+                dst: root.join("host/a/b/dir"),
+            },
+            Bind {
+                src: root.join("src/file"),
+                dst: root.join("host/a/lock"),
+            },
+            Bind {
+                src: root.join("src/dir"),
+                dst: root.join("host/existing"),
+            },
+        ];
+        let mut made = Vec::new();
+        make_mount_points(&binds, &mut made).unwrap();
+        assert_eq!(
+            made,
+            vec![
+                root.join("host/a"),
+                root.join("host/a/b"),
+                root.join("host/a/b/dir"),
+                root.join("host/a/lock")
+            ]
+        );
+        assert!(root.join("host/a/lock").is_file());
+        remove_mount_points(&made);
+        assert!(!root.join("host/a").exists());
+        assert!(root.join("host/existing").is_dir());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
