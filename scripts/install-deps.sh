@@ -10,6 +10,7 @@ PACKAGES=(
   iperf3 iputils-ping              # lab traffic
   openssl                          # test certificates for etcd over TLS
   protobuf-compiler libprotobuf-dev  # etcd-client compiles etcd's protos at build time
+  buildah                          # builds the container image (scripts/build-image.sh) offline
 )
 # The real kubectl drives the Kubernetes API fake in the tests; Debian's is kubernetes-client,
 # a machine may have a newer one as /usr/bin/kubectl already.

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Builds the flannel-rs image contents, and the image itself when buildah is installed.
+#
+#   ./scripts/build-image.sh            # release build; image flannel-rs:<version> if buildah is there
+#
+# Our binaries are linked statically against glibc (-C target-feature=+crt-static; only the
+# glibc target exists on these machines) into target/static. The image is one FROM scratch
+# stage (deploy/Containerfile) holding:
+#   /opt/bin/flanneld          the daemon (the DaemonSet's command)
+#   /flannel                   the CNI plugin (install-plugin / install-conf for the init containers)
+#   /usr/sbin/iptables*, nft   the firewall tools flanneld runs, with exactly the shared
+#                              libraries and xtables extensions they load (from this machine)
+# Environment: FLANNEL_IMAGE_PROFILE=release|dev (default release), FLANNEL_IMAGE_TAG.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+profile=${FLANNEL_IMAGE_PROFILE:-release}
+target=x86_64-unknown-linux-gnu
+out=target/static
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+tag=${FLANNEL_IMAGE_TAG:-flannel-rs:v$version}
+
+RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --profile "$profile" --target "$target" \
+  --target-dir "$out" -p flannel-rs --bin flanneld --bin flannel
+dir=$([ "$profile" = dev ] && echo debug || echo "$profile")
+bin="$out/$target/$dir"
+
+ctx=target/image
+root=$ctx/rootfs
+rm -rf "$root"
+mkdir -p "$root/opt/bin" "$root/usr/sbin" "$root/run" "$root/tmp"
+install -m 0755 "$bin/flanneld" "$root/opt/bin/flanneld"
+install -m 0755 "$bin/flannel" "$root/flannel"
+
+# The firewall tools, their libraries (as ldd finds them) and iptables' extensions.
+copy_with_libs() {
+  local f=$1
+  mkdir -p "$root$(dirname "$f")"
+  cp -L "$f" "$root$f"
+  ldd "$f" | grep -o '/[^ ]*' | while read -r lib; do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+  done
+}
+copy_with_libs /usr/sbin/xtables-nft-multi
+copy_with_libs /usr/sbin/nft
+for ext in /usr/lib/x86_64-linux-gnu/xtables/*.so; do
+  copy_with_libs "$ext"
+done
+for t in iptables iptables-restore iptables-save ip6tables ip6tables-restore ip6tables-save; do
+  ln -sf xtables-nft-multi "$root/usr/sbin/$t"
+done
+cp deploy/Containerfile "$ctx/Containerfile"
+echo "image contents in $root ($(du -sh "$root" | cut -f1))"
+
+if command -v buildah >/dev/null; then
+  buildah build --quiet --isolation chroot -f "$ctx/Containerfile" -t "$tag" "$ctx" >/dev/null
+  echo "built image $tag (buildah images $tag; push with: buildah push $tag docker://REGISTRY/flannel-rs:v$version)"
+else
+  echo "buildah not installed: no image built (apt-get install buildah, then run this again)"
+fi
