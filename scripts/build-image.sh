@@ -20,7 +20,8 @@ out=target/static
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 tag=${FLANNEL_IMAGE_TAG:-flannel-rs:v$version}
 
-RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --profile "$profile" --target "$target" \
+# Symbols stripped for the image (release only; panics still name file and line).
+CARGO_PROFILE_RELEASE_STRIP=symbols RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --profile "$profile" --target "$target" \
   --target-dir "$out" -p flannel-rs --bin flanneld --bin flannel
 dir=$([ "$profile" = dev ] && echo debug || echo "$profile")
 bin="$out/$target/$dir"

@@ -320,6 +320,37 @@ fn the_lab_follows_an_edited_manifest() {
         assert!(n["spec"]["podCIDR"].as_str().unwrap().starts_with("10.50."));
         assert_eq!(network_unavailable(&n), "False");
     }
+    // The operator's view, through flannel-lab's own commands.
+    let lab_cmd = |args: &[&str]| {
+        let o = std::process::Command::new(common::bin_dir().join("flannel-lab"))
+            .args(["--name", &lab.name, "--state-dir"])
+            .arg(lab.root.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let list: Value =
+        serde_json::from_str(&lab_cmd(&["kubectl", "get", "nodes", "-o", "json"])).unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        lab_cmd(&["kubeconfig"]).trim(),
+        s.kubeconfig().display().to_string()
+    );
+    let status = lab_cmd(&["status"]);
+    assert!(
+        status.contains("Node: podCIDR 10.50.1.0/24, NetworkUnavailable False (FlannelIsUp)"),
+        "{status}"
+    );
+    assert!(
+        status.contains("flannel.alpha.coreos.com/kube-subnet-manager: true"),
+        "{status}"
+    );
     let m = flannel_lab::ping::ping_all(s);
     assert!(m.all_ok(), "{}", m.render());
     // A manifest the lab cannot run is a clear error before anything starts.
