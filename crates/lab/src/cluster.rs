@@ -375,6 +375,11 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let lab = spec.lab.as_str();
+    // Kube mode makes and uses mount points on the machine until its pods are added.
+    let _mounts = match spec.datastore {
+        Datastore::Kube => Some(nodefs::lock()?),
+        Datastore::Etcd => None,
+    };
 
     // The underlay: a bridge in its own namespace, one veth per node.
     let sw = switch_ns(lab);

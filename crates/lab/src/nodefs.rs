@@ -57,19 +57,56 @@ pub fn make_mount_points(binds: &[Bind], made: &mut Vec<PathBuf>) -> anyhow::Res
             .take_while(|a| a.symlink_metadata().is_err())
             .collect();
         missing.reverse();
+        // Another lab may make the same one at the same moment: then it is that lab's.
+        let ours = |r: std::io::Result<()>, p: &Path| match r {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("creating mount point {}", p.display())),
+        };
         for d in missing {
-            std::fs::create_dir(d).with_context(|| format!("creating {}", d.display()))?;
-            made.push(d.to_path_buf());
+            if ours(std::fs::create_dir(d), d)? {
+                made.push(d.to_path_buf());
+            }
         }
-        if b.src.is_dir() {
+        let created = if b.src.is_dir() {
             std::fs::create_dir(&b.dst)
         } else {
-            std::fs::File::create(&b.dst).map(|_| ())
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&b.dst)
+                .map(|_| ())
+        };
+        if ours(created, &b.dst)? {
+            made.push(b.dst.clone());
         }
-        .with_context(|| format!("creating mount point {}", b.dst.display()))?;
-        made.push(b.dst.clone());
     }
     Ok(())
+}
+
+/// Held while a lab makes and uses mount points (its whole `up`) and while `down` removes them:
+/// between two steps of another lab's `up` (one init container ended, the next not started)
+/// nothing holds a mount point, and `down` must not take it away then.
+pub struct MountLock {
+    /// The lock lives as long as this file is open.
+    _file: std::fs::File,
+}
+
+const LOCK_FILE: &str = "/run/flannel-lab-mounts.lock";
+
+pub fn lock() -> anyhow::Result<MountLock> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK_FILE)
+        .with_context(|| format!("opening {LOCK_FILE}"))?;
+    // SAFETY: flock(2) on a file descriptor we own; released when the file is closed.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error()).context(format!("locking {LOCK_FILE}"));
+    }
+    Ok(MountLock { _file: f })
 }
 
 /// Mount points of every process's mount namespace. Another lab's node processes may use a
@@ -97,6 +134,7 @@ fn mount_points_in_use() -> std::collections::HashSet<PathBuf> {
 /// Removes the mount points [`make_mount_points`] made, innermost first, if still empty and
 /// not in use by any process.
 pub fn remove_mount_points(made: &[PathBuf]) {
+    let _lock = lock();
     let used = mount_points_in_use();
     for p in made.iter().rev() {
         if used.contains(p) {
