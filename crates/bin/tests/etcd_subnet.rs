@@ -425,3 +425,44 @@ async fn reservations_are_never_handed_out_and_keep_no_ttl_for_their_owner() {
         "nothing to renew"
     );
 }
+
+#[tokio::test]
+async fn a_listing_larger_than_one_grpc_message_is_read_whole_at_one_revision() {
+    use etcd_client::{Txn, TxnOp};
+    // 30000 leases with dual-stack vxlan data: about 8 MB, more than the 4 MiB a gRPC message
+    // may carry, so one range request cannot return them.
+    const N: u32 = 30_000;
+    let mut f =
+        fixture(r#"{"Network":"10.128.0.0/9","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#).await;
+    let value = |i: u32| {
+        format!(
+            r#"{{"PublicIP":"10.0.{}.{}","PublicIPv6":"fd00::{i:x}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"02:00:00:00:{:02x}:{:02x}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"02:00:00:01:{:02x}:{:02x}"}}}}"#,
+            i / 250,
+            i % 250 + 1,
+            i / 256,
+            i % 256,
+            i / 256,
+            i % 256
+        )
+    };
+    let mut last_rev = 0;
+    for chunk in 0..N / 100 {
+        let ops: Vec<TxnOp> = (chunk * 100..chunk * 100 + 100)
+            .map(|i| {
+                let key = format!("{}/subnets/10.{}.{}.0-24", f.prefix, 128 + i / 256, i % 256);
+                TxnOp::put(key, value(i), None)
+            })
+            .collect();
+        let r = f.client.txn(Txn::new().and_then(ops)).await.expect("txn");
+        last_rev = r.header().map(|h| h.revision()).unwrap_or(0);
+    }
+    let m = f.manager(PreviousSubnets::default()).await;
+    let l: Listing = m.list().await.expect("list");
+    assert_eq!(l.entries.len(), N as usize);
+    assert!(l.unreadable.is_empty());
+    // Every page at the first page's revision: the listing is one snapshot.
+    assert_eq!(l.revision, last_rev);
+    let mut keys: Vec<&str> = l.entries.iter().map(|e| e.key.as_str()).collect();
+    keys.dedup();
+    assert_eq!(keys.len(), N as usize, "no lease twice");
+}

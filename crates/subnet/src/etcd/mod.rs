@@ -118,6 +118,22 @@ pub fn clean_prefix(p: &str) -> String {
     format!("{lead}{}", parts.join("/"))
 }
 
+/// Keys per page of a listing: ~200 KB of leases, far below a gRPC message's 4 MiB.
+const LIST_PAGE: i64 = 1000;
+
+/// The end of the key range holding every key that starts with `prefix` (etcd's rule: the
+/// prefix with its last byte incremented, dropping trailing 0xff bytes).
+fn range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(b) = end.pop() {
+        if b < 0xff {
+            end.push(b + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 async fn timed<T>(
     op: &'static str,
     key: &str,
@@ -216,33 +232,63 @@ impl EtcdSubnetManager {
         }
     }
 
-    /// Every lease under `subnets/`.
+    /// Every lease under `subnets/`, read in pages of [`LIST_PAGE`] keys, every page at the
+    /// first page's revision: one consistent snapshot however many leases there are (one
+    /// range of 20000+ leases exceeds a gRPC message). Should etcd compact that revision
+    /// meanwhile, the listing starts again.
     pub async fn list(&self) -> Result<Listing, SubnetError> {
-        let prefix = self.subnets_prefix();
-        let mut c = self.conn.client().await?;
-        let resp = timed(
-            "get",
-            &prefix,
-            c.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
-        let mut l = Listing {
-            revision: resp.header().map(|h| h.revision()).unwrap_or(0),
-            ..Default::default()
-        };
-        for kv in resp.kvs() {
-            match self.decode(kv.key(), kv.value()) {
-                Ok(lease) => l.entries.push(Entry {
-                    key: String::from_utf8_lossy(kv.key()).into_owned(),
-                    lease,
-                    etcd_lease: kv.lease(),
-                    mod_revision: kv.mod_revision(),
-                }),
-                Err(Some(k)) => l.unreadable.push(k),
-                Err(None) => {}
+        let mut attempts = 0;
+        loop {
+            match self.list_pages().await {
+                Err(SubnetError::Etcd { cause, .. })
+                    if attempts < 3 && cause.to_string().contains("compacted") =>
+                {
+                    attempts += 1;
+                    debug!("the listing's revision was compacted; listing again");
+                }
+                other => return other,
             }
         }
-        Ok(l)
+    }
+
+    async fn list_pages(&self) -> Result<Listing, SubnetError> {
+        let prefix = self.subnets_prefix();
+        let end = range_end(prefix.as_bytes());
+        let mut c = self.conn.client().await?;
+        let mut l = Listing::default();
+        let mut from = prefix.clone().into_bytes();
+        loop {
+            let mut opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE);
+            if l.revision != 0 {
+                opts = opts.with_revision(l.revision);
+            }
+            let resp = timed("get", &prefix, c.get(from.clone(), Some(opts))).await?;
+            if l.revision == 0 {
+                l.revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            for kv in resp.kvs() {
+                match self.decode(kv.key(), kv.value()) {
+                    Ok(lease) => l.entries.push(Entry {
+                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                        lease,
+                        etcd_lease: kv.lease(),
+                        mod_revision: kv.mod_revision(),
+                    }),
+                    Err(Some(k)) => l.unreadable.push(k),
+                    Err(None) => {}
+                }
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    // The next page starts just after the last key of this one.
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(l),
+            }
+        }
     }
 
     /// Whether a held lease still fits the config (same sizes, inside the ranges).
@@ -679,5 +725,17 @@ mod tests {
         assert_eq!(clean_prefix("/coreos.com/network/"), "/coreos.com/network");
         assert_eq!(clean_prefix("//a//b"), "/a/b");
         assert_eq!(clean_prefix("a/b/"), "a/b");
+    }
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::range_end;
+
+    #[test]
+    fn range_end_is_etcds_prefix_end() {
+        assert_eq!(range_end(b"/a/subnets/"), b"/a/subnets0".to_vec());
+        assert_eq!(range_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(range_end(b"\xff\xff"), vec![0]);
     }
 }
