@@ -102,6 +102,9 @@ impl Setup {
 
 #[test]
 fn add_check_del_and_double_del_with_real_bridge_and_host_local() {
+    if common::skip_without_root() {
+        return;
+    }
     let s = Setup::new(Some(SUBNET_ENV));
     let (ok, result) = s.run("ADD", &s.conf(), &s.pod.path());
     assert!(ok, "ADD failed: {result}");
@@ -186,6 +189,9 @@ fn add_check_del_and_double_del_with_real_bridge_and_host_local() {
 
 #[test]
 fn missing_subnet_env_is_a_cni_error_and_stores_nothing() {
+    if common::skip_without_root() {
+        return;
+    }
     let s = Setup::new(None);
     let mut conf = s.conf();
     conf["subnetFileWait"] = json!(1);
@@ -213,6 +219,9 @@ fn missing_subnet_env_is_a_cni_error_and_stores_nothing() {
 
 #[test]
 fn a_missing_pod_namespace_stores_nothing_and_is_named_in_the_error() {
+    if common::skip_without_root() {
+        return;
+    }
     let s = Setup::new(Some(SUBNET_ENV));
     let (ok, err) = s.run("ADD", &s.conf(), "/run/netns/no-such-namespace");
     assert!(!ok);
@@ -228,6 +237,9 @@ fn a_missing_pod_namespace_stores_nothing_and_is_named_in_the_error() {
 
 #[test]
 fn bad_input_gets_clear_errors() {
+    if common::skip_without_root() {
+        return;
+    }
     let s = Setup::new(Some("FLANNEL_MTU=1450\n"));
     let (ok, err) = s.run("ADD", &s.conf(), &s.pod.path());
     assert!(!ok);
@@ -246,6 +258,9 @@ fn bad_input_gets_clear_errors() {
 
 #[test]
 fn version_lists_every_spec_version() {
+    if common::skip_without_root() {
+        return;
+    }
     let s = Setup::new(None);
     let (ok, v) = s.run("VERSION", &json!({"cniVersion": "1.0.0"}), "");
     assert!(ok);
@@ -258,6 +273,9 @@ fn version_lists_every_spec_version() {
 
 #[test]
 fn first_in_a_conflist_followed_by_portmap() {
+    if common::skip_without_root() {
+        return;
+    }
     let s = Setup::new(Some(SUBNET_ENV));
     let list = flannel_lab::cni_exec::tutorial_conflist(s.dir.path());
     let cni_path = format!("{}:/usr/lib/cni", bin_dir().display());
@@ -292,6 +310,9 @@ fn ranges(stored: &Value) -> Value {
 
 #[test]
 fn ipv6_only_dual_stack_and_two_networks_with_real_delegates() {
+    if common::skip_without_root() {
+        return;
+    }
     let cases: [(&str, Value, Value, &[&str]); 3] = [
         (
             "FLANNEL_IPV6_NETWORK=fd00:1::/48\nFLANNEL_IPV6_SUBNET=fd00:1:0:17::1/64\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n",
@@ -344,6 +365,9 @@ fn ipv6_only_dual_stack_and_two_networks_with_real_delegates() {
 
 #[test]
 fn user_ipam_routes_and_runtime_config_reach_the_delegate() {
+    if common::skip_without_root() {
+        return;
+    }
     let s = Setup::new(Some(SUBNET_ENV));
     let mut conf = s.conf();
     conf["ipam"]["routes"] = json!([{"dst": "172.30.0.0/16"}]);
@@ -363,6 +387,9 @@ fn user_ipam_routes_and_runtime_config_reach_the_delegate() {
 
 #[test]
 fn status_is_ready_only_with_a_valid_subnet_env() {
+    if common::skip_without_root() {
+        return;
+    }
     let s = Setup::new(None);
     let conf = s.conf_v("1.1.0");
     let (ok, err) = s.run("STATUS", &conf, "");
@@ -387,6 +414,9 @@ fn status_is_ready_only_with_a_valid_subnet_env() {
 
 #[test]
 fn gc_removes_stale_attachments_and_frees_their_addresses() {
+    if common::skip_without_root() {
+        return;
+    }
     let s = Setup::new(Some(SUBNET_ENV));
     let other = common::Netns::new("p");
     assert!(s.run("ADD", &s.conf(), &s.pod.path()).0);
@@ -439,6 +469,9 @@ fn without_a_command_the_plugin_prints_its_version_banner() {
 
 #[test]
 fn add_waits_for_a_subnet_env_that_flanneld_writes_a_moment_later() {
+    if common::skip_without_root() {
+        return;
+    }
     let s = Setup::new(None);
     let env = s.dir.path().join("subnet.env");
     let writer = std::thread::spawn(move || {
@@ -454,6 +487,9 @@ fn add_waits_for_a_subnet_env_that_flanneld_writes_a_moment_later() {
 
 #[test]
 fn malformed_stdin_and_environment_are_cni_errors() {
+    if common::skip_without_root() {
+        return;
+    }
     let s = Setup::new(Some(SUBNET_ENV));
     let plugin = bin_dir().join("flannel");
     let run = |env: &[(&str, &str)], stdin: &[u8]| {
@@ -524,6 +560,9 @@ fn pod_addr(ns: &str) -> String {
 
 #[test]
 fn a_second_add_of_the_same_container_fails_without_harming_it() {
+    if common::skip_without_root() {
+        return;
+    }
     let s = Setup::new(Some(SUBNET_ENV));
     let addr = s.add_pod();
     let stored = std::fs::read(s.stored()).unwrap();
@@ -563,6 +602,9 @@ fn a_second_add_of_the_same_container_fails_without_harming_it() {
 
 #[test]
 fn another_container_into_the_same_netns_and_ifname_fails_without_harm() {
+    if common::skip_without_root() {
+        return;
+    }
     let s = Setup::new(Some(SUBNET_ENV));
     let addr = s.add_pod();
     let stored = std::fs::read(s.stored()).unwrap();
@@ -588,6 +630,9 @@ fn another_container_into_the_same_netns_and_ifname_fails_without_harm() {
 
 #[test]
 fn a_missing_delegate_plugin_stores_nothing_and_del_always_finishes() {
+    if common::skip_without_root() {
+        return;
+    }
     let s = Setup::new(Some(SUBNET_ENV));
     let mut conf = s.conf();
     conf["delegate"] = json!({"type": "nosuchplugin"});
@@ -618,6 +663,9 @@ fn a_missing_delegate_plugin_stores_nothing_and_del_always_finishes() {
 
 #[test]
 fn a_delegate_config_the_bridge_rejects_leaves_nothing_behind() {
+    if common::skip_without_root() {
+        return;
+    }
     let s = Setup::new(Some(SUBNET_ENV));
     let mut conf = s.conf();
     conf["delegate"] = json!({"hairpinMode": "yes"});
@@ -634,6 +682,9 @@ fn a_delegate_config_the_bridge_rejects_leaves_nothing_behind() {
 
 #[test]
 fn a_cni_netns_that_is_not_a_network_namespace() {
+    if common::skip_without_root() {
+        return;
+    }
     let s = Setup::new(Some(SUBNET_ENV));
     let not_ns = s.dir.path().join("not-a-netns");
     std::fs::write(&not_ns, "").unwrap();
@@ -660,6 +711,9 @@ fn a_cni_netns_that_is_not_a_network_namespace() {
 
 #[test]
 fn gc_without_valid_attachments_removes_nothing() {
+    if common::skip_without_root() {
+        return;
+    }
     let s = Setup::new(Some(SUBNET_ENV));
     let addr = s.add_pod();
     for gc in [s.conf_v("1.1.0"), {
@@ -683,6 +737,9 @@ fn gc_without_valid_attachments_removes_nothing() {
 
 #[test]
 fn a_subnet_file_that_is_a_directory_is_a_config_error_not_try_again() {
+    if common::skip_without_root() {
+        return;
+    }
     let s = Setup::new(None);
     std::fs::create_dir(s.dir.path().join("subnet.env")).unwrap();
     let mut conf = s.conf();

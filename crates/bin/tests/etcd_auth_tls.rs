@@ -30,6 +30,9 @@ fn routes(n: &Node) -> String {
 
 #[test]
 fn an_authenticated_flanneld_catches_up_after_etcd_restarts() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut n = node_with_auth("au");
     n.start_env(&["--iface=eth0"], &AUTH_ENV);
     n.wait_ready();
@@ -61,6 +64,9 @@ fn an_authenticated_flanneld_catches_up_after_etcd_restarts() {
 
 #[test]
 fn with_credentials_and_etcd_down_at_start_flanneld_waits_quietly() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut n = node_with_auth("ad");
     n.stop_etcd();
     n.start_env(&["--iface=eth0"], &AUTH_ENV);
@@ -86,6 +92,9 @@ fn with_credentials_and_etcd_down_at_start_flanneld_waits_quietly() {
 
 #[test]
 fn an_https_endpoint_with_only_a_ca_file_is_verified_with_that_ca() {
+    if common::skip_without_root() {
+        return;
+    }
     let (mut n, tls) = Node::with_tls("ca");
     n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
     let ca = n.tls_files()("ca.pem");
@@ -102,6 +111,9 @@ fn an_https_endpoint_with_only_a_ca_file_is_verified_with_that_ca() {
 
 #[test]
 fn mutual_tls_with_a_client_certificate() {
+    if common::skip_without_root() {
+        return;
+    }
     let (mut n, _tls) = Node::with_tls("mt");
     let f = n.tls_files();
     n.stop_etcd();
@@ -135,6 +147,9 @@ fn mutual_tls_with_a_client_certificate() {
 
 #[test]
 fn an_https_endpoint_with_an_unknown_ca_is_a_clear_error_not_plain_text() {
+    if common::skip_without_root() {
+        return;
+    }
     let (mut n, _tls) = Node::with_tls("uc");
     n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
     // No CA given: the server's certificate cannot be verified, and flanneld says so.
@@ -153,6 +168,9 @@ fn an_https_endpoint_with_an_unknown_ca_is_a_clear_error_not_plain_text() {
 
 #[test]
 fn swapped_client_certificate_and_key_files_give_one_clear_error() {
+    if common::skip_without_root() {
+        return;
+    }
     let (mut n, _tls) = Node::with_tls("sw");
     let f = n.tls_files();
     n.start(&[
@@ -177,6 +195,9 @@ fn swapped_client_certificate_and_key_files_give_one_clear_error() {
 
 #[test]
 fn a_missing_ca_file_names_it_once() {
+    if common::skip_without_root() {
+        return;
+    }
     let (mut n, _tls) = Node::with_tls("mc");
     n.start(&["--etcd-cafile=/nonexistent/ca.pem"]);
     let status = n.wait_exit(Duration::from_secs(15));

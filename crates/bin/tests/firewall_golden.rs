@@ -71,6 +71,9 @@ fn nft_golden(family: &str, table: &str, ip: &str, cluster: &str, pod: &str, mc:
 
 #[test]
 fn iptables_and_ip6tables_listings_match_upstream() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut n = Node::new("ipt");
     n.etcdctl(&["put", "/coreos.com/network/config", DUAL]);
     n.start(&["--ip-masq"]);
@@ -105,6 +108,9 @@ fn iptables_and_ip6tables_listings_match_upstream() {
 
 #[test]
 fn nftables_listings_match_upstream_and_iptables_leftovers_go() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut n = Node::new("nft");
     // First a run in iptables mode, whose chains nftables mode must remove.
     n.etcdctl(&["put", "/coreos.com/network/config", DUAL]);
@@ -187,6 +193,9 @@ fn nftables_listings_match_upstream_and_iptables_leftovers_go() {
 
 #[test]
 fn old_network_rules_are_recycled_and_random_fully_can_be_disabled() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut n = Node::new("rcy");
     n.etcdctl(&[
         "put",

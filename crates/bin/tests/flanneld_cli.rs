@@ -54,6 +54,9 @@ const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#
 
 #[test]
 fn waits_for_a_missing_or_invalid_config_then_starts_and_health_follows() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut n = Node::new("cfg");
     n.start(&[
         "--etcd-prefix=/p/",
@@ -119,6 +122,9 @@ fn waits_for_a_missing_or_invalid_config_then_starts_and_health_follows() {
 
 #[test]
 fn blackhole_route_for_the_own_subnet() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut n = Node::new("bh");
     n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
     n.start(&["--ip-blackhole-route", "--iptables-resync=1"]);
@@ -172,6 +178,9 @@ fn blackhole_route_for_the_own_subnet() {
 
 #[test]
 fn interface_selection_by_regex_reach_and_public_ip_with_clear_errors() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut n = Node::new("if");
     n.exec(
         "ip",
@@ -227,6 +236,9 @@ fn interface_selection_by_regex_reach_and_public_ip_with_clear_errors() {
 
 #[test]
 fn an_exhausted_network_is_a_clear_out_of_subnets_error() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut n = Node::new("oos");
     // A /28 holds three /30 subnets (.4, .8, .12); all are taken by other nodes.
     n.etcdctl(&[
@@ -252,6 +264,9 @@ fn an_exhausted_network_is_a_clear_out_of_subnets_error() {
 
 #[test]
 fn the_health_server_survives_running_out_of_file_descriptors() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut n = Node::new("fd");
     n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
     n.nofile = Some(64);
@@ -325,6 +340,9 @@ fn closed_by_peer(c: &std::net::TcpStream) -> bool {
 
 #[test]
 fn an_unreadable_lease_is_reported_once_not_once_per_listing() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut n = Node::new("ur");
     n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
     n.etcdctl(&[
@@ -357,6 +375,9 @@ fn an_unreadable_lease_is_reported_once_not_once_per_listing() {
 
 #[test]
 fn verbose_logging_means_our_logs_not_our_dependencies() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut n = Node::new("vv");
     n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
     n.start(&["-v=10", "--iptables-resync=1"]);
@@ -388,6 +409,9 @@ fn verbose_logging_means_our_logs_not_our_dependencies() {
 
 #[test]
 fn a_lease_planted_with_our_public_ip_does_not_move_us_off_our_subnet() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut n = Node::new("pl");
     n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
     n.start(&[]);
@@ -428,6 +452,9 @@ fn a_lease_planted_with_our_public_ip_does_not_move_us_off_our_subnet() {
 
 #[test]
 fn a_config_with_long_non_ascii_text_in_a_wrong_typed_value_crashes_nothing() {
+    if common::skip_without_root() {
+        return;
+    }
     let bad = format!(
         r#"{{"Network":"10.244.0.0/16","EnableIPv6":"{}","Backend":{{"Type":"vxlan"}}}}"#,
         "é".repeat(40)

@@ -52,6 +52,9 @@ impl Drop for Image {
 
 #[test]
 fn the_image_holds_static_binaries_and_working_firewall_tools() {
+    if common::skip_without_root() {
+        return;
+    }
     require_root();
     let image = Image(format!("localhost/flannel-rs:{}", unique("t")));
     let tag = image.0.clone();

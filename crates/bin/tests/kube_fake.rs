@@ -58,6 +58,9 @@ impl Api {
 
 #[test]
 fn kubectl_lists_gets_and_sees_json() {
+    if common::skip_without_root() {
+        return;
+    }
     let a = api();
     a.fake
         .create(
@@ -90,6 +93,9 @@ fn kubectl_lists_gets_and_sees_json() {
 
 #[test]
 fn kubectl_watch_sees_changes_and_a_compacted_version_gets_410() {
+    if common::skip_without_root() {
+        return;
+    }
     let a = api();
     a.fake
         .create(
@@ -160,6 +166,9 @@ fn kubectl_watch_sees_changes_and_a_compacted_version_gets_410() {
 
 #[test]
 fn kubectl_status_patch_keeps_spec_and_merges_conditions_by_type() {
+    if common::skip_without_root() {
+        return;
+    }
     let a = api();
     a.fake
         .create(
@@ -230,6 +239,9 @@ fn kubectl_status_patch_keeps_spec_and_merges_conditions_by_type() {
 
 #[test]
 fn kubectl_annotate_and_remove_an_annotation() {
+    if common::skip_without_root() {
+        return;
+    }
     let a = api();
     a.fake
         .create(
@@ -273,6 +285,9 @@ fn kubectl_annotate_and_remove_an_annotation() {
 
 #[test]
 fn a_wrong_token_is_refused_and_a_rotated_one_accepted() {
+    if common::skip_without_root() {
+        return;
+    }
     let a = api();
     a.fake.set_tokens(vec!["new-token".into()]);
     let (ok, _, err) = a.kubectl(&["get", "nodes"]);

@@ -51,6 +51,9 @@ fn upstream_node(name: &str, cidr: &str, ip: &str, mac: &str) -> Value {
 
 #[test]
 fn pods_keep_talking_while_the_api_server_is_away() {
+    if common::skip_without_root() {
+        return;
+    }
     let lab = kube_lab(2, 1);
     let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
     assert!(ping(&a.pods[0].netns, &b.pods[0].ip));
@@ -96,6 +99,9 @@ fn pods_keep_talking_while_the_api_server_is_away() {
 
 #[test]
 fn a_node_programmed_as_upstream_and_ours_talk_both_ways() {
+    if common::skip_without_root() {
+        return;
+    }
     let lab = kube_lab(2, 1);
     let ours = &lab.state.nodes[1];
     // The upstream node: 10.0.0.60 on the switch, podCIDR 10.244.5.0/24, VTEP MAC fixed.
@@ -196,6 +202,9 @@ fn network_unavailable(n: &Value) -> Value {
 
 #[test]
 fn every_backend_runs_from_the_manifest_and_down_leaves_nothing() {
+    if common::skip_without_root() {
+        return;
+    }
     for backend in ["vxlan", "host-gw", "udp"] {
         let lab = Lab::up_with(LabSpec {
             datastore: Datastore::Kube,
@@ -276,6 +285,9 @@ fn other_labs_use(p: &std::path::Path) -> bool {
 
 #[test]
 fn the_lab_follows_an_edited_manifest() {
+    if common::skip_without_root() {
+        return;
+    }
     // The manifest is the lab's source of truth: another Network in the ConfigMap and an extra
     // flanneld flag in the DaemonSet reach every node.
     let dir = common::TempDir::new("manifest");

@@ -27,6 +27,9 @@ fn patches_of(k: &KubeNode, path: &str) -> Vec<Value> {
 
 #[test]
 fn startup_publishes_annotations_on_status_and_marks_the_network_available() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut k = KubeNode::new("ks", &[POD_CIDR]);
     k.start(&[]);
     k.node.wait_ready();
@@ -102,6 +105,9 @@ fn startup_publishes_annotations_on_status_and_marks_the_network_available() {
 
 #[test]
 fn set_node_network_unavailable_false_leaves_the_condition_alone() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut k = KubeNode::new("kc", &[POD_CIDR]);
     k.start(&["--set-node-network-unavailable=false"]);
     k.node.wait_ready();
@@ -118,6 +124,9 @@ fn set_node_network_unavailable_false_leaves_the_condition_alone() {
 
 #[test]
 fn a_cluster_larger_than_a_list_page_is_read_whole() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut k = KubeNode::new("kl", &[POD_CIDR]);
     // 250 peers: three pages of the node list (100 per page), read before the first reconcile.
     for i in 1..=250u32 {
@@ -149,6 +158,9 @@ fn a_cluster_larger_than_a_list_page_is_read_whole() {
 
 #[test]
 fn peers_come_change_their_mac_and_go() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut k = KubeNode::new("kp", &[POD_CIDR]);
     k.add_peer("node1", "10.244.1.0/24", "10.0.0.51", "02:00:00:00:00:51");
     k.start(&[]);
@@ -209,6 +221,9 @@ fn peers_come_change_their_mac_and_go() {
 
 #[test]
 fn foreign_and_garbage_nodes_are_ignored_with_one_line_each() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut k = KubeNode::new("kg", &[POD_CIDR]);
     // Not a flannel node: no annotations at all.
     k.api
@@ -258,6 +273,9 @@ fn foreign_and_garbage_nodes_are_ignored_with_one_line_each() {
 
 #[test]
 fn health_stays_unready_until_a_pod_cidr_is_assigned() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut k = KubeNode::new("kn", &[]);
     k.start(&["--healthz-port=8081", "--healthz-ip=127.0.0.1"]);
     let said = eventually(T, || {
@@ -304,6 +322,9 @@ fn health_stays_unready_until_a_pod_cidr_is_assigned() {
 
 #[test]
 fn a_network_that_does_not_contain_the_pod_cidr_is_upstreams_error() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut k = KubeNode::new("kx", &["10.99.0.0/24"]);
     k.start(&[]);
     let status = k.node.wait_exit(Duration::from_secs(10));
@@ -317,6 +338,9 @@ fn a_network_that_does_not_contain_the_pod_cidr_is_upstreams_error() {
 
 #[test]
 fn dual_stack_pod_cidrs_give_both_subnets_and_v6_is_checked() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut k = KubeNode::new("kd", &[POD_CIDR, "fd00:10:244::/64"]);
     std::fs::write(
         k.net_conf(),
@@ -361,6 +385,9 @@ fn dual_stack_pod_cidrs_give_both_subnets_and_v6_is_checked() {
 
 #[test]
 fn node_name_from_the_pod_and_a_custom_annotation_prefix() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut k = KubeNode::new("kq", &[POD_CIDR]);
     k.api
         .create(
@@ -404,6 +431,9 @@ fn node_name_from_the_pod_and_a_custom_annotation_prefix() {
 
 #[test]
 fn in_cluster_config_and_a_rotated_service_account_token() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut k = KubeNode::new("ki", &[POD_CIDR]);
     let sa = k.start_in_cluster();
     k.node.wait_ready();
@@ -435,6 +465,9 @@ fn in_cluster_config_and_a_rotated_service_account_token() {
 
 #[test]
 fn a_410_and_an_api_restart_without_history_lose_no_node() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut k = KubeNode::new("kr", &[POD_CIDR]);
     k.start(&[]);
     k.node.wait_ready();
@@ -453,6 +486,9 @@ fn a_410_and_an_api_restart_without_history_lose_no_node() {
 
 #[test]
 fn the_api_away_for_30s_costs_no_cpu_and_heals() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut k = KubeNode::new("ka", &[POD_CIDR]);
     k.add_peer("node1", "10.244.1.0/24", "10.0.0.51", "02:00:00:00:00:51");
     k.start(&["--iptables-resync=1"]);
@@ -500,6 +536,9 @@ fn the_api_away_for_30s_costs_no_cpu_and_heals() {
 
 #[test]
 fn a_node_deleted_while_flanneld_was_down_is_gone_after_start() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut k = KubeNode::new("kz", &[POD_CIDR]);
     k.add_peer("node1", "10.244.1.0/24", "10.0.0.51", "02:00:00:00:00:51");
     k.start(&[]);
@@ -521,6 +560,9 @@ fn a_node_deleted_while_flanneld_was_down_is_gone_after_start() {
 
 #[test]
 fn a_restart_with_the_device_deleted_takes_the_mac_back_from_our_annotation() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut k = KubeNode::new("km", &[POD_CIDR]);
     k.start(&[]);
     k.node.wait_ready();
@@ -544,6 +586,9 @@ fn a_restart_with_the_device_deleted_takes_the_mac_back_from_our_annotation() {
 
 #[test]
 fn our_annotations_changed_by_someone_are_put_back() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut k = KubeNode::new("kb", &[POD_CIDR]);
     k.start(&[]);
     k.node.wait_ready();
@@ -566,6 +611,9 @@ fn our_annotations_changed_by_someone_are_put_back() {
 
 #[test]
 fn node_public_ip_and_public_ip_overwrite_annotations() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut k = KubeNode::new("ko", &[POD_CIDR]);
     // node-public-ip replaces --public-ip (and picks the interface carrying it); the overwrite
     // is what peers are told.
@@ -605,6 +653,9 @@ fn node_public_ip_and_public_ip_overwrite_annotations() {
 
 #[test]
 fn an_ipv6_only_network_is_a_clear_error_for_now() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut k = KubeNode::new("k6", &["fd00:10:244::/64"]);
     std::fs::write(
         k.net_conf(),
@@ -623,6 +674,9 @@ fn an_ipv6_only_network_is_a_clear_error_for_now() {
 
 #[test]
 fn a_sigterm_during_startup_ends_flanneld() {
+    if common::skip_without_root() {
+        return;
+    }
     // Enough peers that the first reconcile (between "lease acquired" and "ready") takes a
     // moment: a SIGTERM then must not be lost, or the kubelet waits out its grace period and
     // kills the node's flanneld (and a test that stops it waits for ever).

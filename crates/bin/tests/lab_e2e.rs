@@ -36,6 +36,9 @@ fn vtep_mac(ns: &str) -> String {
 
 #[test]
 fn three_nodes_all_pods_reach_each_other_and_nodes_show_the_tutorial_state() {
+    if common::skip_without_root() {
+        return;
+    }
     let lab = Lab::up(3, 2, &[]);
     let m = flannel_lab::ping::ping_all(&lab.state);
     assert!(m.all_ok(), "ping matrix:\n{}", m.render());
@@ -106,6 +109,9 @@ const PEER: &str = r#"{"PublicIP":"10.0.0.99","PublicIPv6":null,"BackendType":"v
 
 #[test]
 fn a_peer_added_and_removed_in_etcd_reaches_and_leaves_the_kernel_within_5s() {
+    if common::skip_without_root() {
+        return;
+    }
     let lab = Lab::up(1, 0, &["--iptables-resync=1"]);
     let ns = lab.state.nodes[0].netns.clone();
     let key = "/coreos.com/network/subnets/10.244.200.0-24";
@@ -225,6 +231,9 @@ fn a_peer_added_and_removed_in_etcd_reaches_and_leaves_the_kernel_within_5s() {
 
 #[test]
 fn restart_keeps_subnet_mac_and_kernel_state_and_our_lease_is_in_upstream_format() {
+    if common::skip_without_root() {
+        return;
+    }
     let lab = Lab::up(2, 1, &[]);
     let n = &lab.state.nodes[1];
     let key = flannel_lab::cluster::lease_key(&n.subnet);
@@ -275,6 +284,9 @@ fn restart_keeps_subnet_mac_and_kernel_state_and_our_lease_is_in_upstream_format
 
 #[test]
 fn a_kube_lab_without_the_api_fake_names_it_and_an_etcd_lab_does_not_need_it() {
+    if common::skip_without_root() {
+        return;
+    }
     require_root();
     // Our two binaries, but no flannel-kube-fake beside them.
     let bins = TempDir::new("bins-nofake");
@@ -292,6 +304,9 @@ fn a_kube_lab_without_the_api_fake_names_it_and_an_etcd_lab_does_not_need_it() {
 
 #[test]
 fn down_cleans_up_after_a_failed_up() {
+    if common::skip_without_root() {
+        return;
+    }
     require_root();
     // A flanneld that dies at once makes `up` fail half way, with namespaces and etcd running.
     let bins = TempDir::new("bins");
@@ -333,6 +348,9 @@ fn down_cleans_up_after_a_failed_up() {
 
 #[test]
 fn host_gw_routes_via_peer_public_ips_heal_and_go() {
+    if common::skip_without_root() {
+        return;
+    }
     let lab = Lab::up_with(LabSpec {
         backend: "host-gw".into(),
         nodes: 2,
@@ -416,6 +434,9 @@ fn host_gw_routes_via_peer_public_ips_heal_and_go() {
 
 #[test]
 fn vxlan_direct_routing_uses_plain_routes_on_the_same_segment_only() {
+    if common::skip_without_root() {
+        return;
+    }
     let lab = Lab::up_with(LabSpec {
         nodes: 3,
         pods_per_node: 1,
@@ -456,6 +477,9 @@ fn vxlan_direct_routing_uses_plain_routes_on_the_same_segment_only() {
 
 #[test]
 fn hand_deleted_state_comes_back_within_a_second_by_netlink_event() {
+    if common::skip_without_root() {
+        return;
+    }
     // The resync period is long here, so only the netlink notification can explain a fast return.
     let lab = Lab::up(2, 1, &["--iptables-resync=60"]);
     let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
@@ -532,6 +556,9 @@ fn hand_deleted_state_comes_back_within_a_second_by_netlink_event() {
 
 #[test]
 fn twenty_nodes_starting_together_get_distinct_subnets_and_all_stay_up() {
+    if common::skip_without_root() {
+        return;
+    }
     let lab = Lab::up(20, 0, &[]);
     let subnets: std::collections::BTreeSet<&str> =
         lab.state.nodes.iter().map(|n| n.subnet.as_str()).collect();
@@ -549,6 +576,9 @@ fn twenty_nodes_starting_together_get_distinct_subnets_and_all_stay_up() {
 
 #[test]
 fn restarting_flanneld_loses_no_ping_across_nodes() {
+    if common::skip_without_root() {
+        return;
+    }
     let lab = Lab::up(2, 1, &[]);
     let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
     // 700 pings at 10 ms intervals (~7 s) while both flanneld restart.
@@ -598,6 +628,9 @@ fn restarting_flanneld_loses_no_ping_across_nodes() {
 
 #[test]
 fn an_etcd_outage_keeps_the_data_plane_and_costs_no_cpu_then_heals() {
+    if common::skip_without_root() {
+        return;
+    }
     let lab = Lab::up(2, 1, &["--iptables-resync=1"]);
     let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
     let pids: Vec<i32> = lab
@@ -655,6 +688,9 @@ fn an_etcd_outage_keeps_the_data_plane_and_costs_no_cpu_then_heals() {
 
 #[test]
 fn routes_of_a_lease_deleted_while_flanneld_was_stopped_are_gone_after_it_starts() {
+    if common::skip_without_root() {
+        return;
+    }
     let lab = Lab::up(2, 0, &[]);
     let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
     assert!(routes(&a.netns).contains(&b.subnet));
@@ -681,6 +717,9 @@ fn routes_of_a_lease_deleted_while_flanneld_was_stopped_are_gone_after_it_starts
 
 #[test]
 fn a_config_change_or_a_stolen_lease_is_reported_without_losing_state() {
+    if common::skip_without_root() {
+        return;
+    }
     let lab = Lab::up(2, 1, &["--iptables-resync=1"]);
     let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
     let log = || std::fs::read_to_string(&a.log).unwrap_or_default();
@@ -722,6 +761,9 @@ fn a_config_change_or_a_stolen_lease_is_reported_without_losing_state() {
 
 #[test]
 fn a_lease_that_vanishes_while_running_is_taken_back_with_the_same_subnet() {
+    if common::skip_without_root() {
+        return;
+    }
     let lab = Lab::up(2, 0, &[]);
     let a = &lab.state.nodes[0];
     let key = flannel_lab::cluster::lease_key(&a.subnet);
@@ -746,6 +788,9 @@ fn a_lease_that_vanishes_while_running_is_taken_back_with_the_same_subnet() {
 
 #[test]
 fn the_lease_is_renewed_when_its_margin_says_so() {
+    if common::skip_without_root() {
+        return;
+    }
     // 24 h lease, 1439 min margin: renewal falls due one minute after the lease was taken.
     let lab = Lab::up(1, 0, &["--subnet-lease-renew-margin=1439"]);
     let a = &lab.state.nodes[0];

@@ -141,24 +141,36 @@ fn hostile_leases_are_skipped(n: &Node, ty: &str, good: &str) {
 
 #[test]
 fn vxlan_never_takes_over_the_nodes_routes() {
+    if common::skip_without_root() {
+        return;
+    }
     let n = node("gv", r#"{"Type": "vxlan"}"#);
     hostile_leases_are_skipped(&n, "vxlan", "10.7.0.0/24 via 10.7.0.0 dev flannel.1");
 }
 
 #[test]
 fn vxlan_direct_routing_never_takes_over_the_nodes_routes() {
+    if common::skip_without_root() {
+        return;
+    }
     let n = node("gd", r#"{"Type": "vxlan", "DirectRouting": true}"#);
     hostile_leases_are_skipped(&n, "vxlan", "10.7.0.0/24 via 10.0.0.61 dev eth0");
 }
 
 #[test]
 fn host_gw_never_takes_over_the_nodes_routes() {
+    if common::skip_without_root() {
+        return;
+    }
     let n = node("gh", r#"{"Type": "host-gw"}"#);
     hostile_leases_are_skipped(&n, "host-gw", "10.7.0.0/24 via 10.0.0.61 dev eth0");
 }
 
 #[test]
 fn udp_never_takes_over_the_nodes_routes() {
+    if common::skip_without_root() {
+        return;
+    }
     let n = node("gu", r#"{"Type": "udp"}"#);
     // udp routes the whole Network into flannel0 and picks peers itself: a skipped lease is
     // absent from its peer table, which the log reports.
@@ -172,6 +184,9 @@ fn udp_never_takes_over_the_nodes_routes() {
 
 #[test]
 fn host_gw_adopts_an_identical_route_left_by_upstream_and_removes_it_with_its_lease() {
+    if common::skip_without_root() {
+        return;
+    }
     let mut n = Node::new("ga");
     n.etcdctl(&[
         "put",

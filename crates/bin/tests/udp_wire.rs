@@ -55,6 +55,9 @@ fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) ->
 
 #[test]
 fn udp_lab_pings_and_sets_up_flannel0_like_upstream() {
+    if common::skip_without_root() {
+        return;
+    }
     let lab = lab();
     let m = flannel_lab::ping::ping_all(&lab.state);
     assert!(m.all_ok(), "{}", m.render());
@@ -99,6 +102,9 @@ fn udp_lab_pings_and_sets_up_flannel0_like_upstream() {
 
 #[test]
 fn upstream_framing_both_ways_and_strangers_dropped() {
+    if common::skip_without_root() {
+        return;
+    }
     let lab = lab();
     let node = &lab.state.nodes[1];
     let pod = node.pods[0].ip.parse::<Ipv4Addr>().unwrap();
@@ -246,6 +252,9 @@ fn listener(ns: &str) -> std::sync::mpsc::Receiver<String> {
 
 #[test]
 fn spoofed_inner_packets_are_dropped_and_counted() {
+    if common::skip_without_root() {
+        return;
+    }
     let lab = lab();
     let node = &lab.state.nodes[1];
     let node_ip: Ipv4Addr = node.ip.parse().unwrap();

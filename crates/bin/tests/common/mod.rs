@@ -19,6 +19,36 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// For a test that needs root (network namespaces, devices): true when it must not run. As
+/// another user it is skipped with a line saying so; with `FLANNEL_TESTS_REQUIRE_ROOT` set (the
+/// README's test command and CI set it) a test that would be skipped fails instead, so a run
+/// that means to test everything cannot quietly test less.
+pub fn skip_without_root() -> bool {
+    if is_root() {
+        return false;
+    }
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_string();
+    assert!(
+        std::env::var_os("FLANNEL_TESTS_REQUIRE_ROOT").is_none(),
+        "{name} needs root (it makes network namespaces) and FLANNEL_TESTS_REQUIRE_ROOT is set: run the tests as root"
+    );
+    // Straight to stderr: the test harness hides what eprintln! says in a passing test.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped {name}: needs root (it makes network namespaces)"
+    );
+    true
+}
+
 pub fn require_root() {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let uid = status
