@@ -20,7 +20,9 @@ const USAGE: &str = "usage:
   flannel-lab kubectl ARGS...                                         kube mode: kubectl with it, in master1's namespace
   flannel-lab bench [--seconds S] [--repeat R]                        2-node labs per backend: iperf3 and ping, table
   flannel-lab bench-scale [--peers N] [--datastore kube|etcd] [--heartbeats R] [--seconds S]
-                                                                      one flanneld facing N peers: start to all routes, memory, idle CPU
+                          [--events E] [--event-gap-ms G]
+                                                                      one flanneld facing N peers: start to all entries against
+                                                                      the ip -batch floor, memory, idle CPU, event latency p50/p99
 common options: --name LAB (default flab; namespaces are LAB-*), --state-dir DIR (default /run/flannel-lab)";
 
 struct Args {
@@ -40,6 +42,8 @@ struct Args {
     heartbeats: u64,
     manifest: Option<PathBuf>,
     backend_set: bool,
+    events: usize,
+    event_gap_ms: u64,
     /// After `kubectl`: its arguments, untouched.
     rest: Vec<String>,
 }
@@ -62,6 +66,8 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
         heartbeats: 100,
         manifest: None,
         backend_set: false,
+        events: 200,
+        event_gap_ms: 20,
         rest: Vec::new(),
     };
     let mut it = argv.iter();
@@ -101,6 +107,8 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
             "--repeat" => a.repeat = num(flag, value(flag)?)? as u32,
             "--peers" => a.peers = num(flag, value(flag)?)?,
             "--heartbeats" => a.heartbeats = num(flag, value(flag)?)? as u64,
+            "--events" => a.events = num(flag, value(flag)?)?,
+            "--event-gap-ms" => a.event_gap_ms = num(flag, value(flag)?)? as u64,
             "--seconds" => a.seconds = num(flag, value(flag)?)? as u32,
             "-h" | "--help" => a.cmd = "help".into(),
             f if f.starts_with('-') => bail!("unknown option {f}"),
@@ -211,6 +219,8 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 idle: std::time::Duration::from_secs(u64::from(a.seconds.max(1))),
                 state_root: a.state_root.clone(),
                 bin_dir: crate::preflight::default_bin_dir(),
+                events: a.events,
+                event_gap: std::time::Duration::from_millis(a.event_gap_ms),
             };
             let row = crate::scale::run(&spec)?;
             print!("{}", crate::scale::render(&[row]));

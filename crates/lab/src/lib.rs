@@ -7,9 +7,11 @@
 //! namespace; every name starts with the lab's prefix, which `down` owns.
 
 pub mod bench;
+pub mod churn;
 pub mod cli;
 pub mod cluster;
 pub mod cni_exec;
+pub mod floor;
 pub mod kube_node;
 pub mod manifest;
 pub mod names;

@@ -21,6 +21,9 @@ pub struct ScaleSpec {
     pub heartbeats: u64,
     /// How long to watch flanneld idle after it has every route.
     pub idle: Duration,
+    /// etcd: leases added (then deleted) one by one for the latency figures, this far apart.
+    pub events: usize,
+    pub event_gap: Duration,
     pub state_root: PathBuf,
     pub bin_dir: PathBuf,
 }
@@ -36,20 +39,26 @@ pub struct ScaleRow {
     pub peak_rss_mib: f64,
     pub idle_cpu_percent: f64,
     pub idle_rss_mib: f64,
-    /// One more peer written (the write acknowledged) to its route in the kernel; median.
+    /// One more peer written to its route in the kernel: p50 and p99 (kube: the median of
+    /// five `kubectl create`, acknowledged first, and no p99).
     pub add_latency: Duration,
-    /// That peer deleted to its route gone; median.
+    pub add_p99: Option<Duration>,
+    /// That peer deleted to its route gone.
     pub delete_latency: Duration,
+    pub delete_p99: Option<Duration>,
+    /// `ip -batch` and `bridge -batch` writing the same entries into a fresh namespace.
+    pub floor: Duration,
 }
 
 /// How many peers are added and deleted, one at a time, for the latency figures.
 const EVENT_ROUNDS: usize = 5;
 
-/// Peer `i` (1-based; 0 is the measured node): its podCIDR, public IP and VTEP MAC.
+/// Peer `i` (1-based, up to 32767; 0 is the measured node): its podCIDR in 10.128.0.0/9 (no
+/// overlap with the underlay), public IP and VTEP MAC.
 fn peer(i: usize) -> (String, String, String) {
-    let (a, b) = (64 + (i >> 8), i & 255);
+    let (a, b) = (128 + (i >> 8), i & 255);
     (
-        format!("100.{a}.{b}.0/24"),
+        format!("10.{a}.{b}.0/24"),
         format!("172.{}.{}.{}", 16 + (i >> 16), (i >> 8) & 255, i & 255),
         format!(
             "02:00:00:{:02x}:{:02x}:{:02x}",
@@ -61,7 +70,7 @@ fn peer(i: usize) -> (String, String, String) {
 }
 
 const NET_CONF: &str =
-    r#"{"Network": "100.64.0.0/10", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}"#;
+    r#"{"Network": "10.128.0.0/9", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}"#;
 
 fn status_kib(pid: i32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -83,6 +92,29 @@ fn cpu_seconds(pid: i32) -> f64 {
     // SAFETY: sysconf has no memory effects.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     (field(11) + field(12)) / hz
+}
+
+/// Permanent neighbours and FDB entries with a destination on flannel.1.
+fn neigh_fdb_counts(ns: &str) -> (usize, usize) {
+    let neigh = ip(&[
+        "-n",
+        ns,
+        "neigh",
+        "show",
+        "dev",
+        "flannel.1",
+        "nud",
+        "permanent",
+    ])
+    .map(|o| o.lines().count())
+    .unwrap_or(0);
+    let fdb = sh::run(&mut sh::cmd(
+        "bridge",
+        &["-n", ns, "fdb", "show", "dev", "flannel.1"],
+    ))
+    .map(|o| o.lines().filter(|l| l.contains(" dst ")).count())
+    .unwrap_or(0);
+    (neigh, fdb)
 }
 
 fn route_count(ns: &str) -> usize {
@@ -134,7 +166,7 @@ fn measure(spec: &ScaleSpec, dir: &std::path::Path, ns: &str) -> anyhow::Result<
             let kube = dir.join("kube");
             std::fs::create_dir_all(&kube)?;
             let mut seed = vec![serde_json::json!({"kind": "Node", "object":
-                flannel_kube_fake::node("scale0", &["100.64.0.0/24"], "10.0.0.50", 0)})];
+                flannel_kube_fake::node("scale0", &["10.128.0.0/24"], "10.0.0.50", 0)})];
             for i in 1..=spec.peers {
                 let (cidr, ip, mac) = peer(i);
                 let mut n = flannel_kube_fake::node(&format!("peer{i:05}"), &[&cidr], &ip, 10_000);
@@ -204,28 +236,17 @@ fn measure(spec: &ScaleSpec, dir: &std::path::Path, ns: &str) -> anyhow::Result<
                 "/coreos.com/network/config",
                 NET_CONF,
             ]))?;
-            // Leases as upstream writes them, put by 32 etcdctl at a time.
-            let puts: Vec<(String, String)> = (1..=spec.peers)
+            // Leases as upstream writes them, over one connection.
+            let puts: Vec<crate::churn::Write1> = (1..=spec.peers)
                 .map(|i| {
                     let (cidr, ip, mac) = peer(i);
-                    (etcd_key(&cidr), etcd_lease(&ip, &mac))
+                    crate::churn::Write1 {
+                        key: etcd_key(&cidr),
+                        value: Some(etcd_lease(&ip, &mac)),
+                    }
                 })
                 .collect();
-            for chunk in puts.chunks(32) {
-                let children: Vec<Child> = chunk
-                    .iter()
-                    .map(|(k, v)| {
-                        etcdctl(&["put", k, v])
-                            .stdout(std::process::Stdio::null())
-                            .spawn()
-                    })
-                    .collect::<Result<_, _>>()?;
-                for mut c in children {
-                    if !c.wait()?.success() {
-                        bail!("etcdctl put failed");
-                    }
-                }
-            }
+            crate::churn::write_paced(ns, puts, Duration::ZERO)?;
             args = vec![flanneld, "--etcd-endpoints=http://127.0.0.1:2379".into()];
             child
         }
@@ -253,6 +274,14 @@ fn measure(spec: &ScaleSpec, dir: &std::path::Path, ns: &str) -> anyhow::Result<
     }
     let start_to_routes = t0.elapsed();
     let startup_cpu = cpu_seconds(pid);
+    // Routes go in last; the neighbours and FDB entries they rely on must all be there too.
+    let (neigh, fdb) = neigh_fdb_counts(ns);
+    if neigh < spec.peers || fdb < spec.peers {
+        bail!(
+            "all {} routes are in, but only {neigh} neighbours and {fdb} FDB entries",
+            spec.peers
+        );
+    }
     if std::env::var_os("FLANNEL_BENCH_LOG").is_some() {
         eprintln!("{}", std::fs::read_to_string(&log).unwrap_or_default());
     }
@@ -261,7 +290,16 @@ fn measure(spec: &ScaleSpec, dir: &std::path::Path, ns: &str) -> anyhow::Result<
     let t1 = Instant::now();
     std::thread::sleep(spec.idle);
     let idle_cpu_percent = 100.0 * (cpu_seconds(pid) - cpu0) / t1.elapsed().as_secs_f64();
-    let (add_latency, delete_latency) = event_latencies(spec, dir, ns)?;
+    let own = own_subnet(dir);
+    let ((add_latency, add_p99), (delete_latency, delete_p99)) = match spec.datastore {
+        Datastore::Etcd => churn_latencies(spec, dir, ns, own.as_deref())?,
+        Datastore::Kube => {
+            let (a, d) = event_latencies(spec, dir, ns, own.as_deref())?;
+            ((a, None), (d, None))
+        }
+    };
+    let peers: Vec<crate::floor::Peer> = (1..=spec.peers).map(peer).collect();
+    let floor = crate::floor::measure(&format!("{ns}-floor"), dir, &peers)?;
     let row = ScaleRow {
         datastore: spec.datastore.name(),
         peers: spec.peers,
@@ -272,7 +310,10 @@ fn measure(spec: &ScaleSpec, dir: &std::path::Path, ns: &str) -> anyhow::Result<
         idle_cpu_percent,
         idle_rss_mib: status_kib(pid, "VmRSS:") / 1024.0,
         add_latency,
+        add_p99,
         delete_latency,
+        delete_p99,
+        floor,
     };
     let _ = fl.kill();
     let _ = fl.wait();
@@ -331,6 +372,7 @@ fn event_latencies(
     spec: &ScaleSpec,
     dir: &std::path::Path,
     ns: &str,
+    own: Option<&str>,
 ) -> anyhow::Result<(Duration, Duration)> {
     let has_route = |cidr: &str| {
         ip(&["-n", ns, "route", "show", cidr, "proto", "252"])
@@ -353,16 +395,9 @@ fn event_latencies(
         }
         Ok(t.elapsed())
     };
-    // With etcd flanneld picked a free subnet of its own, which may be one of the next peers'.
-    let own = std::fs::read_to_string(dir.join("subnet.env")).unwrap_or_default();
-    let own = own
-        .lines()
-        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
-        .and_then(|s| s.parse::<ipnet::Ipv4Net>().ok())
-        .map(|n| n.trunc().to_string());
     let (mut adds, mut dels) = (Vec::new(), Vec::new());
     for i in (spec.peers + 1..)
-        .filter(|&i| Some(peer(i).0) != own)
+        .filter(|&i| Some(peer(i).0.as_str()) != own)
         .take(EVENT_ROUNDS)
     {
         let (cidr, _, _) = peer(i);
@@ -372,6 +407,98 @@ fn event_latencies(
         dels.push(wait(&cidr, false)?);
     }
     Ok((median(adds), median(dels)))
+}
+
+/// With etcd flanneld picked a free subnet of its own, which may be one of the next peers'.
+fn own_subnet(dir: &std::path::Path) -> Option<String> {
+    std::fs::read_to_string(dir.join("subnet.env"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+        .and_then(|s| s.parse::<ipnet::Ipv4Net>().ok())
+        .map(|n| n.trunc().to_string())
+}
+
+type Quantiles = (Duration, Option<Duration>);
+
+/// etcd: `spec.events` new leases put `spec.event_gap` apart, then deleted as far apart; each
+/// timed from the write's sending to the kernel's timestamp of the route's change.
+fn churn_latencies(
+    spec: &ScaleSpec,
+    dir: &std::path::Path,
+    ns: &str,
+    own: Option<&str>,
+) -> anyhow::Result<(Quantiles, Quantiles)> {
+    use crate::churn::{kernel_time, quantile, write_paced, Write1};
+    let ids: Vec<usize> = (spec.peers + 1..)
+        .filter(|&i| Some(peer(i).0.as_str()) != own)
+        .take(spec.events.max(1))
+        .collect();
+    let mon_file = dir.join("monitor.log");
+    let mut mon = {
+        let out = std::fs::File::create(&mon_file)?;
+        let mut c = in_ns(ns, "ip", &["-ts", "monitor", "route"]);
+        c.env("TZ", "UTC")
+            .stdout(out)
+            .stderr(std::process::Stdio::null());
+        c.spawn().context("starting ip -ts monitor route")?
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let run = || -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+        let mut result = (Vec::new(), Vec::new());
+        for add in [true, false] {
+            let writes = ids
+                .iter()
+                .map(|&i| {
+                    let (cidr, ip, mac) = peer(i);
+                    Write1 {
+                        key: etcd_key(&cidr),
+                        value: add.then(|| etcd_lease(&ip, &mac)),
+                    }
+                })
+                .collect();
+            let sent = write_paced(ns, writes, spec.event_gap)?;
+            // Every change in, then read the monitor's record of them.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let times = loop {
+                let text = std::fs::read_to_string(&mon_file).unwrap_or_default();
+                let t: Vec<Option<Duration>> = ids
+                    .iter()
+                    .zip(&sent)
+                    .map(|(&i, &at)| {
+                        kernel_time(&text, &peer(i).0, !add, at)
+                            .and_then(|k| k.duration_since(at).ok())
+                    })
+                    .collect();
+                if t.iter().all(Option::is_some) {
+                    break t.into_iter().flatten().collect::<Vec<_>>();
+                }
+                if Instant::now() > deadline {
+                    let missing = t.iter().filter(|x| x.is_none()).count();
+                    bail!(
+                        "{missing} of {} routes did not {} within 60 s",
+                        ids.len(),
+                        if add { "come" } else { "go" }
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            if add {
+                result.0 = times;
+            } else {
+                result.1 = times;
+            }
+        }
+        Ok(result)
+    };
+    let r = run();
+    let _ = mon.kill();
+    let _ = mon.wait();
+    let (adds, dels) = r?;
+    Ok((
+        (quantile(&adds, 0.5), Some(quantile(&adds, 0.99))),
+        (quantile(&dels, 0.5), Some(quantile(&dels, 0.99))),
+    ))
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -400,20 +527,26 @@ fn etcd_lease(ip: &str, mac: &str) -> String {
 }
 
 pub fn render(rows: &[ScaleRow]) -> String {
-    let mut s = String::from("| datastore | peers | start to all routes s | flanneld CPU s to then | RSS MiB | peak RSS MiB | idle CPU % | idle RSS MiB | add to route ms | delete to gone ms |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
+    let p99 = |d: Option<Duration>| d.map(ms).unwrap_or_else(|| "-".into());
+    let mut s = String::from("| datastore | peers | start to all entries s | ip -batch floor s | × floor | flanneld CPU s to then | RSS MiB | peak RSS MiB | idle CPU % | idle RSS MiB | add p50 ms | add p99 ms | delete p50 ms | delete p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         s.push_str(&format!(
-            "| {} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2} | {:.1} | {:.0} | {:.0} |\n",
+            "| {} | {} | {:.2} | {:.2} | {:.1} | {:.2} | {:.1} | {:.1} | {:.2} | {:.1} | {} | {} | {} | {} |\n",
             r.datastore,
             r.peers,
             r.start_to_routes.as_secs_f64(),
+            r.floor.as_secs_f64(),
+            r.start_to_routes.as_secs_f64() / r.floor.as_secs_f64().max(1e-6),
             r.startup_cpu_seconds,
             r.rss_mib,
             r.peak_rss_mib,
             r.idle_cpu_percent,
             r.idle_rss_mib,
-            r.add_latency.as_secs_f64() * 1000.0,
-            r.delete_latency.as_secs_f64() * 1000.0,
+            ms(r.add_latency),
+            p99(r.add_p99),
+            ms(r.delete_latency),
+            p99(r.delete_p99),
         ));
     }
     s
@@ -423,8 +556,9 @@ pub fn render(rows: &[ScaleRow]) -> String {
 mod tests {
     #[test]
     fn peers_are_distinct() {
-        assert_eq!(super::peer(1).0, "100.64.1.0/24");
-        assert_eq!(super::peer(5000).0, "100.83.136.0/24");
+        assert_eq!(super::peer(1).0, "10.128.1.0/24");
+        assert_eq!(super::peer(5000).0, "10.147.136.0/24");
+        assert_eq!(super::peer(32767).0, "10.255.255.0/24");
         assert_eq!(super::peer(5000).1, "172.16.19.136");
         assert_eq!(super::peer(5000).2, "02:00:00:00:13:88");
     }
