@@ -80,6 +80,27 @@ pub trait Backend: Send {
         own: &Lease,
         leases: &[Lease],
     ) -> impl Future<Output = Result<ReconcileReport, BackendError>> + Send;
+
+    /// Applies a few lease changes without reading the kernel back: `changed` are added or
+    /// changed peers, `removed` the last known state of peers that went. `None` when this
+    /// backend (or its present state) needs a full [`Backend::reconcile`] instead; a report
+    /// with failures means the same (the backend forgot what it had and starts over).
+    fn apply_delta(
+        &mut self,
+        own: &Lease,
+        changed: &[Lease],
+        removed: &[Lease],
+    ) -> impl Future<Output = Result<Option<ReconcileReport>, BackendError>> + Send {
+        let _ = (own, changed, removed);
+        std::future::ready(Ok(None))
+    }
+
+    /// Whether a kernel change is one this backend made itself (a deletion whose notification
+    /// was on its way) rather than drift that needs a reconcile.
+    fn expected_change(&mut self, change: &flannel_net::monitor::Change) -> bool {
+        let _ = change;
+        false
+    }
 }
 
 /// The backend chosen by the network config, dispatched statically.
@@ -145,6 +166,25 @@ impl Backend for AnyBackend {
             Self::Vxlan(b) => b.reconcile(own, leases).await,
             Self::HostGw(b) => b.reconcile(own, leases).await,
             Self::Udp(b) => b.reconcile(own, leases).await,
+        }
+    }
+
+    async fn apply_delta(
+        &mut self,
+        own: &Lease,
+        changed: &[Lease],
+        removed: &[Lease],
+    ) -> Result<Option<ReconcileReport>, BackendError> {
+        match self {
+            Self::Vxlan(b) => b.apply_delta(own, changed, removed).await,
+            Self::HostGw(_) | Self::Udp(_) => Ok(None),
+        }
+    }
+
+    fn expected_change(&mut self, change: &flannel_net::monitor::Change) -> bool {
+        match self {
+            Self::Vxlan(b) => b.expected_change(change),
+            Self::HostGw(_) | Self::Udp(_) => false,
         }
     }
 }

@@ -61,6 +61,11 @@ impl RoutePlan {
         self.remove.is_empty() && self.upsert.is_empty()
     }
 
+    /// The destinations [`RoutePlan::remove`] deletes.
+    pub fn removals(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
+        self.remove.iter().map(|(d, _)| *d)
+    }
+
     /// Deletes our routes that are no longer desired, as one pipelined batch.
     pub async fn remove(&self, nl: &Netlink) -> ReconcileReport {
         let results = join_all(

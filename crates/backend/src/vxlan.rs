@@ -5,13 +5,17 @@ use crate::routes::RoutePlan;
 use crate::{Backend, BackendError, ExternalInterface, ReconcileReport};
 use flannel_core::diff::diff;
 use flannel_core::lease::VxlanData;
+use flannel_core::route_guard::RouteGuard;
 use flannel_core::vxlan::{desired_peers_with, VxlanConfig};
+use flannel_core::vxlan_delta::{apply_to_mirror, peers_of, plan_delta, PeerEntry};
 use flannel_core::{Lease, LeaseAttrs, MacAddr};
+use flannel_net::monitor::Change;
+use flannel_net::netlink::RouteWrite;
 use flannel_net::netlink::{gw_routes_on, is_vxlan};
 use flannel_net::{Link, Netlink, VxlanSpec};
 use futures::future::join_all;
 use ipnet::Ipv4Net;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use tracing::{debug, info, warn};
 
@@ -25,6 +29,19 @@ pub struct VxlanBackend {
     index: u32,
     /// Destinations routed on the last pass (see `RouteGuard::claimed`).
     claimed: BTreeSet<Ipv4Net>,
+    /// What the last full pass left for each peer, kept current by the incremental path.
+    /// `None` until a full pass succeeds, with DirectRouting, and after any failed write.
+    mirror: Option<Mirror>,
+    /// Our own deletions whose notifications are still on their way (not drift).
+    expected: HashSet<Change>,
+}
+
+/// The kernel state we programmed, as of the last full pass plus our writes since.
+struct Mirror {
+    /// The guard of the last full pass: foreign routes and addresses change rarely, and a
+    /// lease they newly conflict with fails its exclusive route write (then a full pass).
+    guard: RouteGuard,
+    peers: BTreeMap<Ipv4Net, PeerEntry>,
 }
 
 impl VxlanBackend {
@@ -62,6 +79,8 @@ impl VxlanBackend {
             spec,
             index: 0,
             claimed: BTreeSet::new(),
+            mirror: None,
+            expected: HashSet::new(),
         };
         b.ensure_device(true).await?;
         Ok(b)
@@ -182,8 +201,8 @@ impl VxlanBackend {
         leases: &[Lease],
     ) -> Result<ReconcileReport, BackendError> {
         let (idx, ext) = (self.index, self.ext.index);
+        let table = self.nl.main_routes_v4().await?;
         let nl = &self.nl;
-        let table = nl.main_routes_v4().await?;
         let guard =
             crate::guard::read(nl, &table, self.network, &[idx], ext, &self.claimed).await?;
         let direct = self.direct_peers(leases).await;
@@ -215,6 +234,19 @@ impl VxlanBackend {
 
         // Removals first, routes before the entries they rely on; then additions in upstream's
         // order (neighbour, FDB, route). Each group goes out as one pipelined batch.
+        // Our deletions come back as notifications: they are not drift.
+        self.expected.clear();
+        for d in direct_plan.removals().chain(overlay_plan.removals()) {
+            self.expected.insert(Change::RouteGone(d));
+        }
+        for (ip, _) in &pn.remove {
+            self.expected
+                .insert(Change::NeighbourGone(idx, IpAddr::V4(*ip)));
+        }
+        for (m, _) in &pf.remove {
+            self.expected.insert(Change::FdbGone(idx, *m));
+        }
+        let nl = &self.nl;
         let mut report = direct_plan.remove(nl).await;
         report.absorb(overlay_plan.remove(nl).await);
         let mut results = Vec::new();
@@ -250,7 +282,116 @@ impl VxlanBackend {
             .copied()
             .collect();
         report.skipped = skipped;
+        self.mirror = (report.failed == 0 && !self.cfg.direct_routing).then(|| Mirror {
+            guard,
+            peers: peers_of(&desired),
+        });
         Ok(report)
+    }
+
+    /// The incremental path (see `Backend::apply_delta`): the touched peers' entries against
+    /// the mirror, written without reading the kernel back.
+    pub async fn apply_delta(
+        &mut self,
+        own: &Lease,
+        changed: &[Lease],
+        removed: &[Lease],
+    ) -> Result<Option<ReconcileReport>, BackendError> {
+        let Some(m) = self.mirror.as_mut() else {
+            return Ok(None);
+        };
+        let (desired, skipped) = desired_peers_with(own.subnet, changed, &m.guard, &|_| false);
+        let want = peers_of(&desired);
+        let touched: Vec<Ipv4Net> = changed
+            .iter()
+            .chain(removed)
+            .map(|l| l.subnet)
+            .filter(|s| *s != own.subnet)
+            .collect();
+        let plan = plan_delta(&m.peers, &touched, &want);
+        let (nl, idx) = (&self.nl, self.index);
+        for (d, _) in &plan.del_routes {
+            self.expected.insert(Change::RouteGone(*d));
+        }
+        for ip in &plan.del_neighbours {
+            self.expected
+                .insert(Change::NeighbourGone(idx, IpAddr::V4(*ip)));
+        }
+        for (mac, _) in &plan.del_fdb {
+            self.expected.insert(Change::FdbGone(idx, *mac));
+        }
+        let mut failures = Vec::new();
+        let mut report = ReconcileReport::default();
+        // Removals, routes before the entries they rely on; then additions in upstream's order.
+        for r in join_all(
+            plan.del_routes
+                .iter()
+                .map(|(d, g)| nl.del_route(*d, *g, idx)),
+        )
+        .await
+        {
+            failures.extend(r.err());
+        }
+        let dels = join_all(
+            plan.del_neighbours
+                .iter()
+                .map(|ip| nl.del_neighbour(idx, *ip)),
+        );
+        let fdb_dels = join_all(
+            plan.del_fdb
+                .iter()
+                .map(|(mac, d)| nl.del_fdb(idx, *mac, *d)),
+        );
+        let (a, b) = futures::join!(dels, fdb_dels);
+        failures.extend(a.into_iter().chain(b).filter_map(Result::err));
+        let sets = join_all(
+            plan.set_neighbours
+                .iter()
+                .map(|(ip, mac)| nl.set_neighbour(idx, *ip, *mac)),
+        );
+        let fdb_sets = join_all(
+            plan.set_fdb
+                .iter()
+                .map(|(mac, d)| nl.set_fdb(idx, *mac, *d)),
+        );
+        let (a, b) = futures::join!(sets, fdb_sets);
+        failures.extend(a.into_iter().chain(b).filter_map(Result::err));
+        let writes = join_all(plan.routes.iter().map(|(d, g, replace)| {
+            let how = if *replace {
+                RouteWrite::Replace
+            } else {
+                RouteWrite::Create
+            };
+            nl.write_route(*d, *g, idx, true, how)
+        }))
+        .await;
+        failures.extend(writes.into_iter().filter_map(Result::err));
+        report.removed = plan.del_routes.len() + plan.del_neighbours.len() + plan.del_fdb.len();
+        report.added = plan.set_neighbours.len() + plan.set_fdb.len() + plan.routes.len();
+        report.skipped = skipped;
+        for (d, g) in &plan.del_routes {
+            info!(subnet = %d, via = %g, "removed route to a peer that has no lease any more");
+            self.claimed.remove(d);
+        }
+        for (d, g, _) in &plan.routes {
+            info!(subnet = %d, via = %g, "programmed route to peer");
+            self.claimed.insert(*d);
+        }
+        if failures.is_empty() {
+            apply_to_mirror(&mut m.peers, &touched, &want);
+        } else {
+            for e in &failures {
+                warn!(error = %e, "an incremental write failed; a full pass follows");
+            }
+            report.failed = failures.len();
+            self.mirror = None;
+        }
+        Ok(Some(report))
+    }
+
+    /// See `Backend::expected_change`.
+    pub fn expected_change(&mut self, change: &Change) -> bool {
+        self.expected.remove(change)
     }
 }
 

@@ -424,11 +424,18 @@ fn a_lease_planted_with_our_public_ip_does_not_move_us_off_our_subnet() {
         .to_string();
     n.stop();
     // While flanneld is stopped, our lease expires and a lease claiming our PublicIP appears
-    // (another node behind the same address, say). Pods here still use our subnet.
+    // (another node behind the same address, say). Pods here still use our subnet. (Our subnet
+    // was picked at random: the planted one must be another.)
+    let planted = if ours.starts_with("10.244.77.") {
+        78
+    } else {
+        77
+    };
+    let key = format!("/coreos.com/network/subnets/10.244.{planted}.0-24");
     n.etcdctl(&["del", "--prefix", "/coreos.com/network/subnets/"]);
     n.etcdctl(&[
         "put",
-        "/coreos.com/network/subnets/10.244.77.0-24",
+        &key,
         r#"{"PublicIP":"10.0.0.50","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:77"}}"#,
     ]);
     n.start(&[]);
@@ -442,12 +449,10 @@ fn a_lease_planted_with_our_public_ip_does_not_move_us_off_our_subnet() {
     let loud = n
         .log()
         .lines()
-        .any(|l| l.contains("ERROR") && l.contains("/coreos.com/network/subnets/10.244.77.0-24"));
+        .any(|l| l.contains("ERROR") && l.contains(&key));
     assert!(loud, "the planted lease is named loudly:\n{}", n.log());
     // The planted lease is left alone (it is not ours to delete).
-    assert!(!n
-        .etcdctl(&["get", "/coreos.com/network/subnets/10.244.77.0-24"])
-        .is_empty());
+    assert!(!n.etcdctl(&["get", &key]).is_empty());
 }
 
 #[test]

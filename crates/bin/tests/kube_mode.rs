@@ -705,3 +705,47 @@ fn a_sigterm_during_startup_ends_flanneld() {
     );
     assert!(k.node.log().contains("SIGTERM"), "{}", k.node.log());
 }
+
+#[test]
+fn lease_events_are_applied_without_a_full_pass_and_drift_still_heals() {
+    if common::skip_without_root() {
+        return;
+    }
+    let mut k = KubeNode::new("kd", &[POD_CIDR]);
+    k.add_peer("node1", "10.244.1.0/24", "10.0.0.51", "02:00:00:00:00:51");
+    k.start(&["-v=2", "--iptables-resync=600"]);
+    k.node.wait_ready();
+    let full_passes = |k: &KubeNode| {
+        k.node
+            .log()
+            .lines()
+            .filter(|l| l.contains("full pass"))
+            .count()
+    };
+    // The watch starts with a snapshot of every node: one full pass for it.
+    assert!(eventually(T, || k.node.log().contains("full pass trigger=Lease")).is_some());
+    let after_start = full_passes(&k);
+    // A node comes, changes its VTEP MAC and goes: each reaches the kernel with no full pass
+    // (no dump of every route, neighbour and FDB entry), and our own deletions coming back as
+    // notifications are not taken for drift.
+    k.add_peer("node2", "10.244.2.0/24", "10.0.0.52", "02:00:00:00:00:52");
+    assert!(eventually(T, || k.routes().contains("10.244.2.0/24 via")).is_some());
+    k.annotate(
+        "node2",
+        "backend-data",
+        Some(r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:99"}"#),
+    );
+    let fdb = || k.node.exec("bridge", &["fdb", "show", "dev", "flannel.1"]);
+    assert!(eventually(T, || fdb().contains("02:00:00:00:00:99 dst 10.0.0.52")).is_some());
+    assert!(!fdb().contains("02:00:00:00:00:52"), "{}", fdb());
+    k.api.delete(Kind::Node, "", "node2").unwrap();
+    assert!(eventually(T, || !k.routes().contains("10.244.2.0/24")).is_some());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!fdb().contains("02:00:00:00:00:99"), "{}", fdb());
+    assert_eq!(full_passes(&k), after_start, "{}", k.node.log());
+    assert!(k.node.log().contains("applied lease changes"));
+    // Drift is still drift: a route deleted by hand comes back through a full pass.
+    k.node.exec("ip", &["route", "del", "10.244.1.0/24"]);
+    assert!(eventually(T, || k.routes().contains("10.244.1.0/24 via")).is_some());
+    assert!(full_passes(&k) > after_start);
+}

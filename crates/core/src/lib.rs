@@ -22,6 +22,7 @@ pub mod subnet_env;
 pub mod subnet_key;
 pub mod time;
 pub mod vxlan;
+pub mod vxlan_delta;
 
 pub use config::{ConfigError, NetworkConfig};
 pub use lease::{Lease, LeaseAttrs, LeaseError};

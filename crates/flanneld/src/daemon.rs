@@ -9,15 +9,18 @@ use crate::signals::Shutdown;
 use crate::skiplog::SkipLog;
 use anyhow::anyhow;
 use flannel_backend::{AnyBackend, Backend, ReconcileReport};
+use flannel_core::subnet_key::SubnetKey;
 use flannel_core::Lease;
 use flannel_net::firewall::TrafficManager;
+use flannel_net::monitor::Change;
 use flannel_net::Netlink;
 use flannel_subnet::{LeaseEvent, LeaseSet, OwnLease, SubnetError, SubnetManager};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Retry pause after a failed renewal (upstream: 1 minute).
 const RENEW_RETRY: Duration = Duration::from_secs(60);
@@ -43,6 +46,8 @@ pub struct Counters {
     pub renewals: u64,
     pub renewal_failures: u64,
     pub reclaims: u64,
+    /// Lease events applied incrementally (no full pass).
+    pub deltas: u64,
 }
 
 /// A copy of the daemon's state at one moment.
@@ -89,6 +94,7 @@ impl<SM: SubnetManager> Daemon<SM> {
     /// One reconcile pass: the kernel made to match our lease and the known leases.
     pub async fn reconcile(&mut self, trigger: Trigger) {
         self.counters.reconciles[trigger as usize] += 1;
+        debug!(?trigger, "full pass");
         match self
             .backend
             .reconcile(&self.own.lease, &self.leases.leases())
@@ -120,9 +126,24 @@ impl<SM: SubnetManager> Daemon<SM> {
     pub async fn on_lease_events(&mut self, events: Vec<LeaseEvent>) -> anyhow::Result<()> {
         let own_key = self.own.lease.key();
         let mut own_gone = false;
+        // Each touched lease as it was before this burst; a snapshot touches everything.
+        let mut before: BTreeMap<SubnetKey, Option<Lease>> = BTreeMap::new();
+        let mut snapshot = false;
         for ev in events {
             self.counters.lease_events += 1;
             own_gone |= matches!(&ev, LeaseEvent::Removed(k) if *k == own_key);
+            match &ev {
+                LeaseEvent::Snapshot(_) => snapshot = true,
+                LeaseEvent::Added(l) => {
+                    let k = l.key();
+                    let was = self.leases.get(&k).cloned();
+                    before.entry(k).or_insert(was);
+                }
+                LeaseEvent::Removed(k) => {
+                    let was = self.leases.get(k).cloned();
+                    before.entry(*k).or_insert(was);
+                }
+            }
             self.leases.apply(ev);
         }
         let restore = self.sm.restores_own_lease();
@@ -153,8 +174,54 @@ impl<SM: SubnetManager> Daemon<SM> {
                 }
             }
         }
-        self.reconcile(Trigger::Lease).await;
+        if snapshot || before.contains_key(&own_key) || !self.apply_delta(&before).await {
+            self.reconcile(Trigger::Lease).await;
+        }
         Ok(())
+    }
+
+    /// The touched leases only, against what the backend knows it programmed: no kernel
+    /// dump. False when a full pass is needed instead (the backend has no mirror, a write
+    /// failed, or it cannot work incrementally).
+    async fn apply_delta(&mut self, before: &BTreeMap<SubnetKey, Option<Lease>>) -> bool {
+        let mut changed = Vec::new();
+        let mut removed = Vec::new();
+        for (k, was) in before {
+            match (was, self.leases.get(k)) {
+                (_, Some(now)) if was.as_ref() != Some(now) => changed.push(now.clone()),
+                (Some(old), None) => removed.push(old.clone()),
+                _ => {}
+            }
+        }
+        if changed.is_empty() && removed.is_empty() {
+            return true;
+        }
+        match self
+            .backend
+            .apply_delta(&self.own.lease, &changed, &removed)
+            .await
+        {
+            Ok(Some(r)) if r.failed == 0 => {
+                self.counters.deltas += 1;
+                let sm = &self.sm;
+                let keys: Vec<SubnetKey> = before.keys().copied().collect();
+                self.skips
+                    .report_some(&keys, &r.skipped, &|k| sm.describe(k));
+                if r.changed() {
+                    debug!(
+                        added = r.added,
+                        removed = r.removed,
+                        "applied lease changes"
+                    );
+                }
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                warn!(error = %e, "applying lease changes failed; doing a full pass");
+                false
+            }
+        }
     }
 
     /// A netlink notification about state we may own.
@@ -224,8 +291,8 @@ impl<SM: SubnetManager> Daemon<SM> {
             tokio::spawn(async move { sm.watch_leases(tx).await })
         };
         // Kernel notifications (a deleted route, neighbour, FDB entry, address or link) wake the
-        // reconciler at once; the capacity of 1 coalesces bursts.
-        let (kick_tx, mut kicks) = mpsc::channel::<()>(1);
+        // reconciler at once, unless they are our own deletions coming back.
+        let (kick_tx, mut kicks) = mpsc::channel::<Change>(4096);
         let monitor = tokio::spawn(flannel_net::monitor::watch(kick_tx));
         // Like upstream, the first resync comes one period after start.
         let period = self.opts.resync;
@@ -247,8 +314,15 @@ impl<SM: SubnetManager> Daemon<SM> {
                         break Err(e);
                     }
                 }
-                Some(()) = kicks.recv() => {
-                    kick_due.get_or_insert_with(|| Instant::now() + KICK_SETTLE);
+                Some(c) = kicks.recv() => {
+                    // `|=` asks the backend about every change: each expected one is used up.
+                    let mut drift = !self.backend.expected_change(&c);
+                    while let Ok(c) = kicks.try_recv() {
+                        drift |= !self.backend.expected_change(&c);
+                    }
+                    if drift {
+                        kick_due.get_or_insert_with(|| Instant::now() + KICK_SETTLE);
+                    }
                 }
                 _ = sleep_until(kick_due.unwrap_or_else(Instant::now)), if kick_due.is_some() => {
                     kick_due = None;

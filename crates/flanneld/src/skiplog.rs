@@ -12,6 +12,24 @@ pub struct SkipLog {
 }
 
 impl SkipLog {
+    /// Like [`SkipLog::report`] for the leases `touched` only (the incremental path): what
+    /// is known about the others stays as it was.
+    pub fn report_some(
+        &mut self,
+        touched: &[SubnetKey],
+        skipped: &[Skipped],
+        name: &dyn Fn(&SubnetKey) -> String,
+    ) {
+        let mut all: Vec<Skipped> = self
+            .reported
+            .iter()
+            .filter(|s| !touched.contains(&s.key))
+            .cloned()
+            .collect();
+        all.extend(skipped.iter().cloned());
+        self.report(&all, name);
+    }
+
     /// `name` turns a lease key into what the operator finds in the datastore.
     pub fn report(&mut self, skipped: &[Skipped], name: &dyn Fn(&SubnetKey) -> String) {
         let now: BTreeSet<Skipped> = skipped.iter().cloned().collect();

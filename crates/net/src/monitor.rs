@@ -1,32 +1,75 @@
 //! Kernel change notifications (`ip monitor`): deletions of links, addresses, routes and
 //! neighbours, and link changes, wake the reconciler at once instead of at the next resync.
-//! The reconciler decides what is ours; this only says "look now".
+//! Deletions of routes, neighbours and FDB entries say what went, so the reconciler can tell
+//! its own deletions (expected) from drift; the reconciler decides what is ours.
 
+use flannel_core::MacAddr;
 use futures::StreamExt;
+use ipnet::Ipv4Net;
 use rtnetlink::packet_core::NetlinkPayload;
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::sys::AsyncSocket;
 use rtnetlink::MulticastGroup;
+use std::net::IpAddr;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-/// Whether a notification may mean that state we own changed.
-pub fn relevant(m: &RouteNetlinkMessage) -> bool {
-    matches!(
-        m,
-        RouteNetlinkMessage::DelLink(_)
-            | RouteNetlinkMessage::NewLink(_)
-            | RouteNetlinkMessage::DelAddress(_)
-            | RouteNetlinkMessage::DelRoute(_)
-            | RouteNetlinkMessage::DelNeighbour(_)
-    )
+/// A change in the kernel that may concern state we own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Change {
+    /// An IPv4 route to this destination was deleted.
+    RouteGone(Ipv4Net),
+    /// A neighbour entry (ARP) for this address on this link was deleted.
+    NeighbourGone(u32, IpAddr),
+    /// An FDB entry for this MAC on this link was deleted.
+    FdbGone(u32, MacAddr),
+    /// Anything else (a link or address change, an IPv6 route, lost notifications).
+    Other,
 }
 
-/// Sends `()` on `kick` for every relevant notification, for as long as `kick` is open. If the
-/// socket fails (for example ENOBUFS when notifications outrun us) it kicks (a full resync
-/// covers whatever was missed) and reconnects.
-pub async fn watch(kick: mpsc::Sender<()>) {
+/// What a notification means for state we may own, if anything.
+pub fn relevant(m: &RouteNetlinkMessage) -> Option<Change> {
+    match m {
+        RouteNetlinkMessage::DelRoute(r) => Some(match crate::netlink::route_dst(r) {
+            Some(d) => Change::RouteGone(d),
+            None => Change::Other,
+        }),
+        RouteNetlinkMessage::DelNeighbour(n) => {
+            let idx = n.header.ifindex;
+            let change = if n.header.family == AddressFamily::Bridge {
+                n.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::LinkLayerAddress(m) => <[u8; 6]>::try_from(m.as_slice())
+                        .ok()
+                        .map(|m| Change::FdbGone(idx, MacAddr(m))),
+                    _ => None,
+                })
+            } else {
+                n.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                        Some(Change::NeighbourGone(idx, IpAddr::V4(*ip)))
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => {
+                        Some(Change::NeighbourGone(idx, IpAddr::V6(*ip)))
+                    }
+                    _ => None,
+                })
+            };
+            Some(change.unwrap_or(Change::Other))
+        }
+        RouteNetlinkMessage::DelLink(_)
+        | RouteNetlinkMessage::NewLink(_)
+        | RouteNetlinkMessage::DelAddress(_) => Some(Change::Other),
+        _ => None,
+    }
+}
+
+/// Sends every relevant change on `kick`, for as long as `kick` is open (waiting when the
+/// reconciler is behind). If the socket fails (for example ENOBUFS when notifications outrun
+/// us) it sends [`Change::Other`] (a full resync covers whatever was missed) and reconnects.
+pub async fn watch(kick: mpsc::Sender<Change>) {
     let groups = [
         MulticastGroup::Link,
         MulticastGroup::Ipv4Ifaddr,
@@ -42,18 +85,20 @@ pub async fn watch(kick: mpsc::Sender<()>) {
                     .set_rx_buf_sz(4 * 1024 * 1024);
                 let driver = tokio::spawn(conn);
                 while let Some((m, _)) = messages.next().await {
-                    let wake = match &m.payload {
+                    let change = match &m.payload {
                         NetlinkPayload::InnerMessage(inner) => relevant(inner),
                         // ENOBUFS: notifications were lost; a full resync covers them.
                         NetlinkPayload::Overrun(_) => {
                             warn!("netlink notifications overran the socket buffer; resyncing");
-                            true
+                            Some(Change::Other)
                         }
-                        _ => false,
+                        _ => None,
                     };
-                    if wake && kick.try_send(()).is_err() && kick.is_closed() {
-                        driver.abort();
-                        return;
+                    if let Some(c) = change {
+                        if kick.send(c).await.is_err() {
+                            driver.abort();
+                            return;
+                        }
                     }
                 }
                 driver.abort();
@@ -61,7 +106,7 @@ pub async fn watch(kick: mpsc::Sender<()>) {
             }
             Err(e) => warn!(error = %e, "cannot open a netlink notification socket; retrying"),
         }
-        if kick.try_send(()).is_err() && kick.is_closed() {
+        if kick.send(Change::Other).await.is_err() {
             return;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

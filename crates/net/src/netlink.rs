@@ -718,7 +718,7 @@ fn route_oif(r: &RouteMessage) -> Option<u32> {
     })
 }
 
-fn route_dst(r: &RouteMessage) -> Option<Ipv4Net> {
+pub(crate) fn route_dst(r: &RouteMessage) -> Option<Ipv4Net> {
     r.attributes.iter().find_map(|a| match a {
         RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
             Ipv4Net::new(*ip, r.header.destination_prefix_length).ok()
