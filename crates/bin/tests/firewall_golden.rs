@@ -122,7 +122,7 @@ fn nftables_listings_match_upstream_and_iptables_leftovers_go() {
         "/coreos.com/network/config",
         &DUAL.replace("\"EnableIPv6\"", "\"EnableNFTables\":true,\"EnableIPv6\""),
     ]);
-    n.start(&["--ip-masq", "--iptables-resync=1"]);
+    n.start(&["--ip-masq", "--iptables-resync=1", "--kernel-resync=1"]);
     n.wait_ready();
     let (v4, v6) = nets(&n);
     let golden4 = nft_golden(

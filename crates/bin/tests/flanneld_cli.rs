@@ -127,7 +127,11 @@ fn blackhole_route_for_the_own_subnet() {
     }
     let mut n = Node::new("bh");
     n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
-    n.start(&["--ip-blackhole-route", "--iptables-resync=1"]);
+    n.start(&[
+        "--ip-blackhole-route",
+        "--iptables-resync=1",
+        "--kernel-resync=1",
+    ]);
     n.wait_ready();
     let env = std::fs::read_to_string(n.subnet_env()).unwrap();
     let subnet = env
@@ -162,7 +166,11 @@ fn blackhole_route_for_the_own_subnet() {
     n.exec("ip", &["link", "add", "cni0", "type", "bridge"]);
     n.exec("ip", &["addr", "add", &gw, "dev", "cni0"]);
     n.exec("ip", &["link", "set", "cni0", "up"]);
-    n.start(&["--ip-blackhole-route", "--iptables-resync=1"]);
+    n.start(&[
+        "--ip-blackhole-route",
+        "--iptables-resync=1",
+        "--kernel-resync=1",
+    ]);
     n.wait_ready();
     std::thread::sleep(Duration::from_millis(2500));
     let via = n.exec("ip", &["route", "get", &pod_ip]);
@@ -270,7 +278,11 @@ fn the_health_server_survives_running_out_of_file_descriptors() {
     let mut n = Node::new("fd");
     n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
     n.nofile = Some(64);
-    n.start(&["--healthz-port=8081", "--iptables-resync=1"]);
+    n.start(&[
+        "--healthz-port=8081",
+        "--iptables-resync=1",
+        "--kernel-resync=1",
+    ]);
     n.wait_ready();
     let pid = n.flanneld_pid();
     // 120 idle connections: more than the process may open files.
@@ -350,7 +362,7 @@ fn an_unreadable_lease_is_reported_once_not_once_per_listing() {
         "/coreos.com/network/subnets/10.244.9.0-24",
         "garbage",
     ]);
-    n.start(&["--iptables-resync=1"]);
+    n.start(&["--iptables-resync=1", "--kernel-resync=1"]);
     n.wait_ready();
     std::thread::sleep(Duration::from_secs(2));
     let lines: Vec<String> = n
@@ -380,7 +392,7 @@ fn verbose_logging_means_our_logs_not_our_dependencies() {
     }
     let mut n = Node::new("vv");
     n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
-    n.start(&["-v=10", "--iptables-resync=1"]);
+    n.start(&["-v=10", "--iptables-resync=1", "--kernel-resync=1"]);
     n.wait_ready();
     let before = n.log().lines().count();
     std::thread::sleep(Duration::from_secs(3));
@@ -466,7 +478,7 @@ fn a_config_with_long_non_ascii_text_in_a_wrong_typed_value_crashes_nothing() {
     );
     let mut n = Node::new("na");
     n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
-    n.start(&["--iptables-resync=1"]);
+    n.start(&["--iptables-resync=1", "--kernel-resync=1"]);
     n.wait_ready();
     // The config is re-read on every resync: one bad write reaches every node.
     n.etcdctl(&["put", "/coreos.com/network/config", &bad]);

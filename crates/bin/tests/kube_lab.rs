@@ -18,7 +18,7 @@ fn kube_lab(nodes: usize, pods: usize) -> Lab {
         datastore: Datastore::Kube,
         nodes,
         pods_per_node: pods,
-        flanneld_args: vec!["--iptables-resync=1".into()],
+        flanneld_args: vec!["--iptables-resync=1".into(), "--kernel-resync=1".into()],
         ..LabSpec::default()
     })
 }

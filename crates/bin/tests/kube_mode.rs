@@ -491,7 +491,7 @@ fn the_api_away_for_30s_costs_no_cpu_and_heals() {
     }
     let mut k = KubeNode::new("ka", &[POD_CIDR]);
     k.add_peer("node1", "10.244.1.0/24", "10.0.0.51", "02:00:00:00:00:51");
-    k.start(&["--iptables-resync=1"]);
+    k.start(&["--iptables-resync=1", "--kernel-resync=1"]);
     k.node.wait_ready();
     let pid = k.node.flanneld_pid();
     k.api.stop();

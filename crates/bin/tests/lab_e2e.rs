@@ -112,7 +112,7 @@ fn a_peer_added_and_removed_in_etcd_reaches_and_leaves_the_kernel_within_5s() {
     if common::skip_without_root() {
         return;
     }
-    let lab = Lab::up(1, 0, &["--iptables-resync=1"]);
+    let lab = Lab::up(1, 0, &["--iptables-resync=1", "--kernel-resync=1"]);
     let ns = lab.state.nodes[0].netns.clone();
     let key = "/coreos.com/network/subnets/10.244.200.0-24";
     etcd_put(&lab.state, key, PEER).unwrap();
@@ -355,7 +355,7 @@ fn host_gw_routes_via_peer_public_ips_heal_and_go() {
         backend: "host-gw".into(),
         nodes: 2,
         pods_per_node: 1,
-        flanneld_args: vec!["--iptables-resync=1".into()],
+        flanneld_args: vec!["--iptables-resync=1".into(), "--kernel-resync=1".into()],
         ..LabSpec::default()
     });
     let m = flannel_lab::ping::ping_all(&lab.state);
@@ -631,7 +631,7 @@ fn an_etcd_outage_keeps_the_data_plane_and_costs_no_cpu_then_heals() {
     if common::skip_without_root() {
         return;
     }
-    let lab = Lab::up(2, 1, &["--iptables-resync=1"]);
+    let lab = Lab::up(2, 1, &["--iptables-resync=1", "--kernel-resync=1"]);
     let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
     let pids: Vec<i32> = lab
         .state
@@ -720,7 +720,7 @@ fn a_config_change_or_a_stolen_lease_is_reported_without_losing_state() {
     if common::skip_without_root() {
         return;
     }
-    let lab = Lab::up(2, 1, &["--iptables-resync=1"]);
+    let lab = Lab::up(2, 1, &["--iptables-resync=1", "--kernel-resync=1"]);
     let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
     let log = || std::fs::read_to_string(&a.log).unwrap_or_default();
     let before = routes(&a.netns);

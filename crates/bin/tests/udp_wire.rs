@@ -18,7 +18,7 @@ fn lab() -> Lab {
         nodes: 2,
         pods_per_node: 1,
         backend: "udp".into(),
-        flanneld_args: vec!["--iptables-resync=1".into()],
+        flanneld_args: vec!["--iptables-resync=1".into(), "--kernel-resync=1".into()],
         ..LabSpec::default()
     })
 }

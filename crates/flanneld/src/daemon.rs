@@ -229,9 +229,9 @@ impl<SM: SubnetManager> Daemon<SM> {
         self.reconcile(Trigger::Netlink).await;
     }
 
-    /// The resync timer: kernel state, config drift, blackhole route, firewall, our lease data.
+    /// The resync timer: config drift, blackhole route, firewall, our lease data. (Kernel state
+    /// has its own, slower timer: see `--kernel-resync`.)
     pub async fn on_resync(&mut self) {
-        self.reconcile(Trigger::Timer).await;
         self.drift.check(self.sm.as_ref()).await;
         if self.opts.blackhole_route {
             ensure_blackhole(&self.nl, self.own.lease.subnet).await;
@@ -298,6 +298,9 @@ impl<SM: SubnetManager> Daemon<SM> {
         let period = self.opts.resync;
         let mut resync = tokio::time::interval_at(Instant::now() + period, period);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let kperiod = self.opts.kernel_resync;
+        let mut kernel_resync = tokio::time::interval_at(Instant::now() + kperiod, kperiod);
+        kernel_resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // When the reconcile for a kernel notification is due: a burst (and our own writes)
         // settles first, while lease events go on being handled (a sleep here would hold back
         // a peer's route by up to that long).
@@ -330,6 +333,7 @@ impl<SM: SubnetManager> Daemon<SM> {
                     self.on_netlink_kick().await;
                 }
                 _ = resync.tick() => self.on_resync().await,
+                _ = kernel_resync.tick() => self.reconcile(Trigger::Timer).await,
                 _ = sleep_until(self.renew_at) => self.on_renew().await,
                 name = stop.recv() => { info!("{name}: exiting cleanly; kernel state, rules and lease kept"); break Ok(()) }
             }

@@ -168,7 +168,13 @@ pub const FLAGS: &[Spec] = &[
         "iptables-resync",
         Kind::Int,
         "5",
-        "resync period for iptables rules and kernel state, in seconds",
+        "resync period for iptables rules, in seconds",
+    ),
+    f(
+        "kernel-resync",
+        Kind::Int,
+        "30",
+        "flannel-rs: period of the full check of routes, neighbours and FDB entries, in seconds (deletions are repaired at once)",
     ),
     f(
         "iptables-forward-rules",
@@ -566,7 +572,9 @@ mod tests {
     /// value is refused with the flag (or variable) named.
     #[test]
     fn every_flag_reads_cli_and_env_with_upstream_names() {
-        assert_eq!(FLAGS.len(), 31, "the upstream flag table");
+        // Upstream's 31, and our --kernel-resync.
+        assert_eq!(FLAGS.len(), 32, "the upstream flag table");
+        assert!(FLAGS.iter().any(|f| f.name == "kernel-resync"));
         for s in FLAGS {
             let var = format!("FLANNELD_{}", s.name.to_ascii_uppercase().replace('-', "_"));
             let (cli_val, env_val, want_cli, want_env) = match s.kind {

@@ -25,6 +25,9 @@ pub struct Options {
     pub ip_masq: bool,
     pub ip_masq_fully_random_disable: bool,
     pub resync: Duration,
+    /// `--kernel-resync`: the safety net's full pass over kernel state (the incremental path
+    /// and netlink notifications do the rest).
+    pub kernel_resync: Duration,
     pub forward_rules: bool,
     pub verbosity: i64,
 }
@@ -45,6 +48,10 @@ impl Options {
         let resync = v.int("iptables-resync");
         if resync < 1 {
             bail!("--iptables-resync={resync}: must be at least 1 second");
+        }
+        let kernel_resync = v.int("kernel-resync");
+        if kernel_resync < 1 {
+            bail!("--kernel-resync={kernel_resync}: must be at least 1 second");
         }
         let public_ip = match v.str("public-ip") {
             s if s.is_empty() => None,
@@ -123,6 +130,7 @@ impl Options {
             ip_masq: v.bool("ip-masq"),
             ip_masq_fully_random_disable: v.bool("ip-masq-fully-random-disable"),
             resync: Duration::from_secs(resync as u64),
+            kernel_resync: Duration::from_secs(kernel_resync as u64),
             forward_rules: v.bool("iptables-forward-rules"),
             verbosity: v.int("v"),
         })
