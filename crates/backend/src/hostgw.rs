@@ -4,11 +4,14 @@
 use crate::routes::RoutePlan;
 use crate::{BackendError, ExternalInterface, ReconcileReport};
 use flannel_core::hostgw::desired_routes;
+use flannel_core::route_guard::RouteGuard;
 use flannel_core::{Lease, LeaseAttrs};
+use flannel_net::monitor::Change;
 use flannel_net::netlink::gw_routes_on;
 use flannel_net::Netlink;
 use ipnet::Ipv4Net;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::Ipv4Addr;
 
 pub struct HostGwBackend {
     nl: Netlink,
@@ -17,6 +20,11 @@ pub struct HostGwBackend {
     network: Ipv4Net,
     /// Destinations routed on the last pass (see `RouteGuard::claimed`).
     claimed: BTreeSet<Ipv4Net>,
+    /// The guard and our routes as of the last full pass plus our writes since (see the vxlan
+    /// backend's mirror); `None` until a full pass succeeds and after a failed write.
+    mirror: Option<(RouteGuard, BTreeMap<Ipv4Net, Ipv4Addr>)>,
+    /// Our own route deletions whose notifications are on their way.
+    expected: HashSet<Change>,
 }
 
 impl HostGwBackend {
@@ -39,6 +47,8 @@ impl HostGwBackend {
             ext,
             network,
             claimed: BTreeSet::new(),
+            mirror: None,
+            expected: HashSet::new(),
         })
     }
 
@@ -74,6 +84,7 @@ impl HostGwBackend {
             &gw_routes_on(&table, idx, true),
             &adopt,
         );
+        self.expected = plan.removals().map(Change::RouteGone).collect();
         let mut report = plan.remove(&self.nl).await;
         let (added, failed) = plan.upsert(&self.nl).await;
         report.absorb(added);
@@ -83,6 +94,60 @@ impl HostGwBackend {
             .copied()
             .collect();
         report.skipped = skipped;
+        self.mirror = (report.failed == 0).then_some((guard, desired));
         Ok(report)
+    }
+
+    /// The incremental path (see `Backend::apply_delta`): the touched peers' routes against
+    /// the mirror, without reading the routing table back.
+    pub async fn apply_delta(
+        &mut self,
+        own: &Lease,
+        changed: &[Lease],
+        removed: &[Lease],
+    ) -> Result<Option<ReconcileReport>, BackendError> {
+        let Some((guard, routes)) = self.mirror.as_mut() else {
+            return Ok(None);
+        };
+        let (desired, skipped) = desired_routes(own.subnet, changed, guard);
+        let touched: BTreeSet<Ipv4Net> = changed
+            .iter()
+            .chain(removed)
+            .map(|l| l.subnet)
+            .filter(|s| *s != own.subnet)
+            .collect();
+        let ours: BTreeMap<Ipv4Net, Ipv4Addr> = touched
+            .iter()
+            .filter_map(|s| routes.get(s).map(|g| (*s, *g)))
+            .collect();
+        let plan = RoutePlan::new(self.ext.index, false, &desired, &ours, &BTreeSet::new());
+        self.expected.extend(plan.removals().map(Change::RouteGone));
+        let mut report = plan.remove(&self.nl).await;
+        let (added, failed) = plan.upsert(&self.nl).await;
+        report.absorb(added);
+        report.skipped = skipped;
+        if report.failed > 0 {
+            self.mirror = None;
+            return Ok(Some(report));
+        }
+        for s in &touched {
+            match desired.get(s) {
+                Some(g) => {
+                    routes.insert(*s, *g);
+                    self.claimed.insert(*s);
+                }
+                None => {
+                    routes.remove(s);
+                    self.claimed.remove(s);
+                }
+            }
+        }
+        debug_assert!(failed.is_empty());
+        Ok(Some(report))
+    }
+
+    /// See `Backend::expected_change`.
+    pub fn expected_change(&mut self, change: &Change) -> bool {
+        self.expected.remove(change)
     }
 }

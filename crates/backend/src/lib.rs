@@ -177,14 +177,16 @@ impl Backend for AnyBackend {
     ) -> Result<Option<ReconcileReport>, BackendError> {
         match self {
             Self::Vxlan(b) => b.apply_delta(own, changed, removed).await,
-            Self::HostGw(_) | Self::Udp(_) => Ok(None),
+            Self::HostGw(b) => b.apply_delta(own, changed, removed).await,
+            Self::Udp(_) => Ok(None),
         }
     }
 
     fn expected_change(&mut self, change: &flannel_net::monitor::Change) -> bool {
         match self {
             Self::Vxlan(b) => b.expected_change(change),
-            Self::HostGw(_) | Self::Udp(_) => false,
+            Self::HostGw(b) => b.expected_change(change),
+            Self::Udp(_) => false,
         }
     }
 }

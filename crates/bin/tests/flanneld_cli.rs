@@ -498,3 +498,59 @@ fn a_config_with_long_non_ascii_text_in_a_wrong_typed_value_crashes_nothing() {
     assert!(waits.is_some(), "{}", n.log());
     assert!(n.flanneld_running());
 }
+
+#[test]
+fn host_gw_lease_events_are_applied_without_a_full_pass() {
+    if common::skip_without_root() {
+        return;
+    }
+    let mut n = Node::new("hd");
+    n.etcdctl(&[
+        "put",
+        "/coreos.com/network/config",
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#,
+    ]);
+    n.start(&["-v=2"]);
+    n.wait_ready();
+    let full_passes = |n: &Node| n.log().lines().filter(|l| l.contains("full pass")).count();
+    // The watch's first listing is a snapshot: one full pass for it.
+    let t = Duration::from_secs(5);
+    assert!(eventually(t, || n.log().contains("full pass trigger=Lease")).is_some());
+    let before = full_passes(&n);
+    // A peer's subnet, not the one we picked at random for ourselves.
+    let env = std::fs::read_to_string(n.subnet_env()).unwrap();
+    let third = if env.contains("FLANNEL_SUBNET=10.244.200.") {
+        201
+    } else {
+        200
+    };
+    let key = format!("/coreos.com/network/subnets/10.244.{third}.0-24");
+    let key = key.as_str();
+    let dst = format!("10.244.{third}.0/24");
+    n.etcdctl(&[
+        "put",
+        key,
+        r#"{"PublicIP":"10.0.0.60","BackendType":"host-gw"}"#,
+    ]);
+    let route = || n.exec("ip", &["route", "show", &dst]);
+    assert!(eventually(t, || route().contains("via 10.0.0.60 dev eth0 proto 252")).is_some());
+    n.etcdctl(&[
+        "put",
+        key,
+        r#"{"PublicIP":"10.0.0.61","BackendType":"host-gw"}"#,
+    ]);
+    assert!(
+        eventually(t, || route().contains("via 10.0.0.61")).is_some(),
+        "{}",
+        route()
+    );
+    n.etcdctl(&["del", key]);
+    assert!(
+        eventually(t, || route().is_empty()).is_some(),
+        "{}",
+        route()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(full_passes(&n), before, "{}", n.log());
+    assert!(n.log().contains("applied lease changes"));
+}
