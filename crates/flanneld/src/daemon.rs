@@ -97,7 +97,7 @@ impl<SM: SubnetManager> Daemon<SM> {
         debug!(?trigger, "full pass");
         match self
             .backend
-            .reconcile(&self.own.lease, &self.leases.leases())
+            .reconcile(&self.own.lease, self.leases.as_slice())
             .await
         {
             Ok(r) => {
