@@ -486,25 +486,28 @@ impl Netlink {
         })
     }
 
-    /// Every main-table IPv4 route, parsed.
+    /// Every main-table IPv4 route, parsed as the dump streams in: a node with 20000 routes
+    /// never holds 20000 full netlink messages at once.
     pub async fn main_routes_v4(&self) -> Result<Vec<RouteEntry>, NetError> {
-        Ok(self
-            .v4_routes()
-            .await?
-            .iter()
-            .filter(|r| route_table(r) == u32::from(RT_TABLE_MAIN))
-            .filter_map(|r| {
-                Some(RouteEntry {
-                    dst: route_dst(r).or_else(|| {
-                        (r.header.destination_prefix_length == 0).then(Ipv4Net::default)
-                    })?,
-                    gw: route_gw(r),
-                    oif: route_oif(r),
+        let req = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build());
+        let parsed = req.execute().try_filter_map(|r| {
+            let main = route_table(&r) == u32::from(RT_TABLE_MAIN);
+            let entry = route_dst(&r)
+                .or_else(|| (r.header.destination_prefix_length == 0).then(Ipv4Net::default))
+                .filter(|_| main)
+                .map(|dst| RouteEntry {
+                    dst,
+                    gw: route_gw(&r),
+                    oif: route_oif(&r),
                     protocol: u8::from(r.header.protocol),
                     unicast: r.header.kind == RouteType::Unicast,
-                })
-            })
-            .collect())
+                });
+            futures::future::ready(Ok(entry))
+        });
+        ctx(parsed.try_collect().await, || "list IPv4 routes".into())
     }
 
     /// Main-table IPv4 routes with a gateway through link `index`: destination → gateway.
@@ -590,28 +593,22 @@ impl Netlink {
         })
     }
 
-    async fn neigh_dump(
-        &self,
-        family: AddressFamily,
-        what: &str,
-    ) -> Result<Vec<NeighbourMessage>, NetError> {
-        let req = self.handle.neighbours().get().set_address_family(family);
-        ctx(req.execute().try_collect().await, || format!("list {what}"))
-    }
-
-    /// Permanent IPv4 neighbour entries of link `index`: IP → MAC.
+    /// Permanent IPv4 neighbour entries of link `index`: IP → MAC (parsed as they stream in).
     pub async fn neighbours(&self, index: u32) -> Result<BTreeMap<Ipv4Addr, MacAddr>, NetError> {
-        let msgs = self.neigh_dump(AddressFamily::Inet, "neighbours").await?;
-        let mut out = BTreeMap::new();
-        for m in msgs
-            .iter()
-            .filter(|m| m.header.ifindex == index && m.header.state == NeighbourState::Permanent)
-        {
-            if let (Some(IpAddr::V4(ip)), Some(mac)) = (neigh_dst(m), neigh_lladdr(m)) {
-                out.insert(ip, mac);
-            }
-        }
-        Ok(out)
+        let req = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet);
+        let parsed = req.execute().try_filter_map(|m| {
+            let ours = m.header.ifindex == index && m.header.state == NeighbourState::Permanent;
+            let entry = match (ours, neigh_dst(&m), neigh_lladdr(&m)) {
+                (true, Some(IpAddr::V4(ip)), Some(mac)) => Some((ip, mac)),
+                _ => None,
+            };
+            futures::future::ready(Ok(entry))
+        });
+        ctx(parsed.try_collect().await, || "list neighbours".into())
     }
 
     /// `ip neigh replace <ip> lladdr <mac> dev <index> nud permanent`.
@@ -645,16 +642,19 @@ impl Netlink {
 
     /// FDB entries with an IPv4 destination on link `index` (`bridge fdb show dev X`): MAC → dst.
     pub async fn fdb(&self, index: u32) -> Result<BTreeMap<MacAddr, Ipv4Addr>, NetError> {
-        let msgs = self
-            .neigh_dump(AddressFamily::Bridge, "FDB entries")
-            .await?;
-        let mut out = BTreeMap::new();
-        for m in msgs.iter().filter(|m| m.header.ifindex == index) {
-            if let (Some(IpAddr::V4(dst)), Some(mac)) = (neigh_dst(m), neigh_lladdr(m)) {
-                out.insert(mac, dst);
-            }
-        }
-        Ok(out)
+        let req = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge);
+        let parsed = req.execute().try_filter_map(|m| {
+            let entry = match (m.header.ifindex == index, neigh_dst(&m), neigh_lladdr(&m)) {
+                (true, Some(IpAddr::V4(dst)), Some(mac)) => Some((mac, dst)),
+                _ => None,
+            };
+            futures::future::ready(Ok(entry))
+        });
+        ctx(parsed.try_collect().await, || "list FDB entries".into())
     }
 
     /// `bridge fdb replace <mac> dev <index> dst <dst> self permanent`.
