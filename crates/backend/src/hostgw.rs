@@ -110,12 +110,7 @@ impl HostGwBackend {
             return Ok(None);
         };
         let (desired, skipped) = desired_routes(own.subnet, changed, guard);
-        let touched: BTreeSet<Ipv4Net> = changed
-            .iter()
-            .chain(removed)
-            .map(|l| l.subnet)
-            .filter(|s| *s != own.subnet)
-            .collect();
+        let touched = crate::touched_subnets(own, changed, removed);
         let ours: BTreeMap<Ipv4Net, Ipv4Addr> = touched
             .iter()
             .filter_map(|s| routes.get(s).map(|g| (*s, *g)))

@@ -103,6 +103,23 @@ pub trait Backend: Send {
     }
 }
 
+/// The peer subnets a lease burst touches (our own excluded: a change to it takes a full pass).
+pub(crate) fn touched_subnets(
+    own: &Lease,
+    changed: &[Lease],
+    removed: &[Lease],
+) -> Vec<ipnet::Ipv4Net> {
+    let mut v: Vec<ipnet::Ipv4Net> = changed
+        .iter()
+        .chain(removed)
+        .map(|l| l.subnet)
+        .filter(|s| *s != own.subnet)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
 /// The backend chosen by the network config, dispatched statically.
 pub enum AnyBackend {
     Vxlan(vxlan::VxlanBackend),

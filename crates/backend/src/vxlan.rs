@@ -302,12 +302,7 @@ impl VxlanBackend {
         };
         let (desired, skipped) = desired_peers_with(own.subnet, changed, &m.guard, &|_| false);
         let want = peers_of(&desired);
-        let touched: Vec<Ipv4Net> = changed
-            .iter()
-            .chain(removed)
-            .map(|l| l.subnet)
-            .filter(|s| *s != own.subnet)
-            .collect();
+        let touched = crate::touched_subnets(own, changed, removed);
         let plan = plan_delta(&m.peers, &touched, &want);
         let (nl, idx) = (&self.nl, self.index);
         for (d, _) in &plan.del_routes {
