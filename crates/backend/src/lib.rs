@@ -95,6 +95,9 @@ pub trait Backend: Send {
         std::future::ready(Ok(None))
     }
 
+    /// Cheap periodic work on the short timer (`--iptables-resync`): counters to report.
+    fn tick(&mut self) {}
+
     /// Whether a kernel change is one this backend made itself (a deletion whose notification
     /// was on its way) rather than drift that needs a reconcile.
     fn expected_change(&mut self, change: &flannel_net::monitor::Change) -> bool {
@@ -196,6 +199,12 @@ impl Backend for AnyBackend {
             Self::Vxlan(b) => b.apply_delta(own, changed, removed).await,
             Self::HostGw(b) => b.apply_delta(own, changed, removed).await,
             Self::Udp(_) => Ok(None),
+        }
+    }
+
+    fn tick(&mut self) {
+        if let Self::Udp(b) = self {
+            b.report_drops();
         }
     }
 

@@ -232,6 +232,7 @@ impl<SM: SubnetManager> Daemon<SM> {
     /// The resync timer: config drift, blackhole route, firewall, our lease data. (Kernel state
     /// has its own, slower timer: see `--kernel-resync`.)
     pub async fn on_resync(&mut self) {
+        self.backend.tick();
         self.drift.check(self.sm.as_ref()).await;
         if self.opts.blackhole_route {
             ensure_blackhole(&self.nl, self.own.lease.subnet).await;

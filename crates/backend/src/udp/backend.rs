@@ -210,8 +210,9 @@ impl UdpBackend {
         Ok(report)
     }
 
-    /// Logs each drop reason whose count grew since the last pass.
-    fn report_drops(&mut self) {
+    /// Logs each drop reason whose count grew since it was last said (on every full pass and
+    /// every `--iptables-resync` tick).
+    pub fn report_drops(&mut self) {
         let c = &self.counters;
         let reasons = [
             (
