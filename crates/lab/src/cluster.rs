@@ -316,6 +316,7 @@ fn mount_points_file(dir: &Path) -> PathBuf {
 
 fn record_mount_points(dir: &Path, made: &[PathBuf]) -> anyhow::Result<()> {
     std::fs::write(mount_points_file(dir), serde_json::to_string(made)?)?;
+    nodefs::register(dir, made);
     Ok(())
 }
 
@@ -765,7 +766,7 @@ pub fn down(lab: &str, state_root: &Path) -> anyhow::Result<Vec<String>> {
     let dir = state_dir(state_root, lab);
     if let Ok(text) = std::fs::read_to_string(mount_points_file(&dir)) {
         let made: Vec<PathBuf> = serde_json::from_str(&text).unwrap_or_default();
-        nodefs::remove_mount_points(&made);
+        nodefs::remove_mount_points(&dir, &made);
     }
     if dir.exists() {
         if let Err(e) = std::fs::remove_dir_all(&dir) {

@@ -41,12 +41,50 @@ pub fn host_path(binds: &[Bind], path: &Path) -> PathBuf {
         .unwrap_or_else(|| path.to_path_buf())
 }
 
+/// Mount points labs made, and the labs (state directories) using each: the last lab to go
+/// removes it. Read and written under [`lock`].
+const REGISTRY: &str = "/run/flannel-lab-mounts.json";
+
+type Registry = std::collections::BTreeMap<PathBuf, std::collections::BTreeSet<PathBuf>>;
+
+fn load_registry() -> Registry {
+    std::fs::read_to_string(REGISTRY)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+fn save_registry(r: &Registry) {
+    if r.is_empty() {
+        let _ = std::fs::remove_file(REGISTRY);
+    } else if let Ok(t) = serde_json::to_string(r) {
+        let _ = std::fs::write(REGISTRY, t);
+    }
+}
+
+/// Records `owner` (a lab's state directory) as a user of the lab-made mount points `made`.
+/// Call with [`lock`] held.
+pub fn register(owner: &Path, made: &[PathBuf]) {
+    let mut r = load_registry();
+    for p in made {
+        r.entry(p.clone()).or_default().insert(owner.to_path_buf());
+    }
+    save_registry(&r);
+}
+
 /// Makes the mount points that do not exist yet (like the source: a file or a directory) and
 /// appends them to `made`, outermost first, for [`remove_mount_points`] (also when it fails
-/// half-way).
+/// half-way); so are existing ones another lab made. Call with [`lock`] held.
 pub fn make_mount_points(binds: &[Bind], made: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let registry = load_registry();
     for b in binds {
         if b.dst.symlink_metadata().is_ok() {
+            // Made by another lab that is still up: ours too now, the last one removes it.
+            for p in b.dst.ancestors() {
+                if registry.contains_key(p) && !made.iter().any(|m| m == p) {
+                    made.push(p.to_path_buf());
+                }
+            }
             continue;
         }
         // Every missing ancestor is ours too.
@@ -131,15 +169,34 @@ fn mount_points_in_use() -> std::collections::HashSet<PathBuf> {
     used
 }
 
-/// Removes the mount points [`make_mount_points`] made, innermost first, if still empty and
-/// not in use by any process.
-pub fn remove_mount_points(made: &[PathBuf]) {
+/// Lab `owner` no longer uses the mount points in `made`: those no other lab uses are removed,
+/// innermost first, if still empty and not in use by any process.
+pub fn remove_mount_points(owner: &Path, made: &[PathBuf]) {
     let _lock = lock();
+    let mut registry = load_registry();
+    // Labs whose state is gone (killed without `down`) use nothing any more.
+    for users in registry.values_mut() {
+        users.retain(|u| u != owner && u.exists());
+    }
     let used = mount_points_in_use();
-    for p in made.iter().rev() {
-        if used.contains(p) {
+    // Ours, and any that no lab uses any more.
+    let orphans: Vec<PathBuf> = registry
+        .iter()
+        .filter(|(_, u)| u.is_empty())
+        .map(|(p, _)| p.clone())
+        .collect();
+    let mut ordered: Vec<&PathBuf> = made.iter().chain(&orphans).collect();
+    // Innermost first, whatever order they were made in.
+    ordered.sort_by(|a, b| {
+        (std::cmp::Reverse(a.components().count()), a)
+            .cmp(&(std::cmp::Reverse(b.components().count()), b))
+    });
+    ordered.dedup();
+    for p in ordered {
+        if registry.get(p).is_some_and(|u| !u.is_empty()) || used.contains(p) {
             continue;
         }
+        registry.remove(p);
         match p.symlink_metadata() {
             Ok(m) if m.is_dir() => {
                 let _ = std::fs::remove_dir(p);
@@ -150,6 +207,7 @@ pub fn remove_mount_points(made: &[PathBuf]) {
             _ => {}
         }
     }
+    save_registry(&registry);
 }
 
 /// Makes `cmd` run in a private mount namespace with `binds` in place (before it execs, so
@@ -279,7 +337,7 @@ mod tests {
             ]
         );
         assert!(root.join("host/a/lock").is_file());
-        remove_mount_points(&made);
+        remove_mount_points(&root, &made);
         assert!(!root.join("host/a").exists());
         assert!(root.join("host/existing").is_dir());
         std::fs::remove_dir_all(&root).unwrap();
