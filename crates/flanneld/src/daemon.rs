@@ -330,7 +330,11 @@ impl<SM: SubnetManager> Daemon<SM> {
                 }
                 _ = sleep_until(kick_due.unwrap_or_else(Instant::now)), if kick_due.is_some() => {
                     kick_due = None;
-                    while kicks.try_recv().is_ok() {}
+                    // The full pass below covers whatever is still queued; each expected
+                    // deletion among it is used up all the same.
+                    while let Ok(c) = kicks.try_recv() {
+                        self.backend.expected_change(&c);
+                    }
                     self.on_netlink_kick().await;
                 }
                 _ = resync.tick() => self.on_resync().await,
