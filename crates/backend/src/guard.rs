@@ -3,8 +3,7 @@
 //! its leases against it before programming them.
 
 use flannel_core::route_guard::{LocalAddr, LocalRoute, LocalState, RouteGuard};
-use flannel_net::netlink::RouteEntry;
-use flannel_net::{NetError, Netlink};
+use flannel_net::{Family, NetError, NetOps, RouteEntry};
 use ipnet::{IpNet, Ipv4Net};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -24,12 +23,12 @@ fn proto_name(p: u8) -> String {
 /// pass. `own_links` are the devices flannel created (their addresses and routes are ours);
 /// `claimed` the destinations the backend routed on its previous pass.
 pub async fn read(
-    nl: &Netlink,
+    nl: &impl NetOps,
     routes: &[RouteEntry],
     network: Ipv4Net,
     own_links: &[u32],
     ext_index: u32,
-    claimed: &BTreeSet<Ipv4Net>,
+    claimed: &BTreeSet<IpNet>,
 ) -> Result<RouteGuard, NetError> {
     let names: BTreeMap<u32, String> = nl
         .links()
@@ -39,12 +38,12 @@ pub async fn read(
         .collect();
     let name = |i: u32| names.get(&i).cloned().unwrap_or_else(|| format!("#{i}"));
     let addrs = nl
-        .ipv4_addrs(None)
+        .addrs(None, Family::V4)
         .await?
         .into_iter()
         .filter(|(i, _)| !own_links.contains(i))
         .map(|(i, a)| LocalAddr {
-            addr: IpNet::V4(a),
+            addr: a,
             iface: name(i),
         })
         .collect();
@@ -61,8 +60,8 @@ pub async fn read(
             }
             shown.push_str(&format!(" proto {}", proto_name(r.protocol)));
             LocalRoute {
-                dst: IpNet::V4(r.dst),
-                gateway: r.gw.map(IpAddr::V4),
+                dst: r.dst,
+                gateway: r.gw,
                 oif: r.oif,
                 connected: r.unicast && r.gw.is_none(),
                 shown,
@@ -73,7 +72,7 @@ pub async fn read(
         networks: vec![IpNet::V4(network)],
         local: LocalState { addrs, routes },
         ext_index: Some(ext_index),
-        claimed: claimed.iter().map(|n| IpNet::V4(*n)).collect(),
+        claimed: claimed.clone(),
     })
 }
 
@@ -83,8 +82,8 @@ pub async fn read(
 pub fn adoptable(
     routes: &[RouteEntry],
     own_links: &[u32],
-    desired: &BTreeMap<Ipv4Net, std::net::Ipv4Addr>,
-) -> BTreeSet<Ipv4Net> {
+    desired: &BTreeMap<IpNet, IpAddr>,
+) -> BTreeSet<IpNet> {
     routes
         .iter()
         .filter(|r| !r.ours() && !r.oif.is_some_and(|i| own_links.contains(&i)))

@@ -8,31 +8,28 @@ use flannel_core::route_guard::RouteGuard;
 use flannel_core::{Lease, LeaseAttrs};
 use flannel_net::monitor::Change;
 use flannel_net::netlink::gw_routes_on;
-use flannel_net::Netlink;
-use ipnet::Ipv4Net;
+use flannel_net::{Family, NetOps, Netlink, RouteWrite};
+use ipnet::{IpNet, Ipv4Net};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
+use tracing::info;
 
-pub struct HostGwBackend {
-    nl: Netlink,
+pub struct HostGwBackend<N: NetOps = Netlink> {
+    nl: N,
     ext: ExternalInterface,
     /// The cluster network: leases outside it are never routed.
     network: Ipv4Net,
     /// Destinations routed on the last pass (see `RouteGuard::claimed`).
-    claimed: BTreeSet<Ipv4Net>,
+    claimed: BTreeSet<IpNet>,
     /// The guard and our routes as of the last full pass plus our writes since (see the vxlan
     /// backend's mirror); `None` until a full pass succeeds and after a failed write.
-    mirror: Option<(RouteGuard, BTreeMap<Ipv4Net, Ipv4Addr>)>,
+    mirror: Option<(RouteGuard, BTreeMap<IpNet, IpAddr>)>,
     /// Our own route deletions whose notifications are on their way.
     expected: HashSet<Change>,
 }
 
-impl HostGwBackend {
-    pub fn register(
-        nl: Netlink,
-        ext: ExternalInterface,
-        network: Ipv4Net,
-    ) -> Result<Self, BackendError> {
+impl<N: NetOps> HostGwBackend<N> {
+    pub fn register(nl: N, ext: ExternalInterface, network: Ipv4Net) -> Result<Self, BackendError> {
         if ext.ext_addr != ext.iface_addr {
             return Err(BackendError::Config {
                 backend: "host-gw",
@@ -72,10 +69,11 @@ impl HostGwBackend {
         leases: &[Lease],
     ) -> Result<ReconcileReport, BackendError> {
         let idx = self.ext.index;
-        let table = self.nl.main_routes_v4().await?;
+        let table = self.nl.main_routes(Family::V4).await?;
         let guard =
             crate::guard::read(&self.nl, &table, self.network, &[], idx, &self.claimed).await?;
         let (desired, skipped) = desired_routes(own.subnet, leases, &guard);
+        let desired = crate::generic_routes(&desired);
         let adopt = crate::guard::adoptable(&table, &[], &desired);
         let plan = RoutePlan::new(
             idx,
@@ -110,8 +108,9 @@ impl HostGwBackend {
             return Ok(None);
         };
         let (desired, skipped) = desired_routes(own.subnet, changed, guard);
+        let desired = crate::generic_routes(&desired);
         let touched = crate::touched_subnets(own, changed, removed);
-        let ours: BTreeMap<Ipv4Net, Ipv4Addr> = touched
+        let ours: BTreeMap<IpNet, IpAddr> = touched
             .iter()
             .filter_map(|s| routes.get(s).map(|g| (*s, *g)))
             .collect();
@@ -134,6 +133,51 @@ impl HostGwBackend {
                 None => {
                     routes.remove(s);
                     self.claimed.remove(s);
+                }
+            }
+        }
+        Ok(Some(report))
+    }
+
+    /// See `Backend::repair`: a deleted route of ours is written again; a neighbour or FDB
+    /// change is not ours (host-gw owns routes only); anything else takes a full pass.
+    pub async fn repair(
+        &mut self,
+        changes: &[Change],
+    ) -> Result<Option<ReconcileReport>, BackendError> {
+        let Some((_, routes)) = self.mirror.as_ref() else {
+            return Ok(None);
+        };
+        let mut lost = Vec::new();
+        for c in changes {
+            match c {
+                Change::RouteGone(d) => match routes.get(d) {
+                    Some(g) => lost.push((*d, *g)),
+                    // Someone else's route: the guard may think differently of a lease now.
+                    None => return Ok(None),
+                },
+                Change::NeighbourGone(..) | Change::FdbGone(..) => {}
+                Change::Other => return Ok(None),
+            }
+        }
+        let idx = self.ext.index;
+        let mut report = ReconcileReport::default();
+        for (d, g) in lost {
+            // Exclusive: a route someone else put there meanwhile is not overwritten; the
+            // failure then takes a full pass, whose guard decides.
+            match self
+                .nl
+                .write_route(d, g, idx, false, RouteWrite::Create)
+                .await
+            {
+                Ok(()) => {
+                    info!(subnet = %d, via = %g, "route to peer was deleted; put back");
+                    report.added += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "putting a deleted route back failed; a full pass follows");
+                    report.failed += 1;
+                    self.mirror = None;
                 }
             }
         }

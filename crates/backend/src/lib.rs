@@ -11,8 +11,10 @@ pub mod udp;
 pub mod vxlan;
 
 use flannel_core::{Lease, LeaseAttrs};
+use ipnet::{IpNet, Ipv4Net};
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The interface flannel sends encapsulated traffic through (upstream `ExternalInterface`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +97,18 @@ pub trait Backend: Send {
         std::future::ready(Ok(None))
     }
 
+    /// Puts back entries of ours that the kernel reported deleted (`changes`, none of them
+    /// expected), without reading the kernel back. `None` when the changes need a full
+    /// [`Backend::reconcile`] (one is not ours to place, lost notifications, no mirror); a
+    /// report with failures means the same.
+    fn repair(
+        &mut self,
+        changes: &[flannel_net::monitor::Change],
+    ) -> impl Future<Output = Result<Option<ReconcileReport>, BackendError>> + Send {
+        let _ = changes;
+        std::future::ready(Ok(None))
+    }
+
     /// Cheap periodic work on the short timer (`--iptables-resync`): counters to report.
     fn tick(&mut self) {}
 
@@ -107,20 +121,24 @@ pub trait Backend: Send {
 }
 
 /// The peer subnets a lease burst touches (our own excluded: a change to it takes a full pass).
-pub(crate) fn touched_subnets(
-    own: &Lease,
-    changed: &[Lease],
-    removed: &[Lease],
-) -> Vec<ipnet::Ipv4Net> {
-    let mut v: Vec<ipnet::Ipv4Net> = changed
+pub(crate) fn touched_subnets(own: &Lease, changed: &[Lease], removed: &[Lease]) -> Vec<IpNet> {
+    let mut v: Vec<IpNet> = changed
         .iter()
         .chain(removed)
         .map(|l| l.subnet)
         .filter(|s| *s != own.subnet)
+        .map(IpNet::V4)
         .collect();
     v.sort();
     v.dedup();
     v
+}
+
+/// IPv4 routes (destination → gateway) in the family-generic form the kernel layer takes.
+pub(crate) fn generic_routes(m: &BTreeMap<Ipv4Net, Ipv4Addr>) -> BTreeMap<IpNet, IpAddr> {
+    m.iter()
+        .map(|(d, g)| (IpNet::V4(*d), IpAddr::V4(*g)))
+        .collect()
 }
 
 /// The backend chosen by the network config, dispatched statically.
@@ -198,6 +216,17 @@ impl Backend for AnyBackend {
         match self {
             Self::Vxlan(b) => b.apply_delta(own, changed, removed).await,
             Self::HostGw(b) => b.apply_delta(own, changed, removed).await,
+            Self::Udp(_) => Ok(None),
+        }
+    }
+
+    async fn repair(
+        &mut self,
+        changes: &[flannel_net::monitor::Change],
+    ) -> Result<Option<ReconcileReport>, BackendError> {
+        match self {
+            Self::Vxlan(b) => b.repair(changes).await,
+            Self::HostGw(b) => b.repair(changes).await,
             Self::Udp(_) => Ok(None),
         }
     }

@@ -9,28 +9,27 @@
 //! the next pass's guard skips the lease.
 
 use crate::ReconcileReport;
-use flannel_net::netlink::RouteWrite;
-use flannel_net::Netlink;
+use flannel_net::{NetOps, RouteWrite};
 use futures::future::join_all;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use tracing::{info, warn};
 
 pub struct RoutePlan {
     idx: u32,
     onlink: bool,
-    remove: Vec<(Ipv4Net, Ipv4Addr)>,
-    upsert: Vec<(Ipv4Net, Ipv4Addr, RouteWrite)>,
+    remove: Vec<(IpNet, IpAddr)>,
+    upsert: Vec<(IpNet, IpAddr, RouteWrite)>,
 }
 
 impl RoutePlan {
     pub fn new(
         idx: u32,
         onlink: bool,
-        desired: &BTreeMap<Ipv4Net, Ipv4Addr>,
-        ours: &BTreeMap<Ipv4Net, Ipv4Addr>,
-        adopt: &BTreeSet<Ipv4Net>,
+        desired: &BTreeMap<IpNet, IpAddr>,
+        ours: &BTreeMap<IpNet, IpAddr>,
+        adopt: &BTreeSet<IpNet>,
     ) -> Self {
         let remove = ours
             .iter()
@@ -62,12 +61,12 @@ impl RoutePlan {
     }
 
     /// The destinations [`RoutePlan::remove`] deletes.
-    pub fn removals(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
+    pub fn removals(&self) -> impl Iterator<Item = IpNet> + '_ {
         self.remove.iter().map(|(d, _)| *d)
     }
 
     /// Deletes our routes that are no longer desired, as one pipelined batch.
-    pub async fn remove(&self, nl: &Netlink) -> ReconcileReport {
+    pub async fn remove(&self, nl: &impl NetOps) -> ReconcileReport {
         let results = join_all(
             self.remove
                 .iter()
@@ -92,7 +91,7 @@ impl RoutePlan {
 
     /// Writes the missing and different routes, as one pipelined batch. Also returns the
     /// destinations whose write failed.
-    pub async fn upsert(&self, nl: &Netlink) -> (ReconcileReport, BTreeSet<Ipv4Net>) {
+    pub async fn upsert(&self, nl: &impl NetOps) -> (ReconcileReport, BTreeSet<IpNet>) {
         let results = join_all(
             self.upsert
                 .iter()
@@ -122,7 +121,7 @@ impl RoutePlan {
 mod tests {
     use super::*;
 
-    fn m(pairs: &[(&str, &str)]) -> BTreeMap<Ipv4Net, Ipv4Addr> {
+    fn m(pairs: &[(&str, &str)]) -> BTreeMap<IpNet, IpAddr> {
         pairs
             .iter()
             .map(|(d, g)| (d.parse().unwrap(), g.parse().unwrap()))
@@ -140,7 +139,7 @@ mod tests {
             ("10.244.2.0/24", "10.0.0.99"),
             ("10.244.9.0/24", "10.0.0.59"),
         ]);
-        let adopt: BTreeSet<Ipv4Net> = ["10.244.3.0/24".parse().unwrap()].into();
+        let adopt: BTreeSet<IpNet> = ["10.244.3.0/24".parse().unwrap()].into();
         let p = RoutePlan::new(2, false, &desired, &ours, &adopt);
         assert_eq!(
             p.remove,

@@ -10,17 +10,16 @@ use flannel_core::vxlan::{desired_peers_with, VxlanConfig};
 use flannel_core::vxlan_delta::{apply_to_mirror, peers_of, plan_delta, PeerEntry};
 use flannel_core::{Lease, LeaseAttrs, MacAddr};
 use flannel_net::monitor::Change;
-use flannel_net::netlink::RouteWrite;
 use flannel_net::netlink::{gw_routes_on, is_vxlan};
-use flannel_net::{Link, Netlink, VxlanSpec};
+use flannel_net::{Family, Link, NetOps, Netlink, RouteWrite, VxlanSpec};
 use futures::future::join_all;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use tracing::{debug, info, warn};
 
-pub struct VxlanBackend {
-    nl: Netlink,
+pub struct VxlanBackend<N: NetOps = Netlink> {
+    nl: N,
     cfg: VxlanConfig,
     ext: ExternalInterface,
     /// The cluster network: addresses inside it on our device that are not ours get removed.
@@ -28,7 +27,7 @@ pub struct VxlanBackend {
     spec: VxlanSpec,
     index: u32,
     /// Destinations routed on the last pass (see `RouteGuard::claimed`).
-    claimed: BTreeSet<Ipv4Net>,
+    claimed: BTreeSet<IpNet>,
     /// What the last full pass left for each peer, kept current by the incremental path.
     /// `None` until a full pass succeeds, with DirectRouting, and after any failed write.
     mirror: Option<Mirror>,
@@ -41,15 +40,15 @@ struct Mirror {
     /// The guard of the last full pass: foreign routes and addresses change rarely, and a
     /// lease they newly conflict with fails its exclusive route write (then a full pass).
     guard: RouteGuard,
-    peers: BTreeMap<Ipv4Net, PeerEntry>,
+    peers: BTreeMap<IpNet, PeerEntry>,
 }
 
-impl VxlanBackend {
+impl<N: NetOps> VxlanBackend<N> {
     /// Creates or adopts `flannel.<VNI>`. An existing compatible device is kept as it is (its MAC
     /// stays what peers already know); an incompatible one is replaced. A new device takes
     /// `stored_mac` when given (the MAC our previous lease published), else a random one.
     pub async fn register(
-        nl: Netlink,
+        nl: N,
         cfg: VxlanConfig,
         ext: ExternalInterface,
         network: Ipv4Net,
@@ -132,8 +131,6 @@ impl VxlanBackend {
                 self.spec.mac
             )));
         }
-        // Peers never send router advertisements over the overlay.
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/accept_ra"), "0");
         self.index = l.index;
         info!(device = %name, mac = %self.spec.mac, mtu = self.spec.mtu, local = %self.spec.local, "created vxlan device");
         Ok(true)
@@ -142,10 +139,11 @@ impl VxlanBackend {
     /// Address `<subnet network>/32`, other addresses inside the cluster network removed, MTU, up.
     async fn ensure_device_config(&self, own: &Lease) -> Result<usize, BackendError> {
         let mut changes = 0;
-        let want = Ipv4Net::new(own.subnet.network(), 32).unwrap_or_default();
-        let addrs = self.nl.ipv4_addrs(Some(self.index)).await?;
+        let want = IpNet::V4(Ipv4Net::new(own.subnet.network(), 32).unwrap_or_default());
+        let addrs = self.nl.addrs(Some(self.index), Family::V4).await?;
         for (_, a) in &addrs {
-            if *a != want && self.network.contains(&a.addr()) {
+            let in_network = matches!(a, IpNet::V4(n) if self.network.contains(&n.addr()));
+            if *a != want && in_network {
                 info!(address = %a, "removing stale address from {}", self.spec.name);
                 self.nl.del_addr(self.index, *a).await?;
                 changes += 1;
@@ -201,7 +199,7 @@ impl VxlanBackend {
         leases: &[Lease],
     ) -> Result<ReconcileReport, BackendError> {
         let (idx, ext) = (self.index, self.ext.index);
-        let table = self.nl.main_routes_v4().await?;
+        let table = self.nl.main_routes(Family::V4).await?;
         let nl = &self.nl;
         let guard =
             crate::guard::read(nl, &table, self.network, &[idx], ext, &self.claimed).await?;
@@ -209,25 +207,39 @@ impl VxlanBackend {
         let (desired, skipped) = desired_peers_with(own.subnet, leases, &guard, &|ip| {
             direct.get(&ip).copied().unwrap_or(false)
         });
+        let mirror_peers = peers_of(&desired);
+        let direct_routes = crate::generic_routes(&desired.direct);
+        let overlay_routes = crate::generic_routes(&desired.routes);
+        let want_neigh: BTreeMap<IpAddr, MacAddr> = desired
+            .neighbours
+            .iter()
+            .map(|(ip, m)| (IpAddr::V4(*ip), *m))
+            .collect();
+        let want_fdb: BTreeMap<MacAddr, IpAddr> = desired
+            .fdb
+            .iter()
+            .map(|(m, ip)| (*m, IpAddr::V4(*ip)))
+            .collect();
+        drop(desired);
         // DirectRouting routes live on the external interface, where only `proto 252` ones are
         // ours; every route on our own device is ours. Foreign routes the guard let through
         // are overwritten in place.
         let direct_plan = RoutePlan::new(
             ext,
             false,
-            &desired.direct,
+            &direct_routes,
             &gw_routes_on(&table, ext, true),
-            &crate::guard::adoptable(&table, &[idx], &desired.direct),
+            &crate::guard::adoptable(&table, &[idx], &direct_routes),
         );
         let overlay_plan = RoutePlan::new(
             idx,
             true,
-            &desired.routes,
+            &overlay_routes,
             &gw_routes_on(&table, idx, false),
-            &crate::guard::adoptable(&table, &[idx], &desired.routes),
+            &crate::guard::adoptable(&table, &[idx], &overlay_routes),
         );
-        let (neigh, fdb) = tokio::try_join!(nl.neighbours(idx), nl.fdb(idx))?;
-        let (pn, pf) = (diff(&desired.neighbours, &neigh), diff(&desired.fdb, &fdb));
+        let (neigh, fdb) = tokio::try_join!(nl.neighbours(idx, Family::V4), nl.fdb(idx))?;
+        let (pn, pf) = (diff(&want_neigh, &neigh), diff(&want_fdb, &fdb));
         if !(pn.is_empty() && pf.is_empty() && overlay_plan.is_empty()) {
             debug!(neighbours = ?pn, fdb = ?pf, "vxlan peer plan");
         }
@@ -240,8 +252,7 @@ impl VxlanBackend {
             self.expected.insert(Change::RouteGone(d));
         }
         for (ip, _) in &pn.remove {
-            self.expected
-                .insert(Change::NeighbourGone(idx, IpAddr::V4(*ip)));
+            self.expected.insert(Change::NeighbourGone(idx, *ip));
         }
         for (m, _) in &pf.remove {
             self.expected.insert(Change::FdbGone(idx, *m));
@@ -274,17 +285,16 @@ impl VxlanBackend {
         report.absorb(overlay);
         report.absorb(direct);
         failed.extend(direct_failed);
-        self.claimed = desired
-            .routes
+        self.claimed = overlay_routes
             .keys()
-            .chain(desired.direct.keys())
+            .chain(direct_routes.keys())
             .filter(|d| !failed.contains(d))
             .copied()
             .collect();
         report.skipped = skipped;
-        self.mirror = (report.failed == 0 && !self.cfg.direct_routing).then(|| Mirror {
+        self.mirror = (report.failed == 0 && !self.cfg.direct_routing).then_some(Mirror {
             guard,
-            peers: peers_of(&desired),
+            peers: mirror_peers,
         });
         Ok(report)
     }
@@ -309,8 +319,7 @@ impl VxlanBackend {
             self.expected.insert(Change::RouteGone(*d));
         }
         for ip in &plan.del_neighbours {
-            self.expected
-                .insert(Change::NeighbourGone(idx, IpAddr::V4(*ip)));
+            self.expected.insert(Change::NeighbourGone(idx, *ip));
         }
         for (mac, _) in &plan.del_fdb {
             self.expected.insert(Change::FdbGone(idx, *mac));
@@ -384,13 +393,106 @@ impl VxlanBackend {
         Ok(Some(report))
     }
 
+    /// See `Backend::repair`: each deleted entry of a mirrored peer is written again (a route
+    /// exclusively: a route someone else put there meanwhile fails, and a full pass decides).
+    /// A notification about anything else we cannot place takes a full pass.
+    pub async fn repair(
+        &mut self,
+        changes: &[Change],
+    ) -> Result<Option<ReconcileReport>, BackendError> {
+        let Some(m) = self.mirror.as_ref() else {
+            return Ok(None);
+        };
+        let idx = self.index;
+        let mut plan = flannel_core::vxlan_delta::DeltaPlan::default();
+        for c in changes {
+            match c {
+                Change::RouteGone(d) => match m.peers.get(d) {
+                    Some(e) => plan.routes.push((*d, e.gw, false)),
+                    None => return Ok(None),
+                },
+                Change::NeighbourGone(i, ip) if *i == idx => {
+                    match m.peers.values().find(|e| e.gw == *ip) {
+                        Some(e) => plan.set_neighbours.push((*ip, e.mac)),
+                        None => return Ok(None),
+                    }
+                }
+                Change::FdbGone(i, mac) if *i == idx => {
+                    match m.peers.values().find(|e| e.mac == *mac) {
+                        Some(e) => plan.set_fdb.push((*mac, e.public)),
+                        None => return Ok(None),
+                    }
+                }
+                // Entries on other links are not ours (an ARP entry expiring on eth0).
+                Change::NeighbourGone(..) | Change::FdbGone(..) => {}
+                Change::Other => return Ok(None),
+            }
+        }
+        plan.set_neighbours.sort();
+        plan.set_neighbours.dedup();
+        plan.set_fdb.sort();
+        plan.set_fdb.dedup();
+        plan.routes.sort();
+        plan.routes.dedup();
+        let nl = &self.nl;
+        let mut failures = Vec::new();
+        // Upstream's order: neighbour, FDB, then the route that relies on them.
+        for r in join_all(
+            plan.set_neighbours
+                .iter()
+                .map(|(ip, mac)| nl.set_neighbour(idx, *ip, *mac)),
+        )
+        .await
+        {
+            failures.extend(r.err());
+        }
+        for r in join_all(
+            plan.set_fdb
+                .iter()
+                .map(|(mac, d)| nl.set_fdb(idx, *mac, *d)),
+        )
+        .await
+        {
+            failures.extend(r.err());
+        }
+        for r in join_all(
+            plan.routes
+                .iter()
+                .map(|(d, g, _)| nl.write_route(*d, *g, idx, true, RouteWrite::Create)),
+        )
+        .await
+        {
+            failures.extend(r.err());
+        }
+        let mut report = ReconcileReport {
+            added: plan.set_neighbours.len() + plan.set_fdb.len() + plan.routes.len(),
+            ..Default::default()
+        };
+        if report.added > 0 {
+            info!(
+                neighbours = plan.set_neighbours.len(),
+                fdb = plan.set_fdb.len(),
+                routes = plan.routes.len(),
+                "deleted peer entries put back"
+            );
+        }
+        if !failures.is_empty() {
+            for e in &failures {
+                warn!(error = %e, "putting a deleted entry back failed; a full pass follows");
+            }
+            report.failed = failures.len();
+            self.mirror = None;
+        }
+        Ok(Some(report))
+    }
+
     /// See `Backend::expected_change`.
     pub fn expected_change(&mut self, change: &Change) -> bool {
         self.expected.remove(change)
     }
 }
 
-impl Backend for VxlanBackend {
+impl<N: NetOps> Backend for VxlanBackend<N> {
     fn lease_attrs(&self) -> LeaseAttrs {
         LeaseAttrs {
             public_ip: self.ext.ext_addr,

@@ -4,7 +4,8 @@
 use crate::env::CniEnv;
 use crate::error::{code, CniError};
 use crate::subnet_env::PluginSubnetEnv;
-use flannel_net::Netlink;
+use flannel_net::netlink::gw_routes_on;
+use flannel_net::{Family, NetOps, Netlink};
 use ipnet::IpNet;
 use serde_json::Value;
 use std::net::IpAddr;
@@ -78,12 +79,13 @@ pub fn verify_pod(env: &CniEnv, prev: &Value, senv: &PluginSubnetEnv) -> Result<
             }
         }
         if let Some(IpAddr::V4(gw)) = gw {
-            let routes = nl
-                .routes_via_link(link.index)
+            let table = nl
+                .main_routes(Family::V4)
                 .await
                 .map_err(|e| fail(e.to_string()))?;
+            let routes = gw_routes_on(&table, link.index, false);
             for net in &senv.networks {
-                if routes.get(net) != Some(&gw) {
+                if routes.get(&IpNet::V4(*net)) != Some(&IpAddr::V4(gw)) {
                     return Err(fail(format!(
                         "{} has no route to {net} via {gw}",
                         env.netns

@@ -2,35 +2,37 @@
 //! what we programmed for every peer (the mirror). A lease event then costs what it changes:
 //! no dump of thousands of routes, neighbours and FDB entries. The full pass stays the safety
 //! net (at start, on a timer, after any failed write, on drift the kernel reports).
+//!
+//! Family-generic: the same mirror holds IPv4 and IPv6 peers.
 
 use crate::vxlan::VxlanPeers;
 use crate::MacAddr;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// What we programmed for one peer subnet: the route's gateway (the subnet's network address,
 /// also the neighbour entry's address), the peer's VTEP MAC and its public IP (the FDB entry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerEntry {
-    pub gw: Ipv4Addr,
+    pub gw: IpAddr,
     pub mac: MacAddr,
-    pub public: Ipv4Addr,
+    pub public: IpAddr,
 }
 
 /// The peers of a desired state (VXLAN peers only; DirectRouting peers are not mirrored).
-pub fn peers_of(d: &VxlanPeers) -> BTreeMap<Ipv4Net, PeerEntry> {
+pub fn peers_of(d: &VxlanPeers) -> BTreeMap<IpNet, PeerEntry> {
     d.routes
         .iter()
         .filter_map(|(subnet, gw)| {
             let mac = *d.neighbours.get(gw)?;
             let public = *d.fdb.get(&mac)?;
             Some((
-                *subnet,
+                IpNet::V4(*subnet),
                 PeerEntry {
-                    gw: *gw,
+                    gw: IpAddr::V4(*gw),
                     mac,
-                    public,
+                    public: IpAddr::V4(public),
                 },
             ))
         })
@@ -41,13 +43,13 @@ pub fn peers_of(d: &VxlanPeers) -> BTreeMap<Ipv4Net, PeerEntry> {
 /// entries they relied on), then additions (neighbour, FDB, route), as in a full pass.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeltaPlan {
-    pub del_routes: Vec<(Ipv4Net, Ipv4Addr)>,
-    pub del_neighbours: Vec<Ipv4Addr>,
-    pub del_fdb: Vec<(MacAddr, Ipv4Addr)>,
-    pub set_neighbours: Vec<(Ipv4Addr, MacAddr)>,
-    pub set_fdb: Vec<(MacAddr, Ipv4Addr)>,
+    pub del_routes: Vec<(IpNet, IpAddr)>,
+    pub del_neighbours: Vec<IpAddr>,
+    pub del_fdb: Vec<(MacAddr, IpAddr)>,
+    pub set_neighbours: Vec<(IpAddr, MacAddr)>,
+    pub set_fdb: Vec<(MacAddr, IpAddr)>,
     /// (destination, gateway, replace): replace only where the route is ours already.
-    pub routes: Vec<(Ipv4Net, Ipv4Addr, bool)>,
+    pub routes: Vec<(IpNet, IpAddr, bool)>,
 }
 
 impl DeltaPlan {
@@ -60,9 +62,9 @@ impl DeltaPlan {
 /// `want` holds for them (a touched subnet absent from `want` is gone, or now skipped). An FDB
 /// entry stays while another peer still uses its MAC.
 pub fn plan_delta(
-    mirror: &BTreeMap<Ipv4Net, PeerEntry>,
-    touched: &[Ipv4Net],
-    want: &BTreeMap<Ipv4Net, PeerEntry>,
+    mirror: &BTreeMap<IpNet, PeerEntry>,
+    touched: &[IpNet],
+    want: &BTreeMap<IpNet, PeerEntry>,
 ) -> DeltaPlan {
     let mut p = DeltaPlan::default();
     let mut touched = touched.to_vec();
@@ -111,9 +113,9 @@ pub fn plan_delta(
 
 /// The mirror after the plan for `touched` was applied.
 pub fn apply_to_mirror(
-    mirror: &mut BTreeMap<Ipv4Net, PeerEntry>,
-    touched: &[Ipv4Net],
-    want: &BTreeMap<Ipv4Net, PeerEntry>,
+    mirror: &mut BTreeMap<IpNet, PeerEntry>,
+    touched: &[IpNet],
+    want: &BTreeMap<IpNet, PeerEntry>,
 ) {
     for s in touched {
         match want.get(s) {
@@ -138,7 +140,7 @@ mod tests {
             public: public.parse().unwrap(),
         }
     }
-    fn n(s: &str) -> Ipv4Net {
+    fn n(s: &str) -> IpNet {
         s.parse().unwrap()
     }
 
@@ -215,10 +217,10 @@ mod tests {
             seed ^= seed << 17;
             seed % m
         };
-        let mut mirror: BTreeMap<Ipv4Net, PeerEntry> = BTreeMap::new();
-        let mut kernel_fdb: BTreeMap<MacAddr, Ipv4Addr> = BTreeMap::new();
-        let mut kernel_routes: BTreeMap<Ipv4Net, Ipv4Addr> = BTreeMap::new();
-        let mut desired: BTreeMap<Ipv4Net, PeerEntry> = BTreeMap::new();
+        let mut mirror: BTreeMap<IpNet, PeerEntry> = BTreeMap::new();
+        let mut kernel_fdb: BTreeMap<MacAddr, IpAddr> = BTreeMap::new();
+        let mut kernel_routes: BTreeMap<IpNet, IpAddr> = BTreeMap::new();
+        let mut desired: BTreeMap<IpNet, PeerEntry> = BTreeMap::new();
         for _ in 0..2000 {
             let i = rnd(40) as u8;
             let s = n(&format!("10.244.{i}.0/24"));
@@ -253,8 +255,7 @@ mod tests {
                 None => desired.remove(&s),
             };
             assert_eq!(mirror, desired);
-            let routes: BTreeMap<Ipv4Net, Ipv4Addr> =
-                desired.iter().map(|(s, e)| (*s, e.gw)).collect();
+            let routes: BTreeMap<IpNet, IpAddr> = desired.iter().map(|(s, e)| (*s, e.gw)).collect();
             assert_eq!(kernel_routes, routes);
             // Every MAC in use has an FDB entry; none that nobody uses is left.
             let macs: std::collections::BTreeSet<MacAddr> =

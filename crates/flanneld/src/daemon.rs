@@ -26,6 +26,8 @@ use tracing::{debug, error, info, warn};
 const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// How long a burst of kernel notifications may settle before the reconcile they ask for.
 const KICK_SETTLE: Duration = Duration::from_millis(50);
+/// More deleted entries than this in one settle period is a flush: one full pass is cheaper.
+const MAX_REPAIRS: usize = 256;
 
 /// Why a reconcile pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +50,8 @@ pub struct Counters {
     pub reclaims: u64,
     /// Lease events applied incrementally (no full pass).
     pub deltas: u64,
+    /// Deleted entries of ours put back from a notification (no full pass).
+    pub repairs: u64,
 }
 
 /// A copy of the daemon's state at one moment.
@@ -224,8 +228,20 @@ impl<SM: SubnetManager> Daemon<SM> {
         }
     }
 
-    /// A netlink notification about state we may own.
-    pub async fn on_netlink_kick(&mut self) {
+    /// Netlink notifications about state we may own, none of them our own doing: each
+    /// deleted entry of ours is put back by itself; anything the backend cannot place (or a
+    /// failed repair) takes a full pass.
+    pub async fn on_netlink_kick(&mut self, changes: &[Change]) {
+        if changes.len() <= MAX_REPAIRS {
+            match self.backend.repair(changes).await {
+                Ok(Some(r)) if r.failed == 0 => {
+                    self.counters.repairs += 1;
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "repairing deleted entries failed; doing a full pass"),
+            }
+        }
         self.reconcile(Trigger::Netlink).await;
     }
 
@@ -306,6 +322,8 @@ impl<SM: SubnetManager> Daemon<SM> {
         // settles first, while lease events go on being handled (a sleep here would hold back
         // a peer's route by up to that long).
         let mut kick_due: Option<Instant> = None;
+        // The unexpected changes seen since the last repair (capped: past the cap, a full pass).
+        let mut drift: Vec<Change> = Vec::new();
         let result: anyhow::Result<()> = loop {
             tokio::select! {
                 ev = rx.recv() => {
@@ -319,23 +337,26 @@ impl<SM: SubnetManager> Daemon<SM> {
                     }
                 }
                 Some(c) = kicks.recv() => {
-                    // `|=` asks the backend about every change: each expected one is used up.
-                    let mut drift = !self.backend.expected_change(&c);
-                    while let Ok(c) = kicks.try_recv() {
-                        drift |= !self.backend.expected_change(&c);
+                    // Every change is put to the backend: each expected one is used up.
+                    let mut next = Some(c);
+                    while let Some(c) = next.take().or_else(|| kicks.try_recv().ok()) {
+                        if !self.backend.expected_change(&c) {
+                            note_drift(&mut drift, c);
+                        }
                     }
-                    if drift {
+                    if !drift.is_empty() {
                         kick_due.get_or_insert_with(|| Instant::now() + KICK_SETTLE);
                     }
                 }
                 _ = sleep_until(kick_due.unwrap_or_else(Instant::now)), if kick_due.is_some() => {
                     kick_due = None;
-                    // The full pass below covers whatever is still queued; each expected
-                    // deletion among it is used up all the same.
                     while let Ok(c) = kicks.try_recv() {
-                        self.backend.expected_change(&c);
+                        if !self.backend.expected_change(&c) {
+                            note_drift(&mut drift, c);
+                        }
                     }
-                    self.on_netlink_kick().await;
+                    let changes = std::mem::take(&mut drift);
+                    self.on_netlink_kick(&changes).await;
                 }
                 _ = resync.tick() => self.on_resync().await,
                 _ = kernel_resync.tick() => self.reconcile(Trigger::Timer).await,
@@ -346,6 +367,14 @@ impl<SM: SubnetManager> Daemon<SM> {
         watcher.abort();
         monitor.abort();
         result
+    }
+}
+
+/// Adds an unexpected change to the ones waiting for repair; past [`MAX_REPAIRS`] only a
+/// marker that a full pass is due is kept (memory stays bounded in a flush).
+fn note_drift(drift: &mut Vec<Change>, c: Change) {
+    if drift.len() <= MAX_REPAIRS && !drift.contains(&c) {
+        drift.push(c);
     }
 }
 

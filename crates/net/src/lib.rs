@@ -1,14 +1,18 @@
 //! flannel-net: the only code that talks to the kernel's network configuration.
 //!
-//! [`netlink::Netlink`] wraps rtnetlink with the few domain operations flannel needs (links,
+//! [`ops::NetOps`] is what the backends ask of the kernel; [`netlink::Netlink`] wraps rtnetlink with the few domain operations flannel needs (links,
 //! addresses, routes, neighbours, FDB entries); [`firewall`] installs the masquerade and forward
 //! rules through [`iptables`] or [`nftables`]. All of it works in whatever network namespace the
 //! calling process runs in.
 
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
 pub mod firewall;
 pub mod iptables;
 pub mod monitor;
 pub mod netlink;
 pub mod nftables;
+pub mod ops;
 
 pub use netlink::{Link, NetError, Netlink, VxlanInfo, VxlanSpec, ROUTE_PROTOCOL};
+pub use ops::{Family, NetOps, RouteEntry, RouteWrite};

@@ -5,7 +5,7 @@
 
 use flannel_core::MacAddr;
 use futures::StreamExt;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
 use rtnetlink::packet_route::AddressFamily;
@@ -20,8 +20,8 @@ use tracing::warn;
 /// A change in the kernel that may concern state we own.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Change {
-    /// An IPv4 route to this destination was deleted.
-    RouteGone(Ipv4Net),
+    /// A route to this destination was deleted.
+    RouteGone(IpNet),
     /// A neighbour entry (ARP) for this address on this link was deleted.
     NeighbourGone(u32, IpAddr),
     /// An FDB entry for this MAC on this link was deleted.

@@ -1,9 +1,10 @@
 //! Thin rtnetlink wrapper: typed reads of what the kernel has, and idempotent writes.
 
+use crate::ops::{Family, NetOps, RouteGet};
 use flannel_core::iface::{IfaceAddr, IfaceLink, Snapshot};
 use flannel_core::MacAddr;
 use futures::{StreamExt, TryStreamExt};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -87,45 +88,7 @@ pub struct VxlanSpec {
     pub learning: bool,
 }
 
-/// A main-table IPv4 route as flannel needs to see it: where to, how, and whose.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteEntry {
-    pub dst: Ipv4Net,
-    pub gw: Option<Ipv4Addr>,
-    pub oif: Option<u32>,
-    /// The route protocol: [`ROUTE_PROTOCOL`] marks ours.
-    pub protocol: u8,
-    /// A plain unicast route (not blackhole, unreachable, prohibit, ...).
-    pub unicast: bool,
-}
-
-impl RouteEntry {
-    pub fn ours(&self) -> bool {
-        self.protocol == ROUTE_PROTOCOL
-    }
-}
-
-/// Routes with a gateway through link `index`: destination → gateway; only ours (`proto
-/// 252`) when `only_ours`.
-pub fn gw_routes_on(
-    routes: &[RouteEntry],
-    index: u32,
-    only_ours: bool,
-) -> BTreeMap<Ipv4Net, Ipv4Addr> {
-    routes
-        .iter()
-        .filter(|r| r.oif == Some(index) && (!only_ours || r.ours()))
-        .filter_map(|r| Some((r.dst, r.gw?)))
-        .collect()
-}
-
-/// How a route is written: over an existing one we own, or created only where none exists (the
-/// kernel answers EEXIST instead of replacing a route that is not ours).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RouteWrite {
-    Replace,
-    Create,
-}
+pub use crate::ops::{gw_routes_on, RouteEntry, RouteWrite};
 
 fn parse_link(m: &LinkMessage) -> Link {
     let mut l = Link {
@@ -189,145 +152,6 @@ impl Netlink {
         Ok(Self { handle })
     }
 
-    pub async fn links(&self) -> Result<Vec<Link>, NetError> {
-        let msgs: Vec<LinkMessage> = ctx(
-            self.handle.link().get().execute().try_collect().await,
-            || "list links".into(),
-        )?;
-        Ok(msgs.iter().map(parse_link).collect())
-    }
-
-    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetError> {
-        let req = self.handle.link().get().match_name(name.to_string());
-        one_link(req, format!("get link {name}")).await
-    }
-
-    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NetError> {
-        let req = self.handle.link().get().match_index(index);
-        one_link(req, format!("get link #{index}")).await
-    }
-
-    pub async fn create_vxlan(&self, s: &VxlanSpec) -> Result<(), NetError> {
-        let mut b = LinkVxlan::new(&s.name, s.vni)
-            .dev(s.dev)
-            .local(s.local)
-            .ttl(0)
-            .tos(0)
-            .learning(s.learning)
-            .proxy(false)
-            .rsc(false)
-            .l2miss(false)
-            .l3miss(false)
-            .mtu(s.mtu)
-            .address(s.mac.0.to_vec());
-        if s.port > 0 {
-            b = b.port(s.port);
-        }
-        ctx(self.handle.link().add(b.build()).execute().await, || {
-            format!("create vxlan device {}", s.name)
-        })
-    }
-
-    pub async fn delete_link(&self, index: u32) -> Result<(), NetError> {
-        ctx(self.handle.link().del(index).execute().await, || {
-            format!("delete link #{index}")
-        })
-    }
-
-    pub async fn set_up(&self, index: u32) -> Result<(), NetError> {
-        let m = LinkUnspec::new_with_index(index).up().build();
-        ctx(self.handle.link().set(m).execute().await, || {
-            format!("set link #{index} up")
-        })
-    }
-
-    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetError> {
-        let m = LinkUnspec::new_with_index(index).mtu(mtu).build();
-        ctx(self.handle.link().set(m).execute().await, || {
-            format!("set link #{index} mtu {mtu}")
-        })
-    }
-
-    pub async fn set_mac(&self, index: u32, mac: MacAddr) -> Result<(), NetError> {
-        let m = LinkUnspec::new_with_index(index)
-            .address(mac.0.to_vec())
-            .build();
-        ctx(self.handle.link().set(m).execute().await, || {
-            format!("set link #{index} address {mac}")
-        })
-    }
-
-    /// IPv4 addresses with their link index; all links when `index` is `None`.
-    pub async fn ipv4_addrs(&self, index: Option<u32>) -> Result<Vec<(u32, Ipv4Net)>, NetError> {
-        let mut req = self.handle.address().get();
-        if let Some(i) = index {
-            req = req.set_link_index_filter(i);
-        }
-        let msgs: Vec<_> = ctx(req.execute().try_collect().await, || {
-            "list addresses".into()
-        })?;
-        let mut out = Vec::new();
-        for m in msgs {
-            if m.header.family != AddressFamily::Inet {
-                continue;
-            }
-            // IFA_LOCAL is the address itself; IFA_ADDRESS is the peer on point-to-point links.
-            let local = m.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
-                _ => None,
-            });
-            let addr = local.or_else(|| {
-                m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
-                    _ => None,
-                })
-            });
-            if let Some(ip) = addr {
-                if let Ok(n) = Ipv4Net::new(ip, m.header.prefix_len) {
-                    out.push((m.header.index, n));
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    pub async fn add_addr(&self, index: u32, addr: Ipv4Net) -> Result<(), NetError> {
-        ctx(
-            self.handle
-                .address()
-                .add(index, IpAddr::V4(addr.addr()), addr.prefix_len())
-                .replace()
-                .execute()
-                .await,
-            || format!("add address {addr} to link #{index}"),
-        )
-    }
-
-    pub async fn del_addr(&self, index: u32, addr: Ipv4Net) -> Result<(), NetError> {
-        let msgs: Vec<_> = ctx(
-            self.handle
-                .address()
-                .get()
-                .set_link_index_filter(index)
-                .execute()
-                .try_collect()
-                .await,
-            || format!("list addresses of link #{index}"),
-        )?;
-        for m in msgs {
-            let hit = m.header.prefix_len == addr.prefix_len()
-                && m.attributes.iter().any(
-                    |a| matches!(a, AddressAttribute::Local(IpAddr::V4(ip)) if *ip == addr.addr()),
-                );
-            if hit {
-                ctx(self.handle.address().del(m).execute().await, || {
-                    format!("delete address {addr} from link #{index}")
-                })?;
-            }
-        }
-        Ok(())
-    }
-
     /// Links and addresses (both families, with flags) for choosing the external interface.
     pub async fn iface_snapshot(&self) -> Result<Snapshot, NetError> {
         let links = self
@@ -347,19 +171,7 @@ impl Netlink {
         let addrs = msgs
             .iter()
             .filter_map(|m| {
-                let ip = m
-                    .attributes
-                    .iter()
-                    .find_map(|a| match a {
-                        AddressAttribute::Local(ip) => Some(*ip),
-                        _ => None,
-                    })
-                    .or_else(|| {
-                        m.attributes.iter().find_map(|a| match a {
-                            AddressAttribute::Address(ip) => Some(*ip),
-                            _ => None,
-                        })
-                    })?;
+                let ip = addr_of(m)?;
                 let flags = m
                     .attributes
                     .iter()
@@ -388,38 +200,6 @@ impl Netlink {
         Ok(self.route_get_full(dst).await?.map(|(i, src, _)| (i, src)))
     }
 
-    /// `ip route get <dst>`: output link, preferred source, and gateway (`None` when `dst` is
-    /// directly connected).
-    pub async fn route_get_full(
-        &self,
-        dst: IpAddr,
-    ) -> Result<Option<(u32, Option<IpAddr>, Option<IpAddr>)>, NetError> {
-        let msg = match dst {
-            IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(a, 32)
-                .build(),
-            IpAddr::V6(a) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-                .destination_prefix(a, 128)
-                .build(),
-        };
-        let mut s = self.handle.route().get(msg).execute();
-        let r = match s.next().await {
-            None => return Ok(None),
-            Some(r) => ctx(r, || format!("route get {dst}"))?,
-        };
-        let src = r.attributes.iter().find_map(|a| match a {
-            RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
-            RouteAttribute::PrefSource(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
-            _ => None,
-        });
-        let gw = r.attributes.iter().find_map(|a| match a {
-            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
-            RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
-            _ => None,
-        });
-        Ok(route_oif(&r).map(|i| (i, src, gw)))
-    }
-
     /// The link of the first main-table default route of a family, as upstream picks it.
     pub async fn default_route_link_v6(&self) -> Result<Option<u32>, NetError> {
         let req = self
@@ -441,7 +221,7 @@ impl Netlink {
         Ok(self.v4_routes().await?.iter().any(|r| {
             r.header.kind == RouteType::BlackHole
                 && route_table(r) == u32::from(RT_TABLE_MAIN)
-                && route_dst(r) == Some(dst)
+                && route_dst(r) == Some(IpNet::V4(dst))
         }))
     }
 
@@ -485,76 +265,231 @@ impl Netlink {
             "list IPv4 routes".into()
         })
     }
+}
 
-    /// Every main-table IPv4 route, parsed as the dump streams in: a node with 20000 routes
-    /// never holds 20000 full netlink messages at once.
-    pub async fn main_routes_v4(&self) -> Result<Vec<RouteEntry>, NetError> {
-        let req = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build());
-        let parsed = req.execute().try_filter_map(|r| {
-            let main = route_table(&r) == u32::from(RT_TABLE_MAIN);
-            let entry = route_dst(&r)
-                .or_else(|| (r.header.destination_prefix_length == 0).then(Ipv4Net::default))
-                .filter(|_| main)
-                .map(|dst| RouteEntry {
-                    dst,
-                    gw: route_gw(&r),
-                    oif: route_oif(&r),
-                    protocol: u8::from(r.header.protocol),
-                    unicast: r.header.kind == RouteType::Unicast,
-                });
-            futures::future::ready(Ok(entry))
-        });
-        ctx(parsed.try_collect().await, || "list IPv4 routes".into())
+/// A route message for `dst` (and `gw`, same family) with our protocol, ready for more.
+fn route_to(dst: IpNet, gw: Option<IpAddr>) -> Result<RouteMessageBuilder<IpAddr>, NetError> {
+    // The builder's error type is not exported; its Debug form names the problem.
+    fn invalid(dst: IpNet, e: impl std::fmt::Debug) -> NetError {
+        NetError {
+            what: format!("route {dst}"),
+            source: rtnetlink::Error::InvalidNla(format!("{e:?}")),
+        }
+    }
+    let mut b = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(dst.network(), dst.prefix_len())
+        .map_err(|e| invalid(dst, e))?;
+    if let Some(gw) = gw {
+        if Family::of(gw) != Family::of_net(&dst) {
+            return Err(NetError {
+                what: format!("route {dst} via {gw}"),
+                source: rtnetlink::Error::InvalidNla("gateway of another family".into()),
+            });
+        }
+        b = b.gateway(gw).map_err(|e| invalid(dst, e))?;
+    }
+    Ok(b)
+}
+
+fn family_filter(f: Family) -> AddressFamily {
+    match f {
+        Family::V4 => AddressFamily::Inet,
+        Family::V6 => AddressFamily::Inet6,
+    }
+}
+
+impl NetOps for Netlink {
+    async fn links(&self) -> Result<Vec<Link>, NetError> {
+        let msgs: Vec<LinkMessage> = ctx(
+            self.handle.link().get().execute().try_collect().await,
+            || "list links".into(),
+        )?;
+        Ok(msgs.iter().map(parse_link).collect())
     }
 
-    /// Main-table IPv4 routes with a gateway through link `index`: destination → gateway.
-    pub async fn routes_via_link(
-        &self,
-        index: u32,
-    ) -> Result<BTreeMap<Ipv4Net, Ipv4Addr>, NetError> {
-        Ok(gw_routes_on(&self.main_routes_v4().await?, index, false))
+    async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetError> {
+        let req = self.handle.link().get().match_name(name.to_string());
+        one_link(req, format!("get link {name}")).await
     }
 
-    /// Main-table IPv4 routes without a gateway on link `index` (`ip route ... dev X`).
-    pub async fn dev_routes(&self, index: u32) -> Result<Vec<Ipv4Net>, NetError> {
-        Ok(self
-            .v4_routes()
-            .await?
-            .iter()
-            .filter(|r| route_table(r) == u32::from(RT_TABLE_MAIN) && route_oif(r) == Some(index))
-            .filter(|r| route_gw(r).is_none() && r.header.kind == RouteType::Unicast)
-            .filter_map(route_dst)
-            .collect())
+    async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NetError> {
+        let req = self.handle.link().get().match_index(index);
+        one_link(req, format!("get link #{index}")).await
     }
 
-    /// `ip route replace <dst> dev <index> proto 252`.
-    pub async fn replace_dev_route(&self, dst: Ipv4Net, index: u32) -> Result<(), NetError> {
-        let m = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst.network(), dst.prefix_len())
-            .output_interface(index)
-            .scope(RouteScope::Link)
-            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-            .build();
-        ctx(self.handle.route().add(m).replace().execute().await, || {
-            format!("replace route {dst} dev #{index}")
+    async fn create_vxlan(&self, s: &VxlanSpec) -> Result<(), NetError> {
+        let mut b = LinkVxlan::new(&s.name, s.vni)
+            .dev(s.dev)
+            .local(s.local)
+            .ttl(0)
+            .tos(0)
+            .learning(s.learning)
+            .proxy(false)
+            .rsc(false)
+            .l2miss(false)
+            .l3miss(false)
+            .mtu(s.mtu)
+            .address(s.mac.0.to_vec());
+        if s.port > 0 {
+            b = b.port(s.port);
+        }
+        ctx(self.handle.link().add(b.build()).execute().await, || {
+            format!("create vxlan device {}", s.name)
+        })?;
+        // Peers never send router advertisements over the overlay.
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{}/accept_ra", s.name), "0");
+        Ok(())
+    }
+
+    async fn delete_link(&self, index: u32) -> Result<(), NetError> {
+        ctx(self.handle.link().del(index).execute().await, || {
+            format!("delete link #{index}")
         })
     }
 
-    /// `ip route replace|add <dst> via <gw> dev <index> [onlink] proto 252`.
-    pub async fn write_route(
+    async fn set_up(&self, index: u32) -> Result<(), NetError> {
+        let m = LinkUnspec::new_with_index(index).up().build();
+        ctx(self.handle.link().set(m).execute().await, || {
+            format!("set link #{index} up")
+        })
+    }
+
+    async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetError> {
+        let m = LinkUnspec::new_with_index(index).mtu(mtu).build();
+        ctx(self.handle.link().set(m).execute().await, || {
+            format!("set link #{index} mtu {mtu}")
+        })
+    }
+
+    async fn set_mac(&self, index: u32, mac: MacAddr) -> Result<(), NetError> {
+        let m = LinkUnspec::new_with_index(index)
+            .address(mac.0.to_vec())
+            .build();
+        ctx(self.handle.link().set(m).execute().await, || {
+            format!("set link #{index} address {mac}")
+        })
+    }
+
+    async fn addrs(
         &self,
-        dst: Ipv4Net,
-        gw: Ipv4Addr,
+        index: Option<u32>,
+        family: Family,
+    ) -> Result<Vec<(u32, IpNet)>, NetError> {
+        let mut req = self.handle.address().get();
+        if let Some(i) = index {
+            req = req.set_link_index_filter(i);
+        }
+        let want = family_filter(family);
+        let parsed = req.execute().try_filter_map(|m| {
+            let entry = (m.header.family == want)
+                .then(|| addr_of(&m))
+                .flatten()
+                .and_then(|ip| IpNet::new(ip, m.header.prefix_len).ok())
+                .map(|n| (m.header.index, n));
+            futures::future::ready(Ok(entry))
+        });
+        ctx(parsed.try_collect().await, || "list addresses".into())
+    }
+
+    async fn add_addr(&self, index: u32, addr: IpNet) -> Result<(), NetError> {
+        ctx(
+            self.handle
+                .address()
+                .add(index, addr.addr(), addr.prefix_len())
+                .replace()
+                .execute()
+                .await,
+            || format!("add address {addr} to link #{index}"),
+        )
+    }
+
+    async fn del_addr(&self, index: u32, addr: IpNet) -> Result<(), NetError> {
+        let msgs: Vec<_> = ctx(
+            self.handle
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .execute()
+                .try_collect()
+                .await,
+            || format!("list addresses of link #{index}"),
+        )?;
+        for m in msgs {
+            if m.header.prefix_len == addr.prefix_len() && addr_of(&m) == Some(addr.addr()) {
+                ctx(self.handle.address().del(m).execute().await, || {
+                    format!("delete address {addr} from link #{index}")
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn route_get_full(&self, dst: IpAddr) -> Result<RouteGet, NetError> {
+        let msg = match dst {
+            IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(a, 32)
+                .build(),
+            IpAddr::V6(a) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .destination_prefix(a, 128)
+                .build(),
+        };
+        let mut s = self.handle.route().get(msg).execute();
+        let r = match s.next().await {
+            None => return Ok(None),
+            Some(r) => ctx(r, || format!("route get {dst}"))?,
+        };
+        let src = r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::PrefSource(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+            RouteAttribute::PrefSource(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+            _ => None,
+        });
+        Ok(route_oif(&r).map(|i| (i, src, route_gw(&r))))
+    }
+
+    /// Parsed as the dump streams in: a node with 20000 routes never holds 20000 full netlink
+    /// messages at once.
+    async fn main_routes(&self, family: Family) -> Result<Vec<RouteEntry>, NetError> {
+        let filter = match family {
+            Family::V4 => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            Family::V6 => RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        };
+        let default = match family {
+            Family::V4 => IpNet::V4(Ipv4Net::default()),
+            Family::V6 => IpNet::V6(ipnet::Ipv6Net::default()),
+        };
+        let parsed = self
+            .handle
+            .route()
+            .get(filter)
+            .execute()
+            .try_filter_map(|r| {
+                let main = route_table(&r) == u32::from(RT_TABLE_MAIN);
+                let entry = route_dst(&r)
+                    .or_else(|| (r.header.destination_prefix_length == 0).then_some(default))
+                    .filter(|_| main)
+                    .map(|dst| RouteEntry {
+                        dst,
+                        gw: route_gw(&r),
+                        oif: route_oif(&r),
+                        protocol: u8::from(r.header.protocol),
+                        unicast: r.header.kind == RouteType::Unicast,
+                    });
+                futures::future::ready(Ok(entry))
+            });
+        ctx(parsed.try_collect().await, || {
+            format!("list {family:?} routes")
+        })
+    }
+
+    async fn write_route(
+        &self,
+        dst: IpNet,
+        gw: IpAddr,
         index: u32,
         onlink: bool,
         how: RouteWrite,
     ) -> Result<(), NetError> {
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst.network(), dst.prefix_len())
-            .gateway(gw)
+        let mut b = route_to(dst, Some(gw))?
             .output_interface(index)
             .scope(RouteScope::Universe)
             .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
@@ -579,10 +514,19 @@ impl Netlink {
         })
     }
 
-    pub async fn del_route(&self, dst: Ipv4Net, gw: Ipv4Addr, index: u32) -> Result<(), NetError> {
-        let m = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst.network(), dst.prefix_len())
-            .gateway(gw)
+    async fn replace_dev_route(&self, dst: IpNet, index: u32) -> Result<(), NetError> {
+        let m = route_to(dst, None)?
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+            .build();
+        ctx(self.handle.route().add(m).replace().execute().await, || {
+            format!("replace route {dst} dev #{index}")
+        })
+    }
+
+    async fn del_route(&self, dst: IpNet, gw: IpAddr, index: u32) -> Result<(), NetError> {
+        let m = route_to(dst, Some(gw))?
             .output_interface(index)
             // The builder defaults to `proto static`, and the kernel only deletes a route whose
             // protocol matches: unspec matches any, so routes left by upstream (proto boot) go too.
@@ -593,17 +537,21 @@ impl Netlink {
         })
     }
 
-    /// Permanent IPv4 neighbour entries of link `index`: IP → MAC (parsed as they stream in).
-    pub async fn neighbours(&self, index: u32) -> Result<BTreeMap<Ipv4Addr, MacAddr>, NetError> {
+    /// Parsed as they stream in.
+    async fn neighbours(
+        &self,
+        index: u32,
+        family: Family,
+    ) -> Result<BTreeMap<IpAddr, MacAddr>, NetError> {
         let req = self
             .handle
             .neighbours()
             .get()
-            .set_address_family(AddressFamily::Inet);
+            .set_address_family(family_filter(family));
         let parsed = req.execute().try_filter_map(|m| {
             let ours = m.header.ifindex == index && m.header.state == NeighbourState::Permanent;
             let entry = match (ours, neigh_dst(&m), neigh_lladdr(&m)) {
-                (true, Some(IpAddr::V4(ip)), Some(mac)) => Some((ip, mac)),
+                (true, Some(ip), Some(mac)) if Family::of(ip) == family => Some((ip, mac)),
                 _ => None,
             };
             futures::future::ready(Ok(entry))
@@ -611,17 +559,11 @@ impl Netlink {
         ctx(parsed.try_collect().await, || "list neighbours".into())
     }
 
-    /// `ip neigh replace <ip> lladdr <mac> dev <index> nud permanent`.
-    pub async fn set_neighbour(
-        &self,
-        index: u32,
-        ip: Ipv4Addr,
-        mac: MacAddr,
-    ) -> Result<(), NetError> {
+    async fn set_neighbour(&self, index: u32, ip: IpAddr, mac: MacAddr) -> Result<(), NetError> {
         let req = self
             .handle
             .neighbours()
-            .add(index, IpAddr::V4(ip))
+            .add(index, ip)
             .link_layer_address(&mac.0)
             .replace();
         ctx(req.execute().await, || {
@@ -629,19 +571,21 @@ impl Netlink {
         })
     }
 
-    pub async fn del_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetError> {
+    async fn del_neighbour(&self, index: u32, ip: IpAddr) -> Result<(), NetError> {
         let mut m = NeighbourMessage::default();
-        m.header.family = AddressFamily::Inet;
         m.header.ifindex = index;
-        m.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        let (family, dst) = match ip {
+            IpAddr::V4(a) => (AddressFamily::Inet, NeighbourAddress::Inet(a)),
+            IpAddr::V6(a) => (AddressFamily::Inet6, NeighbourAddress::Inet6(a)),
+        };
+        m.header.family = family;
+        m.attributes.push(NeighbourAttribute::Destination(dst));
         ctx(self.handle.neighbours().del(m).execute().await, || {
             format!("delete neighbour {ip} on #{index}")
         })
     }
 
-    /// FDB entries with an IPv4 destination on link `index` (`bridge fdb show dev X`): MAC → dst.
-    pub async fn fdb(&self, index: u32) -> Result<BTreeMap<MacAddr, Ipv4Addr>, NetError> {
+    async fn fdb(&self, index: u32) -> Result<BTreeMap<MacAddr, IpAddr>, NetError> {
         let req = self
             .handle
             .neighbours()
@@ -649,7 +593,7 @@ impl Netlink {
             .set_address_family(AddressFamily::Bridge);
         let parsed = req.execute().try_filter_map(|m| {
             let entry = match (m.header.ifindex == index, neigh_dst(&m), neigh_lladdr(&m)) {
-                (true, Some(IpAddr::V4(dst)), Some(mac)) => Some((mac, dst)),
+                (true, Some(dst), Some(mac)) => Some((mac, dst)),
                 _ => None,
             };
             futures::future::ready(Ok(entry))
@@ -657,13 +601,12 @@ impl Netlink {
         ctx(parsed.try_collect().await, || "list FDB entries".into())
     }
 
-    /// `bridge fdb replace <mac> dev <index> dst <dst> self permanent`.
-    pub async fn set_fdb(&self, index: u32, mac: MacAddr, dst: Ipv4Addr) -> Result<(), NetError> {
+    async fn set_fdb(&self, index: u32, mac: MacAddr, dst: IpAddr) -> Result<(), NetError> {
         let req = self
             .handle
             .neighbours()
             .add_bridge(index, &mac.0)
-            .destination(IpAddr::V4(dst))
+            .destination(dst)
             .flags(NeighbourFlags::Own)
             .replace();
         ctx(req.execute().await, || {
@@ -671,7 +614,7 @@ impl Netlink {
         })
     }
 
-    pub async fn del_fdb(&self, index: u32, mac: MacAddr, dst: Ipv4Addr) -> Result<(), NetError> {
+    async fn del_fdb(&self, index: u32, mac: MacAddr, dst: IpAddr) -> Result<(), NetError> {
         let mut m = NeighbourMessage::default();
         m.header.family = AddressFamily::Bridge;
         m.header.ifindex = index;
@@ -679,12 +622,32 @@ impl Netlink {
         m.header.state = NeighbourState::Permanent;
         m.attributes
             .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
-        m.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        let dst_attr = match dst {
+            IpAddr::V4(a) => NeighbourAddress::Inet(a),
+            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+        };
+        m.attributes.push(NeighbourAttribute::Destination(dst_attr));
         ctx(self.handle.neighbours().del(m).execute().await, || {
             format!("delete fdb {mac} dst {dst} on #{index}")
         })
     }
+}
+
+/// An address message's address: IFA_LOCAL is the address itself; IFA_ADDRESS is the peer on
+/// point-to-point links.
+fn addr_of(m: &rtnetlink::packet_route::address::AddressMessage) -> Option<IpAddr> {
+    m.attributes
+        .iter()
+        .find_map(|a| match a {
+            AddressAttribute::Local(ip) => Some(*ip),
+            _ => None,
+        })
+        .or_else(|| {
+            m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            })
+        })
 }
 
 /// ENODEV: the kernel's answer for a link that does not exist.
@@ -718,18 +681,23 @@ fn route_oif(r: &RouteMessage) -> Option<u32> {
     })
 }
 
-pub(crate) fn route_dst(r: &RouteMessage) -> Option<Ipv4Net> {
+pub(crate) fn route_dst(r: &RouteMessage) -> Option<IpNet> {
+    let len = r.header.destination_prefix_length;
     r.attributes.iter().find_map(|a| match a {
         RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
-            Ipv4Net::new(*ip, r.header.destination_prefix_length).ok()
+            Ipv4Net::new(*ip, len).ok().map(IpNet::V4)
+        }
+        RouteAttribute::Destination(RouteAddress::Inet6(ip)) => {
+            ipnet::Ipv6Net::new(*ip, len).ok().map(IpNet::V6)
         }
         _ => None,
     })
 }
 
-fn route_gw(r: &RouteMessage) -> Option<Ipv4Addr> {
+fn route_gw(r: &RouteMessage) -> Option<IpAddr> {
     r.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
+        RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+        RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
         _ => None,
     })
 }

@@ -8,8 +8,8 @@ use super::worker::{Counters, Ctl, Worker};
 use crate::{BackendError, ExternalInterface, ReconcileReport};
 use flannel_core::peers::usable_peers;
 use flannel_core::{Lease, LeaseAttrs};
-use flannel_net::Netlink;
-use ipnet::Ipv4Net;
+use flannel_net::{Family, NetOps, Netlink};
+use ipnet::{IpNet, Ipv4Net};
 use std::net::SocketAddrV4;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Sender};
@@ -145,12 +145,10 @@ impl UdpBackend {
     ) -> Result<ReconcileReport, BackendError> {
         let mut report = ReconcileReport::default();
         // The device: our address as /32, nothing else of the network, MTU, up.
-        let want = Ipv4Net::new(own.subnet.network(), 32).unwrap_or_default();
-        let addrs = self.nl.ipv4_addrs(Some(self.index)).await?;
-        for (_, a) in addrs
-            .iter()
-            .filter(|(_, a)| *a != want && self.network.contains(&a.addr()))
-        {
+        let want = IpNet::V4(Ipv4Net::new(own.subnet.network(), 32).unwrap_or_default());
+        let addrs = self.nl.addrs(Some(self.index), Family::V4).await?;
+        let in_network = |a: &IpNet| matches!(a, IpNet::V4(n) if self.network.contains(&n.addr()));
+        for (_, a) in addrs.iter().filter(|(_, a)| *a != want && in_network(a)) {
             self.nl.del_addr(self.index, *a).await?;
             report.removed += 1;
         }
@@ -169,17 +167,19 @@ impl UdpBackend {
             }
         }
         // One route sends the whole network into the device; the workers pick the peer.
-        if !self
-            .nl
-            .dev_routes(self.index)
-            .await?
-            .contains(&self.network)
-        {
-            self.nl.replace_dev_route(self.network, self.index).await?;
+        let network = IpNet::V4(self.network);
+        let has_route = |t: &[flannel_net::RouteEntry]| {
+            t.iter().any(|r| {
+                r.dst == network && r.oif == Some(self.index) && r.gw.is_none() && r.unicast
+            })
+        };
+        let mut table = self.nl.main_routes(Family::V4).await?;
+        if !has_route(&table) {
+            self.nl.replace_dev_route(network, self.index).await?;
             report.added += 1;
+            table = self.nl.main_routes(Family::V4).await?;
         }
         // Upstream's udp leases carry no BackendType; accept "udp" too.
-        let table = self.nl.main_routes_v4().await?;
         let guard = crate::guard::read(
             &self.nl,
             &table,

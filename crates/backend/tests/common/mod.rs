@@ -1,0 +1,119 @@
+//! A node on the fake kernel: `lo`, `eth0` with 10.0.0.50/24 and its connected route, and
+//! leases in 10.244.0.0/16 as the backends' tests need them.
+
+#![allow(dead_code)]
+
+use flannel_backend::ExternalInterface;
+use flannel_core::lease::VxlanData;
+use flannel_core::raw_json::RawJson;
+use flannel_core::{Lease, LeaseAttrs, MacAddr};
+use flannel_net::fake::{Call, FakeNetlink};
+use ipnet::{IpNet, Ipv4Net};
+use std::net::{IpAddr, Ipv4Addr};
+
+pub const ETH0: u32 = 2;
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 50);
+
+/// A fresh fake kernel holding what a node has before flanneld starts.
+pub fn node() -> (FakeNetlink, ExternalInterface) {
+    let nl = FakeNetlink::new();
+    nl.with(|s| {
+        s.add_link("lo", 65536);
+        let eth0 = s.add_link("eth0", 1500);
+        assert_eq!(eth0, ETH0);
+        s.addrs.push((ETH0, net("10.0.0.50/24")));
+        s.add_foreign_route(net("10.0.0.0/24"), None, ETH0, 2);
+        s.add_foreign_route(net("0.0.0.0/0"), Some(ip("10.0.0.1")), ETH0, 4);
+    });
+    let ext = ExternalInterface {
+        index: ETH0,
+        name: "eth0".into(),
+        mtu: 1500,
+        iface_addr: NODE_IP,
+        ext_addr: NODE_IP,
+        iface_v6_addr: None,
+        ext_v6_addr: None,
+    };
+    (nl, ext)
+}
+
+pub fn net(s: &str) -> IpNet {
+    s.parse().expect("test network")
+}
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+pub fn network() -> Ipv4Net {
+    "10.244.0.0/16".parse().expect("network")
+}
+
+/// Peer `i`'s subnet, 10.244.i.0/24.
+pub fn subnet(i: u8) -> Ipv4Net {
+    Ipv4Net::new(Ipv4Addr::new(10, 244, i, 0), 24).expect("subnet")
+}
+
+/// The VTEP MAC a node with this public IP publishes in these tests.
+pub fn mac_of(public: Ipv4Addr) -> MacAddr {
+    let o = public.octets();
+    MacAddr([0x0a, 0x58, o[0], o[1], o[2], o[3]])
+}
+
+/// A vxlan lease for subnet `i` held by the node at `public`.
+pub fn vxlan_lease(i: u8, public: Ipv4Addr) -> Lease {
+    vxlan_lease_with_mac(i, public, mac_of(public))
+}
+
+pub fn vxlan_lease_with_mac(i: u8, public: Ipv4Addr, mac: MacAddr) -> Lease {
+    let data = VxlanData {
+        vni: 1,
+        vtep_mac: mac,
+    };
+    Lease::v4(
+        subnet(i),
+        LeaseAttrs {
+            public_ip: public,
+            public_ipv6: None,
+            backend_type: "vxlan".into(),
+            backend_data: Some(RawJson::from_value(&data.to_value())),
+            backend_v6_data: None,
+        },
+    )
+}
+
+/// A host-gw lease for subnet `i` held by the node at `public`.
+pub fn hostgw_lease(i: u8, public: Ipv4Addr) -> Lease {
+    Lease::v4(
+        subnet(i),
+        LeaseAttrs {
+            public_ip: public,
+            public_ipv6: None,
+            backend_type: "host-gw".into(),
+            backend_data: None,
+            backend_v6_data: None,
+        },
+    )
+}
+
+/// Our own lease: subnet 10.244.0.0/24.
+pub fn own_vxlan(mac: MacAddr) -> Lease {
+    vxlan_lease_with_mac(0, NODE_IP, mac)
+}
+
+pub fn peer_ip(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, n)
+}
+
+/// The dumps among `calls`.
+pub fn dumps(calls: &[Call]) -> Vec<&Call> {
+    calls.iter().filter(|c| c.is_dump()).collect()
+}
+
+/// Runs a future to completion on a fresh current-thread runtime.
+pub fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}

@@ -1,0 +1,161 @@
+//! The kernel operations the backends use, as a trait: [`crate::Netlink`] talks to the kernel,
+//! [`crate::fake::FakeNetlink`] keeps the same state in memory and records every request, so
+//! reconcile logic is tested as any user. Backends are generic over it (static dispatch).
+//!
+//! Every address type is family-generic (`IpNet`/`IpAddr`): one code path for IPv4 and IPv6.
+
+use crate::netlink::{Link, NetError, VxlanSpec};
+use flannel_core::MacAddr;
+use ipnet::IpNet;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::IpAddr;
+
+/// An address family, for dumps that read one family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: IpAddr) -> Self {
+        if ip.is_ipv4() {
+            Self::V4
+        } else {
+            Self::V6
+        }
+    }
+
+    pub fn of_net(n: &IpNet) -> Self {
+        Self::of(n.addr())
+    }
+}
+
+/// A main-table route as flannel needs to see it: where to, how, and whose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub dst: IpNet,
+    pub gw: Option<IpAddr>,
+    pub oif: Option<u32>,
+    /// The route protocol: [`crate::ROUTE_PROTOCOL`] marks ours.
+    pub protocol: u8,
+    /// A plain unicast route (not blackhole, unreachable, prohibit, ...).
+    pub unicast: bool,
+}
+
+impl RouteEntry {
+    pub fn ours(&self) -> bool {
+        self.protocol == crate::ROUTE_PROTOCOL
+    }
+}
+
+/// Routes with a gateway through link `index`: destination → gateway; only ours (`proto
+/// 252`) when `only_ours`.
+pub fn gw_routes_on(routes: &[RouteEntry], index: u32, only_ours: bool) -> BTreeMap<IpNet, IpAddr> {
+    routes
+        .iter()
+        .filter(|r| r.oif == Some(index) && (!only_ours || r.ours()))
+        .filter_map(|r| Some((r.dst, r.gw?)))
+        .collect()
+}
+
+/// How a route is written: over an existing one we own, or created only where none exists (the
+/// kernel answers EEXIST instead of replacing a route that is not ours).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteWrite {
+    Replace,
+    Create,
+}
+
+/// Result of a kernel operation.
+pub type NetResult<T> = Result<T, NetError>;
+
+/// `ip route get <dst>`: output link, preferred source, and gateway (`None` when `dst` is
+/// directly connected).
+pub type RouteGet = Option<(u32, Option<IpAddr>, Option<IpAddr>)>;
+
+/// What the backends ask of the kernel. Reads are dumps (their cost grows with the node's
+/// state); writes touch one entry each and are idempotent where the kernel allows it.
+pub trait NetOps: Clone + Send + Sync + 'static {
+    /// Every link (`ip link show`).
+    fn links(&self) -> impl Future<Output = NetResult<Vec<Link>>> + Send;
+    fn link_by_name(&self, name: &str) -> impl Future<Output = NetResult<Option<Link>>> + Send;
+    fn link_by_index(&self, index: u32) -> impl Future<Output = NetResult<Option<Link>>> + Send;
+    /// Creates a VXLAN device (and turns off router advertisements on it: peers never send any).
+    fn create_vxlan(&self, spec: &VxlanSpec) -> impl Future<Output = NetResult<()>> + Send;
+    fn delete_link(&self, index: u32) -> impl Future<Output = NetResult<()>> + Send;
+    fn set_up(&self, index: u32) -> impl Future<Output = NetResult<()>> + Send;
+    fn set_mtu(&self, index: u32, mtu: u32) -> impl Future<Output = NetResult<()>> + Send;
+    fn set_mac(&self, index: u32, mac: MacAddr) -> impl Future<Output = NetResult<()>> + Send;
+
+    /// Addresses of one family with their link index; all links when `index` is `None`.
+    fn addrs(
+        &self,
+        index: Option<u32>,
+        family: Family,
+    ) -> impl Future<Output = NetResult<Vec<(u32, IpNet)>>> + Send;
+    fn add_addr(&self, index: u32, addr: IpNet) -> impl Future<Output = NetResult<()>> + Send;
+    /// Removes `addr` from the link if it is there.
+    fn del_addr(&self, index: u32, addr: IpNet) -> impl Future<Output = NetResult<()>> + Send;
+
+    fn route_get_full(&self, dst: IpAddr) -> impl Future<Output = NetResult<RouteGet>> + Send;
+    /// Every main-table route of one family.
+    fn main_routes(
+        &self,
+        family: Family,
+    ) -> impl Future<Output = NetResult<Vec<RouteEntry>>> + Send;
+    /// `ip route replace|add <dst> via <gw> dev <index> [onlink] proto 252`.
+    fn write_route(
+        &self,
+        dst: IpNet,
+        gw: IpAddr,
+        index: u32,
+        onlink: bool,
+        how: RouteWrite,
+    ) -> impl Future<Output = NetResult<()>> + Send;
+    /// `ip route replace <dst> dev <index> proto 252`.
+    fn replace_dev_route(
+        &self,
+        dst: IpNet,
+        index: u32,
+    ) -> impl Future<Output = NetResult<()>> + Send;
+    /// Deletes the route to `dst` via `gw` on `index`, whatever its protocol.
+    fn del_route(
+        &self,
+        dst: IpNet,
+        gw: IpAddr,
+        index: u32,
+    ) -> impl Future<Output = NetResult<()>> + Send;
+
+    /// Permanent neighbour entries of one family on link `index`: IP → MAC.
+    fn neighbours(
+        &self,
+        index: u32,
+        family: Family,
+    ) -> impl Future<Output = NetResult<BTreeMap<IpAddr, MacAddr>>> + Send;
+    /// `ip neigh replace <ip> lladdr <mac> dev <index> nud permanent`.
+    fn set_neighbour(
+        &self,
+        index: u32,
+        ip: IpAddr,
+        mac: MacAddr,
+    ) -> impl Future<Output = NetResult<()>> + Send;
+    fn del_neighbour(&self, index: u32, ip: IpAddr) -> impl Future<Output = NetResult<()>> + Send;
+
+    /// FDB entries with an IP destination on link `index` (`bridge fdb show dev X`): MAC → dst.
+    fn fdb(&self, index: u32) -> impl Future<Output = NetResult<BTreeMap<MacAddr, IpAddr>>> + Send;
+    /// `bridge fdb replace <mac> dev <index> dst <dst> self permanent`.
+    fn set_fdb(
+        &self,
+        index: u32,
+        mac: MacAddr,
+        dst: IpAddr,
+    ) -> impl Future<Output = NetResult<()>> + Send;
+    fn del_fdb(
+        &self,
+        index: u32,
+        mac: MacAddr,
+        dst: IpAddr,
+    ) -> impl Future<Output = NetResult<()>> + Send;
+}
