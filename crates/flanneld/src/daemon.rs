@@ -13,7 +13,7 @@ use flannel_core::subnet_key::SubnetKey;
 use flannel_core::Lease;
 use flannel_net::firewall::TrafficManager;
 use flannel_net::monitor::Change;
-use flannel_net::Netlink;
+use flannel_net::{Family, Netlink};
 use flannel_subnet::{LeaseEvent, LeaseSet, OwnLease, SubnetError, SubnetManager};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -310,7 +310,7 @@ impl<SM: SubnetManager> Daemon<SM> {
         // Kernel notifications (a deleted route, neighbour, FDB entry, address or link) wake the
         // reconciler at once, unless they are our own deletions coming back.
         let (kick_tx, mut kicks) = mpsc::channel::<Change>(4096);
-        let monitor = tokio::spawn(flannel_net::monitor::watch(kick_tx));
+        let monitor = tokio::spawn(flannel_net::monitor::watch(kick_tx, vec![Family::V4]));
         // Like upstream, the first resync comes one period after start.
         let period = self.opts.resync;
         let mut resync = tokio::time::interval_at(Instant::now() + period, period);

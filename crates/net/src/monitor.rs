@@ -69,13 +69,17 @@ pub fn relevant(m: &RouteNetlinkMessage) -> Option<Change> {
 /// Sends every relevant change on `kick`, for as long as `kick` is open (waiting when the
 /// reconciler is behind). If the socket fails (for example ENOBUFS when notifications outrun
 /// us) it sends [`Change::Other`] (a full resync covers whatever was missed) and reconnects.
-pub async fn watch(kick: mpsc::Sender<Change>) {
-    let groups = [
-        MulticastGroup::Link,
-        MulticastGroup::Ipv4Ifaddr,
-        MulticastGroup::Ipv4Route,
-        MulticastGroup::Neigh,
-    ];
+///
+/// `families`: whose address and route changes to watch (a node without an IPv6 overlay
+/// need not wake for every IPv6 route that goes with a pod's link).
+pub async fn watch(kick: mpsc::Sender<Change>, families: Vec<crate::Family>) {
+    let mut groups = vec![MulticastGroup::Link, MulticastGroup::Neigh];
+    for f in families {
+        groups.extend(match f {
+            crate::Family::V4 => [MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv4Route],
+            crate::Family::V6 => [MulticastGroup::Ipv6Ifaddr, MulticastGroup::Ipv6Route],
+        });
+    }
     loop {
         match rtnetlink::new_multicast_connection(&groups) {
             Ok((mut conn, _handle, mut messages)) => {
@@ -110,5 +114,54 @@ pub async fn watch(kick: mpsc::Sender<Change>) {
             return;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtnetlink::packet_route::neighbour::NeighbourMessage;
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+
+    fn del_route(dst: RouteAddress, len: u8) -> RouteNetlinkMessage {
+        let mut r = RouteMessage::default();
+        r.header.destination_prefix_length = len;
+        r.attributes.push(RouteAttribute::Destination(dst));
+        RouteNetlinkMessage::DelRoute(r)
+    }
+
+    #[test]
+    fn deletions_say_what_went_in_both_families() {
+        let v4 = del_route(RouteAddress::Inet("10.244.3.0".parse().unwrap()), 24);
+        assert_eq!(
+            relevant(&v4),
+            Some(Change::RouteGone("10.244.3.0/24".parse().unwrap()))
+        );
+        let v6 = del_route(RouteAddress::Inet6("fd00:10:244:3::".parse().unwrap()), 64);
+        assert_eq!(
+            relevant(&v6),
+            Some(Change::RouteGone("fd00:10:244:3::/64".parse().unwrap()))
+        );
+        let mut n = NeighbourMessage::default();
+        n.header.ifindex = 7;
+        n.header.family = AddressFamily::Inet6;
+        n.attributes.push(NeighbourAttribute::Destination(
+            NeighbourAddress::Inet6("fd00::1".parse().unwrap()),
+        ));
+        assert_eq!(
+            relevant(&RouteNetlinkMessage::DelNeighbour(n.clone())),
+            Some(Change::NeighbourGone(7, "fd00::1".parse().unwrap()))
+        );
+        n.header.family = AddressFamily::Bridge;
+        n.attributes = vec![NeighbourAttribute::LinkLayerAddress(vec![2, 0, 0, 0, 0, 9])];
+        assert_eq!(
+            relevant(&RouteNetlinkMessage::DelNeighbour(n)),
+            Some(Change::FdbGone(7, MacAddr([2, 0, 0, 0, 0, 9])))
+        );
+        // New routes are our own writes or someone else's: not drift.
+        assert_eq!(
+            relevant(&RouteNetlinkMessage::NewRoute(RouteMessage::default())),
+            None
+        );
     }
 }
