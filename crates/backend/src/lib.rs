@@ -216,7 +216,7 @@ impl Backend for AnyBackend {
         match self {
             Self::Vxlan(b) => b.apply_delta(own, changed, removed).await,
             Self::HostGw(b) => b.apply_delta(own, changed, removed).await,
-            Self::Udp(_) => Ok(None),
+            Self::Udp(b) => Ok(b.apply_delta(own, changed, removed)),
         }
     }
 

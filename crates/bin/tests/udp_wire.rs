@@ -205,6 +205,29 @@ fn upstream_framing_both_ways_and_strangers_dropped() {
             .contains("dropped udp datagrams from senders that are not peers")
     });
     assert!(seen.is_some(), "the drop is logged");
+
+    // The lease goes: the node stops answering 10.0.0.99 (its peer table entry is gone).
+    flannel_lab::cluster::etcd_del(&lab.state, "/coreos.com/network/subnets/10.244.200.0-24")
+        .unwrap();
+    let ns = fake.0.clone();
+    let silent = in_ns(&ns, move || {
+        let sock = UdpSocket::bind("10.0.0.99:8285").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        (0..20).any(|i| {
+            sock.send_to(
+                &echo_request(Ipv4Addr::new(10, 244, 200, 5), pod, 100 + i),
+                (node_ip, 8285),
+            )
+            .unwrap();
+            sock.recv_from(&mut buf).is_err()
+        })
+    });
+    assert!(
+        silent,
+        "the node still answers a peer whose lease was deleted"
+    );
 }
 
 /// A UDP datagram from `src:4000` to `dst:9999` carrying `payload`, as a raw IPv4 packet.

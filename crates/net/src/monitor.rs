@@ -145,9 +145,10 @@ mod tests {
         let mut n = NeighbourMessage::default();
         n.header.ifindex = 7;
         n.header.family = AddressFamily::Inet6;
-        n.attributes.push(NeighbourAttribute::Destination(
-            NeighbourAddress::Inet6("fd00::1".parse().unwrap()),
-        ));
+        n.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet6(
+                "fd00::1".parse().unwrap(),
+            )));
         assert_eq!(
             relevant(&RouteNetlinkMessage::DelNeighbour(n.clone())),
             Some(Change::NeighbourGone(7, "fd00::1".parse().unwrap()))

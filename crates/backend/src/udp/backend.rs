@@ -32,6 +32,9 @@ pub struct UdpBackend {
     workers: Vec<(Sender<Ctl>, JoinHandle<()>)>,
     table: Arc<PeerTable>,
     local: Option<Ipv4Net>,
+    /// The guard of the last full pass, for lease deltas (see the vxlan backend's mirror);
+    /// `None` until a full pass succeeds.
+    guard: Option<flannel_core::route_guard::RouteGuard>,
     counters: Arc<Counters>,
     /// Drop counters as last logged: unknown sender, not for us, spoofed source.
     reported_drops: [u64; 3],
@@ -120,6 +123,7 @@ impl UdpBackend {
             workers,
             table: Arc::new(PeerTable::default()),
             local: None,
+            guard: None,
             counters,
             reported_drops: [0; 3],
         })
@@ -191,23 +195,65 @@ impl UdpBackend {
         .await?;
         let (peers, skipped) = usable_peers(own.subnet, leases, &["", "udp"], &guard);
         report.skipped = skipped;
-        let table = Arc::new(PeerTable::new(
+        let table = PeerTable::new(
             peers.iter().map(|l| (l.subnet, l.attrs.public_ip)),
             self.port,
             own.subnet,
             self.network,
-        ));
-        if table != self.table || self.local != Some(own.subnet) {
-            for (tx, _) in &self.workers {
-                let _ = tx.send(Ctl::Table(table.clone()));
-            }
-            info!(peers = table.len(), "udp peer table updated");
+        );
+        if self.install(table, own.subnet) {
             report.added += 1;
-            self.table = table;
-            self.local = Some(own.subnet);
         }
+        self.guard = Some(guard);
         self.report_drops();
         Ok(report)
+    }
+
+    /// Hands `table` to the workers if it differs from theirs; whether it did.
+    fn install(&mut self, table: PeerTable, own: Ipv4Net) -> bool {
+        if *self.table == table && self.local == Some(own) {
+            return false;
+        }
+        let table = Arc::new(table);
+        for (tx, _) in &self.workers {
+            let _ = tx.send(Ctl::Table(table.clone()));
+        }
+        info!(peers = table.len(), "udp peer table updated");
+        self.table = table;
+        self.local = Some(own);
+        true
+    }
+
+    /// The incremental path (see `Backend::apply_delta`): the touched subnets' entries of the
+    /// peer table replaced, no kernel read, no rebuild from every lease.
+    pub fn apply_delta(
+        &mut self,
+        own: &Lease,
+        changed: &[Lease],
+        removed: &[Lease],
+    ) -> Option<ReconcileReport> {
+        let guard = self.guard.as_ref()?;
+        if self.local != Some(own.subnet) {
+            return None;
+        }
+        let touched: Vec<Ipv4Net> = crate::touched_subnets(own, changed, removed)
+            .into_iter()
+            .filter_map(|n| match n {
+                IpNet::V4(n) => Some(n),
+                IpNet::V6(_) => None,
+            })
+            .collect();
+        let (peers, skipped) = usable_peers(own.subnet, changed, &["", "udp"], guard);
+        let table = self.table.updated(
+            &touched,
+            peers.iter().map(|l| (l.subnet, l.attrs.public_ip)),
+        );
+        let changed = self.install(table, own.subnet);
+        Some(ReconcileReport {
+            added: usize::from(changed),
+            skipped,
+            ..Default::default()
+        })
     }
 
     /// Logs each drop reason whose count grew since it was last said (on every full pass and

@@ -17,6 +17,8 @@ pub struct PeerTable {
     own: Ipv4Net,
     /// The cluster network: a source inside it must lie in the sending peer's subnet.
     network: Ipv4Net,
+    /// The peers' UDP port.
+    port: u16,
 }
 
 /// What becomes of an inner packet from a peer.
@@ -42,20 +44,67 @@ impl PeerTable {
         let mut t = Self {
             own,
             network,
+            port,
             ..Self::default()
         };
         for (net, ip) in peers {
-            t.routes.insert(
-                (u32::from(net.network()), net.prefix_len()),
-                SocketAddrV4::new(ip, port),
-            );
-            t.sources.entry(ip).or_default().push(net);
-            if !t.lens.contains(&net.prefix_len()) {
-                t.lens.push(net.prefix_len());
+            t.insert(net, ip);
+        }
+        t.index_lens();
+        t
+    }
+
+    /// This table with the `touched` subnets' entries replaced by `peers` (each of them one of
+    /// the touched): what a few lease events change, without rebuilding from every lease.
+    /// Copy-on-write: workers keep reading the old table until they get the new one.
+    pub fn updated(
+        &self,
+        touched: &[Ipv4Net],
+        peers: impl IntoIterator<Item = (Ipv4Net, Ipv4Addr)>,
+    ) -> Self {
+        let mut t = self.clone();
+        for s in touched {
+            let Some(to) = t.routes.remove(&(u32::from(s.network()), s.prefix_len())) else {
+                continue;
+            };
+            if let Some(v) = t.sources.get_mut(to.ip()) {
+                v.retain(|x| x != s);
+                if v.is_empty() {
+                    t.sources.remove(to.ip());
+                }
             }
         }
-        t.lens.sort_unstable_by(|a, b| b.cmp(a));
+        for (net, ip) in peers {
+            t.insert(net, ip);
+        }
+        t.index_lens();
         t
+    }
+
+    fn insert(&mut self, net: Ipv4Net, ip: Ipv4Addr) {
+        let key = (u32::from(net.network()), net.prefix_len());
+        if let Some(old) = self.routes.insert(key, SocketAddrV4::new(ip, self.port)) {
+            // A subnet moves from one peer to another.
+            if let Some(v) = self.sources.get_mut(old.ip()) {
+                v.retain(|x| *x != net);
+                if v.is_empty() {
+                    self.sources.remove(old.ip());
+                }
+            }
+        }
+        // Sorted, so that equal peer sets make equal tables however they were built.
+        let v = self.sources.entry(ip).or_default();
+        if let Err(at) = v.binary_search(&net) {
+            v.insert(at, net);
+        }
+    }
+
+    /// The distinct prefix lengths in use, longest first.
+    fn index_lens(&mut self) {
+        let mut lens: Vec<u8> = self.routes.keys().map(|(_, l)| *l).collect();
+        lens.sort_unstable_by(|a, b| b.cmp(a));
+        lens.dedup();
+        self.lens = lens;
     }
 
     /// Where to send a packet for `dst`.
@@ -122,6 +171,44 @@ mod tests {
             "10.244.1.0/24".parse().unwrap(),
             "10.244.0.0/16".parse().unwrap(),
         )
+    }
+
+    #[test]
+    fn updating_a_few_subnets_equals_building_from_scratch() {
+        let mut x = 0x9e37_79b9_u64;
+        let mut rnd = move |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        let own: Ipv4Net = "10.244.0.0/24".parse().unwrap();
+        let network: Ipv4Net = "10.244.0.0/16".parse().unwrap();
+        let mut peers: std::collections::BTreeMap<Ipv4Net, Ipv4Addr> = Default::default();
+        let mut t = PeerTable::new([], 8285, own, network);
+        for _ in 0..2000 {
+            let mut touched = Vec::new();
+            let mut added = Vec::new();
+            for _ in 0..=rnd(3) {
+                let len = [24u8, 25, 26][rnd(3) as usize];
+                let s = Ipv4Net::new(Ipv4Addr::new(10, 244, 1 + rnd(20) as u8, 0), len)
+                    .unwrap()
+                    .trunc();
+                touched.retain(|t| *t != s);
+                added.retain(|(t, _)| *t != s);
+                touched.push(s);
+                if rnd(3) == 0 {
+                    peers.remove(&s);
+                } else {
+                    let ip = Ipv4Addr::new(10, 0, 0, rnd(8) as u8);
+                    peers.insert(s, ip);
+                    added.push((s, ip));
+                }
+            }
+            t = t.updated(&touched, added);
+            let fresh = PeerTable::new(peers.iter().map(|(s, i)| (*s, *i)), 8285, own, network);
+            assert_eq!(t, fresh);
+        }
     }
 
     #[test]
