@@ -466,3 +466,42 @@ async fn a_listing_larger_than_one_grpc_message_is_read_whole_at_one_revision() 
     keys.dedup();
     assert_eq!(keys.len(), N as usize, "no lease twice");
 }
+
+#[tokio::test]
+async fn a_watch_that_keeps_up_is_not_taken_for_one_that_falls_behind() {
+    let mut f = fixture(TUTORIAL).await;
+    // Progress checked every 100 ms while leases keep changing: a watch that keeps up answers
+    // every check, so it never re-lists (a second snapshot) and misses no event.
+    let sm = f
+        .manager(PreviousSubnets::default())
+        .await
+        .with_watch_progress_period(Duration::from_millis(100));
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let task = tokio::spawn(async move { sm.run_watch(tx).await });
+    assert!(matches!(recv(&mut rx).await, LeaseEvent::Snapshot(l) if l.is_empty()));
+    for i in 0..30u8 {
+        f.put(
+            &format!("subnets/10.244.{i}.0-24"),
+            &format!(r#"{{"PublicIP":"192.168.64.{i}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:{i:02x}"}}}}"#),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    // Writes outside the watched prefix move etcd's revision with no event for the watch:
+    // only its progress notifications say it is keeping up.
+    for i in 0..10 {
+        f.put("elsewhere", &i.to_string()).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    f.put("subnets/10.244.99.0-24", r#"{"PublicIP":"192.168.64.99","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:99"}}"#).await;
+    let mut added = Vec::new();
+    while added.len() < 31 {
+        match recv(&mut rx).await {
+            LeaseEvent::Added(l) => added.push(l.subnet.to_string()),
+            LeaseEvent::Snapshot(l) => panic!("the watch re-listed ({} leases)", l.len()),
+            e => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(added.last().map(String::as_str), Some("10.244.99.0/24"));
+    task.abort();
+}

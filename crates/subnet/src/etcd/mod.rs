@@ -2,6 +2,7 @@
 //! `<prefix>/subnets/<ip>-<len>`), lease JSON, 24 h etcd leases and create-if-absent transactions.
 
 mod conn;
+pub mod progress;
 mod tls;
 
 use crate::recurring::Recurring;
@@ -30,6 +31,8 @@ pub const ACQUIRE_ATTEMPTS: usize = 10;
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often the lease watch's progress is checked (see [`progress`]).
+pub const WATCH_PROGRESS_PERIOD: Duration = Duration::from_secs(30);
 
 /// How to reach etcd: the `--etcd-*` flags.
 #[derive(Debug, Clone, Default)]
@@ -109,6 +112,7 @@ pub struct EtcdSubnetManager {
     reported: Arc<Mutex<HashMap<String, u64>>>,
     prefix: String,
     previous: PreviousSubnets,
+    watch_progress: Duration,
 }
 
 /// `path.Join`-style cleaning: no repeated or trailing slashes.
@@ -166,7 +170,27 @@ impl EtcdSubnetManager {
             reported: Arc::default(),
             prefix: clean_prefix(&opts.prefix),
             previous,
+            watch_progress: WATCH_PROGRESS_PERIOD,
         })
+    }
+
+    /// Checks the lease watch's progress every `period` instead of [`WATCH_PROGRESS_PERIOD`].
+    pub fn with_watch_progress_period(mut self, period: Duration) -> Self {
+        self.watch_progress = period;
+        self
+    }
+
+    /// etcd's current revision (one key read: cheap at any cluster size).
+    async fn store_revision(&self) -> Result<i64, SubnetError> {
+        let key = self.config_key();
+        let mut c = self.conn.client().await?;
+        let r = timed(
+            "get",
+            &key,
+            c.get(key.as_str(), Some(GetOptions::new().with_count_only())),
+        )
+        .await?;
+        Ok(r.header().map_or(0, |h| h.revision()))
     }
 
     pub fn config_key(&self) -> String {
@@ -569,8 +593,34 @@ impl EtcdSubnetManager {
                 }
             };
             debug!(revision = start, "watching {prefix}");
+            let mut check = progress::ProgressCheck::new(start);
+            let period = self.watch_progress;
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                match stream.message().await {
+                let msg = tokio::select! {
+                    m = stream.message() => m,
+                    _ = ticker.tick() => {
+                        // An unreachable etcd is the stream's to report.
+                        let Ok(rev) = self.store_revision().await else { continue };
+                        match check.tick(rev) {
+                            progress::Verdict::KeepUp => {
+                                let _ = stream.request_progress().await;
+                            }
+                            progress::Verdict::Behind { seen, wanted } => {
+                                warn!(
+                                    watch_revision = seen,
+                                    etcd_revision = wanted,
+                                    "the lease watch is falling behind etcd; re-listing"
+                                );
+                                next_rev = None;
+                                break;
+                            }
+                        }
+                        continue;
+                    }
+                };
+                match msg {
                     Ok(Some(resp)) => {
                         backoff = WATCH_BACKOFF_MIN;
                         if resp.compact_revision() != 0 {
@@ -601,6 +651,11 @@ impl EtcdSubnetManager {
                         trouble.ok("the lease watch works again");
                         for ev in resp.events() {
                             let Some(kv) = ev.kv() else { continue };
+                            check.saw(kv.mod_revision());
+                            // Resume after the last event delivered: while etcd feeds a
+                            // watch that fell behind, a response's header revision is etcd's
+                            // current one, past events still to come.
+                            next_rev = Some(kv.mod_revision() + 1);
                             let out = match ev.event_type() {
                                 EventType::Put => self
                                     .decode(kv.key(), kv.value())
@@ -618,8 +673,14 @@ impl EtcdSubnetManager {
                                 }
                             }
                         }
-                        if let Some(h) = resp.header() {
-                            next_rev = Some(h.revision() + 1);
+                        // A response without events that does not open the watch is a progress
+                        // notification: the watch has seen everything up to its revision. Not
+                        // a resume point: etcd before 3.4.25/3.5.8 (Debian 12 has 3.4.23)
+                        // answers with its current revision even while the watch is behind.
+                        if resp.events().is_empty() && !resp.created() {
+                            if let Some(h) = resp.header() {
+                                check.saw(h.revision());
+                            }
                         }
                     }
                     Ok(None) => {
