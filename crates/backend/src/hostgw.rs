@@ -73,7 +73,7 @@ impl<N: NetOps> HostGwBackend<N> {
         let guard =
             crate::guard::read(&self.nl, &table, self.network, &[], idx, &self.claimed).await?;
         let (desired, skipped) = desired_routes(own.subnet, leases, &guard);
-        let desired = crate::generic_routes(&desired);
+        let desired = crate::generic_routes(desired);
         let adopt = crate::guard::adoptable(&table, &[], &desired);
         let plan = RoutePlan::new(
             idx,
@@ -108,7 +108,7 @@ impl<N: NetOps> HostGwBackend<N> {
             return Ok(None);
         };
         let (desired, skipped) = desired_routes(own.subnet, changed, guard);
-        let desired = crate::generic_routes(&desired);
+        let desired = crate::generic_routes(desired);
         let touched = crate::touched_subnets(own, changed, removed);
         let ours: BTreeMap<IpNet, IpAddr> = touched
             .iter()

@@ -4,6 +4,7 @@
 //! (`BackendType`/`BackendData`) and the MTU for pods, and reconciles the kernel against the set
 //! of known leases whenever asked (lease events, netlink events, timer).
 
+pub mod batch;
 pub mod guard;
 pub mod hostgw;
 pub mod routes;
@@ -135,9 +136,9 @@ pub(crate) fn touched_subnets(own: &Lease, changed: &[Lease], removed: &[Lease])
 }
 
 /// IPv4 routes (destination → gateway) in the family-generic form the kernel layer takes.
-pub(crate) fn generic_routes(m: &BTreeMap<Ipv4Net, Ipv4Addr>) -> BTreeMap<IpNet, IpAddr> {
-    m.iter()
-        .map(|(d, g)| (IpNet::V4(*d), IpAddr::V4(*g)))
+pub(crate) fn generic_routes(m: BTreeMap<Ipv4Net, Ipv4Addr>) -> BTreeMap<IpNet, IpAddr> {
+    m.into_iter()
+        .map(|(d, g)| (IpNet::V4(d), IpAddr::V4(g)))
         .collect()
 }
 

@@ -10,7 +10,6 @@
 
 use crate::ReconcileReport;
 use flannel_net::{NetOps, RouteWrite};
-use futures::future::join_all;
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -67,10 +66,11 @@ impl RoutePlan {
 
     /// Deletes our routes that are no longer desired, as one pipelined batch.
     pub async fn remove(&self, nl: &impl NetOps) -> ReconcileReport {
-        let results = join_all(
+        let results = crate::batch::pipelined(
             self.remove
                 .iter()
-                .map(|(d, g)| nl.del_route(*d, *g, self.idx)),
+                .copied()
+                .map(|(d, g)| nl.del_route(d, g, self.idx)),
         )
         .await;
         let mut report = ReconcileReport::default();
@@ -92,10 +92,11 @@ impl RoutePlan {
     /// Writes the missing and different routes, as one pipelined batch. Also returns the
     /// destinations whose write failed.
     pub async fn upsert(&self, nl: &impl NetOps) -> (ReconcileReport, BTreeSet<IpNet>) {
-        let results = join_all(
+        let results = crate::batch::pipelined(
             self.upsert
                 .iter()
-                .map(|(d, g, how)| nl.write_route(*d, *g, self.idx, self.onlink, *how)),
+                .copied()
+                .map(|(d, g, how)| nl.write_route(d, g, self.idx, self.onlink, how)),
         )
         .await;
         let mut report = ReconcileReport::default();

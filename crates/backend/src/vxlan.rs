@@ -12,7 +12,6 @@ use flannel_core::{Lease, LeaseAttrs, MacAddr};
 use flannel_net::monitor::Change;
 use flannel_net::netlink::{gw_routes_on, is_vxlan};
 use flannel_net::{Family, Link, NetOps, Netlink, RouteWrite, VxlanSpec};
-use futures::future::join_all;
 use ipnet::{IpNet, Ipv4Net};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -204,23 +203,23 @@ impl<N: NetOps> VxlanBackend<N> {
         let guard =
             crate::guard::read(nl, &table, self.network, &[idx], ext, &self.claimed).await?;
         let direct = self.direct_peers(leases).await;
-        let (desired, skipped) = desired_peers_with(own.subnet, leases, &guard, &|ip| {
+        let (mut desired, skipped) = desired_peers_with(own.subnet, leases, &guard, &|ip| {
             direct.get(&ip).copied().unwrap_or(false)
         });
-        let mirror_peers = peers_of(&desired);
-        let direct_routes = crate::generic_routes(&desired.direct);
-        let overlay_routes = crate::generic_routes(&desired.routes);
-        let want_neigh: BTreeMap<IpAddr, MacAddr> = desired
-            .neighbours
-            .iter()
-            .map(|(ip, m)| (IpAddr::V4(*ip), *m))
+        // The mirror only without DirectRouting (see `Mirror`).
+        let mirror_peers = (!self.cfg.direct_routing).then(|| peers_of(&desired));
+        // Each map is moved into its family-generic form, so that two copies of every peer's
+        // entries never live at once (the start of a 20000-peer node is its memory peak).
+        let direct_routes = crate::generic_routes(std::mem::take(&mut desired.direct));
+        let overlay_routes = crate::generic_routes(std::mem::take(&mut desired.routes));
+        let want_neigh: BTreeMap<IpAddr, MacAddr> = std::mem::take(&mut desired.neighbours)
+            .into_iter()
+            .map(|(ip, m)| (IpAddr::V4(ip), m))
             .collect();
-        let want_fdb: BTreeMap<MacAddr, IpAddr> = desired
-            .fdb
-            .iter()
-            .map(|(m, ip)| (*m, IpAddr::V4(*ip)))
+        let want_fdb: BTreeMap<MacAddr, IpAddr> = std::mem::take(&mut desired.fdb)
+            .into_iter()
+            .map(|(m, ip)| (m, IpAddr::V4(ip)))
             .collect();
-        drop(desired);
         // DirectRouting routes live on the external interface, where only `proto 252` ones are
         // ours; every route on our own device is ours. Foreign routes the guard let through
         // are overwritten in place.
@@ -238,8 +237,10 @@ impl<N: NetOps> VxlanBackend<N> {
             &gw_routes_on(&table, idx, false),
             &crate::guard::adoptable(&table, &[idx], &overlay_routes),
         );
+        drop(table);
         let (neigh, fdb) = tokio::try_join!(nl.neighbours(idx, Family::V4), nl.fdb(idx))?;
         let (pn, pf) = (diff(&want_neigh, &neigh), diff(&want_fdb, &fdb));
+        drop((neigh, fdb, want_neigh, want_fdb));
         if !(pn.is_empty() && pf.is_empty() && overlay_plan.is_empty()) {
             debug!(neighbours = ?pn, fdb = ?pf, "vxlan peer plan");
         }
@@ -261,18 +262,43 @@ impl<N: NetOps> VxlanBackend<N> {
         let mut report = direct_plan.remove(nl).await;
         report.absorb(overlay_plan.remove(nl).await);
         let mut results = Vec::new();
-        results.extend(join_all(pn.remove.iter().map(|(ip, _)| nl.del_neighbour(idx, *ip))).await);
-        results.extend(join_all(pf.remove.iter().map(|(m, d)| nl.del_fdb(idx, *m, *d))).await);
-        report.removed += pn.remove.len() + pf.remove.len();
         results.extend(
-            join_all(
-                pn.upsert
+            crate::batch::pipelined(
+                pn.remove
                     .iter()
-                    .map(|(ip, m)| nl.set_neighbour(idx, *ip, *m)),
+                    .copied()
+                    .map(|(ip, _)| nl.del_neighbour(idx, ip)),
             )
             .await,
         );
-        results.extend(join_all(pf.upsert.iter().map(|(m, d)| nl.set_fdb(idx, *m, *d))).await);
+        results.extend(
+            crate::batch::pipelined(
+                pf.remove
+                    .iter()
+                    .copied()
+                    .map(|(m, d)| nl.del_fdb(idx, m, d)),
+            )
+            .await,
+        );
+        report.removed += pn.remove.len() + pf.remove.len();
+        results.extend(
+            crate::batch::pipelined(
+                pn.upsert
+                    .iter()
+                    .copied()
+                    .map(|(ip, m)| nl.set_neighbour(idx, ip, m)),
+            )
+            .await,
+        );
+        results.extend(
+            crate::batch::pipelined(
+                pf.upsert
+                    .iter()
+                    .copied()
+                    .map(|(m, d)| nl.set_fdb(idx, m, d)),
+            )
+            .await,
+        );
         report.added += pn.upsert.len() + pf.upsert.len();
         for r in results {
             if let Err(e) = r {
@@ -292,10 +318,9 @@ impl<N: NetOps> VxlanBackend<N> {
             .copied()
             .collect();
         report.skipped = skipped;
-        self.mirror = (report.failed == 0 && !self.cfg.direct_routing).then_some(Mirror {
-            guard,
-            peers: mirror_peers,
-        });
+        self.mirror = mirror_peers
+            .filter(|_| report.failed == 0)
+            .map(|peers| Mirror { guard, peers });
         Ok(report)
     }
 
@@ -327,46 +352,51 @@ impl<N: NetOps> VxlanBackend<N> {
         let mut failures = Vec::new();
         let mut report = ReconcileReport::default();
         // Removals, routes before the entries they rely on; then additions in upstream's order.
-        for r in join_all(
+        for r in crate::batch::pipelined(
             plan.del_routes
                 .iter()
-                .map(|(d, g)| nl.del_route(*d, *g, idx)),
+                .copied()
+                .map(|(d, g)| nl.del_route(d, g, idx)),
         )
         .await
         {
             failures.extend(r.err());
         }
-        let dels = join_all(
+        let dels = crate::batch::pipelined(
             plan.del_neighbours
                 .iter()
-                .map(|ip| nl.del_neighbour(idx, *ip)),
+                .copied()
+                .map(|ip| nl.del_neighbour(idx, ip)),
         );
-        let fdb_dels = join_all(
+        let fdb_dels = crate::batch::pipelined(
             plan.del_fdb
                 .iter()
-                .map(|(mac, d)| nl.del_fdb(idx, *mac, *d)),
+                .copied()
+                .map(|(mac, d)| nl.del_fdb(idx, mac, d)),
         );
         let (a, b) = futures::join!(dels, fdb_dels);
         failures.extend(a.into_iter().chain(b).filter_map(Result::err));
-        let sets = join_all(
+        let sets = crate::batch::pipelined(
             plan.set_neighbours
                 .iter()
-                .map(|(ip, mac)| nl.set_neighbour(idx, *ip, *mac)),
+                .copied()
+                .map(|(ip, mac)| nl.set_neighbour(idx, ip, mac)),
         );
-        let fdb_sets = join_all(
+        let fdb_sets = crate::batch::pipelined(
             plan.set_fdb
                 .iter()
-                .map(|(mac, d)| nl.set_fdb(idx, *mac, *d)),
+                .copied()
+                .map(|(mac, d)| nl.set_fdb(idx, mac, d)),
         );
         let (a, b) = futures::join!(sets, fdb_sets);
         failures.extend(a.into_iter().chain(b).filter_map(Result::err));
-        let writes = join_all(plan.routes.iter().map(|(d, g, replace)| {
-            let how = if *replace {
+        let writes = crate::batch::pipelined(plan.routes.iter().copied().map(|(d, g, replace)| {
+            let how = if replace {
                 RouteWrite::Replace
             } else {
                 RouteWrite::Create
             };
-            nl.write_route(*d, *g, idx, true, how)
+            nl.write_route(d, g, idx, true, how)
         }))
         .await;
         failures.extend(writes.into_iter().filter_map(Result::err));
@@ -437,28 +467,31 @@ impl<N: NetOps> VxlanBackend<N> {
         let nl = &self.nl;
         let mut failures = Vec::new();
         // Upstream's order: neighbour, FDB, then the route that relies on them.
-        for r in join_all(
+        for r in crate::batch::pipelined(
             plan.set_neighbours
                 .iter()
-                .map(|(ip, mac)| nl.set_neighbour(idx, *ip, *mac)),
+                .copied()
+                .map(|(ip, mac)| nl.set_neighbour(idx, ip, mac)),
         )
         .await
         {
             failures.extend(r.err());
         }
-        for r in join_all(
+        for r in crate::batch::pipelined(
             plan.set_fdb
                 .iter()
-                .map(|(mac, d)| nl.set_fdb(idx, *mac, *d)),
+                .copied()
+                .map(|(mac, d)| nl.set_fdb(idx, mac, d)),
         )
         .await
         {
             failures.extend(r.err());
         }
-        for r in join_all(
+        for r in crate::batch::pipelined(
             plan.routes
                 .iter()
-                .map(|(d, g, _)| nl.write_route(*d, *g, idx, true, RouteWrite::Create)),
+                .copied()
+                .map(|(d, g, _)| nl.write_route(d, g, idx, true, RouteWrite::Create)),
         )
         .await
         {
