@@ -72,8 +72,7 @@ impl<N: NetOps> HostGwBackend<N> {
         let table = self.nl.main_routes(Family::V4).await?;
         let guard =
             crate::guard::read(&self.nl, &table, self.network, &[], idx, &self.claimed).await?;
-        let (desired, skipped) = desired_routes(own.subnet, leases, &guard);
-        let desired = crate::generic_routes(desired);
+        let (desired, skipped) = desired_routes(Family::V4, IpNet::V4(own.subnet), leases, &guard);
         let adopt = crate::guard::adoptable(&table, &[], &desired);
         let plan = RoutePlan::new(
             idx,
@@ -107,8 +106,7 @@ impl<N: NetOps> HostGwBackend<N> {
         let Some((guard, routes)) = self.mirror.as_mut() else {
             return Ok(None);
         };
-        let (desired, skipped) = desired_routes(own.subnet, changed, guard);
-        let desired = crate::generic_routes(desired);
+        let (desired, skipped) = desired_routes(Family::V4, IpNet::V4(own.subnet), changed, guard);
         let touched = crate::touched_subnets(own, changed, removed);
         let ours: BTreeMap<IpNet, IpAddr> = touched
             .iter()

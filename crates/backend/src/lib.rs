@@ -12,10 +12,9 @@ pub mod udp;
 pub mod vxlan;
 
 use flannel_core::{Lease, LeaseAttrs};
-use ipnet::{IpNet, Ipv4Net};
-use std::collections::BTreeMap;
+use ipnet::IpNet;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The interface flannel sends encapsulated traffic through (upstream `ExternalInterface`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,13 +132,6 @@ pub(crate) fn touched_subnets(own: &Lease, changed: &[Lease], removed: &[Lease])
     v.sort();
     v.dedup();
     v
-}
-
-/// IPv4 routes (destination → gateway) in the family-generic form the kernel layer takes.
-pub(crate) fn generic_routes(m: BTreeMap<Ipv4Net, Ipv4Addr>) -> BTreeMap<IpNet, IpAddr> {
-    m.into_iter()
-        .map(|(d, g)| (IpNet::V4(d), IpAddr::V4(g)))
-        .collect()
 }
 
 /// The backend chosen by the network config, dispatched statically.

@@ -203,23 +203,21 @@ impl<N: NetOps> VxlanBackend<N> {
         let guard =
             crate::guard::read(nl, &table, self.network, &[idx], ext, &self.claimed).await?;
         let direct = self.direct_peers(leases).await;
-        let (mut desired, skipped) = desired_peers_with(own.subnet, leases, &guard, &|ip| {
-            direct.get(&ip).copied().unwrap_or(false)
-        });
+        let (mut desired, skipped) = desired_peers_with(
+            Family::V4,
+            IpNet::V4(own.subnet),
+            leases,
+            &guard,
+            &|ip| matches!(ip, IpAddr::V4(a) if direct.get(&a).copied().unwrap_or(false)),
+        );
         // The mirror only without DirectRouting (see `Mirror`).
         let mirror_peers = (!self.cfg.direct_routing).then(|| peers_of(&desired));
         // Each map is moved into its family-generic form, so that two copies of every peer's
         // entries never live at once (the start of a 20000-peer node is its memory peak).
-        let direct_routes = crate::generic_routes(std::mem::take(&mut desired.direct));
-        let overlay_routes = crate::generic_routes(std::mem::take(&mut desired.routes));
-        let want_neigh: BTreeMap<IpAddr, MacAddr> = std::mem::take(&mut desired.neighbours)
-            .into_iter()
-            .map(|(ip, m)| (IpAddr::V4(ip), m))
-            .collect();
-        let want_fdb: BTreeMap<MacAddr, IpAddr> = std::mem::take(&mut desired.fdb)
-            .into_iter()
-            .map(|(m, ip)| (m, IpAddr::V4(ip)))
-            .collect();
+        let direct_routes = std::mem::take(&mut desired.direct);
+        let overlay_routes = std::mem::take(&mut desired.routes);
+        let want_neigh = std::mem::take(&mut desired.neighbours);
+        let want_fdb = std::mem::take(&mut desired.fdb);
         // DirectRouting routes live on the external interface, where only `proto 252` ones are
         // ours; every route on our own device is ours. Foreign routes the guard let through
         // are overwritten in place.
@@ -335,7 +333,13 @@ impl<N: NetOps> VxlanBackend<N> {
         let Some(m) = self.mirror.as_mut() else {
             return Ok(None);
         };
-        let (desired, skipped) = desired_peers_with(own.subnet, changed, &m.guard, &|_| false);
+        let (desired, skipped) = desired_peers_with(
+            Family::V4,
+            IpNet::V4(own.subnet),
+            changed,
+            &m.guard,
+            &|_| false,
+        );
         let want = peers_of(&desired);
         let touched = crate::touched_subnets(own, changed, removed);
         let plan = plan_delta(&m.peers, &touched, &want);

@@ -1,24 +1,24 @@
 //! The host-gw backend's desired routes (upstream `pkg/backend/hostgw`): every remote host-gw
 //! subnet via the remote node's public IP, on the external interface.
 
+use crate::family::Family;
 use crate::lease::Lease;
-use crate::peers::{usable_peers, Skipped};
+use crate::peers::{usable_peers_in, Skipped};
 use crate::route_guard::RouteGuard;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
+/// The routes of one family: each peer's subnet via its public address of that family.
 pub fn desired_routes(
-    own_subnet: Ipv4Net,
+    family: Family,
+    own_subnet: IpNet,
     leases: &[Lease],
     guard: &RouteGuard,
-) -> (BTreeMap<Ipv4Net, Ipv4Addr>, Vec<Skipped>) {
-    let (peers, skipped) = usable_peers(own_subnet, leases, &["host-gw"], guard);
+) -> (BTreeMap<IpNet, IpAddr>, Vec<Skipped>) {
+    let (peers, skipped) = usable_peers_in(family, own_subnet, leases, &["host-gw"], guard);
     (
-        peers
-            .iter()
-            .map(|l| (l.subnet, l.attrs.public_ip))
-            .collect(),
+        peers.iter().map(|p| (p.subnet, p.public)).collect(),
         skipped,
     )
 }
@@ -37,9 +37,10 @@ mod tests {
 
     #[test]
     fn routes_via_public_ips_and_skips() {
-        let own: Ipv4Net = "10.244.1.0/24".parse().unwrap();
+        let own: IpNet = "10.244.1.0/24".parse().unwrap();
         let guard = RouteGuard::networks_only(vec!["10.244.0.0/16".parse().unwrap()]);
         let (r, skipped) = desired_routes(
+            Family::V4,
             own,
             &[
                 lease("10.244.1.0/24", "10.0.0.51", "host-gw"),
@@ -53,7 +54,7 @@ mod tests {
         assert_eq!(r.len(), 1);
         assert_eq!(
             r[&"10.244.2.0/24".parse().unwrap()],
-            Ipv4Addr::new(10, 0, 0, 52)
+            IpAddr::from([10, 0, 0, 52])
         );
         assert_eq!(skipped.len(), 3);
         assert!(

@@ -7,6 +7,7 @@ pub mod allocator;
 pub mod config;
 pub mod diff;
 pub mod errtext;
+pub mod family;
 pub mod hostgw;
 pub mod iface;
 pub mod iptables;
@@ -25,6 +26,7 @@ pub mod vxlan;
 pub mod vxlan_delta;
 
 pub use config::{ConfigError, NetworkConfig};
+pub use family::Family;
 pub use lease::{Lease, LeaseAttrs, LeaseError};
 pub use mac::MacAddr;
 

@@ -2,75 +2,84 @@
 //! neighbour entry (subnet address → VtepMAC), a permanent FDB entry (VtepMAC → PublicIP) and
 //! an onlink route (subnet via subnet address) on `flannel.<VNI>` (upstream `vxlan_network.go`).
 
+use crate::family::Family;
 use crate::lease::{Lease, VxlanData};
 use crate::mac::MacAddr;
-use crate::peers::usable_peers;
+use crate::peers::usable_peers_in;
 use crate::route_guard::RouteGuard;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-/// Per-device state flannel owns on `flannel.<VNI>`.
+/// Per-device state flannel owns on `flannel.<VNI>` (IPv4) or `flannel-v6.<VNI>` (IPv6): one
+/// family's entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VxlanPeers {
-    /// Neighbour (ARP) entries: remote subnet network address → remote VtepMAC.
-    pub neighbours: BTreeMap<Ipv4Addr, MacAddr>,
-    /// FDB entries: remote VtepMAC → remote PublicIP.
-    pub fdb: BTreeMap<MacAddr, Ipv4Addr>,
+    /// Neighbour (ARP/NDP) entries: remote subnet network address → remote VtepMAC.
+    pub neighbours: BTreeMap<IpAddr, MacAddr>,
+    /// FDB entries: remote VtepMAC → remote public address.
+    pub fdb: BTreeMap<MacAddr, IpAddr>,
     /// Routes: remote subnet → gateway (the subnet's network address), onlink.
-    pub routes: BTreeMap<Ipv4Net, Ipv4Addr>,
-    /// `DirectRouting`: remote subnet → remote public IP, on the external interface.
-    pub direct: BTreeMap<Ipv4Net, Ipv4Addr>,
+    pub routes: BTreeMap<IpNet, IpAddr>,
+    /// `DirectRouting`: remote subnet → remote public address, on the external interface.
+    pub direct: BTreeMap<IpNet, IpAddr>,
 }
 
 pub use crate::peers::Skipped;
 
-/// Computes the desired peer state from every known lease. Our own lease, leases of other
-/// backend types, leases the guard refuses and leases with unusable data are skipped (and
-/// reported), never fatal. Peers for which `direct` says the public IP is on our own L2
-/// segment (`DirectRouting`) get a plain route via that IP instead of VXLAN entries.
+/// Computes one family's desired peer state from every known lease. Our own lease, leases of
+/// other backend types, leases the guard refuses and leases with unusable data are skipped
+/// (and reported), never fatal.
 pub fn desired_peers(
-    own_subnet: Ipv4Net,
+    family: Family,
+    own_subnet: IpNet,
     leases: &[Lease],
     guard: &RouteGuard,
 ) -> (VxlanPeers, Vec<Skipped>) {
-    desired_peers_with(own_subnet, leases, guard, &|_| false)
+    desired_peers_with(family, own_subnet, leases, guard, &|_| false)
 }
 
+/// [`desired_peers`], where peers for which `direct` says the public address is on our own L2
+/// segment (`DirectRouting`) get a plain route via that address instead of VXLAN entries.
 pub fn desired_peers_with(
-    own_subnet: Ipv4Net,
+    family: Family,
+    own_subnet: IpNet,
     leases: &[Lease],
     guard: &RouteGuard,
-    direct: &dyn Fn(Ipv4Addr) -> bool,
+    direct: &dyn Fn(IpAddr) -> bool,
 ) -> (VxlanPeers, Vec<Skipped>) {
     let mut s = VxlanPeers::default();
-    let (peers, mut skipped) = usable_peers(own_subnet, leases, &["vxlan"], guard);
-    for l in peers {
-        if direct(l.attrs.public_ip) {
-            s.direct.insert(l.subnet, l.attrs.public_ip);
+    let (peers, mut skipped) = usable_peers_in(family, own_subnet, leases, &["vxlan"], guard);
+    let field = match family {
+        Family::V4 => "BackendData",
+        Family::V6 => "BackendV6Data",
+    };
+    for p in peers {
+        if direct(p.public) {
+            s.direct.insert(p.subnet, p.public);
             continue;
         }
-        let data = match l.attrs.backend_data.as_ref().map(VxlanData::from_raw) {
+        let data = match p.data.map(VxlanData::from_raw) {
             Some(Ok(d)) => d,
             Some(Err(e)) => {
                 skipped.push(Skipped {
-                    key: l.key(),
-                    reason: e.to_string(),
+                    key: p.lease.key(),
+                    reason: format!("{field}: {e}"),
                 });
                 continue;
             }
             None => {
                 skipped.push(Skipped {
-                    key: l.key(),
-                    reason: "no BackendData".into(),
+                    key: p.lease.key(),
+                    reason: format!("no {field}"),
                 });
                 continue;
             }
         };
-        let gw = l.subnet.network();
+        let gw = p.subnet.network();
         s.neighbours.insert(gw, data.vtep_mac);
-        s.fdb.insert(data.vtep_mac, l.attrs.public_ip);
-        s.routes.insert(l.subnet, gw);
+        s.fdb.insert(data.vtep_mac, p.public);
+        s.routes.insert(p.subnet, gw);
     }
     (s, skipped)
 }
@@ -93,7 +102,7 @@ mod tests {
 
     #[test]
     fn tutorial_peers_become_neigh_fdb_and_routes() {
-        let own: Ipv4Net = "10.244.0.0/24".parse().unwrap();
+        let own: IpNet = "10.244.0.0/24".parse().unwrap();
         let leases = vec![
             lease(
                 "10.244.0.0/24",
@@ -114,26 +123,26 @@ mod tests {
                 Some(serde_json::json!({"VNI":1,"VtepMAC":"02:00:00:00:00:52"})),
             ),
         ];
-        let (s, skipped) = desired_peers(own, &leases, &guard());
+        let (s, skipped) = desired_peers(Family::V4, own, &leases, &guard());
         assert!(skipped.is_empty());
         assert_eq!(s.routes.len(), 2);
         assert_eq!(
             s.routes[&"10.244.1.0/24".parse().unwrap()],
-            Ipv4Addr::new(10, 244, 1, 0)
+            IpAddr::from([10, 244, 1, 0])
         );
         assert_eq!(
-            s.neighbours[&Ipv4Addr::new(10, 244, 2, 0)].to_string(),
+            s.neighbours[&IpAddr::from([10, 244, 2, 0])].to_string(),
             "02:00:00:00:00:52"
         );
         assert_eq!(
             s.fdb[&"02:00:00:00:00:51".parse().unwrap()],
-            Ipv4Addr::new(10, 0, 0, 51)
+            IpAddr::from([10, 0, 0, 51])
         );
     }
 
     #[test]
     fn foreign_and_broken_leases_are_skipped_with_reasons() {
-        let own: Ipv4Net = "10.244.0.0/24".parse().unwrap();
+        let own: IpNet = "10.244.0.0/24".parse().unwrap();
         let leases = vec![
             lease("10.244.3.0/24", "10.0.0.53", "host-gw", None),
             lease(
@@ -150,7 +159,7 @@ mod tests {
                 Some(serde_json::json!({"VNI":1,"VtepMAC":"02:00:00:00:00:56"})),
             ),
         ];
-        let (s, skipped) = desired_peers(own, &leases, &guard());
+        let (s, skipped) = desired_peers(Family::V4, own, &leases, &guard());
         assert_eq!(s, VxlanPeers::default());
         assert_eq!(skipped.len(), 4);
         let reasons: Vec<&str> = skipped.iter().map(|s| s.reason.as_str()).collect();
@@ -172,7 +181,7 @@ mod tests {
 
     #[test]
     fn direct_routing_peers_get_a_plain_route() {
-        let own: Ipv4Net = "10.244.0.0/24".parse().unwrap();
+        let own: IpNet = "10.244.0.0/24".parse().unwrap();
         let data = |m: &str| Some(serde_json::json!({"VNI":1,"VtepMAC":m}));
         let leases = vec![
             lease(
@@ -188,17 +197,53 @@ mod tests {
                 data("02:00:00:00:00:52"),
             ),
         ];
-        let same_segment = |ip: Ipv4Addr| ip.octets()[2] == 0;
-        let (s, _) = desired_peers_with(own, &leases, &guard(), &same_segment);
+        let same_segment = |ip: IpAddr| matches!(ip, IpAddr::V4(a) if a.octets()[2] == 0);
+        let (s, _) = desired_peers_with(Family::V4, own, &leases, &guard(), &same_segment);
         assert_eq!(
             s.direct[&"10.244.1.0/24".parse().unwrap()],
-            Ipv4Addr::new(10, 0, 0, 51)
+            IpAddr::from([10, 0, 0, 51])
         );
         assert_eq!(
             s.routes.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
             ["10.244.2.0/24"]
         );
         assert_eq!(s.fdb.len(), 1);
+    }
+
+    #[test]
+    fn the_ipv6_overlay_uses_each_leases_v6_subnet_address_and_data() {
+        let v6guard = RouteGuard::networks_only(vec!["fd00:10:244::/56".parse().unwrap()]);
+        let dual = |i: u8, v6data: bool| {
+            let mut l = lease(
+                &format!("10.244.{i}.0/24"),
+                &format!("10.0.0.{}", 50 + i),
+                "vxlan",
+                Some(serde_json::json!({"VNI": 1, "VtepMAC": format!("02:00:00:00:00:{i:02x}")})),
+            );
+            l.ipv6_subnet = Some(format!("fd00:10:244:{i}::/64").parse().unwrap());
+            l.attrs.public_ipv6 = Some(format!("fd00::{}", 50 + i).parse().unwrap());
+            if v6data {
+                l.attrs.backend_v6_data = Some(crate::raw_json::RawJson::from_value(
+                    &serde_json::json!({"VNI": 1, "VtepMAC": format!("02:00:00:00:06:{i:02x}")}),
+                ));
+            }
+            l
+        };
+        let leases = vec![dual(0, true), dual(1, true), dual(2, false)];
+        let own: IpNet = "fd00:10:244::/64".parse().unwrap();
+        let (s, skipped) = desired_peers(Family::V6, own, &leases, &v6guard);
+        let gw: IpAddr = "fd00:10:244:1::".parse().unwrap();
+        assert_eq!(
+            s.routes,
+            BTreeMap::from([("fd00:10:244:1::/64".parse().unwrap(), gw)])
+        );
+        assert_eq!(s.neighbours[&gw].to_string(), "02:00:00:00:06:01");
+        assert_eq!(
+            s.fdb.values().copied().collect::<Vec<_>>(),
+            vec!["fd00::51".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].reason, "no BackendV6Data");
     }
 }
 

@@ -28,11 +28,11 @@ pub fn peers_of(d: &VxlanPeers) -> BTreeMap<IpNet, PeerEntry> {
             let mac = *d.neighbours.get(gw)?;
             let public = *d.fdb.get(&mac)?;
             Some((
-                IpNet::V4(*subnet),
+                *subnet,
                 PeerEntry {
-                    gw: IpAddr::V4(*gw),
+                    gw: *gw,
                     mac,
-                    public: IpAddr::V4(public),
+                    public,
                 },
             ))
         })

@@ -11,26 +11,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
 
-/// An address family, for dumps that read one family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub fn of(ip: IpAddr) -> Self {
-        if ip.is_ipv4() {
-            Self::V4
-        } else {
-            Self::V6
-        }
-    }
-
-    pub fn of_net(n: &IpNet) -> Self {
-        Self::of(n.addr())
-    }
-}
+pub use flannel_core::Family;
 
 /// A main-table route as flannel needs to see it: where to, how, and whose.
 #[derive(Debug, Clone, PartialEq, Eq)]
