@@ -4,7 +4,7 @@
 
 use flannel_core::route_guard::{LocalAddr, LocalRoute, LocalState, RouteGuard};
 use flannel_net::{Family, NetError, NetOps, RouteEntry};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -19,13 +19,13 @@ fn proto_name(p: u8) -> String {
     }
 }
 
-/// The guard for leases inside `network`, given the main-table `routes` already read for this
-/// pass. `own_links` are the devices flannel created (their addresses and routes are ours);
+/// The guard for leases inside `network` (one family), given that family's main-table
+/// `routes` already read for this pass. `own_links` are the devices flannel created (their addresses and routes are ours);
 /// `claimed` the destinations the backend routed on its previous pass.
 pub async fn read(
     nl: &impl NetOps,
     routes: &[RouteEntry],
-    network: Ipv4Net,
+    network: IpNet,
     own_links: &[u32],
     ext_index: u32,
     claimed: &BTreeSet<IpNet>,
@@ -38,7 +38,7 @@ pub async fn read(
         .collect();
     let name = |i: u32| names.get(&i).cloned().unwrap_or_else(|| format!("#{i}"));
     let addrs = nl
-        .addrs(None, Family::V4)
+        .addrs(None, Family::of_net(&network))
         .await?
         .into_iter()
         .filter(|(i, _)| !own_links.contains(i))
@@ -69,7 +69,7 @@ pub async fn read(
         })
         .collect();
     Ok(RouteGuard {
-        networks: vec![IpNet::V4(network)],
+        networks: vec![network],
         local: LocalState { addrs, routes },
         ext_index: Some(ext_index),
         claimed: claimed.clone(),

@@ -70,8 +70,15 @@ impl<N: NetOps> HostGwBackend<N> {
     ) -> Result<ReconcileReport, BackendError> {
         let idx = self.ext.index;
         let table = self.nl.main_routes(Family::V4).await?;
-        let guard =
-            crate::guard::read(&self.nl, &table, self.network, &[], idx, &self.claimed).await?;
+        let guard = crate::guard::read(
+            &self.nl,
+            &table,
+            IpNet::V4(self.network),
+            &[],
+            idx,
+            &self.claimed,
+        )
+        .await?;
         let (desired, skipped) = desired_routes(Family::V4, IpNet::V4(own.subnet), leases, &guard);
         let adopt = crate::guard::adoptable(&table, &[], &desired);
         let plan = RoutePlan::new(

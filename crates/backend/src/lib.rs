@@ -145,24 +145,32 @@ pub enum AnyBackend {
 pub const SUPPORTED: &[&str] = &["vxlan", "host-gw", "udp"];
 
 impl AnyBackend {
-    /// Sets up the backend named by the config's `Backend.Type` on interface `ext`.
-    /// `stored_mac` is the VtepMAC our previous vxlan lease published, if any.
+    /// Sets up the backend named by the config's `Backend.Type` on interface `ext`, for the
+    /// families in `nets` (with the VtepMACs our previous lease published, for vxlan).
     pub async fn register(
         backend_type: &str,
         backend: &serde_json::Value,
         nl: flannel_net::Netlink,
         ext: ExternalInterface,
-        network: ipnet::Ipv4Net,
-        stored_mac: Option<flannel_core::MacAddr>,
+        nets: vxlan::VxlanNetworks,
     ) -> Result<Self, BackendError> {
+        let v4_only = |name: &'static str| {
+            if nets.v6.is_some() {
+                tracing::warn!("IPv6 is enabled, but the {name} backend programs the IPv4 overlay only in this flannel-rs build");
+            }
+            nets.v4.map(|(n, _)| n).ok_or(BackendError::Config {
+                backend: name,
+                msg: "needs an IPv4 Network".into(),
+            })
+        };
         match backend_type {
             "vxlan" => {
                 let cfg = flannel_core::vxlan::VxlanConfig::from_backend(backend)
                     .map_err(|e| BackendError::Config { backend: "vxlan", msg: e.to_string() })?;
-                Ok(Self::Vxlan(vxlan::VxlanBackend::register(nl, cfg, ext, network, stored_mac).await?))
+                Ok(Self::Vxlan(vxlan::VxlanBackend::register(nl, cfg, ext, nets).await?))
             }
-            "host-gw" => Ok(Self::HostGw(hostgw::HostGwBackend::register(nl, ext, network)?)),
-            "udp" => Ok(Self::Udp(udp::backend::UdpBackend::register(nl, ext, network, backend).await?)),
+            "host-gw" => Ok(Self::HostGw(hostgw::HostGwBackend::register(nl, ext, v4_only("host-gw")?)?)),
+            "udp" => Ok(Self::Udp(udp::backend::UdpBackend::register(nl, ext, v4_only("udp")?, backend).await?)),
             other => Err(BackendError::Config {
                 backend: "any",
                 msg: format!("backend type {other:?} is not supported by this flannel-rs build (supported: {})", SUPPORTED.join(", ")),

@@ -1,5 +1,7 @@
-//! The vxlan backend (upstream `pkg/backend/vxlan`): device `flannel.<VNI>`, and per peer a
-//! permanent neighbour entry, a permanent FDB entry and an onlink route, reconciled as data.
+//! The vxlan backend (upstream `pkg/backend/vxlan`): device `flannel.<VNI>` over IPv4 and
+//! `flannel-v6.<VNI>` over IPv6, and on each, per peer, a permanent neighbour entry, a
+//! permanent FDB entry and an onlink route, reconciled as data. Both families go through the
+//! same code: an [`Overlay`] per family.
 
 use crate::routes::RoutePlan;
 use crate::{Backend, BackendError, ExternalInterface, ReconcileReport};
@@ -7,22 +9,39 @@ use flannel_core::diff::diff;
 use flannel_core::lease::VxlanData;
 use flannel_core::route_guard::RouteGuard;
 use flannel_core::vxlan::{desired_peers_with, VxlanConfig};
-use flannel_core::vxlan_delta::{apply_to_mirror, peers_of, plan_delta, PeerEntry};
-use flannel_core::{Lease, LeaseAttrs, MacAddr};
+use flannel_core::vxlan_delta::{apply_to_mirror, peers_of, plan_delta, DeltaPlan, PeerEntry};
+use flannel_core::{Family, Lease, LeaseAttrs, MacAddr};
 use flannel_net::monitor::Change;
 use flannel_net::netlink::{gw_routes_on, is_vxlan};
-use flannel_net::{Family, Link, NetOps, Netlink, RouteWrite, VxlanSpec};
-use ipnet::{IpNet, Ipv4Net};
+use flannel_net::{Link, NetError, NetOps, Netlink, RouteWrite, VxlanSpec};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use tracing::{debug, info, warn};
+
+/// What the vxlan backend is asked to carry: the cluster network of each enabled family, and
+/// the VtepMAC our previous lease published for it, if any.
+#[derive(Debug, Clone, Default)]
+pub struct VxlanNetworks {
+    pub v4: Option<(Ipv4Net, Option<MacAddr>)>,
+    pub v6: Option<(Ipv6Net, Option<MacAddr>)>,
+}
 
 pub struct VxlanBackend<N: NetOps = Netlink> {
     nl: N,
     cfg: VxlanConfig,
     ext: ExternalInterface,
+    /// IPv4 first, then IPv6.
+    overlays: Vec<Overlay>,
+    /// Our own deletions whose notifications are still on their way (not drift).
+    expected: HashSet<Change>,
+}
+
+/// One family's overlay: its device and what we programmed on it.
+struct Overlay {
+    family: Family,
     /// The cluster network: addresses inside it on our device that are not ours get removed.
-    network: Ipv4Net,
+    network: IpNet,
     spec: VxlanSpec,
     index: u32,
     /// Destinations routed on the last pass (see `RouteGuard::claimed`).
@@ -30,8 +49,6 @@ pub struct VxlanBackend<N: NetOps = Netlink> {
     /// What the last full pass left for each peer, kept current by the incremental path.
     /// `None` until a full pass succeeds, with DirectRouting, and after any failed write.
     mirror: Option<Mirror>,
-    /// Our own deletions whose notifications are still on their way (not drift).
-    expected: HashSet<Change>,
 }
 
 /// The kernel state we programmed, as of the last full pass plus our writes since.
@@ -43,53 +60,199 @@ struct Mirror {
 }
 
 impl<N: NetOps> VxlanBackend<N> {
-    /// Creates or adopts `flannel.<VNI>`. An existing compatible device is kept as it is (its MAC
-    /// stays what peers already know); an incompatible one is replaced. A new device takes
-    /// `stored_mac` when given (the MAC our previous lease published), else a random one.
+    /// Creates or adopts the device of each family in `nets`. An existing compatible device is
+    /// kept as it is (its MAC stays what peers already know); an incompatible one is replaced.
+    /// A new device takes the stored MAC when given, else a random one.
     pub async fn register(
         nl: N,
         cfg: VxlanConfig,
         ext: ExternalInterface,
-        network: Ipv4Net,
-        stored_mac: Option<MacAddr>,
+        nets: VxlanNetworks,
     ) -> Result<Self, BackendError> {
         if cfg.gbp {
             warn!("vxlan GBP is not supported by flannel-rs yet; ignoring it");
         }
-        if ext.ext_v6_addr.is_some() {
-            warn!("IPv6 is enabled: the lease carries an IPv6 subnet, but this vxlan backend programs the IPv4 overlay only (no flannel-v6.{} yet)", cfg.vni);
+        let mut overlays = Vec::new();
+        if let Some((network, mac)) = nets.v4 {
+            let spec = VxlanSpec {
+                name: cfg.device_name(),
+                vni: cfg.vni,
+                local: IpAddr::V4(ext.ext_addr),
+                dev: ext.index,
+                port: cfg.port,
+                mtu: cfg.device_mtu(ext.mtu),
+                mac: mac.unwrap_or_else(MacAddr::random),
+                learning: cfg.learning,
+            };
+            overlays.push(Overlay::new(Family::V4, IpNet::V4(network), spec));
         }
-        let spec = VxlanSpec {
-            name: cfg.device_name(),
-            vni: cfg.vni,
-            local: ext.ext_addr,
-            dev: ext.index,
-            port: cfg.port,
-            mtu: cfg.device_mtu(ext.mtu),
-            mac: stored_mac.unwrap_or_else(MacAddr::random),
-            learning: cfg.learning,
-        };
+        if let Some((network, mac)) = nets.v6 {
+            let local = ext.ext_v6_addr.ok_or_else(|| {
+                BackendError::Device(format!(
+                    "IPv6 is enabled but {} has no IPv6 address for {} (set --public-ipv6 or give the interface one)",
+                    ext.name,
+                    cfg.device_name_v6()
+                ))
+            })?;
+            let spec = VxlanSpec {
+                name: cfg.device_name_v6(),
+                vni: cfg.vni,
+                local: IpAddr::V6(local),
+                dev: ext.index,
+                port: cfg.port,
+                mtu: cfg.device_mtu_v6(ext.mtu),
+                mac: mac.unwrap_or_else(MacAddr::random),
+                learning: cfg.learning,
+            };
+            overlays.push(Overlay::new(Family::V6, IpNet::V6(network), spec));
+        }
         let mut b = Self {
             nl,
             cfg,
             ext,
+            overlays,
+            expected: HashSet::new(),
+        };
+        for o in &mut b.overlays {
+            o.ensure_device(&b.nl, true).await?;
+        }
+        Ok(b)
+    }
+
+    fn overlay(&self, family: Family) -> Option<&Overlay> {
+        self.overlays.iter().find(|o| o.family == family)
+    }
+
+    /// The IPv4 device's index (0 without an IPv4 overlay).
+    pub fn device_index(&self) -> u32 {
+        self.device_index_of(Family::V4)
+    }
+
+    pub fn device_index_of(&self, family: Family) -> u32 {
+        self.overlay(family).map_or(0, |o| o.index)
+    }
+
+    /// The IPv4 device's MAC.
+    pub fn vtep_mac(&self) -> MacAddr {
+        self.vtep_mac_of(Family::V4).unwrap_or_default()
+    }
+
+    pub fn vtep_mac_of(&self, family: Family) -> Option<MacAddr> {
+        self.overlay(family).map(|o| o.spec.mac)
+    }
+
+    fn backend_data(&self, family: Family) -> Option<flannel_core::raw_json::RawJson> {
+        self.overlay(family).map(|o| {
+            flannel_core::raw_json::RawJson::from_value(
+                &VxlanData {
+                    vni: self.cfg.vni,
+                    vtep_mac: o.spec.mac,
+                }
+                .to_value(),
+            )
+        })
+    }
+
+    /// The incremental path (see `Backend::apply_delta`): the touched peers' entries against
+    /// each overlay's mirror, written without reading the kernel back.
+    pub async fn apply_delta(
+        &mut self,
+        own: &Lease,
+        changed: &[Lease],
+        removed: &[Lease],
+    ) -> Result<Option<ReconcileReport>, BackendError> {
+        if self.overlays.iter().any(|o| o.mirror.is_none()) {
+            return Ok(None);
+        }
+        let mut report = ReconcileReport::default();
+        let Self {
+            nl,
+            overlays,
+            expected,
+            ..
+        } = self;
+        for o in overlays.iter_mut() {
+            let Some(own_subnet) = own.subnet_of(o.family) else {
+                return Ok(None);
+            };
+            report.absorb(
+                o.apply_delta(nl, expected, own_subnet, changed, removed)
+                    .await,
+            );
+        }
+        // A lease skipped in both families is reported twice: once is enough.
+        report.skipped.sort();
+        report.skipped.dedup();
+        Ok(Some(report))
+    }
+
+    /// See `Backend::repair`: each deleted entry of a mirrored peer is written again (a route
+    /// exclusively: a route someone else put there meanwhile fails, and a full pass decides).
+    /// A notification about anything else we cannot place takes a full pass.
+    pub async fn repair(
+        &mut self,
+        changes: &[Change],
+    ) -> Result<Option<ReconcileReport>, BackendError> {
+        let mut plans: Vec<DeltaPlan> = vec![DeltaPlan::default(); self.overlays.len()];
+        for c in changes {
+            let hit = self.overlays.iter().enumerate().find_map(|(i, o)| {
+                let m = o.mirror.as_ref()?;
+                let place = |plan: &mut DeltaPlan| match c {
+                    Change::RouteGone(d) => {
+                        m.peers.get(d).map(|e| plan.routes.push((*d, e.gw, false)))
+                    }
+                    Change::NeighbourGone(idx, ip) if *idx == o.index => m
+                        .peers
+                        .values()
+                        .find(|e| e.gw == *ip)
+                        .map(|e| plan.set_neighbours.push((*ip, e.mac))),
+                    Change::FdbGone(idx, mac) if *idx == o.index => m
+                        .peers
+                        .values()
+                        .find(|e| e.mac == *mac)
+                        .map(|e| plan.set_fdb.push((*mac, e.public))),
+                    _ => None,
+                };
+                let mut p = DeltaPlan::default();
+                place(&mut p).map(|()| (i, p))
+            });
+            match (hit, c) {
+                (Some((i, p)), _) => {
+                    plans[i].routes.extend(p.routes);
+                    plans[i].set_neighbours.extend(p.set_neighbours);
+                    plans[i].set_fdb.extend(p.set_fdb);
+                }
+                // Entries on links that are not ours (an ARP entry expiring on eth0).
+                (None, Change::NeighbourGone(idx, _) | Change::FdbGone(idx, _))
+                    if !self.overlays.iter().any(|o| o.index == *idx) => {}
+                // Someone else's route, lost notifications, a link or address change, or an
+                // overlay without a mirror: a full pass.
+                _ => return Ok(None),
+            }
+        }
+        let mut report = ReconcileReport::default();
+        for (o, plan) in self.overlays.iter_mut().zip(plans) {
+            report.absorb(o.put_back(&self.nl, plan).await);
+        }
+        Ok(Some(report))
+    }
+
+    /// See `Backend::expected_change`.
+    pub fn expected_change(&mut self, change: &Change) -> bool {
+        self.expected.remove(change)
+    }
+}
+
+impl Overlay {
+    fn new(family: Family, network: IpNet, spec: VxlanSpec) -> Self {
+        Self {
+            family,
             network,
             spec,
             index: 0,
             claimed: BTreeSet::new(),
             mirror: None,
-            expected: HashSet::new(),
-        };
-        b.ensure_device(true).await?;
-        Ok(b)
-    }
-
-    pub fn device_index(&self) -> u32 {
-        self.index
-    }
-
-    pub fn vtep_mac(&self) -> MacAddr {
-        self.spec.mac
+        }
     }
 
     fn compatible(&self, l: &Link) -> bool {
@@ -106,9 +269,13 @@ impl<N: NetOps> VxlanBackend<N> {
     /// Makes sure the device exists and is compatible; returns whether it had to be created.
     /// `adopt_mac`: at registration an existing device's MAC becomes ours (peers know it); later
     /// passes restore our MAC instead (see `ensure_device_config`).
-    async fn ensure_device(&mut self, adopt_mac: bool) -> Result<bool, BackendError> {
+    async fn ensure_device(
+        &mut self,
+        nl: &impl NetOps,
+        adopt_mac: bool,
+    ) -> Result<bool, BackendError> {
         let name = self.spec.name.clone();
-        if let Some(l) = self.nl.link_by_name(&name).await? {
+        if let Some(l) = nl.link_by_name(&name).await? {
             if self.compatible(&l) {
                 if let (true, Some(mac)) = (adopt_mac, l.mac) {
                     self.spec.mac = mac;
@@ -117,10 +284,10 @@ impl<N: NetOps> VxlanBackend<N> {
                 return Ok(false);
             }
             warn!(device = %name, "existing device does not match the vxlan config; recreating it");
-            self.nl.delete_link(l.index).await?;
+            nl.delete_link(l.index).await?;
         }
-        self.nl.create_vxlan(&self.spec).await?;
-        let l = self.nl.link_by_name(&name).await?.ok_or_else(|| {
+        nl.create_vxlan(&self.spec).await?;
+        let l = nl.link_by_name(&name).await?.ok_or_else(|| {
             BackendError::Device(format!("{name} vanished right after it was created"))
         })?;
         if l.mac != Some(self.spec.mac) {
@@ -135,85 +302,95 @@ impl<N: NetOps> VxlanBackend<N> {
         Ok(true)
     }
 
-    /// Address `<subnet network>/32`, other addresses inside the cluster network removed, MTU, up.
-    async fn ensure_device_config(&self, own: &Lease) -> Result<usize, BackendError> {
+    /// The subnet's network address as /32 (/128), other addresses inside the cluster network
+    /// removed, MTU, up, our MAC.
+    async fn ensure_device_config(
+        &self,
+        nl: &impl NetOps,
+        own: IpNet,
+    ) -> Result<usize, BackendError> {
         let mut changes = 0;
-        let want = IpNet::V4(Ipv4Net::new(own.subnet.network(), 32).unwrap_or_default());
-        let addrs = self.nl.addrs(Some(self.index), Family::V4).await?;
+        let want = IpNet::new(own.network(), own.max_prefix_len()).unwrap_or(own);
+        let addrs = nl.addrs(Some(self.index), self.family).await?;
         for (_, a) in &addrs {
-            let in_network = matches!(a, IpNet::V4(n) if self.network.contains(&n.addr()));
-            if *a != want && in_network {
+            if *a != want && self.network.contains(&a.addr()) {
                 info!(address = %a, "removing stale address from {}", self.spec.name);
-                self.nl.del_addr(self.index, *a).await?;
+                nl.del_addr(self.index, *a).await?;
                 changes += 1;
             }
         }
         if !addrs.iter().any(|(_, a)| *a == want) {
-            self.nl.add_addr(self.index, want).await?;
+            nl.add_addr(self.index, want).await?;
             changes += 1;
         }
-        if let Some(l) = self.nl.link_by_index(self.index).await? {
+        if let Some(l) = nl.link_by_index(self.index).await? {
             if l.mtu != self.spec.mtu {
-                self.nl.set_mtu(self.index, self.spec.mtu).await?;
+                nl.set_mtu(self.index, self.spec.mtu).await?;
                 changes += 1;
             }
             if !l.up {
-                self.nl.set_up(self.index).await?;
+                nl.set_up(self.index).await?;
                 changes += 1;
             }
             // Peers send to the MAC our lease publishes: a MAC changed by hand goes back.
             if l.mac != Some(self.spec.mac) {
                 warn!(device = %self.spec.name, found = ?l.mac.map(|m| m.to_string()), "vxlan device MAC was changed; restoring {}", self.spec.mac);
-                self.nl.set_mac(self.index, self.spec.mac).await?;
+                nl.set_mac(self.index, self.spec.mac).await?;
                 changes += 1;
             }
         }
         Ok(changes)
     }
 
-    /// `DirectRouting`: which peers' public IPs are on our own L2 segment, i.e. `ip route get`
-    /// finds them on the external interface without a gateway.
-    async fn direct_peers(&self, leases: &[Lease]) -> BTreeMap<Ipv4Addr, bool> {
+    /// `DirectRouting`: which peers' public addresses are on our own L2 segment, i.e. `ip route
+    /// get` finds them on the external interface without a gateway.
+    async fn direct_peers(
+        &self,
+        nl: &impl NetOps,
+        ext: &ExternalInterface,
+        leases: &[Lease],
+    ) -> BTreeMap<IpAddr, bool> {
         let mut out = BTreeMap::new();
-        if !self.cfg.direct_routing {
-            return out;
-        }
-        for l in leases {
-            let ip = l.attrs.public_ip;
-            if out.contains_key(&ip) || ip.is_unspecified() || ip == self.ext.ext_addr {
+        for v in leases.iter().filter_map(|l| l.view(self.family)) {
+            let Some(ip) = v.public else { continue };
+            if out.contains_key(&ip) || ip == self.spec.local {
                 continue;
             }
             let direct = matches!(
-                self.nl.route_get_full(IpAddr::V4(ip)).await,
-                Ok(Some((oif, _, None))) if oif == self.ext.index
+                nl.route_get_full(ip).await,
+                Ok(Some((oif, _, None))) if oif == ext.index
             );
             out.insert(ip, direct);
         }
         out
     }
 
+    /// The full pass for this family's peers.
     async fn reconcile_peers(
         &mut self,
-        own: &Lease,
+        nl: &impl NetOps,
+        cfg: &VxlanConfig,
+        ext: &ExternalInterface,
+        expected: &mut HashSet<Change>,
+        own: IpNet,
         leases: &[Lease],
     ) -> Result<ReconcileReport, BackendError> {
-        let (idx, ext) = (self.index, self.ext.index);
-        let table = self.nl.main_routes(Family::V4).await?;
-        let nl = &self.nl;
+        let (idx, ext_idx) = (self.index, ext.index);
+        let table = nl.main_routes(self.family).await?;
         let guard =
-            crate::guard::read(nl, &table, self.network, &[idx], ext, &self.claimed).await?;
-        let direct = self.direct_peers(leases).await;
-        let (mut desired, skipped) = desired_peers_with(
-            Family::V4,
-            IpNet::V4(own.subnet),
-            leases,
-            &guard,
-            &|ip| matches!(ip, IpAddr::V4(a) if direct.get(&a).copied().unwrap_or(false)),
-        );
+            crate::guard::read(nl, &table, self.network, &[idx], ext_idx, &self.claimed).await?;
+        let direct = if cfg.direct_routing {
+            self.direct_peers(nl, ext, leases).await
+        } else {
+            BTreeMap::new()
+        };
+        let (mut desired, skipped) = desired_peers_with(self.family, own, leases, &guard, &|ip| {
+            direct.get(&ip).copied().unwrap_or(false)
+        });
         // The mirror only without DirectRouting (see `Mirror`).
-        let mirror_peers = (!self.cfg.direct_routing).then(|| peers_of(&desired));
-        // Each map is moved into its family-generic form, so that two copies of every peer's
-        // entries never live at once (the start of a 20000-peer node is its memory peak).
+        let mirror_peers = (!cfg.direct_routing).then(|| peers_of(&desired));
+        // Each map is moved out, so that two copies of every peer's entries never live at once
+        // (the start of a 20000-peer node is its memory peak).
         let direct_routes = std::mem::take(&mut desired.direct);
         let overlay_routes = std::mem::take(&mut desired.routes);
         let want_neigh = std::mem::take(&mut desired.neighbours);
@@ -222,10 +399,10 @@ impl<N: NetOps> VxlanBackend<N> {
         // ours; every route on our own device is ours. Foreign routes the guard let through
         // are overwritten in place.
         let direct_plan = RoutePlan::new(
-            ext,
+            ext_idx,
             false,
             &direct_routes,
-            &gw_routes_on(&table, ext, true),
+            &gw_routes_on(&table, ext_idx, true),
             &crate::guard::adoptable(&table, &[idx], &direct_routes),
         );
         let overlay_plan = RoutePlan::new(
@@ -236,27 +413,25 @@ impl<N: NetOps> VxlanBackend<N> {
             &crate::guard::adoptable(&table, &[idx], &overlay_routes),
         );
         drop(table);
-        let (neigh, fdb) = tokio::try_join!(nl.neighbours(idx, Family::V4), nl.fdb(idx))?;
+        let (neigh, fdb) = tokio::try_join!(nl.neighbours(idx, self.family), nl.fdb(idx))?;
         let (pn, pf) = (diff(&want_neigh, &neigh), diff(&want_fdb, &fdb));
         drop((neigh, fdb, want_neigh, want_fdb));
         if !(pn.is_empty() && pf.is_empty() && overlay_plan.is_empty()) {
-            debug!(neighbours = ?pn, fdb = ?pf, "vxlan peer plan");
+            debug!(device = %self.spec.name, neighbours = ?pn, fdb = ?pf, "vxlan peer plan");
         }
 
         // Removals first, routes before the entries they rely on; then additions in upstream's
-        // order (neighbour, FDB, route). Each group goes out as one pipelined batch.
+        // order (neighbour, FDB, route). Each group goes out pipelined.
         // Our deletions come back as notifications: they are not drift.
-        self.expected.clear();
         for d in direct_plan.removals().chain(overlay_plan.removals()) {
-            self.expected.insert(Change::RouteGone(d));
+            expected.insert(Change::RouteGone(d));
         }
         for (ip, _) in &pn.remove {
-            self.expected.insert(Change::NeighbourGone(idx, *ip));
+            expected.insert(Change::NeighbourGone(idx, *ip));
         }
         for (m, _) in &pf.remove {
-            self.expected.insert(Change::FdbGone(idx, *m));
+            expected.insert(Change::FdbGone(idx, *m));
         }
-        let nl = &self.nl;
         let mut report = direct_plan.remove(nl).await;
         report.absorb(overlay_plan.remove(nl).await);
         let mut results = Vec::new();
@@ -322,77 +497,79 @@ impl<N: NetOps> VxlanBackend<N> {
         Ok(report)
     }
 
-    /// The incremental path (see `Backend::apply_delta`): the touched peers' entries against
-    /// the mirror, written without reading the kernel back.
-    pub async fn apply_delta(
+    /// This family's part of `VxlanBackend::apply_delta` (the mirror is there).
+    async fn apply_delta(
         &mut self,
-        own: &Lease,
+        nl: &impl NetOps,
+        expected: &mut HashSet<Change>,
+        own: IpNet,
         changed: &[Lease],
         removed: &[Lease],
-    ) -> Result<Option<ReconcileReport>, BackendError> {
+    ) -> ReconcileReport {
         let Some(m) = self.mirror.as_mut() else {
-            return Ok(None);
+            return ReconcileReport::default();
         };
-        let (desired, skipped) = desired_peers_with(
-            Family::V4,
-            IpNet::V4(own.subnet),
-            changed,
-            &m.guard,
-            &|_| false,
-        );
+        let (desired, skipped) =
+            desired_peers_with(self.family, own, changed, &m.guard, &|_| false);
         let want = peers_of(&desired);
-        let touched = crate::touched_subnets(own, changed, removed);
+        let mut touched: Vec<IpNet> = changed
+            .iter()
+            .chain(removed)
+            .filter_map(|l| l.subnet_of(self.family))
+            .filter(|s| *s != own)
+            .collect();
+        touched.sort();
+        touched.dedup();
         let plan = plan_delta(&m.peers, &touched, &want);
-        let (nl, idx) = (&self.nl, self.index);
+        let idx = self.index;
         for (d, _) in &plan.del_routes {
-            self.expected.insert(Change::RouteGone(*d));
+            expected.insert(Change::RouteGone(*d));
         }
         for ip in &plan.del_neighbours {
-            self.expected.insert(Change::NeighbourGone(idx, *ip));
+            expected.insert(Change::NeighbourGone(idx, *ip));
         }
         for (mac, _) in &plan.del_fdb {
-            self.expected.insert(Change::FdbGone(idx, *mac));
+            expected.insert(Change::FdbGone(idx, *mac));
         }
-        let mut failures = Vec::new();
-        let mut report = ReconcileReport::default();
+        let mut failures: Vec<NetError> = Vec::new();
         // Removals, routes before the entries they rely on; then additions in upstream's order.
-        for r in crate::batch::pipelined(
+        let dels = crate::batch::pipelined(
             plan.del_routes
                 .iter()
                 .copied()
                 .map(|(d, g)| nl.del_route(d, g, idx)),
         )
-        .await
-        {
-            failures.extend(r.err());
-        }
-        let dels = crate::batch::pipelined(
-            plan.del_neighbours
-                .iter()
-                .copied()
-                .map(|ip| nl.del_neighbour(idx, ip)),
+        .await;
+        failures.extend(dels.into_iter().filter_map(Result::err));
+        let (a, b) = futures::join!(
+            crate::batch::pipelined(
+                plan.del_neighbours
+                    .iter()
+                    .copied()
+                    .map(|ip| nl.del_neighbour(idx, ip))
+            ),
+            crate::batch::pipelined(
+                plan.del_fdb
+                    .iter()
+                    .copied()
+                    .map(|(mac, d)| nl.del_fdb(idx, mac, d))
+            ),
         );
-        let fdb_dels = crate::batch::pipelined(
-            plan.del_fdb
-                .iter()
-                .copied()
-                .map(|(mac, d)| nl.del_fdb(idx, mac, d)),
-        );
-        let (a, b) = futures::join!(dels, fdb_dels);
         failures.extend(a.into_iter().chain(b).filter_map(Result::err));
-        let sets = crate::batch::pipelined(
-            plan.set_neighbours
-                .iter()
-                .copied()
-                .map(|(ip, mac)| nl.set_neighbour(idx, ip, mac)),
+        let (a, b) = futures::join!(
+            crate::batch::pipelined(
+                plan.set_neighbours
+                    .iter()
+                    .copied()
+                    .map(|(ip, mac)| nl.set_neighbour(idx, ip, mac))
+            ),
+            crate::batch::pipelined(
+                plan.set_fdb
+                    .iter()
+                    .copied()
+                    .map(|(mac, d)| nl.set_fdb(idx, mac, d))
+            ),
         );
-        let fdb_sets = crate::batch::pipelined(
-            plan.set_fdb
-                .iter()
-                .copied()
-                .map(|(mac, d)| nl.set_fdb(idx, mac, d)),
-        );
-        let (a, b) = futures::join!(sets, fdb_sets);
         failures.extend(a.into_iter().chain(b).filter_map(Result::err));
         let writes = crate::batch::pipelined(plan.routes.iter().copied().map(|(d, g, replace)| {
             let how = if replace {
@@ -404,9 +581,12 @@ impl<N: NetOps> VxlanBackend<N> {
         }))
         .await;
         failures.extend(writes.into_iter().filter_map(Result::err));
-        report.removed = plan.del_routes.len() + plan.del_neighbours.len() + plan.del_fdb.len();
-        report.added = plan.set_neighbours.len() + plan.set_fdb.len() + plan.routes.len();
-        report.skipped = skipped;
+        let mut report = ReconcileReport {
+            removed: plan.del_routes.len() + plan.del_neighbours.len() + plan.del_fdb.len(),
+            added: plan.set_neighbours.len() + plan.set_fdb.len() + plan.routes.len(),
+            skipped,
+            ..Default::default()
+        };
         for (d, g) in &plan.del_routes {
             info!(subnet = %d, via = %g, "removed route to a peer that has no lease any more");
             self.claimed.remove(d);
@@ -424,53 +604,19 @@ impl<N: NetOps> VxlanBackend<N> {
             report.failed = failures.len();
             self.mirror = None;
         }
-        Ok(Some(report))
+        report
     }
 
-    /// See `Backend::repair`: each deleted entry of a mirrored peer is written again (a route
-    /// exclusively: a route someone else put there meanwhile fails, and a full pass decides).
-    /// A notification about anything else we cannot place takes a full pass.
-    pub async fn repair(
-        &mut self,
-        changes: &[Change],
-    ) -> Result<Option<ReconcileReport>, BackendError> {
-        let Some(m) = self.mirror.as_ref() else {
-            return Ok(None);
-        };
-        let idx = self.index;
-        let mut plan = flannel_core::vxlan_delta::DeltaPlan::default();
-        for c in changes {
-            match c {
-                Change::RouteGone(d) => match m.peers.get(d) {
-                    Some(e) => plan.routes.push((*d, e.gw, false)),
-                    None => return Ok(None),
-                },
-                Change::NeighbourGone(i, ip) if *i == idx => {
-                    match m.peers.values().find(|e| e.gw == *ip) {
-                        Some(e) => plan.set_neighbours.push((*ip, e.mac)),
-                        None => return Ok(None),
-                    }
-                }
-                Change::FdbGone(i, mac) if *i == idx => {
-                    match m.peers.values().find(|e| e.mac == *mac) {
-                        Some(e) => plan.set_fdb.push((*mac, e.public)),
-                        None => return Ok(None),
-                    }
-                }
-                // Entries on other links are not ours (an ARP entry expiring on eth0).
-                Change::NeighbourGone(..) | Change::FdbGone(..) => {}
-                Change::Other => return Ok(None),
-            }
-        }
+    /// Writes back entries that were deleted behind our back, in upstream's order.
+    async fn put_back(&mut self, nl: &impl NetOps, mut plan: DeltaPlan) -> ReconcileReport {
         plan.set_neighbours.sort();
         plan.set_neighbours.dedup();
         plan.set_fdb.sort();
         plan.set_fdb.dedup();
         plan.routes.sort();
         plan.routes.dedup();
-        let nl = &self.nl;
+        let idx = self.index;
         let mut failures = Vec::new();
-        // Upstream's order: neighbour, FDB, then the route that relies on them.
         for r in crate::batch::pipelined(
             plan.set_neighbours
                 .iter()
@@ -507,6 +653,7 @@ impl<N: NetOps> VxlanBackend<N> {
         };
         if report.added > 0 {
             info!(
+                device = %self.spec.name,
                 neighbours = plan.set_neighbours.len(),
                 fdb = plan.set_fdb.len(),
                 routes = plan.routes.len(),
@@ -520,12 +667,7 @@ impl<N: NetOps> VxlanBackend<N> {
             report.failed = failures.len();
             self.mirror = None;
         }
-        Ok(Some(report))
-    }
-
-    /// See `Backend::expected_change`.
-    pub fn expected_change(&mut self, change: &Change) -> bool {
-        self.expected.remove(change)
+        report
     }
 }
 
@@ -535,19 +677,18 @@ impl<N: NetOps> Backend for VxlanBackend<N> {
             public_ip: self.ext.ext_addr,
             public_ipv6: self.ext.ext_v6_addr,
             backend_type: "vxlan".into(),
-            backend_data: Some(flannel_core::raw_json::RawJson::from_value(
-                &VxlanData {
-                    vni: self.cfg.vni,
-                    vtep_mac: self.spec.mac,
-                }
-                .to_value(),
-            )),
-            backend_v6_data: None,
+            backend_data: self.backend_data(Family::V4),
+            backend_v6_data: self.backend_data(Family::V6),
         }
     }
 
+    /// `FLANNEL_MTU`: the smaller of the devices' MTUs, so that a pod's packet fits both.
     fn mtu(&self) -> u32 {
-        self.spec.mtu
+        self.overlays
+            .iter()
+            .map(|o| o.spec.mtu)
+            .min()
+            .unwrap_or_else(|| self.cfg.device_mtu(self.ext.mtu))
     }
 
     async fn reconcile(
@@ -555,11 +696,31 @@ impl<N: NetOps> Backend for VxlanBackend<N> {
         own: &Lease,
         leases: &[Lease],
     ) -> Result<ReconcileReport, BackendError> {
-        let recreated = self.ensure_device(false).await?;
-        let dev_changes = self.ensure_device_config(own).await?;
-        let mut report = self.reconcile_peers(own, leases).await?;
-        report.device_recreated = recreated;
-        report.added += dev_changes;
+        let mut report = ReconcileReport::default();
+        let Self {
+            nl,
+            cfg,
+            ext,
+            overlays,
+            expected,
+        } = self;
+        expected.clear();
+        for o in overlays.iter_mut() {
+            let Some(own_subnet) = own.subnet_of(o.family) else {
+                warn!(device = %o.spec.name, "our lease has no {:?} subnet; nothing to route there", o.family);
+                continue;
+            };
+            let recreated = o.ensure_device(nl, false).await?;
+            let dev_changes = o.ensure_device_config(nl, own_subnet).await?;
+            let mut r = o
+                .reconcile_peers(nl, cfg, ext, expected, own_subnet, leases)
+                .await?;
+            r.device_recreated = recreated;
+            r.added += dev_changes;
+            report.absorb(r);
+        }
+        report.skipped.sort();
+        report.skipped.dedup();
         Ok(report)
     }
 }

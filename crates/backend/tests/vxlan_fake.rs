@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use flannel_backend::vxlan::VxlanBackend;
+use flannel_backend::vxlan::{VxlanBackend, VxlanNetworks};
 use flannel_backend::Backend;
 use flannel_core::vxlan::VxlanConfig;
 use flannel_core::{Lease, MacAddr};
@@ -23,38 +23,20 @@ fn cfg() -> VxlanConfig {
 
 async fn backend(nl: &FakeNetlink, cfg: VxlanConfig) -> VxlanBackend<FakeNetlink> {
     let (_, ext) = node_ext();
-    VxlanBackend::register(nl.clone(), cfg, ext, network(), Some(OUR_MAC))
+    VxlanBackend::register(nl.clone(), cfg, ext, v4_only(Some(OUR_MAC)))
         .await
         .expect("register")
 }
 
-fn node_ext() -> (FakeNetlink, flannel_backend::ExternalInterface) {
-    node()
+fn v4_only(mac: Option<MacAddr>) -> VxlanNetworks {
+    VxlanNetworks {
+        v4: Some((network(), mac)),
+        v6: None,
+    }
 }
 
-/// What the kernel holds on our device: routes, neighbours, FDB entries.
-type DeviceState = (
-    BTreeMap<ipnet::IpNet, Option<IpAddr>>,
-    BTreeMap<IpAddr, MacAddr>,
-    BTreeMap<MacAddr, IpAddr>,
-);
-
-fn device_state(nl: &FakeNetlink, idx: u32) -> DeviceState {
-    nl.with(|s| {
-        let neigh = s
-            .neighbours
-            .iter()
-            .filter(|((i, _), _)| *i == idx)
-            .map(|((_, ip), m)| (*ip, *m))
-            .collect();
-        let fdb = s
-            .fdb
-            .iter()
-            .filter(|((i, _), _)| *i == idx)
-            .map(|((_, m), d)| (*m, *d))
-            .collect();
-        (s.routes_on(idx), neigh, fdb)
-    })
+fn node_ext() -> (FakeNetlink, flannel_backend::ExternalInterface) {
+    node()
 }
 
 /// What upstream programs for these peers: per peer an onlink route via the subnet's network
@@ -97,7 +79,7 @@ fn registration_creates_the_device_once_and_adopts_an_existing_one_with_its_mac(
         // A restart finds the device: kept, its MAC becomes ours (peers know it).
         let (_, ext) = node();
         let other = MacAddr([0x0a, 0x58, 9, 9, 9, 9]);
-        let b2 = VxlanBackend::register(nl.clone(), cfg(), ext, network(), Some(other))
+        let b2 = VxlanBackend::register(nl.clone(), cfg(), ext, v4_only(Some(other)))
             .await
             .expect("register");
         assert_eq!(b2.device_index(), b.device_index());
@@ -116,7 +98,7 @@ fn registration_creates_the_device_once_and_adopts_an_existing_one_with_its_mac(
             l.vxlan.as_mut().expect("vxlan info").vni = Some(7);
         });
         let (_, ext) = node();
-        let b3 = VxlanBackend::register(nl.clone(), cfg2, ext, network(), Some(other))
+        let b3 = VxlanBackend::register(nl.clone(), cfg2, ext, v4_only(Some(other)))
             .await
             .expect("register");
         let calls = nl.take_calls();

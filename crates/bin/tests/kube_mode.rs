@@ -744,8 +744,18 @@ fn lease_events_are_applied_without_a_full_pass_and_drift_still_heals() {
     assert!(!fdb().contains("02:00:00:00:00:99"), "{}", fdb());
     assert_eq!(full_passes(&k), after_start, "{}", k.node.log());
     assert!(k.node.log().contains("applied lease changes"));
-    // Drift is still drift: a route deleted by hand comes back through a full pass.
+    // Drift is still drift: a route deleted by hand comes back, put back alone from its
+    // notification (no full pass either).
     k.node.exec("ip", &["route", "del", "10.244.1.0/24"]);
+    assert!(eventually(T, || k.routes().contains("10.244.1.0/24 via")).is_some());
+    assert!(
+        eventually(T, || k.node.log().contains("deleted peer entries put back")).is_some(),
+        "{}",
+        k.node.log()
+    );
+    assert_eq!(full_passes(&k), after_start, "{}", k.node.log());
+    // A deleted device is more than one entry: that takes a full pass.
+    k.node.exec("ip", &["link", "del", "flannel.1"]);
     assert!(eventually(T, || k.routes().contains("10.244.1.0/24 via")).is_some());
     assert!(full_passes(&k) > after_start);
 }

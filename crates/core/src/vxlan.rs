@@ -262,6 +262,8 @@ pub struct VxlanConfig {
 
 /// VXLAN over IPv4 costs 50 bytes: outer IP (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// VXLAN over IPv6: outer IPv6 (40) + UDP (8) + VXLAN (8) + inner Ethernet (14).
+pub const VXLAN_V6_OVERHEAD: u32 = 70;
 
 impl VxlanConfig {
     pub fn from_backend(backend: &serde_json::Value) -> Result<Self, crate::json_ci::FieldError> {
@@ -285,6 +287,18 @@ impl VxlanConfig {
     pub fn device_mtu(&self, iface_mtu: u32) -> u32 {
         let base = if self.mtu > 0 { self.mtu } else { iface_mtu };
         base.saturating_sub(VXLAN_OVERHEAD)
+    }
+
+    /// `flannel-v6.<VNI>`.
+    pub fn device_name_v6(&self) -> String {
+        format!("flannel-v6.{}", self.vni)
+    }
+
+    /// The MTU of the IPv6 overlay's device: VXLAN over an IPv6 underlay costs 70 bytes (a
+    /// 40-byte outer header). Upstream subtracts 50 here too, which drops full-size packets.
+    pub fn device_mtu_v6(&self, iface_mtu: u32) -> u32 {
+        let base = if self.mtu > 0 { self.mtu } else { iface_mtu };
+        base.saturating_sub(VXLAN_V6_OVERHEAD)
     }
 }
 

@@ -258,22 +258,23 @@ pub async fn run_with<SM: SubnetManager>(
     let ext = iface::select(&nl, &o, families).await?;
     info!(iface = %ext.name, iface_addr = %ext.iface_addr, public_ip = %ext.ext_addr, public_ipv6 = ?ext.ext_v6_addr, mtu = ext.mtu, "using interface");
 
-    let stored_mac = sm.stored_vtep_mac(ext.ext_addr).await;
-    let backend = AnyBackend::register(
-        &config.backend_type,
-        &config.backend,
-        nl.clone(),
-        ext,
-        network,
-        stored_mac,
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "setting up the {} backend (config at {at})",
-            config.backend_type
-        )
-    })?;
+    let stored = sm.stored_vtep_macs(ext.ext_addr).await;
+    let nets = flannel_backend::vxlan::VxlanNetworks {
+        v4: Some((network, stored.v4)),
+        v6: config
+            .ipv6_network
+            .filter(|_| config.enable_ipv6)
+            .map(|n| (n, stored.v6)),
+    };
+    let backend =
+        AnyBackend::register(&config.backend_type, &config.backend, nl.clone(), ext, nets)
+            .await
+            .with_context(|| {
+                format!(
+                    "setting up the {} backend (config at {at})",
+                    config.backend_type
+                )
+            })?;
     let attrs = backend.lease_attrs();
     let Some(own) = or_signal(&mut stop, until_ready(|| sm.acquire_lease(&config, &attrs))).await
     else {

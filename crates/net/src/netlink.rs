@@ -68,7 +68,7 @@ pub struct Link {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VxlanInfo {
     pub vni: Option<u32>,
-    pub local: Option<Ipv4Addr>,
+    pub local: Option<IpAddr>,
     pub dev: Option<u32>,
     pub port: Option<u16>,
     pub learning: Option<bool>,
@@ -79,7 +79,8 @@ pub struct VxlanInfo {
 pub struct VxlanSpec {
     pub name: String,
     pub vni: u32,
-    pub local: Ipv4Addr,
+    /// The VTEP's own address: IPv4 for `flannel.<VNI>`, IPv6 for `flannel-v6.<VNI>`.
+    pub local: IpAddr,
     pub dev: u32,
     /// 0 = kernel default (8472 on Linux).
     pub port: u16,
@@ -114,7 +115,8 @@ fn parse_link(m: &LinkMessage) -> Link {
                             for a in v {
                                 match a {
                                     InfoVxlan::Id(id) => x.vni = Some(*id),
-                                    InfoVxlan::Local(ip) => x.local = Some(*ip),
+                                    InfoVxlan::Local(ip) => x.local = Some(IpAddr::V4(*ip)),
+                                    InfoVxlan::Local6(ip) => x.local = Some(IpAddr::V6(*ip)),
                                     InfoVxlan::Link(i) => x.dev = Some(*i),
                                     InfoVxlan::Port(p) => x.port = Some(*p),
                                     InfoVxlan::Learning(b) => x.learning = Some(*b),
@@ -318,18 +320,20 @@ impl NetOps for Netlink {
     }
 
     async fn create_vxlan(&self, s: &VxlanSpec) -> Result<(), NetError> {
-        let mut b = LinkVxlan::new(&s.name, s.vni)
-            .dev(s.dev)
-            .local(s.local)
-            .ttl(0)
-            .tos(0)
-            .learning(s.learning)
-            .proxy(false)
-            .rsc(false)
-            .l2miss(false)
-            .l3miss(false)
-            .mtu(s.mtu)
-            .address(s.mac.0.to_vec());
+        let b = LinkVxlan::new(&s.name, s.vni).dev(s.dev);
+        let mut b = match s.local {
+            IpAddr::V4(a) => b.local(a),
+            IpAddr::V6(a) => b.local6(a),
+        }
+        .ttl(0)
+        .tos(0)
+        .learning(s.learning)
+        .proxy(false)
+        .rsc(false)
+        .l2miss(false)
+        .l3miss(false)
+        .mtu(s.mtu)
+        .address(s.mac.0.to_vec());
         if s.port > 0 {
             b = b.port(s.port);
         }

@@ -48,6 +48,13 @@ impl OwnLease {
     }
 }
 
+/// The VtepMACs a previous lease of this node published, per family.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoredMacs {
+    pub v4: Option<MacAddr>,
+    pub v6: Option<MacAddr>,
+}
+
 /// Public addresses the datastore prescribes for this node before the interface is chosen
 /// (Kubernetes: the `node-public-ip` annotations, which replace `--public-ip`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -81,8 +88,9 @@ pub trait SubnetManager: Send + Sync + 'static {
         async { Ok(PublicIpOverride::default()) }
     }
 
-    /// The VTEP MAC our previous lease published (vxlan), so a new device keeps it.
-    fn stored_vtep_mac(&self, public_ip: Ipv4Addr) -> impl Future<Output = Option<MacAddr>> + Send;
+    /// The VTEP MACs our previous lease published (vxlan: `BackendData` and `BackendV6Data`),
+    /// so that new devices keep them.
+    fn stored_vtep_macs(&self, public_ip: Ipv4Addr) -> impl Future<Output = StoredMacs> + Send;
 
     /// Takes a subnet for this node. [`SubnetError::NotYet`] means "wait and ask again".
     fn acquire_lease(

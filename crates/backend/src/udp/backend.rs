@@ -187,7 +187,7 @@ impl UdpBackend {
         let guard = crate::guard::read(
             &self.nl,
             &table,
-            self.network,
+            IpNet::V4(self.network),
             &[self.index],
             self.ext.index,
             &Default::default(),

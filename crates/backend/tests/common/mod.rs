@@ -9,6 +9,7 @@ use flannel_core::raw_json::RawJson;
 use flannel_core::{Lease, LeaseAttrs, MacAddr};
 use flannel_net::fake::{Call, FakeNetlink};
 use ipnet::{IpNet, Ipv4Net};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 pub const ETH0: u32 = 2;
@@ -116,4 +117,71 @@ pub fn block<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .expect("runtime")
         .block_on(f)
+}
+
+pub const NODE_IP6: &str = "fd00::50";
+
+/// [`node`] with an IPv6 underlay too: fd00::50/64 on eth0.
+pub fn dual_node() -> (FakeNetlink, ExternalInterface) {
+    let (nl, mut ext) = node();
+    nl.with(|s| {
+        s.addrs.push((ETH0, net("fd00::50/64")));
+        s.add_foreign_route(net("fd00::/64"), None, ETH0, 2);
+    });
+    ext.iface_v6_addr = NODE_IP6.parse().ok();
+    ext.ext_v6_addr = ext.iface_v6_addr;
+    (nl, ext)
+}
+
+pub fn network6() -> ipnet::Ipv6Net {
+    "fd00:10:244::/56".parse().expect("network")
+}
+
+/// The IPv6 VTEP MAC a node with this IPv4 public address publishes in these tests.
+pub fn mac6_of(public: Ipv4Addr) -> MacAddr {
+    let o = public.octets();
+    MacAddr([0x0a, 0x66, o[0], o[1], o[2], o[3]])
+}
+
+/// A dual-stack vxlan lease: subnet `i` in both families, node `n` (10.0.0.n and fd00::n).
+pub fn dual_lease(i: u8, n: u8) -> Lease {
+    let v4 = peer_ip(n);
+    let mut l = vxlan_lease(i, v4);
+    l.ipv6_subnet = Some(
+        format!("fd00:10:244:{i:x}::/64")
+            .parse()
+            .expect("v6 subnet"),
+    );
+    l.attrs.public_ipv6 = Some(format!("fd00::{n:x}").parse().expect("v6 address"));
+    let data = VxlanData {
+        vni: 1,
+        vtep_mac: mac6_of(v4),
+    };
+    l.attrs.backend_v6_data = Some(RawJson::from_value(&data.to_value()));
+    l
+}
+
+/// What the kernel holds on our device: routes, neighbours, FDB entries.
+pub type DeviceState = (
+    BTreeMap<IpNet, Option<IpAddr>>,
+    BTreeMap<IpAddr, MacAddr>,
+    BTreeMap<MacAddr, IpAddr>,
+);
+
+pub fn device_state(nl: &FakeNetlink, idx: u32) -> DeviceState {
+    nl.with(|s| {
+        let neigh = s
+            .neighbours
+            .iter()
+            .filter(|((i, _), _)| *i == idx)
+            .map(|((_, ip), m)| (*ip, *m))
+            .collect();
+        let fdb = s
+            .fdb
+            .iter()
+            .filter(|((i, _), _)| *i == idx)
+            .map(|((_, m), d)| (*m, *d))
+            .collect();
+        (s.routes_on(idx), neigh, fdb)
+    })
 }

@@ -721,17 +721,26 @@ impl SubnetManager for EtcdSubnetManager {
             .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }
 
-    async fn stored_vtep_mac(
-        &self,
-        public_ip: std::net::Ipv4Addr,
-    ) -> Option<flannel_core::MacAddr> {
-        let l = self.list().await.ok()?;
-        l.entries
+    async fn stored_vtep_macs(&self, public_ip: std::net::Ipv4Addr) -> crate::StoredMacs {
+        let Ok(l) = self.list().await else {
+            return crate::StoredMacs::default();
+        };
+        let Some(attrs) = l
+            .entries
             .iter()
-            .find(|e| e.lease.attrs.public_ip == public_ip && e.lease.attrs.backend_type == "vxlan")
-            .and_then(|e| e.lease.attrs.backend_data.as_ref())
-            .and_then(|d| flannel_core::lease::VxlanData::from_raw(d).ok())
-            .map(|d| d.vtep_mac)
+            .map(|e| &e.lease.attrs)
+            .find(|a| a.public_ip == public_ip && a.backend_type == "vxlan")
+        else {
+            return crate::StoredMacs::default();
+        };
+        let mac = |d: Option<&flannel_core::raw_json::RawJson>| {
+            d.and_then(|d| flannel_core::lease::VxlanData::from_raw(d).ok())
+                .map(|d| d.vtep_mac)
+        };
+        crate::StoredMacs {
+            v4: mac(attrs.backend_data.as_ref()),
+            v6: mac(attrs.backend_v6_data.as_ref()),
+        }
     }
 
     async fn acquire_lease(

@@ -317,11 +317,18 @@ impl SubnetManager for KubeSubnetManager {
         Ok(o)
     }
 
-    async fn stored_vtep_mac(&self, _public_ip: Ipv4Addr) -> Option<MacAddr> {
-        let (_, node) = self.own_node().await.ok()?;
-        let text = node.annotation(&self.ann.backend_data)?;
-        let raw = RawJson::from_text(text).ok()?;
-        VxlanData::from_raw(&raw).ok().map(|d| d.vtep_mac)
+    async fn stored_vtep_macs(&self, _public_ip: Ipv4Addr) -> crate::StoredMacs {
+        let Ok((_, node)) = self.own_node().await else {
+            return crate::StoredMacs::default();
+        };
+        let mac = |key: &str| -> Option<MacAddr> {
+            let raw = RawJson::from_text(node.annotation(key)?).ok()?;
+            VxlanData::from_raw(&raw).ok().map(|d| d.vtep_mac)
+        };
+        crate::StoredMacs {
+            v4: mac(&self.ann.backend_data),
+            v6: mac(&self.ann.backend_v6_data),
+        }
     }
 
     async fn acquire_lease(
