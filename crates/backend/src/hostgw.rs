@@ -1,35 +1,48 @@
 //! The host-gw backend (upstream `pkg/backend/hostgw`): a route per peer subnet via the peer's
-//! public IP on the external interface. Needs every node on one L2 segment.
+//! public address on the external interface, in each enabled family (IPv4 via `PublicIP`,
+//! IPv6 via `PublicIPv6`). Needs every node on one L2 segment.
 
 use crate::routes::RoutePlan;
 use crate::{BackendError, ExternalInterface, ReconcileReport};
 use flannel_core::hostgw::desired_routes;
 use flannel_core::route_guard::RouteGuard;
-use flannel_core::{Lease, LeaseAttrs};
+use flannel_core::{Family, Lease, LeaseAttrs};
 use flannel_net::monitor::Change;
 use flannel_net::netlink::gw_routes_on;
-use flannel_net::{Family, NetOps, Netlink, RouteWrite};
-use ipnet::{IpNet, Ipv4Net};
+use flannel_net::{NetOps, Netlink, RouteWrite};
+use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
-use tracing::info;
+use tracing::{info, warn};
 
 pub struct HostGwBackend<N: NetOps = Netlink> {
     nl: N,
     ext: ExternalInterface,
+    /// IPv4 first, then IPv6.
+    families: Vec<FamilyRoutes>,
+    /// Our own route deletions whose notifications are on their way.
+    expected: HashSet<Change>,
+}
+
+/// One family's routes.
+struct FamilyRoutes {
+    family: Family,
     /// The cluster network: leases outside it are never routed.
-    network: Ipv4Net,
+    network: IpNet,
     /// Destinations routed on the last pass (see `RouteGuard::claimed`).
     claimed: BTreeSet<IpNet>,
     /// The guard and our routes as of the last full pass plus our writes since (see the vxlan
     /// backend's mirror); `None` until a full pass succeeds and after a failed write.
     mirror: Option<(RouteGuard, BTreeMap<IpNet, IpAddr>)>,
-    /// Our own route deletions whose notifications are on their way.
-    expected: HashSet<Change>,
 }
 
 impl<N: NetOps> HostGwBackend<N> {
-    pub fn register(nl: N, ext: ExternalInterface, network: Ipv4Net) -> Result<Self, BackendError> {
+    /// `networks`: the cluster network of each enabled family.
+    pub fn register(
+        nl: N,
+        ext: ExternalInterface,
+        networks: &[IpNet],
+    ) -> Result<Self, BackendError> {
         if ext.ext_addr != ext.iface_addr {
             return Err(BackendError::Config {
                 backend: "host-gw",
@@ -39,12 +52,28 @@ impl<N: NetOps> HostGwBackend<N> {
                 ),
             });
         }
+        if networks.iter().any(|n| n.addr().is_ipv6()) && ext.ext_v6_addr.is_none() {
+            return Err(BackendError::Config {
+                backend: "host-gw",
+                msg: format!(
+                    "IPv6 is enabled but {} has no IPv6 address to route peers' IPv6 subnets through",
+                    ext.name
+                ),
+            });
+        }
+        let families = networks
+            .iter()
+            .map(|n| FamilyRoutes {
+                family: Family::of_net(n),
+                network: *n,
+                claimed: BTreeSet::new(),
+                mirror: None,
+            })
+            .collect();
         Ok(Self {
             nl,
             ext,
-            network,
-            claimed: BTreeSet::new(),
-            mirror: None,
+            families,
             expected: HashSet::new(),
         })
     }
@@ -68,37 +97,45 @@ impl<N: NetOps> HostGwBackend<N> {
         own: &Lease,
         leases: &[Lease],
     ) -> Result<ReconcileReport, BackendError> {
+        let mut report = ReconcileReport::default();
+        self.expected.clear();
         let idx = self.ext.index;
-        let table = self.nl.main_routes(Family::V4).await?;
-        let guard = crate::guard::read(
-            &self.nl,
-            &table,
-            IpNet::V4(self.network),
-            &[],
-            idx,
-            &self.claimed,
-        )
-        .await?;
-        let (desired, skipped) = desired_routes(Family::V4, IpNet::V4(own.subnet), leases, &guard);
-        let adopt = crate::guard::adoptable(&table, &[], &desired);
-        let plan = RoutePlan::new(
-            idx,
-            false,
-            &desired,
-            &gw_routes_on(&table, idx, true),
-            &adopt,
-        );
-        self.expected = plan.removals().map(Change::RouteGone).collect();
-        let mut report = plan.remove(&self.nl).await;
-        let (added, failed) = plan.upsert(&self.nl).await;
-        report.absorb(added);
-        self.claimed = desired
-            .keys()
-            .filter(|d| !failed.contains(d))
-            .copied()
-            .collect();
-        report.skipped = skipped;
-        self.mirror = (report.failed == 0).then_some((guard, desired));
+        for f in &mut self.families {
+            let Some(own_subnet) = own.subnet_of(f.family) else {
+                warn!(
+                    "our lease has no {:?} subnet; nothing to route there",
+                    f.family
+                );
+                continue;
+            };
+            let table = self.nl.main_routes(f.family).await?;
+            let guard =
+                crate::guard::read(&self.nl, &table, f.network, &[], idx, &f.claimed).await?;
+            let (desired, skipped) = desired_routes(f.family, own_subnet, leases, &guard);
+            let adopt = crate::guard::adoptable(&table, &[], &desired);
+            let plan = RoutePlan::new(
+                idx,
+                false,
+                &desired,
+                &gw_routes_on(&table, idx, true),
+                &adopt,
+            );
+            drop(table);
+            self.expected.extend(plan.removals().map(Change::RouteGone));
+            let mut r = plan.remove(&self.nl).await;
+            let (added, failed) = plan.upsert(&self.nl).await;
+            r.absorb(added);
+            f.claimed = desired
+                .keys()
+                .filter(|d| !failed.contains(d))
+                .copied()
+                .collect();
+            r.skipped = skipped;
+            f.mirror = (r.failed == 0).then_some((guard, desired));
+            report.absorb(r);
+        }
+        report.skipped.sort();
+        report.skipped.dedup();
         Ok(report)
     }
 
@@ -110,37 +147,56 @@ impl<N: NetOps> HostGwBackend<N> {
         changed: &[Lease],
         removed: &[Lease],
     ) -> Result<Option<ReconcileReport>, BackendError> {
-        let Some((guard, routes)) = self.mirror.as_mut() else {
+        if self.families.iter().any(|f| f.mirror.is_none()) {
             return Ok(None);
-        };
-        let (desired, skipped) = desired_routes(Family::V4, IpNet::V4(own.subnet), changed, guard);
-        let touched = crate::touched_subnets(own, changed, removed);
-        let ours: BTreeMap<IpNet, IpAddr> = touched
-            .iter()
-            .filter_map(|s| routes.get(s).map(|g| (*s, *g)))
-            .collect();
-        let plan = RoutePlan::new(self.ext.index, false, &desired, &ours, &BTreeSet::new());
-        self.expected.extend(plan.removals().map(Change::RouteGone));
-        let mut report = plan.remove(&self.nl).await;
-        let (added, _) = plan.upsert(&self.nl).await;
-        report.absorb(added);
-        report.skipped = skipped;
-        if report.failed > 0 {
-            self.mirror = None;
-            return Ok(Some(report));
         }
-        for s in &touched {
-            match desired.get(s) {
-                Some(g) => {
-                    routes.insert(*s, *g);
-                    self.claimed.insert(*s);
-                }
-                None => {
-                    routes.remove(s);
-                    self.claimed.remove(s);
+        let mut report = ReconcileReport::default();
+        for f in &mut self.families {
+            let (Some(own_subnet), Some((guard, routes))) =
+                (own.subnet_of(f.family), f.mirror.as_mut())
+            else {
+                return Ok(None);
+            };
+            let (desired, skipped) = desired_routes(f.family, own_subnet, changed, guard);
+            let mut touched: Vec<IpNet> = changed
+                .iter()
+                .chain(removed)
+                .filter_map(|l| l.subnet_of(f.family))
+                .filter(|s| *s != own_subnet)
+                .collect();
+            touched.sort();
+            touched.dedup();
+            let ours: BTreeMap<IpNet, IpAddr> = touched
+                .iter()
+                .filter_map(|s| routes.get(s).map(|g| (*s, *g)))
+                .collect();
+            let plan = RoutePlan::new(self.ext.index, false, &desired, &ours, &BTreeSet::new());
+            self.expected.extend(plan.removals().map(Change::RouteGone));
+            let mut r = plan.remove(&self.nl).await;
+            let (added, _) = plan.upsert(&self.nl).await;
+            r.absorb(added);
+            r.skipped = skipped;
+            if r.failed > 0 {
+                f.mirror = None;
+                report.absorb(r);
+                continue;
+            }
+            for s in &touched {
+                match desired.get(s) {
+                    Some(g) => {
+                        routes.insert(*s, *g);
+                        f.claimed.insert(*s);
+                    }
+                    None => {
+                        routes.remove(s);
+                        f.claimed.remove(s);
+                    }
                 }
             }
+            report.absorb(r);
         }
+        report.skipped.sort();
+        report.skipped.dedup();
         Ok(Some(report))
     }
 
@@ -150,24 +206,28 @@ impl<N: NetOps> HostGwBackend<N> {
         &mut self,
         changes: &[Change],
     ) -> Result<Option<ReconcileReport>, BackendError> {
-        let Some((_, routes)) = self.mirror.as_ref() else {
-            return Ok(None);
-        };
         let mut lost = Vec::new();
         for c in changes {
             match c {
-                Change::RouteGone(d) => match routes.get(d) {
-                    Some(g) => lost.push((*d, *g)),
-                    // Someone else's route: the guard may think differently of a lease now.
-                    None => return Ok(None),
-                },
+                Change::RouteGone(d) => {
+                    let route = self
+                        .families
+                        .iter()
+                        .enumerate()
+                        .find_map(|(i, f)| f.mirror.as_ref()?.1.get(d).map(|g| (i, *d, *g)));
+                    match route {
+                        Some(r) => lost.push(r),
+                        // Someone else's route: the guard may think differently of a lease now.
+                        None => return Ok(None),
+                    }
+                }
                 Change::NeighbourGone(..) | Change::FdbGone(..) => {}
                 Change::Other => return Ok(None),
             }
         }
         let idx = self.ext.index;
         let mut report = ReconcileReport::default();
-        for (d, g) in lost {
+        for (i, d, g) in lost {
             // Exclusive: a route someone else put there meanwhile is not overwritten; the
             // failure then takes a full pass, whose guard decides.
             match self
@@ -180,9 +240,9 @@ impl<N: NetOps> HostGwBackend<N> {
                     report.added += 1;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "putting a deleted route back failed; a full pass follows");
+                    warn!(error = %e, "putting a deleted route back failed; a full pass follows");
                     report.failed += 1;
-                    self.mirror = None;
+                    self.families[i].mirror = None;
                 }
             }
         }

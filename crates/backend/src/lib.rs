@@ -169,7 +169,15 @@ impl AnyBackend {
                     .map_err(|e| BackendError::Config { backend: "vxlan", msg: e.to_string() })?;
                 Ok(Self::Vxlan(vxlan::VxlanBackend::register(nl, cfg, ext, nets).await?))
             }
-            "host-gw" => Ok(Self::HostGw(hostgw::HostGwBackend::register(nl, ext, v4_only("host-gw")?)?)),
+            "host-gw" => {
+                let networks: Vec<IpNet> = nets
+                    .v4
+                    .map(|(n, _)| IpNet::V4(n))
+                    .into_iter()
+                    .chain(nets.v6.map(|(n, _)| IpNet::V6(n)))
+                    .collect();
+                Ok(Self::HostGw(hostgw::HostGwBackend::register(nl, ext, &networks)?))
+            }
             "udp" => Ok(Self::Udp(udp::backend::UdpBackend::register(nl, ext, v4_only("udp")?, backend).await?)),
             other => Err(BackendError::Config {
                 backend: "any",

@@ -16,7 +16,7 @@ fn own() -> flannel_core::Lease {
 
 fn backend(nl: &FakeNetlink) -> HostGwBackend<FakeNetlink> {
     let (_, ext) = node();
-    HostGwBackend::register(nl.clone(), ext, network()).expect("register")
+    HostGwBackend::register(nl.clone(), ext, &[ipnet::IpNet::V4(network())]).expect("register")
 }
 
 /// Our routes on eth0 (proto 252): destination → gateway.
@@ -46,7 +46,7 @@ fn expected(leases: &[flannel_core::Lease]) -> BTreeMap<ipnet::IpNet, Option<std
 fn a_node_behind_nat_is_refused_with_upstreams_reason() {
     let (nl, mut ext) = node();
     ext.ext_addr = "203.0.113.9".parse().expect("ip");
-    let e = HostGwBackend::register(nl, ext, network())
+    let e = HostGwBackend::register(nl, ext, &[ipnet::IpNet::V4(network())])
         .err()
         .expect("refused");
     assert!(e.to_string().contains("differs from interface IP"), "{e}");
@@ -188,4 +188,69 @@ fn lease_events_and_repairs_touch_only_their_own_routes() {
         b.reconcile(&own(), &leases).await.expect("reconcile");
         assert_eq!(our_routes(&nl), expected(&leases));
     });
+}
+
+fn dual_hostgw_lease(i: u8, n: u8) -> flannel_core::Lease {
+    let mut l = hostgw_lease(i, peer_ip(n));
+    l.ipv6_subnet = Some(
+        format!("fd00:10:244:{i:x}::/64")
+            .parse()
+            .expect("v6 subnet"),
+    );
+    l.attrs.public_ipv6 = Some(format!("fd00::{n:x}").parse().expect("v6 address"));
+    l
+}
+
+#[test]
+fn ipv6_peers_are_routed_via_their_public_ipv6_beside_ipv4() {
+    block(async {
+        let (nl, ext) = dual_node();
+        let nets = [ipnet::IpNet::V4(network()), ipnet::IpNet::V6(network6())];
+        let mut b = HostGwBackend::register(nl.clone(), ext, &nets).expect("register");
+        let own = dual_hostgw_lease(0, 50);
+        let leases: Vec<_> = (1..=3).map(|i| dual_hostgw_lease(i, 50 + i)).collect();
+        let r = b.reconcile(&own, &leases).await.expect("reconcile");
+        assert_eq!(r.failed, 0);
+        let routes = our_routes(&nl);
+        assert_eq!(routes.len(), 6, "{routes:?}");
+        assert_eq!(
+            routes.get(&net("fd00:10:244:2::/64")),
+            Some(&Some(ip("fd00::34")))
+        );
+        // A v6 lease going, and a v6 route deleted by hand: their own requests only.
+        nl.take_calls();
+        b.apply_delta(&own, &[], &[leases[0].clone()])
+            .await
+            .expect("delta")
+            .expect("incremental");
+        let calls = nl.take_calls();
+        assert!(dumps(&calls).is_empty(), "{calls:?}");
+        assert!(calls.contains(&Call::DelRoute(
+            net("fd00:10:244:1::/64"),
+            ip("fd00::33"),
+            ETH0
+        )));
+        assert!(calls.contains(&Call::DelRoute(net("10.244.1.0/24"), ip("10.0.0.51"), ETH0)));
+        nl.with(|s| {
+            s.routes
+                .retain(|r| r.entry.dst != net("fd00:10:244:3::/64"))
+        });
+        let r = b
+            .repair(&[Change::RouteGone(net("fd00:10:244:3::/64"))])
+            .await
+            .expect("repair")
+            .expect("repaired");
+        assert_eq!(r.added, 1);
+        assert_eq!(our_routes(&nl).len(), 4);
+    });
+}
+
+#[test]
+fn ipv6_without_an_ipv6_address_is_refused() {
+    let (nl, ext) = node();
+    let nets = [ipnet::IpNet::V4(network()), ipnet::IpNet::V6(network6())];
+    let e = HostGwBackend::register(nl, ext, &nets)
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("no IPv6 address"), "{e}");
 }

@@ -77,6 +77,8 @@ pub struct Daemon<SM: SubnetManager> {
     pub(crate) skips: SkipLog,
     pub(crate) drift: ConfigDrift,
     pub(crate) claims: ClaimWatch,
+    /// The address families whose kernel notifications concern us.
+    pub(crate) families: Vec<Family>,
 }
 
 /// When to renew: the margin before the lease ends (a lease that never ends: a year, harmlessly).
@@ -310,7 +312,7 @@ impl<SM: SubnetManager> Daemon<SM> {
         // Kernel notifications (a deleted route, neighbour, FDB entry, address or link) wake the
         // reconciler at once, unless they are our own deletions coming back.
         let (kick_tx, mut kicks) = mpsc::channel::<Change>(4096);
-        let monitor = tokio::spawn(flannel_net::monitor::watch(kick_tx, vec![Family::V4]));
+        let monitor = tokio::spawn(flannel_net::monitor::watch(kick_tx, self.families.clone()));
         // Like upstream, the first resync comes one period after start.
         let period = self.opts.resync;
         let mut resync = tokio::time::interval_at(Instant::now() + period, period);

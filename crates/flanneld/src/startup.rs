@@ -310,6 +310,13 @@ pub async fn run_with<SM: SubnetManager>(
         skips: SkipLog::default(),
         drift: ConfigDrift::new(config.clone()),
         claims: ClaimWatch::default(),
+        families: [
+            (config.enable_ipv4, flannel_core::Family::V4),
+            (config.enable_ipv6, flannel_core::Family::V6),
+        ]
+        .into_iter()
+        .filter_map(|(on, f)| on.then_some(f))
+        .collect(),
         sm,
         opts: o,
     };

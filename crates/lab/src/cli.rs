@@ -11,9 +11,10 @@ use std::process::ExitCode;
 const USAGE: &str = "usage:
   flannel-lab up [--nodes N] [--pods-per-node K] [--backend vxlan|host-gw|udp]
                  [--segments 1|2] [--direct-routing] [--datastore etcd|kube] [--manifest FILE]
+                 [--ip-family ipv4|dual]
                                                                       build the cluster (default 3 nodes, 2 pods each;
                                                                       kube: nodes run deploy/kube-flannel.yml or FILE)
-  flannel-lab ping-all                                                every pod pings every other pod
+  flannel-lab ping-all                                                every pod pings every other pod (each family)
   flannel-lab status [--json]                                         nodes, pods, routes, FDB, where the logs are
   flannel-lab down                                                    remove everything the lab made
   flannel-lab kubeconfig                                              kube mode: the admin kubeconfig's path
@@ -35,6 +36,7 @@ struct Args {
     datastore: String,
     segments: usize,
     direct_routing: bool,
+    ip_family: String,
     json: bool,
     seconds: u32,
     repeat: u32,
@@ -59,6 +61,7 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
         datastore: "etcd".into(),
         segments: 1,
         direct_routing: false,
+        ip_family: "ipv4".into(),
         json: false,
         seconds: 5,
         repeat: 3,
@@ -104,6 +107,7 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
             "--json" => a.json = true,
             "--segments" => a.segments = num(flag, value(flag)?)?,
             "--direct-routing" => a.direct_routing = true,
+            "--ip-family" => a.ip_family = value(flag)?,
             "--repeat" => a.repeat = num(flag, value(flag)?)? as u32,
             "--peers" => a.peers = num(flag, value(flag)?)?,
             "--heartbeats" => a.heartbeats = num(flag, value(flag)?)? as u64,
@@ -149,6 +153,7 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 state_root: a.state_root.clone(),
                 manifest: a.manifest.clone(),
                 backend_set: a.backend_set,
+                ip_family: crate::names::IpFamily::parse(&a.ip_family)?,
                 ..LabSpec::default()
             };
             let state = up(&spec).with_context(|| {
@@ -167,22 +172,39 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 let pods: Vec<String> = n
                     .pods
                     .iter()
-                    .map(|p| format!("{} {}", p.name, p.ip))
+                    .map(|p| {
+                        if p.ip6.is_empty() {
+                            format!("{} {}", p.name, p.ip)
+                        } else {
+                            format!("{} {} {}", p.name, p.ip, p.ip6)
+                        }
+                    })
                     .collect();
+                let subnet = if n.subnet6.is_empty() {
+                    n.subnet.clone()
+                } else {
+                    format!("{} {}", n.subnet, n.subnet6)
+                };
                 println!(
                     "  {:8} {:10} subnet {:15} pods: {}",
                     n.name,
                     n.ip,
-                    n.subnet,
+                    subnet,
                     pods.join(", ")
                 );
             }
             Ok(true)
         }
         "ping-all" => {
-            let m = ping::ping_all(&load(&a)?);
+            let s = load(&a)?;
+            let m = ping::ping_all(&s);
             print!("{}", m.render());
-            Ok(m.all_ok())
+            if !ping::has_ipv6(&s) {
+                return Ok(m.all_ok());
+            }
+            let m6 = ping::ping_all_in(&s, true);
+            print!("\nIPv6:\n{}", m6.render());
+            Ok(m.all_ok() && m6.all_ok())
         }
         "status" => {
             let s = load(&a)?;

@@ -62,6 +62,8 @@ pub struct LabSpec {
     pub manifest: Option<PathBuf>,
     /// Kube mode: whether `backend` was asked for (it then replaces the ConfigMap's backend).
     pub backend_set: bool,
+    /// IPv4 only, or dual stack (an IPv6 underlay too, `IPv6Network` in the config).
+    pub ip_family: IpFamily,
 }
 
 impl Default for LabSpec {
@@ -79,6 +81,7 @@ impl Default for LabSpec {
             flanneld_args: Vec::new(),
             manifest: None,
             backend_set: false,
+            ip_family: IpFamily::V4,
         }
     }
 }
@@ -365,6 +368,10 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
     if !(1..=2).contains(&spec.segments) {
         bail!("--segments {}: 1 or 2", spec.segments);
     }
+    let dual = spec.ip_family == IpFamily::Dual;
+    if dual && (spec.segments > 1 || spec.datastore == Datastore::Kube || spec.backend == "udp") {
+        bail!("--ip-family dual: this lab builds dual stack with --datastore etcd, one segment, and the vxlan or host-gw backend");
+    }
     preflight::check(&spec.bin_dir, spec.datastore, &[])?;
     let dir = state_dir(&spec.state_root, &spec.lab);
     let existing = lab_namespaces(&spec.lab)?;
@@ -443,6 +450,19 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
             "dev",
             "eth0",
         ])?;
+        if dual {
+            // No duplicate address detection on a lab switch: the address works at once.
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/64", node_ip6(i)),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+        }
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         if spec.segments > 1 {
             ip(&[
@@ -460,6 +480,13 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
             "sh",
             &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
         ))?;
+        if dual {
+            sh::run(&mut in_ns(
+                &ns,
+                "sh",
+                &["-c", "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding"],
+            ))?;
+        }
         if spec.datastore == Datastore::Etcd {
             std::fs::write(
                 node_dir.join("net.d/10-flannel.conflist"),
@@ -478,6 +505,8 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
             netns: ns,
             ip: addr.to_string(),
             subnet: String::new(),
+            ip6: if dual { node_ip6(i) } else { String::new() },
+            subnet6: String::new(),
             pods: Vec::new(),
             log: node_dir.join("flanneld.log"),
             flanneld: Vec::new(),
@@ -527,7 +556,7 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
                 &[
                     "put",
                     &format!("{ETCD_PREFIX}/config"),
-                    &net_conf(&spec.backend, spec.direct_routing),
+                    &net_conf(&spec.backend, spec.direct_routing, spec.ip_family),
                 ],
             )?;
             // flanneld on every node, with upstream-style flags.
@@ -648,8 +677,10 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
                 Ok(env.exists())
             },
         )?;
-        n.subnet = PreviousSubnets::read(&env)
-            .subnet
+        let written = PreviousSubnets::read(&env);
+        n.subnet = written.subnet.map(|s| s.to_string()).unwrap_or_default();
+        n.subnet6 = written
+            .ipv6_subnet
             .map(|s| s.to_string())
             .unwrap_or_default();
     }
@@ -692,10 +723,18 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
             )?;
             let ip = cni_exec::result_ipv4(&result)
                 .with_context(|| format!("CNI result for {pod} has no IPv4 address: {result}"))?;
+            let ip6 = if dual {
+                cni_exec::result_ip(&result, true).with_context(|| {
+                    format!("CNI result for {pod} has no IPv6 address: {result}")
+                })?
+            } else {
+                String::new()
+            };
             n.pods.push(PodState {
                 name: pod,
                 netns: pns,
                 ip,
+                ip6,
             });
         }
     }
@@ -717,9 +756,23 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
             Duration::from_secs(30),
             || {
                 let r = ip(&["-n", &ns, "route", "show", "proto", "252"]).unwrap_or_default();
-                Ok(r.lines().count() >= want)
+                let r6 = if dual {
+                    ip(&["-n", &ns, "-6", "route", "show", "proto", "252"]).unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                Ok(r.lines().count() >= want && (!dual || r6.lines().count() >= want))
             },
-        )?;
+        )
+        .with_context(|| {
+            format!(
+                "routes of ours on {}:\n{}{}\nflanneld log:\n{}",
+                n.name,
+                ip(&["-n", &ns, "route", "show", "proto", "252"]).unwrap_or_default(),
+                ip(&["-n", &ns, "-6", "route", "show", "proto", "252"]).unwrap_or_default(),
+                log_tail(&n.log)
+            )
+        })?;
     }
     Ok(state)
 }

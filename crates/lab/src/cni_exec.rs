@@ -121,11 +121,17 @@ pub fn del(list: &Value, inv: &Invocation, cached: Option<&Value>) -> anyhow::Re
 
 /// The first IPv4 address of a CNI result, without its prefix length.
 pub fn result_ipv4(result: &Value) -> Option<String> {
+    result_ip(result, false)
+}
+
+/// The first address of a family in a CNI result, without prefix.
+pub fn result_ip(result: &Value, v6: bool) -> Option<String> {
     result["ips"].as_array()?.iter().find_map(|ip| {
         let a = ip["address"].as_str()?;
         let addr = a.split('/').next()?;
-        addr.parse::<std::net::Ipv4Addr>()
+        addr.parse::<std::net::IpAddr>()
             .ok()
+            .filter(|ip| ip.is_ipv6() == v6)
             .map(|_| addr.to_string())
     })
 }

@@ -25,4 +25,5 @@ pub mod status;
 
 pub use cli::main;
 pub use cluster::{down, up, LabSpec};
+pub use names::IpFamily;
 pub use state::LabState;

@@ -7,13 +7,42 @@ pub const DEFAULT_LAB: &str = "flab";
 pub const DEFAULT_STATE_ROOT: &str = "/run/flannel-lab";
 /// The tutorial's network config (`{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}`)
 /// for a given backend.
-pub fn net_conf(backend: &str, direct_routing: bool) -> String {
+pub fn net_conf(backend: &str, direct_routing: bool, family: IpFamily) -> String {
     let dr = if direct_routing {
         r#", "DirectRouting": true"#
     } else {
         ""
     };
-    format!(r#"{{"Network": "10.244.0.0/16", "Backend": {{"Type": "{backend}"{dr}}}}}"#)
+    let v6 = match family {
+        IpFamily::V4 => "",
+        IpFamily::Dual => r#", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56""#,
+    };
+    format!(r#"{{"Network": "10.244.0.0/16"{v6}, "Backend": {{"Type": "{backend}"{dr}}}}}"#)
+}
+
+/// Which pod address families a lab carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IpFamily {
+    #[default]
+    V4,
+    /// IPv4 and IPv6: an IPv6 underlay beside the IPv4 one, pods with both addresses.
+    Dual,
+}
+
+impl IpFamily {
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "ipv4" => Ok(Self::V4),
+            "dual" => Ok(Self::Dual),
+            "ipv6" => anyhow::bail!("--ip-family ipv6: IPv6-only clusters are not supported by this flannel-rs build yet (use dual)"),
+            other => anyhow::bail!("--ip-family {other}: ipv4 or dual"),
+        }
+    }
+}
+
+/// The `i`-th node's IPv6 underlay address, beside the tutorial's 10.0.0.50+i: fd00::50+i.
+pub fn node_ip6(i: usize) -> String {
+    format!("fd00::{}", 50 + i)
 }
 
 /// Backends the lab can run.
@@ -95,13 +124,22 @@ mod tests {
         assert_eq!(node_ip_on(1, 2), Ipv4Addr::new(10, 0, 1, 51));
         assert_eq!(node_ip_on(2, 2), Ipv4Addr::new(10, 0, 0, 52));
         assert_eq!(
-            net_conf("vxlan", false),
+            net_conf("vxlan", false, IpFamily::V4),
             r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#
         );
         assert_eq!(
-            net_conf("vxlan", true),
+            net_conf("vxlan", true, IpFamily::V4),
             r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "DirectRouting": true}}"#
         );
+        assert_eq!(
+            net_conf("host-gw", false, IpFamily::Dual),
+            r#"{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56", "Backend": {"Type": "host-gw"}}"#
+        );
+        assert_eq!(node_ip6(1), "fd00::51");
+        assert!(IpFamily::parse("ipv6")
+            .unwrap_err()
+            .to_string()
+            .contains("use dual"));
         assert_eq!(node_ns("flab", "node1"), "flab-node1");
         assert_eq!(pod_ns("flab", &pod_name("node1", 2)), "flab-node1-pod2");
         assert!(valid_lab_name("flab"));

@@ -74,8 +74,19 @@ pub fn ping(src_ns: &str, dst: &str) -> bool {
     .unwrap_or(false)
 }
 
-/// Runs every pair in parallel, one thread per source pod.
+/// Every pair over IPv4.
 pub fn ping_all(state: &LabState) -> Matrix {
+    ping_all_in(state, false)
+}
+
+/// Whether the lab's pods have IPv6 addresses (a dual-stack lab).
+pub fn has_ipv6(state: &LabState) -> bool {
+    state.pods().any(|p| !p.ip6.is_empty())
+}
+
+/// Runs every pair in parallel, one thread per source pod, over IPv6 when `v6`.
+pub fn ping_all_in(state: &LabState, v6: bool) -> Matrix {
+    let addr = |p: &crate::state::PodState| if v6 { p.ip6.clone() } else { p.ip.clone() };
     let pods: Vec<_> = state.pods().cloned().collect();
     let answered = std::thread::scope(|s| {
         let handles: Vec<_> = pods
@@ -86,7 +97,7 @@ pub fn ping_all(state: &LabState) -> Matrix {
                 s.spawn(move || {
                     pods.iter()
                         .enumerate()
-                        .map(|(j, dst)| i == j || ping(&src.netns, &dst.ip))
+                        .map(|(j, dst)| i == j || ping(&src.netns, &addr(dst)))
                         .collect::<Vec<bool>>()
                 })
             })
@@ -99,7 +110,7 @@ pub fn ping_all(state: &LabState) -> Matrix {
     Matrix {
         pods: pods
             .iter()
-            .map(|p| format!("{} ({})", p.name, p.ip))
+            .map(|p| format!("{} ({})", p.name, addr(p)))
             .collect(),
         answered,
     }

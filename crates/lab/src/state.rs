@@ -9,6 +9,9 @@ pub struct PodState {
     pub netns: String,
     /// The pod's address without prefix, e.g. `10.244.1.2`.
     pub ip: String,
+    /// Its IPv6 address in a dual-stack lab, else empty.
+    #[serde(default)]
+    pub ip6: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -18,6 +21,11 @@ pub struct NodeState {
     pub ip: String,
     /// The node's lease, e.g. `10.244.1.0/24`.
     pub subnet: String,
+    /// In a dual-stack lab: the node's IPv6 underlay address and IPv6 subnet, else empty.
+    #[serde(default)]
+    pub ip6: String,
+    #[serde(default)]
+    pub subnet6: String,
     pub pods: Vec<PodState>,
     pub log: PathBuf,
     /// The flanneld command line, so it can be restarted as it was.

@@ -69,9 +69,11 @@ pub fn to_json(state: &LabState) -> serde_json::Value {
             "netns": n.netns,
             "ip": n.ip,
             "subnet": n.subnet,
+            "ip6": n.ip6,
+            "subnet6": n.subnet6,
             "log": n.log,
             "kube": kube.as_ref().ok().and_then(|k| k.get(&n.name)),
-            "pods": n.pods.iter().map(|p| json!({"name": p.name, "netns": p.netns, "ip": p.ip})).collect::<Vec<_>>(),
+            "pods": n.pods.iter().map(|p| json!({"name": p.name, "netns": p.netns, "ip": p.ip, "ip6": p.ip6})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "logs": {
             "etcd": state.etcd_log,
@@ -97,6 +99,9 @@ pub fn render(state: &LabState) -> String {
             "\n{} ({}) eth0 {} subnet {}\n",
             n.name, n.netns, n.ip, n.subnet
         );
+        if !n.ip6.is_empty() {
+            s += &format!("  IPv6: eth0 {} subnet {}\n", n.ip6, n.subnet6);
+        }
         if let Some(k) = kube.as_ref().ok().and_then(|k| k.get(&n.name)) {
             s += &format!(
                 "  Node: podCIDR {}, NetworkUnavailable {}\n",
@@ -108,20 +113,31 @@ pub fn render(state: &LabState) -> String {
             }
         }
         for p in &n.pods {
-            s += &format!("  pod {} ({}) {}\n", p.name, p.netns, p.ip);
+            s += &format!("  pod {} ({}) {} {}\n", p.name, p.netns, p.ip, p.ip6);
         }
         s += &format!(
             "  $ ip route\n{}",
             indent(&ip(&["-n", &n.netns, "route"]).unwrap_or_else(|e| e.to_string()))
         );
-        // Only vxlan has a VXLAN device and its FDB.
-        if state.backend == "vxlan" {
+        if !n.ip6.is_empty() {
             s += &format!(
-                "  $ bridge fdb show dev flannel.1\n{}",
+                "  $ ip -6 route\n{}",
+                indent(&ip(&["-n", &n.netns, "-6", "route"]).unwrap_or_else(|e| e.to_string()))
+            );
+        }
+        // Only vxlan has VXLAN devices and their FDB.
+        let devices: &[&str] = match (state.backend.as_str(), n.ip6.is_empty()) {
+            ("vxlan", true) => &["flannel.1"],
+            ("vxlan", false) => &["flannel.1", "flannel-v6.1"],
+            _ => &[],
+        };
+        for dev in devices {
+            s += &format!(
+                "  $ bridge fdb show dev {dev}\n{}",
                 indent(
                     &crate::sh::run(&mut crate::sh::cmd(
                         "bridge",
-                        &["-n", &n.netns, "fdb", "show", "dev", "flannel.1"]
+                        &["-n", &n.netns, "fdb", "show", "dev", dev]
                     ))
                     .unwrap_or_else(|e| e.to_string())
                 )
