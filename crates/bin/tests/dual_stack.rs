@@ -161,3 +161,166 @@ fn hand_deleted_ipv6_entries_come_back_within_a_second_and_go_with_their_lease()
         entries()
     );
 }
+
+/// The source address of the first UDP datagram to port 9999 that reaches namespace `ns`
+/// (within 10 s), received on a thread.
+fn first_sender(ns: &str) -> std::thread::JoinHandle<Option<std::net::IpAddr>> {
+    let ns = ns.to_string();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        common::in_ns(&ns, move || {
+            let s = std::net::UdpSocket::bind("[::]:9999").ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+            let _ = ready_tx.send(());
+            let mut buf = [0u8; 64];
+            s.recv_from(&mut buf).ok().map(|(_, from)| from.ip())
+        })
+    });
+    let _ = ready_rx.recv_timeout(Duration::from_secs(5));
+    h
+}
+
+/// Sends a few datagrams from namespace `ns` to `[dst]:9999`.
+fn send_from(ns: &str, dst: &str) {
+    let dst: std::net::SocketAddr = format!("[{dst}]:9999").parse().unwrap();
+    common::in_ns(ns, move || {
+        let s = std::net::UdpSocket::bind("[::]:0").unwrap();
+        for _ in 0..20 {
+            let _ = s.send_to(b"flannel", dst);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+}
+
+#[test]
+fn ipv6_pod_traffic_leaving_the_cluster_is_masqueraded_and_pod_to_pod_is_not() {
+    if common::skip_without_root() {
+        return;
+    }
+    let lab = dual("vxlan", &[]);
+    let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
+    let outside = lab.on_switch("out", "10.0.0.99/24");
+    ip(&[
+        "-n",
+        &outside.0,
+        "addr",
+        "add",
+        "fd00::99/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let out_rx = first_sender(&outside.0);
+    let pod_rx = first_sender(&b.pods[0].netns);
+    send_from(&a.pods[0].netns, "fd00::99");
+    send_from(&a.pods[0].netns, &b.pods[0].ip6);
+    assert_eq!(
+        out_rx.join().unwrap().map(|i| i.to_string()),
+        Some(a.ip6.clone()),
+        "a pod's IPv6 traffic leaves the cluster with its node's address"
+    );
+    assert_eq!(
+        pod_rx.join().unwrap().map(|i| i.to_string()),
+        Some(a.pods[0].ip6.clone()),
+        "pod to pod over IPv6 keeps the pod's address"
+    );
+}
+
+#[test]
+fn an_ipv6_node_programmed_as_upstream_and_ours_talk_both_ways() {
+    if common::skip_without_root() {
+        return;
+    }
+    let lab = dual("vxlan", &[]);
+    let ours = &lab.state.nodes[1];
+    // The upstream node: 10.0.0.60 and fd00::60 on the switch, subnets 10.244.240.0/24 and
+    // fd00:10:244:f0::/64, VTEP MACs fixed.
+    let up = lab.on_switch("up6", "10.0.0.60/24");
+    let pod = common::Netns::new("up6pod");
+    let sh = |ns: &common::Netns, cmd: &str| {
+        let o = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.0, "sh", "-c", cmd])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    sh(
+        &up,
+        "ip addr add fd00::60/64 dev eth0 nodad && echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
+    );
+    // What upstream's vxlan backend creates for IPv6 (device.go: flannel-v6.<VNI>, local = the
+    // public IPv6), and a pod on cni0. Upstream asks for MTU - 50 (1450); the kernel clamps a
+    // new VXLAN-over-IPv6 device to 1500 - 70 = 1430 (and refuses 1450 on `ip link set`).
+    sh(&up, "ip link add flannel-v6.1 type vxlan id 1 local fd00::60 dev eth0 nolearning dstport 8472 \
+             && ip link set flannel-v6.1 address 02:00:00:00:06:60 mtu 1430 \
+             && ip addr add fd00:10:244:f0::/128 dev flannel-v6.1 nodad && ip link set flannel-v6.1 up \
+             && ip link add cni0 type bridge && ip addr add fd00:10:244:f0::1/64 dev cni0 nodad \
+             && ip link set cni0 up");
+    ip(&[
+        "-n", &up.0, "link", "add", "vethp", "type", "veth", "peer", "name", "eth0", "netns",
+        &pod.0,
+    ]);
+    sh(&up, "ip link set vethp master cni0 up");
+    sh(
+        &pod,
+        "ip addr add fd00:10:244:f0::2/64 dev eth0 nodad && ip link set eth0 up \
+              && ip link set lo up && ip -6 route add default via fd00:10:244:f0::1",
+    );
+    // Upstream's per-peer IPv6 entries for every flannel node, from their leases.
+    for n in &lab.state.nodes {
+        let key = format!(
+            "{}&{}",
+            flannel_lab::cluster::lease_key(&n.subnet),
+            n.subnet6.replace('/', "-")
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&flannel_lab::cluster::etcd_get(&lab.state, &key).unwrap())
+                .unwrap();
+        let mac = v["BackendV6Data"]["VtepMAC"].as_str().unwrap();
+        let gw = n.subnet6.trim_end_matches("/64");
+        sh(
+            &up,
+            &format!(
+                "ip -6 neigh replace {gw} lladdr {mac} dev flannel-v6.1 nud permanent \
+                 && bridge fdb append {mac} dev flannel-v6.1 dst {} self permanent \
+                 && ip -6 route replace {} via {gw} dev flannel-v6.1 onlink",
+                n.ip6, n.subnet6
+            ),
+        );
+    }
+    // And its lease, as upstream writes a dual-stack one.
+    flannel_lab::cluster::etcd_put(
+        &lab.state,
+        "/coreos.com/network/subnets/10.244.240.0-24&fd00:10:244:f0::-64",
+        r#"{"PublicIP":"10.0.0.60","PublicIPv6":"fd00::60","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:60"},"BackendV6Data":{"VNI":1,"VtepMAC":"02:00:00:00:06:60"}}"#,
+    )
+    .unwrap();
+    let routed = eventually(Duration::from_secs(5), || {
+        ip(&["-n", &ours.netns, "-6", "route"])
+            .contains("fd00:10:244:f0::/64 via fd00:10:244:f0:: dev flannel-v6.1")
+    });
+    assert!(
+        routed.is_some(),
+        "{}",
+        ip(&["-n", &ours.netns, "-6", "route"])
+    );
+    let there = eventually(Duration::from_secs(5), || {
+        flannel_lab::ping::ping(&ours.pods[0].netns, "fd00:10:244:f0::2")
+    });
+    assert!(
+        there.is_some(),
+        "our pod -> the upstream node's pod over IPv6"
+    );
+    assert!(
+        flannel_lab::ping::ping(&pod.0, &ours.pods[0].ip6),
+        "the upstream node's pod -> our pod over IPv6"
+    );
+    assert!(
+        flannel_lab::ping::ping(&pod.0, &lab.state.nodes[0].pods[0].ip6),
+        "and master1's"
+    );
+}

@@ -5,7 +5,7 @@
 mod common;
 
 use common::lab::Lab;
-use common::{eventually, ip, Netns};
+use common::{eventually, in_ns, ip, Netns};
 use flannel_backend::udp::packet::{checksum, fix_ipv4_checksum, parse_ipv4, PROTO_ICMP};
 use flannel_lab::cluster::etcd_put;
 use flannel_lab::LabSpec;
@@ -37,21 +37,6 @@ fn echo_request(src: Ipv4Addr, dst: Ipv4Addr, id: u16) -> Vec<u8> {
     let c = checksum(&p[20..]);
     p[22..24].copy_from_slice(&c.to_be_bytes());
     p
-}
-
-/// Runs `f` on a thread inside namespace `ns`.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-    std::thread::spawn(move || {
-        // SAFETY: setns(2) on this thread only, with an open namespace fd.
-        assert_eq!(
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
-        f()
-    })
-    .join()
-    .unwrap()
 }
 
 #[test]

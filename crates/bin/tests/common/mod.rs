@@ -198,6 +198,22 @@ impl Drop for Netns {
 }
 
 /// `ip <args>`, panicking with stderr on failure; returns stdout.
+/// Runs `f` on a thread inside namespace `ns`.
+pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+    std::thread::spawn(move || {
+        // SAFETY: setns(2) on this thread only, with an open namespace fd.
+        assert_eq!(
+            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
 pub fn ip(args: &[&str]) -> String {
     let o = Command::new("ip").args(args).output().expect("run ip");
     assert!(
