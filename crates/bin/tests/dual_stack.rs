@@ -197,7 +197,38 @@ fn ipv6_pod_traffic_leaving_the_cluster_is_masqueraded_and_pod_to_pod_is_not() {
     if common::skip_without_root() {
         return;
     }
-    let lab = dual("vxlan", &[]);
+    masquerade_checked(dual("vxlan", &[]));
+}
+
+#[test]
+fn ipv6_masquerade_is_the_same_with_nftables() {
+    if common::skip_without_root() {
+        return;
+    }
+    let lab = Lab::up_with(LabSpec {
+        nodes: 2,
+        pods_per_node: 1,
+        ip_family: IpFamily::Dual,
+        nftables: true,
+        ..LabSpec::default()
+    });
+    let rules = common::in_ns(&lab.state.nodes[0].netns, || {
+        std::process::Command::new("nft")
+            .args(["list", "table", "ip6", "flannel-ipv6"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    });
+    assert!(
+        rules.contains("masquerade"),
+        "no IPv6 nftables rules:\n{rules}"
+    );
+    masquerade_checked(lab);
+}
+
+/// A pod's IPv6 datagram to an address outside the cluster arrives from its node's address;
+/// one to a pod on another node arrives from the pod's own.
+fn masquerade_checked(lab: Lab) {
     let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
     let outside = lab.on_switch("out", "10.0.0.99/24");
     ip(&[

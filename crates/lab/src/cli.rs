@@ -11,7 +11,7 @@ use std::process::ExitCode;
 const USAGE: &str = "usage:
   flannel-lab up [--nodes N] [--pods-per-node K] [--backend vxlan|host-gw|udp]
                  [--segments 1|2] [--direct-routing] [--datastore etcd|kube] [--manifest FILE]
-                 [--ip-family ipv4|dual]
+                 [--ip-family ipv4|dual] [--nftables]
                                                                       build the cluster (default 3 nodes, 2 pods each;
                                                                       kube: nodes run deploy/kube-flannel.yml or FILE)
   flannel-lab ping-all                                                every pod pings every other pod (each family)
@@ -37,6 +37,7 @@ struct Args {
     segments: usize,
     direct_routing: bool,
     ip_family: String,
+    nftables: bool,
     json: bool,
     seconds: u32,
     repeat: u32,
@@ -62,6 +63,7 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
         segments: 1,
         direct_routing: false,
         ip_family: "ipv4".into(),
+        nftables: false,
         json: false,
         seconds: 5,
         repeat: 3,
@@ -108,6 +110,7 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
             "--segments" => a.segments = num(flag, value(flag)?)?,
             "--direct-routing" => a.direct_routing = true,
             "--ip-family" => a.ip_family = value(flag)?,
+            "--nftables" => a.nftables = true,
             "--repeat" => a.repeat = num(flag, value(flag)?)? as u32,
             "--peers" => a.peers = num(flag, value(flag)?)?,
             "--heartbeats" => a.heartbeats = num(flag, value(flag)?)? as u64,
@@ -154,6 +157,7 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 manifest: a.manifest.clone(),
                 backend_set: a.backend_set,
                 ip_family: crate::names::IpFamily::parse(&a.ip_family)?,
+                nftables: a.nftables,
                 ..LabSpec::default()
             };
             let state = up(&spec).with_context(|| {

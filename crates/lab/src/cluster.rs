@@ -64,6 +64,8 @@ pub struct LabSpec {
     pub backend_set: bool,
     /// IPv4 only, or dual stack (an IPv6 underlay too, `IPv6Network` in the config).
     pub ip_family: IpFamily,
+    /// `"EnableNFTables": true` in the network config (etcd mode).
+    pub nftables: bool,
 }
 
 impl Default for LabSpec {
@@ -82,6 +84,7 @@ impl Default for LabSpec {
             manifest: None,
             backend_set: false,
             ip_family: IpFamily::V4,
+            nftables: false,
         }
     }
 }
@@ -556,7 +559,12 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
                 &[
                     "put",
                     &format!("{ETCD_PREFIX}/config"),
-                    &net_conf(&spec.backend, spec.direct_routing, spec.ip_family),
+                    &net_conf(
+                        &spec.backend,
+                        spec.direct_routing,
+                        spec.ip_family,
+                        spec.nftables,
+                    ),
                 ],
             )?;
             // flanneld on every node, with upstream-style flags.

@@ -7,7 +7,7 @@ pub const DEFAULT_LAB: &str = "flab";
 pub const DEFAULT_STATE_ROOT: &str = "/run/flannel-lab";
 /// The tutorial's network config (`{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}`)
 /// for a given backend.
-pub fn net_conf(backend: &str, direct_routing: bool, family: IpFamily) -> String {
+pub fn net_conf(backend: &str, direct_routing: bool, family: IpFamily, nftables: bool) -> String {
     let dr = if direct_routing {
         r#", "DirectRouting": true"#
     } else {
@@ -17,7 +17,12 @@ pub fn net_conf(backend: &str, direct_routing: bool, family: IpFamily) -> String
         IpFamily::V4 => "",
         IpFamily::Dual => r#", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56""#,
     };
-    format!(r#"{{"Network": "10.244.0.0/16"{v6}, "Backend": {{"Type": "{backend}"{dr}}}}}"#)
+    let nft = if nftables {
+        r#", "EnableNFTables": true"#
+    } else {
+        ""
+    };
+    format!(r#"{{"Network": "10.244.0.0/16"{v6}{nft}, "Backend": {{"Type": "{backend}"{dr}}}}}"#)
 }
 
 /// Which pod address families a lab carries.
@@ -124,16 +129,16 @@ mod tests {
         assert_eq!(node_ip_on(1, 2), Ipv4Addr::new(10, 0, 1, 51));
         assert_eq!(node_ip_on(2, 2), Ipv4Addr::new(10, 0, 0, 52));
         assert_eq!(
-            net_conf("vxlan", false, IpFamily::V4),
+            net_conf("vxlan", false, IpFamily::V4, false),
             r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#
         );
         assert_eq!(
-            net_conf("vxlan", true, IpFamily::V4),
+            net_conf("vxlan", true, IpFamily::V4, false),
             r#"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "DirectRouting": true}}"#
         );
         assert_eq!(
-            net_conf("host-gw", false, IpFamily::Dual),
-            r#"{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56", "Backend": {"Type": "host-gw"}}"#
+            net_conf("host-gw", false, IpFamily::Dual, true),
+            r#"{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56", "EnableNFTables": true, "Backend": {"Type": "host-gw"}}"#
         );
         assert_eq!(node_ip6(1), "fd00::51");
         assert!(IpFamily::parse("ipv6")
