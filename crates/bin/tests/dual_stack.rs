@@ -355,3 +355,42 @@ fn an_ipv6_node_programmed_as_upstream_and_ours_talk_both_ways() {
         "and master1's"
     );
 }
+
+#[test]
+fn dual_stack_in_kube_mode_answers_every_pair_and_publishes_v6_annotations() {
+    if common::skip_without_root() {
+        return;
+    }
+    let lab = Lab::up_with(LabSpec {
+        nodes: 2,
+        pods_per_node: 1,
+        datastore: flannel_lab::cluster::Datastore::Kube,
+        ip_family: IpFamily::Dual,
+        ..LabSpec::default()
+    });
+    assert_every_pair_answers(&lab);
+    let out = flannel_lab::cluster::kubectl(&lab.state, &["get", "nodes", "-o", "json"]).unwrap();
+    let nodes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for n in nodes["items"].as_array().unwrap() {
+        let a = &n["metadata"]["annotations"];
+        let name = n["metadata"]["name"].as_str().unwrap();
+        let node = lab.state.nodes.iter().find(|x| x.name == name).unwrap();
+        assert_eq!(
+            a["flannel.alpha.coreos.com/public-ipv6"],
+            node.ip6.as_str(),
+            "{a}"
+        );
+        let data = a["flannel.alpha.coreos.com/backend-v6-data"]
+            .as_str()
+            .unwrap();
+        let mac = ip(&["-n", &node.netns, "link", "show", "flannel-v6.1"]);
+        let mac = mac
+            .split("link/ether ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
+        assert_eq!(data, format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#));
+    }
+}

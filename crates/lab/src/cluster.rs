@@ -372,8 +372,8 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
         bail!("--segments {}: 1 or 2", spec.segments);
     }
     let dual = spec.ip_family == IpFamily::Dual;
-    if dual && (spec.segments > 1 || spec.datastore == Datastore::Kube || spec.backend == "udp") {
-        bail!("--ip-family dual: this lab builds dual stack with --datastore etcd, one segment, and the vxlan or host-gw backend");
+    if dual && (spec.segments > 1 || spec.backend == "udp") {
+        bail!("--ip-family dual: this lab builds dual stack on one segment, with the vxlan or host-gw backend");
     }
     preflight::check(&spec.bin_dir, spec.datastore, &[])?;
     let dir = state_dir(&spec.state_root, &spec.lab);
@@ -500,8 +500,23 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
             // runs it) uses its interface. The switch answers as the gateway.
             if i == 0 {
                 ip(&["-n", &sw, "addr", "add", "10.0.0.1/24", "dev", "br0"])?;
+                if dual {
+                    ip(&[
+                        "-n",
+                        &sw,
+                        "addr",
+                        "add",
+                        "fd00::1/64",
+                        "dev",
+                        "br0",
+                        "nodad",
+                    ])?;
+                }
             }
             ip(&["-n", &ns, "route", "add", "default", "via", "10.0.0.1"])?;
+            if dual {
+                ip(&["-n", &ns, "-6", "route", "add", "default", "via", "fd00::1"])?;
+            }
         }
         nodes.push(NodeState {
             name,
@@ -587,6 +602,7 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
                 Manifest::read(spec.manifest.as_deref())?,
                 spec.backend_set.then_some(spec.backend.as_str()),
                 spec.direct_routing,
+                dual,
             )?;
             let kube = dir.join("kube");
             std::fs::create_dir_all(&kube)?;

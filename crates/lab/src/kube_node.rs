@@ -6,7 +6,10 @@ use crate::manifest::{Container, EnvValue, Manifest, Volume};
 use crate::nodefs::{self, Bind};
 use crate::sh::{self, in_ns};
 use anyhow::{anyhow, bail, Context};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
+
+/// The IPv6 cluster network of a dual-stack lab.
+pub const DUAL_IPV6_NETWORK: &str = "fd00:10:244::/56";
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -29,6 +32,8 @@ pub struct KubeSetup {
     /// The network config as the nodes read it.
     pub net_conf: String,
     pub network: Ipv4Net,
+    /// Dual stack: the IPv6 cluster network (nodes get an IPv6 podCIDR too).
+    pub network6: Option<Ipv6Net>,
 }
 
 impl KubeSetup {
@@ -37,6 +42,7 @@ impl KubeSetup {
         manifest: Manifest,
         backend: Option<&str>,
         direct_routing: bool,
+        dual: bool,
     ) -> anyhow::Result<Self> {
         let text = manifest.net_conf()?;
         let mut conf: Value = serde_json::from_str(&text)
@@ -47,12 +53,17 @@ impl KubeSetup {
         if direct_routing {
             conf["Backend"]["DirectRouting"] = json!(true);
         }
+        let network6: Option<Ipv6Net> = dual.then(|| DUAL_IPV6_NETWORK.parse()).transpose()?;
+        if let Some(n) = network6 {
+            conf["EnableIPv6"] = json!(true);
+            conf["IPv6Network"] = json!(n.to_string());
+        }
         let network: Ipv4Net = conf["Network"]
             .as_str()
             .ok_or_else(|| anyhow!("the ConfigMap's net-conf.json has no Network"))?
             .parse()
             .map_err(|e| anyhow!("the ConfigMap's Network: {e}"))?;
-        let net_conf = if backend.is_some() || direct_routing {
+        let net_conf = if backend.is_some() || direct_routing || dual {
             serde_json::to_string_pretty(&conf)?
         } else {
             text
@@ -61,6 +72,7 @@ impl KubeSetup {
             manifest,
             net_conf,
             network,
+            network6,
         })
     }
 
@@ -82,6 +94,12 @@ impl KubeSetup {
             })
     }
 
+    /// The IPv6 podCIDR of the `i`-th node in a dual-stack lab: /64s in order.
+    pub fn pod_cidr6(&self, i: usize) -> Option<String> {
+        let n = self.network6?;
+        n.subnets(64).ok()?.nth(i).map(|s| s.to_string())
+    }
+
     /// The DaemonSet's pod on node `i`.
     pub fn pod_name(&self, i: usize) -> String {
         format!("{}-{:05}", self.manifest.daemonset, i)
@@ -95,8 +113,11 @@ impl KubeSetup {
         let mut seed = Vec::new();
         for (i, (name, ip)) in nodes.iter().enumerate() {
             let cidr = self.pod_cidr(i)?;
+            let mut cidrs = vec![cidr];
+            cidrs.extend(self.pod_cidr6(i));
+            let cidrs: Vec<&str> = cidrs.iter().map(String::as_str).collect();
             seed.push(
-                json!({"kind": "Node", "object": flannel_kube_fake::node(name, &[&cidr], ip, 0)}),
+                json!({"kind": "Node", "object": flannel_kube_fake::node(name, &cidrs, ip, 0)}),
             );
             seed.push(json!({"kind": "Pod", "namespace": ns, "object": {
                 "apiVersion": "v1", "kind": "Pod",
