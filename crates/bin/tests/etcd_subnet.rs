@@ -507,3 +507,52 @@ async fn a_watch_that_keeps_up_is_not_taken_for_one_that_falls_behind() {
     assert_eq!(added.last().map(String::as_str), Some("10.244.99.0/24"));
     task.abort();
 }
+
+/// Dual-stack keys name both subnets, so a create guarded by its own key alone lets two nodes
+/// that race for the same IPv4 subnet (with different IPv6 ones) both win. Played with a
+/// stale listing: another node's lease lands between our listing and our write.
+#[tokio::test]
+async fn racing_dual_stack_nodes_never_share_an_ipv4_subnet() {
+    const ONE_V4: &str = r#"{"Network":"10.6.0.0/16","SubnetMin":"10.6.1.0","SubnetMax":"10.6.1.0","EnableIPv6":true,"IPv6Network":"fd00:6::/56","Backend":{"Type":"vxlan"}}"#;
+    let mut f = fixture(ONE_V4).await;
+    let sm = f.manager(PreviousSubnets::default()).await;
+    let stale = sm.list().await.unwrap();
+    f.put(
+        "subnets/10.6.1.0-24&fd00:6:0:77::-64",
+        r#"{"PublicIP":"10.0.0.9","PublicIPv6":"fd00::9","BackendType":"vxlan"}"#,
+    )
+    .await;
+    let r = sm
+        .acquire_from(
+            &cfg(ONE_V4),
+            &attrs("10.0.0.5", "02:00:00:00:00:05"),
+            Some(stale),
+        )
+        .await;
+    assert!(matches!(r, Err(SubnetError::OutOfSubnets)), "{r:?}");
+    assert_eq!(f.subnet_keys().await, ["10.6.1.0-24&fd00:6:0:77::-64"]);
+}
+
+#[tokio::test]
+async fn racing_dual_stack_nodes_never_share_an_ipv6_subnet() {
+    const ONE_V6: &str = r#"{"Network":"10.6.0.0/16","SubnetMin":"10.6.1.0","SubnetMax":"10.6.1.0","EnableIPv6":true,"IPv6Network":"fd00:6::/56","IPv6SubnetMin":"fd00:6:0:5::","IPv6SubnetMax":"fd00:6:0:5::","Backend":{"Type":"vxlan"}}"#;
+    let mut f = fixture(ONE_V6).await;
+    let sm = f.manager(PreviousSubnets::default()).await;
+    let stale = sm.list().await.unwrap();
+    // The other node holds another IPv4 subnet (outside our range) but the same IPv6 one.
+    f.put(
+        "subnets/10.6.9.0-24&fd00:6:0:5::-64",
+        r#"{"PublicIP":"10.0.0.9","PublicIPv6":"fd00::9","BackendType":"vxlan"}"#,
+    )
+    .await;
+    let r = sm
+        .acquire_from(
+            &cfg(ONE_V6),
+            &attrs("10.0.0.5", "02:00:00:00:00:05"),
+            Some(stale),
+        )
+        .await;
+    assert!(matches!(r, Err(SubnetError::OutOfSubnets)), "{r:?}");
+    // Ours was written, seen to collide, and taken back.
+    assert_eq!(f.subnet_keys().await, ["10.6.9.0-24&fd00:6:0:5::-64"]);
+}

@@ -185,7 +185,12 @@ impl Drop for LabGuard {
     }
 }
 
-fn lab(spec: &BenchSpec, name: &str, backend: &str) -> anyhow::Result<(LabState, LabGuard)> {
+fn lab(
+    spec: &BenchSpec,
+    name: &str,
+    backend: &str,
+    ip_family: crate::names::IpFamily,
+) -> anyhow::Result<(LabState, LabGuard)> {
     let _ = down(name, &spec.state_root);
     let guard = LabGuard {
         name: name.into(),
@@ -198,6 +203,7 @@ fn lab(spec: &BenchSpec, name: &str, backend: &str) -> anyhow::Result<(LabState,
         backend: backend.into(),
         state_root: spec.state_root.clone(),
         bin_dir: spec.bin_dir.clone(),
+        ip_family,
         ..LabSpec::default()
     };
     Ok((up(&s)?, guard))
@@ -219,9 +225,13 @@ struct Case<'a> {
 /// Runs every case. All labs are up at once and the cases take turns, run after run, so that
 /// drift on a shared machine hits every case alike; each figure is the median of the runs.
 pub fn run(spec: &BenchSpec, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<Row>> {
-    let (vx, _g1) = lab(spec, "bvx", "vxlan")?;
-    let (hg, _g2) = lab(spec, "bhg", "host-gw")?;
-    let (ud, _g3) = lab(spec, "bud", "udp")?;
+    use crate::names::IpFamily::{Dual, V4};
+    let (vx, _g1) = lab(spec, "bvx", "vxlan", V4)?;
+    let (hg, _g2) = lab(spec, "bhg", "host-gw", V4)?;
+    let (ud, _g3) = lab(spec, "bud", "udp", V4)?;
+    // Dual-stack labs of their own for the IPv6 rows (their FLANNEL_MTU is the IPv6 device's).
+    let (vx6, _g4) = lab(spec, "bv6", "vxlan", Dual)?;
+    let (hg6, _g5) = lab(spec, "bh6", "host-gw", Dual)?;
     let (n1, n2) = (&vx.nodes[0], &vx.nodes[1]);
     // A hand-built kernel VXLAN between the same namespaces, same MTU as ours.
     for (n, local, remote, addr) in [
@@ -235,6 +245,28 @@ pub fn run(spec: &BenchSpec, progress: &mut dyn FnMut(&str)) -> anyhow::Result<V
         ip(&["-n", &n.netns, "link", "set", "vxref", "mtu", "1450", "up"])?;
         ip(&["-n", &n.netns, "addr", "add", addr, "dev", "vxref"])?;
     }
+    // And over the IPv6 underlay (MTU 1430: a 70-byte overhead).
+    let (m1, m2) = (&vx6.nodes[0], &vx6.nodes[1]);
+    for (n, local, remote, addr) in [
+        (m1, &m1.ip6, &m2.ip6, "fd99::1/64"),
+        (m2, &m2.ip6, &m1.ip6, "fd99::2/64"),
+    ] {
+        ip(&[
+            "-n", &n.netns, "link", "add", "vxref6", "type", "vxlan", "id", "4243", "local", local,
+            "remote", remote, "dstport", "4790", "dev", "eth0",
+        ])?;
+        ip(&["-n", &n.netns, "link", "set", "vxref6", "mtu", "1430", "up"])?;
+        ip(&[
+            "-n", &n.netns, "addr", "add", addr, "dev", "vxref6", "nodad",
+        ])?;
+    }
+    let pods6 = |s: &LabState| {
+        (
+            s.nodes[0].pods[0].netns.clone(),
+            s.nodes[1].pods[0].netns.clone(),
+            s.nodes[1].pods[0].ip6.clone(),
+        )
+    };
     let pods = |s: &LabState| {
         (
             s.nodes[0].pods[0].netns.clone(),
@@ -289,6 +321,20 @@ pub fn run(spec: &BenchSpec, progress: &mut dyn FnMut(&str)) -> anyhow::Result<V
             )
         },
         case("udp", &ud, pods(&ud), true),
+        case(
+            "underlay (IPv6)",
+            &vx6,
+            (m1.netns.clone(), m2.netns.clone(), m2.ip6.clone()),
+            false,
+        ),
+        case(
+            "kernel vxlan over IPv6, by hand (node to node)",
+            &vx6,
+            (m1.netns.clone(), m2.netns.clone(), "fd99::2".into()),
+            false,
+        ),
+        case("vxlan (IPv6)", &vx6, pods6(&vx6), true),
+        case("host-gw (IPv6)", &hg6, pods6(&hg6), true),
     ];
     let mut servers = Vec::new();
     let mut started: Vec<(&str, u16)> = Vec::new();

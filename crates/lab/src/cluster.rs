@@ -789,8 +789,17 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
             },
         )
         .with_context(|| {
+            let leases = if state.datastore == "etcd" {
+                etcdctl(
+                    &state.nodes[0].netns,
+                    &["get", "--prefix", &format!("{ETCD_PREFIX}/subnets/")],
+                )
+                .unwrap_or_else(|e| e.to_string())
+            } else {
+                String::new()
+            };
             format!(
-                "routes of ours on {}:\n{}{}\nflanneld log:\n{}",
+                "routes of ours on {}:\n{}{}\nleases:\n{leases}\nflanneld log:\n{}",
                 n.name,
                 ip(&["-n", &ns, "route", "show", "proto", "252"]).unwrap_or_default(),
                 ip(&["-n", &ns, "-6", "route", "show", "proto", "252"]).unwrap_or_default(),

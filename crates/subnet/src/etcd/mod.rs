@@ -335,7 +335,7 @@ impl EtcdSubnetManager {
         key: &str,
         lease_key: SubnetKey,
         attrs: &LeaseAttrs,
-        cmp: Compare,
+        cmps: Vec<Compare>,
         reservation: bool,
     ) -> Result<Option<OwnLease>, SubnetError> {
         let mut c = self.conn.client().await?;
@@ -350,7 +350,7 @@ impl EtcdSubnetManager {
             attrs.to_json(),
             (id != 0).then(|| PutOptions::new().with_lease(id)),
         );
-        let txn = Txn::new().when(vec![cmp]).and_then(vec![put]);
+        let txn = Txn::new().when(cmps).and_then(vec![put]);
         let resp = timed("txn", key, c.txn(txn)).await?;
         if !resp.succeeded() {
             if id != 0 {
@@ -420,7 +420,7 @@ impl EtcdSubnetManager {
                 self.report_other_claims(&mine, &e.key, attrs);
                 let cmp = Compare::mod_revision(e.key.as_str(), CompareOp::Equal, e.mod_revision);
                 if let Some(own) = self
-                    .put_if(&e.key, e.lease.key(), attrs, cmp, e.etcd_lease == 0)
+                    .put_if(&e.key, e.lease.key(), attrs, vec![cmp], e.etcd_lease == 0)
                     .await?
                 {
                     info!(key = %e.key, "reusing our previous subnet, held by our public IP {}", attrs.public_ip);
@@ -442,7 +442,7 @@ impl EtcdSubnetManager {
                         Compare::mod_revision(e.key.as_str(), CompareOp::Equal, e.mod_revision);
                     let reservation = e.etcd_lease == 0;
                     if let Some(own) = self
-                        .put_if(&e.key, e.lease.key(), attrs, cmp, reservation)
+                        .put_if(&e.key, e.lease.key(), attrs, vec![cmp], reservation)
                         .await?
                     {
                         info!(key = %e.key, "reusing the lease held by our public IP {}", attrs.public_ip);
@@ -483,9 +483,25 @@ impl EtcdSubnetManager {
                 }
             };
             let etcd_key = self.key_for(&key);
-            let cmp = Compare::version(etcd_key.as_str(), CompareOp::Equal, 0);
-            match self.put_if(&etcd_key, key, attrs, cmp, false).await? {
+            // Nobody holds this key, nor any key with the same IPv4 subnet: a dual-stack key
+            // names both subnets, so two nodes picking the same IPv4 subnet with different
+            // IPv6 ones would otherwise both succeed.
+            let cmps = vec![
+                Compare::version(etcd_key.as_str(), CompareOp::Equal, 0),
+                Compare::create_revision(
+                    self.key_for(&SubnetKey::new(key.v4, None)),
+                    CompareOp::Equal,
+                    0,
+                )
+                .with_prefix(),
+            ];
+            match self.put_if(&etcd_key, key, attrs, cmps, false).await? {
                 Some(own) => {
+                    if let Some(other) = self.v6_taken_before(&etcd_key, key).await? {
+                        warn!(key = %etcd_key, other = %other, attempt, "another node took the same IPv6 subnet at the same moment; giving ours up and trying again");
+                        self.give_up(&etcd_key, &own).await;
+                        continue;
+                    }
                     info!(key = %etcd_key, "acquired a new lease");
                     return Ok(own);
                 }
@@ -495,6 +511,47 @@ impl EtcdSubnetManager {
             }
         }
         Err(SubnetError::TooManyConflicts(ACQUIRE_ATTEMPTS))
+    }
+
+    /// After creating `etcd_key`: another lease with the same IPv6 subnet, written before ours
+    /// (the key cannot be guarded by a prefix: the IPv6 part comes second). The later writer
+    /// gives up, so exactly one of two racing nodes keeps the subnet.
+    async fn v6_taken_before(
+        &self,
+        etcd_key: &str,
+        key: SubnetKey,
+    ) -> Result<Option<String>, SubnetError> {
+        let Some(v6) = key.v6 else { return Ok(None) };
+        let l = self.list().await?;
+        let Some(ours) = l.entries.iter().find(|e| e.key == etcd_key) else {
+            return Ok(Some("(our key is gone)".into()));
+        };
+        Ok(l.entries
+            .iter()
+            .find(|e| {
+                e.key != etcd_key
+                    && e.lease.ipv6_subnet == Some(v6)
+                    && e.mod_revision < ours.mod_revision
+            })
+            .map(|e| e.key.clone()))
+    }
+
+    /// Deletes a key we just created (and its etcd lease), if it is still ours.
+    async fn give_up(&self, etcd_key: &str, own: &OwnLease) {
+        let Ok(mut c) = self.conn.client().await else {
+            return;
+        };
+        let txn = Txn::new()
+            .when(vec![Compare::lease(
+                etcd_key,
+                CompareOp::Equal,
+                own.handle.0,
+            )])
+            .and_then(vec![TxnOp::delete(etcd_key, None)]);
+        let _ = timed("txn delete", etcd_key, c.txn(txn)).await;
+        if own.handle.0 != 0 {
+            let _ = timed("lease revoke", etcd_key, c.lease_revoke(own.handle.0)).await;
+        }
     }
 
     /// Says loudly which other leases claim our PublicIP besides `chosen`: another node behind
@@ -527,7 +584,7 @@ impl EtcdSubnetManager {
     ) -> Result<OwnLease, SubnetError> {
         let key = self.key_for(&own.lease.key());
         let cmp = Compare::value(key.as_str(), CompareOp::Equal, own.lease.attrs.to_json());
-        self.put_if(&key, own.lease.key(), attrs, cmp, own.handle.0 == 0)
+        self.put_if(&key, own.lease.key(), attrs, vec![cmp], own.handle.0 == 0)
             .await?
             .ok_or(SubnetError::LeaseLost { key })
     }
@@ -536,7 +593,7 @@ impl EtcdSubnetManager {
     pub async fn reclaim(&self, own: &OwnLease) -> Result<OwnLease, SubnetError> {
         let key = self.key_for(&own.lease.key());
         let cmp = Compare::version(key.as_str(), CompareOp::Equal, 0);
-        self.put_if(&key, own.lease.key(), &own.lease.attrs, cmp, false)
+        self.put_if(&key, own.lease.key(), &own.lease.attrs, vec![cmp], false)
             .await?
             .ok_or(SubnetError::LeaseLost { key })
     }
