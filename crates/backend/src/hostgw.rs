@@ -134,8 +134,7 @@ impl<N: NetOps> HostGwBackend<N> {
             f.mirror = (r.failed == 0).then_some((guard, desired));
             report.absorb(r);
         }
-        report.skipped.sort();
-        report.skipped.dedup();
+        report.dedup_skipped();
         Ok(report)
     }
 
@@ -158,14 +157,7 @@ impl<N: NetOps> HostGwBackend<N> {
                 return Ok(None);
             };
             let (desired, skipped) = desired_routes(f.family, own_subnet, changed, guard);
-            let mut touched: Vec<IpNet> = changed
-                .iter()
-                .chain(removed)
-                .filter_map(|l| l.subnet_of(f.family))
-                .filter(|s| *s != own_subnet)
-                .collect();
-            touched.sort();
-            touched.dedup();
+            let touched = crate::touched_subnets(f.family, own_subnet, changed, removed);
             let ours: BTreeMap<IpNet, IpAddr> = touched
                 .iter()
                 .filter_map(|s| routes.get(s).map(|g| (*s, *g)))
@@ -195,8 +187,7 @@ impl<N: NetOps> HostGwBackend<N> {
             }
             report.absorb(r);
         }
-        report.skipped.sort();
-        report.skipped.dedup();
+        report.dedup_skipped();
         Ok(Some(report))
     }
 

@@ -63,6 +63,12 @@ impl ReconcileReport {
         self.skipped.extend(other.skipped);
     }
 
+    /// Each skipped lease once (a lease skipped in both families is reported by each).
+    pub fn dedup_skipped(&mut self) {
+        self.skipped.sort();
+        self.skipped.dedup();
+    }
+
     /// Whether the pass changed or failed anything.
     pub fn changed(&self) -> bool {
         self.added + self.removed + self.failed > 0 || self.device_recreated
@@ -120,14 +126,19 @@ pub trait Backend: Send {
     }
 }
 
-/// The peer subnets a lease burst touches (our own excluded: a change to it takes a full pass).
-pub(crate) fn touched_subnets(own: &Lease, changed: &[Lease], removed: &[Lease]) -> Vec<IpNet> {
+/// The peer subnets of `family` a lease burst touches (our own excluded: a change to it takes
+/// a full pass), sorted.
+pub(crate) fn touched_subnets(
+    family: flannel_core::Family,
+    own: IpNet,
+    changed: &[Lease],
+    removed: &[Lease],
+) -> Vec<IpNet> {
     let mut v: Vec<IpNet> = changed
         .iter()
         .chain(removed)
-        .map(|l| l.subnet)
-        .filter(|s| *s != own.subnet)
-        .map(IpNet::V4)
+        .filter_map(|l| l.subnet_of(family))
+        .filter(|s| *s != own)
         .collect();
     v.sort();
     v.dedup();

@@ -180,9 +180,7 @@ impl<N: NetOps> VxlanBackend<N> {
                     .await,
             );
         }
-        // A lease skipped in both families is reported twice: once is enough.
-        report.skipped.sort();
-        report.skipped.dedup();
+        report.dedup_skipped();
         Ok(Some(report))
     }
 
@@ -512,14 +510,7 @@ impl Overlay {
         let (desired, skipped) =
             desired_peers_with(self.family, own, changed, &m.guard, &|_| false);
         let want = peers_of(&desired);
-        let mut touched: Vec<IpNet> = changed
-            .iter()
-            .chain(removed)
-            .filter_map(|l| l.subnet_of(self.family))
-            .filter(|s| *s != own)
-            .collect();
-        touched.sort();
-        touched.dedup();
+        let touched = crate::touched_subnets(self.family, own, changed, removed);
         let plan = plan_delta(&m.peers, &touched, &want);
         let idx = self.index;
         for (d, _) in &plan.del_routes {
@@ -719,8 +710,7 @@ impl<N: NetOps> Backend for VxlanBackend<N> {
             r.added += dev_changes;
             report.absorb(r);
         }
-        report.skipped.sort();
-        report.skipped.dedup();
+        report.dedup_skipped();
         Ok(report)
     }
 }

@@ -236,13 +236,14 @@ impl UdpBackend {
         if self.local != Some(own.subnet) {
             return None;
         }
-        let touched: Vec<Ipv4Net> = crate::touched_subnets(own, changed, removed)
-            .into_iter()
-            .filter_map(|n| match n {
-                IpNet::V4(n) => Some(n),
-                IpNet::V6(_) => None,
-            })
-            .collect();
+        let touched: Vec<Ipv4Net> =
+            crate::touched_subnets(Family::V4, IpNet::V4(own.subnet), changed, removed)
+                .into_iter()
+                .filter_map(|n| match n {
+                    IpNet::V4(n) => Some(n),
+                    IpNet::V6(_) => None,
+                })
+                .collect();
         let (peers, skipped) = usable_peers(own.subnet, changed, &["", "udp"], guard);
         let table = self.table.updated(
             &touched,
