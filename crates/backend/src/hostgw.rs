@@ -43,7 +43,8 @@ impl<N: NetOps> HostGwBackend<N> {
         ext: ExternalInterface,
         networks: &[IpNet],
     ) -> Result<Self, BackendError> {
-        if ext.ext_addr != ext.iface_addr {
+        let v4 = networks.iter().any(|n| n.addr().is_ipv4());
+        if v4 && ext.ext_addr != ext.iface_addr {
             return Err(BackendError::Config {
                 backend: "host-gw",
                 msg: format!(

@@ -556,3 +556,22 @@ async fn racing_dual_stack_nodes_never_share_an_ipv6_subnet() {
     // Ours was written, seen to collide, and taken back.
     assert_eq!(f.subnet_keys().await, ["10.6.9.0-24&fd00:6:0:5::-64"]);
 }
+
+#[tokio::test]
+async fn an_ipv6_only_network_in_etcd_is_a_clear_error_naming_why() {
+    const V6_ONLY: &str = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:6::/56","Backend":{"Type":"vxlan"}}"#;
+    let f = fixture(V6_ONLY).await;
+    let sm = f.manager(PreviousSubnets::default()).await;
+    let err = sm
+        .acquire_lease(&cfg(V6_ONLY), &attrs("10.0.0.5", "02:00:00:00:00:05"))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, SubnetError::Config { .. }), "{err:?}");
+    assert!(
+        text.contains(
+            "IPv6-only networks (EnableIPv4: false) run with the Kubernetes subnet manager"
+        ) && text.contains("0.0.0.0-0"),
+        "{text}"
+    );
+}

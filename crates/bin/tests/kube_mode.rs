@@ -652,7 +652,7 @@ fn node_public_ip_and_public_ip_overwrite_annotations() {
 }
 
 #[test]
-fn an_ipv6_only_network_is_a_clear_error_for_now() {
+fn an_ipv6_only_network_runs_the_ipv6_overlay_alone() {
     if common::skip_without_root() {
         return;
     }
@@ -662,14 +662,47 @@ fn an_ipv6_only_network_is_a_clear_error_for_now() {
         r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
     )
     .unwrap();
-    k.start(&[]);
-    let status = k.node.wait_exit(Duration::from_secs(10));
-    let log = k.node.log();
-    assert_eq!(status.and_then(|s| s.code()), Some(1), "{log}");
+    let mut peer = flannel_kube_fake::node("node1", &["fd00:10:244:1::/64"], "10.0.0.51", 0);
+    peer["metadata"]["annotations"] = json!({
+        format!("{ANN}/kube-subnet-manager"): "true",
+        format!("{ANN}/backend-type"): "vxlan",
+        format!("{ANN}/backend-v6-data"): r#"{"VNI":1,"VtepMAC":"02:00:00:00:06:51"}"#,
+        format!("{ANN}/public-ipv6"): "fd00::51",
+    });
+    k.api.create(Kind::Node, "", peer).unwrap();
+    k.start(&["--ip-blackhole-route"]);
+    k.node.wait_ready();
+    let env = std::fs::read_to_string(k.node.subnet_env()).unwrap();
     assert!(
-        log.contains("has no IPv4 Network: this flannel-rs build routes IPv4 pods only"),
-        "{log}"
+        env.contains("FLANNEL_IPV6_SUBNET=fd00:10:244::1/64"),
+        "{env}"
     );
+    assert!(
+        !env.contains("FLANNEL_SUBNET="),
+        "no IPv4 subnet in an IPv6-only network: {env}"
+    );
+    let links = k.node.exec("ip", &["link", "show"]);
+    assert!(
+        links.contains("flannel-v6.1") && !links.contains("flannel.1:"),
+        "{links}"
+    );
+    let routes6 = k.node.exec("ip", &["-6", "route", "show", "proto", "252"]);
+    assert!(
+        routes6.contains("fd00:10:244:1::/64 via fd00:10:244:1:: dev flannel-v6.1"),
+        "{routes6}\n{}",
+        k.node.log()
+    );
+    // Nothing of IPv4: no route of ours, and no blackhole for the degenerate 0.0.0.0/0.
+    assert_eq!(
+        k.node.exec("ip", &["route", "show", "proto", "252"]).trim(),
+        ""
+    );
+    let a = &k.own()["metadata"]["annotations"];
+    assert!(
+        a[format!("{ANN}/backend-v6-data")].as_str().is_some(),
+        "{a}"
+    );
+    assert!(a.get(format!("{ANN}/public-ip")).is_none(), "{a}");
 }
 
 #[test]

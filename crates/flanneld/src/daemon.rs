@@ -252,7 +252,8 @@ impl<SM: SubnetManager> Daemon<SM> {
     pub async fn on_resync(&mut self) {
         self.backend.tick();
         self.drift.check(self.sm.as_ref()).await;
-        if self.opts.blackhole_route {
+        // Not in an IPv6-only network, whose leases' IPv4 part is 0.0.0.0/0.
+        if self.opts.blackhole_route && self.own.lease.subnet.prefix_len() > 0 {
             ensure_blackhole(&self.nl, self.own.lease.subnet).await;
         }
         let fw = self.fw.clone();

@@ -225,9 +225,12 @@ pub async fn run_with<SM: SubnetManager>(
         return Ok(());
     };
     let at = sm.config_location();
-    let network = config
-        .network
-        .with_context(|| format!("the network config at {at} has no IPv4 Network: this flannel-rs build routes IPv4 pods only"))?;
+    // None in an IPv6-only network (`EnableIPv4: false`).
+    let network = match (config.enable_ipv4, config.network) {
+        (false, _) => None,
+        (true, Some(n)) => Some(n),
+        (true, None) => bail!("the network config at {at} has no IPv4 Network (set \"EnableIPv4\": false for an IPv6-only network)"),
+    };
     check_br_netfilter(&config)?;
     if !flannel_backend::SUPPORTED.contains(&config.backend_type.as_str()) {
         bail!(
@@ -260,7 +263,7 @@ pub async fn run_with<SM: SubnetManager>(
 
     let stored = sm.stored_vtep_macs(ext.ext_addr).await;
     let nets = flannel_backend::vxlan::VxlanNetworks {
-        v4: Some((network, stored.v4)),
+        v4: network.map(|n| (n, stored.v4)),
         v6: config
             .ipv6_network
             .filter(|_| config.enable_ipv6)
@@ -324,7 +327,7 @@ pub async fn run_with<SM: SubnetManager>(
     release_startup_memory();
 
     let env = SubnetEnv {
-        v4: config.enable_ipv4.then_some((network, d.own.lease.subnet)),
+        v4: network.map(|n| (n, d.own.lease.subnet)),
         v6: config
             .ipv6_network
             .zip(d.own.lease.ipv6_subnet)

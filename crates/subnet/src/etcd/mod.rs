@@ -381,7 +381,7 @@ impl EtcdSubnetManager {
         let range = cfg.v4_range().ok_or_else(|| SubnetError::Config {
             key: self.config_key(),
             source: flannel_core::ConfigError::Invalid(
-                "the etcd subnet manager needs an IPv4 Network".into(),
+                "the etcd subnet manager needs an IPv4 Network: IPv6-only networks (EnableIPv4: false) run with the Kubernetes subnet manager. In etcd every lease key starts with its IPv4 subnet, and upstream's IPv6-only keys all start with 0.0.0.0-0, so the subnet that tells leases apart would be the same for every node".into(),
             ),
         })?;
         let v6_range = cfg.v6_range();

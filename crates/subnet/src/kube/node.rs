@@ -120,22 +120,30 @@ pub fn node_lease(node: &NodeLite, a: &Annotations, fam: Families) -> NodeLease 
 
 fn lease_of(node: &NodeLite, a: &Annotations, fam: Families) -> Result<Lease, String> {
     let (v4, v6) = pod_subnets(&node.spec)?;
-    if !fam.v4 {
-        return Err("IPv6-only networks are not supported by this flannel-rs build yet".into());
-    }
-    let subnet = v4.ok_or("has no IPv4 podCIDR")?;
-    let ip_text = node.annotation(&a.backend_public_ip).unwrap_or("");
-    let public_ip: Ipv4Addr = ip_text.parse().map_err(|_| {
-        format!(
-            "annotation {} {ip_text:?} is not an IPv4 address",
-            a.backend_public_ip
+    // An IPv6-only network: the lease's IPv4 part is upstream's degenerate 0.0.0.0/0, which
+    // no backend routes (see `Lease::subnet_of`).
+    let (subnet, public_ip, data) = if fam.v4 {
+        let ip_text = node.annotation(&a.backend_public_ip).unwrap_or("");
+        let public_ip: Ipv4Addr = ip_text.parse().map_err(|_| {
+            format!(
+                "annotation {} {ip_text:?} is not an IPv4 address",
+                a.backend_public_ip
+            )
+        })?;
+        (
+            v4.ok_or("has no IPv4 podCIDR")?,
+            public_ip,
+            backend_data(node, &a.backend_data)?,
         )
-    })?;
+    } else {
+        v6.ok_or("has no IPv6 podCIDR")?;
+        (Ipv4Net::default(), Ipv4Addr::UNSPECIFIED, None)
+    };
     let mut attrs = LeaseAttrs {
         public_ip,
         public_ipv6: None,
         backend_type: node.annotation(&a.backend_type).unwrap_or("").to_string(),
-        backend_data: backend_data(node, &a.backend_data)?,
+        backend_data: data,
         backend_v6_data: None,
     };
     let mut ipv6_subnet = None;
@@ -232,6 +240,33 @@ mod tests {
             v4: true,
             v6: false,
         }
+    }
+
+    #[test]
+    fn an_ipv6_only_node_is_a_lease_with_no_ipv4_part() {
+        let v6 = Families {
+            v4: false,
+            v6: true,
+        };
+        let n = parse(json!({"metadata":{"name":"n6","annotations":{
+            "flannel.alpha.coreos.com/kube-subnet-manager":"true",
+            "flannel.alpha.coreos.com/backend-type":"vxlan",
+            "flannel.alpha.coreos.com/backend-v6-data":MAC,
+            "flannel.alpha.coreos.com/public-ipv6":"fd00::51"}},
+            "spec":{"podCIDRs":["fd00:10:244:1::/64"]}}));
+        let NodeLease::Lease(l) = node_lease(&n, &ann(), v6) else {
+            panic!("not a lease")
+        };
+        assert_eq!(l.subnet, Ipv4Net::default());
+        assert_eq!(l.ipv6_subnet, Some("fd00:10:244:1::/64".parse().unwrap()));
+        assert_eq!(l.attrs.public_ipv6, Some("fd00::51".parse().unwrap()));
+        assert!(l.attrs.backend_data.is_none() && l.attrs.backend_v6_data.is_some());
+        let no_v6 = parse(json!({"metadata":{"name":"n4","annotations":{
+            "flannel.alpha.coreos.com/kube-subnet-manager":"true"}},
+            "spec":{"podCIDRs":["10.244.1.0/24"]}}));
+        assert!(
+            matches!(node_lease(&no_v6, &ann(), v6), NodeLease::Bad(r) if r.contains("no IPv6 podCIDR"))
+        );
     }
 
     fn parse(v: serde_json::Value) -> NodeLite {
