@@ -394,3 +394,58 @@ fn dual_stack_in_kube_mode_answers_every_pair_and_publishes_v6_annotations() {
         assert_eq!(data, format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#));
     }
 }
+
+fn ipv6_only(backend: &str) -> Lab {
+    Lab::up_with(LabSpec {
+        nodes: 3,
+        pods_per_node: 1,
+        backend: backend.into(),
+        datastore: flannel_lab::cluster::Datastore::Kube,
+        ip_family: IpFamily::V6,
+        ..LabSpec::default()
+    })
+}
+
+#[test]
+fn an_ipv6_only_cluster_answers_every_pair_with_vxlan_and_host_gw() {
+    if common::skip_without_root() {
+        return;
+    }
+    for backend in ["vxlan", "host-gw"] {
+        let lab = ipv6_only(backend);
+        let m6 = flannel_lab::ping::ping_all_in(&lab.state, true);
+        assert!(m6.all_ok(), "{backend}, IPv6 only:\n{}", m6.render());
+        let n = &lab.state.nodes[0];
+        assert!(
+            n.pods[0].ip.is_empty(),
+            "an IPv4 address in an IPv6-only pod: {:?}",
+            n.pods[0]
+        );
+        let env = std::fs::read_to_string(&n.subnet_file).unwrap();
+        assert!(!env.contains("FLANNEL_SUBNET="), "{env}");
+        // No IPv4 route of ours anywhere.
+        assert_eq!(
+            ip(&["-n", &n.netns, "route", "show", "proto", "252"]).trim(),
+            ""
+        );
+    }
+}
+
+#[test]
+fn an_ipv6_only_lab_on_etcd_is_refused_with_the_reason() {
+    if common::skip_without_root() {
+        return;
+    }
+    let root = common::TempDir::new("lab6");
+    let e = flannel_lab::up(&LabSpec {
+        lab: common::unique("e6"),
+        state_root: root.path().to_path_buf(),
+        ip_family: IpFamily::V6,
+        ..LabSpec::default()
+    })
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("runs with --datastore kube"),
+        "{e:#}"
+    );
+}

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 const USAGE: &str = "usage:
   flannel-lab up [--nodes N] [--pods-per-node K] [--backend vxlan|host-gw|udp]
                  [--segments 1|2] [--direct-routing] [--datastore etcd|kube] [--manifest FILE]
-                 [--ip-family ipv4|dual] [--nftables]
+                 [--ip-family ipv4|dual|ipv6] [--nftables]   (ipv6: Kubernetes mode)
                                                                       build the cluster (default 3 nodes, 2 pods each;
                                                                       kube: nodes run deploy/kube-flannel.yml or FILE)
   flannel-lab ping-all                                                every pod pings every other pod (each family)
@@ -37,6 +37,7 @@ struct Args {
     segments: usize,
     direct_routing: bool,
     ip_family: String,
+    datastore_set: bool,
     nftables: bool,
     json: bool,
     seconds: u32,
@@ -63,6 +64,7 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
         segments: 1,
         direct_routing: false,
         ip_family: "ipv4".into(),
+        datastore_set: false,
         nftables: false,
         json: false,
         seconds: 5,
@@ -103,7 +105,10 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
                 a.backend_set = true;
             }
             "--manifest" => a.manifest = Some(PathBuf::from(value(flag)?)),
-            "--datastore" => a.datastore = value(flag)?,
+            "--datastore" => {
+                a.datastore = value(flag)?;
+                a.datastore_set = true;
+            }
             "--name" => a.name = value(flag)?,
             "--state-dir" => a.state_root = PathBuf::from(value(flag)?),
             "--json" => a.json = true,
@@ -145,18 +150,25 @@ fn kube_lab(a: &Args) -> anyhow::Result<LabState> {
 fn run(a: Args) -> anyhow::Result<bool> {
     match a.cmd.as_str() {
         "up" => {
+            let ip_family = crate::names::IpFamily::parse(&a.ip_family)?;
+            // IPv6 only runs in Kubernetes mode (etcd leases always carry an IPv4 subnet).
+            let datastore = if ip_family == crate::names::IpFamily::V6 && !a.datastore_set {
+                "kube".to_string()
+            } else {
+                a.datastore.clone()
+            };
             let spec = LabSpec {
                 lab: a.name.clone(),
                 nodes: a.nodes,
                 pods_per_node: a.pods,
                 backend: a.backend,
-                datastore: crate::cluster::Datastore::parse(&a.datastore)?,
+                datastore: crate::cluster::Datastore::parse(&datastore)?,
                 segments: a.segments,
                 direct_routing: a.direct_routing,
                 state_root: a.state_root.clone(),
                 manifest: a.manifest.clone(),
                 backend_set: a.backend_set,
-                ip_family: crate::names::IpFamily::parse(&a.ip_family)?,
+                ip_family,
                 nftables: a.nftables,
                 ..LabSpec::default()
             };
@@ -177,18 +189,20 @@ fn run(a: Args) -> anyhow::Result<bool> {
                     .pods
                     .iter()
                     .map(|p| {
-                        if p.ip6.is_empty() {
-                            format!("{} {}", p.name, p.ip)
-                        } else {
-                            format!("{} {} {}", p.name, p.ip, p.ip6)
-                        }
+                        [p.name.as_str(), p.ip.as_str(), p.ip6.as_str()]
+                            .iter()
+                            .filter(|x| !x.is_empty())
+                            .copied()
+                            .collect::<Vec<_>>()
+                            .join(" ")
                     })
                     .collect();
-                let subnet = if n.subnet6.is_empty() {
-                    n.subnet.clone()
-                } else {
-                    format!("{} {}", n.subnet, n.subnet6)
-                };
+                let subnet = [n.subnet.as_str(), n.subnet6.as_str()]
+                    .iter()
+                    .filter(|x| !x.is_empty())
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 println!(
                     "  {:8} {:10} subnet {:15} pods: {}",
                     n.name,
@@ -201,14 +215,18 @@ fn run(a: Args) -> anyhow::Result<bool> {
         }
         "ping-all" => {
             let s = load(&a)?;
-            let m = ping::ping_all(&s);
-            print!("{}", m.render());
-            if !ping::has_ipv6(&s) {
-                return Ok(m.all_ok());
+            let mut ok = true;
+            if s.pods().any(|p| !p.ip.is_empty()) {
+                let m = ping::ping_all(&s);
+                print!("{}", m.render());
+                ok &= m.all_ok();
             }
-            let m6 = ping::ping_all_in(&s, true);
-            print!("\nIPv6:\n{}", m6.render());
-            Ok(m.all_ok() && m6.all_ok())
+            if ping::has_ipv6(&s) {
+                let m6 = ping::ping_all_in(&s, true);
+                print!("\nIPv6:\n{}", m6.render());
+                ok &= m6.all_ok();
+            }
+            Ok(ok)
         }
         "status" => {
             let s = load(&a)?;

@@ -371,9 +371,14 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
     if !(1..=2).contains(&spec.segments) {
         bail!("--segments {}: 1 or 2", spec.segments);
     }
-    let dual = spec.ip_family == IpFamily::Dual;
+    // `dual` here: the lab has an IPv6 underlay and IPv6 pods (dual stack or IPv6 only).
+    let dual = spec.ip_family.has_v6();
+    let v4 = spec.ip_family.has_v4();
     if dual && (spec.segments > 1 || spec.backend == "udp") {
-        bail!("--ip-family dual: this lab builds dual stack on one segment, with the vxlan or host-gw backend");
+        bail!("--ip-family {:?}: this lab builds IPv6 on one segment, with the vxlan or host-gw backend", spec.ip_family);
+    }
+    if !v4 && spec.datastore == Datastore::Etcd {
+        bail!("--ip-family ipv6 runs with --datastore kube: flannel's etcd leases always carry an IPv4 subnet");
     }
     preflight::check(&spec.bin_dir, spec.datastore, &[])?;
     let dir = state_dir(&spec.state_root, &spec.lab);
@@ -602,7 +607,7 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
                 Manifest::read(spec.manifest.as_deref())?,
                 spec.backend_set.then_some(spec.backend.as_str()),
                 spec.direct_routing,
-                dual,
+                spec.ip_family,
             )?;
             let kube = dir.join("kube");
             std::fs::create_dir_all(&kube)?;
@@ -745,8 +750,13 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
                 node_dir.join("results").join(format!("{pns}.json")),
                 result.to_string(),
             )?;
-            let ip = cni_exec::result_ipv4(&result)
-                .with_context(|| format!("CNI result for {pod} has no IPv4 address: {result}"))?;
+            let ip = if v4 {
+                cni_exec::result_ipv4(&result).with_context(|| {
+                    format!("CNI result for {pod} has no IPv4 address: {result}")
+                })?
+            } else {
+                String::new()
+            };
             let ip6 = if dual {
                 cni_exec::result_ip(&result, true).with_context(|| {
                     format!("CNI result for {pod} has no IPv6 address: {result}")
@@ -785,7 +795,7 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
                 } else {
                     String::new()
                 };
-                Ok(r.lines().count() >= want && (!dual || r6.lines().count() >= want))
+                Ok((!v4 || r.lines().count() >= want) && (!dual || r6.lines().count() >= want))
             },
         )
         .with_context(|| {

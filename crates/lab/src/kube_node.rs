@@ -34,6 +34,8 @@ pub struct KubeSetup {
     pub network: Ipv4Net,
     /// Dual stack: the IPv6 cluster network (nodes get an IPv6 podCIDR too).
     pub network6: Option<Ipv6Net>,
+    /// Whether nodes get an IPv4 podCIDR (not in an IPv6-only lab).
+    pub v4: bool,
 }
 
 impl KubeSetup {
@@ -42,8 +44,9 @@ impl KubeSetup {
         manifest: Manifest,
         backend: Option<&str>,
         direct_routing: bool,
-        dual: bool,
+        family: crate::names::IpFamily,
     ) -> anyhow::Result<Self> {
+        let dual = family.has_v6();
         let text = manifest.net_conf()?;
         let mut conf: Value = serde_json::from_str(&text)
             .map_err(|e| anyhow!("the ConfigMap's net-conf.json is not JSON: {e}"))?;
@@ -57,6 +60,9 @@ impl KubeSetup {
         if let Some(n) = network6 {
             conf["EnableIPv6"] = json!(true);
             conf["IPv6Network"] = json!(n.to_string());
+        }
+        if !family.has_v4() {
+            conf["EnableIPv4"] = json!(false);
         }
         let network: Ipv4Net = conf["Network"]
             .as_str()
@@ -73,6 +79,7 @@ impl KubeSetup {
             net_conf,
             network,
             network6,
+            v4: family.has_v4(),
         })
     }
 
@@ -112,8 +119,10 @@ impl KubeSetup {
         let ns = &self.manifest.namespace;
         let mut seed = Vec::new();
         for (i, (name, ip)) in nodes.iter().enumerate() {
-            let cidr = self.pod_cidr(i)?;
-            let mut cidrs = vec![cidr];
+            let mut cidrs = Vec::new();
+            if self.v4 {
+                cidrs.push(self.pod_cidr(i)?);
+            }
             cidrs.extend(self.pod_cidr6(i));
             let cidrs: Vec<&str> = cidrs.iter().map(String::as_str).collect();
             seed.push(

@@ -16,6 +16,9 @@ pub fn net_conf(backend: &str, direct_routing: bool, family: IpFamily, nftables:
     let v6 = match family {
         IpFamily::V4 => "",
         IpFamily::Dual => r#", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56""#,
+        IpFamily::V6 => {
+            r#", "EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56""#
+        }
     };
     let nft = if nftables {
         r#", "EnableNFTables": true"#
@@ -32,15 +35,27 @@ pub enum IpFamily {
     V4,
     /// IPv4 and IPv6: an IPv6 underlay beside the IPv4 one, pods with both addresses.
     Dual,
+    /// IPv6 only (`EnableIPv4: false`): pods with an IPv6 address alone; Kubernetes mode.
+    V6,
 }
 
 impl IpFamily {
+    /// Whether pods get an IPv6 address.
+    pub fn has_v6(self) -> bool {
+        self != Self::V4
+    }
+
+    /// Whether pods get an IPv4 address.
+    pub fn has_v4(self) -> bool {
+        self != Self::V6
+    }
+
     pub fn parse(s: &str) -> anyhow::Result<Self> {
         match s {
             "ipv4" => Ok(Self::V4),
             "dual" => Ok(Self::Dual),
-            "ipv6" => anyhow::bail!("--ip-family ipv6: IPv6-only clusters are not supported by this flannel-rs build yet (use dual)"),
-            other => anyhow::bail!("--ip-family {other}: ipv4 or dual"),
+            "ipv6" => Ok(Self::V6),
+            other => anyhow::bail!("--ip-family {other}: ipv4, dual or ipv6"),
         }
     }
 }
@@ -141,10 +156,8 @@ mod tests {
             r#"{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56", "EnableNFTables": true, "Backend": {"Type": "host-gw"}}"#
         );
         assert_eq!(node_ip6(1), "fd00::51");
-        assert!(IpFamily::parse("ipv6")
-            .unwrap_err()
-            .to_string()
-            .contains("use dual"));
+        assert_eq!(IpFamily::parse("ipv6").unwrap(), IpFamily::V6);
+        assert!(IpFamily::parse("v7").is_err());
         assert_eq!(node_ns("flab", "node1"), "flab-node1");
         assert_eq!(pod_ns("flab", &pod_name("node1", 2)), "flab-node1-pod2");
         assert!(valid_lab_name("flab"));
