@@ -199,3 +199,33 @@ fn a_peer_without_ipv6_data_is_reported_and_still_routed_in_ipv4() {
             .is_empty());
     });
 }
+
+#[test]
+fn direct_routing_applies_to_ipv6_peers_on_our_segment() {
+    block(async {
+        let (nl, ext) = dual_node();
+        let mut c = cfg();
+        c.direct_routing = true;
+        let mut b = VxlanBackend::register(nl.clone(), c, ext, nets())
+            .await
+            .expect("register");
+        // fd00::33 (node 51) is on our segment; fd00::34 (node 52) behind a router.
+        nl.with(|s| {
+            s.route_get.insert(ip("fd00::33"), Some((ETH0, None, None)));
+            s.route_get
+                .insert(ip("fd00::34"), Some((ETH0, None, Some(ip("fd00::1")))));
+        });
+        let leases = vec![dual_lease(1, 51), dual_lease(2, 52)];
+        b.reconcile(&own(), &leases).await.expect("reconcile");
+        let eth0 = nl.with(|s| s.routes_on(ETH0));
+        assert_eq!(
+            eth0.get(&net("fd00:10:244:1::/64")),
+            Some(&Some(ip("fd00::33")))
+        );
+        let (routes, _, _) = device_state(&nl, b.device_index_of(Family::V6));
+        assert_eq!(
+            routes.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
+            vec!["fd00:10:244:2::/64"]
+        );
+    });
+}

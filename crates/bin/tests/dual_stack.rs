@@ -68,6 +68,24 @@ fn dual_stack_vxlan_answers_every_pair_in_both_families() {
         value.contains(&format!(r#""PublicIPv6":"{}""#, n.ip6)),
         "{value}"
     );
+    // `status --json` shows each node's IPv6 address and subnet, and each pod's.
+    let st = flannel_lab::status::to_json(&lab.state);
+    assert_eq!(st["nodes"][0]["ip6"], n.ip6.as_str());
+    assert_eq!(st["nodes"][0]["subnet6"], n.subnet6.as_str());
+    assert_eq!(st["nodes"][0]["pods"][0]["ip6"], n.pods[0].ip6.as_str());
+    // A reboot loses the device; the MAC comes back from our lease, so peers need nothing new.
+    flannel_lab::cluster::stop_flanneld(n).unwrap();
+    ip(&["-n", &n.netns, "link", "del", "flannel-v6.1"]);
+    let _child = flannel_lab::cluster::start_flanneld(n).unwrap();
+    let back = eventually(Duration::from_secs(10), || {
+        std::process::Command::new("ip")
+            .args(["-n", &n.netns, "link", "show", "flannel-v6.1"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("link/ether {mac} ")))
+            .unwrap_or(false)
+    });
+    assert!(back.is_some(), "flannel-v6.1 not back with MAC {mac}");
+    assert_every_pair_answers(&lab);
 }
 
 #[test]
