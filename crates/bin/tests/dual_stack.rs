@@ -76,7 +76,7 @@ fn dual_stack_vxlan_answers_every_pair_in_both_families() {
     // A reboot loses the device; the MAC comes back from our lease, so peers need nothing new.
     flannel_lab::cluster::stop_flanneld(n).unwrap();
     ip(&["-n", &n.netns, "link", "del", "flannel-v6.1"]);
-    let _child = flannel_lab::cluster::start_flanneld(n).unwrap();
+    let _child = common::Proc(flannel_lab::cluster::start_flanneld(n).unwrap());
     let back = eventually(Duration::from_secs(10), || {
         std::process::Command::new("ip")
             .args(["-n", &n.netns, "link", "show", "flannel-v6.1"])
