@@ -24,12 +24,18 @@ fuzz_target!(|data: &[u8]| {
     for fam in [Families { v4: true, v6: false }, Families { v4: true, v6: true }, Families { v4: false, v6: true }] {
         if let NodeLease::Lease(l) = node_lease(&node, &a, fam) {
             let (v4, v6) = pod_subnets(&node.spec).expect("a lease has parsable podCIDRs");
-            assert_eq!(Some(l.subnet), v4);
             if fam.v6 {
                 assert_eq!(l.ipv6_subnet, v6);
             }
-            let ip = node.annotation(&a.backend_public_ip).expect("a lease has a public IP");
-            assert_eq!(ip.parse::<std::net::Ipv4Addr>().ok(), Some(l.attrs.public_ip));
+            if fam.v4 {
+                assert_eq!(Some(l.subnet), v4);
+                let ip = node.annotation(&a.backend_public_ip).expect("a lease has a public IP");
+                assert_eq!(ip.parse::<std::net::Ipv4Addr>().ok(), Some(l.attrs.public_ip));
+            } else {
+                // IPv6 only: no IPv4 part (upstream's 0.0.0.0/0), an IPv6 subnet.
+                assert_eq!(l.subnet, ipnet::Ipv4Net::default());
+                assert!(l.ipv6_subnet.is_some() && l.attrs.public_ip.is_unspecified());
+            }
             let _ = l.attrs.to_json();
             let _ = annotations_to_publish(&node, &a, &l.attrs, fam);
         }
