@@ -20,6 +20,15 @@ fn dual(backend: &str, args: &[&str]) -> Lab {
     })
 }
 
+/// The etcd key of a node's dual-stack lease (upstream's `<v4>-<len>&<v6>-<len>` form).
+fn dual_key(n: &flannel_lab::state::NodeState) -> String {
+    format!(
+        "{}&{}",
+        flannel_lab::cluster::lease_key(&n.subnet),
+        n.subnet6.replace('/', "-")
+    )
+}
+
 fn assert_every_pair_answers(lab: &Lab) {
     let m4 = flannel_lab::ping::ping_all(&lab.state);
     assert!(m4.all_ok(), "IPv4:\n{}", m4.render());
@@ -46,20 +55,9 @@ fn dual_stack_vxlan_answers_every_pair_in_both_families() {
     assert!(env.contains("FLANNEL_MTU=1430"), "{env}");
     assert!(env.contains("FLANNEL_IPV6_SUBNET="), "{env}");
     // The lease publishes the v6 VTEP: upstream's key form and BackendV6Data.
-    let key = format!(
-        "{}&{}",
-        flannel_lab::cluster::lease_key(&n.subnet),
-        n.subnet6.replace('/', "-")
-    );
+    let key = dual_key(n);
     let value = flannel_lab::cluster::etcd_get(&lab.state, &key).unwrap();
-    let mac = ip(&["-n", &n.netns, "link", "show", "flannel-v6.1"]);
-    let mac = mac
-        .split("link/ether ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap();
+    let mac = common::link_mac(&n.netns, "flannel-v6.1");
     assert!(
         value.contains(&format!(r#""BackendV6Data":{{"VNI":1,"VtepMAC":"{mac}"}}"#)),
         "{value}"
@@ -126,15 +124,7 @@ fn hand_deleted_ipv6_entries_come_back_within_a_second_and_go_with_their_lease()
         )
     };
     assert_eq!(entries(), (true, true, true));
-    let mac = ip(&["-n", &b.netns, "link", "show", dev]);
-    let mac = mac
-        .split("link/ether ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_string();
+    let mac = common::link_mac(&b.netns, dev);
     for (what, cmd) in [
         (
             "route",
@@ -164,11 +154,7 @@ fn hand_deleted_ipv6_entries_come_back_within_a_second_and_go_with_their_lease()
     }
     assert_every_pair_answers(&lab);
     // b's lease goes: its IPv6 entries leave a's flannel-v6.1 too.
-    let key = format!(
-        "{}&{}",
-        flannel_lab::cluster::lease_key(&b.subnet),
-        b.subnet6.replace('/', "-")
-    );
+    let key = dual_key(b);
     flannel_lab::cluster::stop_flanneld(b).unwrap();
     flannel_lab::cluster::etcd_del(&lab.state, &key).unwrap();
     assert!(
@@ -321,11 +307,7 @@ fn an_ipv6_node_programmed_as_upstream_and_ours_talk_both_ways() {
     );
     // Upstream's per-peer IPv6 entries for every flannel node, from their leases.
     for n in &lab.state.nodes {
-        let key = format!(
-            "{}&{}",
-            flannel_lab::cluster::lease_key(&n.subnet),
-            n.subnet6.replace('/', "-")
-        );
+        let key = dual_key(n);
         let v: serde_json::Value =
             serde_json::from_str(&flannel_lab::cluster::etcd_get(&lab.state, &key).unwrap())
                 .unwrap();
@@ -401,14 +383,7 @@ fn dual_stack_in_kube_mode_answers_every_pair_and_publishes_v6_annotations() {
         let data = a["flannel.alpha.coreos.com/backend-v6-data"]
             .as_str()
             .unwrap();
-        let mac = ip(&["-n", &node.netns, "link", "show", "flannel-v6.1"]);
-        let mac = mac
-            .split("link/ether ")
-            .nth(1)
-            .unwrap()
-            .split(' ')
-            .next()
-            .unwrap();
+        let mac = common::link_mac(&node.netns, "flannel-v6.1");
         assert_eq!(data, format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#));
     }
 }

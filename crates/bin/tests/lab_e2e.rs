@@ -26,12 +26,7 @@ fn neigh(ns: &str) -> String {
 }
 
 fn vtep_mac(ns: &str) -> String {
-    let l = ip(&["-n", ns, "-o", "link", "show", "flannel.1"]);
-    l.split("link/ether ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .to_string()
+    common::link_mac(ns, "flannel.1")
 }
 
 #[test]

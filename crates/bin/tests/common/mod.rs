@@ -214,6 +214,16 @@ pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static
     .unwrap()
 }
 
+/// The MAC address of link `dev` in namespace `ns`, as `ip link` shows it.
+pub fn link_mac(ns: &str, dev: &str) -> String {
+    let l = ip(&["-n", ns, "-o", "link", "show", dev]);
+    l.split("link/ether ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{dev} in {ns} has no MAC: {l}"))
+        .to_string()
+}
+
 pub fn ip(args: &[&str]) -> String {
     let o = Command::new("ip").args(args).output().expect("run ip");
     assert!(
