@@ -268,8 +268,9 @@ fn an_ipv6_node_programmed_as_upstream_and_ours_talk_both_ways() {
     }
     let lab = dual("vxlan", &[]);
     let ours = &lab.state.nodes[1];
-    // The upstream node: 10.0.0.60 and fd00::60 on the switch, subnets 10.244.240.0/24 and
-    // fd00:10:244:f0::/64, VTEP MACs fixed.
+    // The upstream node: 10.0.0.60 and fd00::60 on the switch, subnets 10.244.p.0/24 and
+    // fd00:10:244:p::/64 (p a spare octet, 240 = f0 when free), VTEP MACs fixed.
+    let p = lab.spare_octet(240);
     let up = lab.on_switch("up6", "10.0.0.60/24");
     let pod = common::Netns::new("up6pod");
     let sh = |ns: &common::Netns, cmd: &str| {
@@ -290,11 +291,11 @@ fn an_ipv6_node_programmed_as_upstream_and_ours_talk_both_ways() {
     // What upstream's vxlan backend creates for IPv6 (device.go: flannel-v6.<VNI>, local = the
     // public IPv6), and a pod on cni0. Upstream asks for MTU - 50 (1450); the kernel clamps a
     // new VXLAN-over-IPv6 device to 1500 - 70 = 1430 (and refuses 1450 on `ip link set`).
-    sh(&up, "ip link add flannel-v6.1 type vxlan id 1 local fd00::60 dev eth0 nolearning dstport 8472 \
+    sh(&up, &format!("ip link add flannel-v6.1 type vxlan id 1 local fd00::60 dev eth0 nolearning dstport 8472 \
              && ip link set flannel-v6.1 address 02:00:00:00:06:60 mtu 1430 \
-             && ip addr add fd00:10:244:f0::/128 dev flannel-v6.1 nodad && ip link set flannel-v6.1 up \
-             && ip link add cni0 type bridge && ip addr add fd00:10:244:f0::1/64 dev cni0 nodad \
-             && ip link set cni0 up");
+             && ip addr add fd00:10:244:{p:x}::/128 dev flannel-v6.1 nodad && ip link set flannel-v6.1 up \
+             && ip link add cni0 type bridge && ip addr add fd00:10:244:{p:x}::1/64 dev cni0 nodad \
+             && ip link set cni0 up"));
     ip(&[
         "-n", &up.0, "link", "add", "vethp", "type", "veth", "peer", "name", "eth0", "netns",
         &pod.0,
@@ -302,8 +303,10 @@ fn an_ipv6_node_programmed_as_upstream_and_ours_talk_both_ways() {
     sh(&up, "ip link set vethp master cni0 up");
     sh(
         &pod,
-        "ip addr add fd00:10:244:f0::2/64 dev eth0 nodad && ip link set eth0 up \
-              && ip link set lo up && ip -6 route add default via fd00:10:244:f0::1",
+        &format!(
+            "ip addr add fd00:10:244:{p:x}::2/64 dev eth0 nodad && ip link set eth0 up \
+              && ip link set lo up && ip -6 route add default via fd00:10:244:{p:x}::1"
+        ),
     );
     // Upstream's per-peer IPv6 entries for every flannel node, from their leases.
     for n in &lab.state.nodes {
@@ -326,13 +329,14 @@ fn an_ipv6_node_programmed_as_upstream_and_ours_talk_both_ways() {
     // And its lease, as upstream writes a dual-stack one.
     flannel_lab::cluster::etcd_put(
         &lab.state,
-        "/coreos.com/network/subnets/10.244.240.0-24&fd00:10:244:f0::-64",
+        &format!("/coreos.com/network/subnets/10.244.{p}.0-24&fd00:10:244:{p:x}::-64"),
         r#"{"PublicIP":"10.0.0.60","PublicIPv6":"fd00::60","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:60"},"BackendV6Data":{"VNI":1,"VtepMAC":"02:00:00:00:06:60"}}"#,
     )
     .unwrap();
     let routed = eventually(Duration::from_secs(5), || {
-        ip(&["-n", &ours.netns, "-6", "route"])
-            .contains("fd00:10:244:f0::/64 via fd00:10:244:f0:: dev flannel-v6.1")
+        ip(&["-n", &ours.netns, "-6", "route"]).contains(&format!(
+            "fd00:10:244:{p:x}::/64 via fd00:10:244:{p:x}:: dev flannel-v6.1"
+        ))
     });
     assert!(
         routed.is_some(),
@@ -340,7 +344,7 @@ fn an_ipv6_node_programmed_as_upstream_and_ours_talk_both_ways() {
         ip(&["-n", &ours.netns, "-6", "route"])
     );
     let there = eventually(Duration::from_secs(5), || {
-        flannel_lab::ping::ping(&ours.pods[0].netns, "fd00:10:244:f0::2")
+        flannel_lab::ping::ping(&ours.pods[0].netns, &format!("fd00:10:244:{p:x}::2"))
     });
     assert!(
         there.is_some(),

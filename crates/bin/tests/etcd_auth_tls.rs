@@ -49,9 +49,19 @@ fn an_authenticated_flanneld_catches_up_after_etcd_restarts() {
     n.start_etcd();
     // Writes (our lease expired meanwhile, taken back) and the watch (a new peer) both work.
     n.etcdctl(&["del", &own]);
-    n.etcdctl(&["put", "/coreos.com/network/subnets/10.244.60.0-24", PEER]);
+    // The made-up peer's subnet must not be the one flanneld happened to lease (random).
+    let p = if own.contains("/10.244.60.0-24") {
+        61
+    } else {
+        60
+    };
+    n.etcdctl(&[
+        "put",
+        &format!("/coreos.com/network/subnets/10.244.{p}.0-24"),
+        PEER,
+    ]);
     let seen = eventually(Duration::from_secs(20), || {
-        routes(&n).contains("10.244.60.0/24 via 10.244.60.0 dev flannel.1")
+        routes(&n).contains(&format!("10.244.{p}.0/24 via 10.244.{p}.0 dev flannel.1"))
             && !n.etcdctl(&["get", &own]).is_empty()
     });
     assert!(

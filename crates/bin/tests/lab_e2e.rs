@@ -109,12 +109,14 @@ fn a_peer_added_and_removed_in_etcd_reaches_and_leaves_the_kernel_within_5s() {
     }
     let lab = Lab::up(1, 0, &["--iptables-resync=1", "--kernel-resync=1"]);
     let ns = lab.state.nodes[0].netns.clone();
-    let key = "/coreos.com/network/subnets/10.244.200.0-24";
+    let p = lab.spare_octet(200);
+    let q = lab.spare_octet(p + 1);
+    let key = &format!("/coreos.com/network/subnets/10.244.{p}.0-24");
     etcd_put(&lab.state, key, PEER).unwrap();
     let programmed = || {
-        routes(&ns).contains("10.244.200.0/24 via 10.244.200.0 dev flannel.1")
+        routes(&ns).contains(&format!("10.244.{p}.0/24 via 10.244.{p}.0 dev flannel.1"))
             && fdb(&ns).contains("c6:d2:32:6f:8f:44 dst 10.0.0.99 self permanent")
-            && neigh(&ns).contains("10.244.200.0 lladdr c6:d2:32:6f:8f:44 PERMANENT")
+            && neigh(&ns).contains(&format!("10.244.{p}.0 lladdr c6:d2:32:6f:8f:44 PERMANENT"))
     };
     let took = eventually(Duration::from_secs(5), programmed);
     assert!(
@@ -127,18 +129,18 @@ fn a_peer_added_and_removed_in_etcd_reaches_and_leaves_the_kernel_within_5s() {
     // A lease of another backend type is skipped, not routed.
     etcd_put(
         &lab.state,
-        "/coreos.com/network/subnets/10.244.201.0-24",
+        &format!("/coreos.com/network/subnets/10.244.{q}.0-24"),
         r#"{"PublicIP":"10.0.0.98","PublicIPv6":null,"BackendType":"host-gw"}"#,
     )
     .unwrap();
     // State deleted by hand comes back on the next resync.
-    ip(&["-n", &ns, "route", "del", "10.244.200.0/24"]);
+    ip(&["-n", &ns, "route", "del", &format!("10.244.{p}.0/24")]);
     ip(&[
         "-n",
         &ns,
         "neigh",
         "del",
-        "10.244.200.0",
+        &format!("10.244.{p}.0"),
         "dev",
         "flannel.1",
     ]);
@@ -147,7 +149,7 @@ fn a_peer_added_and_removed_in_etcd_reaches_and_leaves_the_kernel_within_5s() {
         "hand-deleted state not restored"
     );
     assert!(
-        !routes(&ns).contains("10.244.201.0"),
+        !routes(&ns).contains(&format!("10.244.{q}.0")),
         "host-gw lease must not get a vxlan route"
     );
 
@@ -212,9 +214,9 @@ fn a_peer_added_and_removed_in_etcd_reaches_and_leaves_the_kernel_within_5s() {
 
     etcd_del(&lab.state, key).unwrap();
     let gone = eventually(Duration::from_secs(5), || {
-        !routes(&ns).contains("10.244.200.0")
+        !routes(&ns).contains(&format!("10.244.{p}.0/"))
             && !fdb(&ns).contains("c6:d2:32:6f:8f:44")
-            && !neigh(&ns).contains("10.244.200.0")
+            && !neigh(&ns).contains(&format!("10.244.{p}.0 "))
     });
     assert!(
         gone.is_some(),
@@ -665,14 +667,15 @@ fn an_etcd_outage_keeps_the_data_plane_and_costs_no_cpu_then_heals() {
         "both flanneld still running"
     );
     let _etcd = Proc(flannel_lab::cluster::start_etcd(&lab.state).unwrap());
+    let p = lab.spare_octet(200);
     etcd_put(
         &lab.state,
-        "/coreos.com/network/subnets/10.244.200.0-24",
+        &format!("/coreos.com/network/subnets/10.244.{p}.0-24"),
         PEER,
     )
     .unwrap();
     let t = eventually(Duration::from_secs(5), || {
-        routes(&a.netns).contains("10.244.200.0/24 via 10.244.200.0 dev flannel.1")
+        routes(&a.netns).contains(&format!("10.244.{p}.0/24 via 10.244.{p}.0 dev flannel.1"))
     });
     assert!(
         t.is_some(),

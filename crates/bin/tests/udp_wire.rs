@@ -92,9 +92,10 @@ fn upstream_framing_both_ways_and_strangers_dropped() {
         return;
     }
     let lab = lab();
+    let p = lab.spare_octet(200);
     let node = &lab.state.nodes[1];
     let pod = node.pods[0].ip.parse::<Ipv4Addr>().unwrap();
-    // An "upstream node" at 10.0.0.99 on the lab's switch, holding 10.244.200.0/24.
+    // An "upstream node" at 10.0.0.99 on the lab's switch, holding a spare 10.244.x.0/24.
     let fake = Netns::new("up");
     ip(&[
         "-n",
@@ -126,7 +127,7 @@ fn upstream_framing_both_ways_and_strangers_dropped() {
     // Exactly what upstream's udp backend writes: PublicIP only, no BackendType.
     etcd_put(
         &lab.state,
-        "/coreos.com/network/subnets/10.244.200.0-24",
+        &format!("/coreos.com/network/subnets/10.244.{p}.0-24"),
         r#"{"PublicIP":"10.0.0.99","PublicIPv6":null}"#,
     )
     .unwrap();
@@ -141,7 +142,7 @@ fn upstream_framing_both_ways_and_strangers_dropped() {
         let mut reply = None;
         for i in 0..20 {
             sock.send_to(
-                &echo_request(Ipv4Addr::new(10, 244, 200, 5), pod, i),
+                &echo_request(Ipv4Addr::new(10, 244, p, 5), pod, i),
                 (node_ip, 8285),
             )
             .unwrap();
@@ -157,7 +158,7 @@ fn upstream_framing_both_ways_and_strangers_dropped() {
             .unwrap();
         stranger
             .send_to(
-                &echo_request(Ipv4Addr::new(10, 244, 200, 6), pod, 99),
+                &echo_request(Ipv4Addr::new(10, 244, p, 6), pod, 99),
                 (node_ip, 8285),
             )
             .unwrap();
@@ -172,7 +173,7 @@ fn upstream_framing_both_ways_and_strangers_dropped() {
     assert_eq!(h.total_len, pkt.len());
     assert_eq!(
         (h.src, h.dst, h.proto),
-        (pod, Ipv4Addr::new(10, 244, 200, 5), PROTO_ICMP)
+        (pod, Ipv4Addr::new(10, 244, p, 5), PROTO_ICMP)
     );
     assert_eq!(
         checksum(&pkt[..20]),
@@ -192,8 +193,11 @@ fn upstream_framing_both_ways_and_strangers_dropped() {
     assert!(seen.is_some(), "the drop is logged");
 
     // The lease goes: the node stops answering 10.0.0.99 (its peer table entry is gone).
-    flannel_lab::cluster::etcd_del(&lab.state, "/coreos.com/network/subnets/10.244.200.0-24")
-        .unwrap();
+    flannel_lab::cluster::etcd_del(
+        &lab.state,
+        &format!("/coreos.com/network/subnets/10.244.{p}.0-24"),
+    )
+    .unwrap();
     let ns = fake.0.clone();
     let silent = in_ns(&ns, move || {
         let sock = UdpSocket::bind("10.0.0.99:8285").unwrap();
@@ -202,7 +206,7 @@ fn upstream_framing_both_ways_and_strangers_dropped() {
         let mut buf = [0u8; 2048];
         (0..20).any(|i| {
             sock.send_to(
-                &echo_request(Ipv4Addr::new(10, 244, 200, 5), pod, 100 + i),
+                &echo_request(Ipv4Addr::new(10, 244, p, 5), pod, 100 + i),
                 (node_ip, 8285),
             )
             .unwrap();
@@ -265,6 +269,7 @@ fn spoofed_inner_packets_are_dropped_and_counted() {
         return;
     }
     let lab = lab();
+    let p = lab.spare_octet(200);
     let node = &lab.state.nodes[1];
     let node_ip: Ipv4Addr = node.ip.parse().unwrap();
     let pod: Ipv4Addr = node.pods[0].ip.parse().unwrap();
@@ -273,7 +278,7 @@ fn spoofed_inner_packets_are_dropped_and_counted() {
     let victim = lab.on_switch("vi", "10.0.0.97/24");
     etcd_put(
         &lab.state,
-        "/coreos.com/network/subnets/10.244.200.0-24",
+        &format!("/coreos.com/network/subnets/10.244.{p}.0-24"),
         r#"{"PublicIP":"10.0.0.99","PublicIPv6":null}"#,
     )
     .unwrap();
@@ -287,13 +292,13 @@ fn spoofed_inner_packets_are_dropped_and_counted() {
     };
     // The legitimate packet first, until the node knows the new peer.
     let ok = eventually(Duration::from_secs(10), || {
-        send(udp_packet(Ipv4Addr::new(10, 244, 200, 5), pod, b"legit"));
+        send(udp_packet(Ipv4Addr::new(10, 244, p, 5), pod, b"legit"));
         at_pod.recv_timeout(Duration::from_millis(200)).as_deref() == Ok("legit")
     });
     assert!(ok.is_some(), "the peer's own pod traffic must pass");
     // Relayed off the network, it would reach the victim (masqueraded by the node).
     send(udp_packet(
-        Ipv4Addr::new(10, 244, 200, 5),
+        Ipv4Addr::new(10, 244, p, 5),
         Ipv4Addr::new(10, 0, 0, 97),
         b"relay",
     ));

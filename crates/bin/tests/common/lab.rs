@@ -39,6 +39,25 @@ impl Lab {
         }
     }
 
+    /// The third octet `o` of a 10.244.o.0/24 at or after `from` that no lab node holds, nor
+    /// fd00:10:244:o::/64 (in hex): a test's made-up peer must not claim a subnet flanneld
+    /// happened to lease (allocation is random).
+    pub fn spare_octet(&self, from: u8) -> u8 {
+        (from..=255)
+            .find(|o| {
+                let (v4, v6) = (
+                    format!("10.244.{o}.0/24"),
+                    format!("fd00:10:244:{o:x}::/64"),
+                );
+                !self
+                    .state
+                    .nodes
+                    .iter()
+                    .any(|n| n.subnet == v4 || n.subnet6 == v6)
+            })
+            .expect("a free /24 in 10.244.0.0/16")
+    }
+
     /// A namespace of the test's own, plugged into the lab's switch with `eth0` at `addr`
     /// (a /24 of the underlay).
     pub fn on_switch(&self, tag: &str, addr: &str) -> Netns {
