@@ -11,6 +11,8 @@ PACKAGES=(
   openssl                          # test certificates for etcd over TLS
   protobuf-compiler libprotobuf-dev  # etcd-client compiles etcd's protos at build time
   buildah                          # builds the container image (scripts/build-image.sh) offline
+  prometheus                       # promtool and a real Prometheus check flanneld's /metrics
+  tcpdump                          # flannel-lab trace captures each hop
 )
 # The real kubectl drives the Kubernetes API fake in the tests; Debian's is kubernetes-client,
 # a machine may have a newer one as /usr/bin/kubectl already.

@@ -126,6 +126,7 @@ impl<N: NetOps> HostGwBackend<N> {
             let mut r = plan.remove(&self.nl).await;
             let (added, failed) = plan.upsert(&self.nl).await;
             r.absorb(added);
+            r.repairs.route += plan.repairs(&f.claimed, &failed);
             f.claimed = desired
                 .keys()
                 .filter(|d| !failed.contains(d))
@@ -230,6 +231,7 @@ impl<N: NetOps> HostGwBackend<N> {
                 Ok(()) => {
                     info!(subnet = %d, via = %g, "route to peer was deleted; put back");
                     report.added += 1;
+                    report.repairs.route += 1;
                 }
                 Err(e) => {
                     warn!(error = %e, "putting a deleted route back failed; a full pass follows");

@@ -49,8 +49,46 @@ pub struct ReconcileReport {
     pub removed: usize,
     pub failed: usize,
     pub device_recreated: bool,
+    /// Of the writes, those that put back an entry we had applied before (drift healed).
+    pub repairs: Repairs,
     /// Leases left out, and why (the daemon logs them with their datastore key).
     pub skipped: Vec<flannel_core::peers::Skipped>,
+}
+
+/// Entries we had applied, later found missing or different, and rewritten, by kind. The
+/// first write of an entry is not a repair; writing it again after it drifted is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Repairs {
+    pub route: usize,
+    pub neighbour: usize,
+    pub fdb: usize,
+    pub device: usize,
+    pub address: usize,
+}
+
+impl Repairs {
+    /// The kinds as metric label values, with their counts.
+    pub fn by_kind(&self) -> [(&'static str, usize); 5] {
+        [
+            ("route", self.route),
+            ("neighbour", self.neighbour),
+            ("fdb", self.fdb),
+            ("device", self.device),
+            ("address", self.address),
+        ]
+    }
+
+    pub fn total(&self) -> usize {
+        self.by_kind().iter().map(|(_, n)| n).sum()
+    }
+
+    fn absorb(&mut self, o: Repairs) {
+        self.route += o.route;
+        self.neighbour += o.neighbour;
+        self.fdb += o.fdb;
+        self.device += o.device;
+        self.address += o.address;
+    }
 }
 
 impl ReconcileReport {
@@ -60,6 +98,7 @@ impl ReconcileReport {
         self.removed += other.removed;
         self.failed += other.failed;
         self.device_recreated |= other.device_recreated;
+        self.repairs.absorb(other.repairs);
         self.skipped.extend(other.skipped);
     }
 

@@ -64,6 +64,15 @@ impl RoutePlan {
         self.remove.iter().map(|(d, _)| *d)
     }
 
+    /// How many of the writes put back a route to a destination the previous pass had routed
+    /// (`claimed`), leaving out those whose write `failed`: drift healed, not a new peer.
+    pub fn repairs(&self, claimed: &BTreeSet<IpNet>, failed: &BTreeSet<IpNet>) -> usize {
+        self.upsert
+            .iter()
+            .filter(|(d, _, _)| claimed.contains(d) && !failed.contains(d))
+            .count()
+    }
+
     /// Deletes our routes that are no longer desired, as one pipelined batch.
     pub async fn remove(&self, nl: &impl NetOps) -> ReconcileReport {
         let results = crate::batch::pipelined(

@@ -49,6 +49,8 @@ struct Overlay {
     /// What the last full pass left for each peer, kept current by the incremental path.
     /// `None` until a full pass succeeds, with DirectRouting, and after any failed write.
     mirror: Option<Mirror>,
+    /// Whether a full pass has set the device up (later changes to it are repairs).
+    configured: bool,
 }
 
 /// The kernel state we programmed, as of the last full pass plus our writes since.
@@ -250,6 +252,7 @@ impl Overlay {
             index: 0,
             claimed: BTreeSet::new(),
             mirror: None,
+            configured: false,
         }
     }
 
@@ -301,25 +304,25 @@ impl Overlay {
     }
 
     /// The subnet's network address as /32 (/128), other addresses inside the cluster network
-    /// removed, MTU, up, our MAC.
+    /// removed, MTU, up, our MAC. Returns the address changes and the device changes.
     async fn ensure_device_config(
         &self,
         nl: &impl NetOps,
         own: IpNet,
-    ) -> Result<usize, BackendError> {
-        let mut changes = 0;
+    ) -> Result<(usize, usize), BackendError> {
+        let (mut addr_changes, mut changes) = (0, 0);
         let want = IpNet::new(own.network(), own.max_prefix_len()).unwrap_or(own);
         let addrs = nl.addrs(Some(self.index), self.family).await?;
         for (_, a) in &addrs {
             if *a != want && self.network.contains(&a.addr()) {
                 info!(address = %a, "removing stale address from {}", self.spec.name);
                 nl.del_addr(self.index, *a).await?;
-                changes += 1;
+                addr_changes += 1;
             }
         }
         if !addrs.iter().any(|(_, a)| *a == want) {
             nl.add_addr(self.index, want).await?;
-            changes += 1;
+            addr_changes += 1;
         }
         if let Some(l) = nl.link_by_index(self.index).await? {
             if l.mtu != self.spec.mtu {
@@ -337,7 +340,7 @@ impl Overlay {
                 changes += 1;
             }
         }
-        Ok(changes)
+        Ok((addr_changes, changes))
     }
 
     /// `DirectRouting`: which peers' public addresses are on our own L2 segment, i.e. `ip route
@@ -413,6 +416,7 @@ impl Overlay {
         drop(table);
         let (neigh, fdb) = tokio::try_join!(nl.neighbours(idx, self.family), nl.fdb(idx))?;
         let (pn, pf) = (diff(&want_neigh, &neigh), diff(&want_fdb, &fdb));
+        let (neigh_repairs, fdb_repairs) = rewritten_entries(&self.claimed, &want_neigh, &pn, &pf);
         drop((neigh, fdb, want_neigh, want_fdb));
         if !(pn.is_empty() && pf.is_empty() && overlay_plan.is_empty()) {
             debug!(device = %self.spec.name, neighbours = ?pn, fdb = ?pf, "vxlan peer plan");
@@ -452,24 +456,29 @@ impl Overlay {
             .await,
         );
         report.removed += pn.remove.len() + pf.remove.len();
-        results.extend(
-            crate::batch::pipelined(
-                pn.upsert
-                    .iter()
-                    .copied()
-                    .map(|(ip, m)| nl.set_neighbour(idx, ip, m)),
-            )
-            .await,
-        );
-        results.extend(
-            crate::batch::pipelined(
-                pf.upsert
-                    .iter()
-                    .copied()
-                    .map(|(m, d)| nl.set_fdb(idx, m, d)),
-            )
-            .await,
-        );
+        let set_neigh = crate::batch::pipelined(
+            pn.upsert
+                .iter()
+                .copied()
+                .map(|(ip, m)| nl.set_neighbour(idx, ip, m)),
+        )
+        .await;
+        let set_fdb = crate::batch::pipelined(
+            pf.upsert
+                .iter()
+                .copied()
+                .map(|(m, d)| nl.set_fdb(idx, m, d)),
+        )
+        .await;
+        // A rewrite counts as a repair once it is done.
+        if set_neigh.iter().all(Result::is_ok) {
+            report.repairs.neighbour += neigh_repairs;
+        }
+        if set_fdb.iter().all(Result::is_ok) {
+            report.repairs.fdb += fdb_repairs;
+        }
+        results.extend(set_neigh);
+        results.extend(set_fdb);
         report.added += pn.upsert.len() + pf.upsert.len();
         for r in results {
             if let Err(e) = r {
@@ -482,6 +491,8 @@ impl Overlay {
         report.absorb(overlay);
         report.absorb(direct);
         failed.extend(direct_failed);
+        report.repairs.route += overlay_plan.repairs(&self.claimed, &failed)
+            + direct_plan.repairs(&self.claimed, &failed);
         self.claimed = overlay_routes
             .keys()
             .chain(direct_routes.keys())
@@ -642,6 +653,11 @@ impl Overlay {
             added: plan.set_neighbours.len() + plan.set_fdb.len() + plan.routes.len(),
             ..Default::default()
         };
+        if failures.is_empty() {
+            report.repairs.neighbour = plan.set_neighbours.len();
+            report.repairs.fdb = plan.set_fdb.len();
+            report.repairs.route = plan.routes.len();
+        }
         if report.added > 0 {
             info!(
                 device = %self.spec.name,
@@ -660,6 +676,33 @@ impl Overlay {
         }
         report
     }
+}
+
+/// How many of a full pass's neighbour and FDB writes rewrite an entry of a peer the previous
+/// pass had routed (`claimed`; a peer's neighbour is its subnet's first address): repairs, not
+/// new peers. Costs nothing when nothing is written.
+fn rewritten_entries(
+    claimed: &BTreeSet<IpNet>,
+    want_neigh: &BTreeMap<IpAddr, MacAddr>,
+    pn: &flannel_core::diff::Plan<IpAddr, MacAddr>,
+    pf: &flannel_core::diff::Plan<MacAddr, IpAddr>,
+) -> (usize, usize) {
+    if claimed.is_empty() || (pn.upsert.is_empty() && pf.upsert.is_empty()) {
+        return (0, 0);
+    }
+    let before: HashSet<IpAddr> = claimed.iter().map(|n| n.network()).collect();
+    let neigh = pn
+        .upsert
+        .iter()
+        .filter(|(ip, _)| before.contains(ip))
+        .count();
+    let macs: HashSet<MacAddr> = want_neigh
+        .iter()
+        .filter(|(ip, _)| before.contains(*ip))
+        .map(|(_, m)| *m)
+        .collect();
+    let fdb = pf.upsert.iter().filter(|(m, _)| macs.contains(m)).count();
+    (neigh, fdb)
 }
 
 impl<N: NetOps> Backend for VxlanBackend<N> {
@@ -702,12 +745,18 @@ impl<N: NetOps> Backend for VxlanBackend<N> {
                 continue;
             };
             let recreated = o.ensure_device(nl, false).await?;
-            let dev_changes = o.ensure_device_config(nl, own_subnet).await?;
+            let (addr_changes, dev_changes) = o.ensure_device_config(nl, own_subnet).await?;
             let mut r = o
                 .reconcile_peers(nl, cfg, ext, expected, own_subnet, leases)
                 .await?;
             r.device_recreated = recreated;
-            r.added += dev_changes;
+            r.added += addr_changes + dev_changes;
+            // After the first pass, the device and its address are ours: a change is drift.
+            if o.configured {
+                r.repairs.device += usize::from(recreated || dev_changes > 0);
+                r.repairs.address += if recreated { 0 } else { addr_changes };
+            }
+            o.configured = true;
             report.absorb(r);
         }
         report.dedup_skipped();

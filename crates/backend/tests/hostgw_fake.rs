@@ -159,7 +159,7 @@ fn lease_events_and_repairs_touch_only_their_own_routes() {
             .await
             .expect("repair")
             .expect("repaired");
-        assert_eq!(r.added, 1);
+        assert_eq!((r.added, r.repairs.route), (1, 1));
         assert_eq!(
             nl.take_calls(),
             vec![Call::WriteRoute(
@@ -185,8 +185,14 @@ fn lease_events_and_repairs_touch_only_their_own_routes() {
             .await
             .expect("delta")
             .is_none());
-        b.reconcile(&own(), &leases).await.expect("reconcile");
+        let r = b.reconcile(&own(), &leases).await.expect("reconcile");
         assert_eq!(our_routes(&nl), expected(&leases));
+        assert_eq!(r.repairs.route, 0, "a route never written is not a repair");
+
+        // The full pass counts a route it had written and finds gone as a repair.
+        nl.with(|s| s.routes.retain(|r| r.entry.dst != net("10.244.7.0/24")));
+        let r = b.reconcile(&own(), &leases).await.expect("reconcile");
+        assert_eq!((r.added, r.repairs.route), (1, 1));
     });
 }
 

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use flannel_backend::vxlan::{VxlanBackend, VxlanNetworks};
-use flannel_backend::Backend;
+use flannel_backend::{Backend, Repairs};
 use flannel_core::vxlan::VxlanConfig;
 use flannel_core::{Lease, MacAddr};
 use flannel_net::fake::{Call, FakeNetlink, ENOBUFS};
@@ -119,6 +119,11 @@ fn a_full_pass_programs_peers_in_upstream_order_and_restores_the_device() {
         nl.take_calls();
         let r = b.reconcile(&own, &leases).await.expect("reconcile");
         assert_eq!(r.failed, 0);
+        assert_eq!(
+            r.repairs,
+            Repairs::default(),
+            "first writes are not repairs"
+        );
         assert_eq!(device_state(&nl, idx), expected(&leases));
         // Our address, MTU and up.
         let link = nl.with(|s| s.links[&idx].clone());
@@ -149,14 +154,40 @@ fn a_full_pass_programs_peers_in_upstream_order_and_restores_the_device() {
             l.mtu = 9000;
             l.up = false;
         });
-        b.reconcile(&own, &leases).await.expect("reconcile");
+        let r = b.reconcile(&own, &leases).await.expect("reconcile");
         let link = nl.with(|s| s.links[&idx].clone());
         assert_eq!((link.mac, link.mtu, link.up), (Some(OUR_MAC), 1450, true));
+        assert_eq!(r.repairs.device, 1, "{:?}", r.repairs);
+
+        // Entries that drifted are rewritten by the full pass and counted as repairs; a new
+        // peer in the same pass is not one.
+        let gw2 = ip("10.244.2.0");
+        nl.with(|s| {
+            s.routes.retain(|r| r.entry.dst != net("10.244.1.0/24"));
+            s.neighbours.remove(&(idx, gw2));
+            s.fdb.remove(&(idx, mac_of(peer_ip(53))));
+            s.addrs.retain(|(i, _)| *i != idx);
+        });
+        let more = peers(4);
+        let r = b.reconcile(&own, &more).await.expect("reconcile");
+        assert_eq!(
+            r.repairs,
+            Repairs {
+                route: 1,
+                neighbour: 1,
+                fdb: 1,
+                address: 1,
+                device: 0
+            }
+        );
+        assert_eq!(device_state(&nl, idx), expected(&more));
+        b.reconcile(&own, &leases).await.expect("reconcile");
 
         // A deleted device is recreated with our MAC and gets every entry back.
         nl.with(|s| s.links.remove(&idx));
         let r = b.reconcile(&own, &leases).await.expect("reconcile");
         assert!(r.device_recreated);
+        assert_eq!(r.repairs.device, 1);
         let idx = b.device_index();
         assert_eq!(device_state(&nl, idx), expected(&leases));
         assert_eq!(nl.with(|s| s.links[&idx].mac), Some(OUR_MAC));
@@ -359,6 +390,10 @@ fn a_notification_about_a_deleted_entry_puts_back_that_entry_only() {
         ];
         let r = b.repair(&changes).await.expect("repair").expect("repaired");
         assert_eq!((r.added, r.failed), (3, 0));
+        assert_eq!(
+            (r.repairs.route, r.repairs.neighbour, r.repairs.fdb),
+            (1, 1, 1)
+        );
         let calls = nl.take_calls();
         assert!(dumps(&calls).is_empty(), "{calls:?}");
         assert_eq!(calls.len(), 3, "{calls:?}");

@@ -4,6 +4,7 @@
 //! the struct (see `startup`).
 
 use crate::drift::{ClaimWatch, ConfigDrift};
+use crate::metrics::Metrics;
 use crate::options::Options;
 use crate::signals::Shutdown;
 use crate::skiplog::SkipLog;
@@ -38,20 +39,16 @@ pub enum Trigger {
     Timer,
 }
 
-/// What the daemon has done so far, for metrics and diagnostics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub lease_events: u64,
-    /// Reconcile passes by trigger: start, lease, netlink, timer.
-    pub reconciles: [u64; 4],
-    pub reconcile_errors: u64,
-    pub renewals: u64,
-    pub renewal_failures: u64,
-    pub reclaims: u64,
-    /// Lease events applied incrementally (no full pass).
-    pub deltas: u64,
-    /// Deleted entries of ours put back from a notification (no full pass).
-    pub repairs: u64,
+impl Trigger {
+    /// The metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Trigger::Start => "start",
+            Trigger::Lease => "lease",
+            Trigger::Netlink => "netlink",
+            Trigger::Timer => "timer",
+        }
+    }
 }
 
 /// A copy of the daemon's state at one moment.
@@ -60,7 +57,6 @@ pub struct Snapshot {
     pub own: Lease,
     pub leases: Vec<Lease>,
     pub last_report: ReconcileReport,
-    pub counters: Counters,
 }
 
 pub struct Daemon<SM: SubnetManager> {
@@ -73,7 +69,7 @@ pub struct Daemon<SM: SubnetManager> {
     pub(crate) leases: LeaseSet,
     pub(crate) renew_at: Instant,
     pub(crate) last_report: ReconcileReport,
-    pub(crate) counters: Counters,
+    pub(crate) metrics: Arc<Metrics>,
     pub(crate) skips: SkipLog,
     pub(crate) drift: ConfigDrift,
     pub(crate) claims: ClaimWatch,
@@ -93,20 +89,31 @@ impl<SM: SubnetManager> Daemon<SM> {
             own: self.own.lease.clone(),
             leases: self.leases.leases(),
             last_report: self.last_report.clone(),
-            counters: self.counters.clone(),
         }
+    }
+
+    /// Recounts the known leases for the metrics (after a listing).
+    pub(crate) fn count_leases(&self) {
+        self.metrics.count_leases(
+            self.leases
+                .as_slice()
+                .iter()
+                .map(|l| l.attrs.backend_type.as_str()),
+        );
     }
 
     /// One reconcile pass: the kernel made to match our lease and the known leases.
     pub async fn reconcile(&mut self, trigger: Trigger) {
-        self.counters.reconciles[trigger as usize] += 1;
         debug!(?trigger, "full pass");
+        let started = std::time::Instant::now();
         match self
             .backend
             .reconcile(&self.own.lease, self.leases.as_slice())
             .await
         {
             Ok(r) => {
+                self.metrics
+                    .pass(trigger.label(), true, started.elapsed(), &r);
                 let sm = &self.sm;
                 self.skips.report(&r.skipped, &|k| sm.describe(k));
                 if r.changed() {
@@ -122,7 +129,7 @@ impl<SM: SubnetManager> Daemon<SM> {
                 self.last_report = r;
             }
             Err(e) => {
-                self.counters.reconcile_errors += 1;
+                self.metrics.netlink_errors.inc();
                 error!(error = %e, "reconcile failed; retrying on the next event or resync");
             }
         }
@@ -136,7 +143,7 @@ impl<SM: SubnetManager> Daemon<SM> {
         let mut before: BTreeMap<SubnetKey, Option<Lease>> = BTreeMap::new();
         let mut snapshot = false;
         for ev in events {
-            self.counters.lease_events += 1;
+            self.metrics.lease_events.inc();
             own_gone |= matches!(&ev, LeaseEvent::Removed(k) if *k == own_key);
             match &ev {
                 LeaseEvent::Snapshot(_) => snapshot = true,
@@ -164,10 +171,11 @@ impl<SM: SubnetManager> Daemon<SM> {
         let missing = !self.leases.is_empty() && self.leases.get(&own_key).is_none();
         if own_gone || missing || (restore && theirs_differ) {
             warn!(lease = %self.sm.describe(&own_key), "our lease disappeared or was changed; taking it back");
-            self.counters.reclaims += 1;
+            self.metrics.reclaims.inc();
             match self.sm.reclaim_lease(&self.own).await {
                 Ok(l) => {
                     self.own = l;
+                    self.metrics.lease_renewed_for(self.own.ttl);
                     self.renew_at = renew_deadline(&self.own, self.opts.renew_margin);
                 }
                 Err(SubnetError::LeaseLost { key }) => {
@@ -177,6 +185,18 @@ impl<SM: SubnetManager> Daemon<SM> {
                 }
                 Err(e) => {
                     warn!(error = %e, "taking our lease back failed; retrying on the next event or resync")
+                }
+            }
+        }
+        if snapshot {
+            self.count_leases();
+        } else {
+            for (k, was) in &before {
+                if let Some(l) = was {
+                    self.metrics.lease_delta(&l.attrs.backend_type, -1);
+                }
+                if let Some(l) = self.leases.get(k) {
+                    self.metrics.lease_delta(&l.attrs.backend_type, 1);
                 }
             }
         }
@@ -202,13 +222,14 @@ impl<SM: SubnetManager> Daemon<SM> {
         if changed.is_empty() && removed.is_empty() {
             return true;
         }
+        let started = std::time::Instant::now();
         match self
             .backend
             .apply_delta(&self.own.lease, &changed, &removed)
             .await
         {
             Ok(Some(r)) if r.failed == 0 => {
-                self.counters.deltas += 1;
+                self.metrics.pass("lease", false, started.elapsed(), &r);
                 let sm = &self.sm;
                 let keys: Vec<SubnetKey> = before.keys().copied().collect();
                 self.skips
@@ -235,9 +256,10 @@ impl<SM: SubnetManager> Daemon<SM> {
     /// failed repair) takes a full pass.
     pub async fn on_netlink_kick(&mut self, changes: &[Change]) {
         if changes.len() <= MAX_REPAIRS {
+            let started = std::time::Instant::now();
             match self.backend.repair(changes).await {
                 Ok(Some(r)) if r.failed == 0 => {
-                    self.counters.repairs += 1;
+                    self.metrics.pass("netlink", false, started.elapsed(), &r);
                     return;
                 }
                 Ok(_) => {}
@@ -258,9 +280,13 @@ impl<SM: SubnetManager> Daemon<SM> {
         }
         let fw = self.fw.clone();
         match tokio::task::spawn_blocking(move || fw.resync()).await {
-            Ok(Err(e)) => warn!(error = %e, "checking firewall rules failed"),
+            Ok(Err(e)) => {
+                self.metrics.firewall_errors.inc();
+                warn!(error = %e, "checking firewall rules failed")
+            }
             Err(e) => warn!(error = %e, "firewall check task failed"),
-            Ok(Ok(_)) => {}
+            Ok(Ok(true)) => self.metrics.rules_repaired(),
+            Ok(Ok(false)) => {}
         }
         let attrs = self.backend.lease_attrs();
         if attrs != self.own.lease.attrs {
@@ -276,17 +302,20 @@ impl<SM: SubnetManager> Daemon<SM> {
     pub async fn on_renew(&mut self) {
         match self.sm.renew_lease(&self.own).await {
             Ok(l) => {
-                self.counters.renewals += 1;
+                self.metrics.renewals.inc();
                 self.own = l;
+                self.metrics.lease_renewed_for(self.own.ttl);
                 self.renew_at = renew_deadline(&self.own, self.opts.renew_margin);
                 info!(subnet = %self.own.lease.subnet, ttl_secs = self.own.ttl.as_secs(), "lease renewed");
             }
             Err(SubnetError::LeaseLost { key }) => {
-                self.counters.renewal_failures += 1;
+                self.metrics.renewal_failures.inc();
                 warn!(key, "lease vanished before renewal; taking it back");
                 match self.sm.reclaim_lease(&self.own).await {
                     Ok(l) => {
+                        self.metrics.reclaims.inc();
                         self.own = l;
+                        self.metrics.lease_renewed_for(self.own.ttl);
                         self.renew_at = renew_deadline(&self.own, self.opts.renew_margin);
                     }
                     Err(e) => {
@@ -296,7 +325,7 @@ impl<SM: SubnetManager> Daemon<SM> {
                 }
             }
             Err(e) => {
-                self.counters.renewal_failures += 1;
+                self.metrics.renewal_failures.inc();
                 error!(error = %e, "renewing the lease failed; retrying in {RENEW_RETRY:?}");
                 self.renew_at = Instant::now() + RENEW_RETRY;
             }

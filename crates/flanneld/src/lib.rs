@@ -6,6 +6,7 @@ pub mod drift;
 pub mod flags;
 pub mod health;
 pub mod iface;
+pub mod metrics;
 pub mod options;
 pub mod signals;
 pub mod skiplog;

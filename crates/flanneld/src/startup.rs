@@ -3,10 +3,11 @@
 //! daemon runs. Waits (etcd away, no config yet, no podCIDR yet) are said once per distinct
 //! problem and end on SIGTERM/SIGINT like the daemon.
 
-use crate::daemon::{renew_deadline, Counters, Daemon, Trigger};
+use crate::daemon::{renew_deadline, Daemon, Trigger};
 use crate::drift::{ClaimWatch, ConfigDrift};
 use crate::health;
 use crate::iface;
+use crate::metrics::Metrics;
 use crate::options::Options;
 use crate::signals::Shutdown;
 use crate::skiplog::SkipLog;
@@ -212,9 +213,10 @@ pub async fn run_with<SM: SubnetManager>(
 ) -> anyhow::Result<()> {
     let nl = Netlink::new().context("opening a netlink socket")?;
     let ready = Arc::new(AtomicBool::new(false));
+    let metrics = Metrics::new();
     let _health = match o.healthz {
         Some(addr) => Some(
-            health::start(addr, ready.clone())
+            health::start(addr, ready.clone(), metrics.clone())
                 .await
                 .with_context(|| format!("starting the health server on {addr}"))?,
         ),
@@ -240,6 +242,7 @@ pub async fn run_with<SM: SubnetManager>(
         );
     }
 
+    metrics.set_backend(&config.backend_type);
     let families = Families {
         v4: config.enable_ipv4,
         v6: config.enable_ipv6,
@@ -309,7 +312,7 @@ pub async fn run_with<SM: SubnetManager>(
         leases,
         renew_at,
         last_report: Default::default(),
-        counters: Counters::default(),
+        metrics,
         skips: SkipLog::default(),
         drift: ConfigDrift::new(config.clone()),
         claims: ClaimWatch::default(),
@@ -323,6 +326,11 @@ pub async fn run_with<SM: SubnetManager>(
         sm,
         opts: o,
     };
+    if let AnyBackend::Udp(b) = &d.backend {
+        d.metrics.watch_udp(b.counters().clone());
+    }
+    d.metrics.lease_renewed_for(d.own.ttl);
+    d.count_leases();
     d.reconcile(Trigger::Start).await;
     release_startup_memory();
 

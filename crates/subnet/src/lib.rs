@@ -10,6 +10,7 @@ pub mod etcd;
 pub mod events;
 pub mod kube;
 mod recurring;
+pub mod stats;
 
 pub use error::SubnetError;
 pub use events::{LeaseEvent, LeaseSet};

@@ -12,6 +12,7 @@ pub(crate) struct Recurring {
 impl Recurring {
     /// Reports a failure of `what`; said at warn level only when it differs from the last one.
     pub fn failed(&mut self, what: &str, err: &dyn Display) {
+        crate::stats::STATS.failed();
         let text = format!("{what}: {err}");
         if self.last.as_deref() == Some(text.as_str()) {
             debug!("{text} (again)");

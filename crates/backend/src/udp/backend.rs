@@ -138,7 +138,7 @@ impl UdpBackend {
         self.mtu
     }
 
-    pub fn counters(&self) -> &Counters {
+    pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
     }
 
@@ -148,6 +148,8 @@ impl UdpBackend {
         leases: &[Lease],
     ) -> Result<ReconcileReport, BackendError> {
         let mut report = ReconcileReport::default();
+        // After a full pass, what it set up is ours: writing it again is a repair.
+        let configured = self.guard.is_some();
         // The device: our address as /32, nothing else of the network, MTU, up.
         let want = IpNet::V4(Ipv4Net::new(own.subnet.network(), 32).unwrap_or_default());
         let addrs = self.nl.addrs(Some(self.index), Family::V4).await?;
@@ -159,8 +161,12 @@ impl UdpBackend {
         if !addrs.iter().any(|(_, a)| *a == want) {
             self.nl.add_addr(self.index, want).await?;
             report.added += 1;
+            report.repairs.address += usize::from(configured);
         }
         if let Some(l) = self.nl.link_by_index(self.index).await? {
+            if l.mtu != self.mtu || !l.up {
+                report.repairs.device += usize::from(configured);
+            }
             if l.mtu != self.mtu {
                 self.nl.set_mtu(self.index, self.mtu).await?;
                 report.added += 1;
@@ -181,6 +187,7 @@ impl UdpBackend {
         if !has_route(&table) {
             self.nl.replace_dev_route(network, self.index).await?;
             report.added += 1;
+            report.repairs.route += usize::from(configured);
             table = self.nl.main_routes(Family::V4).await?;
         }
         // Upstream's udp leases carry no BackendType; accept "udp" too.

@@ -22,6 +22,9 @@ const RECV_BATCH: usize = 32;
 pub struct Counters {
     pub tx_packets: AtomicU64,
     pub rx_packets: AtomicU64,
+    /// Inner (pod) bytes sent to and received from peers.
+    pub tx_bytes: AtomicU64,
+    pub rx_bytes: AtomicU64,
     /// Datagrams whose sender is not a known peer (upstream accepts them; we drop them).
     pub rx_unknown_source: AtomicU64,
     /// Inner packets from a peer for an address outside our subnet (not relayed).
@@ -181,7 +184,10 @@ impl Worker {
         };
         match segment(&h, pkt, &mut b.hdrs) {
             Ok(s) => match self.sock.send_segments(peer, &s, &b.hdrs, pkt, &mut b.iov) {
-                Ok(()) => inc(&c.tx_packets, s.count as u64),
+                Ok(()) => {
+                    inc(&c.tx_packets, s.count as u64);
+                    inc(&c.tx_bytes, pkt.len() as u64);
+                }
                 Err(_) => inc(&c.errors, 1),
             },
             Err(SegError::TtlExpired) => inc(&c.ttl_expired, 1),
@@ -228,6 +234,7 @@ fn inbound<'a>(
             continue;
         }
         inc(&c.rx_packets, 1);
+        inc(&c.rx_bytes, pkt.len() as u64);
         gro.push(pkt, write);
     }
 }

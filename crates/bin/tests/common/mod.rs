@@ -685,10 +685,21 @@ impl Node {
 /// `GET <path>` to 127.0.0.1:<port> inside namespace `ns` (from a thread that enters it):
 /// the status code and body, or `None` when nothing answers.
 pub fn http_get_in_ns(ns: &str, port: u16, path: &str) -> Option<(u16, String)> {
+    http_get_in_ns_with(ns, port, path, "")
+}
+
+/// [`http_get_in_ns`] with more request headers (each ending in `\r\n`).
+pub fn http_get_in_ns_with(
+    ns: &str,
+    port: u16,
+    path: &str,
+    headers: &str,
+) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
     let ns_file = std::fs::File::open(format!("/run/netns/{ns}")).ok()?;
     let path = path.to_string();
+    let headers = headers.to_string();
     std::thread::spawn(move || {
         // SAFETY: setns(2) on this short-lived thread only; the fd is open for the call.
         if unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
@@ -696,7 +707,11 @@ pub fn http_get_in_ns(ns: &str, port: u16, path: &str) -> Option<(u16, String)> 
         }
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}\r\n"
+        )
+        .ok()?;
         let mut resp = String::new();
         s.read_to_string(&mut resp).ok()?;
         let code = resp.split_whitespace().nth(1)?.parse().ok()?;

@@ -620,6 +620,7 @@ impl EtcdSubnetManager {
                 Some(r) => r,
                 None => match self.list().await {
                     Ok(l) => {
+                        crate::stats::STATS.listed();
                         let leases = l.entries.into_iter().map(|e| e.lease).collect();
                         if tx.send(LeaseEvent::Snapshot(leases)).await.is_err() {
                             return;
@@ -649,6 +650,7 @@ impl EtcdSubnetManager {
                     continue;
                 }
             };
+            crate::stats::STATS.watch_started();
             debug!(revision = start, "watching {prefix}");
             let mut check = progress::ProgressCheck::new(start);
             let period = self.watch_progress;

@@ -223,6 +223,7 @@ pub(crate) async fn run(conn: Arc<Conn>, ann: Annotations, fam: Families, store:
             None => match list_nodes(&conn, meaning).await {
                 Ok((all, list_rv)) => {
                     store.count(|s| s.lists += 1);
+                    crate::stats::STATS.listed();
                     store.replace_all(all);
                     debug!(resource_version = %list_rv, "listed nodes");
                     rv = Some(list_rv.clone());
@@ -289,6 +290,7 @@ pub(crate) async fn run(conn: Arc<Conn>, ann: Annotations, fam: Families, store:
             }
         };
         store.count(|s| s.watches += 1);
+        crate::stats::STATS.watch_started();
         futures::pin_mut!(stream);
         let mut failed = false;
         loop {

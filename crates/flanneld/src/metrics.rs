@@ -1,0 +1,423 @@
+//! flanneld's Prometheus metrics (`GET /metrics` on the health server and on the state
+//! socket). The Prometheus text format 0.0.4 by default, which every Prometheus and promtool
+//! reads; OpenMetrics when the scraper asks for it in `Accept`.
+//!
+//! The daemon's own counters are prometheus-client metrics updated where things happen; the
+//! datastore's and the udp data path's live in their crates as plain atomics (no metrics
+//! library down there) and are read at scrape time by [`Collected`].
+
+use flannel_backend::udp::worker::Counters as UdpCounters;
+use flannel_backend::{ReconcileReport, Repairs};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+type Label = [(&'static str, &'static str); 1];
+type OwnedLabel = [(&'static str, String); 1];
+
+/// The `Content-Type` of each format.
+pub const TEXT: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Known leases (ours included) by `BackendType` ("udp" for upstream's untyped udp leases).
+    pub leases: Family<OwnedLabel, Gauge>,
+    /// When our lease ends unless renewed, in seconds since the epoch (0: it never does).
+    pub lease_expiry: Gauge,
+    pub renewals: Counter,
+    pub renewal_failures: Counter,
+    pub reclaims: Counter,
+    pub lease_events: Counter,
+    /// Reconcile passes by trigger, and by mode: a full pass, or an incremental one (lease
+    /// changes or notified deletions applied without reading the kernel back).
+    pub passes: Family<[(&'static str, &'static str); 2], Counter>,
+    pub pass_seconds: Family<Label, Histogram>,
+    pub repairs: Family<Label, Counter>,
+    pub netlink_errors: Counter,
+    pub firewall_errors: Counter,
+    backend: Family<OwnedLabel, Gauge>,
+    udp: Arc<OnceLock<Arc<UdpCounters>>>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("flannel"),
+            leases: Family::default(),
+            lease_expiry: Gauge::default(),
+            renewals: Counter::default(),
+            renewal_failures: Counter::default(),
+            reclaims: Counter::default(),
+            lease_events: Counter::default(),
+            passes: Family::default(),
+            pass_seconds: Family::new_with_constructor(|| {
+                // 100 µs to ~3 s: an incremental pass takes a millisecond, a cold start with
+                // 20000 peers about a second.
+                Histogram::new(exponential_buckets(0.0001, 3.0, 10))
+            }),
+            repairs: Family::default(),
+            netlink_errors: Counter::default(),
+            firewall_errors: Counter::default(),
+            backend: Family::default(),
+            udp: Arc::default(),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "leases",
+            "Subnet leases known to this node (its own included), by backend type",
+            m.leases.clone(),
+        );
+        r.register(
+            "lease_expiry_timestamp_seconds",
+            "When this node's lease ends unless renewed, in seconds since the epoch (0 if it never does)",
+            m.lease_expiry.clone(),
+        );
+        r.register(
+            "lease_renewals",
+            "Renewals of this node's lease",
+            m.renewals.clone(),
+        );
+        r.register(
+            "lease_renewal_failures",
+            "Failed renewals of this node's lease",
+            m.renewal_failures.clone(),
+        );
+        r.register(
+            "lease_reclaims",
+            "Times this node's lease was found gone or changed and written back",
+            m.reclaims.clone(),
+        );
+        r.register(
+            "lease_events",
+            "Lease additions, changes and removals received from the datastore",
+            m.lease_events.clone(),
+        );
+        r.register(
+            "reconcile_passes",
+            "Reconcile passes by trigger (start, lease, netlink, timer) and mode (full, incremental)",
+            m.passes.clone(),
+        );
+        r.register(
+            "reconcile_duration_seconds",
+            "Time a reconcile pass took, by trigger",
+            m.pass_seconds.clone(),
+        );
+        r.register(
+            "repairs",
+            "Entries flanneld had applied, later found missing or different, and rewritten, by kind (route, neighbour, fdb, device, address, rule)",
+            m.repairs.clone(),
+        );
+        r.register(
+            "netlink_errors",
+            "Failed kernel requests (netlink) while reconciling",
+            m.netlink_errors.clone(),
+        );
+        r.register(
+            "firewall_errors",
+            "Failed checks or writes of the iptables or nftables rules",
+            m.firewall_errors.clone(),
+        );
+        r.register(
+            "build",
+            "The flanneld build",
+            Info::new([("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        r.register(
+            "backend_info",
+            "The backend this node runs (from the network config), as a label; always 1",
+            m.backend.clone(),
+        );
+        // Repairs of every kind exist from the start, so a rate over them is never empty.
+        for kind in REPAIR_KINDS {
+            let _ = m.repairs.get_or_create(&[("kind", kind)]);
+        }
+        m.registry
+            .register_collector(Box::new(Collected { udp: m.udp.clone() }));
+        Arc::new(m)
+    }
+
+    /// The backend type, once the network config is read.
+    pub fn set_backend(&self, backend: &str) {
+        self.backend.clear();
+        self.backend
+            .get_or_create(&[("backend", backend.to_string())])
+            .set(1);
+    }
+
+    /// Reads the udp data path's counters from now on.
+    pub fn watch_udp(&self, counters: Arc<UdpCounters>) {
+        let _ = self.udp.set(counters);
+    }
+
+    /// The exposition in the Prometheus text format, or OpenMetrics.
+    pub fn render(&self, openmetrics: bool) -> String {
+        let mut out = String::new();
+        let r = if openmetrics {
+            prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        } else {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        };
+        // Writing into a String cannot fail; a broken metric would show as a short page.
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "encoding the metrics failed");
+        }
+        out
+    }
+
+    /// One reconcile pass done: its trigger, mode, duration and what it repaired.
+    pub fn pass(&self, trigger: &'static str, full: bool, took: Duration, r: &ReconcileReport) {
+        let mode = if full { "full" } else { "incremental" };
+        self.passes
+            .get_or_create(&[("trigger", trigger), ("mode", mode)])
+            .inc();
+        self.pass_seconds
+            .get_or_create(&[("trigger", trigger)])
+            .observe(took.as_secs_f64());
+        self.repaired(&r.repairs);
+        self.netlink_errors.inc_by(r.failed as u64);
+    }
+
+    pub fn repaired(&self, r: &Repairs) {
+        for (kind, n) in r.by_kind() {
+            if n > 0 {
+                self.repairs
+                    .get_or_create(&[("kind", kind)])
+                    .inc_by(n as u64);
+            }
+        }
+    }
+
+    /// The firewall rules had to be installed again (some were missing or changed).
+    pub fn rules_repaired(&self) {
+        self.repairs.get_or_create(&[("kind", "rule")]).inc();
+    }
+
+    /// Our lease now lasts `ttl` from now (`Duration::MAX`: forever).
+    pub fn lease_renewed_for(&self, ttl: Duration) {
+        let end = SystemTime::now()
+            .checked_add(ttl)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .filter(|_| ttl < Duration::from_secs(86400 * 365 * 100))
+            .map_or(0, |d| d.as_secs() as i64);
+        self.lease_expiry.set(end);
+    }
+
+    /// Recounts the known leases by backend type.
+    pub fn count_leases<'a>(&self, types: impl Iterator<Item = &'a str>) {
+        let mut by: std::collections::BTreeMap<&str, i64> = Default::default();
+        for t in types {
+            *by.entry(if t.is_empty() { "udp" } else { t }).or_default() += 1;
+        }
+        self.leases.clear();
+        for (t, n) in by {
+            self.leases
+                .get_or_create(&[("backend", t.to_string())])
+                .set(n);
+        }
+    }
+
+    /// A lease of `backend_type` appeared (+1) or went (-1).
+    pub fn lease_delta(&self, backend_type: &str, by: i64) {
+        let t = if backend_type.is_empty() {
+            "udp"
+        } else {
+            backend_type
+        };
+        self.leases
+            .get_or_create(&[("backend", t.to_string())])
+            .inc_by(by);
+    }
+}
+
+/// The repair kinds, as label values.
+pub const REPAIR_KINDS: [&str; 6] = ["route", "neighbour", "fdb", "device", "address", "rule"];
+
+/// Counters kept outside this crate, read at every scrape.
+#[derive(Debug)]
+struct Collected {
+    udp: Arc<OnceLock<Arc<UdpCounters>>>,
+}
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(&[(&str, &str)], u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+    for (labels, v) in values {
+        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for Collected {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let ds = &flannel_subnet::stats::STATS;
+        counter(
+            &mut enc,
+            "datastore_watch_restarts",
+            "Times the lease watch was started again (a dropped stream, a datastore restart, a timeout).",
+            &[(&[], ds.watch_restarts())],
+        )?;
+        counter(
+            &mut enc,
+            "datastore_relists",
+            "Full listings of the leases after the first (history compacted or gone, a watch fallen behind).",
+            &[(&[], ds.relists())],
+        )?;
+        counter(
+            &mut enc,
+            "datastore_errors",
+            "Failed datastore requests of the lease watch (each retry counts).",
+            &[(&[], ds.errors())],
+        )?;
+        let Some(c) = self.udp.get() else {
+            return Ok(());
+        };
+        let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(
+            &mut enc,
+            "udp_packets",
+            "Pod packets the udp backend sent to peers (tx) and delivered from them (rx).",
+            &[
+                (&[("direction", "tx")], v(&c.tx_packets)),
+                (&[("direction", "rx")], v(&c.rx_packets)),
+            ],
+        )?;
+        counter(
+            &mut enc,
+            "udp_bytes",
+            "Pod bytes the udp backend sent to peers (tx) and delivered from them (rx).",
+            &[
+                (&[("direction", "tx")], v(&c.tx_bytes)),
+                (&[("direction", "rx")], v(&c.rx_bytes)),
+            ],
+        )?;
+        counter(
+            &mut enc,
+            "udp_drops",
+            "Packets the udp backend dropped, by reason.",
+            &[
+                (&[("reason", "unknown_sender")], v(&c.rx_unknown_source)),
+                (&[("reason", "not_for_this_node")], v(&c.rx_not_for_us)),
+                (&[("reason", "spoofed_source")], v(&c.rx_spoofed_source)),
+                (&[("reason", "malformed")], v(&c.rx_malformed)),
+                (&[("reason", "no_route")], v(&c.no_route)),
+                (&[("reason", "ttl_expired")], v(&c.ttl_expired)),
+                (&[("reason", "send_error")], v(&c.errors)),
+            ],
+        )
+    }
+}
+
+/// Whether a request's `Accept` header asks for OpenMetrics.
+pub fn wants_openmetrics(head: &str) -> bool {
+    head.lines().any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("accept") && v.contains("application/openmetrics-text")
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_format_has_every_family_with_help_and_counters_end_in_total() {
+        let m = Metrics::new();
+        m.set_backend("vxlan");
+        m.count_leases(["vxlan", "vxlan", ""].into_iter());
+        let r = ReconcileReport {
+            repairs: Repairs {
+                route: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        m.pass("netlink", true, Duration::from_millis(3), &r);
+        m.rules_repaired();
+        let t = m.render(false);
+        assert!(t.contains("# TYPE flannel_repairs_total counter"), "{t}");
+        assert!(t.contains("flannel_repairs_total{kind=\"route\"} 2"), "{t}");
+        assert!(t.contains("flannel_repairs_total{kind=\"rule\"} 1"), "{t}");
+        assert!(t.contains("flannel_repairs_total{kind=\"fdb\"} 0"), "{t}");
+        assert!(t.contains("flannel_leases{backend=\"vxlan\"} 2"), "{t}");
+        assert!(t.contains("flannel_leases{backend=\"udp\"} 1"), "{t}");
+        assert!(t.contains("flannel_reconcile_passes_total{trigger=\"netlink\",mode=\"full\"} 1"));
+        assert!(t.contains("flannel_reconcile_duration_seconds_count{trigger=\"netlink\"} 1"));
+        assert!(t.contains("flannel_build_info{version="), "{t}");
+        assert!(
+            t.contains("flannel_backend_info{backend=\"vxlan\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("# TYPE flannel_datastore_relists_total counter"),
+            "{t}"
+        );
+        assert!(
+            !t.contains("udp_packets"),
+            "no udp metrics without the udp backend"
+        );
+        assert!(!t.contains("# EOF"));
+        // Every family has help text.
+        for l in t.lines().filter(|l| l.starts_with("# TYPE")) {
+            let name = l.split_whitespace().nth(2).unwrap_or("");
+            assert!(t.contains(&format!("# HELP {name} ")), "{name} has no help");
+        }
+        let om = m.render(true);
+        assert!(om.ends_with("# EOF\n"), "{om}");
+    }
+
+    #[test]
+    fn udp_counters_appear_once_watched() {
+        let m = Metrics::new();
+        let c = Arc::new(UdpCounters::default());
+        c.tx_packets.store(5, Ordering::Relaxed);
+        c.rx_spoofed_source.store(3, Ordering::Relaxed);
+        m.watch_udp(c);
+        let t = m.render(false);
+        assert!(
+            t.contains("flannel_udp_packets_total{direction=\"tx\"} 5"),
+            "{t}"
+        );
+        assert!(
+            t.contains("flannel_udp_drops_total{reason=\"spoofed_source\"} 3"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn lease_expiry_is_zero_for_a_lease_that_never_ends() {
+        let m = Metrics::new();
+        m.lease_renewed_for(Duration::MAX);
+        assert_eq!(m.lease_expiry.get(), 0);
+        m.lease_renewed_for(Duration::from_secs(3600));
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!((m.lease_expiry.get() - now - 3600).abs() <= 2);
+    }
+
+    #[test]
+    fn accept_header_picks_the_format() {
+        assert!(wants_openmetrics(
+            "GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n"
+        ));
+        assert!(!wants_openmetrics(
+            "GET /metrics HTTP/1.1\r\nAccept: text/plain\r\n"
+        ));
+    }
+}

@@ -1,0 +1,48 @@
+//! Process-wide counters of the datastore side, read by flanneld's metrics: how often the
+//! lease watch was started and the leases listed (the first of each is the start; the rest
+//! are restarts and re-lists), and how many datastore requests failed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct DatastoreStats {
+    watch_starts: AtomicU64,
+    lists: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// The counters of this process (one flanneld, one datastore).
+pub static STATS: DatastoreStats = DatastoreStats {
+    watch_starts: AtomicU64::new(0),
+    lists: AtomicU64::new(0),
+    errors: AtomicU64::new(0),
+};
+
+impl DatastoreStats {
+    pub(crate) fn watch_started(&self) {
+        self.watch_starts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn listed(&self) {
+        self.lists.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn failed(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Watches started again after the first (a dropped stream, etcd restarted, a timeout).
+    pub fn watch_restarts(&self) -> u64 {
+        self.watch_starts.load(Ordering::Relaxed).saturating_sub(1)
+    }
+
+    /// Full listings after the first (history compacted or gone, a watch fallen behind).
+    pub fn relists(&self) -> u64 {
+        self.lists.load(Ordering::Relaxed).saturating_sub(1)
+    }
+
+    /// Failed datastore requests of the watch (each retry counts).
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+}
