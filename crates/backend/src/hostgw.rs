@@ -89,6 +89,35 @@ impl<N: NetOps> HostGwBackend<N> {
         }
     }
 
+    /// See `Backend::expected`: a route to each peer's subnet via its public address on the
+    /// external interface.
+    pub fn expected(&self, own: &Lease, leases: &[Lease]) -> Vec<flannel_core::state::KernelEntry> {
+        let mut out = Vec::new();
+        for f in &self.families {
+            let Some(own_subnet) = own.subnet_of(f.family) else {
+                continue;
+            };
+            let fallback = RouteGuard {
+                networks: vec![f.network],
+                ..Default::default()
+            };
+            let guard = f.mirror.as_ref().map_or(&fallback, |(g, _)| g);
+            let (routes, _) = desired_routes(f.family, own_subnet, leases, guard);
+            out.extend(routes.into_iter().map(|(dst, gw)| {
+                flannel_core::state::KernelEntry::Route {
+                    dst,
+                    gw: Some(gw),
+                    dev: self.ext.name.clone(),
+                }
+            }));
+        }
+        out
+    }
+
+    pub fn devices(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     pub fn mtu(&self) -> u32 {
         self.ext.mtu
     }

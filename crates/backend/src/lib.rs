@@ -157,6 +157,18 @@ pub trait Backend: Send {
     /// Cheap periodic work on the short timer (`--iptables-resync`): counters to report.
     fn tick(&mut self) {}
 
+    /// The kernel entries this backend keeps for `leases` now (for the state snapshot and
+    /// `flannelctl doctor`): computed, not read from the kernel.
+    fn expected(&self, own: &Lease, leases: &[Lease]) -> Vec<flannel_core::state::KernelEntry> {
+        let _ = (own, leases);
+        Vec::new()
+    }
+
+    /// The devices this backend owns (none for host-gw).
+    fn devices(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Whether a kernel change is one this backend made itself (a deletion whose notification
     /// was on its way) rather than drift that needs a reconcile.
     fn expected_change(&mut self, change: &flannel_net::monitor::Change) -> bool {
@@ -293,6 +305,22 @@ impl Backend for AnyBackend {
     fn tick(&mut self) {
         if let Self::Udp(b) = self {
             b.report_drops();
+        }
+    }
+
+    fn expected(&self, own: &Lease, leases: &[Lease]) -> Vec<flannel_core::state::KernelEntry> {
+        match self {
+            Self::Vxlan(b) => b.expected(own, leases),
+            Self::HostGw(b) => b.expected(own, leases),
+            Self::Udp(b) => b.expected(own, leases),
+        }
+    }
+
+    fn devices(&self) -> Vec<String> {
+        match self {
+            Self::Vxlan(b) => b.devices(),
+            Self::HostGw(b) => b.devices(),
+            Self::Udp(b) => b.devices(),
         }
     }
 

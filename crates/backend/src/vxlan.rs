@@ -8,6 +8,7 @@ use crate::{Backend, BackendError, ExternalInterface, ReconcileReport};
 use flannel_core::diff::diff;
 use flannel_core::lease::VxlanData;
 use flannel_core::route_guard::RouteGuard;
+use flannel_core::state::KernelEntry;
 use flannel_core::vxlan::{desired_peers_with, VxlanConfig};
 use flannel_core::vxlan_delta::{apply_to_mirror, peers_of, plan_delta, DeltaPlan, PeerEntry};
 use flannel_core::{Family, Lease, LeaseAttrs, MacAddr};
@@ -51,6 +52,8 @@ struct Overlay {
     mirror: Option<Mirror>,
     /// Whether a full pass has set the device up (later changes to it are repairs).
     configured: bool,
+    /// DirectRouting: the peers' public addresses found on our segment by the last full pass.
+    direct: BTreeSet<IpAddr>,
 }
 
 /// The kernel state we programmed, as of the last full pass plus our writes since.
@@ -253,6 +256,7 @@ impl Overlay {
             claimed: BTreeSet::new(),
             mirror: None,
             configured: false,
+            direct: BTreeSet::new(),
         }
     }
 
@@ -388,6 +392,11 @@ impl Overlay {
         let (mut desired, skipped) = desired_peers_with(self.family, own, leases, &guard, &|ip| {
             direct.get(&ip).copied().unwrap_or(false)
         });
+        self.direct = direct
+            .iter()
+            .filter(|(_, d)| **d)
+            .map(|(ip, _)| *ip)
+            .collect();
         // The mirror only without DirectRouting (see `Mirror`).
         let mirror_peers = (!cfg.direct_routing).then(|| peers_of(&desired));
         // Each map is moved out, so that two copies of every peer's entries never live at once
@@ -705,7 +714,59 @@ fn rewritten_entries(
     (neigh, fdb)
 }
 
+impl<N: NetOps> VxlanBackend<N> {
+    /// See `Backend::expected`: per peer the route, neighbour and FDB entry on the family's
+    /// device (DirectRouting peers: a route through the external interface), with the guard
+    /// of the last full pass.
+    fn expected_entries(&self, own: &Lease, leases: &[Lease]) -> Vec<KernelEntry> {
+        let mut out = Vec::new();
+        for o in &self.overlays {
+            let Some(own_subnet) = own.subnet_of(o.family) else {
+                continue;
+            };
+            let fallback = RouteGuard {
+                networks: vec![o.network],
+                ..Default::default()
+            };
+            let guard = o.mirror.as_ref().map_or(&fallback, |m| &m.guard);
+            let (d, _) = desired_peers_with(o.family, own_subnet, leases, guard, &|ip| {
+                o.direct.contains(&ip)
+            });
+            let dev = &o.spec.name;
+            out.extend(d.neighbours.iter().map(|(ip, mac)| KernelEntry::Neighbour {
+                ip: *ip,
+                mac: *mac,
+                dev: dev.clone(),
+            }));
+            out.extend(d.fdb.iter().map(|(mac, dst)| KernelEntry::Fdb {
+                mac: *mac,
+                dst: *dst,
+                dev: dev.clone(),
+            }));
+            out.extend(d.routes.iter().map(|(dst, gw)| KernelEntry::Route {
+                dst: *dst,
+                gw: Some(*gw),
+                dev: dev.clone(),
+            }));
+            out.extend(d.direct.iter().map(|(dst, gw)| KernelEntry::Route {
+                dst: *dst,
+                gw: Some(*gw),
+                dev: self.ext.name.clone(),
+            }));
+        }
+        out
+    }
+}
+
 impl<N: NetOps> Backend for VxlanBackend<N> {
+    fn expected(&self, own: &Lease, leases: &[Lease]) -> Vec<KernelEntry> {
+        self.expected_entries(own, leases)
+    }
+
+    fn devices(&self) -> Vec<String> {
+        self.overlays.iter().map(|o| o.spec.name.clone()).collect()
+    }
+
     fn lease_attrs(&self) -> LeaseAttrs {
         LeaseAttrs {
             public_ip: self.ext.ext_addr,

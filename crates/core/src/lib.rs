@@ -18,6 +18,7 @@ pub mod nftables;
 pub mod peers;
 pub mod raw_json;
 pub mod route_guard;
+pub mod state;
 pub mod subnet;
 pub mod subnet_env;
 pub mod subnet_key;

@@ -100,3 +100,17 @@ mod tests {
         assert_ne!(MacAddr::random(), MacAddr::random());
     }
 }
+
+/// As its text (`aa:bb:cc:dd:ee:ff`), the way `ip` and the leases write it.
+impl serde::Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}

@@ -8,8 +8,10 @@ use crate::metrics::Metrics;
 use crate::options::Options;
 use crate::signals::Shutdown;
 use crate::skiplog::SkipLog;
+use crate::state_socket::StateRequest;
 use anyhow::anyhow;
 use flannel_backend::{AnyBackend, Backend, ReconcileReport};
+use flannel_core::state::{LeaseView, NodeInfo, ReconcileView, SkippedView, StateSnapshot};
 use flannel_core::subnet_key::SubnetKey;
 use flannel_core::Lease;
 use flannel_net::firewall::TrafficManager;
@@ -70,6 +72,11 @@ pub struct Daemon<SM: SubnetManager> {
     pub(crate) renew_at: Instant,
     pub(crate) last_report: ReconcileReport,
     pub(crate) metrics: Arc<Metrics>,
+    /// Requests for the state snapshot from the state socket (none when it is off).
+    pub(crate) state_requests: Option<mpsc::Receiver<StateRequest>>,
+    /// What the snapshot says of this node and the network config.
+    pub(crate) node: NodeInfo,
+    pub(crate) config_json: serde_json::Value,
     pub(crate) skips: SkipLog,
     pub(crate) drift: ConfigDrift,
     pub(crate) claims: ClaimWatch,
@@ -89,6 +96,48 @@ impl<SM: SubnetManager> Daemon<SM> {
             own: self.own.lease.clone(),
             leases: self.leases.leases(),
             last_report: self.last_report.clone(),
+        }
+    }
+
+    /// The state snapshot served on the state socket: computed from what the daemon holds,
+    /// no kernel or datastore read.
+    pub fn state(&self) -> StateSnapshot {
+        let sm = &self.sm;
+        let expires = u64::try_from(self.metrics.lease_expiry.get())
+            .ok()
+            .filter(|e| *e > 0);
+        let view = |l: &Lease, exp| LeaseView::of(l, sm.describe(&l.key()), exp);
+        let r = &self.last_report;
+        StateSnapshot {
+            version: env!("CARGO_PKG_VERSION").into(),
+            ready: true,
+            config: self.config_json.clone(),
+            node: self.node.clone(),
+            own: view(&self.own.lease, expires),
+            leases: self
+                .leases
+                .as_slice()
+                .iter()
+                .map(|l| view(l, None))
+                .collect(),
+            expected: self
+                .backend
+                .expected(&self.own.lease, self.leases.as_slice()),
+            last_reconcile: ReconcileView {
+                added: r.added,
+                removed: r.removed,
+                failed: r.failed,
+                device_recreated: r.device_recreated,
+                skipped: r
+                    .skipped
+                    .iter()
+                    .map(|s| SkippedView {
+                        key: sm.describe(&s.key),
+                        reason: s.reason.clone(),
+                    })
+                    .collect(),
+            },
+            datastore_problem: flannel_subnet::stats::STATS.problem(),
         }
     }
 
@@ -356,8 +405,17 @@ impl<SM: SubnetManager> Daemon<SM> {
         let mut kick_due: Option<Instant> = None;
         // The unexpected changes seen since the last repair (capped: past the cap, a full pass).
         let mut drift: Vec<Change> = Vec::new();
+        let mut state_requests = self.state_requests.take();
         let result: anyhow::Result<()> = loop {
             tokio::select! {
+                Some(req) = async {
+                    match state_requests.as_mut() {
+                        Some(r) => r.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let _ = req.send(self.state());
+                }
                 ev = rx.recv() => {
                     let Some(ev) = ev else { break Err(anyhow!("the lease watch stopped")) };
                     let mut batch = vec![ev];

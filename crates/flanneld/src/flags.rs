@@ -177,6 +177,12 @@ pub const FLAGS: &[Spec] = &[
         "flannel-rs: period of the full check of routes, neighbours and FDB entries, in seconds (deletions are repaired at once)",
     ),
     f(
+        "state-socket",
+        Kind::Str,
+        "/run/flannel/flanneld.sock",
+        "flannel-rs: Unix socket serving this node's state and metrics to flannelctl (empty to disable)",
+    ),
+    f(
         "iptables-forward-rules",
         Kind::Bool,
         "true",

@@ -11,6 +11,7 @@ pub mod options;
 pub mod signals;
 pub mod skiplog;
 pub mod startup;
+pub mod state_socket;
 
 use flags::{parse, usage, Parsed};
 use std::process::ExitCode;

@@ -30,6 +30,8 @@ pub struct Options {
     pub kernel_resync: Duration,
     pub forward_rules: bool,
     pub verbosity: i64,
+    /// `--state-socket`: where flannelctl reads our state; `None` when empty.
+    pub state_socket: Option<PathBuf>,
 }
 
 impl Options {
@@ -122,6 +124,9 @@ impl Options {
             iface_regex,
             iface_can_reach,
             subnet_file: PathBuf::from(v.str("subnet-file")),
+            state_socket: Some(v.str("state-socket"))
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
             public_ip,
             public_ipv6,
             healthz,

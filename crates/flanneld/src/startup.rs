@@ -222,6 +222,17 @@ pub async fn run_with<SM: SubnetManager>(
         ),
         None => None,
     };
+    // The state socket answers from the start (503 for /state until the daemon runs).
+    let (state_tx, state_rx) = tokio::sync::mpsc::channel(16);
+    let _socket = match &o.state_socket {
+        Some(path) => Some(crate::state_socket::start(
+            path,
+            ready.clone(),
+            metrics.clone(),
+            state_tx,
+        )?),
+        None => None,
+    };
 
     let Some(config) = or_signal(&mut stop, wait_for_config(sm.as_ref())).await else {
         return Ok(());
@@ -272,6 +283,25 @@ pub async fn run_with<SM: SubnetManager>(
             .filter(|_| config.enable_ipv6)
             .map(|n| (n, stored.v6)),
     };
+    let mut node = flannel_core::state::NodeInfo {
+        backend: config.backend_type.clone(),
+        iface: ext.name.clone(),
+        iface_mtu: ext.mtu,
+        public_ip: Some(ext.ext_addr.into()).filter(|_| config.enable_ipv4),
+        public_ipv6: ext.ext_v6_addr.map(Into::into),
+        subnet_file: o.subnet_file.display().to_string(),
+        datastore: at.clone(),
+        firewall: if config.enable_nftables {
+            "nftables"
+        } else {
+            "iptables"
+        }
+        .into(),
+        ip_masq: o.ip_masq,
+        forward_rules: o.forward_rules,
+        fully_random_disable: o.ip_masq_fully_random_disable,
+        ..Default::default()
+    };
     let backend =
         AnyBackend::register(&config.backend_type, &config.backend, nl.clone(), ext, nets)
             .await
@@ -304,6 +334,7 @@ pub async fn run_with<SM: SubnetManager>(
         Err(e) => warn!(error = %e, "listing leases failed; peers come with the watch"),
     }
     let renew_at = renew_deadline(&own, o.renew_margin);
+    let (backend_mtu, backend_devices) = (backend.mtu(), backend.devices());
     let mut d = Daemon {
         nl,
         backend,
@@ -313,6 +344,13 @@ pub async fn run_with<SM: SubnetManager>(
         renew_at,
         last_report: Default::default(),
         metrics,
+        state_requests: o.state_socket.is_some().then_some(state_rx),
+        node: {
+            node.mtu = backend_mtu;
+            node.devices = backend_devices;
+            node
+        },
+        config_json: config_json(&config),
         skips: SkipLog::default(),
         drift: ConfigDrift::new(config.clone()),
         claims: ClaimWatch::default(),
@@ -352,6 +390,20 @@ pub async fn run_with<SM: SubnetManager>(
         warn!(error = %e, "completing the lease failed");
     }
     d.run(stop).await
+}
+
+/// The network config as the state snapshot shows it (upstream's key names).
+fn config_json(c: &NetworkConfig) -> serde_json::Value {
+    serde_json::json!({
+        "Network": c.network.map(|n| n.to_string()),
+        "IPv6Network": c.ipv6_network.map(|n| n.to_string()),
+        "EnableIPv4": c.enable_ipv4,
+        "EnableIPv6": c.enable_ipv6,
+        "EnableNFTables": c.enable_nftables,
+        "SubnetLen": c.subnet_len,
+        "IPv6SubnetLen": c.ipv6_subnet_len,
+        "Backend": c.backend,
+    })
 }
 
 /// Gives the memory of the first listing back to the system. Reading thousands of peers (in

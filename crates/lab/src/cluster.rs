@@ -307,6 +307,17 @@ pub fn start_flanneld(n: &NodeState) -> anyhow::Result<Child> {
 /// The API fake's bearer token: the admin kubeconfig's and every node's service account's.
 const LAB_TOKEN: &str = "flannel-lab-token";
 
+/// Where the node's flanneld serves its state, as this machine sees the path: its
+/// `--state-socket`, or the default under the node's own `/run/flannel` (kube mode).
+pub fn state_socket(n: &NodeState) -> PathBuf {
+    let p = n
+        .flanneld
+        .iter()
+        .find_map(|a| a.strip_prefix("--state-socket="))
+        .unwrap_or("/run/flannel/flanneld.sock");
+    crate::nodefs::host_path(&n.binds, Path::new(p))
+}
+
 /// flanneld's `--subnet-file`, or its default.
 fn subnet_file_of(argv: &[String]) -> String {
     argv.iter()
@@ -596,6 +607,10 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
                     "--iface=eth0".to_string(),
                     "--ip-masq".to_string(),
                     format!("--subnet-file={}", node_dir.join("subnet.env").display()),
+                    format!(
+                        "--state-socket={}",
+                        node_dir.join("flanneld.sock").display()
+                    ),
                 ];
                 n.flanneld.extend(spec.flanneld_args.iter().cloned());
             }

@@ -160,6 +160,7 @@ fn measure(spec: &ScaleSpec, dir: &std::path::Path, ns: &str) -> anyhow::Result<
     ip(&["-n", ns, "link", "set", "eth1", "up"])?;
     let flanneld = spec.bin_dir.join("flanneld").display().to_string();
     let subnet_file = format!("--subnet-file={}", dir.join("subnet.env").display());
+    let state_socket = format!("--state-socket={}", dir.join("flanneld.sock").display());
     let mut args: Vec<String>;
     let _store: Child = match spec.datastore {
         Datastore::Kube => {
@@ -251,7 +252,7 @@ fn measure(spec: &ScaleSpec, dir: &std::path::Path, ns: &str) -> anyhow::Result<
             child
         }
     };
-    args.extend(["--iface=eth0".to_string(), subnet_file]);
+    args.extend(["--iface=eth0".to_string(), subnet_file, state_socket]);
     let log = dir.join("flanneld.log");
     let t0 = Instant::now();
     let (prog, rest) = args.split_first().context("no command")?;

@@ -45,6 +45,19 @@ pub trait TrafficManager: Send + Sync {
     fn setup(&self) -> Result<(), FirewallError>;
     /// Re-installs when anything is missing or changed; returns whether it had to.
     fn resync(&self) -> Result<bool, FirewallError>;
+    /// What is missing or changed now, each with a shell command that puts it back where it
+    /// belongs (`flannelctl doctor`). Reads only.
+    fn missing(&self) -> Result<Vec<(String, String)>, FirewallError>;
+}
+
+/// A word as the shell reads it back: quoted when it holds anything but safe characters.
+pub fn shell_quote(w: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "-_./:=,+@%".contains(c);
+    if !w.is_empty() && w.chars().all(safe) {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', r"'\''"))
+    }
 }
 
 /// The manager for the config: nftables when `EnableNFTables`, else iptables.
@@ -147,6 +160,55 @@ impl TrafficManager for IptablesManager {
         }
         Ok(fixed)
     }
+
+    /// Each missing rule, put back at its place: our own chains hold our rules only, in
+    /// order, so a rule goes in at its index (earlier missing ones first); a jump from a
+    /// built-in chain is appended, as flanneld does. A missing chain is created first.
+    fn missing(&self) -> Result<Vec<(String, String)>, FirewallError> {
+        let mut out = Vec::new();
+        for (ipt, rules) in &self.per_family {
+            let bin = ipt.binary();
+            let mut made: Vec<(&str, &str)> = Vec::new();
+            for (i, r) in rules.iter().enumerate() {
+                if ipt.exists(r)? {
+                    continue;
+                }
+                let args: Vec<String> = r.args.iter().map(|a| shell_quote(a)).collect();
+                let spec = format!("-t {} {} {}", r.table, r.chain, args.join(" "));
+                let own_chain = r.chain.starts_with("FLANNEL");
+                let mut fix = String::new();
+                if own_chain && !made.contains(&(r.table, r.chain)) {
+                    made.push((r.table, r.chain));
+                    fix.push_str(&format!(
+                        "{{ {bin} -w -t {} -N {} 2>/dev/null || true; }} && ",
+                        r.table, r.chain
+                    ));
+                }
+                if own_chain {
+                    let pos = rules[..i]
+                        .iter()
+                        .filter(|o| o.table == r.table && o.chain == r.chain)
+                        .count()
+                        + 1;
+                    fix.push_str(&format!(
+                        "{bin} -w -t {} -I {} {pos} {}",
+                        r.table,
+                        r.chain,
+                        args.join(" ")
+                    ));
+                } else {
+                    fix.push_str(&format!(
+                        "{bin} -w -t {} -A {} {}",
+                        r.table,
+                        r.chain,
+                        args.join(" ")
+                    ));
+                }
+                out.push((format!("{bin} rule missing: {spec}"), fix));
+            }
+        }
+        Ok(out)
+    }
 }
 
 pub struct NftablesManager {
@@ -202,6 +264,24 @@ impl TrafficManager for NftablesManager {
     fn setup(&self) -> Result<(), FirewallError> {
         clear_iptables_chains();
         self.apply()
+    }
+
+    fn missing(&self) -> Result<Vec<(String, String)>, FirewallError> {
+        let mut out = Vec::new();
+        for f in &self.families {
+            let have = nftables::list_table(f.family(), f.table())?;
+            if have.as_deref() != Some(f.listing().as_str()) {
+                out.push((
+                    format!(
+                        "nftables table {} {} differs from what flanneld installs",
+                        f.family(),
+                        f.table()
+                    ),
+                    format!("nft -f - <<'EOF'\n{}EOF", f.script()),
+                ));
+            }
+        }
+        Ok(out)
     }
 
     /// Upstream never re-checks nftables; we compare the kernel's listing with the expected one.

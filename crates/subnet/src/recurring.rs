@@ -12,8 +12,8 @@ pub(crate) struct Recurring {
 impl Recurring {
     /// Reports a failure of `what`; said at warn level only when it differs from the last one.
     pub fn failed(&mut self, what: &str, err: &dyn Display) {
-        crate::stats::STATS.failed();
         let text = format!("{what}: {err}");
+        crate::stats::STATS.failed(text.clone());
         if self.last.as_deref() == Some(text.as_str()) {
             debug!("{text} (again)");
         } else {
@@ -24,6 +24,7 @@ impl Recurring {
 
     /// Reports success: one line when it ends a run of failures, nothing otherwise.
     pub fn ok(&mut self, what: &str) {
+        crate::stats::STATS.works();
         if self.last.take().is_some() {
             info!("{what}");
         }

@@ -3,12 +3,15 @@
 //! are restarts and re-lists), and how many datastore requests failed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 #[derive(Debug, Default)]
 pub struct DatastoreStats {
     watch_starts: AtomicU64,
     lists: AtomicU64,
     errors: AtomicU64,
+    /// The problem the watch has now (cleared when it works again).
+    problem: Mutex<Option<String>>,
 }
 
 /// The counters of this process (one flanneld, one datastore).
@@ -16,6 +19,7 @@ pub static STATS: DatastoreStats = DatastoreStats {
     watch_starts: AtomicU64::new(0),
     lists: AtomicU64::new(0),
     errors: AtomicU64::new(0),
+    problem: Mutex::new(None),
 };
 
 impl DatastoreStats {
@@ -27,8 +31,21 @@ impl DatastoreStats {
         self.lists.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn failed(&self) {
+    pub(crate) fn failed(&self, problem: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+        *self.problem.lock().unwrap_or_else(|p| p.into_inner()) = Some(problem);
+    }
+
+    pub(crate) fn works(&self) {
+        *self.problem.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// What keeps the lease watch from working now, if anything.
+    pub fn problem(&self) -> Option<String> {
+        self.problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Watches started again after the first (a dropped stream, etcd restarted, a timeout).

@@ -134,6 +134,24 @@ impl UdpBackend {
         LeaseAttrs::v4(self.ext.ext_addr, "", None)
     }
 
+    /// See `Backend::expected`: one route sends the whole network into `flannel0`; the
+    /// workers pick the peer (no per-peer kernel entries).
+    pub fn expected(
+        &self,
+        _own: &Lease,
+        _leases: &[Lease],
+    ) -> Vec<flannel_core::state::KernelEntry> {
+        vec![flannel_core::state::KernelEntry::Route {
+            dst: IpNet::V4(self.network),
+            gw: None,
+            dev: DEVICE.into(),
+        }]
+    }
+
+    pub fn devices(&self) -> Vec<String> {
+        vec![DEVICE.into()]
+    }
+
     pub fn mtu(&self) -> u32 {
         self.mtu
     }

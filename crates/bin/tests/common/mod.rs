@@ -390,6 +390,7 @@ impl TlsFiles {
     }
 }
 
+pub mod ctl;
 /// One node in a namespace of its own: `eth0` with 10.0.0.50/24 and fd00::50/64, a real etcd on
 /// its loopback (stoppable and restartable on the same data dir, optionally with TLS), and our
 /// flanneld started and stopped on demand. Everything goes on drop.
@@ -578,6 +579,11 @@ impl Node {
         self.start_env(extra, &[]);
     }
 
+    /// Where this flanneld serves its state (`--state-socket`).
+    pub fn state_socket(&self) -> PathBuf {
+        self.dir.path().join("flanneld.sock")
+    }
+
     /// Like [`Self::start_with`], with extra environment variables (`FLANNELD_*`).
     pub fn start_env(&mut self, extra: &[&str], env: &[(&str, &str)]) {
         // subnet.env stays: a restart reads the previous run's subnet and network from it.
@@ -592,6 +598,10 @@ impl Node {
             .args(&self.launcher)
             .arg(bin_dir().join("flanneld"))
             .arg(format!("--subnet-file={}", self.subnet_env().display()));
+        // Parallel tests: each flanneld its own state socket (the default is the node's one).
+        if !extra.iter().any(|a| a.starts_with("--state-socket")) {
+            cmd.arg(format!("--state-socket={}", self.state_socket().display()));
+        }
         if !extra.iter().any(|a| a.starts_with("--etcd-endpoints")) {
             cmd.arg(format!("--etcd-endpoints={}", self.endpoint));
         }

@@ -193,6 +193,17 @@ impl EtcdSubnetManager {
         Ok(r.header().map_or(0, |h| h.revision()))
     }
 
+    /// How long the etcd lease `id` has left (`flannelctl leases`); `None` for a key without
+    /// a lease (a reservation) or a lease etcd no longer has.
+    pub async fn time_to_live(&self, id: i64) -> Result<Option<Duration>, SubnetError> {
+        if id == 0 {
+            return Ok(None);
+        }
+        let mut c = self.conn.client().await?;
+        let r = timed("lease ttl", "", c.lease_time_to_live(id, None)).await?;
+        Ok(u64::try_from(r.ttl()).ok().map(Duration::from_secs))
+    }
+
     pub fn config_key(&self) -> String {
         format!("{}/config", self.prefix)
     }

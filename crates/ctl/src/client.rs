@@ -1,0 +1,64 @@
+//! HTTP/1.1 GET over flanneld's state socket (`--state-socket`): the daemon's snapshot and
+//! its metrics, read the way `curl --unix-socket` would.
+
+use anyhow::{bail, Context};
+use flannel_core::state::StateSnapshot;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// How long flanneld may take to answer: it answers between two events of its loop.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `GET path` on the socket: the status code and the body.
+pub fn get(socket: &Path, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = UnixStream::connect(socket)
+        .with_context(|| format!("connecting to flanneld's state socket {}", socket.display()))?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.set_write_timeout(Some(TIMEOUT))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: flanneld\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = Vec::new();
+    if let Err(e) = s.read_to_end(&mut resp) {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            bail!(
+                "no answer to {path} within {} s (is flanneld stopped or hung?)",
+                TIMEOUT.as_secs()
+            );
+        }
+        return Err(e).with_context(|| format!("reading {path} from {}", socket.display()));
+    }
+    let resp = String::from_utf8_lossy(&resp);
+    let Some((head, body)) = resp.split_once("\r\n\r\n") else {
+        bail!("{}: not an HTTP answer to {path}", socket.display());
+    };
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("{}: no status in the answer to {path}", socket.display()))?;
+    Ok((code, body.to_string()))
+}
+
+/// The daemon's state snapshot.
+pub fn state(socket: &Path) -> anyhow::Result<StateSnapshot> {
+    let (code, body) = get(socket, "/state")?;
+    if code != 200 {
+        bail!("flanneld answered {code}: {}", body.trim());
+    }
+    serde_json::from_str(&body)
+        .with_context(|| format!("reading the state from {}", socket.display()))
+}
+
+/// A state snapshot saved earlier (`flannelctl state > FILE`).
+pub fn state_from_file(file: &Path) -> anyhow::Result<StateSnapshot> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a flanneld state", file.display()))
+}

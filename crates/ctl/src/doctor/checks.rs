@@ -1,0 +1,611 @@
+//! The doctor's checks: each judges the gathered [`Facts`] and nothing else.
+
+use super::Verdict;
+use flannel_core::state::{KernelEntry, StateSnapshot};
+use flannel_core::subnet_env::SubnetEnv;
+use flannel_core::MacAddr;
+use ipnet::IpNet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+/// A link as sysfs shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkFact {
+    pub name: String,
+    pub mtu: u32,
+    pub mac: Option<MacAddr>,
+    /// The bridge it is a port of (`cni0` for pods' veths).
+    pub master: Option<String>,
+}
+
+/// An INPUT rule of a firewall (iptables, ip6tables or nft), as that tool prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputRule {
+    /// "iptables", "ip6tables" or "nft".
+    pub tool: &'static str,
+    pub line: String,
+    /// For nft: "family table chain handle", to delete it by.
+    pub nft_handle: Option<String>,
+}
+
+/// What the doctor read on this node.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    /// flanneld's snapshot (from its socket or a saved file), or why there is none.
+    pub state: Option<StateSnapshot>,
+    /// Whether flanneld answered on its socket, and ready; or what went wrong.
+    pub flanneld: Result<(), String>,
+    /// The socket the doctor asked.
+    pub socket: String,
+    /// sysctl name (`net.ipv4.ip_forward`) → value; missing when the file does not exist.
+    pub sysctl: BTreeMap<String, String>,
+    pub links: Vec<LinkFact>,
+    /// The device's addresses, by device name.
+    pub addrs: BTreeMap<String, Vec<IpNet>>,
+    /// Routes (main table) whose device is one of flannel's or the external interface, with a
+    /// gateway or on a flannel device; `ours` when tagged with flannel's route protocol.
+    pub routes: Vec<(KernelEntry, bool)>,
+    /// Permanent neighbour and FDB entries on flannel's devices.
+    pub neighbours: Vec<KernelEntry>,
+    pub fdb: Vec<KernelEntry>,
+    pub subnet_env: Result<String, String>,
+    /// Our firewall rules missing now, each with its fix (or why they could not be read).
+    pub firewall_missing: Result<Vec<(String, String)>, String>,
+    /// `(tool, policy)` of the FORWARD chain.
+    pub forward_policy: Vec<(&'static str, String)>,
+    pub input_rules: Vec<InputRule>,
+}
+
+impl Default for Facts {
+    fn default() -> Self {
+        Facts {
+            state: None,
+            flanneld: Ok(()),
+            socket: String::new(),
+            sysctl: BTreeMap::new(),
+            links: Vec::new(),
+            addrs: BTreeMap::new(),
+            routes: Vec::new(),
+            neighbours: Vec::new(),
+            fdb: Vec::new(),
+            subnet_env: Err("not read".into()),
+            firewall_missing: Ok(Vec::new()),
+            forward_policy: Vec::new(),
+            input_rules: Vec::new(),
+        }
+    }
+}
+
+const FLANNELD_WHY: &str = "without flanneld nothing follows lease changes: new nodes get no routes, deleted state is not put back, and the node's own lease expires after 24 h";
+
+/// Every check, in the order of the tutorial's walk.
+pub fn all(f: &Facts) -> Vec<Verdict> {
+    let mut v = vec![flanneld(f), datastore(f)];
+    let Some(s) = &f.state else {
+        return v;
+    };
+    v.extend([
+        ip_forward(f, s),
+        rp_filter(f, s),
+        br_netfilter(f, s),
+        mtu(f, s),
+        device(f, s),
+        peers(f, s),
+        duplicate_public_ip(s),
+        subnet_env(f, s),
+        firewall(f, s),
+        input_port(f, s),
+    ]);
+    v
+}
+
+pub fn flanneld(f: &Facts) -> Verdict {
+    match (&f.flanneld, &f.state) {
+        (Ok(()), Some(_)) => Verdict::pass("flanneld"),
+        (Err(e), _) => Verdict::fail(
+            "flanneld",
+            vec![format!("flanneld does not answer on {}: {e}", f.socket)],
+            FLANNELD_WHY,
+            Some("kubectl -n kube-flannel rollout restart daemonset/kube-flannel-ds   # or: systemctl restart flanneld".into()),
+        ),
+        (Ok(()), None) => Verdict::fail(
+            "flanneld",
+            vec!["flanneld has no state to show yet".into()],
+            FLANNELD_WHY,
+            None,
+        ),
+    }
+}
+
+pub fn datastore(f: &Facts) -> Verdict {
+    let Some(s) = &f.state else {
+        return Verdict::pass("datastore");
+    };
+    match &s.datastore_problem {
+        None => Verdict::pass("datastore"),
+        Some(p) => Verdict::fail(
+            "datastore",
+            vec![format!("flanneld cannot read its datastore ({}): {p}", s.node.datastore)],
+            "leases of new or moved nodes do not arrive, and this node cannot renew its own lease: when it expires, another node may take this subnet",
+            Some(if s.node.datastore.starts_with('/') && !s.node.datastore.contains("subnet") {
+                "kubectl get --raw /readyz   # is the API server up and reachable from this node?".into()
+            } else {
+                "etcdctl endpoint health   # with flanneld's --etcd-endpoints: is etcd up and reachable from this node?".into()
+            }),
+        ),
+    }
+}
+
+fn sysctl<'a>(f: &'a Facts, name: &str) -> Option<&'a str> {
+    f.sysctl.get(name).map(|s| s.trim())
+}
+
+fn v4(s: &StateSnapshot) -> bool {
+    s.own.subnet.is_some()
+}
+
+fn v6(s: &StateSnapshot) -> bool {
+    s.own.subnet6.is_some()
+}
+
+pub fn ip_forward(f: &Facts, s: &StateSnapshot) -> Verdict {
+    let mut problems = Vec::new();
+    let mut fix = Vec::new();
+    for (on, name) in [
+        (v4(s), "net.ipv4.ip_forward"),
+        (v6(s), "net.ipv6.conf.all.forwarding"),
+    ] {
+        if on && sysctl(f, name) != Some("1") {
+            problems.push(format!(
+                "{name} is {}",
+                sysctl(f, name).unwrap_or("missing")
+            ));
+            fix.push(format!("sysctl -w {name}=1"));
+        }
+    }
+    Verdict::fail(
+        "ip_forward",
+        problems,
+        "the node does not route packets between cni0 and the flannel device: pods reach nothing off their node",
+        (!fix.is_empty()).then(|| fix.join(" && ")),
+    )
+}
+
+/// sysctl's name for a device's knob (`flannel.1` is written `flannel/1`).
+fn dev_key(dev: &str) -> String {
+    dev.replace('.', "/")
+}
+
+pub fn rp_filter(f: &Facts, s: &StateSnapshot) -> Verdict {
+    let mut problems = Vec::new();
+    let mut fix = Vec::new();
+    if v4(s) {
+        let all = sysctl(f, "net.ipv4.conf.all.rp_filter")
+            .and_then(|v| v.parse::<u8>().ok())
+            .unwrap_or(0);
+        let devs = s
+            .node
+            .devices
+            .iter()
+            .cloned()
+            .chain(std::iter::once("cni0".to_string()));
+        for dev in devs {
+            let name = format!("net.ipv4.conf.{}.rp_filter", dev_key(&dev));
+            let Some(own) = sysctl(f, &name).and_then(|v| v.parse::<u8>().ok()) else {
+                continue;
+            };
+            if all.max(own) == 1 {
+                problems.push(format!(
+                    "strict reverse path filtering on {dev} (max of all={all} and {dev}={own} is 1)"
+                ));
+                if all == 1 {
+                    fix.push("sysctl -w net.ipv4.conf.all.rp_filter=2".to_string());
+                }
+                if own == 1 {
+                    fix.push(format!("sysctl -w {name}=2"));
+                }
+            }
+        }
+    }
+    fix.dedup();
+    Verdict::fail(
+        "rp_filter",
+        problems,
+        "a packet whose source is routed out another interface is dropped silently (asymmetric paths: several NICs, host-gw, DirectRouting); loose mode (2) keeps the anti-spoofing check",
+        (!fix.is_empty()).then(|| fix.join(" && ")),
+    )
+}
+
+pub fn br_netfilter(f: &Facts, s: &StateSnapshot) -> Verdict {
+    if s.node.firewall != "iptables" {
+        return Verdict::pass("br_netfilter");
+    }
+    let mut problems = Vec::new();
+    let mut fix = Vec::new();
+    for (on, name) in [
+        (v4(s), "net.bridge.bridge-nf-call-iptables"),
+        (v6(s), "net.bridge.bridge-nf-call-ip6tables"),
+    ] {
+        match sysctl(f, name) {
+            _ if !on => {}
+            Some("1") => {}
+            Some(v) => {
+                problems.push(format!("{name} is {v}"));
+                fix.push(format!("sysctl -w {name}=1"));
+            }
+            None => {
+                problems.push(format!(
+                    "{name} does not exist (br_netfilter is not loaded)"
+                ));
+                fix.push(format!("modprobe br_netfilter && sysctl -w {name}=1"));
+            }
+        }
+    }
+    Verdict::fail(
+        "br_netfilter",
+        problems,
+        "traffic between pods on the same cni0 bridge skips iptables: Service addresses (kube-proxy's DNAT) do not work from a pod to a pod on its own node",
+        (!fix.is_empty()).then(|| fix.join(" && ")),
+    )
+}
+
+fn link<'a>(f: &'a Facts, name: &str) -> Option<&'a LinkFact> {
+    f.links.iter().find(|l| l.name == name)
+}
+
+/// What each flannel device's MTU must be, from the external interface's.
+fn device_mtu(backend: &str, dev: &str, ext: u32) -> Option<u32> {
+    match backend {
+        "vxlan" if dev.starts_with("flannel-v6") => Some(ext.saturating_sub(70)),
+        "vxlan" => Some(ext.saturating_sub(50)),
+        "udp" => Some(ext.saturating_sub(28)),
+        "wireguard" => Some(ext.saturating_sub(80)),
+        _ => None,
+    }
+}
+
+pub fn mtu(f: &Facts, s: &StateSnapshot) -> Verdict {
+    let mut problems = Vec::new();
+    let mut fix = Vec::new();
+    let ext = link(f, &s.node.iface).map_or(s.node.iface_mtu, |l| l.mtu);
+    let mut limit = ext;
+    for dev in &s.node.devices {
+        let (Some(l), Some(want)) = (link(f, dev), device_mtu(&s.node.backend, dev, ext)) else {
+            continue;
+        };
+        limit = limit.min(want);
+        if l.mtu != want {
+            problems.push(format!(
+                "{dev} has MTU {}, not {want} ({} {} minus the {} encapsulation)",
+                l.mtu, s.node.iface, ext, s.node.backend
+            ));
+            fix.push(format!("ip link set dev {dev} mtu {want}"));
+        }
+    }
+    // cni0 and the pods' veths must not send more than the flannel device carries.
+    for l in f
+        .links
+        .iter()
+        .filter(|l| l.name == "cni0" || l.master.as_deref() == Some("cni0"))
+    {
+        if l.mtu > limit {
+            problems.push(format!(
+                "{} has MTU {}, above the {limit} the overlay carries",
+                l.name, l.mtu
+            ));
+            fix.push(format!("ip link set dev {} mtu {limit}", l.name));
+        }
+    }
+    Verdict::fail(
+        "mtu",
+        problems,
+        "full-size packets do not fit the encapsulation: pings work, but TCP transfers (HTTP, image pulls, anything large) hang",
+        (!fix.is_empty()).then(|| fix.join(" && ")),
+    )
+}
+
+pub fn device(f: &Facts, s: &StateSnapshot) -> Verdict {
+    let mut problems = Vec::new();
+    let mut fix = Vec::new();
+    for dev in &s.node.devices {
+        let v6dev = dev.starts_with("flannel-v6");
+        let Some(l) = link(f, dev) else {
+            problems.push(format!("{dev} does not exist"));
+            fix.push("kubectl -n kube-flannel rollout restart daemonset/kube-flannel-ds   # flanneld recreates it (or: systemctl restart flanneld)".to_string());
+            continue;
+        };
+        if s.node.backend == "vxlan" {
+            if let (Some(want), have) = (s.own.vtep_mac(v6dev), l.mac) {
+                if have != Some(want) {
+                    problems.push(format!(
+                        "{dev} has MAC {}, but our lease publishes VtepMAC {want}",
+                        have.map_or("none".into(), |m| m.to_string())
+                    ));
+                    fix.push(format!("ip link set dev {dev} address {want}"));
+                }
+            }
+        }
+        let subnet = if v6dev { s.own.subnet6 } else { s.own.subnet };
+        if let Some(sn) = subnet {
+            let want = IpNet::new(sn.network(), sn.max_prefix_len()).unwrap_or(sn);
+            let have = f.addrs.get(dev).cloned().unwrap_or_default();
+            if !have.contains(&want) {
+                problems.push(format!("{dev} lacks its address {want}"));
+                fix.push(format!("ip addr add {want} dev {dev}"));
+            }
+        }
+    }
+    Verdict::fail(
+        "device",
+        problems,
+        "peers send this node's pod traffic to the MAC and address our lease publishes: a device that differs drops it",
+        (!fix.is_empty()).then(|| fix.join(" && ")),
+    )
+}
+
+/// The `ip`/`bridge` command that writes or removes an entry.
+fn entry_cmd(e: &KernelEntry, add: bool) -> String {
+    match (e, add) {
+        (
+            KernelEntry::Route {
+                dst,
+                gw: Some(gw),
+                dev,
+            },
+            true,
+        ) => {
+            let onlink = if dev.starts_with("flannel") {
+                " onlink"
+            } else {
+                ""
+            };
+            format!("ip route replace {dst} via {gw} dev {dev}{onlink}")
+        }
+        (KernelEntry::Route { dst, gw: None, dev }, true) => {
+            format!("ip route replace {dst} dev {dev}")
+        }
+        (KernelEntry::Route { dst, dev, .. }, false) => format!("ip route del {dst} dev {dev}"),
+        (KernelEntry::Neighbour { ip, mac, dev }, true) => {
+            format!("ip neigh replace {ip} lladdr {mac} dev {dev} nud permanent")
+        }
+        (KernelEntry::Neighbour { ip, dev, .. }, false) => format!("ip neigh del {ip} dev {dev}"),
+        (KernelEntry::Fdb { mac, dst, dev }, true) => {
+            format!("bridge fdb replace {mac} dev {dev} dst {dst} self permanent")
+        }
+        (KernelEntry::Fdb { mac, dst, dev }, false) => {
+            format!("bridge fdb del {mac} dev {dev} dst {dst} self")
+        }
+    }
+}
+
+fn describe(e: &KernelEntry) -> String {
+    match e {
+        KernelEntry::Route { dst, gw, dev } => match gw {
+            Some(g) => format!("route {dst} via {g} dev {dev}"),
+            None => format!("route {dst} dev {dev}"),
+        },
+        KernelEntry::Neighbour { ip, mac, dev } => format!("neighbour {ip} lladdr {mac} dev {dev}"),
+        KernelEntry::Fdb { mac, dst, dev } => format!("fdb {mac} dst {dst} dev {dev}"),
+    }
+}
+
+pub fn peers(f: &Facts, s: &StateSnapshot) -> Verdict {
+    let want: BTreeSet<&KernelEntry> = s.expected.iter().collect();
+    let have_routes: BTreeSet<&KernelEntry> = f.routes.iter().map(|(e, _)| e).collect();
+    let have: BTreeSet<&KernelEntry> = have_routes
+        .iter()
+        .copied()
+        .chain(&f.neighbours)
+        .chain(&f.fdb)
+        .collect();
+    let mut problems = Vec::new();
+    let mut fix = Vec::new();
+    for e in want.iter().filter(|e| !have.contains(*e)) {
+        // A route there, but another: say what it is.
+        let other = match e {
+            KernelEntry::Route { dst, .. } => f.routes.iter().find_map(|(r, _)| match r {
+                KernelEntry::Route { dst: d, .. } if d == dst => Some(describe(r)),
+                _ => None,
+            }),
+            _ => None,
+        };
+        problems.push(match other {
+            Some(o) => format!("{} is missing ({o} instead)", describe(e)),
+            None => format!("{} is missing", describe(e)),
+        });
+        fix.push(entry_cmd(e, true));
+    }
+    // Stale: entries on flannel's devices (and our tagged routes) that no lease asks for.
+    let flannel_dev = |d: &str| s.node.devices.iter().any(|x| x == d);
+    let stale = f
+        .routes
+        .iter()
+        .filter(|(e, ours)| match e {
+            KernelEntry::Route { dev, .. } => *ours || flannel_dev(dev),
+            _ => false,
+        })
+        .map(|(e, _)| e)
+        .chain(&f.neighbours)
+        .chain(&f.fdb)
+        .filter(|e| !want.contains(e));
+    for e in stale {
+        problems.push(format!("{} is stale (no lease asks for it)", describe(e)));
+        fix.push(entry_cmd(e, false));
+    }
+    Verdict::fail(
+        "peers",
+        problems,
+        "each peer needs its route (and for vxlan its neighbour and FDB entry) or pods cannot reach that node's pods; a stale entry sends packets to a node that no longer holds the subnet",
+        (!fix.is_empty()).then(|| fix.join(" && ")),
+    )
+}
+
+pub fn duplicate_public_ip(s: &StateSnapshot) -> Verdict {
+    let mut by: BTreeMap<IpAddr, Vec<&str>> = BTreeMap::new();
+    for l in &s.leases {
+        for ip in [l.public_ip, l.public_ipv6].into_iter().flatten() {
+            by.entry(ip).or_default().push(&l.key);
+        }
+    }
+    let mut problems = Vec::new();
+    let mut fix = Vec::new();
+    for (ip, keys) in by.iter().filter(|(_, k)| k.len() > 1) {
+        problems.push(format!(
+            "{} leases publish the public IP {ip}: {}",
+            keys.len(),
+            keys.join(", ")
+        ));
+        let others: Vec<&&str> = keys.iter().filter(|k| **k != s.own.key).collect();
+        for k in others {
+            if k.starts_with('/') {
+                fix.push(format!("etcdctl del {k}"));
+            }
+        }
+    }
+    Verdict::fail(
+        "public_ip",
+        problems,
+        "every node must publish its own address: with two leases on one IP (the multi-NIC Vagrant trap: every VM's eth0 is 10.0.2.15) traffic for one node's pods goes to the other; start flanneld with --iface or --public-ip naming the right interface, then remove the wrong lease",
+        (!fix.is_empty()).then(|| fix.join(" && ")),
+    )
+}
+
+fn config_net(s: &StateSnapshot, key: &str) -> Option<IpNet> {
+    s.config.get(key)?.as_str()?.parse().ok()
+}
+
+pub fn subnet_env(f: &Facts, s: &StateSnapshot) -> Verdict {
+    let v4 = match (config_net(s, "Network"), s.own.subnet) {
+        (Some(IpNet::V4(n)), Some(IpNet::V4(sub))) => Some((n, sub)),
+        _ => None,
+    };
+    let v6 = match (config_net(s, "IPv6Network"), s.own.subnet6) {
+        (Some(IpNet::V6(n)), Some(IpNet::V6(sub))) => Some((n, sub)),
+        _ => None,
+    };
+    let want = SubnetEnv {
+        v4,
+        v6,
+        mtu: s.node.mtu,
+        ipmasq: s.node.ip_masq,
+    }
+    .render();
+    let path = &s.node.subnet_file;
+    let problems = match &f.subnet_env {
+        Err(e) => vec![format!("{path} cannot be read: {e}")],
+        Ok(have) => {
+            let parse = |t: &str| -> BTreeMap<String, String> {
+                flannel_core::subnet_env::parse_env_lines(t)
+                    .into_iter()
+                    .collect()
+            };
+            let (h, w) = (parse(have), parse(&want));
+            w.iter()
+                .filter(|(k, v)| h.get(*k) != Some(v))
+                .map(|(k, v)| {
+                    format!(
+                        "{path}: {k} is {}, our lease says {v}",
+                        h.get(k).map_or("missing", |s| s.as_str())
+                    )
+                })
+                .collect()
+        }
+    };
+    Verdict::fail(
+        "subnet_env",
+        problems,
+        "the CNI plugin gives pods addresses and MTU from subnet.env: addresses outside our lease are unreachable from other nodes, a wrong MTU breaks large transfers",
+        Some(format!("cat > {path} <<'EOF'\n{want}EOF")),
+    )
+}
+
+pub fn firewall(f: &Facts, s: &StateSnapshot) -> Verdict {
+    let mut problems = Vec::new();
+    let mut fix = Vec::new();
+    match &f.firewall_missing {
+        Err(e) => problems.push(format!("reading the {} rules failed: {e}", s.node.firewall)),
+        Ok(m) => {
+            for (what, how) in m {
+                problems.push(what.clone());
+                fix.push(how.clone());
+            }
+        }
+    }
+    if !s.node.forward_rules {
+        for (tool, policy) in &f.forward_policy {
+            if policy != "ACCEPT" {
+                problems.push(format!(
+                    "{tool} FORWARD policy is {policy} and flanneld adds no accept rules (--iptables-forward-rules=false)"
+                ));
+                fix.push(format!("{tool} -P FORWARD ACCEPT"));
+            }
+        }
+    }
+    Verdict::fail(
+        "firewall",
+        problems,
+        "without the accept rules a FORWARD policy of DROP (Docker sets one) drops pod traffic between nodes; without the masquerade rules pods cannot reach anything outside the cluster",
+        (!fix.is_empty()).then(|| fix.join(" && ")),
+    )
+}
+
+/// The UDP port the backend receives on.
+pub fn backend_port(s: &StateSnapshot) -> Option<u16> {
+    let cfg = s.config.get("Backend");
+    let port = |k: &str| {
+        cfg.and_then(|b| b.as_object())
+            .and_then(|o| o.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)))
+            .and_then(|(_, v)| v.as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p > 0)
+    };
+    match s.node.backend.as_str() {
+        "vxlan" => Some(port("Port").unwrap_or(8472)),
+        "udp" => Some(port("Port").unwrap_or(8285)),
+        "wireguard" => Some(port("ListenPort").unwrap_or(51820)),
+        _ => None,
+    }
+}
+
+pub fn input_port(f: &Facts, s: &StateSnapshot) -> Verdict {
+    let Some(port) = backend_port(s) else {
+        return Verdict::pass("input_port");
+    };
+    let mut problems = Vec::new();
+    let mut fix = Vec::new();
+    for r in &f.input_rules {
+        let l = &r.line;
+        let drops = match r.tool {
+            "nft" => {
+                l.contains(&format!("udp dport {port} "))
+                    && (l.contains(" drop") || l.contains(" reject"))
+            }
+            _ => {
+                l.contains("-p udp")
+                    && l.contains(&format!("--dport {port}"))
+                    && (l.contains("-j DROP") || l.contains("-j REJECT"))
+            }
+        };
+        if !drops {
+            continue;
+        }
+        problems.push(format!("{}: {} drops UDP port {port}", r.tool, l.trim()));
+        match (&r.nft_handle, l.strip_prefix("-A ")) {
+            (Some(h), _) => fix.push(format!("nft delete rule {h}")),
+            (None, Some(rest)) => {
+                let words: Vec<String> = flannel_net::iptables::shell_words(rest)
+                    .iter()
+                    .map(|w| flannel_net::firewall::shell_quote(w))
+                    .collect();
+                fix.push(format!("{} -D {}", r.tool, words.join(" ")));
+            }
+            _ => {}
+        }
+    }
+    Verdict::fail(
+        "input_port",
+        problems,
+        "the backend's encapsulated packets arrive on this UDP port: dropped there, no pod on another node reaches this node's pods (ping from here still works one way)",
+        (!fix.is_empty()).then(|| fix.join(" && ")),
+    )
+}
