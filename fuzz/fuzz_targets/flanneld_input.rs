@@ -1,14 +1,19 @@
 //! flanneld's other outside input: command-line flags with their `FLANNELD_*` environment, and
-//! the request line a health-check client sends. Any bytes give values or an error, never a
+//! the request head a health-check or metrics client sends. Any bytes give values or an error, never a
 //! panic.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
+static METRICS: std::sync::OnceLock<std::sync::Arc<flanneld::metrics::Metrics>> =
+    std::sync::OnceLock::new();
+
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    // The first line is what a client sends to the health server.
-    let first = text.lines().next().unwrap_or_default();
-    let (status, _) = flanneld::health::respond(first, data.len() % 2 == 0);
+    // The head up to the first empty line is what a client sends to the health server (and
+    // to the state socket): request line and headers (`Accept` picks the metrics format).
+    let head = text.split("\n\n").next().unwrap_or_default();
+    let metrics = METRICS.get_or_init(flanneld::metrics::Metrics::new);
+    let (status, _, _) = flanneld::health::respond(head, data.len() % 2 == 0, metrics);
     assert!(status.starts_with("200") || status.starts_with("404") || status.starts_with("503"));
     // The rest: arguments before a line "--", `NAME=value` environment lines after it.
     let mut args = Vec::new();
