@@ -92,6 +92,16 @@ fn promtool_accepts_the_page_and_a_deleted_route_counts_as_a_route_repair() {
             && ip(&["-n", &a.netns, "route", "show", &b.subnet]).contains("flannel.1")
     });
     assert!(healed.is_some(), "{}", scrape(&a.netns));
+    // `flannel-lab status` shows it too.
+    let st = flannel_lab::status::to_json(&lab.state);
+    assert!(
+        st["nodes"][0]["metrics"]["repairs_route"]
+            .as_f64()
+            .unwrap_or(0.0)
+            >= 1.0,
+        "{st:#}"
+    );
+    assert!(flannel_lab::status::render(&lab.state).contains("flanneld metrics: 2 leases"));
     // A neighbour and an FDB entry likewise, each under its own kind.
     let page = scrape(&a.netns);
     let (n0, f0) = (

@@ -30,6 +30,33 @@ fn trace(lab: &Lab) -> (i32, Vec<Value>) {
     (code, steps)
 }
 
+/// `flannel-lab trace` between the first pods of the two nodes: the walk proven by captures.
+fn proven(lab: &Lab, hop_names: &[&str]) {
+    let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
+    let r = flannel_lab::trace::run(&lab.state, &a.pods[0].name, &b.pods[0].name)
+        .expect("flannel-lab trace");
+    let text = flannel_lab::trace::render(&r);
+    assert!(r.ok, "{text}");
+    let at: Vec<&str> = r.hops.iter().map(|h| h.at.as_str()).collect();
+    let want: Vec<String> = hop_names
+        .iter()
+        .map(|h| {
+            h.replace("pa", &a.pods[0].name)
+                .replace("pb", &b.pods[0].name)
+                .replace('A', &a.name)
+                .replace('B', &b.name)
+        })
+        .collect();
+    assert_eq!(at, want, "{text}");
+    for h in &r.hops {
+        assert!(h.packets >= flannel_lab::trace::PINGS, "{}: {text}", h.at);
+    }
+    if lab.state.backend != "host-gw" {
+        assert_eq!(r.outer_dst.as_deref(), Some(b.ip.as_str()), "{text}");
+    }
+    assert!(text.contains("path:"), "{text}");
+}
+
 fn hops(steps: &[Value]) -> Vec<String> {
     steps
         .iter()
@@ -86,6 +113,19 @@ fn vxlan_walk_names_route_neighbour_fdb_and_the_peers_public_ip() {
         text.contains("path: pod eth0 → cni0 ─▶ route ─▶ neighbour ─▶ fdb"),
         "{text}"
     );
+    proven(
+        &lab,
+        &[
+            "pa eth0",
+            "A cni0",
+            "A flannel.1",
+            "A eth0",
+            "B eth0",
+            "B flannel.1",
+            "B cni0",
+            "pb eth0",
+        ],
+    );
 }
 
 #[test]
@@ -109,6 +149,10 @@ fn host_gw_and_udp_walks() {
         ]
     );
     assert!(detail(&s, "route").contains(&format!("{} via {} dev eth0", b.subnet, b.ip)));
+    proven(
+        &hg,
+        &["pa eth0", "A cni0", "A eth0", "B eth0", "B cni0", "pb eth0"],
+    );
 
     let udp = lab("udp", 1);
     let b = &udp.state.nodes[1];
@@ -127,6 +171,19 @@ fn host_gw_and_udp_walks() {
         ]
     );
     assert!(detail(&s, "encapsulation").contains(&format!("UDP to {}:8285", b.ip)));
+    proven(
+        &udp,
+        &[
+            "pa eth0",
+            "A cni0",
+            "A flannel0",
+            "A eth0",
+            "B eth0",
+            "B flannel0",
+            "B cni0",
+            "pb eth0",
+        ],
+    );
 }
 
 #[test]
@@ -141,6 +198,19 @@ fn across_two_segments_the_underlay_goes_through_the_router() {
     let under = detail(&s, "underlay route");
     assert!(under.starts_with(&format!("{} via ", b.ip)), "{under}");
     assert!(detail(&s, "fdb").contains(&format!("dst {}", b.ip)));
+    proven(
+        &lab,
+        &[
+            "pa eth0",
+            "A cni0",
+            "A flannel.1",
+            "A eth0",
+            "B eth0",
+            "B flannel.1",
+            "B cni0",
+            "pb eth0",
+        ],
+    );
 }
 
 #[test]

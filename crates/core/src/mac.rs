@@ -69,6 +69,20 @@ impl FromStr for MacAddr {
     }
 }
 
+/// As its text (`aa:bb:cc:dd:ee:ff`), the way `ip` and the leases write it.
+impl serde::Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,19 +112,5 @@ mod tests {
             assert_eq!(m.0[0] & 0x02, 0x02, "locally administered");
         }
         assert_ne!(MacAddr::random(), MacAddr::random());
-    }
-}
-
-/// As its text (`aa:bb:cc:dd:ee:ff`), the way `ip` and the leases write it.
-impl serde::Serialize for MacAddr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for MacAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
     }
 }

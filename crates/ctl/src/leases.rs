@@ -37,7 +37,7 @@ pub async fn list(o: &Options) -> anyhow::Result<Vec<LeaseView>> {
             v
         }
     };
-    out.sort_by(|a, b| (a.subnet, a.subnet6).cmp(&(b.subnet, b.subnet6)));
+    out.sort_by_key(|l| (l.subnet, l.subnet6));
     Ok(out)
 }
 

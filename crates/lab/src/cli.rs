@@ -15,7 +15,9 @@ const USAGE: &str = "usage:
                                                                       build the cluster (default 3 nodes, 2 pods each;
                                                                       kube: nodes run deploy/kube-flannel.yml or FILE)
   flannel-lab ping-all                                                every pod pings every other pod (each family)
-  flannel-lab status [--json]                                         nodes, pods, routes, FDB, where the logs are
+  flannel-lab status [--json]                                         nodes, pods, routes, FDB, metrics, where the logs are
+  flannel-lab trace POD POD [--json]                                  the packet walk (flannelctl trace) proven by a
+                                                                      capture at every hop (pod names or addresses)
   flannel-lab down                                                    remove everything the lab made
   flannel-lab kubeconfig                                              kube mode: the admin kubeconfig's path
   flannel-lab kubectl ARGS...                                         kube mode: kubectl with it, in master1's namespace
@@ -125,6 +127,7 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
             "-h" | "--help" => a.cmd = "help".into(),
             f if f.starts_with('-') => bail!("unknown option {f}"),
             c if a.cmd.is_empty() => a.cmd = c.to_string(),
+            pod if a.cmd == "trace" => a.rest.push(pod.to_string()),
             extra => bail!("unexpected argument {extra:?}"),
         }
     }
@@ -236,6 +239,19 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 print!("{}", status::render(&s));
             }
             Ok(true)
+        }
+        "trace" => {
+            let s = load(&a)?;
+            let [from, to] = a.rest.as_slice() else {
+                bail!("trace needs two pods (names or addresses): flannel-lab trace master1-pod1 node1-pod1");
+            };
+            let r = crate::trace::run(&s, from, to)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", crate::trace::render(&r));
+            }
+            Ok(r.ok)
         }
         "down" => {
             let removed = down(&a.name, &a.state_root)?;

@@ -14,6 +14,7 @@ pub mod cni_exec;
 pub mod floor;
 pub mod kube_node;
 pub mod manifest;
+pub mod metrics;
 pub mod names;
 pub mod nodefs;
 pub mod ping;
@@ -22,6 +23,7 @@ pub mod scale;
 pub mod sh;
 pub mod state;
 pub mod status;
+pub mod trace;
 
 pub use cli::main;
 pub use cluster::{down, up, LabSpec};

@@ -73,6 +73,7 @@ pub fn to_json(state: &LabState) -> serde_json::Value {
             "subnet6": n.subnet6,
             "log": n.log,
             "kube": kube.as_ref().ok().and_then(|k| k.get(&n.name)),
+            "metrics": crate::metrics::scrape(n).ok().map(|m| crate::metrics::key_figures(&m)),
             "pods": n.pods.iter().map(|p| json!({"name": p.name, "netns": p.netns, "ip": p.ip, "ip6": p.ip6})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "logs": {
@@ -143,6 +144,10 @@ pub fn render(state: &LabState) -> String {
                 )
             );
         }
+        s += &match crate::metrics::scrape(n) {
+            Ok(m) => format!("  flanneld metrics: {}\n", crate::metrics::line(&m)),
+            Err(e) => format!("  flanneld metrics: not readable ({e}): is flanneld running?\n"),
+        };
         s += &format!("  flanneld log: {}\n", n.log.display());
     }
     if state.datastore == "kube" {
