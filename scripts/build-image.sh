@@ -8,6 +8,7 @@
 # stage (deploy/Containerfile) holding:
 #   /opt/bin/flanneld          the daemon (the DaemonSet's command)
 #   /flannel                   the CNI plugin (install-plugin / install-conf for the init containers)
+#   /opt/bin/flannelctl        the operator's tool (kubectl exec ... -- /opt/bin/flannelctl doctor)
 #   /usr/sbin/iptables*, nft   the firewall tools flanneld runs, with exactly the shared
 #                              libraries and xtables extensions they load (from this machine)
 # Environment: FLANNEL_IMAGE_PROFILE=release|dev (default release), FLANNEL_IMAGE_TAG.
@@ -22,7 +23,7 @@ tag=${FLANNEL_IMAGE_TAG:-flannel-rs:v$version}
 
 # Symbols stripped for the image (release only; panics still name file and line).
 CARGO_PROFILE_RELEASE_STRIP=symbols RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --profile "$profile" --target "$target" \
-  --target-dir "$out" -p flannel-rs --bin flanneld --bin flannel
+  --target-dir "$out" -p flannel-rs --bin flanneld --bin flannel --bin flannelctl
 dir=$([ "$profile" = dev ] && echo debug || echo "$profile")
 bin="$out/$target/$dir"
 
@@ -32,6 +33,7 @@ rm -rf "$root"
 mkdir -p "$root/opt/bin" "$root/usr/sbin" "$root/run" "$root/tmp"
 install -m 0755 "$bin/flanneld" "$root/opt/bin/flanneld"
 install -m 0755 "$bin/flannel" "$root/flannel"
+install -m 0755 "$bin/flannelctl" "$root/opt/bin/flannelctl"
 
 # The firewall tools, their libraries (as ldd finds them) and iptables' extensions.
 copy_with_libs() {

@@ -68,6 +68,7 @@ fn the_image_holds_static_binaries_and_working_firewall_tools() {
     for (bin, arg, want) in [
         ("opt/bin/flanneld", "--version", "v0."),
         ("flannel", "", "CNI Plugin flannel version"),
+        ("opt/bin/flannelctl", "--help", "usage: flannelctl"),
     ] {
         let p = root.join(bin);
         assert!(!has_interpreter(&p), "{bin} is dynamically linked");
