@@ -1,6 +1,7 @@
 //! `flannelctl leases`: every lease in the datastore (etcd or the Kubernetes API, reached
 //! with flanneld's own flags and `FLANNELD_*` variables), as a table or JSON.
 
+use anyhow::Context;
 use flannel_core::state::LeaseView;
 use flannel_core::subnet_env::PreviousSubnets;
 use flannel_subnet::etcd::EtcdSubnetManager;
@@ -11,6 +12,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The leases, sorted by subnet.
 pub async fn list(o: &Options) -> anyhow::Result<Vec<LeaseView>> {
+    let from = match &o.kube {
+        Some(_) => "the Kubernetes API".to_string(),
+        None => format!("etcd at {}", o.etcd.endpoints.join(",")),
+    };
+    read(o)
+        .await
+        .with_context(|| format!("reading the leases from {from}"))
+}
+
+async fn read(o: &Options) -> anyhow::Result<Vec<LeaseView>> {
     let mut out = match &o.kube {
         Some(k) => {
             let sm = KubeSubnetManager::connect(k.clone()).await?;

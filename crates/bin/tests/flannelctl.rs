@@ -1,0 +1,113 @@
+//! `flannelctl leases` against the lab's real datastores (etcd, and the Kubernetes API fake in
+//! kube mode), with flanneld's own connection flags; and the doctor's FORWARD-policy check
+//! for nodes whose flanneld adds no accept rules.
+
+mod common;
+
+use common::ctl::{ctl, doctor, failed, fails_then_fix, sh_in};
+use common::lab::Lab;
+use flannel_lab::cluster::Datastore;
+use flannel_lab::LabSpec;
+use serde_json::Value;
+
+fn leases_json(n: &flannel_lab::state::NodeState, flags: &[&str]) -> Vec<Value> {
+    let mut args = flags.to_vec();
+    args.extend(["leases", "-o", "json"]);
+    let (code, out) = ctl(n, &args);
+    assert_eq!(code, 0, "{out}");
+    let start = out.find('[').unwrap_or(0);
+    let end = out.rfind(']').map_or(out.len(), |e| e + 1);
+    serde_json::from_str(&out[start..end]).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn leases_from_etcd_show_subnet_public_ip_vtep_mac_and_expiry() {
+    if common::skip_without_root() {
+        return;
+    }
+    let lab = Lab::up(2, 0, &[]);
+    let etcd = ["--etcd-endpoints=http://10.0.0.50:2379"];
+    let l = leases_json(&lab.state.nodes[1], &etcd);
+    assert_eq!(l.len(), 2, "{l:#?}");
+    for n in &lab.state.nodes {
+        let e = l
+            .iter()
+            .find(|e| e["subnet"] == n.subnet.as_str())
+            .unwrap_or_else(|| panic!("{} missing: {l:#?}", n.subnet));
+        assert_eq!(e["public_ip"], n.ip.as_str());
+        assert_eq!(e["backend_type"], "vxlan");
+        let mac = common::link_mac(&n.netns, "flannel.1");
+        assert_eq!(e["backend_data"]["VtepMAC"], mac.as_str());
+        assert_eq!(
+            e["key"],
+            flannel_lab::cluster::lease_key(&n.subnet).as_str()
+        );
+        // A 24 h etcd lease, counted from now.
+        let left = e["expires"].as_u64().unwrap_or(0).saturating_sub(now());
+        assert!((86_000..=86_400).contains(&left), "{e:#}");
+    }
+    let (code, table) = ctl(&lab.state.nodes[0], &[etcd[0], "leases"]);
+    assert_eq!(code, 0, "{table}");
+    assert!(table.starts_with("SUBNET "), "{table}");
+    assert!(table.contains("in 23h59m"), "{table}");
+    // A datastore that does not answer is an error naming it, not an empty list.
+    let (code, out) = ctl(
+        &lab.state.nodes[0],
+        &["--etcd-endpoints=http://10.0.0.50:1", "leases"],
+    );
+    assert_ne!(code, 0);
+    assert!(out.contains("10.0.0.50:1"), "{out}");
+}
+
+#[test]
+fn leases_from_the_kubernetes_api_are_the_nodes_with_flannels_annotations() {
+    if common::skip_without_root() {
+        return;
+    }
+    let lab = Lab::up_with(LabSpec {
+        nodes: 2,
+        pods_per_node: 0,
+        datastore: Datastore::Kube,
+        ..LabSpec::default()
+    });
+    let kc = format!("--kubeconfig-file={}", lab.state.kubeconfig().display());
+    let l = leases_json(&lab.state.nodes[0], &["--kube-subnet-mgr", &kc]);
+    assert_eq!(l.len(), 2, "{l:#?}");
+    for n in &lab.state.nodes {
+        let e = l
+            .iter()
+            .find(|e| e["subnet"] == n.subnet.as_str())
+            .unwrap_or_else(|| panic!("{} missing: {l:#?}", n.subnet));
+        assert_eq!(e["public_ip"], n.ip.as_str());
+        assert!(e["key"].as_str().unwrap_or("").contains(&n.name), "{e:#}");
+        assert_eq!(
+            e["expires"],
+            Value::Null,
+            "a Node's podCIDR does not expire"
+        );
+    }
+}
+
+#[test]
+fn a_forward_policy_of_drop_without_flannels_accept_rules_is_found_and_fixed() {
+    if common::skip_without_root() {
+        return;
+    }
+    let lab = Lab::up(2, 1, &["--iptables-forward-rules=false"]);
+    let n = &lab.state.nodes[0];
+    assert_eq!(failed(&doctor(n, &[]).1), Vec::<String>::new());
+    // What Docker does to a node.
+    sh_in(n, "iptables -P FORWARD DROP", &[]);
+    let (_, v) = doctor(n, &[]);
+    let fix = fails_then_fix(n, &v, "firewall", "iptables FORWARD policy is DROP");
+    assert_eq!(fix, "iptables -P FORWARD ACCEPT");
+    assert_eq!(failed(&doctor(n, &[]).1), Vec::<String>::new());
+    assert!(flannel_lab::ping::ping_all(&lab.state).all_ok());
+}
