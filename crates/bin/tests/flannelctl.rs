@@ -20,6 +20,13 @@ fn leases_json(n: &flannel_lab::state::NodeState, flags: &[&str]) -> Vec<Value> 
     serde_json::from_str(&out[start..end]).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
+/// The listed lease of node `n`.
+fn lease_of<'a>(l: &'a [Value], n: &flannel_lab::state::NodeState) -> &'a Value {
+    l.iter()
+        .find(|e| e["subnet"] == n.subnet.as_str())
+        .unwrap_or_else(|| panic!("{} missing: {l:#?}", n.subnet))
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -37,10 +44,7 @@ fn leases_from_etcd_show_subnet_public_ip_vtep_mac_and_expiry() {
     let l = leases_json(&lab.state.nodes[1], &etcd);
     assert_eq!(l.len(), 2, "{l:#?}");
     for n in &lab.state.nodes {
-        let e = l
-            .iter()
-            .find(|e| e["subnet"] == n.subnet.as_str())
-            .unwrap_or_else(|| panic!("{} missing: {l:#?}", n.subnet));
+        let e = lease_of(&l, n);
         assert_eq!(e["public_ip"], n.ip.as_str());
         assert_eq!(e["backend_type"], "vxlan");
         let mac = common::link_mac(&n.netns, "flannel.1");
@@ -81,10 +85,7 @@ fn leases_from_the_kubernetes_api_are_the_nodes_with_flannels_annotations() {
     let l = leases_json(&lab.state.nodes[0], &["--kube-subnet-mgr", &kc]);
     assert_eq!(l.len(), 2, "{l:#?}");
     for n in &lab.state.nodes {
-        let e = l
-            .iter()
-            .find(|e| e["subnet"] == n.subnet.as_str())
-            .unwrap_or_else(|| panic!("{} missing: {l:#?}", n.subnet));
+        let e = lease_of(&l, n);
         assert_eq!(e["public_ip"], n.ip.as_str());
         assert!(e["key"].as_str().unwrap_or("").contains(&n.name), "{e:#}");
         assert_eq!(

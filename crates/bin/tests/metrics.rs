@@ -111,21 +111,11 @@ fn promtool_accepts_the_page_and_a_deleted_route_counts_as_a_route_repair() {
     let gw = b.subnet.replace(".0/24", ".0");
     ip(&["-n", &a.netns, "neigh", "del", &gw, "dev", "flannel.1"]);
     let mac = common::link_mac(&b.netns, "flannel.1");
-    let bridge = Command::new("bridge")
-        .args([
-            "-n",
-            &a.netns,
-            "fdb",
-            "del",
-            &mac,
-            "dev",
-            "flannel.1",
-            "dst",
-            &b.ip,
-        ])
-        .status()
-        .expect("bridge runs");
-    assert!(bridge.success());
+    common::ctl::sh_in(
+        a,
+        &format!("bridge fdb del {mac} dev flannel.1 dst {} self", b.ip),
+        &[],
+    );
     let moved = eventually(Duration::from_secs(5), || {
         let p = scrape(&a.netns);
         sample(&p, "flannel_repairs_total{kind=\"neighbour\"}").unwrap_or(0.0) > n0

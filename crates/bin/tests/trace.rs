@@ -8,6 +8,18 @@ use common::lab::Lab;
 use flannel_lab::LabSpec;
 use serde_json::Value;
 
+/// Where `flannel-lab trace` captures on vxlan (pa/pb: the pods, A/B: their nodes).
+const VXLAN_HOPS: [&str; 8] = [
+    "pa eth0",
+    "A cni0",
+    "A flannel.1",
+    "A eth0",
+    "B eth0",
+    "B flannel.1",
+    "B cni0",
+    "pb eth0",
+];
+
 fn lab(backend: &str, segments: usize) -> Lab {
     Lab::up_with(LabSpec {
         nodes: 2,
@@ -113,19 +125,7 @@ fn vxlan_walk_names_route_neighbour_fdb_and_the_peers_public_ip() {
         text.contains("path: pod eth0 → cni0 ─▶ route ─▶ neighbour ─▶ fdb"),
         "{text}"
     );
-    proven(
-        &lab,
-        &[
-            "pa eth0",
-            "A cni0",
-            "A flannel.1",
-            "A eth0",
-            "B eth0",
-            "B flannel.1",
-            "B cni0",
-            "pb eth0",
-        ],
-    );
+    proven(&lab, &VXLAN_HOPS);
 }
 
 #[test]
@@ -198,19 +198,7 @@ fn across_two_segments_the_underlay_goes_through_the_router() {
     let under = detail(&s, "underlay route");
     assert!(under.starts_with(&format!("{} via ", b.ip)), "{under}");
     assert!(detail(&s, "fdb").contains(&format!("dst {}", b.ip)));
-    proven(
-        &lab,
-        &[
-            "pa eth0",
-            "A cni0",
-            "A flannel.1",
-            "A eth0",
-            "B eth0",
-            "B flannel.1",
-            "B cni0",
-            "pb eth0",
-        ],
-    );
+    proven(&lab, &VXLAN_HOPS);
 }
 
 #[test]

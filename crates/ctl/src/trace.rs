@@ -5,6 +5,8 @@
 
 use crate::doctor::checks::Facts;
 use flannel_core::state::{KernelEntry, LeaseView, StateSnapshot};
+#[cfg(test)]
+use flannel_core::MacAddr;
 use ipnet::IpNet;
 use serde::Serialize;
 use std::net::IpAddr;
@@ -385,4 +387,90 @@ pub fn render(src: IpAddr, dst: IpAddr, steps: &[Step]) -> String {
         .collect();
     out.push_str(&format!("path: {}\n", path.join(" ─▶ ")));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doctor::checks::tests::{healthy, state};
+
+    fn to(dev: &str, gw: Option<&str>) -> RouteAnswer {
+        RouteAnswer {
+            dev: Some(dev.into()),
+            gw: gw.map(|g| g.parse().unwrap()),
+            src: None,
+        }
+    }
+
+    fn walk_with(f: &Facts, dst_route: RouteAnswer, dst: &str) -> Vec<Step> {
+        let s = state();
+        let t = TraceFacts {
+            state: &s,
+            kernel: f,
+            to_dst: dst_route,
+            to_underlay: Some(to("eth0", None)),
+            ext_mtu: 1500,
+        };
+        walk(&t, "10.244.1.2".parse().unwrap(), dst.parse().unwrap())
+    }
+
+    #[test]
+    fn a_vxlan_peer_walks_through_neighbour_fdb_and_encapsulation() {
+        let s = walk_with(
+            &healthy(),
+            to("flannel.1", Some("10.244.2.0")),
+            "10.244.2.5",
+        );
+        assert!(s.iter().all(|x| x.ok), "{s:#?}");
+        let hops: Vec<&str> = s.iter().map(|x| x.hop.as_str()).collect();
+        assert_eq!(
+            hops,
+            [
+                "pod eth0 → cni0",
+                "route",
+                "neighbour",
+                "fdb",
+                "encapsulation",
+                "underlay route",
+                "peer",
+                "masquerade"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stale_fdb_entry_is_the_broken_step_and_the_walk_stops_there() {
+        let mut f = healthy();
+        f.fdb = vec![KernelEntry::Fdb {
+            mac: MacAddr([2, 0, 0, 0, 0, 0x51]),
+            dst: "10.0.0.99".parse().unwrap(),
+            dev: "flannel.1".into(),
+        }];
+        let s = walk_with(&f, to("flannel.1", Some("10.244.2.0")), "10.244.2.5");
+        let last = s.last().unwrap();
+        assert_eq!(last.hop, "fdb");
+        assert!(!last.ok);
+        assert!(last
+            .cause
+            .as_deref()
+            .unwrap_or("")
+            .contains("the lease says the peer is at 10.0.0.51"));
+    }
+
+    #[test]
+    fn local_pods_outside_traffic_and_unleased_subnets() {
+        let s = walk_with(&healthy(), to("cni0", None), "10.244.1.9");
+        assert_eq!(s.last().unwrap().hop, "cni0 → pod eth0");
+        let s = walk_with(&healthy(), to("eth0", Some("10.0.0.1")), "1.1.1.1");
+        assert!(s.last().unwrap().detail.starts_with("yes"), "{s:#?}");
+        let s = walk_with(&healthy(), to("eth0", Some("10.0.0.1")), "10.244.77.1");
+        assert!(!s.last().unwrap().ok, "{s:#?}");
+        let s = walk_with(&healthy(), RouteAnswer::default(), "10.244.2.5");
+        assert_eq!(
+            s.last().unwrap().cause.as_deref(),
+            Some(
+                "the kernel has no route for it: the packet is dropped with 'network unreachable'"
+            )
+        );
+    }
 }

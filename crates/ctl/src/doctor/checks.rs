@@ -163,11 +163,11 @@ pub fn ip_forward(f: &Facts, s: &StateSnapshot) -> Verdict {
             fix.push(format!("sysctl -w {name}=1"));
         }
     }
-    Verdict::fail(
+    Verdict::judged(
         "ip_forward",
         problems,
         "the node does not route packets between cni0 and the flannel device: pods reach nothing off their node",
-        (!fix.is_empty()).then(|| fix.join(" && ")),
+        fix,
     )
 }
 
@@ -208,11 +208,11 @@ pub fn rp_filter(f: &Facts, s: &StateSnapshot) -> Verdict {
         }
     }
     fix.dedup();
-    Verdict::fail(
+    Verdict::judged(
         "rp_filter",
         problems,
         "a packet whose source is routed out another interface is dropped silently (asymmetric paths: several NICs, host-gw, DirectRouting); loose mode (2) keeps the anti-spoofing check",
-        (!fix.is_empty()).then(|| fix.join(" && ")),
+        fix,
     )
 }
 
@@ -241,11 +241,11 @@ pub fn br_netfilter(f: &Facts, s: &StateSnapshot) -> Verdict {
             }
         }
     }
-    Verdict::fail(
+    Verdict::judged(
         "br_netfilter",
         problems,
         "traffic between pods on the same cni0 bridge skips iptables: Service addresses (kube-proxy's DNAT) do not work from a pod to a pod on its own node",
-        (!fix.is_empty()).then(|| fix.join(" && ")),
+        fix,
     )
 }
 
@@ -296,11 +296,11 @@ pub fn mtu(f: &Facts, s: &StateSnapshot) -> Verdict {
             fix.push(format!("ip link set dev {} mtu {limit}", l.name));
         }
     }
-    Verdict::fail(
+    Verdict::judged(
         "mtu",
         problems,
         "full-size packets do not fit the encapsulation: pings work, but TCP transfers (HTTP, image pulls, anything large) hang",
-        (!fix.is_empty()).then(|| fix.join(" && ")),
+        fix,
     )
 }
 
@@ -335,11 +335,11 @@ pub fn device(f: &Facts, s: &StateSnapshot) -> Verdict {
             }
         }
     }
-    Verdict::fail(
+    Verdict::judged(
         "device",
         problems,
         "peers send this node's pod traffic to the MAC and address our lease publishes: a device that differs drops it",
-        (!fix.is_empty()).then(|| fix.join(" && ")),
+        fix,
     )
 }
 
@@ -432,11 +432,11 @@ pub fn peers(f: &Facts, s: &StateSnapshot) -> Verdict {
         problems.push(format!("{} is stale (no lease asks for it)", describe(e)));
         fix.push(entry_cmd(e, false));
     }
-    Verdict::fail(
+    Verdict::judged(
         "peers",
         problems,
         "each peer needs its route (and for vxlan its neighbour and FDB entry) or pods cannot reach that node's pods; a stale entry sends packets to a node that no longer holds the subnet",
-        (!fix.is_empty()).then(|| fix.join(" && ")),
+        fix,
     )
 }
 
@@ -462,11 +462,11 @@ pub fn duplicate_public_ip(s: &StateSnapshot) -> Verdict {
             }
         }
     }
-    Verdict::fail(
+    Verdict::judged(
         "public_ip",
         problems,
         "every node must publish its own address: with two leases on one IP (the multi-NIC Vagrant trap: every VM's eth0 is 10.0.2.15) traffic for one node's pods goes to the other; start flanneld with --iface or --public-ip naming the right interface, then remove the wrong lease",
-        (!fix.is_empty()).then(|| fix.join(" && ")),
+        fix,
     )
 }
 
@@ -541,11 +541,11 @@ pub fn firewall(f: &Facts, s: &StateSnapshot) -> Verdict {
             }
         }
     }
-    Verdict::fail(
+    Verdict::judged(
         "firewall",
         problems,
         "without the accept rules a FORWARD policy of DROP (Docker sets one) drops pod traffic between nodes; without the masquerade rules pods cannot reach anything outside the cluster",
-        (!fix.is_empty()).then(|| fix.join(" && ")),
+        fix,
     )
 }
 
@@ -602,10 +602,281 @@ pub fn input_port(f: &Facts, s: &StateSnapshot) -> Verdict {
             _ => {}
         }
     }
-    Verdict::fail(
+    Verdict::judged(
         "input_port",
         problems,
         "the backend's encapsulated packets arrive on this UDP port: dropped there, no pod on another node reaches this node's pods (ping from here still works one way)",
-        (!fix.is_empty()).then(|| fix.join(" && ")),
+        fix,
     )
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use flannel_core::state::{LeaseView, NodeInfo};
+
+    const MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x51]);
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// A vxlan node 10.0.0.50 (10.244.1.0/24) with one peer 10.0.0.51 (10.244.2.0/24).
+    pub(crate) fn state() -> StateSnapshot {
+        let lease = |sub: &str, pip: &str, mac: &str| LeaseView {
+            key: format!("/coreos.com/network/subnets/{}", sub.replace('/', "-")),
+            subnet: Some(net(sub)),
+            public_ip: Some(ip(pip)),
+            backend_type: "vxlan".into(),
+            backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": mac})),
+            ..Default::default()
+        };
+        let own = lease("10.244.1.0/24", "10.0.0.50", "02:00:00:00:00:50");
+        StateSnapshot {
+            config: serde_json::json!({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}),
+            node: NodeInfo {
+                backend: "vxlan".into(),
+                iface: "eth0".into(),
+                iface_mtu: 1500,
+                mtu: 1450,
+                devices: vec!["flannel.1".into()],
+                subnet_file: "/run/flannel/subnet.env".into(),
+                firewall: "iptables".into(),
+                ip_masq: true,
+                forward_rules: true,
+                ..Default::default()
+            },
+            leases: vec![
+                own.clone(),
+                lease("10.244.2.0/24", "10.0.0.51", "02:00:00:00:00:51"),
+            ],
+            own,
+            expected: peer_entries(),
+            ..Default::default()
+        }
+    }
+
+    fn peer_entries() -> Vec<KernelEntry> {
+        let dev = "flannel.1".to_string();
+        vec![
+            KernelEntry::Neighbour {
+                ip: ip("10.244.2.0"),
+                mac: MAC,
+                dev: dev.clone(),
+            },
+            KernelEntry::Fdb {
+                mac: MAC,
+                dst: ip("10.0.0.51"),
+                dev: dev.clone(),
+            },
+            KernelEntry::Route {
+                dst: net("10.244.2.0/24"),
+                gw: Some(ip("10.244.2.0")),
+                dev,
+            },
+        ]
+    }
+
+    /// The kernel of a healthy node for [`state`].
+    pub(crate) fn healthy() -> Facts {
+        let s = state();
+        let link = |name: &str, mtu, mac: Option<&str>, master: Option<&str>| LinkFact {
+            name: name.into(),
+            mtu,
+            mac: mac.map(|m| m.parse().unwrap()),
+            master: master.map(String::from),
+        };
+        let e = peer_entries();
+        Facts {
+            subnet_env: Ok("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n".into()),
+            sysctl: [
+                ("net.ipv4.ip_forward", "1"),
+                ("net.ipv4.conf.all.rp_filter", "2"),
+                ("net.ipv4.conf.flannel/1.rp_filter", "1"),
+                ("net.bridge.bridge-nf-call-iptables", "1"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            links: vec![
+                link("eth0", 1500, None, None),
+                link("flannel.1", 1450, Some("02:00:00:00:00:50"), None),
+                link("cni0", 1450, None, None),
+                link("veth1", 1450, None, Some("cni0")),
+            ],
+            addrs: [("flannel.1".to_string(), vec![net("10.244.1.0/32")])].into(),
+            routes: vec![(e[2].clone(), true)],
+            neighbours: vec![e[0].clone()],
+            fdb: vec![e[1].clone()],
+            state: Some(s),
+            ..Facts::default()
+        }
+    }
+
+    fn verdict(f: &Facts, name: &str) -> Verdict {
+        all(f).into_iter().find(|v| v.check == name).unwrap()
+    }
+
+    #[test]
+    fn a_healthy_node_passes_everything() {
+        let v = all(&healthy());
+        assert_eq!(v.len(), 12);
+        assert!(v.iter().all(|c| c.ok), "{v:#?}");
+    }
+
+    #[test]
+    fn rp_filter_counts_the_max_of_all_and_the_device() {
+        let mut f = healthy();
+        assert!(
+            verdict(&f, "rp_filter").ok,
+            "all=2 makes flannel.1's 1 loose"
+        );
+        f.sysctl
+            .insert("net.ipv4.conf.all.rp_filter".into(), "0".into());
+        let v = verdict(&f, "rp_filter");
+        assert!(!v.ok);
+        assert_eq!(
+            v.fix.as_deref(),
+            Some("sysctl -w net.ipv4.conf.flannel/1.rp_filter=2")
+        );
+    }
+
+    #[test]
+    fn mtus_follow_the_backend_and_pods_may_not_exceed_the_overlay() {
+        let mut f = healthy();
+        f.links[3].mtu = 1500;
+        let v = verdict(&f, "mtu");
+        assert_eq!(
+            v.problems,
+            ["veth1 has MTU 1500, above the 1450 the overlay carries"]
+        );
+        let mut s = state();
+        s.node.backend = "udp".into();
+        s.node.devices = vec!["flannel0".into()];
+        f.state = Some(s);
+        f.links.push(LinkFact {
+            name: "flannel0".into(),
+            mtu: 1450,
+            ..Default::default()
+        });
+        let v = verdict(&f, "mtu");
+        assert!(
+            v.problems[0].starts_with("flannel0 has MTU 1450, not 1472"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn peers_name_missing_and_stale_entries_with_their_commands() {
+        let mut f = healthy();
+        f.fdb.clear();
+        f.neighbours.push(KernelEntry::Neighbour {
+            ip: ip("10.244.9.0"),
+            mac: MacAddr([2, 0, 0, 0, 0, 9]),
+            dev: "flannel.1".into(),
+        });
+        let v = verdict(&f, "peers");
+        assert_eq!(
+            v.fix.as_deref(),
+            Some("bridge fdb replace 02:00:00:00:00:51 dev flannel.1 dst 10.0.0.51 self permanent && ip neigh del 10.244.9.0 dev flannel.1")
+        );
+        // A foreign route in the way is named.
+        let mut f = healthy();
+        f.routes = vec![(
+            KernelEntry::Route {
+                dst: net("10.244.2.0/24"),
+                gw: Some(ip("192.168.1.1")),
+                dev: "eth0".into(),
+            },
+            false,
+        )];
+        let v = verdict(&f, "peers");
+        assert!(
+            v.problems[0].contains("(route 10.244.2.0/24 via 192.168.1.1 dev eth0 instead)"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn two_leases_on_one_public_ip_point_at_the_other_lease() {
+        let mut f = healthy();
+        let mut s = state();
+        let mut twin = s.leases[1].clone();
+        twin.key = "/coreos.com/network/subnets/10.244.3.0-24".into();
+        twin.subnet = Some(net("10.244.3.0/24"));
+        s.leases.push(twin);
+        f.state = Some(s);
+        let v = verdict(&f, "public_ip");
+        assert!(
+            v.problems[0].starts_with("2 leases publish the public IP 10.0.0.51"),
+            "{v:?}"
+        );
+        assert_eq!(
+            v.fix.as_deref(),
+            Some("etcdctl del /coreos.com/network/subnets/10.244.2.0-24 && etcdctl del /coreos.com/network/subnets/10.244.3.0-24")
+        );
+    }
+
+    #[test]
+    fn subnet_env_differences_are_named_by_key() {
+        let mut f = healthy();
+        f.subnet_env = Ok(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\n"
+                .into(),
+        );
+        let v = verdict(&f, "subnet_env");
+        assert_eq!(v.problems.len(), 2, "{v:?}");
+        assert!(v.problems[0].contains("FLANNEL_IPMASQ is missing"));
+        assert!(
+            v.problems[1].contains("FLANNEL_SUBNET is 10.244.7.1/24, our lease says 10.244.1.1/24")
+        );
+    }
+
+    #[test]
+    fn input_rules_drop_only_the_backends_port() {
+        let mut f = healthy();
+        let rule = |tool, line: &str, h: Option<&str>| InputRule {
+            tool,
+            line: line.into(),
+            nft_handle: h.map(String::from),
+        };
+        f.input_rules = vec![
+            rule(
+                "iptables",
+                "-A INPUT -p udp -m udp --dport 53 -j DROP",
+                None,
+            ),
+            rule(
+                "iptables",
+                "-A INPUT -p udp -m udp --dport 8472 -m comment --comment \"no vxlan\" -j REJECT",
+                None,
+            ),
+            rule(
+                "nft",
+                "udp dport 8472 counter drop ",
+                Some("inet filter input handle 4"),
+            ),
+        ];
+        let v = verdict(&f, "input_port");
+        assert_eq!(v.problems.len(), 2, "{v:?}");
+        assert_eq!(
+            v.fix.as_deref(),
+            Some("iptables -D INPUT -p udp -m udp --dport 8472 -m comment --comment 'no vxlan' -j REJECT && nft delete rule inet filter input handle 4")
+        );
+    }
+
+    #[test]
+    fn without_flanneld_only_its_check_is_judged() {
+        let f = Facts {
+            flanneld: Err("connection refused".into()),
+            ..Facts::default()
+        };
+        let v = all(&f);
+        assert_eq!(v.len(), 2);
+        assert!(!v[0].ok && v[1].ok);
+    }
 }

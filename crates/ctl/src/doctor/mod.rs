@@ -35,6 +35,17 @@ impl Verdict {
         }
     }
 
+    /// The verdict from the problems found and a fix command for each (run one after the other).
+    pub fn judged(
+        check: &'static str,
+        problems: Vec<String>,
+        why: &str,
+        fixes: Vec<String>,
+    ) -> Self {
+        let fix = (!fixes.is_empty()).then(|| fixes.join(" && "));
+        Self::fail(check, problems, why, fix)
+    }
+
     pub fn fail(
         check: &'static str,
         problems: Vec<String>,
