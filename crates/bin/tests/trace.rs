@@ -244,3 +244,34 @@ fn a_deleted_fdb_entry_is_the_flagged_step_while_flanneld_is_stopped() {
         "the walk stops at the broken step: {out}"
     );
 }
+
+#[test]
+fn in_a_dual_stack_lab_the_ipv6_walk_goes_through_flannel_v6() {
+    if common::skip_without_root() {
+        return;
+    }
+    let lab = Lab::up_with(LabSpec {
+        nodes: 2,
+        pods_per_node: 1,
+        ip_family: flannel_lab::IpFamily::Dual,
+        ..LabSpec::default()
+    });
+    let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
+    let (code, text) = ctl(a, &["trace", &a.pods[0].ip6, &b.pods[0].ip6]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!("dst {} dev flannel-v6.1", b.ip6)),
+        "{text}"
+    );
+    assert!(text.contains("(inner 1430 + 70)"), "{text}");
+    let r = flannel_lab::trace::run(&lab.state, &a.pods[0].ip6, &b.pods[0].ip6).unwrap();
+    let text = flannel_lab::trace::render(&r);
+    assert!(r.ok, "{text}");
+    assert_eq!(r.outer_dst.as_deref(), Some(b.ip6.as_str()), "{text}");
+    assert!(
+        r.hops
+            .iter()
+            .any(|h| h.at == format!("{} flannel-v6.1", b.name)),
+        "{text}"
+    );
+}

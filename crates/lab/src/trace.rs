@@ -220,6 +220,20 @@ pub fn run(s: &LabState, from: &str, to: &str) -> anyhow::Result<Report> {
     let (_, walk) = flannelctl(sn, &["trace", "-o", "json", src, dst])?;
     let walk: serde_json::Value = serde_json::from_str(&walk)
         .with_context(|| format!("flannelctl trace on {} said: {walk}", sn.name))?;
+    // A first packet settles the path (neighbour discovery, a fresh IPv6 address still in
+    // duplicate address detection), so that the captured ones show it as it runs.
+    for _ in 0..5 {
+        let warm = Command::new("ip")
+            .args([
+                "netns", "exec", &sp.netns, "ping", "-c", "1", "-W", "1", dst,
+            ])
+            .output()
+            .context("ping")?;
+        if warm.status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let mut hops = hops(s, (sn, sp), (dn, dp), v6);
     let mut caps = Vec::new();
     for h in &hops {
