@@ -578,9 +578,10 @@ mod tests {
     /// value is refused with the flag (or variable) named.
     #[test]
     fn every_flag_reads_cli_and_env_with_upstream_names() {
-        // Upstream's 31, and our --kernel-resync.
-        assert_eq!(FLAGS.len(), 32, "the upstream flag table");
+        // Upstream's 31, and our --kernel-resync and --state-socket.
+        assert_eq!(FLAGS.len(), 33, "the upstream flag table");
         assert!(FLAGS.iter().any(|f| f.name == "kernel-resync"));
+        assert!(FLAGS.iter().any(|f| f.name == "state-socket"));
         for s in FLAGS {
             let var = format!("FLANNELD_{}", s.name.to_ascii_uppercase().replace('-', "_"));
             let (cli_val, env_val, want_cli, want_env) = match s.kind {
