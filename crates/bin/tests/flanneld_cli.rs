@@ -80,8 +80,16 @@ fn waits_for_a_missing_or_invalid_config_then_starts_and_health_follows() {
         http_get_in_ns(&n.ns.0, 8471, "/readyz"),
         Some((503, "flanneld is not ready yet".into()))
     );
+    // Metrics from the start (ours; upstream has none), before any lease.
+    let metrics = http_get_in_ns(&n.ns.0, 8471, "/metrics").expect("an answer");
+    assert_eq!(metrics.0, 200);
+    assert!(
+        metrics.1.contains("flannel_build_info{version="),
+        "{}",
+        metrics.1
+    );
     assert_eq!(
-        http_get_in_ns(&n.ns.0, 8471, "/metrics").map(|r| r.0),
+        http_get_in_ns(&n.ns.0, 8471, "/nothing").map(|r| r.0),
         Some(404)
     );
 
