@@ -13,7 +13,7 @@ use flannel_core::subnet_env::PreviousSubnets;
 use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Where leases live.
@@ -316,6 +316,24 @@ pub fn state_socket(n: &NodeState) -> PathBuf {
         .find_map(|a| a.strip_prefix("--state-socket="))
         .unwrap_or("/run/flannel/flanneld.sock");
     crate::nodefs::host_path(&n.binds, Path::new(p))
+}
+
+/// `flannelctl ARGS` beside the node's flanneld, run on the node as an operator runs it there:
+/// in its network namespace, against its state socket (kube mode: in the flannel pod's view
+/// of the files, as `kubectl exec` gives).
+pub fn flannelctl(n: &NodeState, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let flanneld = n.flanneld.first().context("the node runs no flanneld")?;
+    let bin = Path::new(flanneld).with_file_name("flannelctl");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &n.netns]).arg(&bin);
+    if n.binds.is_empty() {
+        cmd.arg(format!("--state-socket={}", state_socket(n).display()));
+    } else {
+        nodefs::apply(&mut cmd, &n.binds)?;
+    }
+    cmd.args(args)
+        .output()
+        .with_context(|| format!("running {}", bin.display()))
 }
 
 /// flanneld's `--subnet-file`, or its default.

@@ -60,28 +60,6 @@ fn find<'a>(s: &'a LabState, what: &str) -> anyhow::Result<(&'a NodeState, &'a P
         })
 }
 
-/// `flannelctl` beside the lab's flanneld, run on `n` as an operator runs it there.
-fn flannelctl(n: &NodeState, args: &[&str]) -> anyhow::Result<(bool, String)> {
-    let flanneld = n.flanneld.first().context("the node runs no flanneld")?;
-    let bin = std::path::Path::new(flanneld).with_file_name("flannelctl");
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &n.netns]).arg(&bin);
-    if n.binds.is_empty() {
-        let sock = crate::cluster::state_socket(n);
-        cmd.arg(format!("--state-socket={}", sock.display()));
-    } else {
-        crate::nodefs::apply(&mut cmd, &n.binds)?;
-    }
-    let o = cmd
-        .args(args)
-        .output()
-        .with_context(|| format!("running {}", bin.display()))?;
-    Ok((
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-    ))
-}
-
 /// The flannel device of the backend in a family (none for host-gw).
 fn device(backend: &str, v6: bool) -> Option<&'static str> {
     match (backend, v6) {
@@ -217,7 +195,8 @@ pub fn run(s: &LabState, from: &str, to: &str) -> anyhow::Result<Report> {
     if src.is_empty() || dst.is_empty() {
         bail!("{} or {} has no address of that family", sp.name, dp.name);
     }
-    let (_, walk) = flannelctl(sn, &["trace", "-o", "json", src, dst])?;
+    let out = crate::cluster::flannelctl(sn, &["trace", "-o", "json", src, dst])?;
+    let walk = String::from_utf8_lossy(&out.stdout);
     let walk: serde_json::Value = serde_json::from_str(&walk)
         .with_context(|| format!("flannelctl trace on {} said: {walk}", sn.name))?;
     // A first packet settles the path (neighbour discovery, a fresh IPv6 address still in

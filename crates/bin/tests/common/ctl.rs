@@ -2,7 +2,6 @@
 //! against its flanneld's state socket; and flanneld paused so that drift stays for a check
 //! to find (it would heal it within a second).
 
-use super::bin_dir;
 use flannel_lab::state::NodeState;
 use serde_json::Value;
 use std::process::Command;
@@ -10,16 +9,7 @@ use std::process::Command;
 /// `flannelctl ARGS` in the node's namespace (in kube mode also in its pod's view of the
 /// files, as `kubectl exec` into the flannel pod gives): exit code and output.
 pub fn ctl(n: &NodeState, args: &[&str]) -> (i32, String) {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &n.netns])
-        .arg(bin_dir().join("flannelctl"));
-    if n.binds.is_empty() {
-        let socket = flannel_lab::cluster::state_socket(n);
-        cmd.arg(format!("--state-socket={}", socket.display()));
-    } else {
-        flannel_lab::nodefs::apply(&mut cmd, &n.binds).expect("the pod's mounts");
-    }
-    let o = cmd.args(args).output().expect("flannelctl runs");
+    let o = flannel_lab::cluster::flannelctl(n, args).expect("flannelctl runs");
     let err = String::from_utf8_lossy(&o.stderr);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     (o.status.code().unwrap_or(-1), format!("{out}{err}"))
