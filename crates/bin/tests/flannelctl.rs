@@ -104,6 +104,18 @@ fn a_forward_policy_of_drop_without_flannels_accept_rules_is_found_and_fixed() {
     let lab = Lab::up(2, 1, &["--iptables-forward-rules=false"]);
     let n = &lab.state.nodes[0];
     assert_eq!(failed(&doctor(n, &[]).1), Vec::<String>::new());
+    // The same through the lab's command line, as README shows it.
+    let o = std::process::Command::new(common::bin_dir().join("flannel-lab"))
+        .args(["--name", &lab.name, "--state-dir"])
+        .arg(lab.root.path())
+        .args(["ctl", &n.name, "doctor"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && text.contains("12 checks, 0 failed"),
+        "{text}"
+    );
     // What Docker does to a node.
     sh_in(n, "iptables -P FORWARD DROP", &[]);
     let (_, v) = doctor(n, &[]);

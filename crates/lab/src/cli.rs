@@ -16,6 +16,8 @@ const USAGE: &str = "usage:
                                                                       kube: nodes run deploy/kube-flannel.yml or FILE)
   flannel-lab ping-all                                                every pod pings every other pod (each family)
   flannel-lab status [--json]                                         nodes, pods, routes, FDB, metrics, where the logs are
+  flannel-lab ctl NODE ARGS...                                        flannelctl on NODE, as an operator runs it there
+                                                                      (e.g. ctl node1 doctor, ctl node1 trace SRC DST)
   flannel-lab trace POD POD [--json]                                  the packet walk (flannelctl trace) proven by a
                                                                       capture at every hop (pod names or addresses)
   flannel-lab down                                                    remove everything the lab made
@@ -81,7 +83,7 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
     };
     let mut it = argv.iter();
     while let Some(arg) = it.next() {
-        if a.cmd == "kubectl" {
+        if a.cmd == "kubectl" || a.cmd == "ctl" {
             a.rest.push(arg.clone());
             continue;
         }
@@ -239,6 +241,24 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 print!("{}", status::render(&s));
             }
             Ok(true)
+        }
+        "ctl" => {
+            let s = load(&a)?;
+            let Some((node, args)) = a.rest.split_first() else {
+                bail!("ctl needs a node and flannelctl's arguments: flannel-lab ctl node1 doctor");
+            };
+            let n = s.nodes.iter().find(|n| n.name == *node).ok_or_else(|| {
+                anyhow!(
+                    "no node {node:?} in lab {} (see `flannel-lab status`)",
+                    s.lab
+                )
+            })?;
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let o = crate::cluster::flannelctl(n, &args)?;
+            use std::io::Write;
+            std::io::stdout().write_all(&o.stdout)?;
+            std::io::stderr().write_all(&o.stderr)?;
+            Ok(o.status.success())
         }
         "trace" => {
             let s = load(&a)?;
