@@ -13,6 +13,7 @@ PACKAGES=(
   buildah                          # builds the container image (scripts/build-image.sh) offline
   prometheus                       # promtool and a real Prometheus check flanneld's /metrics
   tcpdump                          # flannel-lab trace captures each hop
+  wireguard-go wireguard-tools     # an independent WireGuard (and wg) the wireguard backend talks to
 )
 # The real kubectl drives the Kubernetes API fake in the tests; Debian's is kubernetes-client,
 # a machine may have a newer one as /usr/bin/kubectl already.

@@ -5,11 +5,13 @@
 //! of known leases whenever asked (lease events, netlink events, timer).
 
 pub mod batch;
+pub mod datapath;
 pub mod guard;
 pub mod hostgw;
 pub mod routes;
 pub mod udp;
 pub mod vxlan;
+pub mod wg;
 
 use flannel_core::{Lease, LeaseAttrs};
 use ipnet::IpNet;
@@ -201,10 +203,11 @@ pub enum AnyBackend {
     Vxlan(vxlan::VxlanBackend),
     HostGw(hostgw::HostGwBackend),
     Udp(udp::backend::UdpBackend),
+    Wireguard(wg::backend::WireguardBackend),
 }
 
 /// Backend types this build implements.
-pub const SUPPORTED: &[&str] = &["vxlan", "host-gw", "udp"];
+pub const SUPPORTED: &[&str] = &["vxlan", "host-gw", "udp", "wireguard"];
 
 impl AnyBackend {
     /// Sets up the backend named by the config's `Backend.Type` on interface `ext`, for the
@@ -241,6 +244,9 @@ impl AnyBackend {
                 Ok(Self::HostGw(hostgw::HostGwBackend::register(nl, ext, &networks)?))
             }
             "udp" => Ok(Self::Udp(udp::backend::UdpBackend::register(nl, ext, v4_only("udp")?, backend).await?)),
+            "wireguard" => Ok(Self::Wireguard(
+                wg::backend::WireguardBackend::register(nl, ext, nets.v4.map(|(n, _)| n), nets.v6.map(|(n, _)| n), backend).await?,
+            )),
             other => Err(BackendError::Config {
                 backend: "any",
                 msg: format!("backend type {other:?} is not supported by this flannel-rs build (supported: {})", SUPPORTED.join(", ")),
@@ -255,6 +261,7 @@ impl Backend for AnyBackend {
             Self::Vxlan(b) => b.lease_attrs(),
             Self::HostGw(b) => b.lease_attrs(),
             Self::Udp(b) => b.lease_attrs(),
+            Self::Wireguard(b) => b.lease_attrs(),
         }
     }
 
@@ -263,6 +270,7 @@ impl Backend for AnyBackend {
             Self::Vxlan(b) => b.mtu(),
             Self::HostGw(b) => b.mtu(),
             Self::Udp(b) => b.mtu(),
+            Self::Wireguard(b) => b.mtu(),
         }
     }
 
@@ -275,6 +283,7 @@ impl Backend for AnyBackend {
             Self::Vxlan(b) => b.reconcile(own, leases).await,
             Self::HostGw(b) => b.reconcile(own, leases).await,
             Self::Udp(b) => b.reconcile(own, leases).await,
+            Self::Wireguard(b) => b.reconcile(own, leases).await,
         }
     }
 
@@ -288,6 +297,8 @@ impl Backend for AnyBackend {
             Self::Vxlan(b) => b.apply_delta(own, changed, removed).await,
             Self::HostGw(b) => b.apply_delta(own, changed, removed).await,
             Self::Udp(b) => Ok(b.apply_delta(own, changed, removed)),
+            // A full pass costs little here: no kernel entry per peer.
+            Self::Wireguard(_) => Ok(None),
         }
     }
 
@@ -298,13 +309,15 @@ impl Backend for AnyBackend {
         match self {
             Self::Vxlan(b) => b.repair(changes).await,
             Self::HostGw(b) => b.repair(changes).await,
-            Self::Udp(_) => Ok(None),
+            Self::Udp(_) | Self::Wireguard(_) => Ok(None),
         }
     }
 
     fn tick(&mut self) {
-        if let Self::Udp(b) = self {
-            b.report_drops();
+        match self {
+            Self::Udp(b) => b.report_drops(),
+            Self::Wireguard(b) => b.report_drops(),
+            _ => {}
         }
     }
 
@@ -313,6 +326,7 @@ impl Backend for AnyBackend {
             Self::Vxlan(b) => b.expected(own, leases),
             Self::HostGw(b) => b.expected(own, leases),
             Self::Udp(b) => b.expected(own, leases),
+            Self::Wireguard(b) => b.expected(own, leases),
         }
     }
 
@@ -321,6 +335,7 @@ impl Backend for AnyBackend {
             Self::Vxlan(b) => b.devices(),
             Self::HostGw(b) => b.devices(),
             Self::Udp(b) => b.devices(),
+            Self::Wireguard(b) => b.devices(),
         }
     }
 
@@ -328,7 +343,7 @@ impl Backend for AnyBackend {
         match self {
             Self::Vxlan(b) => b.expected_change(change),
             Self::HostGw(b) => b.expected_change(change),
-            Self::Udp(_) => false,
+            Self::Udp(_) | Self::Wireguard(_) => false,
         }
     }
 }

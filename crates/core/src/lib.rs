@@ -25,6 +25,7 @@ pub mod subnet_key;
 pub mod time;
 pub mod vxlan;
 pub mod vxlan_delta;
+pub mod wireguard;
 
 pub use config::{ConfigError, NetworkConfig};
 pub use family::Family;

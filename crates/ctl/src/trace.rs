@@ -173,6 +173,30 @@ pub fn walk(t: &TraceFacts, src: IpAddr, dst: IpAddr) -> Vec<Step> {
                     ),
                 ));
             }
+            ("wireguard", true) => {
+                let data = if v6 { p.backend_v6_data.as_ref() } else { p.backend_data.as_ref() }
+                    .or(p.backend_data.as_ref());
+                let field = |k: &str| {
+                    data.and_then(|d| d.as_object())
+                        .and_then(|o| o.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)))
+                        .map(|(_, v)| v.to_string().trim_matches('"').to_string())
+                };
+                let key = field("PublicKey").unwrap_or_else(|| "(no PublicKey in its lease)".into());
+                let port = field("Port").unwrap_or_else(|| "51820".into());
+                steps.push(step(
+                    &dev,
+                    format!("the WireGuard device: flanneld's workers find the peer whose allowed IPs hold {dst}: public key {key}"),
+                ));
+                steps.push(step(
+                    "encapsulation",
+                    format!(
+                        "sealed (ChaCha20-Poly1305, WireGuard data message) in UDP to {}:{port}, inner MTU {} (outer {} − 80); nothing of the pod packet is readable on the wire",
+                        show(public),
+                        s.node.mtu,
+                        t.ext_mtu
+                    ),
+                ));
+            }
             ("host-gw", _) if dev == s.node.iface => {
                 if t.to_dst.gw != public {
                     steps.push(broken(
@@ -245,6 +269,7 @@ pub fn walk(t: &TraceFacts, src: IpAddr, dst: IpAddr) -> Vec<Step> {
                 match s.node.backend.as_str() {
                     "vxlan" => "the kernel decapsulates it on its flannel device",
                     "udp" => "its flanneld decapsulates it into flannel0",
+                    "wireguard" => "its WireGuard (kernel or flanneld) opens it, checks the source against our allowed IPs, into its flannel-wg device",
                     _ => "routes it",
                 }
             ),

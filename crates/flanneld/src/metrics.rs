@@ -7,12 +7,13 @@
 //! library down there) and are read at scrape time by [`Collected`].
 
 use flannel_backend::udp::worker::Counters as UdpCounters;
+use flannel_backend::wg::worker::WgCounters;
 use flannel_backend::{ReconcileReport, Repairs};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
@@ -54,6 +55,7 @@ pub struct Metrics {
     pub firewall_errors: Counter,
     backend: Family<OwnedLabel, Gauge>,
     udp: Arc<OnceLock<Arc<UdpCounters>>>,
+    wg: Arc<OnceLock<Arc<WgCounters>>>,
 }
 
 impl Metrics {
@@ -73,6 +75,7 @@ impl Metrics {
             firewall_errors: Counter::default(),
             backend: Family::default(),
             udp: Arc::default(),
+            wg: Arc::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -145,7 +148,10 @@ impl Metrics {
             let _ = m.repairs.get_or_create(&[("kind", kind)]);
         }
         m.registry
-            .register_collector(Box::new(Collected { udp: m.udp.clone() }));
+            .register_collector(Box::new(Collected {
+                udp: m.udp.clone(),
+                wg: m.wg.clone(),
+            }));
         Arc::new(m)
     }
 
@@ -160,6 +166,11 @@ impl Metrics {
     /// Reads the udp data path's counters from now on.
     pub fn watch_udp(&self, counters: Arc<UdpCounters>) {
         let _ = self.udp.set(counters);
+    }
+
+    /// Reads the wireguard data path's counters from now on.
+    pub fn watch_wireguard(&self, counters: Arc<WgCounters>) {
+        let _ = self.wg.set(counters);
     }
 
     /// The exposition in the Prometheus text format, or OpenMetrics.
@@ -249,6 +260,7 @@ pub const REPAIR_KINDS: [&str; 6] = ["route", "neighbour", "fdb", "device", "add
 #[derive(Debug)]
 struct Collected {
     udp: Arc<OnceLock<Arc<UdpCounters>>>,
+    wg: Arc<OnceLock<Arc<WgCounters>>>,
 }
 
 fn counter(
@@ -285,6 +297,9 @@ impl Collector for Collected {
             "Failed datastore requests of the lease watch (each retry counts).",
             &[(&[], ds.errors())],
         )?;
+        if let Some(c) = self.wg.get() {
+            wireguard(&mut enc, c)?;
+        }
         let Some(c) = self.udp.get() else {
             return Ok(());
         };
@@ -322,6 +337,56 @@ impl Collector for Collected {
             ],
         )
     }
+}
+
+/// The wireguard backend's families.
+fn wireguard(enc: &mut DescriptorEncoder, c: &WgCounters) -> Result<(), std::fmt::Error> {
+    let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mut m = enc.encode_descriptor(
+        "wireguard_peers",
+        "WireGuard peers this node has (on all its devices).",
+        None,
+        ConstGauge::new(0i64).metric_type(),
+    )?;
+    let no_labels: &[(&str, &str)] = &[];
+    ConstGauge::new(v(&c.peers) as i64).encode(m.encode_family(&no_labels)?)?;
+    counter(
+        enc,
+        "wireguard_packets",
+        "Pod packets the wireguard backend sealed for peers (tx) and opened from them (rx).",
+        &[
+            (&[("direction", "tx")], v(&c.tx_packets)),
+            (&[("direction", "rx")], v(&c.rx_packets)),
+        ],
+    )?;
+    counter(
+        enc,
+        "wireguard_bytes",
+        "Pod bytes the wireguard backend sent to peers (tx) and delivered from them (rx).",
+        &[
+            (&[("direction", "tx")], v(&c.tx_bytes)),
+            (&[("direction", "rx")], v(&c.rx_bytes)),
+        ],
+    )?;
+    counter(
+        enc,
+        "wireguard_handshakes_sent",
+        "WireGuard handshake initiations sent (first contact, rekeying, retries).",
+        &[(&[], v(&c.handshakes_sent))],
+    )?;
+    counter(
+        enc,
+        "wireguard_drops",
+        "Datagrams or packets the wireguard backend dropped, by reason.",
+        &[
+            (&[("reason", "unknown_peer")], v(&c.rx_unknown_peer)),
+            (&[("reason", "not_authentic")], v(&c.rx_invalid)),
+            (&[("reason", "source_not_allowed")], v(&c.rx_disallowed_source)),
+            (&[("reason", "no_route")], v(&c.no_route)),
+            (&[("reason", "malformed")], v(&c.malformed)),
+            (&[("reason", "send_error")], v(&c.errors)),
+        ],
+    )
 }
 
 /// Whether a request's `Accept` header asks for OpenMetrics.
@@ -381,6 +446,29 @@ mod tests {
         }
         let om = m.render(true);
         assert!(om.ends_with("# EOF\n"), "{om}");
+    }
+
+    #[test]
+    fn wireguard_counters_appear_once_watched_with_help() {
+        let m = Metrics::new();
+        assert!(!m.render(false).contains("wireguard"));
+        let c = Arc::new(WgCounters::default());
+        c.peers.store(2, Ordering::Relaxed);
+        c.rx_disallowed_source.store(4, Ordering::Relaxed);
+        c.handshakes_sent.store(3, Ordering::Relaxed);
+        m.watch_wireguard(c);
+        let t = m.render(false);
+        assert!(t.contains("# TYPE flannel_wireguard_peers gauge"), "{t}");
+        assert!(t.contains("flannel_wireguard_peers 2"), "{t}");
+        assert!(t.contains("flannel_wireguard_handshakes_sent_total 3"), "{t}");
+        assert!(
+            t.contains("flannel_wireguard_drops_total{reason=\"source_not_allowed\"} 4"),
+            "{t}"
+        );
+        for l in t.lines().filter(|l| l.starts_with("# TYPE")) {
+            let name = l.split_whitespace().nth(2).unwrap_or("");
+            assert!(t.contains(&format!("# HELP {name} ")), "{name} has no help");
+        }
     }
 
     #[test]

@@ -364,8 +364,10 @@ pub async fn run_with<SM: SubnetManager>(
         sm,
         opts: o,
     };
-    if let AnyBackend::Udp(b) = &d.backend {
-        d.metrics.watch_udp(b.counters().clone());
+    match &d.backend {
+        AnyBackend::Udp(b) => d.metrics.watch_udp(b.counters().clone()),
+        AnyBackend::Wireguard(b) => d.metrics.watch_wireguard(b.counters().clone()),
+        _ => {}
     }
     d.metrics.lease_renewed_for(d.own.ttl);
     d.count_leases();

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage:
-  flannel-lab up [--nodes N] [--pods-per-node K] [--backend vxlan|host-gw|udp]
+  flannel-lab up [--nodes N] [--pods-per-node K] [--backend vxlan|host-gw|udp|wireguard]
                  [--segments 1|2] [--direct-routing] [--datastore etcd|kube] [--manifest FILE]
                  [--ip-family ipv4|dual|ipv6] [--nftables]   (ipv6: Kubernetes mode)
                                                                       build the cluster (default 3 nodes, 2 pods each;

@@ -404,7 +404,7 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
     let dual = spec.ip_family.has_v6();
     let v4 = spec.ip_family.has_v4();
     if dual && (spec.segments > 1 || spec.backend == "udp") {
-        bail!("--ip-family {:?}: this lab builds IPv6 on one segment, with the vxlan or host-gw backend", spec.ip_family);
+        bail!("--ip-family {:?}: this lab builds IPv6 on one segment, with the vxlan, host-gw or wireguard backend", spec.ip_family);
     }
     if !v4 && spec.datastore == Datastore::Etcd {
         bail!("--ip-family ipv6 runs with --datastore kube: flannel's etcd leases always carry an IPv4 subnet");
@@ -631,6 +631,12 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
                     ),
                 ];
                 n.flanneld.extend(spec.flanneld_args.iter().cloned());
+                // Each node its own WireGuard key (the default path is shared by the
+                // machine's processes in etcd mode).
+                n.env.push((
+                    "WIREGUARD_KEY_FILE".into(),
+                    node_dir.join("wgkey").display().to_string(),
+                ));
             }
         }
         Datastore::Kube => {
@@ -809,9 +815,9 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
     state.nodes = nodes;
     state.save()?;
 
-    // Every node has a route to every other node's subnet before we call it up (the udp
-    // backend routes the whole network into its TUN device with one route).
-    let want = if spec.backend == "udp" {
+    // Every node has a route to every other node's subnet before we call it up (the udp and
+    // wireguard backends route the whole network into their device with one route).
+    let want = if spec.backend == "udp" || spec.backend == "wireguard" {
         1
     } else {
         state.nodes.len() - 1

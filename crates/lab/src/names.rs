@@ -66,7 +66,7 @@ pub fn node_ip6(i: usize) -> String {
 }
 
 /// Backends the lab can run.
-pub const BACKENDS: &[&str] = &["vxlan", "host-gw", "udp"];
+pub const BACKENDS: &[&str] = &["vxlan", "host-gw", "udp", "wireguard"];
 pub const ETCD_PREFIX: &str = "/coreos.com/network";
 /// Where the Kubernetes API fake listens on master1, in kube mode.
 pub const API_PORT: u16 = 6443;

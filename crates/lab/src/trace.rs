@@ -66,6 +66,8 @@ fn device(backend: &str, v6: bool) -> Option<&'static str> {
         ("vxlan", false) => Some("flannel.1"),
         ("vxlan", true) => Some("flannel-v6.1"),
         ("udp", _) => Some("flannel0"),
+        ("wireguard", false) => Some("flannel-wg"),
+        ("wireguard", true) => Some("flannel-wg-v6"),
         _ => None,
     }
 }
@@ -86,6 +88,12 @@ fn hops(
     let outer = match s.backend.as_str() {
         "vxlan" => format!("udp port 8472 and dst host {peer}"),
         "udp" => format!("udp port 8285 and dst host {peer}"),
+        // Sealed: only the outer header tells our packets apart (every data message to the
+        // peer's port, keepalives included).
+        "wireguard" => format!(
+            "udp port {} and dst host {peer}",
+            if v6 { 51821 } else { 51820 }
+        ),
         _ => inner.clone(),
     };
     let hop = |at: String, netns: &str, iface: &str, filter: &str| Hop {
@@ -336,6 +344,7 @@ fn diagram(names: &[&str], r: &Report) -> String {
     let enc = match r.backend.as_str() {
         "vxlan" => " ══ VXLAN ══▶ ",
         "udp" => " ══ UDP 8285 ══▶ ",
+        "wireguard" => " ══ WireGuard ══▶ ",
         _ => " ──▶ ",
     };
     let mut s = String::new();

@@ -1,9 +1,9 @@
 //! The udp backend itself: the TUN device `flannel0` (address, MTU, route to the network), the
 //! worker threads, and the peer table they use.
 
-use super::sock::Sock;
+use crate::datapath::sock::Sock;
 use super::table::PeerTable;
-use super::tun;
+use crate::datapath::tun;
 use super::worker::{Counters, Ctl, Worker};
 use crate::{BackendError, ExternalInterface, ReconcileReport};
 use flannel_core::peers::usable_peers;
@@ -84,7 +84,7 @@ impl UdpBackend {
         let mut gso = false;
         for tun in fds {
             // Upstream binds the interface address, not the public one.
-            let sock = Sock::bind(SocketAddrV4::new(ext.iface_addr, port)).map_err(|e| {
+            let sock = Sock::bind(SocketAddrV4::new(ext.iface_addr, port).into()).map_err(|e| {
                 BackendError::Device(format!("binding UDP {}:{port}: {e}", ext.iface_addr))
             })?;
             gro = sock.gro;

@@ -1,12 +1,12 @@
 //! A data-path worker: one TUN queue and one UDP socket, polled together on a thread of its own.
 //! Buffers are allocated once; the peer table arrives over a channel (no locks on the path).
 
-use super::gro::{Gro, MAX_SEGS};
-use super::gso::{segment, SegError};
-use super::packet::{decrement_ttl, icmp_net_unreachable, parse_ipv4};
-use super::sock::{Received, RecvBatch, Sock};
+use crate::datapath::gro::{Gro, MAX_SEGS};
+use crate::datapath::gso::{segment, SegError};
+use crate::datapath::packet::{decrement_ttl, icmp_net_unreachable, parse_ipv4};
+use crate::datapath::sock::{Received, RecvBatch, Sock};
 use super::table::{Inbound, PeerTable};
-use super::vnet::{self, VnetHdr};
+use crate::datapath::vnet::{self, VnetHdr};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -183,7 +183,7 @@ impl Worker {
             return;
         };
         match segment(&h, pkt, &mut b.hdrs) {
-            Ok(s) => match self.sock.send_segments(peer, &s, &b.hdrs, pkt, &mut b.iov) {
+            Ok(s) => match self.sock.send_segments(peer.into(), &s, &b.hdrs, pkt, &mut b.iov) {
                 Ok(()) => {
                     inc(&c.tx_packets, s.count as u64);
                     inc(&c.tx_bytes, pkt.len() as u64);
@@ -207,7 +207,11 @@ fn inbound<'a>(
     gro: &mut Gro<'a>,
     write: &mut impl FnMut(&[&[u8]]),
 ) {
-    let Some(subnets) = table.peer_subnets(r.from) else {
+    let std::net::SocketAddr::V4(from) = r.from else {
+        inc(&c.rx_unknown_source, 1);
+        return;
+    };
+    let Some(subnets) = table.peer_subnets(*from.ip()) else {
         inc(&c.rx_unknown_source, 1);
         return;
     };
@@ -241,7 +245,7 @@ fn inbound<'a>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::packet::tests::tcp_packet;
+    use crate::datapath::packet::tests::tcp_packet;
     use super::*;
 
     #[test]
@@ -260,11 +264,11 @@ mod tests {
         let good = tcp_packet(1, 0x10, b"hello");
         let from_peer = Received {
             len: good.len(),
-            from: Ipv4Addr::new(10, 0, 0, 52),
+            from: (Ipv4Addr::new(10, 0, 0, 52), 8285).into(),
             seg: 0,
         };
         let stranger = Received {
-            from: Ipv4Addr::new(10, 0, 0, 66),
+            from: (Ipv4Addr::new(10, 0, 0, 66), 8285).into(),
             ..from_peer
         };
         let mut written = Vec::new();

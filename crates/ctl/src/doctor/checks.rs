@@ -308,7 +308,7 @@ pub fn device(f: &Facts, s: &StateSnapshot) -> Verdict {
     let mut problems = Vec::new();
     let mut fix = Vec::new();
     for dev in &s.node.devices {
-        let v6dev = dev.starts_with("flannel-v6");
+        let v6dev = dev.starts_with("flannel-v6") || dev == "flannel-wg-v6";
         let Some(l) = link(f, dev) else {
             problems.push(format!("{dev} does not exist"));
             fix.push("kubectl -n kube-flannel rollout restart daemonset/kube-flannel-ds   # flanneld recreates it (or: systemctl restart flanneld)".to_string());

@@ -67,6 +67,28 @@ fn set_offload(fd: &OwnedFd, flags: u32) -> bool {
 /// Opens `queues` queues of TUN device `name` (created by the first, removed when the last
 /// closes) and turns on what the kernel takes: checksum + TSO, and USO where supported (≥ 6.2).
 pub fn open(name: &str, queues: usize) -> io::Result<(Vec<OwnedFd>, Offloads)> {
+    open_with(name, queues, true)
+}
+
+/// As [`open`]; with `v6_offloads` false the device is offered checksum + TSO for IPv4 only
+/// (IPv6 packets then come whole, as the wireguard backend handles them).
+pub fn open_with(
+    name: &str,
+    queues: usize,
+    v6_offloads: bool,
+) -> io::Result<(Vec<OwnedFd>, Offloads)> {
+    if !v6_offloads {
+        let fds = (0..queues.max(1))
+            .map(|_| open_queue(name))
+            .collect::<io::Result<Vec<_>>>()?;
+        let tso = fds.iter().all(|f| set_offload(f, TUN_F_CSUM | TUN_F_TSO4));
+        if !tso {
+            for f in &fds {
+                set_offload(f, 0);
+            }
+        }
+        return Ok((fds, Offloads { tso, uso: false }));
+    }
     let fds = (0..queues.max(1))
         .map(|_| open_queue(name))
         .collect::<io::Result<Vec<_>>>()?;

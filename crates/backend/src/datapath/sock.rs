@@ -3,7 +3,7 @@
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use super::gso::Segments;
@@ -31,13 +31,48 @@ fn setsockopt_int(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, v: libc::
     }
 }
 
-fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
-    // SAFETY: sockaddr_in is plain old data; all-zero is valid.
-    let mut s: libc::sockaddr_in = unsafe { zeroed() };
-    s.sin_family = libc::AF_INET as libc::sa_family_t;
-    s.sin_port = a.port().to_be();
-    s.sin_addr.s_addr = u32::from(*a.ip()).to_be();
-    s
+/// `a` as a socket address for a socket of family `v6` (IPv4 addresses v4-mapped there).
+fn sockaddr(a: SocketAddr, v6: bool) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+    let mut st: libc::sockaddr_storage = unsafe { zeroed() };
+    let ip6 = match a.ip() {
+        IpAddr::V4(ip) if !v6 => {
+            // SAFETY: sockaddr_storage is large enough for, and aligned as, a sockaddr_in.
+            let s = unsafe { &mut *(&mut st as *mut _ as *mut libc::sockaddr_in) };
+            s.sin_family = libc::AF_INET as libc::sa_family_t;
+            s.sin_port = a.port().to_be();
+            s.sin_addr.s_addr = u32::from(ip).to_be();
+            return (st, size_of::<libc::sockaddr_in>() as u32);
+        }
+        IpAddr::V4(ip) => ip.to_ipv6_mapped(),
+        IpAddr::V6(ip) => ip,
+    };
+    // SAFETY: as above, for a sockaddr_in6.
+    let s = unsafe { &mut *(&mut st as *mut _ as *mut libc::sockaddr_in6) };
+    s.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    s.sin6_port = a.port().to_be();
+    s.sin6_addr.s6_addr = ip6.octets();
+    (st, size_of::<libc::sockaddr_in6>() as u32)
+}
+
+/// The sender of a datagram (a v4-mapped IPv6 address as the IPv4 address it stands for).
+fn from_sockaddr(st: &libc::sockaddr_storage) -> SocketAddr {
+    if st.ss_family == libc::AF_INET6 as libc::sa_family_t {
+        // SAFETY: the kernel wrote a sockaddr_in6 (its family says so).
+        let s = unsafe { &*(st as *const _ as *const libc::sockaddr_in6) };
+        let ip = Ipv6Addr::from(s.sin6_addr.s6_addr);
+        let port = u16::from_be(s.sin6_port);
+        return match ip.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, port)),
+            None => SocketAddr::V6(SocketAddrV6::new(ip, port, 0, s.sin6_scope_id)),
+        };
+    }
+    // SAFETY: otherwise a sockaddr_in (or nothing, all zeros).
+    let s = unsafe { &*(st as *const _ as *const libc::sockaddr_in) };
+    SocketAddr::V4(SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(s.sin_addr.s_addr)),
+        u16::from_be(s.sin_port),
+    ))
 }
 
 /// A bound, non-blocking UDP socket; `gro` tells whether the kernel coalesces on receive.
@@ -45,14 +80,28 @@ pub struct Sock {
     pub fd: OwnedFd,
     pub gro: bool,
     pub gso: bool,
+    /// An IPv6 socket (IPv4 peers as v4-mapped addresses when it is dual-stack).
+    v6: bool,
 }
 
 impl Sock {
-    pub fn bind(addr: SocketAddrV4) -> io::Result<Self> {
+    /// Binds `addr`; an IPv6 address binds an IPv6-only socket.
+    pub fn bind(addr: SocketAddr) -> io::Result<Self> {
+        Self::bind_with(addr, true)
+    }
+
+    /// Binds `[::]:port` for both families (IPv4 senders arrive v4-mapped).
+    pub fn bind_dual(port: u16) -> io::Result<Self> {
+        Self::bind_with(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port), false)
+    }
+
+    fn bind_with(addr: SocketAddr, v6only: bool) -> io::Result<Self> {
+        let v6 = addr.is_ipv6();
+        let domain = if v6 { libc::AF_INET6 } else { libc::AF_INET };
         // SAFETY: socket(2); the result is checked.
         let fd = unsafe {
             libc::socket(
-                libc::AF_INET,
+                domain,
                 libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
                 0,
             )
@@ -69,20 +118,22 @@ impl Sock {
         if !setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, SOCK_BUF) {
             setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF, SOCK_BUF);
         }
-        let sa = sockaddr(addr);
-        // SAFETY: bind(2) with a sockaddr_in and its size.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &sa as *const _ as *const libc::sockaddr,
-                size_of::<libc::sockaddr_in>() as u32,
-            )
-        };
+        if v6 {
+            setsockopt_int(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, i32::from(v6only));
+        }
+        let (sa, len) = sockaddr(addr, v6);
+        // SAFETY: bind(2) with a socket address and its size.
+        let r = unsafe { libc::bind(fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, len) };
         if r != 0 {
             return Err(io::Error::last_os_error());
         }
         let gro = setsockopt_int(&fd, SOL_UDP, UDP_GRO, 1);
-        Ok(Self { fd, gro, gso: true })
+        Ok(Self {
+            fd,
+            gro,
+            gso: true,
+            v6,
+        })
     }
 
     /// Sends the segments of one outbound packet to `dst`: scatter-gather from their headers
@@ -90,7 +141,7 @@ impl Sock {
     /// datagram each); one datagram per send where GSO is refused.
     pub fn send_segments(
         &mut self,
-        dst: SocketAddrV4,
+        dst: SocketAddr,
         s: &Segments,
         hdrs: &[u8],
         pkt: &[u8],
@@ -145,7 +196,7 @@ impl Sock {
     }
 
     /// Sends one buffer as one datagram.
-    pub fn send_one(&self, dst: SocketAddrV4, buf: &[u8]) -> io::Result<()> {
+    pub fn send_one(&self, dst: SocketAddr, buf: &[u8]) -> io::Result<()> {
         let iov = [libc::iovec {
             iov_base: buf.as_ptr() as *mut libc::c_void,
             iov_len: buf.len(),
@@ -153,14 +204,16 @@ impl Sock {
         self.send_iov(dst, &iov, 0)
     }
 
-    fn send_iov(&self, dst: SocketAddrV4, iov: &[libc::iovec], seg: u16) -> io::Result<()> {
-        let mut sa = sockaddr(dst);
+    /// Sends the buffers in `iov` to `dst`: one datagram, or with `seg` > 0 datagrams of `seg`
+    /// bytes cut by the kernel (UDP GSO; the last may be shorter).
+    pub fn send_iov(&self, dst: SocketAddr, iov: &[libc::iovec], seg: u16) -> io::Result<()> {
+        let (mut sa, len) = sockaddr(dst, self.v6);
         // Room for one cmsg carrying a u16, 8-byte aligned.
         let mut cbuf = [0u64; 4];
         // SAFETY: msghdr is plain old data; we fill the fields sendmsg reads.
         let mut msg: libc::msghdr = unsafe { zeroed() };
         msg.msg_name = &mut sa as *mut _ as *mut libc::c_void;
-        msg.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+        msg.msg_namelen = len;
         msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
         msg.msg_iovlen = iov.len();
         if seg > 0 {
@@ -203,7 +256,7 @@ impl Sock {
 /// Reusable `recvmmsg` state: `n` buffers of 64 KB (UDP GRO delivers up to that at once).
 pub struct RecvBatch {
     pub bufs: Vec<Vec<u8>>,
-    names: Vec<libc::sockaddr_in>,
+    names: Vec<libc::sockaddr_storage>,
     ctrl: Vec<[u64; 8]>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
@@ -213,7 +266,7 @@ pub struct RecvBatch {
 #[derive(Debug, Clone, Copy)]
 pub struct Received {
     pub len: usize,
-    pub from: Ipv4Addr,
+    pub from: SocketAddr,
     pub seg: usize,
 }
 
@@ -245,7 +298,7 @@ impl RecvBatch {
             // resized until the call returns.
             let mut h: libc::mmsghdr = unsafe { zeroed() };
             h.msg_hdr.msg_name = &mut self.names[i] as *mut _ as *mut libc::c_void;
-            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
             h.msg_hdr.msg_iov = &mut self.iovs[i];
             h.msg_hdr.msg_iovlen = 1;
             h.msg_hdr.msg_control = self.ctrl[i].as_mut_ptr() as *mut libc::c_void;
@@ -282,7 +335,7 @@ impl RecvBatch {
                     c = libc::CMSG_NXTHDR(&h.msg_hdr, c);
                 }
             }
-            let from = Ipv4Addr::from(u32::from_be(self.names[i].sin_addr.s_addr));
+            let from = from_sockaddr(&self.names[i]);
             out.push(Received {
                 len: h.msg_len as usize,
                 from,

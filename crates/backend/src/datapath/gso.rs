@@ -63,6 +63,31 @@ fn complete_checksum(
     Ok(())
 }
 
+/// Finishes an IPv6 packet that the TUN device handed over whole (the wireguard backend's device
+/// takes no IPv6 segmentation offload): completes a partial checksum; returns the packet's
+/// length (trailing bytes beyond the IPv6 payload length are not part of it).
+pub fn finish_v6(h: &VnetHdr, pkt: &mut [u8]) -> Result<usize, SegError> {
+    if pkt.len() < 40 || pkt[0] >> 4 != 6 {
+        return Err(SegError::Malformed);
+    }
+    let len = 40 + usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
+    if len > pkt.len() {
+        return Err(SegError::Malformed);
+    }
+    if h.gso_type & !vnet::GSO_ECN != vnet::GSO_NONE {
+        return Err(SegError::Unsupported(h.gso_type));
+    }
+    if h.flags & vnet::F_NEEDS_CSUM != 0 {
+        complete_checksum(
+            &mut pkt[..len],
+            40,
+            usize::from(h.csum_start),
+            usize::from(h.csum_offset),
+        )?;
+    }
+    Ok(len)
+}
+
 /// Cuts `pkt` (described by `h`) into segments; headers go to `hdrs` (cleared first). A plain
 /// packet is finished in place.
 pub fn segment(h: &VnetHdr, pkt: &mut [u8], hdrs: &mut Vec<u8>) -> Result<Segments, SegError> {

@@ -1,0 +1,486 @@
+//! The wireguard backend itself: the private key, the devices (`flannel-wg`, and
+//! `flannel-wg-v6` in `separate` mode) as TUN devices served by our workers, their address,
+//! MTU and route to the network, and the peer tables built from the leases. Reconciled like
+//! every backend: a device someone deleted is created again, a changed peer set is handed to
+//! the workers whole.
+
+use super::key;
+use super::table::{PeerState, WgTable};
+use super::worker::{Ctl, Identity, WgCounters, Worker};
+use crate::datapath::sock::Sock;
+use crate::datapath::tun;
+use crate::datapath::wake::Waker;
+use crate::{BackendError, ExternalInterface, ReconcileReport};
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::Tunn;
+use boringtun::x25519::{PublicKey, StaticSecret};
+use flannel_core::state::KernelEntry;
+use flannel_core::wireguard::{
+    desired_peers, encode_key, Device, Key, Mode, PeerInputs, WgConfig, WgData, WgPeer, DEVICE,
+    DEVICE_V6,
+};
+use flannel_core::{Lease, LeaseAttrs};
+use flannel_net::{Family, NetOps, Netlink};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use tracing::{info, warn};
+
+/// The handshakes per second a device answers before it asks for cookies (boringtun's
+/// device uses the same figure).
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+
+/// One of our devices and the workers that serve it.
+struct WgDevice {
+    kind: Device,
+    name: &'static str,
+    port: u16,
+    index: u32,
+    workers: Vec<(Sender<Ctl>, Arc<Waker>, JoinHandle<()>)>,
+    table: Arc<WgTable>,
+    /// The peers the table was built from.
+    peers: Vec<WgPeer>,
+}
+
+impl WgDevice {
+    fn stop(&mut self) {
+        for (tx, wake, _) in &self.workers {
+            let _ = tx.send(Ctl::Stop);
+            wake.wake();
+        }
+        for (_, _, h) in self.workers.drain(..) {
+            let _ = h.join();
+        }
+    }
+
+    /// The networks routed into this device.
+    fn networks(&self, v4: Option<Ipv4Net>, v6: Option<Ipv6Net>, mode: Mode) -> Vec<IpNet> {
+        match (self.kind, mode) {
+            (Device::V6, _) => v6.map(IpNet::V6).into_iter().collect(),
+            (Device::Main, Mode::Separate) => v4.map(IpNet::V4).into_iter().collect(),
+            (Device::Main, _) => v4
+                .map(IpNet::V4)
+                .into_iter()
+                .chain(v6.map(IpNet::V6))
+                .collect(),
+        }
+    }
+}
+
+pub struct WireguardBackend {
+    nl: Netlink,
+    ext: ExternalInterface,
+    cfg: WgConfig,
+    v4: Option<Ipv4Net>,
+    v6: Option<Ipv6Net>,
+    public: Key,
+    id: Arc<Identity>,
+    devices: Vec<WgDevice>,
+    counters: Arc<WgCounters>,
+    next_index: u32,
+    mtu: u32,
+    /// A full pass has succeeded: writing what it set up again is a repair.
+    configured: bool,
+    /// Drop counters as last logged.
+    reported_drops: [u64; 3],
+}
+
+impl WireguardBackend {
+    pub async fn register(
+        nl: Netlink,
+        ext: ExternalInterface,
+        v4: Option<Ipv4Net>,
+        v6: Option<Ipv6Net>,
+        backend: &serde_json::Value,
+    ) -> Result<Self, BackendError> {
+        let cfg = WgConfig::from_backend(backend).map_err(|e| BackendError::Config {
+            backend: "wireguard",
+            msg: e.to_string(),
+        })?;
+        let path = key::key_path();
+        let (private, created) = key::load_or_create(&path).map_err(BackendError::Device)?;
+        let private = StaticSecret::from(private);
+        let public = PublicKey::from(&private);
+        info!(
+            key_file = %path.display(),
+            public_key = %encode_key(public.as_bytes()),
+            created,
+            "WireGuard key"
+        );
+        let id = Arc::new(Identity {
+            limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
+            private,
+            public,
+        });
+        let mut me = Self {
+            nl,
+            mtu: cfg.device_mtu(ext.mtu),
+            ext,
+            v4,
+            v6,
+            public: public.to_bytes(),
+            id,
+            devices: Vec::new(),
+            counters: Arc::new(WgCounters::default()),
+            next_index: 0,
+            configured: false,
+            reported_drops: [0; 3],
+            cfg,
+        };
+        let mut plan = Vec::new();
+        match me.cfg.mode {
+            Mode::Separate => {
+                if v4.is_some() {
+                    plan.push((Device::Main, DEVICE, me.cfg.listen_port));
+                }
+                if v6.is_some() {
+                    plan.push((Device::V6, DEVICE_V6, me.cfg.listen_port_v6));
+                }
+            }
+            _ => plan.push((Device::Main, DEVICE, me.cfg.listen_port)),
+        }
+        for (kind, name, port) in plan {
+            let d = me.open_device(kind, name, port).await?;
+            me.devices.push(d);
+        }
+        Ok(me)
+    }
+
+    /// Creates device `name` (replacing whatever has that name, as upstream does), its
+    /// sockets and workers.
+    async fn open_device(
+        &self,
+        kind: Device,
+        name: &'static str,
+        port: u16,
+    ) -> Result<WgDevice, BackendError> {
+        if let Some(old) = self.nl.link_by_name(name).await? {
+            warn!(device = name, "deleting an existing {name} to create ours");
+            self.nl.delete_link(old.index).await?;
+        }
+        let queues = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(8);
+        let (fds, off) = tun::open_with(name, queues, false)
+            .map_err(|e| BackendError::Device(format!("opening TUN device {name}: {e}")))?;
+        let link = self.nl.link_by_name(name).await?.ok_or_else(|| {
+            BackendError::Device(format!("{name} vanished right after it was created"))
+        })?;
+        self.nl.set_mtu(link.index, self.mtu).await?;
+        self.nl.set_up(link.index).await?;
+        let mut workers = Vec::new();
+        let mut gro = false;
+        for (i, tun) in fds.into_iter().enumerate() {
+            // Kernel WireGuard listens on every address, both families.
+            let sock = Sock::bind_dual(port)
+                .or_else(|_| Sock::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))))
+                .map_err(|e| BackendError::Device(format!("binding UDP port {port} for {name}: {e}")))?;
+            gro = sock.gro;
+            let (tx, rx) = channel();
+            let wake = Arc::new(
+                Waker::new().map_err(|e| BackendError::Device(format!("eventfd: {e}")))?,
+            );
+            let w = Worker {
+                wake: wake.clone(),
+                tun,
+                sock,
+                ctl: rx,
+                counters: self.counters.clone(),
+                id: self.id.clone(),
+                timers: i == 0,
+                mtu: self.mtu as usize,
+            };
+            let handle = std::thread::Builder::new()
+                .name("flannel-wg".into())
+                .spawn(move || w.run())
+                .map_err(|e| BackendError::Device(format!("starting a wireguard worker: {e}")))?;
+            workers.push((tx, wake, handle));
+        }
+        info!(
+            device = name,
+            mtu = self.mtu,
+            port,
+            workers = workers.len(),
+            tso = off.tso,
+            udp_gro = gro,
+            mode = self.cfg.mode.as_str(),
+            "wireguard device ready (userspace)"
+        );
+        Ok(WgDevice {
+            kind,
+            name,
+            port,
+            index: link.index,
+            workers,
+            table: Arc::new(WgTable::default()),
+            peers: Vec::new(),
+        })
+    }
+
+    pub fn lease_attrs(&self) -> LeaseAttrs {
+        let data = |port| Some(WgData { public_key: self.public, port }.to_raw());
+        // Outside separate mode one device listens on ListenPort for both families; the v6
+        // data names that port, where we really listen (upstream writes ListenPortV6 there).
+        let port_v6 = match self.cfg.mode {
+            Mode::Separate => self.cfg.listen_port_v6,
+            _ => self.cfg.listen_port,
+        };
+        LeaseAttrs {
+            public_ip: self.ext.ext_addr,
+            public_ipv6: self.ext.ext_v6_addr,
+            backend_type: "wireguard".into(),
+            backend_data: self.v4.and_then(|_| data(self.cfg.listen_port)),
+            backend_v6_data: self.v6.and_then(|_| data(port_v6)),
+        }
+    }
+
+    pub fn mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    pub fn counters(&self) -> &Arc<WgCounters> {
+        &self.counters
+    }
+
+    pub fn public_key(&self) -> Key {
+        self.public
+    }
+
+    pub fn devices(&self) -> Vec<String> {
+        self.devices.iter().map(|d| d.name.to_string()).collect()
+    }
+
+    /// See `Backend::expected`: one route per network into its device; the workers pick
+    /// the peer.
+    pub fn expected(&self, _own: &Lease, _leases: &[Lease]) -> Vec<KernelEntry> {
+        self.devices
+            .iter()
+            .flat_map(|d| {
+                d.networks(self.v4, self.v6, self.cfg.mode)
+                    .into_iter()
+                    .map(|dst| KernelEntry::Route {
+                        dst,
+                        gw: None,
+                        dev: d.name.into(),
+                    })
+            })
+            .collect()
+    }
+
+    /// The address of the device: our subnet's network address as /32 (and /128).
+    fn addresses(&self, d: &WgDevice, own: &Lease) -> Vec<IpNet> {
+        d.networks(self.v4, self.v6, self.cfg.mode)
+            .into_iter()
+            .filter_map(|n| match n {
+                IpNet::V4(_) => Ipv4Net::new(own.subnet.network(), 32).ok().map(IpNet::V4),
+                IpNet::V6(_) => own
+                    .ipv6_subnet
+                    .and_then(|s| Ipv6Net::new(s.network(), 128).ok())
+                    .map(IpNet::V6),
+            })
+            .collect()
+    }
+
+    pub async fn reconcile(
+        &mut self,
+        own: &Lease,
+        leases: &[Lease],
+    ) -> Result<ReconcileReport, BackendError> {
+        let mut report = ReconcileReport::default();
+        let configured = self.configured;
+        for i in 0..self.devices.len() {
+            self.heal_device(i, &mut report).await?;
+            self.device_state(i, own, configured, &mut report).await?;
+            let input = PeerInputs {
+                cfg: &self.cfg,
+                own,
+                v4: self.v4.is_some(),
+                v6: self.v6.is_some(),
+                local_v6: self.ext.ext_v6_addr,
+            };
+            let (peers, skipped) = desired_peers(input, self.devices[i].kind, leases);
+            report.skipped.extend(skipped);
+            if self.install(i, peers) {
+                report.added += 1;
+            }
+        }
+        report.dedup_skipped();
+        self.configured = true;
+        self.report_drops();
+        Ok(report)
+    }
+
+    /// Creates device `i` again if it is gone (someone deleted it): new TUN, new workers, the
+    /// peers handed over again (with new sessions: a handshake each, at once).
+    async fn heal_device(
+        &mut self,
+        i: usize,
+        report: &mut ReconcileReport,
+    ) -> Result<(), BackendError> {
+        let (name, index) = (self.devices[i].name, self.devices[i].index);
+        match self.nl.link_by_name(name).await? {
+            Some(l) if l.index == index => return Ok(()),
+            _ => {}
+        }
+        warn!(device = name, "{name} is gone; creating it again");
+        let (kind, port) = (self.devices[i].kind, self.devices[i].port);
+        self.devices[i].stop();
+        let fresh = self.open_device(kind, name, port).await?;
+        let peers = std::mem::take(&mut self.devices[i].peers);
+        self.devices[i] = fresh;
+        self.install(i, peers);
+        report.device_recreated = true;
+        report.repairs.device += 1;
+        Ok(())
+    }
+
+    /// MTU, up, our address, the route to the network.
+    async fn device_state(
+        &mut self,
+        i: usize,
+        own: &Lease,
+        configured: bool,
+        report: &mut ReconcileReport,
+    ) -> Result<(), BackendError> {
+        let d = &self.devices[i];
+        let index = d.index;
+        if let Some(l) = self.nl.link_by_index(index).await? {
+            if l.mtu != self.mtu || !l.up {
+                report.repairs.device += usize::from(configured);
+            }
+            if l.mtu != self.mtu {
+                self.nl.set_mtu(index, self.mtu).await?;
+                report.added += 1;
+            }
+            if !l.up {
+                self.nl.set_up(index).await?;
+                report.added += 1;
+            }
+        }
+        let want = self.addresses(d, own);
+        let networks = d.networks(self.v4, self.v6, self.cfg.mode);
+        for family in [Family::V4, Family::V6] {
+            let in_family = |a: &IpNet| match family {
+                Family::V4 => a.addr().is_ipv4(),
+                Family::V6 => a.addr().is_ipv6(),
+            };
+            if !networks.iter().any(in_family) {
+                continue;
+            }
+            let have = self.nl.addrs(Some(index), family).await?;
+            let ours = |a: &IpNet| networks.iter().any(|n| n.contains(&a.addr()));
+            for (_, a) in have.iter().filter(|(_, a)| !want.contains(a) && ours(a)) {
+                self.nl.del_addr(index, *a).await?;
+                report.removed += 1;
+            }
+            for w in want.iter().filter(|w| in_family(w)) {
+                if !have.iter().any(|(_, a)| a == w) {
+                    self.nl.add_addr(index, *w).await?;
+                    report.added += 1;
+                    report.repairs.address += usize::from(configured);
+                }
+            }
+            let table = self.nl.main_routes(family).await?;
+            for n in networks.iter().filter(|n| in_family(n)) {
+                let present = table
+                    .iter()
+                    .any(|r| r.dst == *n && r.oif == Some(index) && r.gw.is_none() && r.unicast);
+                if !present {
+                    self.nl.replace_dev_route(*n, index).await?;
+                    report.added += 1;
+                    report.repairs.route += usize::from(configured);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands device `i`'s workers a table for `peers` if they changed; whether it did. A peer
+    /// whose key, endpoint and allowed IPs stay keeps its sessions.
+    fn install(&mut self, i: usize, peers: Vec<WgPeer>) -> bool {
+        let d = &self.devices[i];
+        if d.peers == peers && !d.workers.is_empty() && d.table.len() == peers.len() {
+            return false;
+        }
+        let mut states = Vec::with_capacity(peers.len());
+        for p in &peers {
+            let kept = d.table.peers().iter().find(|s| {
+                s.key == p.public_key && s.endpoint == p.endpoint && s.allowed == p.allowed
+            });
+            let state = match kept {
+                Some(s) => s.clone(),
+                None => {
+                    self.next_index = (self.next_index + 1) & 0x00ff_ffff;
+                    let tunn = Tunn::new(
+                        self.id.private.clone(),
+                        PublicKey::from(p.public_key),
+                        self.cfg.psk,
+                        Some(self.cfg.keepalive).filter(|k| *k > 0),
+                        self.next_index,
+                        Some(self.id.limiter.clone()),
+                    );
+                    Arc::new(PeerState {
+                        key: p.public_key,
+                        endpoint: p.endpoint,
+                        allowed: p.allowed.clone(),
+                        index: self.next_index,
+                        tunn: Mutex::new(tunn),
+                        greeted: AtomicBool::new(false),
+                    })
+                }
+            };
+            states.push(state);
+        }
+        let table = Arc::new(WgTable::new(states));
+        let d = &mut self.devices[i];
+        for (tx, wake, _) in &d.workers {
+            let _ = tx.send(Ctl::Table(table.clone()));
+            wake.wake();
+        }
+        info!(device = d.name, peers = table.len(), "wireguard peers updated");
+        d.table = table;
+        d.peers = peers;
+        let total: usize = self.devices.iter().map(|d| d.table.len()).sum();
+        self.counters.peers.store(total as u64, Ordering::Relaxed);
+        true
+    }
+
+    /// Logs each drop reason whose count grew since it was last said.
+    pub fn report_drops(&mut self) {
+        let c = &self.counters;
+        let reasons = [
+            (&c.rx_unknown_peer, "dropped wireguard datagrams from no known peer"),
+            (&c.rx_invalid, "dropped wireguard datagrams that did not authenticate (wrong key, replay, stale session)"),
+            (&c.rx_disallowed_source, "dropped decrypted packets whose source is outside the sending peer's subnet"),
+        ];
+        for ((counter, what), seen) in reasons.iter().zip(self.reported_drops.iter_mut()) {
+            let now = counter.load(Ordering::Relaxed);
+            if now > *seen {
+                warn!(dropped = now - *seen, total = now, "{what}");
+                *seen = now;
+            }
+        }
+    }
+
+    /// The public IPs this node listens on (for logs and doctor).
+    pub fn listen(&self) -> Vec<(String, u16)> {
+        self.devices
+            .iter()
+            .map(|d| (d.name.to_string(), d.port))
+            .collect()
+    }
+}
+
+impl Drop for WireguardBackend {
+    /// Stops the workers; closing the last TUN queue removes the device (upstream deletes
+    /// its devices on shutdown too).
+    fn drop(&mut self) {
+        for d in &mut self.devices {
+            d.stop();
+        }
+    }
+}

@@ -1,0 +1,516 @@
+//! A WireGuard data-path worker: one TUN queue and one UDP socket (`SO_REUSEPORT`, one per
+//! worker on the device's port), polled together on a thread of its own, on the shared data
+//! path (`crate::datapath`). Outbound, a TSO super-packet is cut into MTU-sized packets, each
+//! sealed by the peer's Noise session, and the equal-sized datagrams leave in one UDP GSO send.
+//! Inbound, GRO batches are opened datagram by datagram, every decrypted packet's source is
+//! checked against the sending peer's allowed IPs (the Noise core does not), and TCP segments
+//! are coalesced again for the TUN write. Worker 0 also runs the peers' timers (handshake
+//! retries, rekeying, keepalives) and greets every new peer with a handshake.
+//! Buffers are allocated once; no allocation per packet.
+
+use super::table::{PeerState, WgTable};
+use crate::datapath::gro::Gro;
+use crate::datapath::gso::{finish_v6, segment, SegError, Segments};
+use crate::datapath::sock::{Received, RecvBatch, Sock};
+use crate::datapath::vnet::{self, VnetHdr};
+use crate::datapath::wake::Waker;
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BATCH: usize = 64;
+const RECV_BATCH: usize = 32;
+/// Segments sealed and sent per UDP GSO send at most.
+const MAX_SEGS: usize = 64;
+/// A data message's header (16) and tag (16).
+const DATA_OVERHEAD: usize = 32;
+/// Handshake messages are at most this long (an initiation, 148 bytes).
+const HANDSHAKE_MAX: usize = 148;
+const TIMER_TICK: Duration = Duration::from_millis(100);
+
+/// Data-path counters of one backend (both devices), read by the control side and metrics.
+#[derive(Debug, Default)]
+pub struct WgCounters {
+    /// Peers on all devices (set by the control side).
+    pub peers: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub rx_packets: AtomicU64,
+    /// Inner (pod) bytes sent to and received from peers.
+    pub tx_bytes: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub handshakes_sent: AtomicU64,
+    /// Datagrams from no known peer (unknown session index or public key).
+    pub rx_unknown_peer: AtomicU64,
+    /// Datagrams the Noise core refused (bad MAC, replay, stale session, wrong key...).
+    pub rx_invalid: AtomicU64,
+    /// Decrypted packets whose source is outside the sending peer's allowed IPs.
+    pub rx_disallowed_source: AtomicU64,
+    /// Packets from pods to an address no peer holds.
+    pub no_route: AtomicU64,
+    pub malformed: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+fn inc(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+pub enum Ctl {
+    Table(Arc<WgTable>),
+    Stop,
+}
+
+/// What every worker of a device shares: our identity and the handshake rate limiter.
+pub struct Identity {
+    pub private: StaticSecret,
+    pub public: PublicKey,
+    pub limiter: Arc<RateLimiter>,
+}
+
+pub struct Worker {
+    pub tun: OwnedFd,
+    pub sock: Sock,
+    pub ctl: Receiver<Ctl>,
+    pub counters: Arc<WgCounters>,
+    pub id: Arc<Identity>,
+    /// Worker 0 runs the timers and greets new peers.
+    pub timers: bool,
+    /// The device MTU: the largest inner packet sealed.
+    pub mtu: usize,
+    /// Readable when `ctl` has news.
+    pub wake: Arc<Waker>,
+}
+
+/// Per-worker buffers, allocated once.
+struct Buffers {
+    read: Vec<u8>,
+    out: SealBufs,
+    /// Decrypted packets, at the offsets of their datagrams in the receive buffers.
+    opened: Vec<Vec<u8>>,
+    scratch: Vec<u8>,
+}
+
+/// The outbound side's buffers: segment headers, one plaintext, the sealed datagrams.
+struct SealBufs {
+    hdrs: Vec<u8>,
+    plain: Vec<u8>,
+    /// Sealed datagrams, `MAX_SEGS` slots of `stride` bytes.
+    sealed: Vec<u8>,
+    stride: usize,
+    lens: Vec<usize>,
+    iov: Vec<libc::iovec>,
+}
+
+fn tun_write(fd: &OwnedFd, parts: &[&[u8]]) -> bool {
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; crate::datapath::gro::MAX_SEGS + 3];
+    let n = parts.len().min(iov.len());
+    for (v, p) in iov.iter_mut().zip(parts) {
+        *v = libc::iovec {
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        };
+    }
+    // SAFETY: writev(2) with iovecs pointing at live slices.
+    unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), n as i32) >= 0 }
+}
+
+/// The destination of an IPv4 or IPv6 packet.
+fn dst_of(pkt: &[u8]) -> Option<IpAddr> {
+    match pkt.first()? >> 4 {
+        4 if pkt.len() >= 20 => Some(IpAddr::V4(Ipv4Addr::new(
+            pkt[16], pkt[17], pkt[18], pkt[19],
+        ))),
+        6 if pkt.len() >= 40 => {
+            let b: [u8; 16] = pkt[24..40].try_into().ok()?;
+            Some(IpAddr::V6(Ipv6Addr::from(b)))
+        }
+        _ => None,
+    }
+}
+
+impl Worker {
+    pub fn run(mut self) {
+        let mut table = Arc::new(WgTable::default());
+        let stride = (self.mtu + DATA_OVERHEAD).max(HANDSHAKE_MAX);
+        let mut b = Buffers {
+            read: vec![0u8; vnet::LEN + 65535],
+            out: SealBufs {
+                hdrs: Vec::with_capacity(MAX_SEGS * 80),
+                plain: vec![0u8; 65535],
+                sealed: vec![0u8; MAX_SEGS * stride],
+                stride,
+                lens: vec![0; MAX_SEGS],
+                iov: Vec::with_capacity(MAX_SEGS),
+            },
+            opened: (0..RECV_BATCH).map(|_| vec![0u8; 65535]).collect(),
+            scratch: vec![0u8; 65535],
+        };
+        let mut batch = RecvBatch::new(RECV_BATCH);
+        let mut got: Vec<Received> = Vec::with_capacity(RECV_BATCH);
+        let mut next_tick = Instant::now();
+        let mut next_reset = Instant::now();
+        let c = self.counters.clone();
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.tun.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.sock.fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.wake.fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: poll(2) on three pollfds we own.
+            unsafe { libc::poll(fds.as_mut_ptr(), 3, TIMER_TICK.as_millis() as i32) };
+            if fds[2].revents & libc::POLLIN != 0 {
+                self.wake.drain();
+            }
+            while let Ok(m) = self.ctl.try_recv() {
+                match m {
+                    Ctl::Table(t) => {
+                        table = t;
+                        if self.timers {
+                            self.greet(&table, &mut b.scratch);
+                        }
+                    }
+                    Ctl::Stop => return,
+                }
+            }
+            if self.timers {
+                let now = Instant::now();
+                if now >= next_tick {
+                    self.run_timers(&table, &mut b.scratch);
+                    next_tick = now + TIMER_TICK;
+                }
+                if now >= next_reset {
+                    self.id.limiter.reset_count();
+                    next_reset = now + Duration::from_secs(1);
+                }
+            }
+            if fds[0].revents & libc::POLLIN != 0 {
+                for _ in 0..BATCH {
+                    // SAFETY: read(2) into our buffer.
+                    let n = unsafe {
+                        libc::read(
+                            self.tun.as_raw_fd(),
+                            b.read.as_mut_ptr() as *mut libc::c_void,
+                            b.read.len(),
+                        )
+                    };
+                    if n <= vnet::LEN as isize {
+                        break;
+                    }
+                    self.outbound(n as usize, &table, &mut b, &c);
+                }
+            }
+            if fds[1].revents & libc::POLLIN != 0 {
+                for _ in 0..BATCH {
+                    match batch.recv(&self.sock.fd, &mut got) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(_) => {
+                            inc(&c.errors, 1);
+                            break;
+                        }
+                    }
+                    self.inbound(&batch, &got, &table, &mut b, &c);
+                }
+            }
+        }
+    }
+
+    /// Sends a handshake initiation to every peer not greeted yet.
+    fn greet(&self, table: &WgTable, buf: &mut [u8]) {
+        for p in table.peers() {
+            if p.greeted.swap(true, Ordering::Relaxed) {
+                continue;
+            }
+            let Ok(mut t) = p.tunn.lock() else { continue };
+            if let TunnResult::WriteToNetwork(msg) = t.format_handshake_initiation(buf, false) {
+                self.send(p.endpoint, msg);
+                inc(&self.counters.handshakes_sent, 1);
+            }
+        }
+    }
+
+    fn run_timers(&self, table: &WgTable, buf: &mut [u8]) {
+        for p in table.peers() {
+            let Ok(mut t) = p.tunn.lock() else { continue };
+            if let TunnResult::WriteToNetwork(msg) = t.update_timers(buf) {
+                if msg.first() == Some(&1) {
+                    inc(&self.counters.handshakes_sent, 1);
+                }
+                self.send(p.endpoint, msg);
+            }
+        }
+    }
+
+    fn send(&self, to: SocketAddr, msg: &[u8]) {
+        if self.sock.send_one(to, msg).is_err() {
+            inc(&self.counters.errors, 1);
+        }
+    }
+
+    /// TUN → peers: find the peer, cut the packet, seal each piece, send the sealed datagrams.
+    fn outbound(&mut self, n: usize, table: &WgTable, b: &mut Buffers, c: &WgCounters) {
+        let Some(h) = VnetHdr::parse(&b.read) else {
+            return;
+        };
+        let Buffers { read, out, .. } = b;
+        let pkt = &mut read[vnet::LEN..n];
+        let Some(dst) = dst_of(pkt) else {
+            inc(&c.malformed, 1);
+            return;
+        };
+        let Some(peer) = table.lookup(dst) else {
+            // The device's own IPv6 chatter (router solicitations, MLD) goes nowhere, as on
+            // a kernel WireGuard device; only unicast to nobody's subnet counts.
+            let local = match dst {
+                IpAddr::V4(a) => a.is_multicast() || a.is_broadcast(),
+                IpAddr::V6(a) => a.is_multicast() || a.is_unicast_link_local(),
+            };
+            if !local {
+                inc(&c.no_route, 1);
+            }
+            return;
+        };
+        let seg = match dst {
+            IpAddr::V4(_) => segment(&h, pkt, &mut out.hdrs),
+            IpAddr::V6(_) => finish_v6(&h, pkt).map(|len| Segments {
+                count: 1,
+                hdr_len: 0,
+                gso: len,
+                payload_start: 0,
+                payload_end: len,
+            }),
+        };
+        let s = match seg {
+            Ok(s) => s,
+            Err(SegError::TtlExpired) => return,
+            Err(_) => {
+                inc(&c.malformed, 1);
+                return;
+            }
+        };
+        if s.seg_len() + DATA_OVERHEAD > out.stride {
+            inc(&c.malformed, 1);
+            return;
+        }
+        let pkt = &read[vnet::LEN..n];
+        let mut first = 0;
+        while first < s.count {
+            let k = (s.count - first).min(MAX_SEGS);
+            self.seal(peer, &s, first, k, pkt, out, c);
+            first += k;
+        }
+    }
+
+    /// Seals segments `first..first + k` for `peer` and sends the data messages among them.
+    #[allow(clippy::too_many_arguments)]
+    fn seal(
+        &self,
+        peer: &PeerState,
+        s: &Segments,
+        first: usize,
+        k: usize,
+        pkt: &[u8],
+        b: &mut SealBufs,
+        c: &WgCounters,
+    ) {
+        let Ok(mut t) = peer.tunn.lock() else { return };
+        for i in 0..k {
+            let plain: &[u8] = if s.hdr_len == 0 {
+                &pkt[s.payload_start..s.payload_end]
+            } else {
+                let (hdr, payload) = s.parts(first + i, &b.hdrs, pkt);
+                b.plain[..hdr.len()].copy_from_slice(hdr);
+                b.plain[hdr.len()..hdr.len() + payload.len()].copy_from_slice(payload);
+                &b.plain[..hdr.len() + payload.len()]
+            };
+            let slot = &mut b.sealed[i * b.stride..(i + 1) * b.stride];
+            b.lens[i] = 0;
+            match t.encapsulate(plain, slot) {
+                TunnResult::WriteToNetwork(msg) if msg.first() == Some(&4) => {
+                    b.lens[i] = msg.len();
+                    inc(&c.tx_packets, 1);
+                    inc(&c.tx_bytes, plain.len() as u64);
+                }
+                // No session yet: the packet waits in the tunnel's queue; this is the
+                // handshake initiation that will open one.
+                TunnResult::WriteToNetwork(msg) => {
+                    inc(&c.handshakes_sent, 1);
+                    self.send(peer.endpoint, msg);
+                }
+                TunnResult::Err(_) => inc(&c.errors, 1),
+                _ => {}
+            }
+        }
+        drop(t);
+        self.send_sealed(peer.endpoint, k, b, c);
+    }
+
+    /// Sends the sealed data messages of the first `k` slots: runs of equal length (all but
+    /// the last segment of a packet are) go out as one UDP GSO send.
+    fn send_sealed(&self, to: SocketAddr, k: usize, b: &mut SealBufs, c: &WgCounters) {
+        let mut i = 0;
+        while i < k {
+            if b.lens[i] == 0 {
+                i += 1;
+                continue;
+            }
+            let len = b.lens[i];
+            b.iov.clear();
+            let mut j = i;
+            let per_send = if self.sock.gso { 65507 / len } else { 1 };
+            while j < k && b.lens[j] != 0 && b.iov.len() < per_send.max(1) {
+                b.iov.push(libc::iovec {
+                    iov_base: b.sealed[j * b.stride..].as_ptr() as *mut libc::c_void,
+                    iov_len: b.lens[j],
+                });
+                j += 1;
+                // A shorter datagram may only end a GSO send.
+                if b.lens[j - 1] != len {
+                    break;
+                }
+            }
+            let seg = if b.iov.len() > 1 { len as u16 } else { 0 };
+            if let Err(e) = self.sock.send_iov(to, &b.iov, seg) {
+                if seg > 0 && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) {
+                    // No UDP GSO here: one datagram per send.
+                    for v in &b.iov {
+                        // SAFETY: the iovecs point into b.sealed, alive and unchanged.
+                        let d = unsafe {
+                            std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
+                        };
+                        self.send(to, d);
+                    }
+                } else {
+                    inc(&c.errors, 1);
+                }
+            }
+            i = j;
+        }
+    }
+
+    /// Peers → TUN: each datagram of the batch opened by its peer's session; replies (handshake
+    /// responses, cookies, queued packets) sent back; decrypted packets checked and written.
+    fn inbound(
+        &self,
+        batch: &RecvBatch,
+        got: &[Received],
+        table: &WgTable,
+        b: &mut Buffers,
+        c: &WgCounters,
+    ) {
+        let tun = &self.tun;
+        let mut write = |parts: &[&[u8]]| {
+            if !tun_write(tun, parts) {
+                inc(&c.errors, 1);
+            }
+        };
+        let mut gro = Gro::default();
+        let scratch = &mut b.scratch;
+        for ((buf, r), out) in batch.bufs.iter().zip(got).zip(b.opened.iter_mut()) {
+            let data = &buf[..r.len];
+            let seg = if r.seg > 0 { r.seg } else { data.len().max(1) };
+            // Each datagram opens into the same place of `out` as it sits in `buf`: a
+            // decrypted packet is shorter than its datagram, and stays put until the flush.
+            let mut rest: &mut [u8] = &mut out[..];
+            for d in data.chunks(seg) {
+                let (slot, tail) = std::mem::take(&mut rest).split_at_mut(d.len());
+                rest = tail.get_mut(seg - d.len().min(seg)..).unwrap_or_default();
+                if let Some(pkt) = self.open(d, r.from, table, slot, scratch, c) {
+                    inc(&c.rx_packets, 1);
+                    inc(&c.rx_bytes, pkt.len() as u64);
+                    gro.push(pkt, &mut write);
+                }
+            }
+        }
+        gro.flush(&mut write);
+    }
+
+    /// Opens one datagram into `slot`; the decrypted packet when there is one to deliver.
+    fn open<'s>(
+        &self,
+        d: &[u8],
+        from: SocketAddr,
+        table: &WgTable,
+        slot: &'s mut [u8],
+        scratch: &mut [u8],
+        c: &WgCounters,
+    ) -> Option<&'s [u8]> {
+        let peer = match Tunn::parse_incoming_packet(d) {
+            Ok(Packet::HandshakeInit(p)) => parse_handshake_anon(&self.id.private, &self.id.public, &p)
+                .ok()
+                .and_then(|h| table.by_key(&h.peer_static_public)),
+            Ok(Packet::HandshakeResponse(p)) => table.by_index(p.receiver_idx),
+            Ok(Packet::PacketCookieReply(p)) => table.by_index(p.receiver_idx),
+            Ok(Packet::PacketData(p)) => table.by_index(p.receiver_idx),
+            Err(_) => {
+                inc(&c.rx_invalid, 1);
+                return None;
+            }
+        };
+        let Some(peer) = peer else {
+            inc(&c.rx_unknown_peer, 1);
+            return None;
+        };
+        let Ok(mut t) = peer.tunn.lock() else {
+            return None;
+        };
+        // The slot is as long as the datagram: room for the decrypted packet (16 bytes
+        // shorter) or for our answer to a handshake message (92 bytes or less).
+        match t.decapsulate(Some(from.ip()), d, slot) {
+            TunnResult::WriteToNetwork(msg) => {
+                self.send(from, msg);
+                // Packets queued while the handshake was under way go now.
+                while let TunnResult::WriteToNetwork(msg) = t.decapsulate(None, &[], scratch) {
+                    self.send(peer.endpoint, msg);
+                }
+                None
+            }
+            TunnResult::WriteToTunnelV4(pkt, src) => self.allowed(peer, IpAddr::V4(src), pkt, c),
+            TunnResult::WriteToTunnelV6(pkt, src) => self.allowed(peer, IpAddr::V6(src), pkt, c),
+            TunnResult::Err(WireGuardError::UnexpectedPacket) | TunnResult::Done => None,
+            TunnResult::Err(e) => {
+                tracing::debug!(error = ?e, %from, "wireguard datagram refused");
+                inc(&c.rx_invalid, 1);
+                None
+            }
+        }
+    }
+
+    fn allowed<'s>(
+        &self,
+        peer: &PeerState,
+        src: IpAddr,
+        pkt: &'s mut [u8],
+        c: &WgCounters,
+    ) -> Option<&'s [u8]> {
+        if peer.allows(src) {
+            Some(pkt)
+        } else {
+            inc(&c.rx_disallowed_source, 1);
+            None
+        }
+    }
+}
