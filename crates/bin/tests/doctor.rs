@@ -59,6 +59,14 @@ fn a_healthy_udp_node_passes_every_check() {
 }
 
 #[test]
+fn healthy_wireguard_nodes_pass_every_check_in_both_families() {
+    if common::skip_without_root() {
+        return;
+    }
+    all_pass(&lab("wireguard", IpFamily::Dual, false));
+}
+
+#[test]
 fn healthy_dual_stack_nodes_pass_every_check_with_vxlan_and_host_gw() {
     if common::skip_without_root() {
         return;

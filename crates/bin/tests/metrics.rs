@@ -216,3 +216,48 @@ fn the_udp_backend_counts_packets_and_bytes_each_way() {
         Some(0.0)
     );
 }
+
+#[test]
+fn the_wireguard_backend_counts_peers_packets_handshakes_and_drops() {
+    if common::skip_without_root() {
+        return;
+    }
+    let lab = Lab::up_with(flannel_lab::LabSpec {
+        nodes: 2,
+        pods_per_node: 1,
+        backend: "wireguard".into(),
+        flanneld_args: vec!["--healthz-port=9120".into()],
+        ..flannel_lab::LabSpec::default()
+    });
+    let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
+    assert!(flannel_lab::ping::ping(&a.pods[0].netns, &b.pods[0].ip));
+    let page = scrape(&a.netns);
+    let (ok, said) = promtool_check(&page);
+    assert!(
+        ok && said.trim().is_empty(),
+        "promtool check metrics: {said}\n{page}"
+    );
+    assert_eq!(
+        sample(&page, "flannel_wireguard_peers"),
+        Some(1.0),
+        "{page}"
+    );
+    for series in [
+        "flannel_wireguard_packets_total{direction=\"tx\"}",
+        "flannel_wireguard_packets_total{direction=\"rx\"}",
+        "flannel_wireguard_bytes_total{direction=\"tx\"}",
+        "flannel_wireguard_handshakes_sent_total",
+    ] {
+        assert!(
+            sample(&page, series).unwrap_or(0.0) >= 1.0,
+            "{series}:\n{page}"
+        );
+    }
+    assert_eq!(
+        sample(
+            &page,
+            "flannel_wireguard_drops_total{reason=\"source_not_allowed\"}"
+        ),
+        Some(0.0)
+    );
+}

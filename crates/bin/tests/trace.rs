@@ -187,6 +187,49 @@ fn host_gw_and_udp_walks() {
 }
 
 #[test]
+fn wireguard_walk_names_the_peer_key_and_every_hop_sees_the_packet() {
+    if common::skip_without_root() {
+        return;
+    }
+    let wg = lab("wireguard", 1);
+    let b = &wg.state.nodes[1];
+    let (code, s) = trace(&wg);
+    assert_eq!(code, 0, "{s:#?}");
+    assert_eq!(
+        hops(&s),
+        [
+            "pod eth0 → cni0",
+            "route",
+            "flannel-wg",
+            "encapsulation",
+            "underlay route",
+            "peer",
+            "masquerade"
+        ]
+    );
+    let lease =
+        flannel_lab::cluster::etcd_get(&wg.state, &flannel_lab::cluster::lease_key(&b.subnet))
+            .unwrap();
+    let lease: Value = serde_json::from_str(lease.trim()).unwrap();
+    let key = lease["BackendData"]["PublicKey"].as_str().unwrap();
+    assert!(detail(&s, "flannel-wg").contains(key), "{s:#?}");
+    assert!(detail(&s, "encapsulation").contains(&format!("UDP to {}:51820", b.ip)));
+    proven(
+        &wg,
+        &[
+            "pa eth0",
+            "A cni0",
+            "A flannel-wg",
+            "A eth0",
+            "B eth0",
+            "B flannel-wg",
+            "B cni0",
+            "pb eth0",
+        ],
+    );
+}
+
+#[test]
 fn across_two_segments_the_underlay_goes_through_the_router() {
     if common::skip_without_root() {
         return;

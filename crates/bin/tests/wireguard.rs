@@ -7,7 +7,9 @@ mod common;
 
 use common::lab::Lab;
 use common::{eventually, ip, Netns, Proc, TempDir};
-use flannel_lab::cluster::{etcd_del, etcd_get, etcd_put, lease_key, start_flanneld, stop_flanneld};
+use flannel_lab::cluster::{
+    etcd_del, etcd_get, etcd_put, lease_key, start_flanneld, stop_flanneld,
+};
 use flannel_lab::{IpFamily, LabSpec, LabState};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
@@ -35,7 +37,11 @@ fn wg(args: &[&str], input: &str) -> String {
     use std::io::Write;
     c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     let o = c.wait_with_output().unwrap();
-    assert!(o.status.success(), "wg {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "wg {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
@@ -87,12 +93,28 @@ fn every_pair_talks_in_both_families_and_the_wire_shows_no_pod() {
 
     // Devices as upstream makes them: MTU − 80, the subnet's address, one route per network.
     for (dev, addr, route, v6) in [
-        ("flannel-wg", format!("inet {}/32", a.subnet.trim_end_matches("/24")), "10.244.0.0/16 dev flannel-wg", false),
-        ("flannel-wg-v6", format!("inet6 {}/128", a.subnet6.trim_end_matches("/64")), "fd00:10:244::/56 dev flannel-wg-v6", true),
+        (
+            "flannel-wg",
+            format!("inet {}/32", a.subnet.trim_end_matches("/24")),
+            "10.244.0.0/16 dev flannel-wg",
+            false,
+        ),
+        (
+            "flannel-wg-v6",
+            format!("inet6 {}/128", a.subnet6.trim_end_matches("/64")),
+            "fd00:10:244::/56 dev flannel-wg-v6",
+            true,
+        ),
     ] {
         let link = ip(&["-n", &a.netns, "-d", "link", "show", dev]);
-        assert!(link.contains("mtu 1420") && link.contains("tun type tun"), "{link}");
-        assert!(ip(&["-n", &a.netns, "addr", "show", dev]).contains(&addr), "{dev} lacks {addr}");
+        assert!(
+            link.contains("mtu 1420") && link.contains("tun type tun"),
+            "{link}"
+        );
+        assert!(
+            ip(&["-n", &a.netns, "addr", "show", dev]).contains(&addr),
+            "{dev} lacks {addr}"
+        );
         let routes = ip(&["-n", &a.netns, if v6 { "-6" } else { "-4" }, "route"]);
         assert!(routes.contains(route), "{routes}");
     }
@@ -118,7 +140,18 @@ fn every_pair_talks_in_both_families_and_the_wire_shows_no_pod() {
     let file = pcap.path().join("eth0.pcap");
     let mut dump = Proc(
         Command::new("ip")
-            .args(["netns", "exec", &b.netns, "tcpdump", "-i", "eth0", "--immediate-mode", "-U", "-n", "-w"])
+            .args([
+                "netns",
+                "exec",
+                &b.netns,
+                "tcpdump",
+                "-i",
+                "eth0",
+                "--immediate-mode",
+                "-U",
+                "-n",
+                "-w",
+            ])
             .arg(&file)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -128,7 +161,9 @@ fn every_pair_talks_in_both_families_and_the_wire_shows_no_pod() {
     // tcpdump says "listening on eth0" once it captures.
     let mut err = std::io::BufReader::new(dump.0.stderr.take().unwrap());
     let mut line = String::new();
-    while std::io::BufRead::read_line(&mut err, &mut line).unwrap_or(0) > 0 && !line.contains("listening on") {
+    while std::io::BufRead::read_line(&mut err, &mut line).unwrap_or(0) > 0
+        && !line.contains("listening on")
+    {
         line.clear();
     }
     let (src, dst) = (&a.pods[0], &b.pods[0]);
@@ -138,13 +173,23 @@ fn every_pair_talks_in_both_families_and_the_wire_shows_no_pod() {
     assert!(v6_ready.is_some(), "IPv6 pod to pod");
     std::thread::sleep(Duration::from_millis(300));
     for _ in 0..3 {
-        assert!(ping(&src.netns, &dst.ip, Some(MARKER)), "v4 ping with the marker");
-        assert!(ping(&src.netns, &dst.ip6, Some(MARKER)), "v6 ping with the marker");
+        assert!(
+            ping(&src.netns, &dst.ip, Some(MARKER)),
+            "v4 ping with the marker"
+        );
+        assert!(
+            ping(&src.netns, &dst.ip6, Some(MARKER)),
+            "v6 ping with the marker"
+        );
     }
     std::thread::sleep(Duration::from_millis(300));
     // SIGINT: tcpdump writes out what it holds and ends.
-    let _ = Command::new("kill").args(["-INT", &dump.0.id().to_string()]).status();
-    let ended = eventually(Duration::from_secs(5), || dump.0.try_wait().is_ok_and(|s| s.is_some()));
+    let _ = Command::new("kill")
+        .args(["-INT", &dump.0.id().to_string()])
+        .status();
+    let ended = eventually(Duration::from_secs(5), || {
+        dump.0.try_wait().is_ok_and(|s| s.is_some())
+    });
     assert!(ended.is_some(), "tcpdump did not end on SIGINT");
     let bytes = std::fs::read(&file).unwrap();
     let text = Command::new("tcpdump")
@@ -162,7 +207,10 @@ fn every_pair_talks_in_both_families_and_the_wire_shows_no_pod() {
     let marker: Vec<u8> = (0..MARKER.len() / 2)
         .map(|i| u8::from_str_radix(&MARKER[2 * i..2 * i + 2], 16).unwrap())
         .collect();
-    assert!(!find(&marker), "the marker payload crossed the underlay in clear");
+    assert!(
+        !find(&marker),
+        "the marker payload crossed the underlay in clear"
+    );
     for pod in [src, dst] {
         let v4: std::net::Ipv4Addr = pod.ip.parse().unwrap();
         let v6: std::net::Ipv6Addr = pod.ip6.parse().unwrap();
@@ -184,19 +232,38 @@ fn a_restarted_node_keeps_its_key_and_talks_at_once_and_peers_follow_leases() {
 
     // Restart b: its device goes with the process; the new one greets every peer at start,
     // so the first ping after "ready" (one try, 1 s) gets through.
-    let before = std::fs::read_to_string(&b.log).unwrap().matches("flannel is ready").count();
+    let before = std::fs::read_to_string(&b.log)
+        .unwrap()
+        .matches("flannel is ready")
+        .count();
     stop_flanneld(b).unwrap();
-    assert!(!ping(&a.pods[0].netns, &b.pods[0].ip, None), "b's device is gone while it is down");
+    assert!(
+        !ping(&a.pods[0].netns, &b.pods[0].ip, None),
+        "b's device is gone while it is down"
+    );
     let _b = Proc(start_flanneld(b).unwrap());
     let ready = eventually(Duration::from_secs(10), || {
-        std::fs::read_to_string(&b.log).unwrap_or_default().matches("flannel is ready").count()
+        std::fs::read_to_string(&b.log)
+            .unwrap_or_default()
+            .matches("flannel is ready")
+            .count()
             > before
     });
     assert!(ready.is_some(), "b did not come back");
     let since_ready = std::time::Instant::now();
     let back = eventually(Duration::from_secs(1), || {
         Command::new("ip")
-            .args(["netns", "exec", &a.pods[0].netns, "ping", "-c", "1", "-W", "0.2", &b.pods[0].ip])
+            .args([
+                "netns",
+                "exec",
+                &a.pods[0].netns,
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "0.2",
+                &b.pods[0].ip,
+            ])
             .stdout(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
@@ -207,8 +274,14 @@ fn a_restarted_node_keeps_its_key_and_talks_at_once_and_peers_follow_leases() {
         since_ready.elapsed()
     );
     assert!(ping(&b.pods[0].netns, &a.pods[0].ip, None));
-    assert_eq!(std::fs::read_to_string(key_file(&lab.state, &b.name)).unwrap(), key_before);
-    assert_eq!(node_lease(&lab.state, b)["BackendData"], lease_before["BackendData"]);
+    assert_eq!(
+        std::fs::read_to_string(key_file(&lab.state, &b.name)).unwrap(),
+        key_before
+    );
+    assert_eq!(
+        node_lease(&lab.state, b)["BackendData"],
+        lease_before["BackendData"]
+    );
 
     // Peers follow the leases: a made-up node's lease adds a peer on a, its removal takes it
     // away (flannel_wireguard_peers, as an operator reads it).
@@ -228,11 +301,22 @@ fn a_restarted_node_keeps_its_key_and_talks_at_once_and_peers_follow_leases() {
     )
     .unwrap();
     let added = eventually(Duration::from_secs(5), || peers(a) == Some(2.0));
-    assert!(added.is_some(), "the new lease's peer was not added: {:?}", peers(a));
+    assert!(
+        added.is_some(),
+        "the new lease's peer was not added: {:?}",
+        peers(a)
+    );
     etcd_del(&lab.state, &lease_key(&subnet)).unwrap();
     let removed = eventually(Duration::from_secs(5), || peers(a) == Some(1.0));
-    assert!(removed.is_some(), "the peer stayed after its lease went: {:?}", peers(a));
-    assert!(ping(&a.pods[0].netns, &b.pods[0].ip, None), "the other peer is untouched");
+    assert!(
+        removed.is_some(),
+        "the peer stayed after its lease went: {:?}",
+        peers(a)
+    );
+    assert!(
+        ping(&a.pods[0].netns, &b.pods[0].ip, None),
+        "the other peer is untouched"
+    );
 }
 
 /// An upstream node on the lab's switch: `wireguard-go` with device `dev` configured by `wg`
@@ -267,7 +351,15 @@ impl UpstreamNode {
                 .is_ok_and(|s| s.success())
         });
         assert!(up.is_some(), "wireguard-go made no device {dev}");
-        ip(&["-n", &ns.0, "addr", "add", &format!("{subnet_ip}/32"), "dev", &dev]);
+        ip(&[
+            "-n",
+            &ns.0,
+            "addr",
+            "add",
+            &format!("{subnet_ip}/32"),
+            "dev",
+            &dev,
+        ]);
         ip(&["-n", &ns.0, "link", "set", &dev, "up"]);
         ip(&["-n", &ns.0, "route", "add", "10.244.0.0/16", "dev", &dev]);
         UpstreamNode {
@@ -307,7 +399,11 @@ impl UpstreamNode {
         let mut full = vec!["netns", "exec", &self.ns.0, "wg"];
         full.extend(args);
         let o = Command::new("ip").args(&full).output().unwrap();
-        assert!(o.status.success(), "wg set: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "wg set: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 }
 
@@ -352,10 +448,19 @@ fn wireguard_go_configured_from_our_leases_talks_with_us_but_not_with_the_wrong_
             .and_then(|m| m.get("flannel_wireguard_peers").copied())
             == Some(2.0)
     });
-    assert!(peer_known.is_some(), "our node did not take the upstream node's lease");
+    assert!(
+        peer_known.is_some(),
+        "our node did not take the upstream node's lease"
+    );
     for _ in 0..2 {
-        assert!(!ping(&pod.netns, &node_ip, None), "a node holding another key than it publishes was reached");
-        assert!(!ping(&up.ns.0, &pod.ip, None), "a node holding another key than it publishes got through");
+        assert!(
+            !ping(&pod.netns, &node_ip, None),
+            "a node holding another key than it publishes was reached"
+        );
+        assert!(
+            !ping(&up.ns.0, &pod.ip, None),
+            "a node holding another key than it publishes got through"
+        );
     }
     // With the key it publishes, both ways work, to and from every node of ours.
     up.configure(&k1, &lab.state);
@@ -363,9 +468,20 @@ fn wireguard_go_configured_from_our_leases_talks_with_us_but_not_with_the_wrong_
         let p = &n.pods[0];
         let there = eventually(Duration::from_secs(8), || ping(&up.ns.0, &p.ip, None));
         assert!(there.is_some(), "wireguard-go's node cannot reach {}", p.ip);
-        assert!(ping(&p.netns, &node_ip, None), "{} cannot reach wireguard-go's node", p.ip);
+        assert!(
+            ping(&p.netns, &node_ip, None),
+            "{} cannot reach wireguard-go's node",
+            p.ip
+        );
     }
-    let shown = Command::new("wg").args(["show", &up.dev, "latest-handshakes"]).output().unwrap();
+    let shown = Command::new("wg")
+        .args(["show", &up.dev, "latest-handshakes"])
+        .output()
+        .unwrap();
     let shown = String::from_utf8_lossy(&shown.stdout);
-    assert_eq!(shown.lines().filter(|l| !l.ends_with("\t0")).count(), lab.state.nodes.len(), "{shown}");
+    assert_eq!(
+        shown.lines().filter(|l| !l.ends_with("\t0")).count(),
+        lab.state.nodes.len(),
+        "{shown}"
+    );
 }

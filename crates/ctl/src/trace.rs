@@ -174,14 +174,19 @@ pub fn walk(t: &TraceFacts, src: IpAddr, dst: IpAddr) -> Vec<Step> {
                 ));
             }
             ("wireguard", true) => {
-                let data = if v6 { p.backend_v6_data.as_ref() } else { p.backend_data.as_ref() }
-                    .or(p.backend_data.as_ref());
+                let data = if v6 {
+                    p.backend_v6_data.as_ref()
+                } else {
+                    p.backend_data.as_ref()
+                }
+                .or(p.backend_data.as_ref());
                 let field = |k: &str| {
                     data.and_then(|d| d.as_object())
                         .and_then(|o| o.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)))
                         .map(|(_, v)| v.to_string().trim_matches('"').to_string())
                 };
-                let key = field("PublicKey").unwrap_or_else(|| "(no PublicKey in its lease)".into());
+                let key =
+                    field("PublicKey").unwrap_or_else(|| "(no PublicKey in its lease)".into());
                 let port = field("Port").unwrap_or_else(|| "51820".into());
                 steps.push(step(
                     &dev,

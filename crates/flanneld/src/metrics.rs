@@ -147,11 +147,10 @@ impl Metrics {
         for kind in REPAIR_KINDS {
             let _ = m.repairs.get_or_create(&[("kind", kind)]);
         }
-        m.registry
-            .register_collector(Box::new(Collected {
-                udp: m.udp.clone(),
-                wg: m.wg.clone(),
-            }));
+        m.registry.register_collector(Box::new(Collected {
+            udp: m.udp.clone(),
+            wg: m.wg.clone(),
+        }));
         Arc::new(m)
     }
 
@@ -381,7 +380,10 @@ fn wireguard(enc: &mut DescriptorEncoder, c: &WgCounters) -> Result<(), std::fmt
         &[
             (&[("reason", "unknown_peer")], v(&c.rx_unknown_peer)),
             (&[("reason", "not_authentic")], v(&c.rx_invalid)),
-            (&[("reason", "source_not_allowed")], v(&c.rx_disallowed_source)),
+            (
+                &[("reason", "source_not_allowed")],
+                v(&c.rx_disallowed_source),
+            ),
             (&[("reason", "no_route")], v(&c.no_route)),
             (&[("reason", "malformed")], v(&c.malformed)),
             (&[("reason", "send_error")], v(&c.errors)),
@@ -460,7 +462,10 @@ mod tests {
         let t = m.render(false);
         assert!(t.contains("# TYPE flannel_wireguard_peers gauge"), "{t}");
         assert!(t.contains("flannel_wireguard_peers 2"), "{t}");
-        assert!(t.contains("flannel_wireguard_handshakes_sent_total 3"), "{t}");
+        assert!(
+            t.contains("flannel_wireguard_handshakes_sent_total 3"),
+            "{t}"
+        );
         assert!(
             t.contains("flannel_wireguard_drops_total{reason=\"source_not_allowed\"} 4"),
             "{t}"

@@ -232,6 +232,8 @@ pub fn run(spec: &BenchSpec, progress: &mut dyn FnMut(&str)) -> anyhow::Result<V
     // Dual-stack labs of their own for the IPv6 rows (their FLANNEL_MTU is the IPv6 device's).
     let (vx6, _g4) = lab(spec, "bv6", "vxlan", Dual)?;
     let (hg6, _g5) = lab(spec, "bh6", "host-gw", Dual)?;
+    // WireGuard (userspace) in both families from one dual-stack lab.
+    let (wg, _g6) = lab(spec, "bwg", "wireguard", Dual)?;
     let (n1, n2) = (&vx.nodes[0], &vx.nodes[1]);
     // A hand-built kernel VXLAN between the same namespaces, same MTU as ours.
     for (n, local, remote, addr) in [
@@ -321,6 +323,7 @@ pub fn run(spec: &BenchSpec, progress: &mut dyn FnMut(&str)) -> anyhow::Result<V
             )
         },
         case("udp", &ud, pods(&ud), true),
+        case("wireguard", &wg, pods(&wg), true),
         case(
             "underlay (IPv6)",
             &vx6,
@@ -335,6 +338,7 @@ pub fn run(spec: &BenchSpec, progress: &mut dyn FnMut(&str)) -> anyhow::Result<V
         ),
         case("vxlan (IPv6)", &vx6, pods6(&vx6), true),
         case("host-gw (IPv6)", &hg6, pods6(&hg6), true),
+        case("wireguard (IPv6)", &wg, pods6(&wg), true),
     ];
     let mut servers = Vec::new();
     let mut started: Vec<(&str, u16)> = Vec::new();

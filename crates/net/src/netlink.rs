@@ -219,6 +219,15 @@ impl Netlink {
     }
 
     /// Whether a blackhole route for exactly `dst` exists in the main table.
+    /// Creates a kernel WireGuard device `name`: fails with "Unknown device type"
+    /// (EOPNOTSUPP) where the kernel has no WireGuard module, as on these lab machines.
+    pub async fn create_wireguard(&self, name: &str) -> Result<(), NetError> {
+        let m = rtnetlink::LinkWireguard::new(name).build();
+        ctx(self.handle.link().add(m).execute().await, || {
+            format!("create wireguard device {name}")
+        })
+    }
+
     pub async fn has_blackhole(&self, dst: Ipv4Net) -> Result<bool, NetError> {
         Ok(self.v4_routes().await?.iter().any(|r| {
             r.header.kind == RouteType::BlackHole

@@ -92,7 +92,10 @@ impl Sock {
 
     /// Binds `[::]:port` for both families (IPv4 senders arrive v4-mapped).
     pub fn bind_dual(port: u16) -> io::Result<Self> {
-        Self::bind_with(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port), false)
+        Self::bind_with(
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+            false,
+        )
     }
 
     fn bind_with(addr: SocketAddr, v6only: bool) -> io::Result<Self> {
@@ -119,11 +122,22 @@ impl Sock {
             setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF, SOCK_BUF);
         }
         if v6 {
-            setsockopt_int(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, i32::from(v6only));
+            setsockopt_int(
+                &fd,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_V6ONLY,
+                i32::from(v6only),
+            );
         }
         let (sa, len) = sockaddr(addr, v6);
         // SAFETY: bind(2) with a socket address and its size.
-        let r = unsafe { libc::bind(fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, len) };
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sa as *const _ as *const libc::sockaddr,
+                len,
+            )
+        };
         if r != 0 {
             return Err(io::Error::last_os_error());
         }

@@ -22,13 +22,25 @@ impl Waker {
     pub fn wake(&self) {
         let one: u64 = 1;
         // SAFETY: write(2) of 8 bytes from a live u64, as eventfd wants.
-        unsafe { libc::write(self.0.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+        unsafe {
+            libc::write(
+                self.0.as_raw_fd(),
+                &one as *const u64 as *const libc::c_void,
+                8,
+            )
+        };
     }
 
     pub fn drain(&self) {
         let mut v: u64 = 0;
         // SAFETY: read(2) of 8 bytes into a live u64.
-        unsafe { libc::read(self.0.as_raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8) };
+        unsafe {
+            libc::read(
+                self.0.as_raw_fd(),
+                &mut v as *mut u64 as *mut libc::c_void,
+                8,
+            )
+        };
     }
 
     pub fn fd(&self) -> RawFd {
@@ -44,7 +56,11 @@ mod tests {
     fn wakes_a_poll_and_drains() {
         let w = Waker::new().unwrap();
         let poll = |w: &Waker| {
-            let mut p = libc::pollfd { fd: w.fd(), events: libc::POLLIN, revents: 0 };
+            let mut p = libc::pollfd {
+                fd: w.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
             // SAFETY: poll(2) on one pollfd, no wait.
             unsafe { libc::poll(&mut p, 1, 0) }
         };

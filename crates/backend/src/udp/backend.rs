@@ -1,10 +1,10 @@
 //! The udp backend itself: the TUN device `flannel0` (address, MTU, route to the network), the
 //! worker threads, and the peer table they use.
 
-use crate::datapath::sock::Sock;
 use super::table::PeerTable;
-use crate::datapath::tun;
 use super::worker::{Counters, Ctl, Worker};
+use crate::datapath::sock::Sock;
+use crate::datapath::tun;
 use crate::{BackendError, ExternalInterface, ReconcileReport};
 use flannel_core::peers::usable_peers;
 use flannel_core::{Lease, LeaseAttrs};

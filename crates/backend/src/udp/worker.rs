@@ -1,11 +1,11 @@
 //! A data-path worker: one TUN queue and one UDP socket, polled together on a thread of its own.
 //! Buffers are allocated once; the peer table arrives over a channel (no locks on the path).
 
+use super::table::{Inbound, PeerTable};
 use crate::datapath::gro::{Gro, MAX_SEGS};
 use crate::datapath::gso::{segment, SegError};
 use crate::datapath::packet::{decrement_ttl, icmp_net_unreachable, parse_ipv4};
 use crate::datapath::sock::{Received, RecvBatch, Sock};
-use super::table::{Inbound, PeerTable};
 use crate::datapath::vnet::{self, VnetHdr};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -183,7 +183,10 @@ impl Worker {
             return;
         };
         match segment(&h, pkt, &mut b.hdrs) {
-            Ok(s) => match self.sock.send_segments(peer.into(), &s, &b.hdrs, pkt, &mut b.iov) {
+            Ok(s) => match self
+                .sock
+                .send_segments(peer.into(), &s, &b.hdrs, pkt, &mut b.iov)
+            {
                 Ok(()) => {
                     inc(&c.tx_packets, s.count as u64);
                     inc(&c.tx_bytes, pkt.len() as u64);
@@ -245,8 +248,8 @@ fn inbound<'a>(
 
 #[cfg(test)]
 mod tests {
-    use crate::datapath::packet::tests::tcp_packet;
     use super::*;
+    use crate::datapath::packet::tests::tcp_packet;
 
     #[test]
     fn inbound_drops_strangers_truncated_and_oversized_input() {

@@ -11,9 +11,6 @@ use crate::datapath::sock::Sock;
 use crate::datapath::tun;
 use crate::datapath::wake::Waker;
 use crate::{BackendError, ExternalInterface, ReconcileReport};
-use boringtun::noise::rate_limiter::RateLimiter;
-use boringtun::noise::Tunn;
-use boringtun::x25519::{PublicKey, StaticSecret};
 use flannel_core::state::KernelEntry;
 use flannel_core::wireguard::{
     desired_peers, encode_key, Device, Key, Mode, PeerInputs, WgConfig, WgData, WgPeer, DEVICE,
@@ -23,15 +20,11 @@ use flannel_core::{Lease, LeaseAttrs};
 use flannel_net::{Family, NetOps, Netlink};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use tracing::{info, warn};
-
-/// The handshakes per second a device answers before it asks for cookies (boringtun's
-/// device uses the same figure).
-const HANDSHAKE_RATE_LIMIT: u64 = 100;
 
 /// One of our devices and the workers that serve it.
 struct WgDevice {
@@ -41,8 +34,10 @@ struct WgDevice {
     index: u32,
     workers: Vec<(Sender<Ctl>, Arc<Waker>, JoinHandle<()>)>,
     table: Arc<WgTable>,
-    /// The peers the table was built from.
+    /// The peers the table was built from (or the kernel device was given).
     peers: Vec<WgPeer>,
+    /// A kernel WireGuard device (no workers, no table: the kernel holds the peers).
+    kernel: bool,
 }
 
 impl WgDevice {
@@ -77,7 +72,10 @@ pub struct WireguardBackend {
     v4: Option<Ipv4Net>,
     v6: Option<Ipv6Net>,
     public: Key,
+    private: Key,
     id: Arc<Identity>,
+    /// The generic netlink socket of kernel WireGuard, once a kernel device exists.
+    kernel: Option<super::kernel::KernelWg>,
     devices: Vec<WgDevice>,
     counters: Arc<WgCounters>,
     next_index: u32,
@@ -102,19 +100,14 @@ impl WireguardBackend {
         })?;
         let path = key::key_path();
         let (private, created) = key::load_or_create(&path).map_err(BackendError::Device)?;
-        let private = StaticSecret::from(private);
-        let public = PublicKey::from(&private);
+        let id = Arc::new(Identity::new(private));
+        let public = id.public;
         info!(
             key_file = %path.display(),
             public_key = %encode_key(public.as_bytes()),
             created,
             "WireGuard key"
         );
-        let id = Arc::new(Identity {
-            limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
-            private,
-            public,
-        });
         let mut me = Self {
             nl,
             mtu: cfg.device_mtu(ext.mtu),
@@ -122,7 +115,9 @@ impl WireguardBackend {
             v4,
             v6,
             public: public.to_bytes(),
+            private,
             id,
+            kernel: None,
             devices: Vec::new(),
             counters: Arc::new(WgCounters::default()),
             next_index: 0,
@@ -152,7 +147,7 @@ impl WireguardBackend {
     /// Creates device `name` (replacing whatever has that name, as upstream does), its
     /// sockets and workers.
     async fn open_device(
-        &self,
+        &mut self,
         kind: Device,
         name: &'static str,
         port: u16,
@@ -160,6 +155,9 @@ impl WireguardBackend {
         if let Some(old) = self.nl.link_by_name(name).await? {
             warn!(device = name, "deleting an existing {name} to create ours");
             self.nl.delete_link(old.index).await?;
+        }
+        if let Some(d) = self.open_kernel_device(kind, name, port).await? {
+            return Ok(d);
         }
         let queues = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -178,12 +176,13 @@ impl WireguardBackend {
             // Kernel WireGuard listens on every address, both families.
             let sock = Sock::bind_dual(port)
                 .or_else(|_| Sock::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))))
-                .map_err(|e| BackendError::Device(format!("binding UDP port {port} for {name}: {e}")))?;
+                .map_err(|e| {
+                    BackendError::Device(format!("binding UDP port {port} for {name}: {e}"))
+                })?;
             gro = sock.gro;
             let (tx, rx) = channel();
-            let wake = Arc::new(
-                Waker::new().map_err(|e| BackendError::Device(format!("eventfd: {e}")))?,
-            );
+            let wake =
+                Arc::new(Waker::new().map_err(|e| BackendError::Device(format!("eventfd: {e}")))?);
             let w = Worker {
                 wake: wake.clone(),
                 tun,
@@ -218,11 +217,90 @@ impl WireguardBackend {
             workers,
             table: Arc::new(WgTable::default()),
             peers: Vec::new(),
+            kernel: false,
         })
     }
 
+    /// A kernel WireGuard device, where the kernel has the module (see `kernel`); `None` to
+    /// fall back to the userspace data path.
+    async fn open_kernel_device(
+        &mut self,
+        kind: Device,
+        name: &'static str,
+        port: u16,
+    ) -> Result<Option<WgDevice>, BackendError> {
+        if !super::kernel::wanted() {
+            return Ok(None);
+        }
+        if let Err(e) = self.nl.create_wireguard(name).await {
+            info!(device = name, error = %e, "no kernel WireGuard here; using flanneld's userspace WireGuard");
+            return Ok(None);
+        }
+        let link = self.nl.link_by_name(name).await?.ok_or_else(|| {
+            BackendError::Device(format!("{name} vanished right after it was created"))
+        })?;
+        if self.kernel.is_none() {
+            let k = super::kernel::KernelWg::open().map_err(|e| {
+                BackendError::Device(format!("kernel WireGuard generic netlink: {e}"))
+            })?;
+            self.kernel = Some(k);
+        }
+        self.nl.set_mtu(link.index, self.mtu).await?;
+        self.nl.set_up(link.index).await?;
+        let mut d = WgDevice {
+            kind,
+            name,
+            port,
+            index: link.index,
+            workers: Vec::new(),
+            table: Arc::new(WgTable::default()),
+            peers: Vec::new(),
+            kernel: true,
+        };
+        self.kernel_peers(&mut d, Vec::new())?;
+        info!(
+            device = name,
+            mtu = self.mtu,
+            port,
+            "wireguard device ready (kernel)"
+        );
+        Ok(Some(d))
+    }
+
+    /// Gives kernel device `d` our key, its port and exactly `peers`.
+    fn kernel_peers(&mut self, d: &mut WgDevice, peers: Vec<WgPeer>) -> Result<(), BackendError> {
+        let cfg = super::kernel::DeviceConfig {
+            ifname: d.name,
+            private: &self.private,
+            port: d.port,
+            psk: self.cfg.psk.as_ref(),
+            keepalive: self.cfg.keepalive,
+        };
+        let Some(k) = self.kernel.as_mut() else {
+            return Err(BackendError::Device(
+                "kernel WireGuard socket missing".into(),
+            ));
+        };
+        k.set_device(cfg, &peers).map_err(|e| {
+            BackendError::Device(format!(
+                "configuring kernel WireGuard device {}: {e}",
+                d.name
+            ))
+        })?;
+        d.peers = peers;
+        Ok(())
+    }
+
     pub fn lease_attrs(&self) -> LeaseAttrs {
-        let data = |port| Some(WgData { public_key: self.public, port }.to_raw());
+        let data = |port| {
+            Some(
+                WgData {
+                    public_key: self.public,
+                    port,
+                }
+                .to_raw(),
+            )
+        };
         // Outside separate mode one device listens on ListenPort for both families; the v6
         // data names that port, where we really listen (upstream writes ListenPortV6 there).
         let port_v6 = match self.cfg.mode {
@@ -403,6 +481,22 @@ impl WireguardBackend {
     /// whose key, endpoint and allowed IPs stay keeps its sessions.
     fn install(&mut self, i: usize, peers: Vec<WgPeer>) -> bool {
         let d = &self.devices[i];
+        if d.kernel {
+            if d.peers == peers {
+                return false;
+            }
+            let mut d = std::mem::replace(&mut self.devices[i], placeholder());
+            let n = peers.len();
+            let r = self.kernel_peers(&mut d, peers);
+            self.devices[i] = d;
+            if let Err(e) = r {
+                warn!(error = %e, "kernel WireGuard peers not set; the next pass tries again");
+                self.devices[i].peers.clear();
+                return false;
+            }
+            self.counters.peers.store(n as u64, Ordering::Relaxed);
+            return true;
+        }
         if d.peers == peers && !d.workers.is_empty() && d.table.len() == peers.len() {
             return false;
         }
@@ -415,22 +509,13 @@ impl WireguardBackend {
                 Some(s) => s.clone(),
                 None => {
                     self.next_index = (self.next_index + 1) & 0x00ff_ffff;
-                    let tunn = Tunn::new(
-                        self.id.private.clone(),
-                        PublicKey::from(p.public_key),
-                        self.cfg.psk,
-                        Some(self.cfg.keepalive).filter(|k| *k > 0),
+                    Arc::new(PeerState::new(
+                        &self.id,
+                        p,
                         self.next_index,
-                        Some(self.id.limiter.clone()),
-                    );
-                    Arc::new(PeerState {
-                        key: p.public_key,
-                        endpoint: p.endpoint,
-                        allowed: p.allowed.clone(),
-                        index: self.next_index,
-                        tunn: Mutex::new(tunn),
-                        greeted: AtomicBool::new(false),
-                    })
+                        self.cfg.psk,
+                        self.cfg.keepalive,
+                    ))
                 }
             };
             states.push(state);
@@ -441,7 +526,11 @@ impl WireguardBackend {
             let _ = tx.send(Ctl::Table(table.clone()));
             wake.wake();
         }
-        info!(device = d.name, peers = table.len(), "wireguard peers updated");
+        info!(
+            device = d.name,
+            peers = table.len(),
+            "wireguard peers updated"
+        );
         d.table = table;
         d.peers = peers;
         let total: usize = self.devices.iter().map(|d| d.table.len()).sum();
@@ -472,6 +561,20 @@ impl WireguardBackend {
             .iter()
             .map(|d| (d.name.to_string(), d.port))
             .collect()
+    }
+}
+
+/// Stands in for a device while it is borrowed out of the list.
+fn placeholder() -> WgDevice {
+    WgDevice {
+        kind: Device::Main,
+        name: DEVICE,
+        port: 0,
+        index: 0,
+        workers: Vec::new(),
+        table: Arc::new(WgTable::default()),
+        peers: Vec::new(),
+        kernel: true,
     }
 }
 

@@ -22,11 +22,7 @@ fn generate() -> Result<Key, String> {
     while got < k.len() {
         // SAFETY: getrandom(2) writes at most the given length into our buffer.
         let n = unsafe {
-            libc::getrandom(
-                k[got..].as_mut_ptr() as *mut libc::c_void,
-                k.len() - got,
-                0,
-            )
+            libc::getrandom(k[got..].as_mut_ptr() as *mut libc::c_void, k.len() - got, 0)
         };
         if n < 0 {
             let e = std::io::Error::last_os_error();
@@ -107,7 +103,10 @@ mod tests {
         let path = dir.path().join("wgkey");
         std::fs::write(&path, "not a key").unwrap();
         let e = load_or_create(&path).unwrap_err();
-        assert!(e.contains(&path.display().to_string()) && e.contains("base64"), "{e}");
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains("base64"),
+            "{e}"
+        );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a key");
     }
 }

@@ -3,8 +3,10 @@
 //! by destination address (sending), by our session index (data and responses) or by public
 //! key (handshake initiations). Built by the control side, handed over whole (copy on write).
 
+use super::worker::Identity;
 use boringtun::noise::Tunn;
-use flannel_core::wireguard::Key;
+use boringtun::x25519::PublicKey;
+use flannel_core::wireguard::{Key, WgPeer};
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -24,6 +26,26 @@ pub struct PeerState {
 }
 
 impl PeerState {
+    /// A peer with a fresh Noise state, our side's session indexes under `index`.
+    pub fn new(id: &Identity, peer: &WgPeer, index: u32, psk: Option<Key>, keepalive: u16) -> Self {
+        let tunn = Tunn::new(
+            id.private.clone(),
+            PublicKey::from(peer.public_key),
+            psk,
+            Some(keepalive).filter(|k| *k > 0),
+            index,
+            Some(id.limiter.clone()),
+        );
+        Self {
+            key: peer.public_key,
+            endpoint: peer.endpoint,
+            allowed: peer.allowed.clone(),
+            index,
+            tunn: Mutex::new(tunn),
+            greeted: AtomicBool::new(false),
+        }
+    }
+
     /// Whether `src` (a decrypted packet's source) lies in this peer's allowed IPs.
     pub fn allows(&self, src: IpAddr) -> bool {
         self.allowed.iter().any(|n| n.contains(&src))

@@ -75,6 +75,22 @@ pub struct Identity {
     pub limiter: Arc<RateLimiter>,
 }
 
+/// The handshakes per second a node answers before it asks for cookies (boringtun's device
+/// uses the same figure).
+pub const HANDSHAKE_RATE_LIMIT: u64 = 100;
+
+impl Identity {
+    pub fn new(private: flannel_core::wireguard::Key) -> Self {
+        let private = StaticSecret::from(private);
+        let public = PublicKey::from(&private);
+        Self {
+            limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
+            private,
+            public,
+        }
+    }
+}
+
 pub struct Worker {
     pub tun: OwnedFd,
     pub sock: Sock,
@@ -336,7 +352,9 @@ impl Worker {
         b: &mut SealBufs,
         c: &WgCounters,
     ) {
-        let Ok(mut t) = peer.tunn.lock() else { return };
+        // The session is locked per segment, not per batch: the receiving worker needs it
+        // too (for this peer's ACKs), and must not wait for a whole super-packet's sealing.
+        let (mut packets, mut bytes) = (0u64, 0u64);
         for i in 0..k {
             let plain: &[u8] = if s.hdr_len == 0 {
                 &pkt[s.payload_start..s.payload_end]
@@ -348,15 +366,17 @@ impl Worker {
             };
             let slot = &mut b.sealed[i * b.stride..(i + 1) * b.stride];
             b.lens[i] = 0;
+            let Ok(mut t) = peer.tunn.lock() else { return };
             match t.encapsulate(plain, slot) {
                 TunnResult::WriteToNetwork(msg) if msg.first() == Some(&4) => {
                     b.lens[i] = msg.len();
-                    inc(&c.tx_packets, 1);
-                    inc(&c.tx_bytes, plain.len() as u64);
+                    packets += 1;
+                    bytes += plain.len() as u64;
                 }
                 // No session yet: the packet waits in the tunnel's queue; this is the
                 // handshake initiation that will open one.
                 TunnResult::WriteToNetwork(msg) => {
+                    drop(t);
                     inc(&c.handshakes_sent, 1);
                     self.send(peer.endpoint, msg);
                 }
@@ -364,7 +384,9 @@ impl Worker {
                 _ => {}
             }
         }
-        drop(t);
+        // Counted once per batch: the counters' cache line is shared with the other workers.
+        inc(&c.tx_packets, packets);
+        inc(&c.tx_bytes, bytes);
         self.send_sealed(peer.endpoint, k, b, c);
     }
 
@@ -429,6 +451,7 @@ impl Worker {
         };
         let mut gro = Gro::default();
         let scratch = &mut b.scratch;
+        let (mut packets, mut bytes) = (0u64, 0u64);
         for ((buf, r), out) in batch.bufs.iter().zip(got).zip(b.opened.iter_mut()) {
             let data = &buf[..r.len];
             let seg = if r.seg > 0 { r.seg } else { data.len().max(1) };
@@ -439,16 +462,18 @@ impl Worker {
                 let (slot, tail) = std::mem::take(&mut rest).split_at_mut(d.len());
                 rest = tail.get_mut(seg - d.len().min(seg)..).unwrap_or_default();
                 if let Some(pkt) = self.open(d, r.from, table, slot, scratch, c) {
-                    inc(&c.rx_packets, 1);
-                    inc(&c.rx_bytes, pkt.len() as u64);
+                    packets += 1;
+                    bytes += pkt.len() as u64;
                     gro.push(pkt, &mut write);
                 }
             }
         }
         gro.flush(&mut write);
+        inc(&c.rx_packets, packets);
+        inc(&c.rx_bytes, bytes);
     }
 
-    /// Opens one datagram into `slot`; the decrypted packet when there is one to deliver.
+    /// Opens one datagram into `slot` (see [`open_datagram`]), answers through our socket.
     fn open<'s>(
         &self,
         d: &[u8],
@@ -458,59 +483,210 @@ impl Worker {
         scratch: &mut [u8],
         c: &WgCounters,
     ) -> Option<&'s [u8]> {
-        let peer = match Tunn::parse_incoming_packet(d) {
-            Ok(Packet::HandshakeInit(p)) => parse_handshake_anon(&self.id.private, &self.id.public, &p)
-                .ok()
-                .and_then(|h| table.by_key(&h.peer_static_public)),
-            Ok(Packet::HandshakeResponse(p)) => table.by_index(p.receiver_idx),
-            Ok(Packet::PacketCookieReply(p)) => table.by_index(p.receiver_idx),
-            Ok(Packet::PacketData(p)) => table.by_index(p.receiver_idx),
-            Err(_) => {
-                inc(&c.rx_invalid, 1);
-                return None;
-            }
-        };
-        let Some(peer) = peer else {
-            inc(&c.rx_unknown_peer, 1);
+        open_datagram(
+            &self.id,
+            table,
+            d,
+            from,
+            slot,
+            scratch,
+            c,
+            &mut |to, msg| self.send(to, msg),
+        )
+    }
+}
+
+/// Opens one datagram from `from` into `slot` (as long as the datagram: room for the decrypted
+/// packet, 16 bytes shorter, or for our answer to a handshake message, 92 bytes at most): finds
+/// the peer (by public key for an initiation, by our session index otherwise), lets its Noise
+/// session decide, sends what must be answered, and returns a decrypted packet only if its
+/// source lies in that peer's allowed IPs. Every refusal is counted.
+#[allow(clippy::too_many_arguments)]
+pub fn open_datagram<'s>(
+    id: &Identity,
+    table: &WgTable,
+    d: &[u8],
+    from: SocketAddr,
+    slot: &'s mut [u8],
+    scratch: &mut [u8],
+    c: &WgCounters,
+    send: &mut impl FnMut(SocketAddr, &[u8]),
+) -> Option<&'s [u8]> {
+    let peer = match Tunn::parse_incoming_packet(d) {
+        Ok(Packet::HandshakeInit(p)) => parse_handshake_anon(&id.private, &id.public, &p)
+            .ok()
+            .and_then(|h| table.by_key(&h.peer_static_public)),
+        Ok(Packet::HandshakeResponse(p)) => table.by_index(p.receiver_idx),
+        Ok(Packet::PacketCookieReply(p)) => table.by_index(p.receiver_idx),
+        Ok(Packet::PacketData(p)) => table.by_index(p.receiver_idx),
+        Err(_) => {
+            inc(&c.rx_invalid, 1);
             return None;
-        };
-        let Ok(mut t) = peer.tunn.lock() else {
-            return None;
-        };
-        // The slot is as long as the datagram: room for the decrypted packet (16 bytes
-        // shorter) or for our answer to a handshake message (92 bytes or less).
-        match t.decapsulate(Some(from.ip()), d, slot) {
-            TunnResult::WriteToNetwork(msg) => {
-                self.send(from, msg);
-                // Packets queued while the handshake was under way go now.
-                while let TunnResult::WriteToNetwork(msg) = t.decapsulate(None, &[], scratch) {
-                    self.send(peer.endpoint, msg);
-                }
-                None
-            }
-            TunnResult::WriteToTunnelV4(pkt, src) => self.allowed(peer, IpAddr::V4(src), pkt, c),
-            TunnResult::WriteToTunnelV6(pkt, src) => self.allowed(peer, IpAddr::V6(src), pkt, c),
-            TunnResult::Err(WireGuardError::UnexpectedPacket) | TunnResult::Done => None,
-            TunnResult::Err(e) => {
-                tracing::debug!(error = ?e, %from, "wireguard datagram refused");
-                inc(&c.rx_invalid, 1);
-                None
-            }
         }
+    };
+    let Some(peer) = peer else {
+        inc(&c.rx_unknown_peer, 1);
+        return None;
+    };
+    let Ok(mut t) = peer.tunn.lock() else {
+        return None;
+    };
+    let (pkt, src) = match t.decapsulate(Some(from.ip()), d, slot) {
+        TunnResult::WriteToNetwork(msg) => {
+            send(from, msg);
+            // Packets queued while the handshake was under way go now.
+            while let TunnResult::WriteToNetwork(msg) = t.decapsulate(None, &[], scratch) {
+                send(peer.endpoint, msg);
+            }
+            return None;
+        }
+        TunnResult::WriteToTunnelV4(pkt, src) => (pkt, IpAddr::V4(src)),
+        TunnResult::WriteToTunnelV6(pkt, src) => (pkt, IpAddr::V6(src)),
+        // A duplicate or late handshake message; keepalives (nothing to deliver).
+        TunnResult::Err(WireGuardError::UnexpectedPacket) | TunnResult::Done => return None,
+        TunnResult::Err(e) => {
+            tracing::debug!(error = ?e, %from, "wireguard datagram refused");
+            inc(&c.rx_invalid, 1);
+            return None;
+        }
+    };
+    if peer.allows(src) {
+        Some(pkt)
+    } else {
+        inc(&c.rx_disallowed_source, 1);
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::packet::tests::tcp_packet;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Mutex;
+
+    const PEER_AT: &str = "10.0.0.52:51820";
+
+    /// Our identity, a table with one peer (allowed 10.244.1.0/24) and that peer's own
+    /// tunnel towards us, as a remote WireGuard would hold it.
+    fn setup() -> (Identity, WgTable, Tunn) {
+        let ours = StaticSecret::from([1u8; 32]);
+        let theirs = StaticSecret::from([2u8; 32]);
+        let (our_pub, their_pub) = (PublicKey::from(&ours), PublicKey::from(&theirs));
+        let id = Identity {
+            limiter: Arc::new(RateLimiter::new(&our_pub, 100)),
+            private: ours.clone(),
+            public: our_pub,
+        };
+        let peer = Arc::new(PeerState {
+            key: their_pub.to_bytes(),
+            endpoint: PEER_AT.parse().unwrap(),
+            allowed: vec!["10.244.1.0/24".parse().unwrap()],
+            index: 7,
+            tunn: Mutex::new(Tunn::new(
+                ours,
+                their_pub,
+                None,
+                None,
+                7,
+                Some(id.limiter.clone()),
+            )),
+            greeted: AtomicBool::new(true),
+        });
+        let remote = Tunn::new(theirs, our_pub, None, None, 9, None);
+        (id, WgTable::new(vec![peer]), remote)
     }
 
-    fn allowed<'s>(
-        &self,
-        peer: &PeerState,
-        src: IpAddr,
-        pkt: &'s mut [u8],
-        c: &WgCounters,
-    ) -> Option<&'s [u8]> {
-        if peer.allows(src) {
-            Some(pkt)
-        } else {
-            inc(&c.rx_disallowed_source, 1);
-            None
-        }
+    /// A TCP packet from `src` to 10.244.2.3 (our pod).
+    fn from(src: [u8; 4]) -> Vec<u8> {
+        let mut p = tcp_packet(1, 0x10, b"hello");
+        p[12..16].copy_from_slice(&src);
+        p
+    }
+
+    #[test]
+    fn handshake_then_data_and_a_source_outside_the_peer_is_dropped_and_counted() {
+        let (id, table, mut remote) = setup();
+        let c = WgCounters::default();
+        let at: SocketAddr = PEER_AT.parse().unwrap();
+        let sent: std::cell::RefCell<Vec<Vec<u8>>> = Default::default();
+        let mut send = |_: SocketAddr, m: &[u8]| sent.borrow_mut().push(m.to_vec());
+        let (mut buf, mut slot, mut scratch) = ([0u8; 2048], [0u8; 2048], [0u8; 2048]);
+        let mut open = |d: &[u8], send: &mut dyn FnMut(SocketAddr, &[u8])| -> Option<Vec<u8>> {
+            let s = &mut slot[..d.len()];
+            open_datagram(&id, &table, d, at, s, &mut scratch, &c, &mut |t, m| {
+                send(t, m)
+            })
+            .map(<[u8]>::to_vec)
+        };
+        // The remote initiates; we answer; its keepalive confirms the session.
+        let init = match remote.format_handshake_initiation(&mut buf, false) {
+            TunnResult::WriteToNetwork(m) => m.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(open(&init, &mut send), None);
+        assert_eq!(sent.borrow().len(), 1, "a handshake response");
+        let response = sent.borrow()[0].clone();
+        let keepalive = match remote.decapsulate(None, &response, &mut buf) {
+            TunnResult::WriteToNetwork(m) => m.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(open(&keepalive, &mut send), None);
+        // Data from inside the peer's subnet is delivered.
+        let good = from([10, 244, 1, 5]);
+        let sealed = match remote.encapsulate(&good, &mut buf) {
+            TunnResult::WriteToNetwork(m) => m.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(open(&sealed, &mut send).as_deref(), Some(&good[..]));
+        // Another node's subnet as the source: authentic, but not this peer's to send.
+        let spoofed = from([10, 244, 3, 5]);
+        let sealed = match remote.encapsulate(&spoofed, &mut buf) {
+            TunnResult::WriteToNetwork(m) => m.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(open(&sealed, &mut send), None);
+        assert_eq!(c.rx_disallowed_source.load(Ordering::Relaxed), 1);
+        // The same datagram again is a replay; a flipped byte fails authentication.
+        let mut tampered = sealed.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert_eq!(open(&sealed, &mut send), None);
+        assert_eq!(open(&tampered, &mut send), None);
+        assert_eq!(c.rx_invalid.load(Ordering::Relaxed), 2);
+        // A session index nobody of ours handed out; garbage.
+        let mut stranger = sealed.clone();
+        stranger[4..8].copy_from_slice(&(99u32 << 8).to_le_bytes());
+        assert_eq!(open(&stranger, &mut send), None);
+        assert_eq!(c.rx_unknown_peer.load(Ordering::Relaxed), 1);
+        assert_eq!(open(&[9, 9, 9], &mut send), None);
+        assert_eq!(c.rx_invalid.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn an_initiation_from_an_unknown_key_is_not_answered() {
+        let (id, table, _) = setup();
+        let c = WgCounters::default();
+        let stranger = StaticSecret::from([3u8; 32]);
+        let mut t = Tunn::new(stranger, id.public, None, None, 1, None);
+        let mut buf = [0u8; 256];
+        let init = match t.format_handshake_initiation(&mut buf, false) {
+            TunnResult::WriteToNetwork(m) => m.to_vec(),
+            other => panic!("{other:?}"),
+        };
+        let mut answered = false;
+        let mut slot = vec![0u8; init.len()];
+        let got = open_datagram(
+            &id,
+            &table,
+            &init,
+            PEER_AT.parse().unwrap(),
+            &mut slot,
+            &mut [0u8; 256],
+            &c,
+            &mut |_, _| answered = true,
+        );
+        assert!(got.is_none() && !answered);
+        assert_eq!(c.rx_unknown_peer.load(Ordering::Relaxed), 1);
     }
 }
