@@ -4,7 +4,7 @@
 //! messages, cookies, data, garbage) through the Noise core and our allowed-IPs check. No
 //! panic; a packet we deliver always comes from the sending peer's allowed IPs.
 #![no_main]
-use flannel_backend::datapath::gso::finish_v6;
+use flannel_backend::datapath::gso::segment_v6;
 use flannel_backend::datapath::vnet::{self, VnetHdr};
 use flannel_backend::wg::table::{PeerState, WgTable};
 use flannel_backend::wg::worker::{open_datagram, Identity, WgCounters};
@@ -63,8 +63,14 @@ fuzz_target!(|data: &[u8]| {
         2 => {
             let Some(h) = VnetHdr::parse(rest) else { return };
             let mut pkt = rest[vnet::LEN..].to_vec();
-            if let Ok(len) = finish_v6(&h, &mut pkt) {
-                assert!(len >= 40 && len <= pkt.len());
+            let mut hdrs = Vec::new();
+            if let Ok(s) = segment_v6(&h, &mut pkt, &mut hdrs) {
+                for i in 0..s.count {
+                    let (hd, p) = s.parts(i, &hdrs, &pkt);
+                    let seg = [hd, p].concat();
+                    assert!(seg.len() >= 40 && seg[0] >> 4 == 6);
+                    assert_eq!(40 + usize::from(u16::from_be_bytes([seg[4], seg[5]])), seg.len());
+                }
             }
         }
         _ => {

@@ -485,3 +485,70 @@ fn wireguard_go_configured_from_our_leases_talks_with_us_but_not_with_the_wrong_
         "{shown}"
     );
 }
+
+#[test]
+fn a_single_device_mode_carries_both_families_over_the_ipv6_underlay() {
+    if common::skip_without_root() {
+        return;
+    }
+    let lab = lab(IpFamily::Dual);
+    // Upstream's `Mode: ipv6`: one device for both families, peers reached over IPv6. The
+    // network config is read at start: write it, restart every flanneld.
+    let conf = flannel_lab::names::net_conf("wireguard", false, IpFamily::Dual, false).replace(
+        r#""Type": "wireguard""#,
+        r#""Type": "wireguard", "Mode": "ipv6""#,
+    );
+    assert!(conf.contains("\"Mode\""), "{conf}");
+    etcd_put(
+        &lab.state,
+        &format!("{}/config", flannel_lab::names::ETCD_PREFIX),
+        &conf,
+    )
+    .unwrap();
+    let mut running = Vec::new();
+    for n in &lab.state.nodes {
+        let before = std::fs::read_to_string(&n.log)
+            .unwrap()
+            .matches("flannel is ready")
+            .count();
+        stop_flanneld(n).unwrap();
+        running.push(Proc(start_flanneld(n).unwrap()));
+        let ready = eventually(Duration::from_secs(10), || {
+            std::fs::read_to_string(&n.log)
+                .unwrap_or_default()
+                .matches("flannel is ready")
+                .count()
+                > before
+        });
+        assert!(ready.is_some(), "{} did not come back", n.name);
+    }
+    let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
+    let links = ip(&["-n", &a.netns, "link", "show"]);
+    assert!(
+        links.contains("flannel-wg:") && !links.contains("flannel-wg-v6"),
+        "{links}"
+    );
+    let v6routes = ip(&["-n", &a.netns, "-6", "route"]);
+    assert!(
+        v6routes.contains("fd00:10:244::/56 dev flannel-wg"),
+        "{v6routes}"
+    );
+    let both = eventually(Duration::from_secs(5), || {
+        ping(&a.pods[0].netns, &b.pods[0].ip, None) && ping(&a.pods[0].netns, &b.pods[0].ip6, None)
+    });
+    assert!(both.is_some(), "both families through the one device");
+    // The IPv4 pod traffic crossed the underlay in IPv6 datagrams to the peer's port.
+    let l = node_lease(&lab.state, b);
+    assert_eq!(
+        l["BackendV6Data"]["Port"], 51820,
+        "one device listens on ListenPort: {l}"
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &a.netns, "ss", "-u", "-a", "-n"])
+        .output()
+        .unwrap();
+    let ss = String::from_utf8_lossy(&out.stdout);
+    assert!(ss.contains(":51820") && !ss.contains(":51821"), "{ss}");
+    let m = flannel_lab::metrics::scrape(a).unwrap();
+    assert_eq!(m.get("flannel_wireguard_peers"), Some(&1.0));
+}

@@ -63,10 +63,12 @@ fn complete_checksum(
     Ok(())
 }
 
-/// Finishes an IPv6 packet that the TUN device handed over whole (the wireguard backend's device
-/// takes no IPv6 segmentation offload): completes a partial checksum; returns the packet's
-/// length (trailing bytes beyond the IPv6 payload length are not part of it).
-pub fn finish_v6(h: &VnetHdr, pkt: &mut [u8]) -> Result<usize, SegError> {
+/// Cuts an IPv6 packet (described by `h`) into segments, as [`segment`] does for IPv4: a
+/// TCP super-packet (TSO6, no extension headers) into MTU-sized segments with their own
+/// headers and checksums; a plain packet finished in place (a partial checksum completed).
+/// The hop limit is left alone (the kernel's routing into the device counted this hop).
+pub fn segment_v6(h: &VnetHdr, pkt: &mut [u8], hdrs: &mut Vec<u8>) -> Result<Segments, SegError> {
+    hdrs.clear();
     if pkt.len() < 40 || pkt[0] >> 4 != 6 {
         return Err(SegError::Malformed);
     }
@@ -74,18 +76,76 @@ pub fn finish_v6(h: &VnetHdr, pkt: &mut [u8]) -> Result<usize, SegError> {
     if len > pkt.len() {
         return Err(SegError::Malformed);
     }
-    if h.gso_type & !vnet::GSO_ECN != vnet::GSO_NONE {
-        return Err(SegError::Unsupported(h.gso_type));
+    let pkt = &mut pkt[..len];
+    match h.gso_type & !vnet::GSO_ECN {
+        vnet::GSO_NONE => {
+            if h.flags & vnet::F_NEEDS_CSUM != 0 {
+                complete_checksum(
+                    pkt,
+                    40,
+                    usize::from(h.csum_start),
+                    usize::from(h.csum_offset),
+                )?;
+            }
+            Ok(Segments {
+                count: 1,
+                hdr_len: 0,
+                gso: len,
+                payload_start: 0,
+                payload_end: len,
+            })
+        }
+        vnet::GSO_TCPV6 if pkt[6] == PROTO_TCP => split_v6(pkt, h.gso_size, hdrs),
+        other => Err(SegError::Unsupported(other)),
     }
-    if h.flags & vnet::F_NEEDS_CSUM != 0 {
-        complete_checksum(
-            &mut pkt[..len],
-            40,
-            usize::from(h.csum_start),
-            usize::from(h.csum_offset),
-        )?;
+}
+
+fn split_v6(pkt: &[u8], gso: u16, hdrs: &mut Vec<u8>) -> Result<Segments, SegError> {
+    let doff = usize::from(*pkt.get(40 + 12).ok_or(SegError::Malformed)? >> 4) * 4;
+    if doff < 20 {
+        return Err(SegError::Malformed);
     }
-    Ok(len)
+    let hdr_len = 40 + doff;
+    let gso = usize::from(gso);
+    if pkt.len() < hdr_len || gso == 0 {
+        return Err(SegError::Malformed);
+    }
+    let payload = &pkt[hdr_len..];
+    let count = payload.len().div_ceil(gso).max(1);
+    let seq0 = u32::from_be_bytes([pkt[44], pkt[45], pkt[46], pkt[47]]);
+    hdrs.reserve(count * hdr_len);
+    for i in 0..count {
+        let chunk = &payload[(i * gso).min(payload.len())..((i + 1) * gso).min(payload.len())];
+        let start = hdrs.len();
+        hdrs.extend_from_slice(&pkt[..hdr_len]);
+        let h = &mut hdrs[start..];
+        h[4..6].copy_from_slice(&((doff + chunk.len()) as u16).to_be_bytes());
+        let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
+        src.copy_from_slice(&h[8..24]);
+        dst.copy_from_slice(&h[24..40]);
+        let l4 = &mut h[40..];
+        l4[4..8].copy_from_slice(&seq0.wrapping_add((i * gso) as u32).to_be_bytes());
+        if i + 1 < count {
+            l4[13] &= !(0x01 | 0x08); // FIN and PSH only on the last segment
+        }
+        if i > 0 {
+            l4[13] &= !0x80; // CWR only on the first
+        }
+        l4[16] = 0;
+        l4[17] = 0;
+        let sum = csum_add(
+            csum_add(pseudo_sum(&src, &dst, PROTO_TCP, doff + chunk.len()), l4),
+            chunk,
+        );
+        l4[16..18].copy_from_slice(&(!csum_fold(sum)).to_be_bytes());
+    }
+    Ok(Segments {
+        count,
+        hdr_len,
+        gso,
+        payload_start: hdr_len,
+        payload_end: pkt.len(),
+    })
 }
 
 /// Cuts `pkt` (described by `h`) into segments; headers go to `hdrs` (cleared first). A plain

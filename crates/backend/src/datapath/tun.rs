@@ -70,18 +70,16 @@ pub fn open(name: &str, queues: usize) -> io::Result<(Vec<OwnedFd>, Offloads)> {
     open_with(name, queues, true)
 }
 
-/// As [`open`]; with `v6_offloads` false the device is offered checksum + TSO for IPv4 only
-/// (IPv6 packets then come whole, as the wireguard backend handles them).
-pub fn open_with(
-    name: &str,
-    queues: usize,
-    v6_offloads: bool,
-) -> io::Result<(Vec<OwnedFd>, Offloads)> {
-    if !v6_offloads {
+/// As [`open`]; with `uso` false the device is offered checksum + TSO (IPv4 and IPv6) only,
+/// never UDP segmentation (the wireguard backend cuts TCP super-packets of both families).
+pub fn open_with(name: &str, queues: usize, uso: bool) -> io::Result<(Vec<OwnedFd>, Offloads)> {
+    if !uso {
         let fds = (0..queues.max(1))
             .map(|_| open_queue(name))
             .collect::<io::Result<Vec<_>>>()?;
-        let tso = fds.iter().all(|f| set_offload(f, TUN_F_CSUM | TUN_F_TSO4));
+        let tso = fds
+            .iter()
+            .all(|f| set_offload(f, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6));
         if !tso {
             for f in &fds {
                 set_offload(f, 0);

@@ -10,7 +10,7 @@
 
 use super::table::{PeerState, WgTable};
 use crate::datapath::gro::Gro;
-use crate::datapath::gso::{finish_v6, segment, SegError, Segments};
+use crate::datapath::gso::{segment, segment_v6, SegError, Segments};
 use crate::datapath::sock::{Received, RecvBatch, Sock};
 use crate::datapath::vnet::{self, VnetHdr};
 use crate::datapath::wake::Waker;
@@ -311,13 +311,7 @@ impl Worker {
         };
         let seg = match dst {
             IpAddr::V4(_) => segment(&h, pkt, &mut out.hdrs),
-            IpAddr::V6(_) => finish_v6(&h, pkt).map(|len| Segments {
-                count: 1,
-                hdr_len: 0,
-                gso: len,
-                payload_start: 0,
-                payload_end: len,
-            }),
+            IpAddr::V6(_) => segment_v6(&h, pkt, &mut out.hdrs),
         };
         let s = match seg {
             Ok(s) => s,
