@@ -552,3 +552,85 @@ fn a_single_device_mode_carries_both_families_over_the_ipv6_underlay() {
     let m = flannel_lab::metrics::scrape(a).unwrap();
     assert_eq!(m.get("flannel_wireguard_peers"), Some(&1.0));
 }
+
+#[test]
+fn a_deleted_device_comes_back_with_its_peers() {
+    if common::skip_without_root() {
+        return;
+    }
+    let lab = lab(IpFamily::V4);
+    let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
+    assert!(ping(&a.pods[0].netns, &b.pods[0].ip, None));
+    let index = |ns: &str| ip(&["-n", ns, "-o", "link", "show", "flannel-wg"]);
+    let before = index(&b.netns);
+    ip(&["-n", &b.netns, "link", "del", "flannel-wg"]);
+    let back = eventually(Duration::from_secs(3), || {
+        Command::new("ip")
+            .args(["-n", &b.netns, "link", "show", "flannel-wg"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    assert!(back.is_some(), "flannel-wg was not created again");
+    assert_ne!(index(&b.netns), before, "a new device");
+    let talks = eventually(Duration::from_secs(3), || {
+        ping(&a.pods[0].netns, &b.pods[0].ip, None)
+    });
+    assert!(talks.is_some(), "pods talk again through the new device");
+    assert!(ip(&["-n", &b.netns, "route"]).contains("10.244.0.0/16 dev flannel-wg"));
+    let m = flannel_lab::metrics::scrape(b).unwrap();
+    assert!(
+        m.get("flannel_repairs_total{kind=\"device\"}")
+            .copied()
+            .unwrap_or(0.0)
+            >= 1.0,
+        "the device counts as a repair: {m:?}"
+    );
+}
+
+#[test]
+fn kubernetes_mode_publishes_the_key_in_the_node_annotations() {
+    if common::skip_without_root() {
+        return;
+    }
+    let lab = Lab::up_with(LabSpec {
+        datastore: flannel_lab::cluster::Datastore::Kube,
+        nodes: 2,
+        pods_per_node: 1,
+        backend: "wireguard".into(),
+        backend_set: true,
+        ip_family: IpFamily::Dual,
+        ..LabSpec::default()
+    });
+    let s = &lab.state;
+    let m = flannel_lab::ping::ping_all(s);
+    assert!(m.all_ok(), "{}", m.render());
+    let nodes: serde_json::Value = serde_json::from_str(
+        &flannel_lab::cluster::kubectl(s, &["get", "nodes", "-o", "json"]).unwrap(),
+    )
+    .unwrap();
+    for n in nodes["items"].as_array().unwrap() {
+        let name = n["metadata"]["name"].as_str().unwrap();
+        let node = s.nodes.iter().find(|x| x.name == name).unwrap();
+        let a = &n["metadata"]["annotations"];
+        assert_eq!(
+            a["flannel.alpha.coreos.com/backend-type"], "wireguard",
+            "{a}"
+        );
+        // The node's own /run/flannel/wgkey (the DaemonSet pod's view).
+        let kf =
+            flannel_lab::nodefs::host_path(&node.binds, std::path::Path::new("/run/flannel/wgkey"));
+        let public = wg(&["pubkey"], &std::fs::read_to_string(&kf).unwrap());
+        for (key, port) in [("backend-data", 51820), ("backend-v6-data", 51821)] {
+            let d: serde_json::Value = serde_json::from_str(
+                a[format!("flannel.alpha.coreos.com/{key}")]
+                    .as_str()
+                    .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(d["PublicKey"], public.as_str(), "{name} {key}: {d}");
+            assert_eq!(d["Port"], port, "{name} {key}: {d}");
+        }
+    }
+}
