@@ -95,57 +95,9 @@ pub fn segment_v6(h: &VnetHdr, pkt: &mut [u8], hdrs: &mut Vec<u8>) -> Result<Seg
                 payload_end: len,
             })
         }
-        vnet::GSO_TCPV6 if pkt[6] == PROTO_TCP => split_v6(pkt, h.gso_size, hdrs),
+        vnet::GSO_TCPV6 if pkt[6] == PROTO_TCP => split(pkt, 40, h.gso_size, true, hdrs),
         other => Err(SegError::Unsupported(other)),
     }
-}
-
-fn split_v6(pkt: &[u8], gso: u16, hdrs: &mut Vec<u8>) -> Result<Segments, SegError> {
-    let doff = usize::from(*pkt.get(40 + 12).ok_or(SegError::Malformed)? >> 4) * 4;
-    if doff < 20 {
-        return Err(SegError::Malformed);
-    }
-    let hdr_len = 40 + doff;
-    let gso = usize::from(gso);
-    if pkt.len() < hdr_len || gso == 0 {
-        return Err(SegError::Malformed);
-    }
-    let payload = &pkt[hdr_len..];
-    let count = payload.len().div_ceil(gso).max(1);
-    let seq0 = u32::from_be_bytes([pkt[44], pkt[45], pkt[46], pkt[47]]);
-    hdrs.reserve(count * hdr_len);
-    for i in 0..count {
-        let chunk = &payload[(i * gso).min(payload.len())..((i + 1) * gso).min(payload.len())];
-        let start = hdrs.len();
-        hdrs.extend_from_slice(&pkt[..hdr_len]);
-        let h = &mut hdrs[start..];
-        h[4..6].copy_from_slice(&((doff + chunk.len()) as u16).to_be_bytes());
-        let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
-        src.copy_from_slice(&h[8..24]);
-        dst.copy_from_slice(&h[24..40]);
-        let l4 = &mut h[40..];
-        l4[4..8].copy_from_slice(&seq0.wrapping_add((i * gso) as u32).to_be_bytes());
-        if i + 1 < count {
-            l4[13] &= !(0x01 | 0x08); // FIN and PSH only on the last segment
-        }
-        if i > 0 {
-            l4[13] &= !0x80; // CWR only on the first
-        }
-        l4[16] = 0;
-        l4[17] = 0;
-        let sum = csum_add(
-            csum_add(pseudo_sum(&src, &dst, PROTO_TCP, doff + chunk.len()), l4),
-            chunk,
-        );
-        l4[16..18].copy_from_slice(&(!csum_fold(sum)).to_be_bytes());
-    }
-    Ok(Segments {
-        count,
-        hdr_len,
-        gso,
-        payload_start: hdr_len,
-        payload_end: pkt.len(),
-    })
 }
 
 /// Cuts `pkt` (described by `h`) into segments; headers go to `hdrs` (cleared first). A plain
@@ -181,18 +133,21 @@ pub fn segment(h: &VnetHdr, pkt: &mut [u8], hdrs: &mut Vec<u8>) -> Result<Segmen
     }
 }
 
+/// Cuts a TCP or UDP super-packet whose IP header is `l3` bytes long (an IPv4 header, or 40:
+/// IPv6 without extension headers) into segments of `gso` payload bytes.
 fn split(
     pkt: &[u8],
-    ihl: usize,
+    l3: usize,
     gso: u16,
     tcp: bool,
     hdrs: &mut Vec<u8>,
 ) -> Result<Segments, SegError> {
-    if pkt[8] <= 1 {
+    let v6 = pkt[0] >> 4 == 6;
+    if !v6 && pkt[8] <= 1 {
         return Err(SegError::TtlExpired);
     }
     let l4_len = if tcp {
-        let doff = usize::from(*pkt.get(ihl + 12).ok_or(SegError::Malformed)? >> 4) * 4;
+        let doff = usize::from(*pkt.get(l3 + 12).ok_or(SegError::Malformed)? >> 4) * 4;
         if doff < 20 {
             return Err(SegError::Malformed);
         }
@@ -200,7 +155,7 @@ fn split(
     } else {
         8
     };
-    let hdr_len = ihl + l4_len;
+    let hdr_len = l3 + l4_len;
     let gso = usize::from(gso);
     if pkt.len() < hdr_len || gso == 0 {
         return Err(SegError::Malformed);
@@ -208,12 +163,13 @@ fn split(
     let payload = &pkt[hdr_len..];
     let count = payload.len().div_ceil(gso).max(1);
     let id0 = u16::from_be_bytes([pkt[4], pkt[5]]);
-    let (src, dst) = (
-        [pkt[12], pkt[13], pkt[14], pkt[15]],
-        [pkt[16], pkt[17], pkt[18], pkt[19]],
-    );
+    // The addresses of the pseudo-header, the same in every segment.
+    let (alen, at) = if v6 { (16, 8) } else { (4, 12) };
+    let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
+    src[..alen].copy_from_slice(&pkt[at..at + alen]);
+    dst[..alen].copy_from_slice(&pkt[at + alen..at + 2 * alen]);
     let seq0 = if tcp {
-        u32::from_be_bytes([pkt[ihl + 4], pkt[ihl + 5], pkt[ihl + 6], pkt[ihl + 7]])
+        u32::from_be_bytes([pkt[l3 + 4], pkt[l3 + 5], pkt[l3 + 6], pkt[l3 + 7]])
     } else {
         0
     };
@@ -224,11 +180,16 @@ fn split(
         let start = hdrs.len();
         hdrs.extend_from_slice(&pkt[..hdr_len]);
         let h = &mut hdrs[start..];
-        h[2..4].copy_from_slice(&((hdr_len + chunk.len()) as u16).to_be_bytes());
-        h[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
-        h[8] -= 1;
-        fix_ipv4_checksum(&mut h[..ihl]);
-        let l4 = &mut h[ihl..];
+        if v6 {
+            // The hop limit is left alone: the kernel's routing into the device counted it.
+            h[4..6].copy_from_slice(&((l4_len + chunk.len()) as u16).to_be_bytes());
+        } else {
+            h[2..4].copy_from_slice(&((hdr_len + chunk.len()) as u16).to_be_bytes());
+            h[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
+            h[8] -= 1;
+            fix_ipv4_checksum(&mut h[..l3]);
+        }
+        let l4 = &mut h[l3..];
         if tcp {
             l4[4..8].copy_from_slice(&seq0.wrapping_add((i * gso) as u32).to_be_bytes());
             if i + 1 < count {
@@ -245,7 +206,10 @@ fn split(
             l4[7] = 0;
         }
         let sum = csum_add(
-            csum_add(pseudo_sum(&src, &dst, proto, l4_len + chunk.len()), l4),
+            csum_add(
+                pseudo_sum(&src[..alen], &dst[..alen], proto, l4_len + chunk.len()),
+                l4,
+            ),
             chunk,
         );
         let mut c = !csum_fold(sum);

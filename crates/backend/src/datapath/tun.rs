@@ -110,3 +110,22 @@ pub fn open_with(name: &str, queues: usize, uso: bool) -> io::Result<(Vec<OwnedF
     };
     Ok((fds, off))
 }
+
+/// One packet into the TUN device from its pieces (vnet header first), with one `writev`;
+/// whether the kernel took it. At most a coalesced packet's pieces (header, first segment and
+/// the payloads of the others) are written.
+pub fn write(fd: &OwnedFd, parts: &[&[u8]]) -> bool {
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; super::gro::MAX_SEGS + 3];
+    let n = parts.len().min(iov.len());
+    for (v, p) in iov.iter_mut().zip(parts) {
+        *v = libc::iovec {
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        };
+    }
+    // SAFETY: writev(2) with iovecs pointing at live slices.
+    unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), n as i32) >= 0 }
+}

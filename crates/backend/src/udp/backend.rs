@@ -181,19 +181,7 @@ impl UdpBackend {
             report.added += 1;
             report.repairs.address += usize::from(configured);
         }
-        if let Some(l) = self.nl.link_by_index(self.index).await? {
-            if l.mtu != self.mtu || !l.up {
-                report.repairs.device += usize::from(configured);
-            }
-            if l.mtu != self.mtu {
-                self.nl.set_mtu(self.index, self.mtu).await?;
-                report.added += 1;
-            }
-            if !l.up {
-                self.nl.set_up(self.index).await?;
-                report.added += 1;
-            }
-        }
+        crate::keep_mtu_and_up(&self.nl, self.index, self.mtu, configured, &mut report).await?;
         // One route sends the whole network into the device; the workers pick the peer.
         let network = IpNet::V4(self.network);
         let has_route = |t: &[flannel_net::RouteEntry]| {

@@ -2,7 +2,7 @@
 //! Buffers are allocated once; the peer table arrives over a channel (no locks on the path).
 
 use super::table::{Inbound, PeerTable};
-use crate::datapath::gro::{Gro, MAX_SEGS};
+use crate::datapath::gro::Gro;
 use crate::datapath::gso::{segment, SegError};
 use crate::datapath::packet::{decrement_ttl, icmp_net_unreachable, parse_ipv4};
 use crate::datapath::sock::{Received, RecvBatch, Sock};
@@ -52,23 +52,6 @@ pub struct Worker {
     pub sock: Sock,
     pub ctl: Receiver<Ctl>,
     pub counters: Arc<Counters>,
-}
-
-/// One packet into the TUN device from its pieces (vnet header first), with one `writev`.
-fn tun_write(fd: &OwnedFd, parts: &[&[u8]]) -> bool {
-    let mut iov = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; MAX_SEGS + 3];
-    let n = parts.len().min(iov.len());
-    for (v, p) in iov.iter_mut().zip(parts) {
-        *v = libc::iovec {
-            iov_base: p.as_ptr() as *mut libc::c_void,
-            iov_len: p.len(),
-        };
-    }
-    // SAFETY: writev(2) with iovecs pointing at live slices.
-    unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), n as i32) >= 0 }
 }
 
 /// Per-worker buffers, allocated once.
@@ -144,7 +127,7 @@ impl Worker {
                     }
                     let tun = &self.tun;
                     let mut write = |parts: &[&[u8]]| {
-                        if !tun_write(tun, parts) {
+                        if !crate::datapath::tun::write(tun, parts) {
                             inc(&c.errors, 1);
                         }
                     };
@@ -178,7 +161,7 @@ impl Worker {
         let Some(peer) = table.lookup(ip.dst) else {
             inc(&c.no_route, 1);
             if icmp_net_unreachable(pkt, local, &mut b.icmp) {
-                tun_write(&self.tun, &[&VnetHdr::default().bytes(), &b.icmp]);
+                crate::datapath::tun::write(&self.tun, &[&VnetHdr::default().bytes(), &b.icmp]);
             }
             return;
         };

@@ -426,19 +426,7 @@ impl WireguardBackend {
     ) -> Result<(), BackendError> {
         let d = &self.devices[i];
         let index = d.index;
-        if let Some(l) = self.nl.link_by_index(index).await? {
-            if l.mtu != self.mtu || !l.up {
-                report.repairs.device += usize::from(configured);
-            }
-            if l.mtu != self.mtu {
-                self.nl.set_mtu(index, self.mtu).await?;
-                report.added += 1;
-            }
-            if !l.up {
-                self.nl.set_up(index).await?;
-                report.added += 1;
-            }
-        }
+        crate::keep_mtu_and_up(&self.nl, index, self.mtu, configured, report).await?;
         let want = self.addresses(d, own);
         let networks = d.networks(self.v4, self.v6, self.cfg.mode);
         for family in [Family::V4, Family::V6] {

@@ -125,22 +125,6 @@ struct SealBufs {
     iov: Vec<libc::iovec>,
 }
 
-fn tun_write(fd: &OwnedFd, parts: &[&[u8]]) -> bool {
-    let mut iov = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; crate::datapath::gro::MAX_SEGS + 3];
-    let n = parts.len().min(iov.len());
-    for (v, p) in iov.iter_mut().zip(parts) {
-        *v = libc::iovec {
-            iov_base: p.as_ptr() as *mut libc::c_void,
-            iov_len: p.len(),
-        };
-    }
-    // SAFETY: writev(2) with iovecs pointing at live slices.
-    unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), n as i32) >= 0 }
-}
-
 /// The destination of an IPv4 or IPv6 packet.
 fn dst_of(pkt: &[u8]) -> Option<IpAddr> {
     match pkt.first()? >> 4 {
@@ -439,7 +423,7 @@ impl Worker {
     ) {
         let tun = &self.tun;
         let mut write = |parts: &[&[u8]]| {
-            if !tun_write(tun, parts) {
+            if !crate::datapath::tun::write(tun, parts) {
                 inc(&c.errors, 1);
             }
         };
