@@ -324,10 +324,6 @@ impl WireguardBackend {
         &self.counters
     }
 
-    pub fn public_key(&self) -> Key {
-        self.public
-    }
-
     pub fn devices(&self) -> Vec<String> {
         self.devices.iter().map(|d| d.name.to_string()).collect()
     }
@@ -541,14 +537,6 @@ impl WireguardBackend {
                 *seen = now;
             }
         }
-    }
-
-    /// The public IPs this node listens on (for logs and doctor).
-    pub fn listen(&self) -> Vec<(String, u16)> {
-        self.devices
-            .iter()
-            .map(|d| (d.name.to_string(), d.port))
-            .collect()
     }
 }
 
