@@ -600,20 +600,7 @@ fn restarting_flanneld_loses_no_ping_across_nodes() {
     std::thread::sleep(Duration::from_millis(500));
     let mut restarted = Vec::new();
     for n in [a, b] {
-        let before = std::fs::read_to_string(&n.log)
-            .unwrap_or_default()
-            .matches("flannel is ready")
-            .count();
-        stop_flanneld(n).unwrap();
-        restarted.push(Proc(start_flanneld(n).unwrap()));
-        let ready = eventually(Duration::from_secs(10), || {
-            std::fs::read_to_string(&n.log)
-                .unwrap_or_default()
-                .matches("flannel is ready")
-                .count()
-                > before
-        });
-        assert!(ready.is_some(), "{} did not come back", n.name);
+        restarted.push(common::lab::restart_flanneld(n));
     }
     let out = pinger.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

@@ -7,9 +7,7 @@ mod common;
 
 use common::lab::Lab;
 use common::{eventually, ip, Netns, Proc, TempDir};
-use flannel_lab::cluster::{
-    etcd_del, etcd_get, etcd_put, lease_key, start_flanneld, stop_flanneld,
-};
+use flannel_lab::cluster::{etcd_del, etcd_get, etcd_put, lease_key, stop_flanneld};
 use flannel_lab::{IpFamily, LabSpec, LabState};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
@@ -232,24 +230,13 @@ fn a_restarted_node_keeps_its_key_and_talks_at_once_and_peers_follow_leases() {
 
     // Restart b: its device goes with the process; the new one greets every peer at start,
     // so the first ping after "ready" (one try, 1 s) gets through.
-    let before = std::fs::read_to_string(&b.log)
-        .unwrap()
-        .matches("flannel is ready")
-        .count();
+    let before = common::lab::ready_count(b);
     stop_flanneld(b).unwrap();
     assert!(
         !ping(&a.pods[0].netns, &b.pods[0].ip, None),
         "b's device is gone while it is down"
     );
-    let _b = Proc(start_flanneld(b).unwrap());
-    let ready = eventually(Duration::from_secs(10), || {
-        std::fs::read_to_string(&b.log)
-            .unwrap_or_default()
-            .matches("flannel is ready")
-            .count()
-            > before
-    });
-    assert!(ready.is_some(), "b did not come back");
+    let _b = common::lab::start_until_ready(b, before);
     let since_ready = std::time::Instant::now();
     let back = eventually(Duration::from_secs(1), || {
         Command::new("ip")
@@ -507,20 +494,7 @@ fn a_single_device_mode_carries_both_families_over_the_ipv6_underlay() {
     .unwrap();
     let mut running = Vec::new();
     for n in &lab.state.nodes {
-        let before = std::fs::read_to_string(&n.log)
-            .unwrap()
-            .matches("flannel is ready")
-            .count();
-        stop_flanneld(n).unwrap();
-        running.push(Proc(start_flanneld(n).unwrap()));
-        let ready = eventually(Duration::from_secs(10), || {
-            std::fs::read_to_string(&n.log)
-                .unwrap_or_default()
-                .matches("flannel is ready")
-                .count()
-                > before
-        });
-        assert!(ready.is_some(), "{} did not come back", n.name);
+        running.push(common::lab::restart_flanneld(n));
     }
     let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
     let links = ip(&["-n", &a.netns, "link", "show"]);

@@ -1,8 +1,11 @@
 //! A lab (flannel-lab's whole cluster in namespaces) that is torn down when the test ends, pass
 //! or fail, and a namespace plugged into its switch.
 
-use super::{bin_dir, ip, require_root, unique, Netns, TempDir};
+use super::{bin_dir, eventually, ip, require_root, unique, Netns, Proc, TempDir};
+use flannel_lab::cluster::{start_flanneld, stop_flanneld};
+use flannel_lab::state::NodeState;
 use flannel_lab::{down, up, LabSpec, LabState};
+use std::time::Duration;
 
 pub struct Lab {
     pub state: LabState,
@@ -80,4 +83,28 @@ impl Drop for Lab {
             eprintln!("lab down: {e:#}");
         }
     }
+}
+
+/// How many times `n`'s flanneld has said "flannel is ready" in its log.
+pub fn ready_count(n: &NodeState) -> usize {
+    std::fs::read_to_string(&n.log)
+        .unwrap_or_default()
+        .matches("flannel is ready")
+        .count()
+}
+
+/// Starts `n`'s flanneld as the lab did and waits (10 s at most) until it says it is ready
+/// once more than `before` times.
+pub fn start_until_ready(n: &NodeState, before: usize) -> Proc {
+    let p = Proc(start_flanneld(n).unwrap());
+    let ready = eventually(Duration::from_secs(10), || ready_count(n) > before);
+    assert!(ready.is_some(), "{} did not come back", n.name);
+    p
+}
+
+/// Stops `n`'s flanneld and starts it again, back once it is ready.
+pub fn restart_flanneld(n: &NodeState) -> Proc {
+    let before = ready_count(n);
+    stop_flanneld(n).unwrap();
+    start_until_ready(n, before)
 }
