@@ -75,15 +75,14 @@ impl RoutePlan {
 
     /// Deletes our routes that are no longer desired, as one pipelined batch.
     pub async fn remove(&self, nl: &impl NetOps) -> ReconcileReport {
-        let results = crate::batch::pipelined(
-            self.remove
-                .iter()
-                .copied()
-                .map(|(d, g)| nl.del_route(d, g, self.idx)),
-        )
-        .await;
         let mut report = ReconcileReport::default();
-        for ((d, g), r) in self.remove.iter().zip(results) {
+        let dels = self
+            .remove
+            .iter()
+            .copied()
+            .map(|(d, g)| nl.del_route(d, g, self.idx));
+        crate::batch::pipelined_each(dels, |i, r| {
+            let (d, g) = self.remove[i];
             match r {
                 Ok(()) => {
                     info!(subnet = %d, via = %g, "removed route to a peer that has no lease any more");
@@ -94,23 +93,23 @@ impl RoutePlan {
                     report.failed += 1;
                 }
             }
-        }
+        })
+        .await;
         report
     }
 
     /// Writes the missing and different routes, as one pipelined batch. Also returns the
     /// destinations whose write failed.
     pub async fn upsert(&self, nl: &impl NetOps) -> (ReconcileReport, BTreeSet<IpNet>) {
-        let results = crate::batch::pipelined(
-            self.upsert
-                .iter()
-                .copied()
-                .map(|(d, g, how)| nl.write_route(d, g, self.idx, self.onlink, how)),
-        )
-        .await;
         let mut report = ReconcileReport::default();
         let mut failed = BTreeSet::new();
-        for ((d, g, _), r) in self.upsert.iter().zip(results) {
+        let writes = self
+            .upsert
+            .iter()
+            .copied()
+            .map(|(d, g, how)| nl.write_route(d, g, self.idx, self.onlink, how));
+        crate::batch::pipelined_each(writes, |i, r| {
+            let (d, g, _) = self.upsert[i];
             match r {
                 Ok(()) => {
                     info!(subnet = %d, via = %g, "programmed route to peer");
@@ -119,10 +118,11 @@ impl RoutePlan {
                 Err(e) => {
                     warn!(error = %e, "writing a route failed; retrying on the next pass");
                     report.failed += 1;
-                    failed.insert(*d);
+                    failed.insert(d);
                 }
             }
-        }
+        })
+        .await;
         (report, failed)
     }
 }

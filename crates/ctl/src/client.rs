@@ -34,6 +34,12 @@ pub fn get(socket: &Path, path: &str) -> anyhow::Result<(u16, String)> {
         }
         return Err(e).with_context(|| format!("reading {path} from {}", socket.display()));
     }
+    if resp.is_empty() {
+        bail!(
+            "{}: flanneld closed the connection without answering {path} (busy, stopping or restarting?)",
+            socket.display()
+        );
+    }
     let resp = String::from_utf8_lossy(&resp);
     let Some((head, body)) = resp.split_once("\r\n\r\n") else {
         bail!("{}: not an HTTP answer to {path}", socket.display());

@@ -240,12 +240,18 @@ impl<SM: SubnetManager> Daemon<SM> {
         if snapshot {
             self.count_leases();
         } else {
+            // Counted by backend: a lease renewed or changed in place moves no count.
             for (k, was) in &before {
-                if let Some(l) = was {
-                    self.metrics.lease_delta(&l.attrs.backend_type, -1);
+                let was = was.as_ref().map(|l| l.attrs.backend_type.as_str());
+                let now = self.leases.get(k).map(|l| l.attrs.backend_type.as_str());
+                if was == now {
+                    continue;
                 }
-                if let Some(l) = self.leases.get(k) {
-                    self.metrics.lease_delta(&l.attrs.backend_type, 1);
+                if let Some(t) = was {
+                    self.metrics.lease_delta(t, -1);
+                }
+                if let Some(t) = now {
+                    self.metrics.lease_delta(t, 1);
                 }
             }
         }

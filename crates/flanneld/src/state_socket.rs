@@ -58,6 +58,10 @@ pub fn start(
     Ok(SocketFile(path.to_path_buf()))
 }
 
+/// How long a `/state` request waits for the event loop: well inside the connection's deadline,
+/// so that a busy loop is reported as such.
+const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn serve(
     listener: UnixListener,
     ready: Arc<AtomicBool>,
@@ -102,20 +106,78 @@ async fn handle(
     let mut parts = line.split_whitespace();
     if (parts.next(), parts.next()) == (Some("GET"), Some("/state")) {
         let (tx, rx) = oneshot::channel();
-        // Before ready the event loop does not run yet: say so at once.
-        let snapshot = match ready.load(Ordering::SeqCst) && requests.try_send(tx).is_ok() {
-            true => rx.await.ok(),
-            false => None,
-        };
-        match snapshot.map(|s| serde_json::to_string_pretty(&s)) {
-            Some(Ok(json)) => answer(&mut s, "200 OK", "application/json", &json).await,
-            _ => {
-                let why = "flanneld is starting (no lease yet) or busy; try again\n";
-                answer(&mut s, "503 Service Unavailable", "text/plain", why).await
+        // Before ready the event loop does not run yet: say so at once. The loop answers
+        // between two events; one long pass (a cold start of 20000 peers) is answered "busy"
+        // before the connection's deadline rather than not at all.
+        let why = if !ready.load(Ordering::SeqCst) {
+            "flanneld is starting (no lease yet); try again\n"
+        } else if requests.try_send(tx).is_err() {
+            "flanneld is busy (other state requests are waiting); try again\n"
+        } else {
+            match tokio::time::timeout(SNAPSHOT_WAIT, rx).await {
+                Ok(Ok(snapshot)) => match serde_json::to_string_pretty(&snapshot) {
+                    Ok(json) => return answer(&mut s, "200 OK", "application/json", &json).await,
+                    Err(_) => "flanneld could not encode its state\n",
+                },
+                Ok(Err(_)) => "flanneld is stopping\n",
+                Err(_) => "flanneld is busy (a long reconcile pass is running); try again\n",
             }
-        }
+        };
+        answer(&mut s, "503 Service Unavailable", "text/plain", why).await;
         return;
     }
     let (status, ty, body) = respond(&head, ready.load(Ordering::SeqCst), &metrics);
     answer(&mut s, status, ty, &body).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get_state(path: &Path) -> String {
+        let mut s = UnixStream::connect(path).await.expect("connect");
+        s.write_all(b"GET /state HTTP/1.1\r\nHost: flanneld\r\n\r\n")
+            .await
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    /// A snapshot asked while the event loop is in a long pass is answered "busy" before the
+    /// connection's deadline, not dropped unanswered; a free loop answers with the snapshot.
+    #[tokio::test]
+    async fn a_busy_event_loop_is_reported_as_busy_and_a_free_one_answers() {
+        let dir = std::env::temp_dir().join(format!("flanneld-state-{}", std::process::id()));
+        let path = dir.join("flanneld.sock");
+        let ready = Arc::new(AtomicBool::new(false));
+        let (tx, mut rx) = mpsc::channel::<StateRequest>(4);
+        let _file = start(&path, ready.clone(), Metrics::new(), tx).expect("start");
+
+        let starting = get_state(&path).await;
+        assert!(starting.starts_with("HTTP/1.1 503"), "{starting}");
+        assert!(starting.contains("starting (no lease yet)"), "{starting}");
+
+        ready.store(true, Ordering::SeqCst);
+        let t0 = std::time::Instant::now();
+        let busy = get_state(&path).await;
+        assert!(busy.starts_with("HTTP/1.1 503"), "{busy}");
+        assert!(busy.contains("busy (a long reconcile pass"), "{busy}");
+        assert!(t0.elapsed() < CONNECTION_DEADLINE, "{:?}", t0.elapsed());
+        drop(rx.recv().await);
+
+        tokio::spawn(async move {
+            while let Some(req) = rx.recv().await {
+                let _ = req.send(StateSnapshot {
+                    version: "test".into(),
+                    ..Default::default()
+                });
+            }
+        });
+        let ok = get_state(&path).await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        assert!(ok.contains("\"version\": \"test\""), "{ok}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -15,7 +15,7 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::sys::AsyncSocket;
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use std::collections::BTreeMap;
@@ -459,8 +459,8 @@ impl NetOps for Netlink {
         Ok(route_oif(&r).map(|i| (i, src, route_gw(&r))))
     }
 
-    /// Parsed as the dump streams in: a node with 20000 routes never holds 20000 full netlink
-    /// messages at once.
+    /// Parsed as the dump is read (`crate::dump`): a node with 20000 routes never holds 20000
+    /// netlink messages at once.
     async fn main_routes(&self, family: Family) -> Result<Vec<RouteEntry>, NetError> {
         let filter = match family {
             Family::V4 => RouteMessageBuilder::<Ipv4Addr>::new().build(),
@@ -470,28 +470,26 @@ impl NetOps for Netlink {
             Family::V4 => IpNet::V4(Ipv4Net::default()),
             Family::V6 => IpNet::V6(ipnet::Ipv6Net::default()),
         };
-        let parsed = self
-            .handle
-            .route()
-            .get(filter)
-            .execute()
-            .try_filter_map(|r| {
-                let main = route_table(&r) == u32::from(RT_TABLE_MAIN);
-                let entry = route_dst(&r)
-                    .or_else(|| (r.header.destination_prefix_length == 0).then_some(default))
-                    .filter(|_| main)
-                    .map(|dst| RouteEntry {
-                        dst,
-                        gw: route_gw(&r),
-                        oif: route_oif(&r),
-                        protocol: u8::from(r.header.protocol),
-                        unicast: r.header.kind == RouteType::Unicast,
-                    });
-                futures::future::ready(Ok(entry))
-            });
-        ctx(parsed.try_collect().await, || {
-            format!("list {family:?} routes")
-        })
+        let keep = |m| {
+            let RouteNetlinkMessage::NewRoute(r) = m else {
+                return None;
+            };
+            let main = route_table(&r) == u32::from(RT_TABLE_MAIN);
+            route_dst(&r)
+                .or_else(|| (r.header.destination_prefix_length == 0).then_some(default))
+                .filter(|_| main)
+                .map(|dst| RouteEntry {
+                    dst,
+                    gw: route_gw(&r),
+                    oif: route_oif(&r),
+                    protocol: u8::from(r.header.protocol),
+                    unicast: r.header.kind == RouteType::Unicast,
+                })
+        };
+        ctx(
+            crate::dump::dump(RouteNetlinkMessage::GetRoute(filter), keep).await,
+            || format!("list {family:?} routes"),
+        )
     }
 
     async fn write_route(
@@ -550,26 +548,26 @@ impl NetOps for Netlink {
         })
     }
 
-    /// Parsed as they stream in.
+    /// Parsed as the dump is read (`crate::dump`).
     async fn neighbours(
         &self,
         index: u32,
         family: Family,
     ) -> Result<BTreeMap<IpAddr, MacAddr>, NetError> {
-        let req = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(family_filter(family));
-        let parsed = req.execute().try_filter_map(|m| {
+        let mut req = NeighbourMessage::default();
+        req.header.family = family_filter(family);
+        let keep = |m| {
+            let RouteNetlinkMessage::NewNeighbour(m) = m else {
+                return None;
+            };
             let ours = m.header.ifindex == index && m.header.state == NeighbourState::Permanent;
-            let entry = match (ours, neigh_dst(&m), neigh_lladdr(&m)) {
+            match (ours, neigh_dst(&m), neigh_lladdr(&m)) {
                 (true, Some(ip), Some(mac)) if Family::of(ip) == family => Some((ip, mac)),
                 _ => None,
-            };
-            futures::future::ready(Ok(entry))
-        });
-        ctx(parsed.try_collect().await, || "list neighbours".into())
+            }
+        };
+        let found = crate::dump::dump(RouteNetlinkMessage::GetNeighbour(req), keep).await;
+        ctx(found.map(BTreeMap::from_iter), || "list neighbours".into())
     }
 
     async fn set_neighbour(&self, index: u32, ip: IpAddr, mac: MacAddr) -> Result<(), NetError> {
@@ -598,20 +596,21 @@ impl NetOps for Netlink {
         })
     }
 
+    /// Parsed as the dump is read (`crate::dump`).
     async fn fdb(&self, index: u32) -> Result<BTreeMap<MacAddr, IpAddr>, NetError> {
-        let req = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge);
-        let parsed = req.execute().try_filter_map(|m| {
-            let entry = match (m.header.ifindex == index, neigh_dst(&m), neigh_lladdr(&m)) {
+        let mut req = NeighbourMessage::default();
+        req.header.family = AddressFamily::Bridge;
+        let keep = |m| {
+            let RouteNetlinkMessage::NewNeighbour(m) = m else {
+                return None;
+            };
+            match (m.header.ifindex == index, neigh_dst(&m), neigh_lladdr(&m)) {
                 (true, Some(dst), Some(mac)) => Some((mac, dst)),
                 _ => None,
-            };
-            futures::future::ready(Ok(entry))
-        });
-        ctx(parsed.try_collect().await, || "list FDB entries".into())
+            }
+        };
+        let found = crate::dump::dump(RouteNetlinkMessage::GetNeighbour(req), keep).await;
+        ctx(found.map(BTreeMap::from_iter), || "list FDB entries".into())
     }
 
     async fn set_fdb(&self, index: u32, mac: MacAddr, dst: IpAddr) -> Result<(), NetError> {
