@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every fuzz target (fuzz/fuzz_targets: config parser, subnet-key and lease codecs, CNI
-# config and subnet.env, the udp packet path, flanneld's flags and health requests) for SECONDS
+# config and subnet.env, the udp packet path, flanneld's flags and health requests, Node
+# objects, flannelctl's state, WireGuard input, netlink dumps and notifications) for SECONDS
 # each: ./scripts/fuzz.sh [SECONDS]
 # Each run starts from the seed corpus checked in under fuzz/seeds/<target>/ (so a short run
 # already covers the code) and writes what it finds to a temporary corpus; the repository stays

@@ -466,28 +466,11 @@ impl NetOps for Netlink {
             Family::V4 => RouteMessageBuilder::<Ipv4Addr>::new().build(),
             Family::V6 => RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
         };
-        let default = match family {
-            Family::V4 => IpNet::V4(Ipv4Net::default()),
-            Family::V6 => IpNet::V6(ipnet::Ipv6Net::default()),
-        };
-        let keep = |m| {
-            let RouteNetlinkMessage::NewRoute(r) = m else {
-                return None;
-            };
-            let main = route_table(&r) == u32::from(RT_TABLE_MAIN);
-            route_dst(&r)
-                .or_else(|| (r.header.destination_prefix_length == 0).then_some(default))
-                .filter(|_| main)
-                .map(|dst| RouteEntry {
-                    dst,
-                    gw: route_gw(&r),
-                    oif: route_oif(&r),
-                    protocol: u8::from(r.header.protocol),
-                    unicast: r.header.kind == RouteType::Unicast,
-                })
-        };
         ctx(
-            crate::dump::dump(RouteNetlinkMessage::GetRoute(filter), keep).await,
+            crate::dump::dump(RouteNetlinkMessage::GetRoute(filter), |m| {
+                route_entry(m, family)
+            })
+            .await,
             || format!("list {family:?} routes"),
         )
     }
@@ -556,16 +539,7 @@ impl NetOps for Netlink {
     ) -> Result<BTreeMap<IpAddr, MacAddr>, NetError> {
         let mut req = NeighbourMessage::default();
         req.header.family = family_filter(family);
-        let keep = |m| {
-            let RouteNetlinkMessage::NewNeighbour(m) = m else {
-                return None;
-            };
-            let ours = m.header.ifindex == index && m.header.state == NeighbourState::Permanent;
-            match (ours, neigh_dst(&m), neigh_lladdr(&m)) {
-                (true, Some(ip), Some(mac)) if Family::of(ip) == family => Some((ip, mac)),
-                _ => None,
-            }
-        };
+        let keep = |m| neighbour_entry(m, index, family);
         let found = crate::dump::dump(RouteNetlinkMessage::GetNeighbour(req), keep).await;
         ctx(found.map(BTreeMap::from_iter), || "list neighbours".into())
     }
@@ -600,15 +574,7 @@ impl NetOps for Netlink {
     async fn fdb(&self, index: u32) -> Result<BTreeMap<MacAddr, IpAddr>, NetError> {
         let mut req = NeighbourMessage::default();
         req.header.family = AddressFamily::Bridge;
-        let keep = |m| {
-            let RouteNetlinkMessage::NewNeighbour(m) = m else {
-                return None;
-            };
-            match (m.header.ifindex == index, neigh_dst(&m), neigh_lladdr(&m)) {
-                (true, Some(dst), Some(mac)) => Some((mac, dst)),
-                _ => None,
-            }
-        };
+        let keep = |m| fdb_entry(m, index);
         let found = crate::dump::dump(RouteNetlinkMessage::GetNeighbour(req), keep).await;
         ctx(found.map(BTreeMap::from_iter), || "list FDB entries".into())
     }
@@ -738,4 +704,56 @@ fn neigh_lladdr(m: &NeighbourMessage) -> Option<MacAddr> {
 /// Is this the kind name of a VXLAN link?
 pub fn is_vxlan(l: &Link) -> bool {
     l.kind.as_deref() == Some(&InfoKind::Vxlan.to_string())
+}
+
+/// A main-table route of `family` from a route dump, as we keep it.
+pub fn route_entry(m: RouteNetlinkMessage, family: Family) -> Option<RouteEntry> {
+    let RouteNetlinkMessage::NewRoute(r) = m else {
+        return None;
+    };
+    let default = match family {
+        Family::V4 => IpNet::V4(Ipv4Net::default()),
+        Family::V6 => IpNet::V6(ipnet::Ipv6Net::default()),
+    };
+    // The dump asked for one family; a message of another (or a destination that does not
+    // match its header) is not kept rather than taken for a route of ours.
+    let main = route_table(&r) == u32::from(RT_TABLE_MAIN)
+        && r.header.address_family == family_filter(family);
+    route_dst(&r)
+        .or_else(|| (r.header.destination_prefix_length == 0).then_some(default))
+        .filter(|dst| main && Family::of(dst.addr()) == family)
+        .map(|dst| RouteEntry {
+            dst,
+            gw: route_gw(&r),
+            oif: route_oif(&r),
+            protocol: u8::from(r.header.protocol),
+            unicast: r.header.kind == RouteType::Unicast,
+        })
+}
+
+/// A permanent neighbour of `family` on link `index` from a neighbour dump.
+pub fn neighbour_entry(
+    m: RouteNetlinkMessage,
+    index: u32,
+    family: Family,
+) -> Option<(IpAddr, MacAddr)> {
+    let RouteNetlinkMessage::NewNeighbour(m) = m else {
+        return None;
+    };
+    let ours = m.header.ifindex == index && m.header.state == NeighbourState::Permanent;
+    match (ours, neigh_dst(&m), neigh_lladdr(&m)) {
+        (true, Some(ip), Some(mac)) if Family::of(ip) == family => Some((ip, mac)),
+        _ => None,
+    }
+}
+
+/// An FDB entry of link `index` from a bridge-family neighbour dump.
+pub fn fdb_entry(m: RouteNetlinkMessage, index: u32) -> Option<(MacAddr, IpAddr)> {
+    let RouteNetlinkMessage::NewNeighbour(m) = m else {
+        return None;
+    };
+    match (m.header.ifindex == index, neigh_dst(&m), neigh_lladdr(&m)) {
+        (true, Some(dst), Some(mac)) => Some((mac, dst)),
+        _ => None,
+    }
 }
