@@ -31,9 +31,12 @@ struct FamilyRoutes {
     network: IpNet,
     /// Destinations routed on the last pass (see `RouteGuard::claimed`).
     claimed: BTreeSet<IpNet>,
-    /// The guard and our routes as of the last full pass plus our writes since (see the vxlan
-    /// backend's mirror); `None` until a full pass succeeds and after a failed write.
-    mirror: Option<(RouteGuard, BTreeMap<IpNet, IpAddr>)>,
+    /// Our routes as of the last full pass plus our writes since (see the vxlan backend's
+    /// mirror); `None` until a full pass succeeds and after a failed write.
+    mirror: Option<BTreeMap<IpNet, IpAddr>>,
+    /// The guard of the last full pass that read the kernel: the incremental path and the
+    /// state snapshot judge leases by it, as that pass did.
+    guard: Option<RouteGuard>,
 }
 
 impl<N: NetOps> HostGwBackend<N> {
@@ -69,6 +72,7 @@ impl<N: NetOps> HostGwBackend<N> {
                 network: *n,
                 claimed: BTreeSet::new(),
                 mirror: None,
+                guard: None,
             })
             .collect();
         Ok(Self {
@@ -101,7 +105,7 @@ impl<N: NetOps> HostGwBackend<N> {
                 networks: vec![f.network],
                 ..Default::default()
             };
-            let guard = f.mirror.as_ref().map_or(&fallback, |(g, _)| g);
+            let guard = f.guard.as_ref().unwrap_or(&fallback);
             let (routes, _) = desired_routes(f.family, own_subnet, leases, guard);
             out.extend(routes.into_iter().map(|(dst, gw)| {
                 flannel_core::state::KernelEntry::Route {
@@ -138,6 +142,8 @@ impl<N: NetOps> HostGwBackend<N> {
                 );
                 continue;
             };
+            // The old mirror and guard go before the new ones are built (memory at 20000 peers).
+            (f.mirror, f.guard) = (None, None);
             let table = self.nl.main_routes(f.family).await?;
             let guard =
                 crate::guard::read(&self.nl, &table, f.network, &[], idx, &f.claimed).await?;
@@ -162,7 +168,8 @@ impl<N: NetOps> HostGwBackend<N> {
                 .copied()
                 .collect();
             r.skipped = skipped;
-            f.mirror = (r.failed == 0).then_some((guard, desired));
+            f.mirror = (r.failed == 0).then_some(desired);
+            f.guard = Some(guard);
             report.absorb(r);
         }
         report.dedup_skipped();
@@ -182,8 +189,8 @@ impl<N: NetOps> HostGwBackend<N> {
         }
         let mut report = ReconcileReport::default();
         for f in &mut self.families {
-            let (Some(own_subnet), Some((guard, routes))) =
-                (own.subnet_of(f.family), f.mirror.as_mut())
+            let (Some(own_subnet), Some(routes), Some(guard)) =
+                (own.subnet_of(f.family), f.mirror.as_mut(), f.guard.as_ref())
             else {
                 return Ok(None);
             };
@@ -236,7 +243,7 @@ impl<N: NetOps> HostGwBackend<N> {
                         .families
                         .iter()
                         .enumerate()
-                        .find_map(|(i, f)| f.mirror.as_ref()?.1.get(d).map(|g| (i, *d, *g)));
+                        .find_map(|(i, f)| f.mirror.as_ref()?.get(d).map(|g| (i, *d, *g)));
                     match route {
                         Some(r) => lost.push(r),
                         // Someone else's route: the guard may think differently of a lease now.

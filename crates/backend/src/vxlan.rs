@@ -50,6 +50,11 @@ struct Overlay {
     /// What the last full pass left for each peer, kept current by the incremental path.
     /// `None` until a full pass succeeds, with DirectRouting, and after any failed write.
     mirror: Option<Mirror>,
+    /// The guard of the last full pass that read the kernel (with or without a mirror):
+    /// foreign routes and addresses change rarely, and a lease they newly conflict with fails
+    /// its exclusive route write (then a full pass). The incremental path and the state
+    /// snapshot judge leases by it, as the pass did.
+    guard: Option<RouteGuard>,
     /// Whether a full pass has set the device up (later changes to it are repairs).
     configured: bool,
     /// DirectRouting: the peers' public addresses found on our segment by the last full pass.
@@ -58,9 +63,6 @@ struct Overlay {
 
 /// The kernel state we programmed, as of the last full pass plus our writes since.
 struct Mirror {
-    /// The guard of the last full pass: foreign routes and addresses change rarely, and a
-    /// lease they newly conflict with fails its exclusive route write (then a full pass).
-    guard: RouteGuard,
     peers: BTreeMap<IpNet, PeerEntry>,
 }
 
@@ -255,6 +257,7 @@ impl Overlay {
             index: 0,
             claimed: BTreeSet::new(),
             mirror: None,
+            guard: None,
             configured: false,
             direct: BTreeSet::new(),
         }
@@ -384,6 +387,7 @@ impl Overlay {
         // The pass builds a new mirror: the old one goes first, so that the two never live at
         // once (1.2 MB at 20000 peers). Until the pass ends, lease events take a full pass.
         self.mirror = None;
+        self.guard = None;
         let table = nl.main_routes(self.family).await?;
         let guard =
             crate::guard::read(nl, &table, self.network, &[idx], ext_idx, &self.claimed).await?;
@@ -516,7 +520,8 @@ impl Overlay {
         report.skipped = skipped;
         self.mirror = mirror_peers
             .filter(|_| report.failed == 0)
-            .map(|peers| Mirror { guard, peers });
+            .map(|peers| Mirror { peers });
+        self.guard = Some(guard);
         Ok(report)
     }
 
@@ -529,11 +534,10 @@ impl Overlay {
         changed: &[Lease],
         removed: &[Lease],
     ) -> ReconcileReport {
-        let Some(m) = self.mirror.as_mut() else {
+        let (Some(m), Some(guard)) = (self.mirror.as_mut(), self.guard.as_ref()) else {
             return ReconcileReport::default();
         };
-        let (desired, skipped) =
-            desired_peers_with(self.family, own, changed, &m.guard, &|_| false);
+        let (desired, skipped) = desired_peers_with(self.family, own, changed, guard, &|_| false);
         let want = peers_of(&desired);
         let touched = crate::touched_subnets(self.family, own, changed, removed);
         let plan = plan_delta(&m.peers, &touched, &want);
@@ -730,7 +734,7 @@ impl<N: NetOps> VxlanBackend<N> {
                 networks: vec![o.network],
                 ..Default::default()
             };
-            let guard = o.mirror.as_ref().map_or(&fallback, |m| &m.guard);
+            let guard = o.guard.as_ref().unwrap_or(&fallback);
             let (d, _) = desired_peers_with(o.family, own_subnet, leases, guard, &|ip| {
                 o.direct.contains(&ip)
             });

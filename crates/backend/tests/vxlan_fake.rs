@@ -288,6 +288,32 @@ fn direct_routing_routes_peers_on_our_segment_through_eth0_and_others_through_vx
     });
 }
 
+/// The state snapshot (what `flannelctl doctor` checks the kernel against) judges leases by
+/// the last pass's guard even where there is no mirror (DirectRouting): a lease the pass
+/// skipped for a foreign route is not listed as expected.
+#[test]
+fn the_snapshot_leaves_out_what_the_pass_skipped_even_without_a_mirror() {
+    block(async {
+        let (nl, _) = node();
+        let mut c = cfg();
+        c.direct_routing = true;
+        let mut b = backend(&nl, c).await;
+        nl.with(|s| s.add_foreign_route(net("10.244.2.0/24"), Some(ip("10.0.0.99")), ETH0, 4));
+        let (own, leases) = (own_vxlan(OUR_MAC), peers(3));
+        let r = b.reconcile(&own, &leases).await.expect("reconcile");
+        assert_eq!(r.skipped.len(), 1, "{:?}", r.skipped);
+        let routes: Vec<String> = b
+            .expected(&own, &leases)
+            .iter()
+            .filter_map(|e| match e {
+                flannel_core::state::KernelEntry::Route { dst, .. } => Some(dst.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(routes, ["10.244.1.0/24", "10.244.3.0/24"]);
+    });
+}
+
 #[test]
 fn a_lease_event_issues_no_dump_only_requests_for_its_own_entries() {
     block(async {
