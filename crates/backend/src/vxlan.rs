@@ -3,6 +3,7 @@
 //! permanent FDB entry and an onlink route, reconciled as data. Both families go through the
 //! same code: an [`Overlay`] per family.
 
+use crate::batch::pipelined_failures;
 use crate::routes::RoutePlan;
 use crate::{Backend, BackendError, ExternalInterface, ReconcileReport};
 use flannel_core::diff::diff;
@@ -452,7 +453,6 @@ impl Overlay {
         }
         let mut report = direct_plan.remove(nl).await;
         report.absorb(overlay_plan.remove(nl).await);
-        use crate::batch::pipelined_failures;
         let mut failures = pipelined_failures(
             pn.remove
                 .iter()
@@ -552,7 +552,6 @@ impl Overlay {
             expected.insert(Change::FdbGone(idx, *mac));
         }
         // Removals, routes before the entries they rely on; then additions in upstream's order.
-        use crate::batch::pipelined_failures;
         let mut failures = pipelined_failures(
             plan.del_routes
                 .iter()
@@ -638,7 +637,6 @@ impl Overlay {
         plan.routes.sort();
         plan.routes.dedup();
         let idx = self.index;
-        use crate::batch::pipelined_failures;
         let mut failures = pipelined_failures(
             plan.set_neighbours
                 .iter()

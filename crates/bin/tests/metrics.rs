@@ -180,15 +180,13 @@ fn a_real_prometheus_scrapes_flanneld_and_reads_a_value_back() {
     assert!(last.contains("\"job\":\"flannel\""), "{last}");
 }
 
-#[test]
-fn the_udp_backend_counts_packets_and_bytes_each_way() {
-    if common::skip_without_root() {
-        return;
-    }
+/// A two-node lab of `backend` whose first pod has pinged the other: the first node's metrics
+/// page, which promtool accepts.
+fn pinged_and_scraped(backend: &str) -> (Lab, String) {
     let lab = Lab::up_with(flannel_lab::LabSpec {
         nodes: 2,
         pods_per_node: 1,
-        backend: "udp".into(),
+        backend: backend.into(),
         flanneld_args: vec!["--healthz-port=9120".into()],
         ..flannel_lab::LabSpec::default()
     });
@@ -200,6 +198,15 @@ fn the_udp_backend_counts_packets_and_bytes_each_way() {
         ok && said.trim().is_empty(),
         "promtool check metrics: {said}\n{page}"
     );
+    (lab, page)
+}
+
+#[test]
+fn the_udp_backend_counts_packets_and_bytes_each_way() {
+    if common::skip_without_root() {
+        return;
+    }
+    let (_lab, page) = pinged_and_scraped("udp");
     for series in [
         "flannel_udp_packets_total{direction=\"tx\"}",
         "flannel_udp_packets_total{direction=\"rx\"}",
@@ -222,21 +229,7 @@ fn the_wireguard_backend_counts_peers_packets_handshakes_and_drops() {
     if common::skip_without_root() {
         return;
     }
-    let lab = Lab::up_with(flannel_lab::LabSpec {
-        nodes: 2,
-        pods_per_node: 1,
-        backend: "wireguard".into(),
-        flanneld_args: vec!["--healthz-port=9120".into()],
-        ..flannel_lab::LabSpec::default()
-    });
-    let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
-    assert!(flannel_lab::ping::ping(&a.pods[0].netns, &b.pods[0].ip));
-    let page = scrape(&a.netns);
-    let (ok, said) = promtool_check(&page);
-    assert!(
-        ok && said.trim().is_empty(),
-        "promtool check metrics: {said}\n{page}"
-    );
+    let (_lab, page) = pinged_and_scraped("wireguard");
     assert_eq!(
         sample(&page, "flannel_wireguard_peers"),
         Some(1.0),
