@@ -1,7 +1,7 @@
 //! A Node object from the Kubernetes API (anyone who can write Nodes writes this input) to what
 //! it means for flannel: never a panic; a lease's subnet is one of the node's podCIDRs and its
-//! public IP is the annotation's. Also the annotation prefix rules and the annotations we would
-//! publish for that node.
+//! public IP is the annotation's. Also the annotation prefix rules, the annotations we would
+//! publish for that node, and its creation time.
 #![no_main]
 use flannel_core::iface::Families;
 use flannel_core::LeaseAttrs;
@@ -21,6 +21,17 @@ fuzz_target!(|data: &[u8]| {
     let Ok(node) = serde_json::from_slice::<NodeLite>(doc) else {
         return;
     };
+    // creationTimestamp: what parses is a real instant, written back the same way.
+    let created = node.metadata.created();
+    if let Some(ts) = node.metadata.creation_timestamp.as_deref() {
+        if let Some(t) = flannel_core::time::parse_rfc3339(ts) {
+            assert_eq!(t, created);
+            if (0..253_402_300_800).contains(&t) {
+                let again = flannel_core::time::rfc3339(t as u64);
+                assert_eq!(flannel_core::time::parse_rfc3339(&again), Some(t), "{ts} -> {again}");
+            }
+        }
+    }
     for fam in [Families { v4: true, v6: false }, Families { v4: true, v6: true }, Families { v4: false, v6: true }] {
         if let NodeLease::Lease(l) = node_lease(&node, &a, fam) {
             let (v4, v6) = pod_subnets(&node.spec).expect("a lease has parsable podCIDRs");

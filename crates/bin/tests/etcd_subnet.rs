@@ -241,6 +241,7 @@ async fn a_lost_race_tries_another_subnet() {
         },
         etcd_lease: 1,
         mod_revision: 1,
+        create_revision: 1,
     });
     // ...but another node wins 10.5.1.0 before our transaction.
     f.put(
@@ -325,7 +326,7 @@ async fn watch_sends_a_snapshot_then_adds_and_removes() {
     }
     f.put("subnets/10.244.8.0-24", r#"{"PublicIP":"192.168.64.4","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:45"}}"#).await;
     match recv(&mut rx).await {
-        LeaseEvent::Added(l) => assert_eq!(l.subnet.to_string(), "10.244.8.0/24"),
+        LeaseEvent::Added(l) => assert_eq!(l.lease.subnet.to_string(), "10.244.8.0/24"),
         e => panic!("expected added, got {e:?}"),
     }
     f.put("subnets/bogus", "x").await; // skipped: no event
@@ -366,14 +367,14 @@ async fn a_watch_resuming_at_a_compacted_revision_relists() {
     let task = tokio::spawn(async move { sm.run_watch_from(tx, Some(stale_rev + 1)).await });
     match recv(&mut rx).await {
         LeaseEvent::Snapshot(l) => {
-            let s: Vec<String> = l.iter().map(|x| x.subnet.to_string()).collect();
+            let s: Vec<String> = l.iter().map(|x| x.lease.subnet.to_string()).collect();
             assert_eq!(s, ["10.244.8.0/24"]);
         }
         e => panic!("expected a snapshot after compaction, got {e:?}"),
     }
     f.put("subnets/10.244.9.0-24", r#"{"PublicIP":"192.168.64.5","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:46"}}"#).await;
     assert!(
-        matches!(recv(&mut rx).await, LeaseEvent::Added(l) if l.subnet.to_string() == "10.244.9.0/24")
+        matches!(recv(&mut rx).await, LeaseEvent::Added(l) if l.lease.subnet.to_string() == "10.244.9.0/24")
     );
     task.abort();
 }
@@ -499,7 +500,7 @@ async fn a_watch_that_keeps_up_is_not_taken_for_one_that_falls_behind() {
     let mut added = Vec::new();
     while added.len() < 31 {
         match recv(&mut rx).await {
-            LeaseEvent::Added(l) => added.push(l.subnet.to_string()),
+            LeaseEvent::Added(l) => added.push(l.lease.subnet.to_string()),
             LeaseEvent::Snapshot(l) => panic!("the watch re-listed ({} leases)", l.len()),
             e => panic!("unexpected {e:?}"),
         }

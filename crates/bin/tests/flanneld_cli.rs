@@ -562,3 +562,283 @@ fn host_gw_lease_events_are_applied_without_a_full_pass() {
     assert_eq!(full_passes(&n), before, "{}", n.log());
     assert!(n.log().contains("applied lease changes"));
 }
+
+/// The issue's probe: 16 idle connections used to fail 4 of 5 `/healthz` requests. With 1000
+/// idle and 1000 slow-sending connections held open (re-opened as the server closes them),
+/// from one address and from many, every `/healthz`, `/readyz` and `/metrics` answers within
+/// 100 ms (kubelet's probe gives 1 s).
+#[test]
+fn idle_and_slow_connections_never_hold_up_the_health_probes() {
+    if common::skip_without_root() {
+        return;
+    }
+    use common::flood::{probe, worst, Flood, Target};
+    let mut n = Node::new("hzf");
+    n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
+    n.start(&["--healthz-port=8081"]);
+    n.wait_ready();
+    for sources in [1u8, 200] {
+        let target = Target::Tcp {
+            ns: n.ns.0.clone(),
+            port: 8081,
+            sources,
+        };
+        let flood = Flood::start(target.clone(), 1000, 1000);
+        std::thread::sleep(Duration::from_millis(500));
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            let r = probe(&target, path, 10);
+            let (slowest, unanswered) = worst(&r);
+            assert_eq!(
+                unanswered,
+                0,
+                "{path} from {sources} address(es): {r:?}\n{}",
+                n.log()
+            );
+            assert!(r.iter().flatten().all(|(code, _)| *code == 200), "{r:?}");
+            assert!(
+                slowest <= Duration::from_millis(100),
+                "{path} with 2000 hostile connections from {sources} address(es): slowest answer {slowest:?} ({r:?})"
+            );
+        }
+        let open = flood.open.load(std::sync::atomic::Ordering::Relaxed);
+        drop(flood);
+        println!("{sources} source(s): the flood held {open} connections at the end");
+    }
+    assert!(n.flanneld_running());
+}
+
+/// `flannelctl ARGS` in the node's namespace against its state socket: exit code and output.
+fn flannelctl(n: &Node, args: &[&str]) -> (i32, String) {
+    let o = Command::new("ip")
+        .args(["netns", "exec", &n.ns.0])
+        .arg(bin_dir().join("flannelctl"))
+        .arg(format!("--state-socket={}", n.state_socket().display()))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.code().unwrap_or(-1), text)
+}
+
+/// The issue's probe: 100 idle connections on the state socket made `/state` hang for over
+/// 15 s and doctor call flanneld "stopped or hung". With 1000 idle and 1000 slow-sending ones
+/// held open, `/state` answers every time within a second, and doctor's flanneld check
+/// passes.
+#[test]
+fn idle_connections_on_the_state_socket_never_hold_up_state_or_doctor() {
+    if common::skip_without_root() {
+        return;
+    }
+    use common::flood::{Flood, Target};
+    let mut n = Node::new("ssf");
+    n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
+    n.start(&[]);
+    n.wait_ready();
+    let flood = Flood::start(Target::Unix(n.state_socket()), 1000, 1000);
+    std::thread::sleep(Duration::from_millis(500));
+    // flannelctl, a process of its own as on a node (the flood is this test's process).
+    for i in 0..10 {
+        let t0 = std::time::Instant::now();
+        let (code, out) = flannelctl(&n, &["state"]);
+        assert_eq!(code, 0, "state #{i}: {out}\n{}", n.log());
+        assert!(out.contains("\"leases\""), "{out}");
+        assert!(
+            t0.elapsed() <= Duration::from_secs(1),
+            "state #{i} took {:?}",
+            t0.elapsed()
+        );
+    }
+    let (code, out) = flannelctl(&n, &["doctor", "-o", "json"]);
+    let all: Vec<serde_json::Value> = serde_json::from_str(&out[out.find('[').unwrap_or(0)..])
+        .unwrap_or_else(|e| panic!("{e}: {out}"));
+    let check = all.iter().find(|v| v["check"] == "flanneld").unwrap();
+    assert_eq!(check["ok"], true, "{check:#} (exit {code})");
+    drop(flood);
+    assert!(n.flanneld_running());
+}
+
+/// A second flanneld on the node (same subnet.env directory) is refused, naming the first's
+/// PID; one with another directory but the same state socket is refused too; the first keeps
+/// answering on its socket throughout, and on exit it removes only a socket that is still
+/// its own.
+#[test]
+fn a_second_flanneld_is_refused_and_the_first_keeps_its_socket() {
+    if common::skip_without_root() {
+        return;
+    }
+    let mut n = Node::new("two");
+    n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
+    n.start(&[]);
+    n.wait_ready();
+    let first = n.flanneld_pid();
+    // Its exit within 30 s (a second flanneld that runs on is killed and fails the test).
+    let second = |subnet_file: &str| {
+        let out = common::TempDir::new("two-out");
+        let log = out.path().join("log");
+        let mut child = common::Proc(
+            Command::new("ip")
+                .args(["netns", "exec", &n.ns.0])
+                .arg(bin_dir().join("flanneld"))
+                .arg(format!("--subnet-file={subnet_file}"))
+                .arg(format!("--state-socket={}", n.state_socket().display()))
+                .arg(format!("--etcd-endpoints={}", n.endpoint))
+                .arg("--iface=eth0")
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        let mut status = None;
+        eventually(Duration::from_secs(30), || {
+            status = child.0.try_wait().ok().flatten();
+            status.is_some()
+        });
+        let err = std::fs::read_to_string(&log).unwrap_or_default();
+        let status = status.unwrap_or_else(|| panic!("a second flanneld runs on:\n{err}"));
+        (status.code(), err)
+    };
+    let (code, err) = second(&n.subnet_env().display().to_string());
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "another flanneld (pid {first}) already runs on this node"
+        )) && err.contains("flanneld.lock"),
+        "{err}"
+    );
+    let other_dir = common::TempDir::new("two-b");
+    let (code, err) = second(&other_dir.path().join("subnet.env").display().to_string());
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("listens on the state socket"), "{err}");
+    let (code, out) = flannelctl(&n, &["state"]);
+    assert_eq!(code, 0, "the first still answers: {out}");
+
+    // Someone else's socket at our path is not ours to remove on exit.
+    std::fs::remove_file(n.state_socket()).unwrap();
+    let theirs = std::os::unix::net::UnixListener::bind(n.state_socket()).unwrap();
+    assert!(n.stop().success());
+    assert!(n.state_socket().exists(), "the other socket was removed");
+    drop(theirs);
+}
+
+/// Upstream's default `--etcd-endpoints` names 127.0.0.1:4001 first, where etcd v3 does not
+/// listen. With a dead endpoint first or last, every one of 20 starts gets its lease and is
+/// ready, and `flannelctl leases` answers every time (with the defaults, and either order).
+#[test]
+fn a_dead_etcd_endpoint_first_or_last_is_passed_over() {
+    if common::skip_without_root() {
+        return;
+    }
+    let mut n = Node::new("eps");
+    n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
+    let live = n.endpoint.clone();
+    let dead = "http://127.0.0.1:4001".to_string();
+    for endpoints in [format!("{dead},{live}"), format!("{live},{dead}")] {
+        let flag = format!("--etcd-endpoints={endpoints}");
+        for _ in 0..20 {
+            n.start(&[&flag]);
+            n.wait_ready();
+            assert!(n.stop().success());
+        }
+        for _ in 0..10 {
+            let (code, out) = flannelctl(&n, &[&flag, "leases"]);
+            assert_eq!(code, 0, "flannelctl leases {flag}: {out}");
+            assert!(out.contains("10.244."), "{out}");
+        }
+    }
+    // With no datastore flag at all: upstream's default, the dead endpoint first.
+    for _ in 0..10 {
+        let (code, out) = flannelctl(&n, &["leases"]);
+        assert_eq!(code, 0, "flannelctl leases (defaults): {out}");
+        assert!(out.contains("10.244."), "{out}");
+    }
+}
+
+/// A three-member etcd cluster, and the member flanneld talks to dies: the lease watch, a
+/// reclaim (a put) and the listing go on through the two that live, flanneld keeps running.
+#[test]
+fn the_watch_and_writes_move_to_a_live_member_when_one_dies() {
+    if common::skip_without_root() {
+        return;
+    }
+    let mut n = Node::bare("ecl");
+    let client = |i: usize| format!("http://127.0.0.1:{}", 2379 + 10000 * i);
+    let peer = |i: usize| format!("http://127.0.0.1:{}", 2380 + 10000 * i);
+    let cluster = (0..3)
+        .map(|i| format!("m{i}={}", peer(i)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut members: Vec<Option<common::Proc>> = (0..3)
+        .map(|i| {
+            let log = std::fs::File::create(n.dir.path().join(format!("etcd{i}.log"))).unwrap();
+            Some(common::Proc(
+                Command::new("ip")
+                    .args(["netns", "exec", &n.ns.0, "etcd", "--name", &format!("m{i}")])
+                    .arg(format!(
+                        "--data-dir={}",
+                        n.dir.path().join(format!("m{i}")).display()
+                    ))
+                    .arg(format!("--listen-client-urls={}", client(i)))
+                    .arg(format!("--advertise-client-urls={}", client(i)))
+                    .arg(format!("--listen-peer-urls={}", peer(i)))
+                    .arg(format!("--initial-advertise-peer-urls={}", peer(i)))
+                    .arg(format!("--initial-cluster={cluster}"))
+                    .stdout(log.try_clone().unwrap())
+                    .stderr(log)
+                    .spawn()
+                    .expect("start etcd"),
+            ))
+        })
+        .collect();
+    n.endpoint = (0..3).map(client).collect::<Vec<_>>().join(",");
+    n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
+    n.start(&[]);
+    n.wait_ready();
+    let key = "/coreos.com/network/subnets";
+    let lease = |ip: &str, mac: &str| {
+        format!(
+            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+        )
+    };
+    n.etcdctl(&[
+        "put",
+        &format!("{key}/10.244.201.0-24"),
+        &lease("10.0.0.61", "02:00:00:00:00:61"),
+    ]);
+    let routed = |s: &str| n.exec("ip", &["route", "show"]).contains(s);
+    assert!(
+        eventually(Duration::from_secs(10), || routed("10.244.201.0/24")).is_some(),
+        "{}",
+        n.log()
+    );
+
+    // flanneld starts with the first endpoint: that member dies.
+    members[0] = None;
+    n.etcdctl(&[
+        "put",
+        &format!("{key}/10.244.202.0-24"),
+        &lease("10.0.0.62", "02:00:00:00:00:62"),
+    ]);
+    let t = eventually(Duration::from_secs(20), || routed("10.244.202.0/24"));
+    assert!(t.is_some(), "the watch did not move on:\n{}", n.log());
+    // Our own lease deleted: taken back with a put on a live member.
+    let own = n.etcdctl(&["get", "--prefix", "--keys-only", key]);
+    let own = own
+        .lines()
+        .find(|l| !l.is_empty() && !l.contains("10.244.201.0") && !l.contains("10.244.202.0"))
+        .expect("our key")
+        .to_string();
+    n.etcdctl(&["del", &own]);
+    let back = eventually(Duration::from_secs(20), || {
+        n.etcdctl(&["get", "--keys-only", &own]).contains(&own)
+    });
+    assert!(back.is_some(), "the reclaim did not move on:\n{}", n.log());
+    assert!(n.flanneld_running(), "{}", n.log());
+    // A listing (flannelctl leases) with the dead member first.
+    let (code, out) = flannelctl(&n, &[&format!("--etcd-endpoints={}", n.endpoint), "leases"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("10.244.202.0/24"), "{out}");
+    drop(members);
+}

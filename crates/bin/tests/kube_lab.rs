@@ -389,3 +389,85 @@ fn the_lab_follows_an_edited_manifest() {
         "{e:#}"
     );
 }
+
+/// The reproduction: a Node `dup` with node1's podCIDR and valid flannel annotations
+/// (another MAC and public IP), created and then deleted. master1 keeps node1's entries all
+/// along, doctor names the conflict while it lasts, node1 never mistakes dup for its own
+/// lease, and after the delete every pod still reaches every other.
+#[test]
+fn a_short_lived_node_with_another_nodes_pod_cidr_cuts_nobody_off() {
+    if common::skip_without_root() {
+        return;
+    }
+    let lab = kube_lab(2, 1);
+    let (m, n1) = (&lab.state.nodes[0], &lab.state.nodes[1]);
+    let n1_mac = common::link_mac(&n1.netns, "flannel.1");
+    let neigh_of_n1 = || {
+        let gw = n1.subnet.trim_end_matches("/24");
+        ip(&["-n", &m.netns, "neigh", "show", "dev", "flannel.1"])
+            .lines()
+            .find(|l| l.starts_with(&format!("{gw} ")))
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(neigh_of_n1().contains(&n1_mac), "{}", neigh_of_n1());
+    kubectl_create(
+        &lab.state,
+        &upstream_node("dup", &n1.subnet, "10.0.0.99", "02:00:00:00:00:99"),
+    );
+    let reported = eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(&m.log)
+            .unwrap_or_default()
+            .contains("skipping lease node dup")
+    });
+    assert!(
+        reported.is_some(),
+        "{}",
+        std::fs::read_to_string(&m.log).unwrap_or_default()
+    );
+    let (code, all) = common::ctl::doctor(m, &[]);
+    assert_ne!(code, 0);
+    let peers = common::ctl::verdict(&all, "peers");
+    assert!(
+        peers["problems"][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("lease node dup claims"),
+        "{peers:#}"
+    );
+    assert!(neigh_of_n1().contains(&n1_mac), "{}", neigh_of_n1());
+    let fdb = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &m.netns,
+            "bridge",
+            "fdb",
+            "show",
+            "dev",
+            "flannel.1",
+        ])
+        .output()
+        .expect("bridge fdb");
+    let fdb = String::from_utf8_lossy(&fdb.stdout);
+    assert!(
+        fdb.contains(&n1_mac) && !fdb.contains("02:00:00:00:00:99"),
+        "{fdb}"
+    );
+    assert!(ping(&m.pods[0].netns, &n1.pods[0].ip));
+
+    kubectl(&lab.state, &["delete", "node", "dup"]).expect("kubectl delete node dup");
+    // Past a resync and a relabel of node1: its entries stay on master1.
+    std::thread::sleep(Duration::from_secs(2));
+    kubectl(&lab.state, &["label", "node", &n1.name, "relabelled=yes"]).expect("label");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(neigh_of_n1().contains(&n1_mac), "{}", neigh_of_n1());
+    let matrix = flannel_lab::ping::ping_all(&lab.state);
+    assert!(matrix.all_ok(), "{}", matrix.render());
+    let (code, all) = common::ctl::doctor(m, &[]);
+    assert_eq!(code, 0, "{all:#?}");
+    let (_, state) = common::ctl::ctl(m, &["state"]);
+    assert!(state.contains(&format!("\"node {}\"", n1.name)), "{state}");
+    let n1_log = std::fs::read_to_string(&n1.log).unwrap_or_default();
+    assert!(!n1_log.contains("taking it back"), "{n1_log}");
+}

@@ -792,3 +792,127 @@ fn lease_events_are_applied_without_a_full_pass_and_drift_still_heals() {
     assert!(eventually(T, || k.routes().contains("10.244.1.0/24 via")).is_some());
     assert!(full_passes(&k) > after_start);
 }
+
+/// `flannelctl ARGS` against this node's flanneld: its output.
+fn ctl(k: &KubeNode, args: &[&str]) -> String {
+    let sock = format!("--state-socket={}", k.node.state_socket().display());
+    let bin = common::bin_dir().join("flannelctl");
+    let mut all = vec![sock.as_str()];
+    all.extend_from_slice(args);
+    k.node.exec(&bin.display().to_string(), &all)
+}
+
+/// The vxlan entries programmed for 10.244.1.0/24, as (neighbour line, fdb lines).
+fn entries_for_node1_subnet(k: &KubeNode) -> (String, String) {
+    let neigh = k.node.exec("ip", &["neigh", "show", "dev", "flannel.1"]);
+    let fdb = k.node.exec("bridge", &["fdb", "show", "dev", "flannel.1"]);
+    let line = neigh
+        .lines()
+        .find(|l| l.starts_with("10.244.1.0 "))
+        .unwrap_or("")
+        .to_string();
+    (line, fdb)
+}
+
+/// A Node claiming another node's podCIDR (or a part of it, or ours) never replaces the first
+/// holder's entries, is reported once naming both, and counted; when the first holder goes,
+/// the oldest claim waiting behind it is programmed within a second. Our own lease is never
+/// mistaken for another Node's object.
+#[test]
+fn overlapping_claims_keep_the_first_holder_and_the_survivor_takes_over() {
+    if common::skip_without_root() {
+        return;
+    }
+    let mut k = KubeNode::new("kov", &[POD_CIDR]);
+    k.add_peer("node1", "10.244.1.0/24", "10.0.0.51", "02:00:00:00:00:51");
+    k.start(&[]);
+    k.node.wait_ready();
+    let own_before = k.own()["metadata"]["annotations"].clone();
+    k.add_peer("dup", "10.244.1.0/24", "10.0.0.99", "02:00:00:00:00:99");
+    k.add_peer("half", "10.244.1.128/25", "10.0.0.98", "02:00:00:00:00:98");
+    k.add_peer("mine", POD_CIDR, "10.0.0.97", "02:00:00:00:00:97");
+    let said = eventually(T, || k.node.log().contains("skipping lease node mine"));
+    assert!(said.is_some(), "{}", k.node.log());
+    std::thread::sleep(Duration::from_millis(500));
+    let (neigh, fdb) = entries_for_node1_subnet(&k);
+    assert!(neigh.contains("lladdr 02:00:00:00:00:51"), "{neigh}");
+    for mac in [
+        "02:00:00:00:00:99",
+        "02:00:00:00:00:98",
+        "02:00:00:00:00:97",
+    ] {
+        assert!(!fdb.contains(mac), "{mac} must not be programmed:\n{fdb}");
+    }
+    assert!(!k.routes().contains("10.244.1.128/25"), "{}", k.routes());
+    let log = k.node.log();
+    for who in ["dup", "half", "mine"] {
+        assert_eq!(
+            log.matches(&format!("skipping lease node {who} ")).count(),
+            1,
+            "one warning for {who}:\n{log}"
+        );
+    }
+    assert!(
+        log.contains("skipping lease node dup (10.244.1.0/24): it overlaps 10.244.1.0/24 of lease node node1, which was there first"),
+        "{log}"
+    );
+    assert!(!log.contains("taking it back"), "{log}");
+    assert_eq!(k.own()["metadata"]["annotations"], own_before);
+    let metrics = ctl(&k, &["metrics"]);
+    assert!(
+        metrics.contains("flannel_lease_conflicts_total 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flannel_lease_conflicts_current 3"),
+        "{metrics}"
+    );
+    let state: Value = serde_json::from_str(&ctl(&k, &["state"])).expect("state is JSON");
+    let keys: Vec<&str> = state["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["key"].as_str())
+        .collect();
+    for n in [
+        "node node1",
+        "node dup",
+        "node half",
+        "node mine",
+        "node node0",
+    ] {
+        assert!(keys.contains(&n), "{n} in {keys:?}");
+    }
+    assert_eq!(state["conflicts"].as_array().unwrap().len(), 3, "{state:#}");
+
+    // The first holder goes: the oldest claim waiting behind it (dup) within a second.
+    k.api.delete(Kind::Node, "", "node1").unwrap();
+    let t = eventually(Duration::from_secs(1), || {
+        let (neigh, fdb) = entries_for_node1_subnet(&k);
+        neigh.contains("lladdr 02:00:00:00:00:99")
+            && fdb.contains("02:00:00:00:00:99 dst 10.0.0.99")
+            && !fdb.contains("02:00:00:00:00:51")
+    });
+    assert!(
+        t.is_some(),
+        "{:?}\n{}",
+        entries_for_node1_subnet(&k),
+        k.node.log()
+    );
+    // Then dup goes: half, inside it, is next.
+    k.api.delete(Kind::Node, "", "dup").unwrap();
+    let t = eventually(Duration::from_secs(1), || {
+        k.routes()
+            .contains("10.244.1.128/25 via 10.244.1.128 dev flannel.1")
+            && !k.routes().contains("10.244.1.0/24")
+    });
+    assert!(t.is_some(), "{}\n{}", k.routes(), k.node.log());
+    // mine still waits behind us; our annotations are untouched.
+    assert_eq!(k.own()["metadata"]["annotations"], own_before);
+    assert!(!k.node.log().contains("taking it back"));
+    let metrics = ctl(&k, &["metrics"]);
+    assert!(
+        metrics.contains("flannel_lease_conflicts_current 1"),
+        "{metrics}"
+    );
+}

@@ -18,8 +18,11 @@ pub struct StateSnapshot {
     pub node: NodeInfo,
     /// This node's lease.
     pub own: LeaseView,
-    /// Every lease known, this node's included.
+    /// Every lease known, this node's included (those left out for a conflict too).
     pub leases: Vec<LeaseView>,
+    /// Leases left out because their subnet overlaps one another node held first.
+    #[serde(default)]
+    pub conflicts: Vec<ConflictView>,
     /// What flanneld keeps in the kernel for its peers, as of now.
     pub expected: Vec<KernelEntry>,
     pub last_reconcile: ReconcileView,
@@ -98,6 +101,17 @@ impl LeaseView {
         };
         d.as_ref()?.get("VtepMAC")?.as_str()?.parse().ok()
     }
+}
+
+/// A lease left out because its subnet overlaps one held before it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictView {
+    /// The newcomer (etcd key or Node), left out, and its overlapping subnet.
+    pub key: String,
+    pub subnet: IpNet,
+    /// The lease that was there first and keeps its routes, and its subnet.
+    pub holder: String,
+    pub holder_subnet: IpNet,
 }
 
 /// One kernel entry flanneld keeps for its peers.

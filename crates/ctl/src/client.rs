@@ -11,10 +11,57 @@ use std::time::Duration;
 /// How long flanneld may take to answer: it answers between two events of its loop.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// flanneld runs (its process answered the connection) but could not answer now: a long
+/// pass, many clients at once. Not a reason to restart it.
+#[derive(Debug)]
+pub struct Busy(pub String);
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Busy {}
+
+/// Whether `pid` is a live process.
+fn alive(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+}
+
+/// The PID of the process at the other end of `s` (0 when unknown).
+fn peer_pid(s: &UnixStream) -> i32 {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt(2) writes at most `len` bytes into `cred`, which is that large.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        cred.pid
+    } else {
+        0
+    }
+}
+
 /// `GET path` on the socket: the status code and the body.
 pub fn get(socket: &Path, path: &str) -> anyhow::Result<(u16, String)> {
     let mut s = UnixStream::connect(socket)
         .with_context(|| format!("connecting to flanneld's state socket {}", socket.display()))?;
+    // Who listens (SO_PEERCRED): a silence is told apart from a dead process.
+    let pid = peer_pid(&s);
     s.set_read_timeout(Some(TIMEOUT))?;
     s.set_write_timeout(Some(TIMEOUT))?;
     write!(
@@ -27,6 +74,13 @@ pub fn get(socket: &Path, path: &str) -> anyhow::Result<(u16, String)> {
             e.kind(),
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
         ) {
+            if alive(pid) {
+                return Err(Busy(format!(
+                    "flanneld (pid {pid}) runs but did not answer {path} within {} s (busy: a long reconcile pass, or many clients at once)",
+                    TIMEOUT.as_secs()
+                ))
+                .into());
+            }
             bail!(
                 "no answer to {path} within {} s (is flanneld stopped or hung?)",
                 TIMEOUT.as_secs()
@@ -35,8 +89,14 @@ pub fn get(socket: &Path, path: &str) -> anyhow::Result<(u16, String)> {
         return Err(e).with_context(|| format!("reading {path} from {}", socket.display()));
     }
     if resp.is_empty() {
+        if alive(pid) {
+            return Err(Busy(format!(
+                "flanneld (pid {pid}) closed the connection without answering {path} (busy: many clients at once?)"
+            ))
+            .into());
+        }
         bail!(
-            "{}: flanneld closed the connection without answering {path} (busy, stopping or restarting?)",
+            "{}: flanneld closed the connection without answering {path} (stopping or restarting?)",
             socket.display()
         );
     }
@@ -55,6 +115,9 @@ pub fn get(socket: &Path, path: &str) -> anyhow::Result<(u16, String)> {
 /// The daemon's state snapshot.
 pub fn state(socket: &Path) -> anyhow::Result<StateSnapshot> {
     let (code, body) = get(socket, "/state")?;
+    if code == 503 && body.contains("busy") {
+        return Err(Busy(format!("flanneld answered {code}: {}", body.trim())).into());
+    }
     if code != 200 {
         bail!("flanneld answered {code}: {}", body.trim());
     }

@@ -28,7 +28,7 @@ async fn read(o: &Options) -> anyhow::Result<Vec<LeaseView>> {
             let leases = sm.list_leases().await?;
             leases
                 .iter()
-                .map(|l| LeaseView::of(l, sm.describe(&l.key()), None))
+                .map(|c| LeaseView::of(&c.lease, sm.describe(&c.owner), None))
                 .collect()
         }
         None => {

@@ -7,17 +7,19 @@ use crate::drift::{ClaimWatch, ConfigDrift};
 use crate::metrics::Metrics;
 use crate::options::Options;
 use crate::signals::Shutdown;
-use crate::skiplog::SkipLog;
+use crate::skiplog::{ConflictLog, SkipLog};
 use crate::state_socket::StateRequest;
 use anyhow::anyhow;
 use flannel_backend::{AnyBackend, Backend, ReconcileReport};
-use flannel_core::state::{LeaseView, NodeInfo, ReconcileView, SkippedView, StateSnapshot};
+use flannel_core::state::{
+    ConflictView, LeaseView, NodeInfo, ReconcileView, SkippedView, StateSnapshot,
+};
 use flannel_core::subnet_key::SubnetKey;
 use flannel_core::Lease;
 use flannel_net::firewall::TrafficManager;
 use flannel_net::monitor::Change;
 use flannel_net::{Family, Netlink};
-use flannel_subnet::{LeaseEvent, LeaseSet, OwnLease, SubnetError, SubnetManager};
+use flannel_subnet::{LeaseEvent, LeaseSet, OwnLease, Owner, SubnetError, SubnetManager};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,6 +80,7 @@ pub struct Daemon<SM: SubnetManager> {
     pub(crate) node: NodeInfo,
     pub(crate) config_json: serde_json::Value,
     pub(crate) skips: SkipLog,
+    pub(crate) conflicts: ConflictLog,
     pub(crate) drift: ConfigDrift,
     pub(crate) claims: ClaimWatch,
     /// The address families whose kernel notifications concern us.
@@ -106,19 +109,30 @@ impl<SM: SubnetManager> Daemon<SM> {
         let expires = u64::try_from(self.metrics.lease_expiry.get())
             .ok()
             .filter(|e| *e > 0);
-        let view = |l: &Lease, exp| LeaseView::of(l, sm.describe(&l.key()), exp);
+        let view = |o: &Owner, l: &Lease, exp| LeaseView::of(l, sm.describe(o), exp);
         let r = &self.last_report;
         StateSnapshot {
             version: env!("CARGO_PKG_VERSION").into(),
             ready: true,
             config: self.config_json.clone(),
             node: self.node.clone(),
-            own: view(&self.own.lease, expires),
+            own: view(&self.own.owner, &self.own.lease, expires),
             leases: self
                 .leases
-                .as_slice()
-                .iter()
-                .map(|l| view(l, None))
+                .claims()
+                .into_iter()
+                .map(|(o, l)| view(o, l, None))
+                .collect(),
+            conflicts: self
+                .leases
+                .conflicts()
+                .into_iter()
+                .map(|c| ConflictView {
+                    key: sm.describe(&c.owner),
+                    subnet: c.subnet,
+                    holder: sm.describe(&c.holder),
+                    holder_subnet: c.holder_subnet,
+                })
                 .collect(),
             expected: self
                 .backend
@@ -132,13 +146,27 @@ impl<SM: SubnetManager> Daemon<SM> {
                     .skipped
                     .iter()
                     .map(|s| SkippedView {
-                        key: sm.describe(&s.key),
+                        key: self.name_of(&s.key),
                         reason: s.reason.clone(),
                     })
                     .collect(),
             },
             datastore_problem: flannel_subnet::stats::STATS.problem(),
         }
+    }
+
+    /// Names the holder of the programmed lease under `key`, as the operator finds it.
+    pub(crate) fn name_of(&self, key: &SubnetKey) -> String {
+        describe_key(self.sm.as_ref(), &self.leases, key)
+    }
+
+    /// Reports the claims left out for overlapping an earlier holder's subnet.
+    pub(crate) fn report_conflicts(&mut self) {
+        let now = self.leases.conflicts();
+        self.metrics.lease_conflicts_now.set(now.len() as i64);
+        let sm = &self.sm;
+        let new = self.conflicts.report(now, &|o| sm.describe(o));
+        self.metrics.lease_conflicts.inc_by(new as u64);
     }
 
     /// Recounts the known leases for the metrics (after a listing).
@@ -163,8 +191,9 @@ impl<SM: SubnetManager> Daemon<SM> {
             Ok(r) => {
                 self.metrics
                     .pass(trigger.label(), true, started.elapsed(), &r);
-                let sm = &self.sm;
-                self.skips.report(&r.skipped, &|k| sm.describe(k));
+                let (sm, leases) = (&self.sm, &self.leases);
+                self.skips
+                    .report(&r.skipped, &|k| describe_key(sm.as_ref(), leases, k));
                 if r.changed() {
                     info!(
                         ?trigger,
@@ -186,40 +215,31 @@ impl<SM: SubnetManager> Daemon<SM> {
 
     /// Lease events (a burst drained at once costs one reconcile).
     pub async fn on_lease_events(&mut self, events: Vec<LeaseEvent>) -> anyhow::Result<()> {
-        let own_key = self.own.lease.key();
+        let own_owner = self.own.owner.clone();
         let mut own_gone = false;
-        // Each touched lease as it was before this burst; a snapshot touches everything.
-        let mut before: BTreeMap<SubnetKey, Option<Lease>> = BTreeMap::new();
         let mut snapshot = false;
         for ev in events {
             self.metrics.lease_events.inc();
-            own_gone |= matches!(&ev, LeaseEvent::Removed(k) if *k == own_key);
-            match &ev {
-                LeaseEvent::Snapshot(_) => snapshot = true,
-                LeaseEvent::Added(l) => {
-                    let k = l.key();
-                    let was = self.leases.get(&k).cloned();
-                    before.entry(k).or_insert(was);
-                }
-                LeaseEvent::Removed(k) => {
-                    let was = self.leases.get(k).cloned();
-                    before.entry(*k).or_insert(was);
-                }
-            }
+            own_gone |= matches!(&ev, LeaseEvent::Removed(o) if *o == own_owner);
+            snapshot |= matches!(&ev, LeaseEvent::Snapshot(_));
             self.leases.apply(ev);
         }
+        // Each programmed lease this burst touched, as it was before; a snapshot touches
+        // everything.
+        let before = self.leases.take_touched();
+        self.report_conflicts();
         let restore = self.sm.restores_own_lease();
         let theirs_differ = self
             .leases
-            .get(&own_key)
+            .claim(&own_owner)
             .is_some_and(|l| l.attrs != self.own.lease.attrs);
         if !restore {
             self.claims
-                .check(&self.own, &self.leases, &self.sm.describe(&own_key));
+                .check(&self.own, &self.leases, &self.sm.describe(&own_owner));
         }
-        let missing = !self.leases.is_empty() && self.leases.get(&own_key).is_none();
+        let missing = !self.leases.is_empty() && self.leases.claim(&own_owner).is_none();
         if own_gone || missing || (restore && theirs_differ) {
-            warn!(lease = %self.sm.describe(&own_key), "our lease disappeared or was changed; taking it back");
+            warn!(lease = %self.sm.describe(&own_owner), "our lease disappeared or was changed; taking it back");
             self.metrics.reclaims.inc();
             match self.sm.reclaim_lease(&self.own).await {
                 Ok(l) => {
@@ -255,6 +275,7 @@ impl<SM: SubnetManager> Daemon<SM> {
                 }
             }
         }
+        let own_key = self.own.lease.key();
         if snapshot || before.contains_key(&own_key) || !self.apply_delta(&before).await {
             self.reconcile(Trigger::Lease).await;
         }
@@ -285,10 +306,10 @@ impl<SM: SubnetManager> Daemon<SM> {
         {
             Ok(Some(r)) if r.failed == 0 => {
                 self.metrics.pass("lease", false, started.elapsed(), &r);
-                let sm = &self.sm;
+                let (sm, leases) = (&self.sm, &self.leases);
                 let keys: Vec<SubnetKey> = before.keys().copied().collect();
                 self.skips
-                    .report_some(&keys, &r.skipped, &|k| sm.describe(k));
+                    .report_some(&keys, &r.skipped, &|k| describe_key(sm.as_ref(), leases, k));
                 if r.changed() {
                     debug!(
                         added = r.added,
@@ -463,6 +484,15 @@ impl<SM: SubnetManager> Daemon<SM> {
         watcher.abort();
         monitor.abort();
         result
+    }
+}
+
+/// Names the holder of the programmed lease under `key` (a free function: the daemon's
+/// fields are borrowed apart while a report is written).
+fn describe_key<SM: SubnetManager>(sm: &SM, leases: &LeaseSet, key: &SubnetKey) -> String {
+    match leases.owner_of(key) {
+        Some(o) => sm.describe(o),
+        None => format!("the lease of subnet {}", key.v4),
     }
 }
 

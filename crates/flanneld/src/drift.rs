@@ -69,7 +69,7 @@ pub struct ClaimWatch {
 impl ClaimWatch {
     pub fn check(&mut self, own: &OwnLease, leases: &LeaseSet, key: &str) {
         let mine = &own.lease.attrs;
-        let theirs = leases.get(&own.lease.key()).map(|l| &l.attrs);
+        let theirs = leases.claim(&own.owner).map(|l| &l.attrs);
         match theirs {
             Some(t) if t != mine => {
                 let who = t.to_json();

@@ -2,28 +2,19 @@
 //! `GET /readyz` is 200 once rules and subnet.env are in place and 503 before, `GET /metrics`
 //! the Prometheus metrics (ours; upstream has none).
 //!
-//! It must never cost the daemon its resources: at most [`MAX_CONNECTIONS`] are served at once
-//! (the rest wait in the kernel's listen backlog, holding no file descriptor of ours), each
-//! has [`CONNECTION_DEADLINE`] to send its request and take the answer, and a failing `accept`
-//! (out of file descriptors, say) backs off instead of spinning.
+//! Kubelet's liveness probe (1 s timeout) must always be answered: no number of idle or slow
+//! connections, from one address or many, may hold it up, and none may cost the daemon its
+//! resources (see [`crate::serve`]).
 
 use crate::metrics::{self, Metrics};
+use crate::serve::{max_connections, read_head, serve, PER_PEER};
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tracing::{debug, info, warn};
-
-/// Connections served at once: probes come one at a time, this leaves room for a few.
-pub const MAX_CONNECTIONS: usize = 16;
-/// How long a connection may take from accept to the end of the answer.
-pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(3);
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+use tracing::debug;
 
 const PLAIN: &str = "text/plain; charset=utf-8";
 
@@ -58,22 +49,6 @@ pub fn respond(
     }
 }
 
-/// Reads a request head (bounded in size; the caller bounds the time).
-pub(crate) async fn read_head<S: AsyncReadExt + Unpin>(s: &mut S) -> String {
-    let mut buf = [0u8; 4096];
-    let mut n = 0;
-    while n < buf.len() {
-        match s.read(&mut buf[n..]).await {
-            Ok(0) | Err(_) => break,
-            Ok(k) => n += k,
-        }
-        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") || buf[..n].ends_with(b"\n\n") {
-            break;
-        }
-    }
-    String::from_utf8_lossy(&buf[..n]).into_owned()
-}
-
 /// Writes one HTTP/1.1 answer and closes.
 pub(crate) async fn answer<S: AsyncWriteExt + Unpin>(
     s: &mut S,
@@ -90,7 +65,9 @@ pub(crate) async fn answer<S: AsyncWriteExt + Unpin>(
 }
 
 async fn handle(mut s: TcpStream, ready: Arc<AtomicBool>, metrics: Arc<Metrics>) {
-    let head = read_head(&mut s).await;
+    let Some(head) = read_head(&mut s).await else {
+        return;
+    };
     let (status, ty, body) = respond(&head, ready.load(Ordering::SeqCst), &metrics);
     debug!(
         request = head.lines().next().unwrap_or(""),
@@ -106,42 +83,13 @@ pub async fn start(
     metrics: Arc<Metrics>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
-    Ok(tokio::spawn(serve(listener, ready, metrics)))
-}
-
-async fn serve(listener: TcpListener, ready: Arc<AtomicBool>, metrics: Arc<Metrics>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut backoff = ACCEPT_BACKOFF_MIN;
-    let mut failing: Option<std::io::ErrorKind> = None;
-    loop {
-        // A slot first: while all are busy, new connections wait in the backlog.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        match listener.accept().await {
-            Ok((s, _)) => {
-                if failing.take().is_some() {
-                    info!("the health server accepts connections again");
-                }
-                backoff = ACCEPT_BACKOFF_MIN;
-                let (ready, metrics) = (ready.clone(), metrics.clone());
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    let _ =
-                        tokio::time::timeout(CONNECTION_DEADLINE, handle(s, ready, metrics)).await;
-                });
-            }
-            Err(e) => {
-                if failing != Some(e.kind()) {
-                    warn!(error = %e, "the health server cannot accept connections; backing off");
-                    failing = Some(e.kind());
-                }
-                drop(slot);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-            }
-        }
-    }
+    Ok(tokio::spawn(serve(
+        listener,
+        "health server",
+        max_connections(),
+        PER_PEER,
+        move |s| handle(s, ready.clone(), metrics.clone()),
+    )))
 }
 
 #[cfg(test)]

@@ -6,8 +6,10 @@ pub mod drift;
 pub mod flags;
 pub mod health;
 pub mod iface;
+pub mod instance_lock;
 pub mod metrics;
 pub mod options;
+pub mod serve;
 pub mod signals;
 pub mod skiplog;
 pub mod startup;
@@ -49,6 +51,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Before anything is bound or written: a second flanneld on this node stops here.
+    let _lock = match instance_lock::take(&opts.subnet_file, instance_lock::WAIT) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{}", error_line(&e));
+            return ExitCode::from(1);
+        }
+    };
+    raise_nofile_limit();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -67,6 +78,22 @@ pub fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{}", error_line(&e));
             ExitCode::from(1)
+        }
+    }
+}
+
+/// Lets flanneld open as many files as the hard limit allows, as Go's runtime does for
+/// upstream's flanneld: the servers' connection limits are a share of it.
+fn raise_nofile_limit() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit(2) read and write the struct we pass, nothing else.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
         }
     }
 }

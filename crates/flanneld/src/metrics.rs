@@ -46,6 +46,9 @@ pub struct Metrics {
     pub renewal_failures: Counter,
     pub reclaims: Counter,
     pub lease_events: Counter,
+    /// Claims on a subnet that overlaps one held before: seen in all, and left out now.
+    pub lease_conflicts: Counter,
+    pub lease_conflicts_now: Gauge,
     /// Reconcile passes by trigger, and by mode: a full pass, or an incremental one (lease
     /// changes or notified deletions applied without reading the kernel back).
     pub passes: Family<[(&'static str, &'static str); 2], Counter>,
@@ -68,6 +71,8 @@ impl Metrics {
             renewal_failures: Counter::default(),
             reclaims: Counter::default(),
             lease_events: Counter::default(),
+            lease_conflicts: Counter::default(),
+            lease_conflicts_now: Gauge::default(),
             passes: Family::default(),
             pass_seconds: Family::new_with_constructor(|| Histogram::new(PASS_BUCKETS)),
             repairs: Family::default(),
@@ -107,6 +112,16 @@ impl Metrics {
             "lease_events",
             "Lease additions, changes and removals received from the datastore",
             m.lease_events.clone(),
+        );
+        r.register(
+            "lease_conflicts",
+            "Leases found claiming a subnet that overlaps one another node held first (left out, the first holder keeps its routes)",
+            m.lease_conflicts.clone(),
+        );
+        r.register(
+            "lease_conflicts_current",
+            "Leases left out now because their subnet overlaps one another node held first",
+            m.lease_conflicts_now.clone(),
         );
         r.register(
             "reconcile_passes",

@@ -1,8 +1,10 @@
-//! Reports leases a backend left out: one line per lease and reason, naming the lease by its
-//! datastore key, said again only when the reason changes (not on every reconcile pass).
+//! Reports leases left out: by a backend (one line per lease and reason, naming the lease by
+//! its datastore key, said again only when the reason changes, not on every reconcile pass),
+//! and for claiming a subnet another holder had first.
 
 use flannel_core::peers::Skipped;
 use flannel_core::subnet_key::SubnetKey;
+use flannel_subnet::{Conflict, Owner};
 use std::collections::BTreeSet;
 use tracing::{info, warn};
 
@@ -45,5 +47,49 @@ impl SkipLog {
             }
         }
         self.reported = now;
+    }
+}
+
+/// Reports claims left out because they overlap an earlier holder's subnet: one warning
+/// naming both when a conflict appears, one line when it ends; counted in the metrics.
+#[derive(Debug, Default)]
+pub struct ConflictLog {
+    reported: BTreeSet<Conflict>,
+}
+
+impl ConflictLog {
+    /// Reports the difference to the last call; returns how many conflicts are new.
+    pub fn report(&mut self, now: Vec<Conflict>, name: &dyn Fn(&Owner) -> String) -> usize {
+        let now: BTreeSet<Conflict> = now.into_iter().collect();
+        let mut new = 0;
+        for c in now.difference(&self.reported) {
+            // The same newcomer now waiting behind another holder is no new conflict.
+            if self
+                .reported
+                .iter()
+                .any(|r| r.owner == c.owner && r.subnet == c.subnet)
+            {
+                continue;
+            }
+            new += 1;
+            warn!(
+                "skipping lease {} ({}): it overlaps {} of lease {}, which was there first (left out until one of the two is removed or moved)",
+                name(&c.owner),
+                c.subnet,
+                c.holder_subnet,
+                name(&c.holder),
+            );
+        }
+        for c in self.reported.difference(&now) {
+            if !now.iter().any(|n| n.owner == c.owner) {
+                info!(
+                    "lease {} no longer conflicts with {} (one of them is gone or moved)",
+                    name(&c.owner),
+                    name(&c.holder)
+                );
+            }
+        }
+        self.reported = now;
+        new
     }
 }

@@ -10,7 +10,7 @@ use crate::iface;
 use crate::metrics::Metrics;
 use crate::options::Options;
 use crate::signals::Shutdown;
-use crate::skiplog::SkipLog;
+use crate::skiplog::{ConflictLog, SkipLog};
 use anyhow::{bail, Context};
 use flannel_backend::{AnyBackend, Backend};
 use flannel_core::iface::Families;
@@ -317,7 +317,7 @@ pub async fn run_with<SM: SubnetManager>(
         return Ok(());
     };
     let own = own.context("acquiring a subnet lease")?;
-    info!(subnet = %own.lease.subnet, ipv6_subnet = ?own.lease.ipv6_subnet, lease = %sm.describe(&own.lease.key()), "lease acquired");
+    info!(subnet = %own.lease.subnet, ipv6_subnet = ?own.lease.ipv6_subnet, lease = %sm.describe(&own.owner), "lease acquired");
 
     let fw_cfg = FirewallConfig {
         families: family_nets(&config, &own),
@@ -328,7 +328,18 @@ pub async fn run_with<SM: SubnetManager>(
     let fw = setup_firewall(fw_cfg, config.enable_nftables, &previous).await?;
 
     // Program the peers we already know before telling the CNI plugin we are ready.
-    let mut leases = LeaseSet::default();
+    let networks = [
+        network.map(IpNet::V4),
+        config
+            .ipv6_network
+            .filter(|_| config.enable_ipv6)
+            .map(IpNet::V6),
+    ];
+    let mut leases = LeaseSet::with_own(
+        own.owner.clone(),
+        own.lease.key(),
+        networks.into_iter().flatten().collect(),
+    );
     match sm.list_leases().await {
         Ok(l) => leases.apply(LeaseEvent::Snapshot(l)),
         Err(e) => warn!(error = %e, "listing leases failed; peers come with the watch"),
@@ -352,6 +363,7 @@ pub async fn run_with<SM: SubnetManager>(
         },
         config_json: config_json(&config),
         skips: SkipLog::default(),
+        conflicts: ConflictLog::default(),
         drift: ConfigDrift::new(config.clone()),
         claims: ClaimWatch::default(),
         families: [
@@ -371,6 +383,7 @@ pub async fn run_with<SM: SubnetManager>(
     }
     d.metrics.lease_renewed_for(d.own.ttl);
     d.count_leases();
+    d.report_conflicts();
     d.reconcile(Trigger::Start).await;
     release_startup_memory();
 

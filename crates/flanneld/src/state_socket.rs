@@ -4,31 +4,45 @@
 //! two events; `/metrics`, `/healthz` and `/readyz` are the health server's, so metrics are
 //! there even with the health port off (its default).
 
-use crate::health::{answer, read_head, respond, CONNECTION_DEADLINE, MAX_CONNECTIONS};
+use crate::health::{answer, respond};
 use crate::metrics::Metrics;
+use crate::serve::{max_connections, read_head, serve, PER_PEER};
 use flannel_core::state::StateSnapshot;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
-use tracing::{debug, warn};
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
 
 /// A request for the daemon's snapshot, answered on the channel inside.
 pub type StateRequest = oneshot::Sender<StateSnapshot>;
 
-/// The socket file, removed when flanneld exits.
-pub struct SocketFile(PathBuf);
+/// The socket file, removed when flanneld exits if it is still the one we bound (another
+/// process may have replaced it: its socket is not ours to remove).
+pub struct SocketFile {
+    path: PathBuf,
+    /// Device and inode of the socket we bound.
+    id: Option<(u64, u64)>,
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if self.id.is_some() && file_id(&self.path) == self.id {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
-/// Binds `path` (replacing a stale socket left by a previous run, never another kind of file)
-/// and serves in the background.
+/// Binds `path` (replacing a stale socket left by a previous run, never another kind of file
+/// and never a socket something still answers on) and serves in the background.
 pub fn start(
     path: &Path,
     ready: Arc<AtomicBool>,
@@ -41,6 +55,12 @@ pub fn start(
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!(
+                    "another process (another flanneld?) listens on the state socket {}: stop it, or set --state-socket",
+                    path.display()
+                );
+            }
             std::fs::remove_file(path)
                 .with_context(|| format!("removing the old socket {}", path.display()))?;
         }
@@ -54,45 +74,23 @@ pub fn start(
         UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("setting the mode of {}", path.display()))?;
-    tokio::spawn(serve(listener, ready, metrics, requests));
-    Ok(SocketFile(path.to_path_buf()))
+    let id = file_id(path);
+    tokio::spawn(serve(
+        listener,
+        "state socket",
+        max_connections(),
+        PER_PEER,
+        move |s| handle(s, ready.clone(), metrics.clone(), requests.clone()),
+    ));
+    Ok(SocketFile {
+        path: path.to_path_buf(),
+        id,
+    })
 }
 
 /// How long a `/state` request waits for the event loop: well inside the connection's deadline,
 /// so that a busy loop is reported as such.
 const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-async fn serve(
-    listener: UnixListener,
-    ready: Arc<AtomicBool>,
-    metrics: Arc<Metrics>,
-    requests: mpsc::Sender<StateRequest>,
-) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        match listener.accept().await {
-            Ok((s, _)) => {
-                let (ready, metrics, requests) = (ready.clone(), metrics.clone(), requests.clone());
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    let _ = tokio::time::timeout(
-                        CONNECTION_DEADLINE,
-                        handle(s, ready, metrics, requests),
-                    )
-                    .await;
-                });
-            }
-            Err(e) => {
-                warn!(error = %e, "the state socket cannot accept connections; retrying");
-                drop(slot);
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-        }
-    }
-}
 
 async fn handle(
     mut s: UnixStream,
@@ -100,7 +98,9 @@ async fn handle(
     metrics: Arc<Metrics>,
     requests: mpsc::Sender<StateRequest>,
 ) {
-    let head = read_head(&mut s).await;
+    let Some(head) = read_head(&mut s).await else {
+        return;
+    };
     let line = head.lines().next().unwrap_or("");
     debug!(request = line, "state socket request");
     let mut parts = line.split_whitespace();
@@ -164,7 +164,11 @@ mod tests {
         let busy = get_state(&path).await;
         assert!(busy.starts_with("HTTP/1.1 503"), "{busy}");
         assert!(busy.contains("busy (a long reconcile pass"), "{busy}");
-        assert!(t0.elapsed() < CONNECTION_DEADLINE, "{:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < crate::serve::CONNECTION_DEADLINE,
+            "{:?}",
+            t0.elapsed()
+        );
         drop(rx.recv().await);
 
         tokio::spawn(async move {

@@ -5,17 +5,19 @@
 //! upstream's exact keys and values. The daemon only sees the trait: everything it needs from a
 //! datastore is a method here, so a second datastore is a second implementation, not a branch.
 
+mod cidr_index;
 pub mod error;
 pub mod etcd;
 pub mod events;
 pub mod kube;
+pub mod lease_set;
 mod recurring;
 pub mod stats;
 
 pub use error::SubnetError;
-pub use events::{LeaseEvent, LeaseSet};
+pub use events::{Claim, LeaseEvent, Owner};
+pub use lease_set::{Conflict, LeaseSet};
 
-use flannel_core::subnet_key::SubnetKey;
 use flannel_core::{ConfigError, Lease, LeaseAttrs, MacAddr, NetworkConfig};
 use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -36,6 +38,8 @@ impl LeaseHandle {
 /// This node's lease as the datastore holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OwnLease {
+    /// How the datastore names this node's claim (the etcd key's last segment, the Node).
+    pub owner: Owner,
     pub lease: Lease,
     /// How long until the datastore drops the lease unless it is renewed; `Duration::MAX` when
     /// it never expires (a reservation, a Kubernetes node).
@@ -127,14 +131,14 @@ pub trait SubnetManager: Send + Sync + 'static {
         async { Ok(()) }
     }
 
-    /// Every lease the datastore holds now.
-    fn list_leases(&self) -> impl Future<Output = Result<Vec<Lease>, SubnetError>> + Send;
+    /// Every lease the datastore holds now, with its holder.
+    fn list_leases(&self) -> impl Future<Output = Result<Vec<Claim>, SubnetError>> + Send;
 
     /// Streams lease events forever (snapshot first, then changes), reconnecting by itself.
     fn watch_leases(&self, tx: mpsc::Sender<LeaseEvent>) -> impl Future<Output = ()> + Send;
 
-    /// Names a lease for logs, as the operator finds it (an etcd key, a node).
-    fn describe(&self, key: &SubnetKey) -> String;
+    /// Names a lease's holder for logs, as the operator finds it (an etcd key, a node).
+    fn describe(&self, owner: &Owner) -> String;
 
     /// When our lease holds another writer's value: put ours back (true), or only report it
     /// (false: in etcd two nodes then claim one subnet, which needs a person).

@@ -35,6 +35,8 @@ pub struct Facts {
     pub state: Option<StateSnapshot>,
     /// Whether flanneld answered on its socket, and ready; or what went wrong.
     pub flanneld: Result<(), String>,
+    /// flanneld runs but was too busy to answer (then `flanneld` holds what it said).
+    pub busy: bool,
     /// The socket the doctor asked.
     pub socket: String,
     /// sysctl name (`net.ipv4.ip_forward`) → value; missing when the file does not exist.
@@ -61,6 +63,7 @@ impl Default for Facts {
         Facts {
             state: None,
             flanneld: Ok(()),
+            busy: false,
             socket: String::new(),
             sysctl: BTreeMap::new(),
             links: Vec::new(),
@@ -102,6 +105,12 @@ pub fn all(f: &Facts) -> Vec<Verdict> {
 pub fn flanneld(f: &Facts) -> Verdict {
     match (&f.flanneld, &f.state) {
         (Ok(()), Some(_)) => Verdict::pass("flanneld"),
+        (Err(e), _) if f.busy => Verdict::fail(
+            "flanneld",
+            vec![format!("flanneld is busy: {e}")],
+            "the doctor needs flanneld's state to judge the node; flanneld itself runs (a restart would not help)",
+            Some("flannelctl doctor   # again in a few seconds".into()),
+        ),
         (Err(e), _) => Verdict::fail(
             "flanneld",
             vec![format!("flanneld does not answer on {}: {e}", f.socket)],
@@ -432,12 +441,28 @@ pub fn peers(f: &Facts, s: &StateSnapshot) -> Verdict {
         problems.push(format!("{} is stale (no lease asks for it)", describe(e)));
         fix.push(entry_cmd(e, false));
     }
+    for c in &s.conflicts {
+        problems.push(format!(
+            "lease {} claims {}, which overlaps {} of lease {} (there first): left out",
+            c.key, c.subnet, c.holder_subnet, c.holder
+        ));
+        fix.push(remove_lease_cmd(&c.key));
+    }
     Verdict::judged(
         "peers",
         problems,
-        "each peer needs its route (and for vxlan its neighbour and FDB entry) or pods cannot reach that node's pods; a stale entry sends packets to a node that no longer holds the subnet",
+        "each peer needs its route (and for vxlan its neighbour and FDB entry) or pods cannot reach that node's pods; a stale entry sends packets to a node that no longer holds the subnet; two leases claiming one subnet mean one node's pods are unreachable (flannel keeps the first holder's routes)",
         fix,
     )
+}
+
+/// How to remove a lease named as the state names it: an etcd key, or `node NAME`. The
+/// command is for the newcomer, the one left out (the first holder's pods are reachable).
+fn remove_lease_cmd(key: &str) -> String {
+    match key.strip_prefix("node ") {
+        Some(node) => format!("kubectl delete node {node}"),
+        None => format!("etcdctl del {key}"),
+    }
 }
 
 pub fn duplicate_public_ip(s: &StateSnapshot) -> Verdict {
@@ -802,6 +827,26 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn overlapping_leases_are_named_with_the_one_there_first() {
+        let mut f = healthy();
+        if let Some(s) = f.state.as_mut() {
+            s.conflicts.push(flannel_core::state::ConflictView {
+                key: "node dup".into(),
+                subnet: net("10.244.1.0/24"),
+                holder: "node node1".into(),
+                holder_subnet: net("10.244.1.0/24"),
+            });
+        }
+        let v = verdict(&f, "peers");
+        assert!(!v.ok);
+        assert_eq!(
+            v.problems,
+            vec!["lease node dup claims 10.244.1.0/24, which overlaps 10.244.1.0/24 of lease node node1 (there first): left out"]
+        );
+        assert_eq!(v.fix.as_deref(), Some("kubectl delete node dup"));
+    }
+
+    #[test]
     fn two_leases_on_one_public_ip_point_at_the_other_lease() {
         let mut f = healthy();
         let mut s = state();
@@ -878,5 +923,21 @@ pub(crate) mod tests {
         let v = all(&f);
         assert_eq!(v.len(), 2);
         assert!(!v[0].ok && v[1].ok);
+        assert!(v[0].fix.as_deref().unwrap_or("").contains("restart"));
+    }
+
+    /// A flanneld that runs but could not answer in time is called busy, not stopped or hung,
+    /// and no restart is suggested.
+    #[test]
+    fn a_busy_flanneld_is_not_told_to_restart() {
+        let f = Facts {
+            flanneld: Err("flanneld (pid 42) runs but did not answer /state within 5 s".into()),
+            busy: true,
+            ..Facts::default()
+        };
+        let v = flanneld(&f);
+        assert!(!v.ok);
+        assert!(v.problems[0].starts_with("flanneld is busy:"), "{v:?}");
+        assert!(!v.fix.as_deref().unwrap_or("").contains("restart"), "{v:?}");
     }
 }

@@ -26,13 +26,17 @@ pub async fn gather(src: &Source<'_>) -> anyhow::Result<Facts> {
     f.flanneld = match client::get(src.socket, "/readyz") {
         Ok((200, _)) => Ok(()),
         Ok((code, body)) => Err(format!("/readyz answered {code}: {}", body.trim())),
-        Err(e) => Err(format!("{e:#}")),
+        Err(e) => {
+            f.busy = e.downcast_ref::<client::Busy>().is_some();
+            Err(format!("{e:#}"))
+        }
     };
     f.state = match src.state_file {
         Some(file) => Some(client::state_from_file(file)?),
         None if f.flanneld.is_ok() => match client::state(src.socket) {
             Ok(s) => Some(s),
             Err(e) => {
+                f.busy = e.downcast_ref::<client::Busy>().is_some();
                 f.flanneld = Err(format!("{e:#}"));
                 None
             }

@@ -6,7 +6,7 @@ pub mod progress;
 mod tls;
 
 use crate::recurring::Recurring;
-use crate::{LeaseEvent, LeaseHandle, OwnLease, SubnetError, SubnetManager};
+use crate::{Claim, LeaseEvent, LeaseHandle, OwnLease, Owner, SubnetError, SubnetManager};
 use conn::Conn;
 use etcd_client::{
     Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
@@ -17,7 +17,6 @@ use flannel_core::subnet_env::PreviousSubnets;
 use flannel_core::subnet_key::SubnetKey;
 use flannel_core::{Lease, LeaseAttrs, NetworkConfig};
 use std::collections::HashMap;
-use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,6 +53,15 @@ pub struct Entry {
     /// The etcd lease the key hangs on; 0 for a reservation (a key without TTL).
     pub etcd_lease: i64,
     pub mod_revision: i64,
+    pub create_revision: i64,
+}
+
+impl Entry {
+    /// The lease with its holder (the key as written).
+    pub fn claim(self, prefix: &str) -> Claim {
+        let owner = Owner::new(self.key.strip_prefix(prefix).unwrap_or(&self.key));
+        Claim::new(owner, self.lease, self.create_revision)
+    }
 }
 
 /// All readable leases and the revision they were read at.
@@ -138,26 +146,6 @@ fn range_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-async fn timed<T>(
-    op: &'static str,
-    key: &str,
-    f: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, SubnetError> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
-        Err(_) => Err(SubnetError::Timeout {
-            op,
-            key: key.to_string(),
-            secs: REQUEST_TIMEOUT.as_secs(),
-        }),
-        Ok(Err(e)) => Err(SubnetError::Etcd {
-            op,
-            key: key.to_string(),
-            cause: e.into(),
-        }),
-        Ok(Ok(v)) => Ok(v),
-    }
-}
-
 impl EtcdSubnetManager {
     /// Connects lazily: the channel is made now, the first request finds out whether etcd is
     /// up (and authenticates, when a username is given). TLS as [`tls`] decides.
@@ -183,13 +171,13 @@ impl EtcdSubnetManager {
     /// etcd's current revision (one key read: cheap at any cluster size).
     async fn store_revision(&self) -> Result<i64, SubnetError> {
         let key = self.config_key();
-        let mut c = self.conn.client().await?;
-        let r = timed(
-            "get",
-            &key,
-            c.get(key.as_str(), Some(GetOptions::new().with_count_only())),
-        )
-        .await?;
+        let r = self
+            .conn
+            .call("get", &key, |mut c| {
+                let key = key.clone();
+                async move { c.get(key, Some(GetOptions::new().with_count_only())).await }
+            })
+            .await?;
         Ok(r.header().map_or(0, |h| h.revision()))
     }
 
@@ -199,8 +187,12 @@ impl EtcdSubnetManager {
         if id == 0 {
             return Ok(None);
         }
-        let mut c = self.conn.client().await?;
-        let r = timed("lease ttl", "", c.lease_time_to_live(id, None)).await?;
+        let r = self
+            .conn
+            .call("lease ttl", &id.to_string(), |mut c| async move {
+                c.lease_time_to_live(id, None).await
+            })
+            .await?;
         Ok(u64::try_from(r.ttl()).ok().map(Duration::from_secs))
     }
 
@@ -289,7 +281,6 @@ impl EtcdSubnetManager {
     async fn list_pages(&self) -> Result<Listing, SubnetError> {
         let prefix = self.subnets_prefix();
         let end = range_end(prefix.as_bytes());
-        let mut c = self.conn.client().await?;
         let mut l = Listing::default();
         let mut from = prefix.clone().into_bytes();
         loop {
@@ -299,7 +290,13 @@ impl EtcdSubnetManager {
             if l.revision != 0 {
                 opts = opts.with_revision(l.revision);
             }
-            let resp = timed("get", &prefix, c.get(from.clone(), Some(opts))).await?;
+            let resp = self
+                .conn
+                .call("get", &prefix, |mut c| {
+                    let (from, opts) = (from.clone(), opts.clone());
+                    async move { c.get(from, Some(opts)).await }
+                })
+                .await?;
             if l.revision == 0 {
                 l.revision = resp.header().map(|h| h.revision()).unwrap_or(0);
             }
@@ -310,6 +307,7 @@ impl EtcdSubnetManager {
                         lease,
                         etcd_lease: kv.lease(),
                         mod_revision: kv.mod_revision(),
+                        create_revision: kv.create_revision(),
                     }),
                     Err(Some(k)) => l.unreadable.push(k),
                     Err(None) => {}
@@ -349,11 +347,15 @@ impl EtcdSubnetManager {
         cmps: Vec<Compare>,
         reservation: bool,
     ) -> Result<Option<OwnLease>, SubnetError> {
-        let mut c = self.conn.client().await?;
         let (id, ttl) = if reservation {
             (0, Duration::MAX)
         } else {
-            let g = timed("lease grant", key, c.lease_grant(SUBNET_TTL_SECS, None)).await?;
+            let g = self
+                .conn
+                .call("lease grant", key, |mut c| async move {
+                    c.lease_grant(SUBNET_TTL_SECS, None).await
+                })
+                .await?;
             (g.id(), Duration::from_secs(g.ttl().max(0) as u64))
         };
         let put = TxnOp::put(
@@ -362,10 +364,16 @@ impl EtcdSubnetManager {
             (id != 0).then(|| PutOptions::new().with_lease(id)),
         );
         let txn = Txn::new().when(cmps).and_then(vec![put]);
-        let resp = timed("txn", key, c.txn(txn)).await?;
+        let resp = self
+            .conn
+            .call("txn", key, |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         if !resp.succeeded() {
             if id != 0 {
-                let _ = timed("lease revoke", key, c.lease_revoke(id)).await;
+                self.revoke(key, id).await;
             }
             return Ok(None);
         }
@@ -374,7 +382,9 @@ impl EtcdSubnetManager {
             ipv6_subnet: lease_key.v6,
             attrs: attrs.clone(),
         };
+        let prefix = self.subnets_prefix();
         Ok(Some(OwnLease {
+            owner: Owner::new(key.strip_prefix(&prefix).unwrap_or(key)),
             lease,
             ttl,
             handle: LeaseHandle(id),
@@ -462,7 +472,6 @@ impl EtcdSubnetManager {
                     continue;
                 }
                 warn!(key = %e.key, "our public IP holds a lease that no longer fits the network config; deleting it");
-                let mut c = self.conn.client().await?;
                 let txn = Txn::new()
                     .when(vec![Compare::mod_revision(
                         e.key.as_str(),
@@ -470,7 +479,12 @@ impl EtcdSubnetManager {
                         e.mod_revision,
                     )])
                     .and_then(vec![TxnOp::delete(e.key.as_str(), None)]);
-                timed("txn delete", &e.key, c.txn(txn)).await?;
+                self.conn
+                    .call("txn delete", &e.key, |mut c| {
+                        let txn = txn.clone();
+                        async move { c.txn(txn).await }
+                    })
+                    .await?;
                 taken.retain(|t| t.key != e.key);
             }
             let Taken {
@@ -549,9 +563,6 @@ impl EtcdSubnetManager {
 
     /// Deletes a key we just created (and its etcd lease), if it is still ours.
     async fn give_up(&self, etcd_key: &str, own: &OwnLease) {
-        let Ok(mut c) = self.conn.client().await else {
-            return;
-        };
         let txn = Txn::new()
             .when(vec![Compare::lease(
                 etcd_key,
@@ -559,10 +570,26 @@ impl EtcdSubnetManager {
                 own.handle.0,
             )])
             .and_then(vec![TxnOp::delete(etcd_key, None)]);
-        let _ = timed("txn delete", etcd_key, c.txn(txn)).await;
+        let _ = self
+            .conn
+            .call("txn delete", etcd_key, |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await;
         if own.handle.0 != 0 {
-            let _ = timed("lease revoke", etcd_key, c.lease_revoke(own.handle.0)).await;
+            self.revoke(etcd_key, own.handle.0).await;
         }
+    }
+
+    /// Revokes etcd lease `id` (made for `key`); a failure only leaves it to expire.
+    async fn revoke(&self, key: &str, id: i64) {
+        let _ = self
+            .conn
+            .call("lease revoke", key, |mut c| async move {
+                c.lease_revoke(id).await
+            })
+            .await;
     }
 
     /// Says loudly which other leases claim our PublicIP besides `chosen`: another node behind
@@ -593,7 +620,7 @@ impl EtcdSubnetManager {
         own: &OwnLease,
         attrs: &LeaseAttrs,
     ) -> Result<OwnLease, SubnetError> {
-        let key = self.key_for(&own.lease.key());
+        let key = self.describe(&own.owner);
         let cmp = Compare::value(key.as_str(), CompareOp::Equal, own.lease.attrs.to_json());
         self.put_if(&key, own.lease.key(), attrs, vec![cmp], own.handle.0 == 0)
             .await?
@@ -602,7 +629,7 @@ impl EtcdSubnetManager {
 
     /// Takes our subnet back after the key vanished (expired or deleted by hand), if still free.
     pub async fn reclaim(&self, own: &OwnLease) -> Result<OwnLease, SubnetError> {
-        let key = self.key_for(&own.lease.key());
+        let key = self.describe(&own.owner);
         let cmp = Compare::version(key.as_str(), CompareOp::Equal, 0);
         self.put_if(&key, own.lease.key(), &own.lease.attrs, vec![cmp], false)
             .await?
@@ -632,8 +659,8 @@ impl EtcdSubnetManager {
                 None => match self.list().await {
                     Ok(l) => {
                         crate::stats::STATS.listed();
-                        let leases = l.entries.into_iter().map(|e| e.lease).collect();
-                        if tx.send(LeaseEvent::Snapshot(leases)).await.is_err() {
+                        let claims = l.entries.into_iter().map(|e| e.claim(&prefix)).collect();
+                        if tx.send(LeaseEvent::Snapshot(claims)).await.is_err() {
                             return;
                         }
                         l.revision + 1
@@ -648,10 +675,13 @@ impl EtcdSubnetManager {
             };
             next_rev = Some(start);
             let opts = WatchOptions::new().with_prefix().with_start_revision(start);
-            let started = match self.conn.client().await {
-                Ok(mut c) => timed("watch", &prefix, c.watch(prefix.as_str(), Some(opts))).await,
-                Err(e) => Err(e),
-            };
+            let started = self
+                .conn
+                .call("watch", &prefix, |mut c| {
+                    let (prefix, opts) = (prefix.clone(), opts.clone());
+                    async move { c.watch(prefix, Some(opts)).await }
+                })
+                .await;
             let mut stream = match started {
                 Ok(s) => s,
                 Err(e) => {
@@ -726,16 +756,22 @@ impl EtcdSubnetManager {
                             // watch that fell behind, a response's header revision is etcd's
                             // current one, past events still to come.
                             next_rev = Some(kv.mod_revision() + 1);
+                            let key = String::from_utf8_lossy(kv.key());
+                            let owner = Owner::new(key.strip_prefix(&prefix).unwrap_or(&key));
                             let out = match ev.event_type() {
-                                EventType::Put => self
-                                    .decode(kv.key(), kv.value())
+                                EventType::Put => match self.decode(kv.key(), kv.value()) {
+                                    Ok(lease) => Some(LeaseEvent::Added(Claim::new(
+                                        owner,
+                                        lease,
+                                        kv.create_revision(),
+                                    ))),
+                                    // Unreadable (logged by `decode`): what the key held
+                                    // before stays, its routes are not wiped.
+                                    Err(_) => None,
+                                },
+                                EventType::Delete => SubnetKey::parse(owner.as_str())
                                     .ok()
-                                    .map(LeaseEvent::Added),
-                                EventType::Delete => {
-                                    let key = String::from_utf8_lossy(kv.key());
-                                    let name = key.strip_prefix(&prefix).unwrap_or(&key);
-                                    SubnetKey::parse(name).ok().map(LeaseEvent::Removed)
-                                }
+                                    .map(|_| LeaseEvent::Removed(owner)),
                             };
                             if let Some(out) = out {
                                 if tx.send(out).await.is_err() {
@@ -783,8 +819,13 @@ impl SubnetManager for EtcdSubnetManager {
 
     async fn get_network_config(&self) -> Result<Option<String>, SubnetError> {
         let key = self.config_key();
-        let mut c = self.conn.client().await?;
-        let resp = timed("get", &key, c.get(key.as_str(), None)).await?;
+        let resp = self
+            .conn
+            .call("get", &key, |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
         Ok(resp
             .kvs()
             .first()
@@ -837,13 +878,14 @@ impl SubnetManager for EtcdSubnetManager {
         EtcdSubnetManager::republish(self, lease, attrs).await
     }
 
-    async fn list_leases(&self) -> Result<Vec<Lease>, SubnetError> {
+    async fn list_leases(&self) -> Result<Vec<Claim>, SubnetError> {
+        let prefix = self.subnets_prefix();
         Ok(self
             .list()
             .await?
             .entries
             .into_iter()
-            .map(|e| e.lease)
+            .map(|e| e.claim(&prefix))
             .collect())
     }
 
@@ -851,8 +893,8 @@ impl SubnetManager for EtcdSubnetManager {
         self.run_watch(tx).await
     }
 
-    fn describe(&self, key: &SubnetKey) -> String {
-        self.key_for(key)
+    fn describe(&self, owner: &Owner) -> String {
+        format!("{}{owner}", self.subnets_prefix())
     }
 }
 

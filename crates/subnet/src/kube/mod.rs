@@ -16,18 +16,18 @@ pub mod watch;
 
 pub use conn::ApiSource;
 
-use crate::{LeaseEvent, LeaseHandle, OwnLease, PublicIpOverride, SubnetError, SubnetManager};
+use crate::{
+    Claim, LeaseEvent, LeaseHandle, OwnLease, Owner, PublicIpOverride, SubnetError, SubnetManager,
+};
 use annotations::Annotations;
 use conn::{req, Conn};
 use flannel_core::iface::Families;
 use flannel_core::lease::VxlanData;
 use flannel_core::raw_json::RawJson;
-use flannel_core::subnet_key::SubnetKey;
-use flannel_core::{ConfigError, Lease, LeaseAttrs, MacAddr, NetworkConfig};
+use flannel_core::{ConfigError, LeaseAttrs, MacAddr, NetworkConfig};
 use node::{annotations_to_publish, node_lease, pod_subnets, NodeLease, NodeLite};
 use serde::Deserialize;
 use serde_json::json;
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -236,14 +236,12 @@ impl KubeSubnetManager {
         }
         node.retain_ours(&self.ann);
         match node_lease(&node, &self.ann, fam) {
-            NodeLease::Lease(lease) => {
-                self.store.remember(&name, lease.key());
-                Ok(OwnLease {
-                    lease,
-                    ttl: Duration::MAX,
-                    handle: LeaseHandle(0),
-                })
-            }
+            NodeLease::Lease(lease) => Ok(OwnLease {
+                owner: Owner::new(&name),
+                lease,
+                ttl: Duration::MAX,
+                handle: LeaseHandle(0),
+            }),
             NodeLease::NotManaged => Err(SubnetError::NotYet(format!(
                 "node {name} does not show our annotations yet"
             ))),
@@ -411,7 +409,7 @@ impl SubnetManager for KubeSubnetManager {
 
     /// The node watch's first listing (the watch starts here, once): every Node is read one
     /// time at start, not once for this and again for the watch.
-    async fn list_leases(&self) -> Result<Vec<Lease>, SubnetError> {
+    async fn list_leases(&self) -> Result<Vec<Claim>, SubnetError> {
         self.start_watch();
         let deadline = tokio::time::Instant::now() + SYNC_WAIT;
         while !self.store.synced() {
@@ -423,13 +421,11 @@ impl SubnetManager for KubeSubnetManager {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Ok(self.store.leases())
+        Ok(self.store.claims())
     }
 
     async fn watch_leases(&self, tx: mpsc::Sender<LeaseEvent>) {
         self.start_watch();
-        // What each node last stood for, as sent: a node's new lease replaces its old one.
-        let mut sent: HashMap<String, SubnetKey> = HashMap::new();
         let mut first = true;
         loop {
             self.store.changed.notified().await;
@@ -439,47 +435,26 @@ impl SubnetManager for KubeSubnetManager {
             let changes = self.store.take_changes();
             if first {
                 first = false;
-                let mut all = Vec::new();
-                for (name, lease) in changes {
-                    if let Some(l) = lease {
-                        sent.insert(name, l.key());
-                        all.push(l);
-                    }
-                }
+                let all = changes.into_iter().filter_map(|(_, c)| c).collect();
                 if tx.send(LeaseEvent::Snapshot(all)).await.is_err() {
                     return;
                 }
                 continue;
             }
-            for (name, lease) in changes {
-                let mut out = Vec::new();
-                match lease {
-                    Some(l) => {
-                        if let Some(old) = sent.insert(name, l.key()).filter(|k| *k != l.key()) {
-                            out.push(LeaseEvent::Removed(old));
-                        }
-                        out.push(LeaseEvent::Added(l));
-                    }
-                    None => {
-                        if let Some(old) = sent.remove(&name) {
-                            out.push(LeaseEvent::Removed(old));
-                        }
-                    }
-                }
-                for ev in out {
-                    if tx.send(ev).await.is_err() {
-                        return;
-                    }
+            for (name, claim) in changes {
+                let ev = match claim {
+                    Some(c) => LeaseEvent::Added(c),
+                    None => LeaseEvent::Removed(Owner::new(&name)),
+                };
+                if tx.send(ev).await.is_err() {
+                    return;
                 }
             }
         }
     }
 
-    fn describe(&self, key: &SubnetKey) -> String {
-        match self.store.node_of(key) {
-            Some(n) => format!("node {n}"),
-            None => format!("the node with podCIDR {}", key.v4),
-        }
+    fn describe(&self, owner: &Owner) -> String {
+        format!("node {owner}")
     }
 
     fn restores_own_lease(&self) -> bool {

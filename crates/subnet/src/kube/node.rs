@@ -28,6 +28,18 @@ pub struct Meta {
     pub resource_version: Option<String>,
     #[serde(default)]
     pub annotations: Option<BTreeMap<String, String>>,
+    #[serde(default, rename = "creationTimestamp")]
+    pub creation_timestamp: Option<String>,
+}
+
+impl Meta {
+    /// When the Node was created, in seconds since the epoch (0 when not said).
+    pub fn created(&self) -> i64 {
+        self.creation_timestamp
+            .as_deref()
+            .and_then(flannel_core::time::parse_rfc3339)
+            .unwrap_or(0)
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]

@@ -13,8 +13,8 @@ use super::conn::{req, Conn};
 use super::node::{node_lease, NodeLease, NodeLite};
 use crate::recurring::Recurring;
 use crate::SubnetError;
+use crate::{Claim, Owner};
 use flannel_core::iface::Families;
-use flannel_core::subnet_key::SubnetKey;
 use futures::TryStreamExt;
 use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap};
@@ -35,11 +35,11 @@ const PAGE: usize = 100;
 
 #[derive(Default)]
 struct Inner {
-    nodes: HashMap<String, NodeLease>,
+    /// What each node means, and when it was created (which of two nodes claiming one
+    /// subnet was there first).
+    nodes: HashMap<String, (NodeLease, i64)>,
     /// Node names whose meaning changed since the reader last looked.
     dirty: BTreeSet<String>,
-    /// Which node holds a lease key, for log lines.
-    by_key: HashMap<SubnetKey, String>,
     synced: bool,
 }
 
@@ -59,6 +59,9 @@ pub struct WatchStats {
     pub errors: u64,
 }
 
+/// A node's name, what it means and when it was created.
+pub(crate) type Meaning = (String, NodeLease, i64);
+
 impl NodeStore {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
@@ -66,24 +69,13 @@ impl NodeStore {
 
     /// Records what `name` means now; marks it when that changed. Logs a node that cannot be
     /// used once per reason.
-    fn set(&self, name: &str, meaning: Option<NodeLease>) -> bool {
+    fn set(&self, name: &str, meaning: Option<(NodeLease, i64)>) -> bool {
         let mut s = self.lock();
-        let old = s.nodes.get(name);
-        if old == meaning.as_ref() {
+        if s.nodes.get(name) == meaning.as_ref() {
             return false;
         }
-        if let Some(NodeLease::Lease(l)) = old {
-            let k = l.key();
-            if s.by_key.get(&k).is_some_and(|n| n == name) {
-                s.by_key.remove(&k);
-            }
-        }
-        match &meaning {
-            Some(NodeLease::Bad(why)) => warn!("skipping node {name}: {why}"),
-            Some(NodeLease::Lease(l)) => {
-                s.by_key.insert(l.key(), name.to_string());
-            }
-            _ => {}
+        if let Some((NodeLease::Bad(why), _)) = &meaning {
+            warn!("skipping node {name}: {why}");
         }
         match meaning {
             Some(m) => s.nodes.insert(name.to_string(), m),
@@ -94,7 +86,7 @@ impl NodeStore {
     }
 
     /// Replaces everything with a full listing (nodes missing from it are gone).
-    fn replace_all(&self, all: HashMap<String, NodeLease>) {
+    fn replace_all(&self, all: HashMap<String, (NodeLease, i64)>) {
         let gone: Vec<String> = self
             .lock()
             .nodes
@@ -112,29 +104,31 @@ impl NodeStore {
         self.changed.notify_one();
     }
 
-    /// Takes the changed nodes with what they mean now (`None`: gone or not a lease).
-    pub fn take_changes(&self) -> Vec<(String, Option<flannel_core::Lease>)> {
+    /// Takes the changed nodes with their claims now (`None`: gone or not a lease).
+    pub fn take_changes(&self) -> Vec<(String, Option<Claim>)> {
         let mut s = self.lock();
         let dirty = std::mem::take(&mut s.dirty);
         dirty
             .into_iter()
             .map(|n| {
-                let lease = match s.nodes.get(&n) {
-                    Some(NodeLease::Lease(l)) => Some(l.clone()),
+                let claim = match s.nodes.get(&n) {
+                    Some((NodeLease::Lease(l), since)) => {
+                        Some(Claim::new(Owner::new(&n), l.clone(), *since))
+                    }
                     _ => None,
                 };
-                (n, lease)
+                (n, claim)
             })
             .collect()
     }
 
-    /// Every lease now.
-    pub fn leases(&self) -> Vec<flannel_core::Lease> {
+    /// Every claim now.
+    pub fn claims(&self) -> Vec<Claim> {
         self.lock()
             .nodes
-            .values()
-            .filter_map(|m| match m {
-                NodeLease::Lease(l) => Some(l.clone()),
+            .iter()
+            .filter_map(|(n, m)| match m {
+                (NodeLease::Lease(l), since) => Some(Claim::new(Owner::new(n), l.clone(), *since)),
                 _ => None,
             })
             .collect()
@@ -142,16 +136,6 @@ impl NodeStore {
 
     pub fn synced(&self) -> bool {
         self.lock().synced
-    }
-
-    /// Records which node holds `key` (for log lines), outside the watch (the first listing,
-    /// our own node).
-    pub fn remember(&self, name: &str, key: SubnetKey) {
-        self.lock().by_key.insert(key, name.to_string());
-    }
-
-    pub fn node_of(&self, key: &SubnetKey) -> Option<String> {
-        self.lock().by_key.get(key).cloned()
     }
 
     fn count(&self, f: impl FnOnce(&mut WatchStats)) {
@@ -180,8 +164,8 @@ struct ListMeta {
 /// resourceVersion.
 async fn list_nodes(
     conn: &Conn,
-    meaning: impl Fn(NodeLite) -> (String, NodeLease),
-) -> Result<(HashMap<String, NodeLease>, String), SubnetError> {
+    meaning: impl Fn(NodeLite) -> Meaning,
+) -> Result<(HashMap<String, (NodeLease, i64)>, String), SubnetError> {
     let mut all = HashMap::new();
     let mut cont = String::new();
     let mut rv = String::new();
@@ -199,7 +183,12 @@ async fn list_nodes(
         if rv.is_empty() {
             rv = page.metadata.resource_version.unwrap_or_default();
         }
-        all.extend(page.items.into_iter().map(&meaning));
+        all.extend(
+            page.items
+                .into_iter()
+                .map(&meaning)
+                .map(|(name, m, since)| (name, (m, since))),
+        );
         match page.metadata.cont.filter(|c| !c.is_empty()) {
             Some(c) => cont = c,
             None => return Ok((all, rv)),
@@ -209,10 +198,10 @@ async fn list_nodes(
 
 /// The watch loop; runs until the task is dropped.
 pub(crate) async fn run(conn: Arc<Conn>, ann: Annotations, fam: Families, store: Arc<NodeStore>) {
-    let meaning = |mut n: NodeLite| {
+    let meaning = |mut n: NodeLite| -> Meaning {
         n.retain_ours(&ann);
         let name = n.metadata.name.clone();
-        (name, node_lease(&n, &ann, fam))
+        (name, node_lease(&n, &ann, fam), n.metadata.created())
     };
     let mut rv: Option<String> = None;
     let mut backoff = BACKOFF_MIN;
@@ -322,8 +311,8 @@ pub(crate) async fn run(conn: Arc<Conn>, ann: Annotations, fam: Families, store:
             match ev {
                 W::Added(n) | W::Modified(n) => {
                     let v = n.metadata.resource_version.clone();
-                    let (name, m) = meaning(n);
-                    if store.set(&name, Some(m)) {
+                    let (name, m, since) = meaning(n);
+                    if store.set(&name, Some((m, since))) {
                         store.changed.notify_one();
                     }
                     rv = v.or(rv);
