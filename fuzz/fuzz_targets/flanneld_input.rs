@@ -13,7 +13,11 @@ fuzz_target!(|data: &[u8]| {
     // to the state socket): request line and headers (`Accept` picks the metrics format).
     let head = text.split("\n\n").next().unwrap_or_default();
     let metrics = METRICS.get_or_init(flanneld::metrics::Metrics::new);
-    let (status, _, _) = flanneld::health::respond(head, data.len() % 2 == 0, metrics);
+    let (status, _, _) = flanneld::health::respond(
+        head,
+        if data.len() % 2 == 0 { Ok(()) } else { Err("not ready".into()) },
+        metrics,
+    );
     assert!(status.starts_with("200") || status.starts_with("404") || status.starts_with("503"));
     // The rest: arguments before a line "--", `NAME=value` environment lines after it.
     let mut args = Vec::new();

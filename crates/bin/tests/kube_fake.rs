@@ -164,6 +164,65 @@ fn kubectl_watch_sees_changes_and_a_compacted_version_gets_410() {
     assert!(raw.contains("\"type\":\"BOOKMARK\""), "{raw}");
 }
 
+/// A resourceVersion the server does not have yet (its storage lost history, as after a
+/// restart without its objects): after waiting for it, the real API server's 504 whose cause
+/// `ResourceVersionTooLarge` tells clients to list again; kubectl reports it as such.
+#[test]
+fn a_watch_from_a_future_resource_version_is_too_large() {
+    if common::skip_without_root() {
+        return;
+    }
+    let a = api();
+    let ahead = a.fake.resource_version() + 1000;
+    let t0 = std::time::Instant::now();
+    let (ok, _, err) = a.kubectl(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes?watch=1&resourceVersion={ahead}"),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("Too large resource version: {ahead}, current:")),
+        "{err}"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_secs(3),
+        "the server waits for it first"
+    );
+    // The whole Status, as a client library reads it.
+    let (ok, out, err) = a.kubectl(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes?resourceVersion={ahead}&resourceVersionMatch=NotOlderThan"),
+        "-v=9",
+    ]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("ResourceVersionTooLarge") && err.contains("504 Gateway Timeout"),
+        "{err}"
+    );
+    // One the store reaches within the wait is served.
+    let next = a.fake.resource_version() + 1;
+    let fake = &a.fake;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(500));
+            fake.create(
+                Kind::Node,
+                "",
+                node("late", &["10.244.9.0/24"], "10.0.0.59", 0),
+            )
+            .unwrap();
+        });
+        let raw = a.ok(&[
+            "get",
+            "--raw",
+            &format!("/api/v1/nodes?watch=1&resourceVersion={next}&timeoutSeconds=1"),
+        ]);
+        assert!(!raw.contains("ERROR"), "{raw}");
+    });
+}
+
 #[test]
 fn kubectl_status_patch_keeps_spec_and_merges_conditions_by_type() {
     if common::skip_without_root() {

@@ -480,8 +480,80 @@ fn a_410_and_an_api_restart_without_history_lose_no_node() {
     let t = eventually(T, || k.routes().contains("10.244.1.0/24 via"));
     assert!(t.is_some(), "{}", k.node.log());
     let log = k.node.log();
-    assert!(log.contains("the node watch's history is gone"), "{log}");
+    assert!(
+        log.contains("the node watch cannot resume from resourceVersion"),
+        "{log}"
+    );
     assert!(k.node.flanneld_running());
+}
+
+/// The probe: the API server restarted without its stored objects (its
+/// resourceVersion went back). It answers flanneld's watch "Too large resource version";
+/// flanneld lists again (said once) and catches up: a new Node gets its route, one that is
+/// gone loses it, our annotations are put back on our re-created Node and its network is
+/// marked available again.
+#[test]
+fn an_api_server_that_lost_its_objects_is_caught_up() {
+    if common::skip_without_root() {
+        return;
+    }
+    let mut k = KubeNode::new("kl", &[POD_CIDR]);
+    k.add_peer("node1", "10.244.1.0/24", "10.0.0.51", "02:00:00:00:00:51");
+    k.add_peer("gone", "10.244.3.0/24", "10.0.0.53", "02:00:00:00:00:53");
+    // Enough history that flanneld's resourceVersion stays ahead of the new store's.
+    for i in 0..20 {
+        k.annotate("gone", "unrelated", Some(&i.to_string()));
+    }
+    k.start(&["--healthz-port=8081"]);
+    k.node.wait_ready();
+    assert!(k.routes().contains("10.244.3.0/24 via"), "{}", k.routes());
+    k.api.restart_empty().unwrap();
+    // What the cluster re-creates: our Node as kubelet registers it (no annotations,
+    // NetworkUnavailable=True), node1 with its flannel annotations, a new node2.
+    k.api
+        .create(
+            Kind::Node,
+            "",
+            flannel_kube_fake::node(NODE, &[POD_CIDR], "10.0.0.50", 0),
+        )
+        .unwrap();
+    k.add_peer("node1", "10.244.1.0/24", "10.0.0.51", "02:00:00:00:00:51");
+    k.add_peer("node2", "10.244.2.0/24", "10.0.0.52", "02:00:00:00:00:52");
+    let caught_up = eventually(Duration::from_secs(20), || {
+        let r = k.routes();
+        r.contains("10.244.2.0/24 via")
+            && r.contains("10.244.1.0/24 via")
+            && !r.contains("10.244.3.0/24")
+            && k.annotation("kube-subnet-manager").as_deref() == Some("true")
+            && network_unavailable(&k.own()) == "False"
+    });
+    assert!(
+        caught_up.is_some(),
+        "{}\n{:#}\n{}",
+        k.routes(),
+        k.own(),
+        k.node.log()
+    );
+    let log = k.node.log();
+    assert_eq!(
+        log.matches("Too large resource version").count(),
+        1,
+        "said once:\n{log}"
+    );
+    assert_eq!(
+        http_get_in_ns(&k.node.ns.0, 8081, "/readyz").map(|r| r.0),
+        Some(200)
+    );
+    println!("measured: caught up {caught_up:?} after the API server's restart without objects");
+}
+
+fn network_unavailable(node: &Value) -> String {
+    node["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "NetworkUnavailable"))
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("")
+        .to_string()
 }
 
 #[test]
@@ -491,7 +563,11 @@ fn the_api_away_for_30s_costs_no_cpu_and_heals() {
     }
     let mut k = KubeNode::new("ka", &[POD_CIDR]);
     k.add_peer("node1", "10.244.1.0/24", "10.0.0.51", "02:00:00:00:00:51");
-    k.start(&["--iptables-resync=1", "--kernel-resync=1"]);
+    k.start(&[
+        "--iptables-resync=1",
+        "--kernel-resync=1",
+        "--healthz-port=8081",
+    ]);
     k.node.wait_ready();
     let pid = k.node.flanneld_pid();
     k.api.stop();
@@ -523,6 +599,22 @@ fn the_api_away_for_30s_costs_no_cpu_and_heals() {
         "backs off quietly ({warns} warnings):\n{}",
         k.node.log()
     );
+    // The watch has not moved for 30 s: /readyz and doctor say so (the data plane is fine).
+    let stalled = eventually(Duration::from_secs(5), || {
+        http_get_in_ns(&k.node.ns.0, 8081, "/readyz")
+            .is_some_and(|(code, body)| code == 503 && body.contains("not progressing"))
+    });
+    assert!(
+        stalled.is_some(),
+        "{:?}",
+        http_get_in_ns(&k.node.ns.0, 8081, "/readyz")
+    );
+    let doctor = ctl(&k, &["doctor", "-o", "json"]);
+    assert!(
+        doctor.contains("flanneld cannot read its datastore (kubernetes https://127.0.0.1:6443/)")
+            && doctor.contains("has not moved for"),
+        "{doctor}"
+    );
     k.api.resume().unwrap();
     k.add_peer("node2", "10.244.2.0/24", "10.0.0.52", "02:00:00:00:00:52");
     let back = eventually(T, || k.routes().contains("10.244.2.0/24 via"));
@@ -531,6 +623,10 @@ fn the_api_away_for_30s_costs_no_cpu_and_heals() {
         "a new node within 5 s of the API's return:\n{}",
         k.node.log()
     );
+    let ready = eventually(T, || {
+        http_get_in_ns(&k.node.ns.0, 8081, "/readyz").map(|r| r.0) == Some(200)
+    });
+    assert!(ready.is_some(), "ready again once the watch moves");
     println!("measured: API away {secs:.0} s: flanneld CPU {used:.3} s, {warns} warning lines; a node added after its return routed in {back:?}");
 }
 

@@ -237,7 +237,10 @@ impl<SM: SubnetManager> Daemon<SM> {
             self.claims
                 .check(&self.own, &self.leases, &self.sm.describe(&own_owner));
         }
-        let missing = !self.leases.is_empty() && self.leases.claim(&own_owner).is_none();
+        // An empty listing in etcd may be a glitch of the datastore; a Kubernetes listing
+        // without our annotations means our Node lost them (or was re-created).
+        let missing =
+            (restore || !self.leases.is_empty()) && self.leases.claim(&own_owner).is_none();
         if own_gone || missing || (restore && theirs_differ) {
             warn!(lease = %self.sm.describe(&own_owner), "our lease disappeared or was changed; taking it back");
             self.metrics.reclaims.inc();

@@ -18,10 +18,28 @@ use tracing::debug;
 
 const PLAIN: &str = "text/plain; charset=utf-8";
 
+/// How long the lease watch may fail without moving before `/readyz` says so: longer than a
+/// restart of the API server or etcd, shorter than an operator's patience.
+pub const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether flanneld is ready: started (rules and subnet.env in place) and its lease watch
+/// moving; else why not.
+pub fn readiness(started: &AtomicBool) -> Result<(), String> {
+    if !started.load(Ordering::SeqCst) {
+        return Err("flanneld is not ready yet".into());
+    }
+    match flannel_subnet::stats::STATS.stalled(STALL_LIMIT) {
+        Some(p) => Err(format!(
+            "flanneld's lease watch is not progressing, its peers may be out of date: {p}"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The response to a request head: status line, content type and body.
 pub fn respond(
     head: &str,
-    ready: bool,
+    ready: Result<(), String>,
     metrics: &Metrics,
 ) -> (&'static str, &'static str, Cow<'static, str>) {
     let request = head.lines().next().unwrap_or("");
@@ -30,12 +48,10 @@ pub fn respond(
     let path = path.split('?').next().unwrap_or("");
     match (method, path) {
         ("GET" | "HEAD", "/healthz") => ("200 OK", PLAIN, "flanneld is running".into()),
-        ("GET" | "HEAD", "/readyz") if ready => ("200 OK", PLAIN, "flanneld is ready".into()),
-        ("GET" | "HEAD", "/readyz") => (
-            "503 Service Unavailable",
-            PLAIN,
-            "flanneld is not ready yet".into(),
-        ),
+        ("GET" | "HEAD", "/readyz") => match ready {
+            Ok(()) => ("200 OK", PLAIN, "flanneld is ready".into()),
+            Err(why) => ("503 Service Unavailable", PLAIN, format!("{why}\n").into()),
+        },
         ("GET" | "HEAD", "/metrics") => {
             let om = metrics::wants_openmetrics(head);
             let ty = if om {
@@ -68,7 +84,7 @@ async fn handle(mut s: TcpStream, ready: Arc<AtomicBool>, metrics: Arc<Metrics>)
     let Some(head) = read_head(&mut s).await else {
         return;
     };
-    let (status, ty, body) = respond(&head, ready.load(Ordering::SeqCst), &metrics);
+    let (status, ty, body) = respond(&head, readiness(&ready), &metrics);
     debug!(
         request = head.lines().next().unwrap_or(""),
         status, "health request"
@@ -100,7 +116,12 @@ mod tests {
     fn routes_like_upstream_plus_metrics() {
         let m = Metrics::new();
         let r = |head: &str, ready: bool| {
-            let (s, t, b) = respond(head, ready, &m);
+            let why = if ready {
+                Ok(())
+            } else {
+                Err("flanneld is not ready yet".to_string())
+            };
+            let (s, t, b) = respond(head, why, &m);
             (s, t, b.into_owned())
         };
         assert_eq!(

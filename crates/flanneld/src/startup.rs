@@ -290,7 +290,7 @@ pub async fn run_with<SM: SubnetManager>(
         public_ip: Some(ext.ext_addr.into()).filter(|_| config.enable_ipv4),
         public_ipv6: ext.ext_v6_addr.map(Into::into),
         subnet_file: o.subnet_file.display().to_string(),
-        datastore: at.clone(),
+        datastore: sm.datastore(),
         firewall: if config.enable_nftables {
             "nftables"
         } else {

@@ -4,7 +4,7 @@
 //! two events; `/metrics`, `/healthz` and `/readyz` are the health server's, so metrics are
 //! there even with the health port off (its default).
 
-use crate::health::{answer, respond};
+use crate::health::{answer, readiness, respond};
 use crate::metrics::Metrics;
 use crate::serve::{max_connections, read_head, serve, PER_PEER};
 use flannel_core::state::StateSnapshot;
@@ -126,7 +126,7 @@ async fn handle(
         answer(&mut s, "503 Service Unavailable", "text/plain", why).await;
         return;
     }
-    let (status, ty, body) = respond(&head, ready.load(Ordering::SeqCst), &metrics);
+    let (status, ty, body) = respond(&head, readiness(&ready), &metrics);
     answer(&mut s, status, ty, &body).await;
 }
 

@@ -195,6 +195,20 @@ impl FakeApi {
         self.resume()
     }
 
+    /// A restart that lost every stored object, as an API server whose etcd was replaced or
+    /// restored from an old backup: every connection ends, the store is empty and its
+    /// resourceVersion starts again below what clients have seen (their watches get "Too
+    /// large resource version").
+    pub fn restart_empty(&self) -> Result<(), FakeError> {
+        self.stop();
+        {
+            let mut store = lock(&self.shared.store);
+            let keep = store.max_history();
+            *store = store::Store::new(keep);
+        }
+        self.resume()
+    }
+
     /// Forgets the history (open watches go on; new ones from an older version get 410).
     pub fn compact(&self) {
         lock(&self.shared.store).compact();

@@ -452,6 +452,33 @@ fn route(
     }
 }
 
+/// How long the real API server waits for a resourceVersion it does not have yet before it
+/// answers "Too large resource version" (its watch cache's `blockTimeout`).
+const TOO_LARGE_WAIT: Duration = Duration::from_secs(3);
+
+/// A list or watch from a resourceVersion the store has not reached: waited for up to
+/// [`TOO_LARGE_WAIT`], then refused as the real server refuses it (a 504 with cause
+/// `ResourceVersionTooLarge`). `None` when the request may go on.
+async fn too_large(sh: &Shared, query: &str) -> Option<Response<Body>> {
+    let q = Query::parse(query);
+    let asked = q.get("resourceVersion")?.parse::<u64>().ok()?;
+    let deadline = tokio::time::Instant::now() + TOO_LARGE_WAIT;
+    loop {
+        let current = lock(&sh.store).resource_version();
+        if asked <= current {
+            return None;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let mut r = error(&ApiError::too_large(asked, current));
+            // As the real server sets it from the Status's retryAfterSeconds.
+            r.headers_mut()
+                .insert("retry-after", http::HeaderValue::from_static("1"));
+            return Some(r);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// One request: authenticated by bearer token, routed, logged.
 pub(crate) async fn handle(
     req: Request<Incoming>,
@@ -478,11 +505,13 @@ pub(crate) async fn handle(
         Ok(b) => b.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    let resp = if authorized {
-        route(&sh, &method, &path, &query, &ct, &body, &host)
-    } else {
-        error(&ApiError::new(401, "Unauthorized", "Unauthorized"))
+    let collection = matches!(parse_path(&path), Some(Target::Collection { .. }));
+    let refused = match (authorized, method == Method::GET && collection) {
+        (false, _) => Some(error(&ApiError::new(401, "Unauthorized", "Unauthorized"))),
+        (true, true) => too_large(&sh, &query).await,
+        (true, false) => None,
     };
+    let resp = refused.unwrap_or_else(|| route(&sh, &method, &path, &query, &ct, &body, &host));
     let mut log = lock(&sh.log);
     if log.len() >= LOG_KEEP {
         log.pop_front();

@@ -81,9 +81,27 @@ impl ApiError {
         )
     }
 
+    /// A resourceVersion newer than the store's (the API server's storage lost history, or a
+    /// client came from another cluster): the real server's 504 after waiting for it
+    /// (`NewTooLargeResourceVersionError`), whose cause tells clients to list again.
+    pub fn too_large(asked: u64, current: u64) -> Self {
+        Self::new(
+            504,
+            "Timeout",
+            format!("Too large resource version: {asked}, current: {current}"),
+        )
+    }
+
     pub fn status(&self) -> Value {
-        json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
-               "message":self.message,"reason":self.reason,"code":self.code})
+        let mut v = json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
+               "message":self.message,"reason":self.reason,"code":self.code});
+        if self.code == 504 && self.message.starts_with("Too large resource version") {
+            v["details"] = json!({
+                "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                "retryAfterSeconds": 1
+            });
+        }
+        v
     }
 }
 
@@ -145,6 +163,11 @@ impl Store {
 
     pub fn resource_version(&self) -> u64 {
         self.rv
+    }
+
+    /// How many events of history the store keeps.
+    pub fn max_history(&self) -> usize {
+        self.max_history
     }
 
     pub fn oldest(&self) -> u64 {

@@ -72,6 +72,9 @@ pub trait SubnetManager: Send + Sync + 'static {
     /// Where the network config lives, for logs (`/coreos.com/network/config`, a file path).
     fn config_location(&self) -> String;
 
+    /// The datastore as the operator names it: `etcd <endpoints>` or `kubernetes <server>`.
+    fn datastore(&self) -> String;
+
     /// What an operator does when the network config does not exist yet: one sentence.
     fn config_missing_hint(&self) -> String;
 

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Default)]
 pub struct DatastoreStats {
@@ -12,6 +13,8 @@ pub struct DatastoreStats {
     errors: AtomicU64,
     /// The problem the watch has now (cleared when it works again).
     problem: Mutex<Option<String>>,
+    /// When the watch last moved: a listing, an event, a bookmark or progress notification.
+    progress: Mutex<Option<Instant>>,
 }
 
 /// The counters of this process (one flanneld, one datastore).
@@ -20,6 +23,7 @@ pub static STATS: DatastoreStats = DatastoreStats {
     lists: AtomicU64::new(0),
     errors: AtomicU64::new(0),
     problem: Mutex::new(None),
+    progress: Mutex::new(None),
 };
 
 impl DatastoreStats {
@@ -40,12 +44,38 @@ impl DatastoreStats {
         *self.problem.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    /// What keeps the lease watch from working now, if anything.
+    pub(crate) fn progressed(&self) {
+        *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// What keeps the lease watch from working now, if anything, with how long it has not
+    /// moved.
     pub fn problem(&self) -> Option<String> {
-        self.problem
+        let p = self
+            .problem
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone()?;
+        Some(match self.since_progress() {
+            Some(d) => format!("{p} (the watch has not moved for {} s)", d.as_secs()),
+            None => p,
+        })
+    }
+
+    fn since_progress(&self) -> Option<Duration> {
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())
+    }
+
+    /// The problem, when the watch has failed and not moved for `limit` or longer: the
+    /// leases flanneld holds may be stale (`/readyz` says so).
+    pub fn stalled(&self, limit: Duration) -> Option<String> {
+        let p = self.problem()?;
+        self.since_progress()
+            .is_none_or(|d| d >= limit)
+            .then_some(p)
     }
 
     /// Watches started again after the first (a dropped stream, etcd restarted, a timeout).

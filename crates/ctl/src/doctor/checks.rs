@@ -130,19 +130,30 @@ pub fn datastore(f: &Facts) -> Verdict {
     let Some(s) = &f.state else {
         return Verdict::pass("datastore");
     };
-    match &s.datastore_problem {
-        None => Verdict::pass("datastore"),
-        Some(p) => Verdict::fail(
-            "datastore",
-            vec![format!("flanneld cannot read its datastore ({}): {p}", s.node.datastore)],
-            "leases of new or moved nodes do not arrive, and this node cannot renew its own lease: when it expires, another node may take this subnet",
-            Some(if s.node.datastore.starts_with('/') && !s.node.datastore.contains("subnet") {
-                "kubectl get --raw /readyz   # is the API server up and reachable from this node?".into()
-            } else {
-                "etcdctl endpoint health   # with flanneld's --etcd-endpoints: is etcd up and reachable from this node?".into()
-            }),
+    let Some(p) = &s.datastore_problem else {
+        return Verdict::pass("datastore");
+    };
+    let store = &s.node.datastore;
+    let (why, fix) = match store.split_once(' ') {
+        Some(("kubernetes", server)) => (
+            "node changes do not reach this node: a new node gets no route, a deleted one keeps its routes, and our own annotations are not put back if someone changes them".to_string(),
+            format!("kubectl --server={server} get --raw /readyz   # is the API server up and reachable from this node?"),
         ),
-    }
+        Some(("etcd", endpoints)) => (
+            "leases of new or moved nodes do not arrive, and this node cannot renew its own lease: when it expires (24 h after the last renewal), another node may take this subnet".to_string(),
+            format!("ETCDCTL_API=3 etcdctl --endpoints={endpoints} endpoint health   # is etcd up and reachable from this node?"),
+        ),
+        _ => (
+            "lease changes do not reach this node".to_string(),
+            "check that the datastore flanneld uses is up and reachable from this node".to_string(),
+        ),
+    };
+    Verdict::fail(
+        "datastore",
+        vec![format!("flanneld cannot read its datastore ({store}): {p}")],
+        &why,
+        Some(fix),
+    )
 }
 
 fn sysctl<'a>(f: &'a Facts, name: &str) -> Option<&'a str> {
@@ -924,6 +935,37 @@ pub(crate) mod tests {
         assert_eq!(v.len(), 2);
         assert!(!v[0].ok && v[1].ok);
         assert!(v[0].fix.as_deref().unwrap_or("").contains("restart"));
+    }
+
+    /// The datastore check names the datastore flanneld really uses, with a fix for that
+    /// kind: the API server's URL in kube mode (not net-conf.json, no lease expiry), the
+    /// endpoints in etcd mode.
+    #[test]
+    fn the_datastore_check_names_the_datastore_of_its_mode() {
+        let mut f = healthy();
+        let s = f.state.as_mut().unwrap();
+        s.datastore_problem = Some("the node watch failed: connection refused".into());
+        s.node.datastore = "kubernetes https://10.0.0.50:6443".into();
+        let v = verdict(&f, "datastore");
+        assert!(!v.ok);
+        assert_eq!(
+            v.problems,
+            vec!["flanneld cannot read its datastore (kubernetes https://10.0.0.50:6443): the node watch failed: connection refused"]
+        );
+        assert!(!v.why.contains("expire"), "{}", v.why);
+        assert!(v
+            .fix
+            .as_deref()
+            .unwrap()
+            .starts_with("kubectl --server=https://10.0.0.50:6443 get --raw /readyz"));
+        let s = f.state.as_mut().unwrap();
+        s.node.datastore = "etcd http://127.0.0.1:4001,http://127.0.0.1:2379".into();
+        let v = verdict(&f, "datastore");
+        assert!(v.why.contains("expires"), "{}", v.why);
+        assert!(v.fix.as_deref().unwrap().starts_with(
+            "ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:4001,http://127.0.0.1:2379 endpoint health"
+        ));
+        assert!(!v.fix.as_deref().unwrap().contains("kubectl"));
     }
 
     /// A flanneld that runs but could not answer in time is called busy, not stopped or hung,

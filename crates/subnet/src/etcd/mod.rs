@@ -121,6 +121,8 @@ pub struct EtcdSubnetManager {
     prefix: String,
     previous: PreviousSubnets,
     watch_progress: Duration,
+    /// `--etcd-endpoints`, for messages.
+    endpoints: String,
 }
 
 /// `path.Join`-style cleaning: no repeated or trailing slashes.
@@ -159,6 +161,7 @@ impl EtcdSubnetManager {
             prefix: clean_prefix(&opts.prefix),
             previous,
             watch_progress: WATCH_PROGRESS_PERIOD,
+            endpoints: opts.endpoints.join(","),
         })
     }
 
@@ -659,6 +662,7 @@ impl EtcdSubnetManager {
                 None => match self.list().await {
                     Ok(l) => {
                         crate::stats::STATS.listed();
+                        crate::stats::STATS.progressed();
                         let claims = l.entries.into_iter().map(|e| e.claim(&prefix)).collect();
                         if tx.send(LeaseEvent::Snapshot(claims)).await.is_err() {
                             return;
@@ -749,6 +753,7 @@ impl EtcdSubnetManager {
                             break;
                         }
                         trouble.ok("the lease watch works again");
+                        crate::stats::STATS.progressed();
                         for ev in resp.events() {
                             let Some(kv) = ev.kv() else { continue };
                             check.saw(kv.mod_revision());
@@ -808,6 +813,10 @@ impl EtcdSubnetManager {
 impl SubnetManager for EtcdSubnetManager {
     fn config_location(&self) -> String {
         self.config_key()
+    }
+
+    fn datastore(&self) -> String {
+        format!("etcd {}", self.endpoints)
     }
 
     fn config_missing_hint(&self) -> String {

@@ -92,6 +92,11 @@ impl Conn {
             cfg.cluster_url = url(&source.api_url)?;
         }
         cfg.read_timeout = None;
+        // kube-rs retries 429, 503 and 504 itself, up to 15 times: a watch from a
+        // resourceVersion the server does not have ("Too large resource version", a 504)
+        // would be retried for minutes instead of reaching the watch loop, which lists again.
+        // Every caller here has its own backoff.
+        cfg.default_retry = false;
         Ok(cfg)
     }
 

@@ -258,6 +258,10 @@ impl SubnetManager for KubeSubnetManager {
         self.opts.net_config_path.display().to_string()
     }
 
+    fn datastore(&self) -> String {
+        format!("kubernetes {}", self.conn.server)
+    }
+
     fn config_missing_hint(&self) -> String {
         format!(
             "{} does not exist (in kube mode flanneld reads net-conf.json from the kube-flannel-cfg ConfigMap, mounted at /etc/kube-flannel/; --net-config-path moves it)",
@@ -377,8 +381,12 @@ impl SubnetManager for KubeSubnetManager {
         Ok(lease.clone()) // a node's podCIDR does not expire
     }
 
+    /// Our annotations were removed or changed (by someone, or with the whole Node when the
+    /// API server lost its objects): put back, and the node's network marked available again.
     async fn reclaim_lease(&self, lease: &OwnLease) -> Result<OwnLease, SubnetError> {
-        self.publish(&lease.lease.attrs).await
+        let own = self.publish(&lease.lease.attrs).await?;
+        self.complete_lease(&own).await?;
+        Ok(own)
     }
 
     async fn republish(

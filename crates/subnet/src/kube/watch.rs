@@ -196,6 +196,24 @@ async fn list_nodes(
     }
 }
 
+/// The API server's answer to a resourceVersion newer than its own (its storage lost its
+/// history: restored from a backup, a new etcd): a 504 "Too large resource version", which
+/// client-go's reflector answers by listing again.
+fn too_large(code: u16, message: &str) -> bool {
+    code == 504 && message.contains("Too large resource version")
+}
+
+/// Why the watch cannot go on from its resourceVersion, when that is the error: history
+/// compacted away (410), or the server never had it (too large).
+fn history_gone(e: &SubnetError) -> Option<&str> {
+    match e {
+        SubnetError::Kube {
+            code: Some(c), msg, ..
+        } if *c == 410 || too_large(*c, msg) => Some(msg),
+        _ => None,
+    }
+}
+
 /// The watch loop; runs until the task is dropped.
 pub(crate) async fn run(conn: Arc<Conn>, ann: Annotations, fam: Families, store: Arc<NodeStore>) {
     let meaning = |mut n: NodeLite| -> Meaning {
@@ -206,6 +224,7 @@ pub(crate) async fn run(conn: Arc<Conn>, ann: Annotations, fam: Families, store:
     let mut rv: Option<String> = None;
     let mut backoff = BACKOFF_MIN;
     let mut trouble = Recurring::default();
+    let mut relist_said = false;
     loop {
         let from = match rv.clone() {
             Some(v) => v,
@@ -214,6 +233,7 @@ pub(crate) async fn run(conn: Arc<Conn>, ann: Annotations, fam: Families, store:
                     store.count(|s| s.lists += 1);
                     crate::stats::STATS.listed();
                     store.replace_all(all);
+                    crate::stats::STATS.progressed();
                     debug!(resource_version = %list_rv, "listed nodes");
                     rv = Some(list_rv.clone());
                     list_rv
@@ -255,14 +275,16 @@ pub(crate) async fn run(conn: Arc<Conn>, ann: Annotations, fam: Families, store:
                         warn!(error = %e, "reading the credentials again failed");
                     }
                 }
-                if matches!(
-                    e,
-                    SubnetError::Kube {
-                        code: Some(410),
-                        ..
+                if let Some(why) = history_gone(&e) {
+                    // Not an outage: only a new listing can catch up (said once until the
+                    // watch works again).
+                    if !relist_said {
+                        info!("the node watch cannot resume from resourceVersion {from} ({why}); listing again");
+                        relist_said = true;
                     }
-                ) {
                     rv = None;
+                    tokio::time::sleep(BACKOFF_MIN).await;
+                    continue;
                 }
                 store.count(|s| s.errors += 1);
                 trouble.failed("starting the node watch failed", &e);
@@ -307,6 +329,8 @@ pub(crate) async fn run(conn: Arc<Conn>, ann: Annotations, fam: Families, store:
             };
             backoff = BACKOFF_MIN;
             trouble.ok("the node watch works again");
+            crate::stats::STATS.progressed();
+            relist_said = false;
             use kube::core::WatchEvent as W;
             match ev {
                 W::Added(n) | W::Modified(n) => {
@@ -325,11 +349,14 @@ pub(crate) async fn run(conn: Arc<Conn>, ann: Annotations, fam: Families, store:
                     rv = v.or(rv);
                 }
                 W::Bookmark(b) => rv = Some(b.metadata.resource_version),
-                W::Error(s) if s.code == 410 => {
-                    info!(
-                        "the node watch's history is gone ({}); listing again",
-                        s.message
-                    );
+                W::Error(s) if s.code == 410 || too_large(s.code, &s.message) => {
+                    if !relist_said {
+                        info!(
+                            "the node watch cannot resume from resourceVersion {from} ({}); listing again",
+                            s.message
+                        );
+                        relist_said = true;
+                    }
                     rv = None;
                     break;
                 }
