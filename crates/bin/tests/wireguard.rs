@@ -611,3 +611,126 @@ fn kubernetes_mode_publishes_the_key_in_the_node_annotations() {
         }
     }
 }
+
+/// The probe: valid handshake initiations (mac1 from the public key node1 publishes
+/// in its lease, as anyone who reads the datastore can make them) flooded at node1 from an
+/// address on the underlay while a pod pings a pod on node1 every 10 ms: under 1 % of the
+/// pings are lost, and the flood is counted (cookies, per-source limit, full queue).
+#[test]
+fn a_handshake_flood_does_not_starve_the_pods() {
+    if common::skip_without_root() {
+        return;
+    }
+    use boringtun::noise::{Tunn, TunnResult};
+    use boringtun::x25519::{PublicKey, StaticSecret};
+    let lab = lab(IpFamily::V4);
+    let (a, b) = (&lab.state.nodes[0], &lab.state.nodes[1]);
+    let talking = eventually(Duration::from_secs(10), || {
+        ping(&a.pods[0].netns, &b.pods[0].ip, None)
+    });
+    assert!(talking.is_some(), "the pods talk before the flood");
+    let lease = node_lease(&lab.state, b);
+    let key = flannel_core::wireguard::decode_key(
+        lease["BackendData"]["PublicKey"]
+            .as_str()
+            .expect("a public key"),
+    )
+    .unwrap();
+    // 2000 distinct initiations, made before the flood so that it goes at full speed.
+    let mut attacker = Tunn::new(
+        StaticSecret::from([0x42u8; 32]),
+        PublicKey::from(key),
+        None,
+        None,
+        1,
+        None,
+    );
+    let mut buf = [0u8; 256];
+    let inits: Vec<Vec<u8>> = (0..2000)
+        .filter_map(
+            |_| match attacker.format_handshake_initiation(&mut buf, true) {
+                TunnResult::WriteToNetwork(m) => Some(m.to_vec()),
+                _ => None,
+            },
+        )
+        .collect();
+    let attacker_ns = lab.on_switch("hsf", "10.0.0.99/24");
+    let target: std::net::SocketAddr = format!("{}:51820", b.ip).parse().unwrap();
+    let ns_file = std::fs::File::open(format!("/run/netns/{}", attacker_ns.0)).unwrap();
+    let flood = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns(2) on this thread only.
+        assert_eq!(
+            unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        // Several source ports: every worker of node1 gets its share.
+        let socks: Vec<std::net::UdpSocket> = (0..8)
+            .map(|_| std::net::UdpSocket::bind("10.0.0.99:0").unwrap())
+            .collect();
+        let t0 = std::time::Instant::now();
+        let mut sent = 0u64;
+        while t0.elapsed() < Duration::from_secs(7) {
+            for (i, m) in inits.iter().enumerate() {
+                let _ = socks[i % socks.len()].send_to(m, target);
+                sent += 1;
+            }
+        }
+        sent
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &a.pods[0].netns,
+            "ping",
+            "-q",
+            "-c",
+            "500",
+            "-i",
+            "0.01",
+            "-W",
+            "1",
+        ])
+        .arg(&b.pods[0].ip)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let sent = flood.join().unwrap();
+    let received: u32 = out
+        .split(" received")
+        .next()
+        .and_then(|s| s.rsplit(", ").next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    let loss = 100.0 * f64::from(500 - received) / 500.0;
+    println!(
+        "measured: {sent} initiations in 7 s ({:.0}/s); ping: {out}",
+        sent as f64 / 7.0
+    );
+    assert!(
+        loss < 1.0,
+        "{loss:.1} % of the pings lost under the flood ({sent} initiations):\n{out}"
+    );
+    let metrics = common::ctl::ctl(b, &["metrics"]).1;
+    let dropped = |reason: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "flannel_wireguard_drops_total{{reason=\"{reason}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let refused = dropped("under_load_cookie")
+        + dropped("handshake_rate_limited")
+        + dropped("handshake_queue_full");
+    assert!(
+        refused > 0.5 * sent as f64 - 1000.0,
+        "{refused} of {sent} refused:\n{metrics}"
+    );
+}

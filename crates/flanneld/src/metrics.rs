@@ -402,6 +402,15 @@ fn wireguard(enc: &mut DescriptorEncoder, c: &WgCounters) -> Result<(), std::fmt
             (&[("reason", "no_route")], v(&c.no_route)),
             (&[("reason", "malformed")], v(&c.malformed)),
             (&[("reason", "send_error")], v(&c.errors)),
+            (&[("reason", "under_load_cookie")], v(&c.rx_under_load)),
+            (
+                &[("reason", "handshake_rate_limited")],
+                v(&c.rx_rate_limited),
+            ),
+            (
+                &[("reason", "handshake_queue_full")],
+                v(&c.rx_handshake_queue_full),
+            ),
         ],
     )
 }

@@ -209,6 +209,16 @@ impl Sock {
         Ok(())
     }
 
+    /// Another handle on the same socket (for a thread that only sends from its port).
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            fd: self.fd.try_clone()?,
+            gro: self.gro,
+            gso: self.gso,
+            v6: self.v6,
+        })
+    }
+
     /// Sends one buffer as one datagram.
     pub fn send_one(&self, dst: SocketAddr, buf: &[u8]) -> io::Result<()> {
         let iov = [libc::iovec {

@@ -83,7 +83,7 @@ pub struct WireguardBackend {
     /// A full pass has succeeded: writing what it set up again is a repair.
     configured: bool,
     /// Drop counters as last logged.
-    reported_drops: [u64; 3],
+    reported_drops: [u64; 6],
 }
 
 impl WireguardBackend {
@@ -122,7 +122,7 @@ impl WireguardBackend {
             counters: Arc::new(WgCounters::default()),
             next_index: 0,
             configured: false,
-            reported_drops: [0; 3],
+            reported_drops: [0; 6],
             cfg,
         };
         let mut plan = Vec::new();
@@ -172,6 +172,8 @@ impl WireguardBackend {
         self.nl.set_up(link.index).await?;
         let mut workers = Vec::new();
         let mut gro = false;
+        let (handshakes, queued) = super::handshakes::queue();
+        let mut answer_from: Option<Sock> = None;
         for (i, tun) in fds.into_iter().enumerate() {
             // Kernel WireGuard listens on every address, both families.
             let sock = Sock::bind_dual(port)
@@ -180,6 +182,11 @@ impl WireguardBackend {
                     BackendError::Device(format!("binding UDP port {port} for {name}: {e}"))
                 })?;
             gro = sock.gro;
+            if answer_from.is_none() {
+                answer_from = Some(sock.try_clone().map_err(|e| {
+                    BackendError::Device(format!("duplicating the socket of {name}: {e}"))
+                })?);
+            }
             let (tx, rx) = channel();
             let wake =
                 Arc::new(Waker::new().map_err(|e| BackendError::Device(format!("eventfd: {e}")))?);
@@ -192,6 +199,7 @@ impl WireguardBackend {
                 id: self.id.clone(),
                 timers: i == 0,
                 mtu: self.mtu as usize,
+                handshakes: handshakes.clone(),
             };
             let handle = std::thread::Builder::new()
                 .name("flannel-wg".into())
@@ -199,11 +207,29 @@ impl WireguardBackend {
                 .map_err(|e| BackendError::Device(format!("starting a wireguard worker: {e}")))?;
             workers.push((tx, wake, handle));
         }
+        let queues = workers.len();
+        if let Some(sock) = answer_from {
+            let (tx, rx) = channel();
+            let wake =
+                Arc::new(Waker::new().map_err(|e| BackendError::Device(format!("eventfd: {e}")))?);
+            let h = super::handshakes::Handshaker {
+                queue: queued,
+                ctl: rx,
+                sock,
+                counters: self.counters.clone(),
+                id: self.id.clone(),
+            };
+            let handle = std::thread::Builder::new()
+                .name("flannel-wg-hs".into())
+                .spawn(move || h.run())
+                .map_err(|e| BackendError::Device(format!("starting the handshake thread: {e}")))?;
+            workers.push((tx, wake, handle));
+        }
         info!(
             device = name,
             mtu = self.mtu,
             port,
-            workers = workers.len(),
+            workers = queues,
             tso = off.tso,
             udp_gro = gro,
             mode = self.cfg.mode.as_str(),
@@ -529,6 +555,9 @@ impl WireguardBackend {
             (&c.rx_unknown_peer, "dropped wireguard datagrams from no known peer"),
             (&c.rx_invalid, "dropped wireguard datagrams that did not authenticate (wrong key, replay, stale session)"),
             (&c.rx_disallowed_source, "dropped decrypted packets whose source is outside the sending peer's subnet"),
+            (&c.rx_under_load, "answered wireguard handshakes with a cookie (under load: more handshakes than a device answers a second)"),
+            (&c.rx_rate_limited, "dropped wireguard handshakes over their source address's rate"),
+            (&c.rx_handshake_queue_full, "dropped wireguard handshakes: the handshake queue was full (a flood?)"),
         ];
         for ((counter, what), seen) in reasons.iter().zip(self.reported_drops.iter_mut()) {
             let now = counter.load(Ordering::Relaxed);

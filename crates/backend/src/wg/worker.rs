@@ -8,6 +8,7 @@
 //! retries, rekeying, keepalives) and greets every new peer with a handshake.
 //! Buffers are allocated once; no allocation per packet.
 
+use super::handshakes::{is_handshake, HandshakeQueue};
 use super::table::{PeerState, WgTable};
 use crate::datapath::gro::Gro;
 use crate::datapath::gso::{segment, segment_v6, SegError, Segments};
@@ -33,7 +34,7 @@ const MAX_SEGS: usize = 64;
 /// A data message's header (16) and tag (16).
 const DATA_OVERHEAD: usize = 32;
 /// Handshake messages are at most this long (an initiation, 148 bytes).
-const HANDSHAKE_MAX: usize = 148;
+pub const HANDSHAKE_MAX: usize = 148;
 const TIMER_TICK: Duration = Duration::from_millis(100);
 
 /// Data-path counters of one backend (both devices), read by the control side and metrics.
@@ -53,6 +54,12 @@ pub struct WgCounters {
     pub rx_invalid: AtomicU64,
     /// Decrypted packets whose source is outside the sending peer's allowed IPs.
     pub rx_disallowed_source: AtomicU64,
+    /// Handshake messages answered with a cookie reply (the device under load, no mac2).
+    pub rx_under_load: AtomicU64,
+    /// Handshake messages over their source address's rate.
+    pub rx_rate_limited: AtomicU64,
+    /// Handshake messages dropped because the handshake queue was full.
+    pub rx_handshake_queue_full: AtomicU64,
     /// Packets from pods to an address no peer holds.
     pub no_route: AtomicU64,
     pub malformed: AtomicU64,
@@ -75,9 +82,10 @@ pub struct Identity {
     pub limiter: Arc<RateLimiter>,
 }
 
-/// The handshakes per second a node answers before it asks for cookies (boringtun's device
-/// uses the same figure).
-pub const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// Handshake messages a second a device answers before it asks for cookies: 100 (boringtun's
+/// device's figure), counted twice because each message is checked twice (by the handshake
+/// thread before the expensive part, and again by its peer's Noise session).
+pub const HANDSHAKE_RATE_LIMIT: u64 = 200;
 
 impl Identity {
     pub fn new(private: flannel_core::wireguard::Key) -> Self {
@@ -103,6 +111,8 @@ pub struct Worker {
     pub mtu: usize,
     /// Readable when `ctl` has news.
     pub wake: Arc<Waker>,
+    /// Where handshake messages go (see `handshakes`).
+    pub handshakes: HandshakeQueue,
 }
 
 /// Per-worker buffers, allocated once.
@@ -451,7 +461,8 @@ impl Worker {
         inc(&c.rx_bytes, bytes);
     }
 
-    /// Opens one datagram into `slot` (see [`open_datagram`]), answers through our socket.
+    /// Opens one data message into `slot` (see [`open_datagram`]), answers through our
+    /// socket; a handshake message goes to the handshake thread's queue instead.
     fn open<'s>(
         &self,
         d: &[u8],
@@ -461,6 +472,12 @@ impl Worker {
         scratch: &mut [u8],
         c: &WgCounters,
     ) -> Option<&'s [u8]> {
+        if is_handshake(d) {
+            if !self.handshakes.push(from, d) {
+                inc(&c.rx_handshake_queue_full, 1);
+            }
+            return None;
+        }
         open_datagram(
             &self.id,
             table,
