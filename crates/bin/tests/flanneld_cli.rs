@@ -842,3 +842,52 @@ fn the_watch_and_writes_move_to_a_live_member_when_one_dies() {
     assert!(out.contains("10.244.202.0/24"), "{out}");
     drop(members);
 }
+
+/// `flannelctl trace` with one address says one is missing (it said `unknown command "trace
+/// 10.244.0.2"`), and with two of different families refuses to walk.
+#[test]
+fn flannelctl_trace_names_a_missing_address_and_mixed_families() {
+    let run = |args: &[&str]| {
+        let o = Command::new(bin_dir().join("flannelctl"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["trace", "10.244.0.2"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("trace needs a destination address too: only 10.244.0.2 was given"),
+        "{err}"
+    );
+    let (code, err) = run(&["trace", "::1", "10.244.0.2"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("::1 and 10.244.0.2 are of different families"),
+        "{err}"
+    );
+}
+
+/// `flannel-lab up` with a bad argument names the argument only: it used to advise
+/// `flannel-lab down`, which would destroy a lab of that name that runs.
+#[test]
+fn flannel_lab_up_with_a_bad_argument_names_it_and_advises_no_down() {
+    for (args, says) in [
+        (vec!["up", "--backend", "foo"], "--backend foo"),
+        (vec!["up", "--nodes", "0"], "--nodes 0"),
+        (vec!["up", "--segments", "3"], "--segments 3"),
+    ] {
+        let o = Command::new(bin_dir().join("flannel-lab"))
+            .args(&args)
+            .args(["--name", "argcheck"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!err.contains("down"), "{args:?}: {err}");
+    }
+}

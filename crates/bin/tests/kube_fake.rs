@@ -382,3 +382,57 @@ fn a_wrong_token_is_refused_and_a_rotated_one_accepted() {
     .unwrap();
     assert_eq!(v["spec"]["nodeName"], "node1");
 }
+
+/// The fake holds what a real cluster holds: a request body over the API server's 3 MiB is
+/// refused (413) without being read whole, an object over etcd's 1.5 MiB is refused as etcd
+/// refuses it; one under both is stored. (A 50 MB Node used to be accepted.)
+#[test]
+fn objects_and_bodies_over_the_real_limits_are_refused() {
+    if common::skip_without_root() {
+        return;
+    }
+    let a = api();
+    let dir = TempDir::new("kf-big");
+    let create = |name: &str, pad: usize| {
+        let mut n = node(name, &["10.244.9.0/24"], "10.0.0.59", 0);
+        n["metadata"]["annotations"] = json!({"example.com/pad": "x".repeat(pad)});
+        let f = dir.path().join(format!("{name}.json"));
+        std::fs::write(&f, n.to_string()).unwrap();
+        a.kubectl(&["create", "-f", &f.display().to_string()])
+    };
+    let (ok, _, err) = create("huge", 4 << 20);
+    assert!(
+        !ok && err.contains("Request entity too large: limit is 3145728"),
+        "{err}"
+    );
+    let (ok, _, err) = create("big", 2 << 20);
+    assert!(
+        !ok && err.contains("etcdserver: request is too large"),
+        "{err}"
+    );
+    let (ok, _, err) = create("fits", 1 << 20);
+    assert!(ok, "{err}");
+    assert_eq!(a.fake.names(Kind::Node), vec!["fits".to_string()]);
+}
+
+/// The fake's secrets are its owner's alone, as a real cluster's are: the server key, the
+/// admin token and the kubeconfig holding it 0600 (they were 0644); the CA stays readable.
+#[test]
+fn the_fakes_secrets_are_not_world_readable() {
+    if common::skip_without_root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let a = api();
+    let mode = |name: &str| {
+        std::fs::metadata(a.fake.dir().join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    for secret in ["server.key", "token", "kubeconfig"] {
+        assert_eq!(mode(secret), 0o600, "{secret}");
+    }
+    assert_eq!(mode("ca.crt") & 0o044, 0o044, "the CA is public");
+}

@@ -152,7 +152,7 @@ impl LeaseAttrs {
         let keep = |d: Option<(bool, &RawValue)>| {
             d.map(|(_, r)| r)
                 .filter(|r| r.get().trim() != "null")
-                .map(|r| RawJson::from_text(r.get()))
+                .map(|r| RawJson::from_text(r.get()).map(bounded_backend_data))
                 .transpose()
                 .map_err(|e| LeaseError::Json(e.to_string()))
         };
@@ -164,6 +164,36 @@ impl LeaseAttrs {
             backend_v6_data: keep(v6data)?,
         })
     }
+}
+
+/// Backend data longer than this is kept only for the fields backends read: every backend's
+/// own is under 100 bytes, and a writer padding a lease (etcd takes 1.5 MiB, a Node too) must
+/// not make every node hold it.
+pub const BACKEND_DATA_MAX: usize = 4096;
+
+/// The fields of `BackendData` a backend reads (vxlan: VNI, VtepMAC; wireguard: PublicKey,
+/// Port), matched ignoring case as Go's JSON reader does.
+const BACKEND_DATA_FIELDS: [&str; 4] = ["VNI", "VtepMAC", "PublicKey", "Port"];
+
+/// `data` as written when it is small; else only its known fields (an empty object when it
+/// is not an object at all).
+pub fn bounded_backend_data(data: RawJson) -> RawJson {
+    if data.get().len() <= BACKEND_DATA_MAX {
+        return data;
+    }
+    let kept: Map<String, Value> = match data.value() {
+        Ok(Value::Object(m)) => m
+            .into_iter()
+            .filter(|(k, v)| {
+                BACKEND_DATA_FIELDS
+                    .iter()
+                    .any(|f| k.eq_ignore_ascii_case(f))
+                    && v.to_string().len() <= 256
+            })
+            .collect(),
+        _ => Map::new(),
+    };
+    RawJson::from_value(&Value::Object(kept))
 }
 
 /// Among keys that match a field ignoring case, the same choice as the `json_ci` reader makes
@@ -207,9 +237,14 @@ impl VxlanData {
         let mac = o
             .str("VtepMAC")?
             .ok_or_else(|| LeaseError::Vxlan("VtepMAC is missing".into()))?;
-        let vtep_mac = mac
+        let vtep_mac: MacAddr = mac
             .parse()
             .map_err(|e: crate::mac::MacParseError| LeaseError::Vxlan(e.to_string()))?;
+        if !vtep_mac.is_unicast() {
+            return Err(LeaseError::Vxlan(format!(
+                "VtepMAC {vtep_mac} is not a unicast address (no VTEP has a multicast, broadcast or all-zero MAC)"
+            )));
+        }
         Ok(Self { vni, vtep_mac })
     }
 }
@@ -219,6 +254,27 @@ mod tests {
     use super::*;
 
     const DOC_EXAMPLE: &str = r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
+
+    /// A lease padded to etcd's limit keeps only what backends read of its data; a normal
+    /// one is kept byte for byte.
+    #[test]
+    fn padded_backend_data_keeps_only_the_known_fields() {
+        let pad = "x".repeat(100_000);
+        let text = format!(
+            r#"{{"PublicIP":"10.0.0.9","BackendType":"vxlan","BackendData":{{"vni":1,"VtepMAC":"02:00:00:00:00:09","Pad":"{pad}","Port":"{pad}"}},"BackendV6Data":"{pad}"}}"#
+        );
+        let a = LeaseAttrs::from_json(text.as_bytes()).unwrap();
+        let d = a.backend_data.as_ref().unwrap();
+        assert!(d.get().len() < 100, "{d}");
+        let v = VxlanData::from_raw(d).unwrap();
+        assert_eq!(
+            (v.vni, v.vtep_mac.to_string().as_str()),
+            (1, "02:00:00:00:00:09")
+        );
+        assert_eq!(a.backend_v6_data.as_ref().unwrap().get(), "{}");
+        let small = LeaseAttrs::from_json(DOC_EXAMPLE.as_bytes()).unwrap();
+        assert_eq!(small.to_json(), DOC_EXAMPLE);
+    }
 
     #[test]
     fn upstream_example_round_trips_byte_for_byte() {

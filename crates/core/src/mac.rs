@@ -28,6 +28,13 @@ impl MacAddr {
     pub fn is_zero(&self) -> bool {
         self.0 == [0; 6]
     }
+
+    /// Whether frames can be addressed to this MAC alone: not all zeros, and without the
+    /// group bit (multicast and broadcast addresses, which no VTEP owns and the kernel
+    /// refuses as a permanent FDB entry).
+    pub fn is_unicast(&self) -> bool {
+        !self.is_zero() && self.0[0] & 1 == 0
+    }
 }
 
 impl fmt::Display for MacAddr {

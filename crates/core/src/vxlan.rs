@@ -158,10 +158,37 @@ mod tests {
                 "vxlan",
                 Some(serde_json::json!({"VNI":1,"VtepMAC":"02:00:00:00:00:56"})),
             ),
+            // MACs no VTEP has: the kernel refuses them as permanent FDB entries.
+            lease(
+                "10.244.7.0/24",
+                "10.0.0.57",
+                "vxlan",
+                Some(serde_json::json!({"VNI":1,"VtepMAC":"ff:ff:ff:ff:ff:ff"})),
+            ),
+            lease(
+                "10.244.8.0/24",
+                "10.0.0.58",
+                "vxlan",
+                Some(serde_json::json!({"VNI":1,"VtepMAC":"00:00:00:00:00:00"})),
+            ),
+            lease(
+                "10.244.9.0/24",
+                "10.0.0.59",
+                "vxlan",
+                Some(serde_json::json!({"VNI":1,"VtepMAC":"01:00:5e:00:00:01"})),
+            ),
         ];
         let (s, skipped) = desired_peers(Family::V4, own, &leases, &guard());
         assert_eq!(s, VxlanPeers::default());
-        assert_eq!(skipped.len(), 4);
+        assert_eq!(skipped.len(), 7);
+        assert_eq!(
+            skipped
+                .iter()
+                .filter(|s| s.reason.contains("is not a unicast address"))
+                .count(),
+            3,
+            "{skipped:?}"
+        );
         let reasons: Vec<&str> = skipped.iter().map(|s| s.reason.as_str()).collect();
         assert!(
             reasons.iter().any(|r| r.contains("is not \"vxlan\"")),

@@ -159,12 +159,8 @@ fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        ["trace", src, dst] => {
-            let parse = |w: &str| -> anyhow::Result<IpAddr> {
-                w.parse()
-                    .with_context(|| format!("{w:?} is not an IP address"))
-            };
-            let (src, dst) = (parse(src)?, parse(dst)?);
+        ["trace", args @ ..] => {
+            let (src, dst) = trace_args(args)?;
             let state = match &own.state_file {
                 Some(f) => client::state_from_file(f)?,
                 None => client::state(&socket)?,
@@ -184,6 +180,29 @@ fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
         [] => bail!("no command given\n{USAGE}"),
         other => bail!("unknown command {:?}\n{USAGE}", other.join(" ")),
     }
+}
+
+/// `trace`'s two addresses, each parsed, of one family.
+fn trace_args(args: &[&str]) -> anyhow::Result<(IpAddr, IpAddr)> {
+    const HOW: &str = "usage: flannelctl trace <src IP> <dst IP>";
+    let parse = |w: &str| -> anyhow::Result<IpAddr> {
+        w.parse()
+            .with_context(|| format!("trace: {w:?} is not an IP address ({HOW})"))
+    };
+    let (src, dst) = match args {
+        [src, dst] => (parse(src)?, parse(dst)?),
+        [] => bail!("trace needs a source and a destination address ({HOW})"),
+        [one] => bail!("trace needs a destination address too: only {one} was given ({HOW})"),
+        more => bail!(
+            "trace takes two addresses, {} were given: {} ({HOW})",
+            more.len(),
+            more.join(" ")
+        ),
+    };
+    if src.is_ipv4() != dst.is_ipv4() {
+        bail!("trace: {src} and {dst} are of different families; a packet goes from an address to one of the same family");
+    }
+    Ok((src, dst))
 }
 
 /// The trace from the kernel's answers now.
@@ -233,6 +252,23 @@ async fn trace_live(
         src,
         dst,
     ))
+}
+
+#[cfg(test)]
+mod trace_args_tests {
+    use super::trace_args;
+
+    #[test]
+    fn a_missing_address_and_mixed_families_are_named() {
+        let e = |a: &[&str]| format!("{:#}", trace_args(a).unwrap_err());
+        assert!(e(&["10.244.0.2"])
+            .starts_with("trace needs a destination address too: only 10.244.0.2 was given"));
+        assert!(e(&[]).starts_with("trace needs a source and a destination address"));
+        assert!(e(&["::1", "10.244.0.2"]).contains("::1 and 10.244.0.2 are of different families"));
+        assert!(e(&["10.244.0.2", "x"]).contains("\"x\" is not an IP address"));
+        assert!(e(&["1.1.1.1", "2.2.2.2", "3.3.3.3"]).contains("3 were given"));
+        assert!(trace_args(&["fd00::1", "fd00::2"]).is_ok());
+    }
 }
 
 #[cfg(test)]

@@ -60,6 +60,7 @@ pub fn main() -> ExitCode {
         }
     };
     raise_nofile_limit();
+    large_allocations_go_back();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -95,6 +96,19 @@ fn raise_nofile_limit() {
             l.rlim_cur = l.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &l);
         }
+    }
+}
+
+/// Large buffers (a huge peer Node or lease read once, a long listing) are given back to the
+/// system when freed. glibc raises its mmap threshold each time such a buffer is freed, after
+/// which the next ones come from the heap and stay in flanneld's resident memory for good; a
+/// fixed threshold keeps them mmapped. Our data paths allocate nothing that large per packet.
+fn large_allocations_go_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's tuning, before any thread is started.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
     }
 }
 

@@ -112,9 +112,10 @@ impl FakeApi {
         std::fs::create_dir_all(&opts.dir)
             .map_err(io(format!("creating {}", opts.dir.display())))?;
         let pki = tls::load_or_make(&opts.dir, &sans)?;
+        // The admin token and the kubeconfig holding it are secrets, as a real cluster's are.
         let w = |name: &str, data: &str| {
             let p = opts.dir.join(name);
-            std::fs::write(&p, data).map_err(io(format!("writing {}", p.display())))
+            tls::write_private(&p, data.as_bytes()).map_err(io(format!("writing {}", p.display())))
         };
         w("token", &opts.token)?;
         let kubeconfig = json!({

@@ -501,13 +501,26 @@ pub(crate) async fn handle(
         .map(str::to_string)
         .unwrap_or_default();
     let authorized = !token.is_empty() && lock(&sh.tokens).contains(&token);
-    let body = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => Bytes::new(),
-    };
+    // Read no more than the real server would: a larger body is refused, not buffered.
+    let (body, too_large_body) =
+        match http_body_util::Limited::new(req.into_body(), crate::store::MAX_BODY_BYTES)
+            .collect()
+            .await
+        {
+            Ok(b) => (b.to_bytes(), false),
+            Err(e) => (Bytes::new(), e.is::<http_body_util::LengthLimitError>()),
+        };
     let collection = matches!(parse_path(&path), Some(Target::Collection { .. }));
     let refused = match (authorized, method == Method::GET && collection) {
         (false, _) => Some(error(&ApiError::new(401, "Unauthorized", "Unauthorized"))),
+        (true, _) if too_large_body => Some(error(&ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            format!(
+                "Request entity too large: limit is {}",
+                crate::store::MAX_BODY_BYTES
+            ),
+        ))),
         (true, true) => too_large(&sh, &query).await,
         (true, false) => None,
     };

@@ -55,6 +55,11 @@ pub struct Event {
     pub object: Value,
 }
 
+/// The largest object the store keeps (etcd's default request limit).
+pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
+/// The largest request body the server reads (the real API server's `MaxRequestBodyBytes`).
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
 /// An API error, returned as a `Status` object.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}: {message}")]
@@ -195,6 +200,20 @@ impl Store {
         }
     }
 
+    /// An object etcd would refuse (its default `--max-request-bytes`, 1.5 MiB): the real API
+    /// server passes etcd's refusal on.
+    fn check_size(obj: &Value) -> Result<(), ApiError> {
+        let size = serde_json::to_vec(obj).map_or(0, |v| v.len());
+        if size > MAX_OBJECT_BYTES {
+            return Err(ApiError::new(
+                500,
+                "InternalError",
+                "etcdserver: request is too large",
+            ));
+        }
+        Ok(())
+    }
+
     /// Stamps a stored object: resourceVersion, and on creation uid and creationTimestamp.
     fn stamp(&mut self, obj: &mut Value, kind: Kind, ns: &str, created: bool) {
         self.rv += 1;
@@ -230,6 +249,7 @@ impl Store {
                 format!("{}s \"{name}\" already exists", kind.name().to_lowercase()),
             ));
         }
+        Self::check_size(&obj)?;
         self.stamp(&mut obj, kind, ns, true);
         self.objects.insert(key, obj.clone());
         self.record(kind, EventType::Added, obj.clone());
@@ -327,6 +347,7 @@ impl Store {
         if new == old {
             return Ok(old); // a no-op write changes nothing, not even the resourceVersion
         }
+        Self::check_size(&new)?;
         self.stamp(&mut new, kind, ns, false);
         self.objects.insert(key, new.clone());
         self.record(kind, EventType::Modified, new.clone());

@@ -26,6 +26,9 @@ pub fn load_or_make(dir: &Path, sans: &[String]) -> Result<Pki, TlsError> {
             CertificateDer::from_pem_slice(&cert).map_err(|e| TlsError::Pem(e.to_string()))?;
         let key =
             PrivatePkcs8KeyDer::from_pem_slice(&key).map_err(|e| TlsError::Pem(e.to_string()))?;
+        // A key an earlier version left readable is made private.
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(dir.join(KEY), std::fs::Permissions::from_mode(0o600));
         return Ok(Pki {
             ca_pem: String::from_utf8_lossy(&ca).into_owned(),
             server_cert: cert,
@@ -38,8 +41,27 @@ pub fn load_or_make(dir: &Path, sans: &[String]) -> Result<Pki, TlsError> {
     };
     write(CA, pki.ca_pem.as_bytes())?;
     write(CERT, pem("CERTIFICATE", &pki.server_cert).as_bytes())?;
-    write(KEY, pem("PRIVATE KEY", &pki.server_key).as_bytes())?;
+    write_private(
+        &dir.join(KEY),
+        pem("PRIVATE KEY", &pki.server_key).as_bytes(),
+    )
+    .map_err(|e| TlsError::Pem(format!("writing {KEY}: {e}")))?;
     Ok(pki)
+}
+
+/// Writes a secret readable by its owner only (0600), whatever the umask, also over a file
+/// that was there with a looser mode.
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(data)
 }
 
 /// DER as PEM (base64 in 64-column lines).

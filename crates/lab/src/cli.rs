@@ -177,12 +177,7 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 nftables: a.nftables,
                 ..LabSpec::default()
             };
-            let state = up(&spec).with_context(|| {
-                format!(
-                    "`flannel-lab up` failed; run `flannel-lab down --name {}` to clean up",
-                    a.name
-                )
-            })?;
+            let state = up(&spec)?;
             println!(
                 "lab {} is up: {} nodes, {} pods",
                 state.lab,

@@ -379,8 +379,31 @@ pub fn stop_flanneld(n: &NodeState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the whole lab and returns its state (also saved in the state directory).
+/// Builds the whole lab and returns its state (also saved in the state directory). A bad
+/// argument, or a lab of that name already there, is an error before anything is made; a
+/// failure while building says how to clean up what was made.
 pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
+    check_spec(spec)?;
+    let dir = state_dir(&spec.state_root, &spec.lab);
+    let existing = lab_namespaces(&spec.lab)?;
+    if !existing.is_empty() || dir.exists() {
+        bail!(
+            "lab {:?} is already up (or left over from a failed run): `flannel-lab status --name {}` shows it, `flannel-lab down --name {}` removes it",
+            spec.lab,
+            spec.lab,
+            spec.lab
+        );
+    }
+    build(spec, &dir).with_context(|| {
+        format!(
+            "`flannel-lab up` failed; run `flannel-lab down --name {}` to clean up",
+            spec.lab
+        )
+    })
+}
+
+/// The arguments of `up`, checked before anything is made.
+pub fn check_spec(spec: &LabSpec) -> anyhow::Result<()> {
     if !valid_lab_name(&spec.lab) {
         bail!(
             "lab name {:?}: use up to 20 letters, digits or _, starting with a letter",
@@ -409,16 +432,14 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
     if !v4 && spec.datastore == Datastore::Etcd {
         bail!("--ip-family ipv6 runs with --datastore kube: flannel's etcd leases always carry an IPv4 subnet");
     }
-    preflight::check(&spec.bin_dir, spec.datastore, &[])?;
-    let dir = state_dir(&spec.state_root, &spec.lab);
-    let existing = lab_namespaces(&spec.lab)?;
-    if !existing.is_empty() || dir.exists() {
-        bail!(
-            "lab {:?} is already up (or left over from a failed run): run `flannel-lab down` first",
-            spec.lab
-        );
-    }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    preflight::check(&spec.bin_dir, spec.datastore, &[])
+}
+
+/// Makes the lab of a checked `spec` in state directory `dir`.
+fn build(spec: &LabSpec, dir: &Path) -> anyhow::Result<LabState> {
+    let dual = spec.ip_family.has_v6();
+    let v4 = spec.ip_family.has_v4();
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let lab = spec.lab.as_str();
     // Kube mode makes and uses mount points on the machine until its pods are added.
     let _mounts = match spec.datastore {
@@ -679,7 +700,7 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
     }
     let mut state = LabState {
         lab: spec.lab.clone(),
-        state_dir: dir.clone(),
+        state_dir: dir.to_path_buf(),
         backend: spec.backend.clone(),
         datastore: spec.datastore.name().into(),
         api_args,
@@ -714,7 +735,7 @@ pub fn up(spec: &LabSpec) -> anyhow::Result<LabState> {
             let run = nodefs::make_mount_points(&cni_binds, &mut made)
                 .and_then(|()| pod.install(&mut made));
             // Recorded before anything can fail, so `down` removes them after a failed `up`.
-            record_mount_points(&dir, &made)?;
+            record_mount_points(dir, &made)?;
             let run = run?;
             n.subnet_file = nodefs::host_path(&run.binds, Path::new(&subnet_file_of(&run.argv)));
             n.flanneld = run.argv;

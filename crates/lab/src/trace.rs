@@ -194,6 +194,12 @@ fn finish(mut c: Capture) -> Vec<String> {
 pub fn run(s: &LabState, from: &str, to: &str) -> anyhow::Result<Report> {
     let (sn, sp) = find(s, from)?;
     let (dn, dp) = find(s, to)?;
+    if sp.name == dp.name {
+        bail!(
+            "{from} and {to} are the same pod ({}): a trace follows a packet from one pod to another",
+            sp.name
+        );
+    }
     let v6 = from.contains(':') || to.contains(':');
     let (src, dst) = if v6 {
         (&sp.ip6, &dp.ip6)
@@ -372,5 +378,50 @@ mod tests {
         let v6 = "15:00:00.000001 IP6 fd00::50.41000 > fd00::51.8472: OTV, flags [I]";
         assert_eq!(outer_destination(v6).as_deref(), Some("fd00::51"));
         assert_eq!(outer_destination(""), None);
+    }
+
+    /// The same pod twice (by name or address) is said to be the same pod, not "the walk is
+    /// broken".
+    #[test]
+    fn the_same_pod_twice_is_named_as_such() {
+        let pod = PodState {
+            name: "master1-pod1".into(),
+            netns: "lab-master1-pod1".into(),
+            ip: "10.244.39.2".into(),
+            ip6: String::new(),
+        };
+        let node = NodeState {
+            name: "master1".into(),
+            netns: "lab-master1".into(),
+            ip: "10.0.0.50".into(),
+            subnet: "10.244.39.0/24".into(),
+            ip6: String::new(),
+            subnet6: String::new(),
+            pods: vec![pod],
+            log: "/dev/null".into(),
+            flanneld: vec![],
+            env: vec![],
+            binds: vec![],
+            cni_binds: vec![],
+            subnet_file: "/dev/null".into(),
+        };
+        let s = LabState {
+            lab: "lab".into(),
+            state_dir: "/nonexistent".into(),
+            backend: "vxlan".into(),
+            datastore: "etcd".into(),
+            api_args: vec![],
+            api_log: "/dev/null".into(),
+            etcd_log: "/dev/null".into(),
+            etcd_args: vec![],
+            nodes: vec![node],
+        };
+        for (a, b) in [
+            ("master1-pod1", "master1-pod1"),
+            ("master1-pod1", "10.244.39.2"),
+        ] {
+            let e = run(&s, a, b).unwrap_err().to_string();
+            assert!(e.contains("are the same pod (master1-pod1)"), "{e}");
+        }
     }
 }

@@ -261,6 +261,17 @@ pub fn cpu_seconds(pid: i32) -> f64 {
     (field(11) + field(12)) / hz
 }
 
+/// A process's resident memory (VmRSS), in KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Opens `n` TCP connections to 127.0.0.1:`port` inside namespace `ns` and keeps them open
 /// (idle) until the returned handles are dropped.
 pub fn idle_connections_in_ns(ns: &str, port: u16, n: usize) -> Vec<std::net::TcpStream> {

@@ -11,6 +11,7 @@
 
 pub mod annotations;
 mod conn;
+pub mod lines;
 pub mod node;
 pub mod watch;
 

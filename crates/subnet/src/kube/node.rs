@@ -114,7 +114,7 @@ fn backend_data(node: &NodeLite, name: &str) -> Result<Option<RawJson>, String> 
     match node.annotation(name).map(str::trim) {
         None | Some("") | Some("null") => Ok(None),
         Some(text) => RawJson::from_text(text)
-            .map(Some)
+            .map(|d| Some(flannel_core::lease::bounded_backend_data(d)))
             .map_err(|e| format!("annotation {name} is not JSON ({e})")),
     }
 }

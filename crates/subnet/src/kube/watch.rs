@@ -10,12 +10,13 @@
 
 use super::annotations::Annotations;
 use super::conn::{req, Conn};
+use super::lines::{LineError, WatchLines};
 use super::node::{node_lease, NodeLease, NodeLite};
 use crate::recurring::Recurring;
 use crate::SubnetError;
 use crate::{Claim, Owner};
 use flannel_core::iface::Families;
-use futures::TryStreamExt;
+use http_body_util::BodyExt;
 use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -214,6 +215,45 @@ fn history_gone(e: &SubnetError) -> Option<&str> {
     }
 }
 
+/// Starts a watch: its stream of events, or the server's refusal.
+async fn open_watch(
+    client: &kube::Client,
+    r: http::Request<Vec<u8>>,
+) -> Result<WatchLines<kube::client::Body>, SubnetError> {
+    let (mut parts, body) = r.into_parts();
+    // Every event as it is sent, not a compressed stream.
+    parts.headers.insert(
+        "accept-encoding",
+        http::HeaderValue::from_static("identity"),
+    );
+    let r = http::Request::from_parts(parts, kube::client::Body::from(body));
+    let res = client
+        .send(r)
+        .await
+        .map_err(|e| super::conn::kube_err("watch", "nodes", e))?;
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return Ok(WatchLines::new(res.into_body()));
+    }
+    // A refusal is a small Status object; no more than 64 KiB of it is read.
+    let body = http_body_util::Limited::new(res.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let msg = match serde_json::from_slice::<kube::core::Status>(&body) {
+        Ok(s) if !s.message.is_empty() => s.message,
+        Ok(s) => s.reason,
+        Err(_) => String::from_utf8_lossy(&body).trim().to_string(),
+    };
+    Err(SubnetError::Kube {
+        op: "watch",
+        target: "nodes".into(),
+        msg,
+        code: Some(status.as_u16()),
+    })
+}
+
 /// The watch loop; runs until the task is dropped.
 pub(crate) async fn run(conn: Arc<Conn>, ann: Annotations, fam: Families, store: Arc<NodeStore>) {
     let meaning = |mut n: NodeLite| -> Meaning {
@@ -253,16 +293,11 @@ pub(crate) async fn run(conn: Arc<Conn>, ann: Annotations, fam: Families, store:
         let started = {
             let client = conn.client();
             let r = req(http::Method::GET, &path, None, Vec::new());
-            tokio::time::timeout(
-                super::conn::REQUEST_TIMEOUT,
-                client.request_events::<NodeLite>(r),
-            )
-            .await
+            tokio::time::timeout(super::conn::REQUEST_TIMEOUT, open_watch(&client, r)).await
         };
-        let stream = match started {
+        let mut stream = match started {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                let e = super::conn::kube_err("watch", "nodes", e);
                 if matches!(
                     e,
                     SubnetError::Kube {
@@ -302,19 +337,21 @@ pub(crate) async fn run(conn: Arc<Conn>, ann: Annotations, fam: Families, store:
         };
         store.count(|s| s.watches += 1);
         crate::stats::STATS.watch_started();
-        futures::pin_mut!(stream);
         let mut failed = false;
         loop {
-            let next = tokio::time::timeout(IDLE_LIMIT, stream.try_next()).await;
+            let next = tokio::time::timeout(IDLE_LIMIT, stream.next::<NodeLite>()).await;
             let ev = match next {
-                Ok(Ok(Some(ev))) => ev,
-                Ok(Ok(None)) => break, // the server ended the watch: watch again from `rv`
-                Ok(Err(e)) => {
+                Ok(Some(Ok(ev))) => ev,
+                Ok(None) => break, // the server ended the watch: watch again from `rv`
+                // An error answered inside the stream: as an ERROR event.
+                Ok(Some(Err(LineError::Status { code, message }))) => {
+                    kube::core::WatchEvent::Error(Box::new(
+                        kube::core::Status::failure(&message, "").with_code(code),
+                    ))
+                }
+                Ok(Some(Err(e))) => {
                     store.count(|s| s.errors += 1);
-                    trouble.failed(
-                        "the node watch failed",
-                        &super::conn::kube_err("watch", "nodes", e),
-                    );
+                    trouble.failed("the node watch failed", &e);
                     failed = true;
                     break;
                 }
