@@ -50,7 +50,7 @@ pub fn respond(
         ("GET" | "HEAD", "/healthz") => ("200 OK", PLAIN, "flanneld is running".into()),
         ("GET" | "HEAD", "/readyz") => match ready {
             Ok(()) => ("200 OK", PLAIN, "flanneld is ready".into()),
-            Err(why) => ("503 Service Unavailable", PLAIN, format!("{why}\n").into()),
+            Err(why) => ("503 Service Unavailable", PLAIN, why.into()),
         },
         ("GET" | "HEAD", "/metrics") => {
             let om = metrics::wants_openmetrics(head);

@@ -223,7 +223,9 @@ impl WireguardBackend {
                 .name("flannel-wg-hs".into())
                 .spawn(move || h.run())
                 .map_err(|e| BackendError::Device(format!("starting the handshake thread: {e}")))?;
-            workers.push((tx, wake, handle));
+            // First in the list: it learns of a new peer before any worker greets it, so the
+            // peer's response finds it.
+            workers.insert(0, (tx, wake, handle));
         }
         info!(
             device = name,

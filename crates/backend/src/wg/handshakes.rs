@@ -123,6 +123,8 @@ impl Handshaker {
         let (mut slot, mut scratch) = (vec![0u8; 2048], vec![0u8; 65535]);
         let mut next_reset = Instant::now();
         loop {
+            // The latest table first, also right before each answer: a handshake can arrive
+            // with (or answer) a peer the control side has just handed over.
             while let Ok(m) = self.ctl.try_recv() {
                 match m {
                     Ctl::Table(t) => table = t,
@@ -136,6 +138,12 @@ impl Handshaker {
             }
             match self.queue.recv_timeout(Duration::from_millis(100)) {
                 Ok(q) => {
+                    while let Ok(m) = self.ctl.try_recv() {
+                        match m {
+                            Ctl::Table(t) => table = t,
+                            Ctl::Stop => return,
+                        }
+                    }
                     let d = &q.buf[..usize::from(q.len)];
                     self.answer(d, q.from, &table, &mut sources, &mut slot, &mut scratch);
                 }
