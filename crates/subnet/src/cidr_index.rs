@@ -5,46 +5,81 @@
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 
-/// A block as an ordered key: family, network address, prefix length.
-type Block = (bool, u128, u8);
-
-fn block(n: &IpNet) -> Block {
-    let n = n.trunc();
-    match n {
-        IpNet::V4(v) => (false, u32::from(v.network()) as u128, v.prefix_len()),
-        IpNet::V6(v) => (true, u128::from(v.network()), v.prefix_len()),
-    }
-}
-
-/// The last address of a block, in the same numbering as [`block`].
-fn last(n: &IpNet) -> u128 {
-    match n.trunc() {
-        IpNet::V4(v) => u32::from(v.broadcast()) as u128,
-        IpNet::V6(v) => u128::from(v.broadcast()),
-    }
-}
-
-/// Blocks of both families, each with a value (who holds it). A block is held once.
+/// Blocks of both families, each with a value (who holds it). A block is held once. Kept
+/// as (network address, prefix length) per family: an IPv4 key is 8 bytes, not 32 (the
+/// index has an entry per lease, 20000 and more).
 #[derive(Debug, Clone)]
 pub struct CidrIndex<V> {
-    blocks: BTreeMap<Block, V>,
+    v4: BTreeMap<(u32, u8), V>,
+    v6: BTreeMap<(u128, u8), V>,
 }
 
 impl<V> Default for CidrIndex<V> {
     fn default() -> Self {
         Self {
-            blocks: BTreeMap::new(),
+            v4: BTreeMap::new(),
+            v6: BTreeMap::new(),
         }
     }
 }
 
+/// An address family's blocks: the same lookups over `u32` or `u128` addresses.
+trait Family: Copy + Ord {
+    const BITS: u8;
+    fn mask(self, len: u8) -> Self;
+    fn last(self, len: u8) -> Self;
+}
+
+impl Family for u32 {
+    const BITS: u8 = 32;
+    fn mask(self, len: u8) -> Self {
+        self & u32::MAX.checked_shl(u32::from(32 - len)).unwrap_or(0)
+    }
+    fn last(self, len: u8) -> Self {
+        self | u32::MAX.checked_shr(u32::from(len)).unwrap_or(0)
+    }
+}
+
+impl Family for u128 {
+    const BITS: u8 = 128;
+    fn mask(self, len: u8) -> Self {
+        self & u128::MAX.checked_shl(u32::from(128 - len)).unwrap_or(0)
+    }
+    fn last(self, len: u8) -> Self {
+        self | u128::MAX.checked_shr(u32::from(len)).unwrap_or(0)
+    }
+}
+
+/// A held block of `map` that overlaps (`addr`, `len`): the same block, one inside it (a range
+/// scan), or one containing it (a probe per shorter prefix).
+fn overlapping_in<A: Family, V>(
+    map: &BTreeMap<(A, u8), V>,
+    addr: A,
+    len: u8,
+) -> Option<(A, u8, &V)> {
+    let start = addr.mask(len);
+    if let Some((&(a, l), v)) = map.range((start, 0)..=(start.last(len), u8::MAX)).next() {
+        return Some((a, l, v));
+    }
+    (0..len.min(A::BITS)).rev().find_map(|l| {
+        let a = addr.mask(l);
+        map.get(&(a, l)).map(|v| (a, l, v))
+    })
+}
+
 impl<V: Clone> CidrIndex<V> {
     pub fn insert(&mut self, n: &IpNet, v: V) {
-        self.blocks.insert(block(n), v);
+        match n.trunc() {
+            IpNet::V4(n) => self.v4.insert((n.network().into(), n.prefix_len()), v),
+            IpNet::V6(n) => self.v6.insert((n.network().into(), n.prefix_len()), v),
+        };
     }
 
     pub fn remove(&mut self, n: &IpNet) {
-        self.blocks.remove(&block(n));
+        match n.trunc() {
+            IpNet::V4(n) => self.v4.remove(&(n.network().into(), n.prefix_len())),
+            IpNet::V6(n) => self.v6.remove(&(n.network().into(), n.prefix_len())),
+        };
     }
 
     /// Removes `n` if `v` holds it.
@@ -52,49 +87,44 @@ impl<V: Clone> CidrIndex<V> {
     where
         V: PartialEq,
     {
-        let b = block(n);
-        if self.blocks.get(&b) == Some(v) {
-            self.blocks.remove(&b);
+        match n.trunc() {
+            IpNet::V4(n) => {
+                let k = (u32::from(n.network()), n.prefix_len());
+                if self.v4.get(&k) == Some(v) {
+                    self.v4.remove(&k);
+                }
+            }
+            IpNet::V6(n) => {
+                let k = (u128::from(n.network()), n.prefix_len());
+                if self.v6.get(&k) == Some(v) {
+                    self.v6.remove(&k);
+                }
+            }
         }
     }
 
     pub fn clear(&mut self) {
-        self.blocks.clear();
+        self.v4.clear();
+        self.v6.clear();
     }
 
     /// A held block that overlaps `n` (the same block, one inside it or one containing it),
     /// with its value.
     pub fn overlapping(&self, n: &IpNet) -> Option<(IpNet, &V)> {
-        let (fam, start, len) = block(n);
-        // Blocks starting inside `n`: the same block and the ones it contains.
-        if let Some((k, v)) = self
-            .blocks
-            .range((fam, start, 0)..=(fam, last(n), u8::MAX))
-            .next()
-        {
-            return Some((net_of(k), v));
-        }
-        // Blocks starting before `n` that contain it: for each shorter prefix, the one
-        // network that would.
-        for l in (0..len).rev() {
-            let probe = match n {
-                IpNet::V4(v) => IpNet::V4(ipnet::Ipv4Net::new(v.network(), l).ok()?.trunc()),
-                IpNet::V6(v) => IpNet::V6(ipnet::Ipv6Net::new(v.network(), l).ok()?.trunc()),
-            };
-            if let Some(v) = self.blocks.get(&block(&probe)) {
-                return Some((probe, v));
+        match n {
+            IpNet::V4(n) => {
+                overlapping_in(&self.v4, u32::from(n.network()), n.prefix_len()).map(|(a, l, v)| {
+                    let net = ipnet::Ipv4Net::new(a.into(), l).unwrap_or_default();
+                    (IpNet::V4(net), v)
+                })
             }
+            IpNet::V6(n) => overlapping_in(&self.v6, u128::from(n.network()), n.prefix_len()).map(
+                |(a, l, v)| {
+                    let net = ipnet::Ipv6Net::new(a.into(), l).unwrap_or_default();
+                    (IpNet::V6(net), v)
+                },
+            ),
         }
-        None
-    }
-}
-
-fn net_of(&(v6, addr, len): &Block) -> IpNet {
-    if v6 {
-        IpNet::V6(ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(addr), len).unwrap_or_default())
-    } else {
-        let a = std::net::Ipv4Addr::from(u32::try_from(addr).unwrap_or(0));
-        IpNet::V4(ipnet::Ipv4Net::new(a, len).unwrap_or_default())
     }
 }
 
