@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tracing::debug;
 
 const PLAIN: &str = "text/plain; charset=utf-8";
@@ -98,7 +98,7 @@ pub async fn start(
     ready: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = TcpListener::bind(addr).await?;
+    let listener = crate::serve::bind_tcp(addr)?;
     Ok(tokio::spawn(serve(
         listener,
         "health server",

@@ -54,6 +54,34 @@ pub enum Peer {
     Unknown,
 }
 
+/// The listen backlog: a burst of connections (a flood being closed and re-opened at once)
+/// waits here rather than having its SYNs dropped, which would cost a probe the kernel's 1 s
+/// SYN retry, its whole timeout. The kernel caps it at `net.core.somaxconn` (4096).
+const BACKLOG: i32 = 4096;
+
+/// A TCP listener on `addr` with a deep backlog.
+pub fn bind_tcp(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(BACKLOG)?;
+    TcpListener::from_std(s.into())
+}
+
+/// A Unix socket listener at `path` with a deep backlog.
+pub fn bind_unix(path: &std::path::Path) -> io::Result<UnixListener> {
+    let s = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+    s.set_nonblocking(true)?;
+    s.bind(&socket2::SockAddr::unix(path)?)?;
+    s.listen(BACKLOG)?;
+    UnixListener::from_std(s.into())
+}
+
 /// A listening socket: TCP (peers are addresses) or Unix (peers are processes).
 pub trait Listener: Send + Sync + 'static {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;

@@ -12,7 +12,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
@@ -71,7 +71,7 @@ pub fn start(
         Err(_) => {}
     }
     let listener =
-        UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
+        crate::serve::bind_unix(path).with_context(|| format!("listening on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("setting the mode of {}", path.display()))?;
     let id = file_id(path);

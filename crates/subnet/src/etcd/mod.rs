@@ -30,6 +30,9 @@ pub const ACQUIRE_ATTEMPTS: usize = 10;
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Watch messages larger than this (a normal lease is ~200 bytes) end the watch, which
+/// resumes at once from the next revision: see `run_watch_from`.
+const HUGE_WATCH_MESSAGE: usize = 256 * 1024;
 /// How often the lease watch's progress is checked (see [`progress`]).
 pub const WATCH_PROGRESS_PERIOD: Duration = Duration::from_secs(30);
 
@@ -698,6 +701,7 @@ impl EtcdSubnetManager {
             crate::stats::STATS.watch_started();
             debug!(revision = start, "watching {prefix}");
             let mut check = progress::ProgressCheck::new(start);
+            let mut huge = false;
             let period = self.watch_progress;
             let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -793,6 +797,20 @@ impl EtcdSubnetManager {
                                 check.saw(h.revision());
                             }
                         }
+                        // The gRPC stream keeps a buffer as large as its largest message for
+                        // its life: after a huge one (a lease padded to etcd's limit), a new
+                        // watch from the next revision gives that memory back.
+                        let size: usize = resp
+                            .events()
+                            .iter()
+                            .filter_map(|e| e.kv())
+                            .map(|kv| kv.value().len() + kv.key().len())
+                            .sum();
+                        if size > HUGE_WATCH_MESSAGE {
+                            debug!(bytes = size, "a huge watch message; watching again to free its buffer");
+                            huge = true;
+                            break;
+                        }
                     }
                     Ok(None) => {
                         trouble.failed("etcd closed the lease watch", &"reconnecting");
@@ -803,6 +821,10 @@ impl EtcdSubnetManager {
                         break;
                     }
                 }
+            }
+            if huge {
+                // Not a failure: watch again at once, from after the huge message.
+                continue;
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
