@@ -70,8 +70,8 @@ pub fn start(
         ),
         Err(_) => {}
     }
-    let listener =
-        crate::serve::bind_unix(path).with_context(|| format!("listening on {}", path.display()))?;
+    let listener = crate::serve::bind_unix(path)
+        .with_context(|| format!("listening on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("setting the mode of {}", path.display()))?;
     let id = file_id(path);

@@ -807,7 +807,10 @@ impl EtcdSubnetManager {
                             .map(|kv| kv.value().len() + kv.key().len())
                             .sum();
                         if size > HUGE_WATCH_MESSAGE {
-                            debug!(bytes = size, "a huge watch message; watching again to free its buffer");
+                            debug!(
+                                bytes = size,
+                                "a huge watch message; watching again to free its buffer"
+                            );
                             huge = true;
                             break;
                         }
