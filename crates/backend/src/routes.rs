@@ -13,7 +13,7 @@ use flannel_net::{NetOps, RouteWrite};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 pub struct RoutePlan {
     idx: u32,
@@ -85,7 +85,7 @@ impl RoutePlan {
             let (d, g) = self.remove[i];
             match r {
                 Ok(()) => {
-                    info!(subnet = %d, via = %g, "removed route to a peer that has no lease any more");
+                    debug!(subnet = %d, via = %g, "removed route to a peer that has no lease any more");
                     report.removed += 1;
                 }
                 Err(e) => {
@@ -112,7 +112,7 @@ impl RoutePlan {
             let (d, g, _) = self.upsert[i];
             match r {
                 Ok(()) => {
-                    info!(subnet = %d, via = %g, "programmed route to peer");
+                    debug!(subnet = %d, via = %g, "programmed route to peer");
                     report.added += 1;
                 }
                 Err(e) => {

@@ -609,11 +609,11 @@ impl Overlay {
             ..Default::default()
         };
         for (d, g) in &plan.del_routes {
-            info!(subnet = %d, via = %g, "removed route to a peer that has no lease any more");
+            debug!(subnet = %d, via = %g, "removed route to a peer that has no lease any more");
             self.claimed.remove(d);
         }
         for (d, g, _) in &plan.routes {
-            info!(subnet = %d, via = %g, "programmed route to peer");
+            debug!(subnet = %d, via = %g, "programmed route to peer");
             self.claimed.insert(*d);
         }
         if failures.is_empty() {

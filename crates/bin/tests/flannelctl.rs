@@ -124,3 +124,136 @@ fn a_forward_policy_of_drop_without_flannels_accept_rules_is_found_and_fixed() {
     assert_eq!(failed(&doctor(n, &[]).1), Vec::<String>::new());
     assert!(flannel_lab::ping::ping_all(&lab.state).all_ok());
 }
+
+/// `flannelctl leases` with no datastore flag asks the running flanneld how it reaches its
+/// datastore, on every node of an etcd lab and of a kube lab (it used to try upstream's
+/// default endpoints and fail on every node); flags may follow the command; an unknown flag
+/// names itself; with flanneld stopped too, the error says what was tried and what to give.
+#[test]
+fn leases_need_no_flags_on_any_node_of_either_datastore() {
+    if common::skip_without_root() {
+        return;
+    }
+    for datastore in [Datastore::Etcd, Datastore::Kube] {
+        let lab = Lab::up_with(LabSpec {
+            nodes: 2,
+            pods_per_node: 0,
+            datastore,
+            ..LabSpec::default()
+        });
+        for n in &lab.state.nodes {
+            let l = leases_json(n, &[]);
+            assert_eq!(l.len(), 2, "{datastore:?} on {}: {l:#?}", n.name);
+            // The same through the lab's command line, as README shows it.
+            let o = std::process::Command::new(common::bin_dir().join("flannel-lab"))
+                .args(["--name", &lab.name, "--state-dir"])
+                .arg(lab.root.path())
+                .args(["ctl", &n.name, "leases"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                o.status.success() && text.starts_with("SUBNET "),
+                "{text}{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        if datastore == Datastore::Etcd {
+            let n = &lab.state.nodes[1];
+            // A flag after the command, as kubectl takes them.
+            let (code, out) = ctl(n, &["leases", "--etcd-endpoints=http://10.0.0.50:2379"]);
+            assert_eq!(code, 0, "{out}");
+            let (code, out) = ctl(n, &["leases", "--no-such-flag"]);
+            assert_ne!(code, 0);
+            assert!(out.contains("-no-such-flag"), "{out}");
+            // Explicit flags win over what flanneld says.
+            let (code, out) = ctl(n, &["leases", "--etcd-endpoints=http://10.0.0.50:1"]);
+            assert_ne!(code, 0);
+            assert!(out.contains("10.0.0.50:1"), "{out}");
+            flannel_lab::cluster::stop_flanneld(n).unwrap();
+            let (code, out) = ctl(n, &["leases"]);
+            assert_ne!(code, 0);
+            assert!(
+                out.contains("no datastore flags were given, and flanneld does not answer on")
+                    && out.contains("--etcd-endpoints=URL"),
+                "{out}"
+            );
+        }
+    }
+}
+
+/// With flanneld stopped, every command says in words that flanneld does not answer on its
+/// socket and how to start it again here (in the lab: `flannel-lab restart NODE`); doctor
+/// still judges the node from what is on it and marks the rest skipped; `flannel-lab trace`
+/// says the same; `flannel-lab restart` brings flanneld back.
+#[test]
+fn with_flanneld_stopped_the_tools_say_so_and_doctor_checks_the_node() {
+    if common::skip_without_root() {
+        return;
+    }
+    let lab = Lab::up(2, 1, &[]);
+    let n = &lab.state.nodes[0];
+    flannel_lab::cluster::stop_flanneld(n).unwrap();
+    let socket = flannel_lab::cluster::state_socket(n);
+    for args in [
+        vec!["state"],
+        vec!["metrics"],
+        vec!["trace", "10.244.0.2", "10.244.1.2"],
+    ] {
+        let (code, out) = ctl(n, &args);
+        assert_ne!(code, 0);
+        assert!(
+            out.contains(&format!(
+                "flanneld is not answering on {}",
+                socket.display()
+            )) && out.contains(&format!(
+                "flannel-lab restart {} --name {}",
+                n.name, lab.name
+            )),
+            "{args:?}: {out}"
+        );
+    }
+    let (code, v) = doctor(n, &[]);
+    assert_eq!(code, 1);
+    assert_eq!(v.len(), 12, "{v:#?}");
+    assert_eq!(failed(&v), ["flanneld"], "{v:#?}");
+    let skipped: Vec<&str> = v
+        .iter()
+        .filter(|c| c["skipped"] == true)
+        .filter_map(|c| c["check"].as_str())
+        .collect();
+    assert_eq!(
+        skipped,
+        ["datastore", "device", "peers", "public_ip", "subnet_env"]
+    );
+    let fix = common::ctl::verdict(&v, "flanneld")["fix"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        fix.starts_with(&format!("flannel-lab restart {}", n.name)),
+        "{fix}"
+    );
+    // The lab's own trace says it in words too.
+    let pods = (&n.pods[0].name, &lab.state.nodes[1].pods[0].name);
+    let o = std::process::Command::new(common::bin_dir().join("flannel-lab"))
+        .args(["--name", &lab.name, "--state-dir"])
+        .arg(lab.root.path())
+        .args(["trace", pods.0, pods.1])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("flanneld is not answering on"),
+        "{err}"
+    );
+    // The fix works.
+    let o = std::process::Command::new(common::bin_dir().join("flannel-lab"))
+        .args(["--name", &lab.name, "--state-dir"])
+        .arg(lab.root.path())
+        .args(["restart", &n.name])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(failed(&doctor(n, &[]).1), Vec::<String>::new());
+}

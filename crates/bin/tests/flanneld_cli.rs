@@ -892,3 +892,41 @@ fn flannel_lab_up_with_a_bad_argument_names_it_and_advises_no_down() {
         assert!(!err.contains("down"), "{args:?}: {err}");
     }
 }
+
+/// Starting against many peers logs one summary per pass at info (how many entries, in how
+/// long), not one line per peer; the entries are at debug.
+#[test]
+fn starting_against_many_peers_logs_a_summary_not_a_line_per_peer() {
+    if common::skip_without_root() {
+        return;
+    }
+    let mut n = Node::new("quiet");
+    n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
+    let script = format!(
+        "for i in $(seq 1 200); do ETCDCTL_API=3 etcdctl --endpoints={} put /coreos.com/network/subnets/10.244.$i.0-24 '{{\"PublicIP\":\"10.0.1.'$i'\",\"PublicIPv6\":null,\"BackendType\":\"vxlan\",\"BackendData\":{{\"VNI\":1,\"VtepMAC\":\"02:00:00:00:01:'$(printf %02x $i)'\"}}}}' >/dev/null || exit 1; done",
+        n.endpoint
+    );
+    let o = Command::new("ip")
+        .args(["netns", "exec", &n.ns.0, "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    n.start(&[]);
+    n.wait_ready();
+    let log = n.log();
+    let info = log.lines().filter(|l| l.contains(" INFO ")).count();
+    assert!(info < 25, "{info} info lines for 200 peers:\n{log}");
+    assert!(!log.contains("programmed route to peer"), "{log}");
+    let summary = log
+        .lines()
+        .find(|l| l.contains("reconciled kernel state"))
+        .unwrap_or_else(|| panic!("no summary:\n{log}"));
+    // 600 peer entries (route, neighbour, FDB each), and the device's own.
+    let added: usize = summary
+        .split("added=")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(added >= 600 && summary.contains("took_ms="), "{summary}");
+}

@@ -54,6 +54,51 @@ pub struct NodeInfo {
     /// `--ip-masq-fully-random-disable`.
     #[serde(default)]
     pub fully_random_disable: bool,
+    /// How to reach the datastore, for `flannelctl leases` without flags (no password).
+    #[serde(default)]
+    pub access: Option<DatastoreAccess>,
+    /// How this flanneld is run, so that fixes name the right commands.
+    #[serde(default)]
+    pub runs_as: RunsAs,
+}
+
+/// How flanneld reaches its datastore: its flags, without secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum DatastoreAccess {
+    Etcd {
+        endpoints: Vec<String>,
+        prefix: String,
+        keyfile: String,
+        certfile: String,
+        cafile: String,
+        /// `--etcd-username` (its password is never served: give it as a flag or variable).
+        username: String,
+    },
+    Kubernetes {
+        /// `--kubeconfig-file` (as flanneld sees it), or empty.
+        kubeconfig: String,
+        /// `--kube-api-url`, or empty.
+        api_url: String,
+        /// The server flanneld talks to.
+        server: String,
+        annotation_prefix: String,
+    },
+}
+
+/// How flanneld is run on the node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunsAs {
+    /// In the kube-flannel DaemonSet's pod.
+    DaemonSet,
+    /// A systemd unit.
+    Systemd,
+    /// A node of `flannel-lab`.
+    Lab,
+    /// Something else (by hand, another supervisor).
+    #[default]
+    Process,
 }
 
 /// A lease as the operator reads it.

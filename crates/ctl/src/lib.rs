@@ -6,6 +6,7 @@ pub mod client;
 pub mod doctor;
 pub mod leases;
 pub mod render;
+pub mod runs_as;
 pub mod trace;
 
 use anyhow::{bail, Context};
@@ -88,8 +89,41 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The arguments with every flag (and the value it takes) before the words, so that flags
+/// may stand before or after the command, as with kubectl: flanneld's parser, like Go's,
+/// stops at the first word. `--` ends the flags.
+fn flags_first(args: Vec<String>) -> Vec<String> {
+    let mut flags = Vec::new();
+    let mut words = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        if a == "--" {
+            words.extend(it.by_ref());
+            break;
+        }
+        if a.len() < 2 || !a.starts_with('-') {
+            words.push(a);
+            continue;
+        }
+        let name = a.trim_start_matches('-');
+        let takes_value = !name.contains('=')
+            && flags::FLAGS
+                .iter()
+                .any(|f| f.name == name && f.kind != flags::Kind::Bool);
+        flags.push(a);
+        if takes_value {
+            if let Some(v) = it.next() {
+                flags.push(v);
+            }
+        }
+    }
+    flags.extend(words);
+    flags
+}
+
 fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
     let (own, rest) = take_own(args)?;
+    let rest = flags_first(rest);
     let env = |k: &str| {
         std::env::var(k).ok().or_else(|| {
             // kube mode needs a node name; any will do for reading the leases.
@@ -111,7 +145,8 @@ fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
         .build()?;
     match words.as_slice() {
         ["state"] => {
-            let (code, body) = client::get(&socket, "/state")?;
+            let (code, body) =
+                client::get(&socket, "/state").map_err(|e| not_answering(&socket, e, &env))?;
             println!("{}", body.trim_end());
             Ok(if code == 200 {
                 ExitCode::SUCCESS
@@ -120,7 +155,8 @@ fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
             })
         }
         ["metrics"] => {
-            let (code, body) = client::get(&socket, "/metrics")?;
+            let (code, body) =
+                client::get(&socket, "/metrics").map_err(|e| not_answering(&socket, e, &env))?;
             print!("{body}");
             Ok(if code == 200 {
                 ExitCode::SUCCESS
@@ -129,7 +165,7 @@ fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
             })
         }
         ["leases"] => {
-            let o = flanneld::options::Options::from_values(&values, &env)?;
+            let o = leases_options(&values, &env, &socket)?;
             let l = rt.block_on(leases::list(&o))?;
             if own.json {
                 println!("{}", serde_json::to_string_pretty(&l)?);
@@ -142,9 +178,12 @@ fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ["doctor"] => {
+            let subnet_file = PathBuf::from(values.str("subnet-file"));
             let src = doctor::gather::Source {
                 socket: &socket,
                 state_file: own.state_file.as_deref(),
+                subnet_file: &subnet_file,
+                env: &env,
             };
             let facts = rt.block_on(doctor::gather::gather(&src))?;
             let v = doctor::checks::all(&facts);
@@ -163,7 +202,7 @@ fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
             let (src, dst) = trace_args(args)?;
             let state = match &own.state_file {
                 Some(f) => client::state_from_file(f)?,
-                None => client::state(&socket)?,
+                None => client::state(&socket).map_err(|e| not_answering(&socket, e, &env))?,
             };
             let steps = rt.block_on(trace_live(&state, src, dst))?;
             if own.json {
@@ -180,6 +219,107 @@ fn run(args: Vec<String>) -> anyhow::Result<ExitCode> {
         [] => bail!("no command given\n{USAGE}"),
         other => bail!("unknown command {:?}\n{USAGE}", other.join(" ")),
     }
+}
+
+/// flanneld does not answer on its socket: said in words, with how to start it again here
+/// (a busy flanneld is said as such).
+fn not_answering(
+    socket: &std::path::Path,
+    e: anyhow::Error,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Error {
+    if e.downcast_ref::<client::Busy>().is_some() {
+        return e;
+    }
+    let fix = runs_as::Hints::detect(env, None).restart();
+    anyhow::anyhow!(
+        "flanneld is not answering on {} ({e:#}); is it running? {fix} (a socket elsewhere: --state-socket=PATH; with flanneld down, `flannelctl doctor` still checks the node)",
+        socket.display()
+    )
+}
+
+/// The flags that say which datastore to read and how (a password alone does not: it goes
+/// with whatever the datastore is).
+const DATASTORE_FLAGS: [&str; 10] = [
+    "etcd-endpoints",
+    "etcd-prefix",
+    "etcd-keyfile",
+    "etcd-certfile",
+    "etcd-cafile",
+    "etcd-username",
+    "kube-subnet-mgr",
+    "kube-api-url",
+    "kubeconfig-file",
+    "kube-annotation-prefix",
+];
+
+fn env_var(flag: &str) -> String {
+    format!("FLANNELD_{}", flag.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// How `leases` reaches the datastore: the flags and `FLANNELD_*` variables given, else what
+/// the running flanneld says it uses (over its state socket; never a password), else an error
+/// saying both what was tried and what to give.
+fn leases_options(
+    values: &flags::Values,
+    env: &dyn Fn(&str) -> Option<String>,
+    socket: &std::path::Path,
+) -> anyhow::Result<flanneld::options::Options> {
+    let given = DATASTORE_FLAGS
+        .iter()
+        .any(|f| values.from_cli.contains(f) || env(&env_var(f)).is_some_and(|v| !v.is_empty()));
+    if given {
+        return flanneld::options::Options::from_values(values, env);
+    }
+    let state = client::state(socket).map_err(|e| {
+        anyhow::anyhow!(
+            "no datastore flags were given, and flanneld does not answer on {} to say which datastore it uses ({e:#}); give them: --etcd-endpoints=URL[,URL] (with --etcd-prefix, --etcd-cafile, --etcd-certfile, --etcd-keyfile, --etcd-username as flanneld has them), or --kube-subnet-mgr with --kubeconfig-file=FILE (or run it in the kube-flannel pod)",
+            socket.display()
+        )
+    })?;
+    let Some(access) = state.node.access else {
+        bail!(
+            "flanneld on {} does not say how it reaches its datastore (an older version?): give the datastore flags (--etcd-endpoints, or --kube-subnet-mgr with --kubeconfig-file)",
+            socket.display()
+        );
+    };
+    let mut args: Vec<String> = match access {
+        flannel_core::state::DatastoreAccess::Etcd {
+            endpoints,
+            prefix,
+            keyfile,
+            certfile,
+            cafile,
+            username,
+        } => vec![
+            format!("--etcd-endpoints={}", endpoints.join(",")),
+            format!("--etcd-prefix={prefix}"),
+            format!("--etcd-keyfile={keyfile}"),
+            format!("--etcd-certfile={certfile}"),
+            format!("--etcd-cafile={cafile}"),
+            format!("--etcd-username={username}"),
+        ],
+        flannel_core::state::DatastoreAccess::Kubernetes {
+            kubeconfig,
+            api_url,
+            annotation_prefix,
+            ..
+        } => vec![
+            "--kube-subnet-mgr".into(),
+            format!("--kubeconfig-file={kubeconfig}"),
+            format!("--kube-api-url={api_url}"),
+            format!("--kube-annotation-prefix={annotation_prefix}"),
+        ],
+    };
+    // The password, if any, from the flag or variable as given.
+    if values.from_cli.contains("etcd-password") {
+        args.push(format!("--etcd-password={}", values.str("etcd-password")));
+    }
+    let from_flanneld = match flags::parse(&args, env).map_err(|e| anyhow::anyhow!("{e}"))? {
+        flags::Parsed::Values(v) => v,
+        flags::Parsed::Help => bail!("flanneld's datastore settings could not be read"),
+    };
+    flanneld::options::Options::from_values(&from_flanneld, env)
 }
 
 /// `trace`'s two addresses, each parsed, of one family.
@@ -252,6 +392,45 @@ async fn trace_live(
         src,
         dst,
     ))
+}
+
+#[cfg(test)]
+mod flags_first_tests {
+    use super::flags_first;
+
+    fn v(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn flags_move_before_the_command_with_their_values() {
+        assert_eq!(
+            flags_first(v(&["leases", "--etcd-endpoints=http://x:2379"])),
+            v(&["--etcd-endpoints=http://x:2379", "leases"])
+        );
+        assert_eq!(
+            flags_first(v(&[
+                "leases",
+                "--etcd-endpoints",
+                "http://x:2379",
+                "--kube-subnet-mgr"
+            ])),
+            v(&[
+                "--etcd-endpoints",
+                "http://x:2379",
+                "--kube-subnet-mgr",
+                "leases"
+            ])
+        );
+        assert_eq!(
+            flags_first(v(&["trace", "10.0.0.1", "-state-socket", "/s", "10.0.0.2"])),
+            v(&["-state-socket", "/s", "trace", "10.0.0.1", "10.0.0.2"])
+        );
+        assert_eq!(
+            flags_first(v(&["trace", "--", "-1", "x"])),
+            v(&["trace", "-1", "x"])
+        );
+    }
 }
 
 #[cfg(test)]

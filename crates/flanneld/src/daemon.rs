@@ -194,6 +194,7 @@ impl<SM: SubnetManager> Daemon<SM> {
                 let (sm, leases) = (&self.sm, &self.leases);
                 self.skips
                     .report(&r.skipped, &|k| describe_key(sm.as_ref(), leases, k));
+                // One line per pass, however many peers it touched (each entry is at debug).
                 if r.changed() {
                     info!(
                         ?trigger,
@@ -201,6 +202,7 @@ impl<SM: SubnetManager> Daemon<SM> {
                         removed = r.removed,
                         failed = r.failed,
                         device_recreated = r.device_recreated,
+                        took_ms = started.elapsed().as_millis() as u64,
                         "reconciled kernel state"
                     );
                 }
@@ -314,9 +316,10 @@ impl<SM: SubnetManager> Daemon<SM> {
                 self.skips
                     .report_some(&keys, &r.skipped, &|k| describe_key(sm.as_ref(), leases, k));
                 if r.changed() {
-                    debug!(
+                    info!(
                         added = r.added,
                         removed = r.removed,
+                        took_ms = started.elapsed().as_millis() as u64,
                         "applied lease changes"
                     );
                 }

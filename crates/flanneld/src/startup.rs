@@ -14,6 +14,7 @@ use crate::skiplog::{ConflictLog, SkipLog};
 use anyhow::{bail, Context};
 use flannel_backend::{AnyBackend, Backend};
 use flannel_core::iface::Families;
+use flannel_core::state::{DatastoreAccess, RunsAs};
 use flannel_core::subnet_env::{PreviousSubnets, SubnetEnv};
 use flannel_core::NetworkConfig;
 use flannel_net::firewall::{self, FamilyNets, FirewallConfig, IptablesManager, TrafficManager};
@@ -300,6 +301,8 @@ pub async fn run_with<SM: SubnetManager>(
         ip_masq: o.ip_masq,
         forward_rules: o.forward_rules,
         fully_random_disable: o.ip_masq_fully_random_disable,
+        access: Some(datastore_access(&o, &sm.datastore())),
+        runs_as: runs_as(&o, &|k| std::env::var(k).ok()),
         ..Default::default()
     };
     let backend =
@@ -405,6 +408,45 @@ pub async fn run_with<SM: SubnetManager>(
         warn!(error = %e, "completing the lease failed");
     }
     d.run(stop).await
+}
+
+/// How flannelctl reaches our datastore: our flags, without the password.
+fn datastore_access(o: &Options, datastore: &str) -> DatastoreAccess {
+    match &o.kube {
+        Some(k) => DatastoreAccess::Kubernetes {
+            kubeconfig: k.source.kubeconfig.clone(),
+            api_url: k.source.api_url.clone(),
+            server: datastore
+                .strip_prefix("kubernetes ")
+                .unwrap_or(datastore)
+                .to_string(),
+            annotation_prefix: k.annotation_prefix.clone(),
+        },
+        None => DatastoreAccess::Etcd {
+            endpoints: o.etcd.endpoints.clone(),
+            prefix: o.etcd.prefix.clone(),
+            keyfile: o.etcd.keyfile.clone(),
+            certfile: o.etcd.certfile.clone(),
+            cafile: o.etcd.cafile.clone(),
+            username: o.etcd.username.clone(),
+        },
+    }
+}
+
+/// How this flanneld is run, from its environment: the lab says so (`FLANNEL_LAB_STATE_DIR`),
+/// the DaemonSet's pod has its name (`POD_NAME`) or in-cluster settings in kube mode, systemd
+/// sets `INVOCATION_ID` for its units.
+pub fn runs_as(o: &Options, env: &dyn Fn(&str) -> Option<String>) -> RunsAs {
+    let set = |k: &str| env(k).is_some_and(|v| !v.is_empty());
+    if set("FLANNEL_LAB_STATE_DIR") {
+        RunsAs::Lab
+    } else if o.kube.is_some() && (set("POD_NAME") || set("KUBERNETES_SERVICE_HOST")) {
+        RunsAs::DaemonSet
+    } else if set("INVOCATION_ID") {
+        RunsAs::Systemd
+    } else {
+        RunsAs::Process
+    }
 }
 
 /// The network config as the state snapshot shows it (upstream's key names).

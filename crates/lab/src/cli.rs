@@ -16,6 +16,7 @@ const USAGE: &str = "usage:
                                                                       kube: nodes run deploy/kube-flannel.yml or FILE)
   flannel-lab ping-all                                                every pod pings every other pod (each family)
   flannel-lab status [--json]                                         nodes, pods, routes, FDB, metrics, where the logs are
+  flannel-lab restart NODE                                            stop NODE's flanneld and start it again as it was
   flannel-lab ctl NODE ARGS...                                        flannelctl on NODE, as an operator runs it there
                                                                       (e.g. ctl node1 doctor, ctl node1 trace SRC DST)
   flannel-lab trace POD POD [--json]                                  the packet walk (flannelctl trace) proven by a
@@ -129,7 +130,7 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
             "-h" | "--help" => a.cmd = "help".into(),
             f if f.starts_with('-') => bail!("unknown option {f}"),
             c if a.cmd.is_empty() => a.cmd = c.to_string(),
-            pod if a.cmd == "trace" => a.rest.push(pod.to_string()),
+            word if a.cmd == "trace" || a.cmd == "restart" => a.rest.push(word.to_string()),
             extra => bail!("unexpected argument {extra:?}"),
         }
     }
@@ -254,6 +255,27 @@ fn run(a: Args) -> anyhow::Result<bool> {
             std::io::stdout().write_all(&o.stdout)?;
             std::io::stderr().write_all(&o.stderr)?;
             Ok(o.status.success())
+        }
+        "restart" => {
+            let s = load(&a)?;
+            let [node] = a.rest.as_slice() else {
+                bail!("restart needs a node: flannel-lab restart node1");
+            };
+            let n = s.nodes.iter().find(|n| n.name == *node).ok_or_else(|| {
+                anyhow!(
+                    "no node {node:?} in lab {} (see `flannel-lab status`)",
+                    s.lab
+                )
+            })?;
+            let before = crate::cluster::ready_count(n);
+            crate::cluster::stop_flanneld(n)?;
+            drop(crate::cluster::start_flanneld(n)?);
+            crate::cluster::wait_ready(n, before)?;
+            println!(
+                "flanneld on {node} restarted and ready (log: {})",
+                n.log.display()
+            );
+            Ok(true)
         }
         "trace" => {
             let s = load(&a)?;

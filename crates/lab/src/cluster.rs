@@ -131,6 +131,24 @@ pub(crate) fn wait_until(
     }
 }
 
+/// How many times the node's flanneld has said it is ready (its log is appended to).
+pub fn ready_count(n: &NodeState) -> usize {
+    std::fs::read_to_string(&n.log)
+        .unwrap_or_default()
+        .matches("flannel is ready")
+        .count()
+}
+
+/// Waits (30 s at most) until the node's flanneld says it is ready once more than `before`.
+pub fn wait_ready(n: &NodeState, before: usize) -> anyhow::Result<()> {
+    wait_until(
+        &format!("flanneld on {} to be ready", n.name),
+        Duration::from_secs(30),
+        || Ok(ready_count(n) > before),
+    )
+    .with_context(|| log_tail(&n.log))
+}
+
 fn log_tail(p: &Path) -> String {
     let t = std::fs::read_to_string(p).unwrap_or_default();
     let lines: Vec<&str> = t.lines().collect();
@@ -326,8 +344,11 @@ pub fn flannelctl(n: &NodeState, args: &[&str]) -> anyhow::Result<std::process::
     let bin = Path::new(flanneld).with_file_name("flannelctl");
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &n.netns]).arg(&bin);
+    // As `kubectl exec` into the flannel pod: the container's environment too.
+    cmd.envs(n.env.iter().map(|(k, v)| (k, v)));
     if n.binds.is_empty() {
         cmd.arg(format!("--state-socket={}", state_socket(n).display()));
+        cmd.arg(format!("--subnet-file={}", n.subnet_file.display()));
     } else {
         nodefs::apply(&mut cmd, &n.binds)?;
     }
@@ -574,7 +595,7 @@ fn build(spec: &LabSpec, dir: &Path) -> anyhow::Result<LabState> {
             }
         }
         nodes.push(NodeState {
-            name,
+            name: name.clone(),
             netns: ns,
             ip: addr.to_string(),
             subnet: String::new(),
@@ -583,7 +604,15 @@ fn build(spec: &LabSpec, dir: &Path) -> anyhow::Result<LabState> {
             pods: Vec::new(),
             log: node_dir.join("flanneld.log"),
             flanneld: Vec::new(),
-            env: Vec::new(),
+            // flanneld and flannelctl know they run in the lab (fixes name its commands).
+            env: vec![
+                (
+                    "FLANNEL_LAB_STATE_DIR".to_string(),
+                    dir.display().to_string(),
+                ),
+                ("FLANNEL_LAB_NAME".to_string(), spec.lab.clone()),
+                ("FLANNEL_LAB_NODE".to_string(), name.clone()),
+            ],
             binds: Vec::new(),
             cni_binds: Vec::new(),
             subnet_file: node_dir.join("subnet.env"),
@@ -740,7 +769,10 @@ fn build(spec: &LabSpec, dir: &Path) -> anyhow::Result<LabState> {
             n.subnet_file = nodefs::host_path(&run.binds, Path::new(&subnet_file_of(&run.argv)));
             n.flanneld = run.argv;
             n.flanneld.extend(spec.flanneld_args.iter().cloned());
+            // The pod's environment, and that it runs in the lab.
+            let lab_hint = std::mem::take(&mut n.env);
             n.env = run.env;
+            n.env.extend(lab_hint);
             n.binds = run.binds;
             n.cni_binds = cni_binds;
         }

@@ -211,6 +211,16 @@ pub fn run(s: &LabState, from: &str, to: &str) -> anyhow::Result<Report> {
     }
     let out = crate::cluster::flannelctl(sn, &["trace", "-o", "json", src, dst])?;
     let walk = String::from_utf8_lossy(&out.stdout);
+    if walk.trim().is_empty() {
+        // flannelctl said why on stderr (flanneld not answering, and how to start it again).
+        bail!(
+            "flannelctl trace on {}: {}",
+            sn.name,
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .trim_start_matches("flannelctl: ")
+        );
+    }
     let walk: serde_json::Value = serde_json::from_str(&walk)
         .with_context(|| format!("flannelctl trace on {} said: {walk}", sn.name))?;
     // A first packet settles the path (neighbour discovery, a fresh IPv6 address still in

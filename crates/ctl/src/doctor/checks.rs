@@ -37,6 +37,11 @@ pub struct Facts {
     pub flanneld: Result<(), String>,
     /// flanneld runs but was too busy to answer (then `flanneld` holds what it said).
     pub busy: bool,
+    /// flanneld does not answer: `state` was read off the node (subnet.env, devices,
+    /// firewall), and the checks that need flanneld's own view are skipped.
+    pub from_node: bool,
+    /// How to start flanneld again here (see `runs_as`).
+    pub restart: String,
     /// The socket the doctor asked.
     pub socket: String,
     /// sysctl name (`net.ipv4.ip_forward`) → value; missing when the file does not exist.
@@ -64,6 +69,8 @@ impl Default for Facts {
             state: None,
             flanneld: Ok(()),
             busy: false,
+            from_node: false,
+            restart: String::new(),
             socket: String::new(),
             sysctl: BTreeMap::new(),
             links: Vec::new(),
@@ -83,10 +90,29 @@ const FLANNELD_WHY: &str = "without flanneld nothing follows lease changes: new 
 
 /// Every check, in the order of the tutorial's walk.
 pub fn all(f: &Facts) -> Vec<Verdict> {
-    let mut v = vec![flanneld(f), datastore(f)];
+    let mut v = vec![flanneld(f)];
     let Some(s) = &f.state else {
+        v.push(datastore(f));
         return v;
     };
+    if f.from_node {
+        // The node's own facts are judged; flanneld's view of the cluster is not there.
+        v.extend([
+            Verdict::skipped("datastore", "what its lease watch reports"),
+            ip_forward(f, s),
+            rp_filter(f, s),
+            br_netfilter(f, s),
+            mtu(f, s),
+            Verdict::skipped("device", "the MAC and address our lease publishes"),
+            Verdict::skipped("peers", "the entries the leases ask for"),
+            Verdict::skipped("public_ip", "the leases"),
+            Verdict::skipped("subnet_env", "our lease, to compare subnet.env with"),
+            firewall(f, s),
+            input_port(f, s),
+        ]);
+        return v;
+    }
+    v.push(datastore(f));
     v.extend([
         ip_forward(f, s),
         rp_filter(f, s),
@@ -115,7 +141,11 @@ pub fn flanneld(f: &Facts) -> Verdict {
             "flanneld",
             vec![format!("flanneld does not answer on {}: {e}", f.socket)],
             FLANNELD_WHY,
-            Some("kubectl -n kube-flannel rollout restart daemonset/kube-flannel-ds   # or: systemctl restart flanneld".into()),
+            Some(if f.restart.is_empty() {
+                "start flanneld again the way it was started (its log says why it stopped)".into()
+            } else {
+                f.restart.clone()
+            }),
         ),
         (Ok(()), None) => Verdict::fail(
             "flanneld",
@@ -288,8 +318,10 @@ pub fn mtu(f: &Facts, s: &StateSnapshot) -> Verdict {
     let mut problems = Vec::new();
     let mut fix = Vec::new();
     let ext = link(f, &s.node.iface).map_or(s.node.iface_mtu, |l| l.mtu);
-    let mut limit = ext;
-    for dev in &s.node.devices {
+    // The external interface unknown (flanneld down, no default route): what subnet.env
+    // says the overlay carries.
+    let mut limit = if ext > 0 { ext } else { s.node.mtu };
+    for dev in s.node.devices.iter().filter(|_| ext > 0) {
         let (Some(l), Some(want)) = (link(f, dev), device_mtu(&s.node.backend, dev, ext)) else {
             continue;
         };
@@ -934,7 +966,36 @@ pub(crate) mod tests {
         let v = all(&f);
         assert_eq!(v.len(), 2);
         assert!(!v[0].ok && v[1].ok);
-        assert!(v[0].fix.as_deref().unwrap_or("").contains("restart"));
+        assert!(v[0]
+            .fix
+            .as_deref()
+            .unwrap_or("")
+            .contains("start flanneld again"));
+    }
+
+    /// With flanneld down the node's own facts are still judged (from subnet.env, the
+    /// devices, the firewall); what needs flanneld's view is marked skipped, saying how to
+    /// judge it anyway; the fix for flanneld is the one for how it runs here.
+    #[test]
+    fn with_flanneld_down_the_node_is_judged_and_the_rest_skipped() {
+        let mut f = healthy();
+        f.flanneld = Err("connecting: No such file or directory".into());
+        f.from_node = true;
+        f.restart =
+            "systemctl restart flanneld   # why it stopped: journalctl -u flanneld -n 50".into();
+        f.sysctl.insert("net.ipv4.ip_forward".into(), "0".into());
+        let v = all(&f);
+        let skipped: Vec<&str> = v.iter().filter(|c| c.skipped).map(|c| c.check).collect();
+        assert_eq!(
+            skipped,
+            ["datastore", "device", "peers", "public_ip", "subnet_env"]
+        );
+        let failed: Vec<&str> = v.iter().filter(|c| !c.ok).map(|c| c.check).collect();
+        assert_eq!(failed, ["flanneld", "ip_forward"]);
+        assert_eq!(v[0].fix.as_deref(), Some(f.restart.as_str()));
+        let text = super::super::render(&v);
+        assert!(text.contains("[skip] peers"), "{text}");
+        assert!(text.ends_with("12 checks, 2 failed, 5 skipped\n"), "{text}");
     }
 
     /// The datastore check names the datastore flanneld really uses, with a fix for that

@@ -12,10 +12,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-/// Where the state comes from: flanneld's socket, or a snapshot saved before.
+/// Where the state comes from: flanneld's socket, or a snapshot saved before; with neither,
+/// the node (`subnet_file`, the devices, the firewall).
 pub struct Source<'a> {
     pub socket: &'a Path,
     pub state_file: Option<&'a Path>,
+    pub subnet_file: &'a Path,
+    /// flannelctl's environment (`kubectl exec` gives the pod's), for how flanneld runs here.
+    pub env: &'a dyn Fn(&str) -> Option<String>,
 }
 
 pub async fn gather(src: &Source<'_>) -> anyhow::Result<Facts> {
@@ -45,6 +49,12 @@ pub async fn gather(src: &Source<'_>) -> anyhow::Result<Facts> {
         },
         None => None,
     };
+    let reported = f.state.as_ref().map(|s| s.node.runs_as);
+    f.restart = crate::runs_as::Hints::detect(src.env, reported).restart();
+    if f.state.is_none() && f.flanneld.is_err() && !f.busy {
+        f.state = Some(super::from_node::read(src.subnet_file).await?);
+        f.from_node = true;
+    }
     let Some(s) = f.state.clone() else {
         return Ok(f);
     };

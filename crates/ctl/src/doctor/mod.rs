@@ -6,6 +6,7 @@
 //! user.
 
 pub mod checks;
+pub mod from_node;
 pub mod gather;
 
 use serde::Serialize;
@@ -22,6 +23,9 @@ pub struct Verdict {
     pub why: String,
     /// A command that fixes it, when there is one.
     pub fix: Option<String>,
+    /// Not judged: it needs what only a running flanneld knows (`why` says so).
+    #[serde(default)]
+    pub skipped: bool,
 }
 
 impl Verdict {
@@ -32,6 +36,19 @@ impl Verdict {
             problems: Vec::new(),
             why: String::new(),
             fix: None,
+            skipped: false,
+        }
+    }
+
+    /// A check that cannot be judged without flanneld's state.
+    pub fn skipped(check: &'static str, needs: &str) -> Self {
+        Verdict {
+            check,
+            ok: true,
+            problems: Vec::new(),
+            why: format!("needs flanneld's state ({needs}); with flanneld down, `flannelctl doctor --state-file=F` judges it against a state saved earlier with `flannelctl state > F`"),
+            fix: None,
+            skipped: true,
         }
     }
 
@@ -58,6 +75,7 @@ impl Verdict {
             problems,
             why: why.into(),
             fix,
+            skipped: false,
         }
     }
 }
@@ -66,11 +84,16 @@ impl Verdict {
 pub fn render(v: &[Verdict]) -> String {
     let mut out = String::new();
     for c in v {
-        out.push_str(&format!(
-            "{} {}\n",
-            if c.ok { "[ ok ]" } else { "[FAIL]" },
-            c.check
-        ));
+        let mark = match (c.skipped, c.ok) {
+            (true, _) => "[skip]",
+            (false, true) => "[ ok ]",
+            (false, false) => "[FAIL]",
+        };
+        out.push_str(&format!("{mark} {}\n", c.check));
+        if c.skipped {
+            out.push_str(&format!("       {}\n", c.why));
+            continue;
+        }
         if c.ok {
             continue;
         }
@@ -87,6 +110,16 @@ pub fn render(v: &[Verdict]) -> String {
         }
     }
     let failed = v.iter().filter(|c| !c.ok).count();
-    out.push_str(&format!("{} checks, {} failed\n", v.len(), failed));
+    let skipped = v.iter().filter(|c| c.skipped).count();
+    if skipped > 0 {
+        out.push_str(&format!(
+            "{} checks, {} failed, {} skipped\n",
+            v.len(),
+            failed,
+            skipped
+        ));
+    } else {
+        out.push_str(&format!("{} checks, {} failed\n", v.len(), failed));
+    }
     out
 }
