@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the flannel-rs image contents, and the image itself when buildah is installed.
 #
-#   ./scripts/build-image.sh            # release build; image flannel-rs:<version> if buildah is there
+#   ./scripts/build-image.sh            # dist build (fat LTO); image flannel-rs:<version> if buildah is there
 #
 # Our binaries are linked statically against glibc (-C target-feature=+crt-static; only the
 # glibc target exists on these machines) into target/static. The image is one FROM scratch
@@ -11,18 +11,19 @@
 #   /opt/bin/flannelctl        the operator's tool (kubectl exec ... -- /opt/bin/flannelctl doctor)
 #   /usr/sbin/iptables*, nft   the firewall tools flanneld runs, with exactly the shared
 #                              libraries and xtables extensions they load (from this machine)
-# Environment: FLANNEL_IMAGE_PROFILE=release|dev (default release), FLANNEL_IMAGE_TAG.
+# Environment: FLANNEL_IMAGE_PROFILE=dist|release|dev (default dist: what we ship, fat LTO and one
+# codegen unit, see Cargo.toml), FLANNEL_IMAGE_TAG.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-profile=${FLANNEL_IMAGE_PROFILE:-release}
+profile=${FLANNEL_IMAGE_PROFILE:-dist}
 target=x86_64-unknown-linux-gnu
 out=target/static
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 tag=${FLANNEL_IMAGE_TAG:-flannel-rs:v$version}
 
-# Symbols stripped for the image (release only; panics still name file and line).
-CARGO_PROFILE_RELEASE_STRIP=symbols RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --profile "$profile" --target "$target" \
+# Symbols stripped for the image (optimized profiles; panics still name file and line).
+CARGO_PROFILE_RELEASE_STRIP=symbols CARGO_PROFILE_DIST_STRIP=symbols RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --profile "$profile" --target "$target" \
   --target-dir "$out" -p flannel-rs --bin flanneld --bin flannel --bin flannelctl
 dir=$([ "$profile" = dev ] && echo debug || echo "$profile")
 bin="$out/$target/$dir"

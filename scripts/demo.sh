@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
-cargo build --release --bins
+# Only the binaries the demo runs (flannel-lab starts flanneld, the CNI plugin and flannelctl).
+cargo build --release -p flannel-rs --bin flannel-lab --bin flanneld --bin flannel --bin flannelctl
 lab=target/release/flannel-lab
 # A lab left over from an earlier demo is ours to replace.
 "$lab" down >/dev/null 2>&1 || true

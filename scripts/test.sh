@@ -5,7 +5,7 @@
 # Tests start their own etcd unless FLANNEL_TEST_ETCD_ENDPOINTS names a running one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/install-deps.sh
+./scripts/install-deps.sh --tests
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 log=$(mktemp)

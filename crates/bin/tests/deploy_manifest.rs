@@ -217,3 +217,84 @@ fn the_daemonset_runs_flanneld_as_upstream_does() {
     let images: Vec<&Value> = init.iter().chain([c]).map(|c| &c["image"]).collect();
     assert!(images.iter().all(|i| *i == images[0]), "{images:?}");
 }
+
+/// The package lists of `scripts/install-deps.sh`, judged as on a machine that has nothing
+/// (an empty dpkg status, so the answer is the same where everything is installed already):
+/// without recommended packages no kernel image (wireguard-tools recommends a module
+/// package) and no Prometheus node exporter are pulled in, and the demo's list is part of the
+/// tests'.
+#[test]
+fn the_install_lists_pull_in_no_kernel_and_no_exporter_and_the_demos_is_part_of_the_tests() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let list = |extra: &[&str]| -> Vec<String> {
+        let o = std::process::Command::new("bash")
+            .arg(root.join("scripts/install-deps.sh"))
+            .arg("--print")
+            .args(extra)
+            .output()
+            .expect("bash");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    let (demo, tests) = (list(&[]), list(&["--tests"]));
+    for p in &demo {
+        assert!(
+            tests.contains(p),
+            "{p} is in the demo's list, not the tests'"
+        );
+    }
+    let script = std::fs::read_to_string(root.join("scripts/install-deps.sh")).unwrap();
+    for text in [
+        script.clone(),
+        std::fs::read_to_string(root.join(".ci/run")).unwrap(),
+        std::fs::read_to_string(root.join("scripts/demo.sh")).unwrap(),
+        std::fs::read_to_string(root.join("scripts/test.sh")).unwrap(),
+    ] {
+        for line in text.lines().filter(|l| l.contains("apt-get install")) {
+            assert!(line.contains("--no-install-recommends"), "{line}");
+        }
+    }
+    if std::process::Command::new("apt-get")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped the apt simulation: no apt-get here");
+        return;
+    }
+    let empty = std::env::temp_dir().join(format!("flannel-empty-status-{}", std::process::id()));
+    std::fs::write(&empty, "").unwrap();
+    for (name, pkgs) in [("demo", &demo), ("tests", &tests)] {
+        let o = std::process::Command::new("apt-get")
+            .args(["-s", "-o"])
+            .arg(format!("Dir::State::status={}", empty.display()))
+            .args(["install", "--no-install-recommends"])
+            .args(pkgs)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{name}: {out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let inst: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("Inst "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(
+            inst.len() > pkgs.len() / 2,
+            "{name}: nothing simulated?\n{out}"
+        );
+        let bad: Vec<&&str> = inst
+            .iter()
+            .filter(|p| p.starts_with("linux-image") || p.contains("node-exporter"))
+            .collect();
+        assert!(bad.is_empty(), "the {name} list pulls in {bad:?}");
+    }
+    let _ = std::fs::remove_file(&empty);
+}

@@ -86,6 +86,42 @@ fn dual_stack_vxlan_answers_every_pair_in_both_families() {
     assert_every_pair_answers(&lab);
 }
 
+/// The first packet of each family, sent the moment `up` has returned (its last CNI ADD), with
+/// one echo and a 1 s wait, no retry: across nodes, both ways. The node's first ADD creates
+/// `cni0`; its IPv6 gateway and link-local address used to be tentative for a second then,
+/// and the first IPv6 echo was lost (the second answered), while IPv4 had no gap.
+#[test]
+fn the_first_packet_after_add_is_answered_in_both_families() {
+    if common::skip_without_root() {
+        return;
+    }
+    let lab = Lab::up_with(LabSpec {
+        nodes: 2,
+        pods_per_node: 1,
+        ip_family: IpFamily::Dual,
+        ..LabSpec::default()
+    });
+    let (a, b) = (&lab.state.nodes[0].pods[0], &lab.state.nodes[1].pods[0]);
+    let once = |src: &str, dst: &str| {
+        flannel_lab::sh::in_ns(src, "ping", &["-c", "1", "-W", "1", dst])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    // IPv6 first: the family that had the gap.
+    let answered = [
+        (&a.netns, &b.ip6),
+        (&b.netns, &a.ip6),
+        (&a.netns, &b.ip),
+        (&b.netns, &a.ip),
+    ]
+    .map(|(src, dst)| (src.clone(), dst.clone(), once(src, dst)));
+    assert!(
+        answered.iter().all(|(_, _, ok)| *ok),
+        "first echo from a pod to the pod on the other node, right after ADD: {answered:?}"
+    );
+}
+
 #[test]
 fn dual_stack_host_gw_answers_every_pair_in_both_families() {
     if common::skip_without_root() {

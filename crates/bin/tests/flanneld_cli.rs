@@ -749,12 +749,21 @@ fn a_dead_etcd_endpoint_first_or_last_is_passed_over() {
             assert!(out.contains("10.244."), "{out}");
         }
     }
-    // With no datastore flag at all: upstream's default, the dead endpoint first.
+    // flanneld on upstream's default endpoints (the dead one first), and flannelctl with no
+    // datastore flag at all: it asks flanneld, then passes over the dead endpoint as well.
+    let upstream_default = format!("--etcd-endpoints={dead},http://127.0.0.1:2379");
+    assert_eq!(
+        live, "http://127.0.0.1:2379",
+        "the node's etcd listens on 2379"
+    );
+    n.start(&[&upstream_default]);
+    n.wait_ready();
     for _ in 0..10 {
         let (code, out) = flannelctl(&n, &["leases"]);
-        assert_eq!(code, 0, "flannelctl leases (defaults): {out}");
+        assert_eq!(code, 0, "flannelctl leases (no flags): {out}");
         assert!(out.contains("10.244."), "{out}");
     }
+    assert!(n.stop().success());
 }
 
 /// A three-member etcd cluster, and the member flanneld talks to dies: the lease watch, a

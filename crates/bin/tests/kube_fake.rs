@@ -91,6 +91,121 @@ fn kubectl_lists_gets_and_sees_json() {
     assert!(!ok && err.contains("\"node9\" not found"), "{err}");
 }
 
+/// The columns of each line of `kubectl` output, split on runs of two or more spaces (so
+/// "NOMINATED NODE" stays one column, as kubectl prints it).
+fn columns(line: &str) -> Vec<String> {
+    line.split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// `kubectl get` prints what it prints against a real cluster: the fake serves the Table form
+/// with the real printers' columns for nodes, pods and configmaps, `-o wide` included.
+#[test]
+fn kubectl_get_prints_the_columns_of_a_real_cluster() {
+    if common::skip_without_root() {
+        return;
+    }
+    let a = api();
+    let mut n1 = node("node1", &["10.244.1.0/24"], "10.0.0.51", 0);
+    n1["metadata"]["labels"]["node-role.kubernetes.io/control-plane"] = json!("");
+    a.fake.create(Kind::Node, "", n1).unwrap();
+    let mut n2 = node("node2", &["10.244.2.0/24"], "10.0.0.52", 0);
+    n2["status"]["conditions"][1]["status"] = json!("False");
+    a.fake.create(Kind::Node, "", n2).unwrap();
+
+    let out = a.ok(&["get", "nodes"]);
+    let lines: Vec<Vec<String>> = out.lines().map(columns).collect();
+    assert_eq!(
+        lines[0],
+        ["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
+        "{out}"
+    );
+    assert_eq!(lines[1][..3], ["node1", "Ready", "control-plane"], "{out}");
+    assert!(
+        lines[1][3].ends_with('s') && lines[1][4] == "v1.32.0",
+        "{out}"
+    );
+    assert_eq!(lines[2][..3], ["node2", "NotReady", "<none>"], "{out}");
+    let out = a.ok(&["get", "nodes", "-o", "wide"]);
+    let lines: Vec<Vec<String>> = out.lines().map(columns).collect();
+    assert_eq!(
+        lines[0],
+        [
+            "NAME",
+            "STATUS",
+            "ROLES",
+            "AGE",
+            "VERSION",
+            "INTERNAL-IP",
+            "EXTERNAL-IP",
+            "OS-IMAGE",
+            "KERNEL-VERSION",
+            "CONTAINER-RUNTIME"
+        ],
+        "{out}"
+    );
+    assert_eq!(lines[1][5..7], ["10.0.0.51", "<none>"], "{out}");
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(lines[1][8], kernel.trim(), "{out}");
+    // One object, and the labels kubectl takes from the rows' metadata.
+    let out = a.ok(&["get", "node", "node1", "--show-labels"]);
+    assert!(
+        out.lines().next().unwrap().ends_with("LABELS")
+            && out.contains("node-role.kubernetes.io/control-plane="),
+        "{out}"
+    );
+
+    let pod = json!({"metadata": {"name": "web", "namespace": "apps"},
+        "spec": {"nodeName": "node2", "containers": [{"name": "c", "image": "x"}]},
+        "status": {"phase": "Running", "podIP": "10.244.2.7",
+                   "containerStatuses": [{"name": "c", "ready": true, "restartCount": 4,
+                                          "state": {"running": {}}}]}});
+    a.fake.create(Kind::Pod, "apps", pod).unwrap();
+    let out = a.ok(&["get", "pods", "-A", "-o", "wide"]);
+    let lines: Vec<Vec<String>> = out.lines().map(columns).collect();
+    assert_eq!(
+        lines[0],
+        [
+            "NAMESPACE",
+            "NAME",
+            "READY",
+            "STATUS",
+            "RESTARTS",
+            "AGE",
+            "IP",
+            "NODE",
+            "NOMINATED NODE",
+            "READINESS GATES"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        lines[1][..5],
+        ["apps", "web", "1/1", "Running", "4"],
+        "{out}"
+    );
+    assert_eq!(
+        lines[1][6..],
+        ["10.244.2.7", "node2", "<none>", "<none>"],
+        "{out}"
+    );
+
+    let cm = json!({"metadata": {"name": "kube-flannel-cfg"}, "data": {"net-conf.json": "{}", "cni-conf.json": "{}"}});
+    a.fake.create(Kind::ConfigMap, "kube-flannel", cm).unwrap();
+    let out = a.ok(&["-n", "kube-flannel", "get", "cm"]);
+    let lines: Vec<Vec<String>> = out.lines().map(columns).collect();
+    assert_eq!(lines[0], ["NAME", "DATA", "AGE"], "{out}");
+    assert_eq!(lines[1][..2], ["kube-flannel-cfg", "2"], "{out}");
+    // Scripts that parse JSON still get the objects themselves.
+    let v: Value =
+        serde_json::from_str(&a.ok(&["get", "pods", "-n", "apps", "-o", "json"])).unwrap();
+    assert_eq!(v["kind"], "List");
+    assert_eq!(v["items"][0]["status"]["podIP"], "10.244.2.7");
+}
+
 #[test]
 fn kubectl_watch_sees_changes_and_a_compacted_version_gets_410() {
     if common::skip_without_root() {

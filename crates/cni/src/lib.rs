@@ -13,6 +13,7 @@ pub mod invoke;
 pub mod netconf;
 pub mod netns;
 pub mod plugin;
+pub mod settle;
 pub mod subnet_env;
 
 pub use error::CniError;

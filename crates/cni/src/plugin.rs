@@ -8,6 +8,7 @@ use crate::error::{code, CniError};
 use crate::invoke;
 use crate::netconf::NetConf;
 use crate::netns;
+use crate::settle;
 use crate::subnet_env;
 use crate::SUPPORTED_VERSIONS;
 use serde_json::{json, Value};
@@ -108,6 +109,13 @@ fn cmd_add(env: &CniEnv, conf: &NetConf) -> Result<Vec<u8>, CniError> {
         .and_then(Value::as_str)
         .unwrap_or("bridge")
         .to_string();
+    // The bridge's IPv6 addresses usable before the pod is handed over (settle.rs).
+    let bridge = (plugin == "bridge").then(|| {
+        d.get("bridge")
+            .and_then(Value::as_str)
+            .unwrap_or("cni0")
+            .to_string()
+    });
     let bytes = Value::Object(d).to_string().into_bytes();
     eprintln!(
         "delegateAdd: netconf sent to delegate plugin:\n{}",
@@ -131,7 +139,13 @@ fn cmd_add(env: &CniEnv, conf: &NetConf) -> Result<Vec<u8>, CniError> {
         ));
     }
     attachment::save_new(&path, &bytes)?;
-    match invoke::run(&env.path, &plugin, "ADD", &bytes) {
+    let added = invoke::run(&env.path, &plugin, "ADD", &bytes).and_then(|out| {
+        if let (Some(bridge), Ok(result)) = (&bridge, serde_json::from_slice::<Value>(&out)) {
+            settle::wait_for_gateways(bridge, &result)?;
+        }
+        Ok(out)
+    });
+    match added {
         Ok(out) => Ok(out),
         Err(e) => {
             // Undo what the delegate may have done, then forget the config: nothing is left

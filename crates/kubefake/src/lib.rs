@@ -10,6 +10,7 @@ pub mod cli;
 pub mod patch;
 pub mod server;
 pub mod store;
+pub mod table;
 pub mod tls;
 
 pub use server::Logged;
@@ -341,6 +342,25 @@ async fn serve(
     }
 }
 
+/// This machine's OS as kubelet reports it (`PRETTY_NAME` of /etc/os-release).
+fn os_image() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// This machine's kernel release (`uname -r`), as kubelet reports it.
+fn kernel_version() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// A Node object as kubelet registers one (before a CNI runs): name, podCIDR(s), InternalIP,
 /// `NetworkUnavailable=True`. `padding` bytes of status (images) make it as heavy as real ones.
 pub fn node(name: &str, pod_cidrs: &[&str], internal_ip: &str, padding: usize) -> Value {
@@ -355,7 +375,9 @@ pub fn node(name: &str, pod_cidrs: &[&str], internal_ip: &str, padding: usize) -
                 {"type": "NetworkUnavailable", "status": "True", "reason": "NoRouteCreated", "message": "Node created without a route"},
                 {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status"}
             ],
-            "nodeInfo": {"kubeletVersion": "v1.32.0", "operatingSystem": "linux", "architecture": "amd64"}
+            "nodeInfo": {"kubeletVersion": "v1.32.0", "operatingSystem": "linux", "architecture": "amd64",
+                         "osImage": os_image(), "kernelVersion": kernel_version(),
+                         "containerRuntimeVersion": concat!("flannel-lab://", env!("CARGO_PKG_VERSION"))}
         }
     });
     if pod_cidrs.is_empty() {

@@ -5,6 +5,7 @@
 //! delete, discovery. Errors are `Status` objects.
 
 use crate::store::{ApiError, Kind, PatchType, Store};
+use crate::table::{self, Include};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
@@ -225,7 +226,28 @@ fn discovery(path: &str, host: &str) -> Option<Value> {
     })
 }
 
-fn list(sh: &Shared, kind: Kind, ns: Option<&str>, q: &Query) -> Response<Body> {
+/// Unix seconds now: the ages of a Table.
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// An object, or a one-row Table of it when the client asked for tables.
+fn maybe_table(kind: Kind, obj: Value, as_table: Option<Include>, rv: &str) -> Value {
+    match as_table {
+        Some(include) => table::table(kind.name(), &[&obj], include, now_secs(), rv, None),
+        None => obj,
+    }
+}
+
+fn list(
+    sh: &Shared,
+    kind: Kind,
+    ns: Option<&str>,
+    q: &Query,
+    as_table: Option<Include>,
+) -> Response<Body> {
     // `continue` is "<rv>:<last name>": the next page starts after that name.
     let (list_rv, after) = match q.get("continue").filter(|c| !c.is_empty()) {
         Some(c) => {
@@ -242,13 +264,28 @@ fn list(sh: &Shared, kind: Kind, ns: Option<&str>, q: &Query) -> Response<Body> 
     let store = lock(&sh.store);
     let list_rv = list_rv.unwrap_or_else(|| store.resource_version().to_string());
     let (items, more) = store.list_page(kind, ns, after.as_deref(), limit, name.as_deref());
-    let mut meta = json!({"resourceVersion": list_rv});
-    if more {
+    let cont = more.then(|| {
         let last = items
             .last()
             .and_then(|o| o["metadata"]["name"].as_str())
             .unwrap_or("");
-        meta["continue"] = json!(format!("{list_rv}:{last}"));
+        format!("{list_rv}:{last}")
+    });
+    if let Some(include) = as_table {
+        let t = table::table(
+            kind.name(),
+            &items,
+            include,
+            now_secs(),
+            &list_rv,
+            cont.as_deref(),
+        );
+        drop(store);
+        return full(StatusCode::OK, &t);
+    }
+    let mut meta = json!({"resourceVersion": list_rv});
+    if let Some(c) = cont {
+        meta["continue"] = json!(c);
     }
     // The items are written straight from the store (a page of 10 KB nodes is not cloned
     // first), as the real server streams from its cache.
@@ -279,7 +316,13 @@ fn event_line(ty: &str, object: &Value) -> Bytes {
 }
 
 /// A watch as a streaming response; the events come from a task of its own.
-fn watch(sh: Arc<Shared>, kind: Kind, ns: Option<String>, q: &Query) -> Response<Body> {
+fn watch(
+    sh: Arc<Shared>,
+    kind: Kind,
+    ns: Option<String>,
+    q: &Query,
+    as_table: Option<Include>,
+) -> Response<Body> {
     let start = match q.get("resourceVersion") {
         None | Some("") | Some("0") => None,
         Some(r) => match r.parse::<u64>() {
@@ -300,7 +343,16 @@ fn watch(sh: Arc<Shared>, kind: Kind, ns: Option<String>, q: &Query) -> Response
         .map(Duration::from_secs);
     let name = q.name_selector();
     let (tx, rx) = mpsc::channel::<Bytes>(256);
-    tokio::spawn(run_watch(sh, kind, ns, start, bookmarks, timeout, name, tx));
+    let w = WatchSpec {
+        kind,
+        ns,
+        start,
+        bookmarks,
+        timeout,
+        name,
+        as_table,
+    };
+    tokio::spawn(run_watch(sh, w, tx));
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await
@@ -314,17 +366,42 @@ fn watch(sh: Arc<Shared>, kind: Kind, ns: Option<String>, q: &Query) -> Response
         .unwrap_or_default()
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_watch(
-    sh: Arc<Shared>,
+/// What one watch asked for.
+struct WatchSpec {
     kind: Kind,
     ns: Option<String>,
     start: Option<u64>,
     bookmarks: bool,
     timeout: Option<Duration>,
     name: Option<String>,
-    tx: mpsc::Sender<Bytes>,
-) {
+    /// Events carry one-row Tables (`kubectl get -w`).
+    as_table: Option<Include>,
+}
+
+async fn run_watch(sh: Arc<Shared>, w: WatchSpec, tx: mpsc::Sender<Bytes>) {
+    let WatchSpec {
+        kind,
+        ns,
+        start,
+        bookmarks,
+        timeout,
+        name,
+        as_table,
+    } = w;
+    let event = |ty: &str, rv: u64, o: &Value| match as_table {
+        Some(include) => event_line(
+            ty,
+            &table::table(
+                kind.name(),
+                &[o],
+                include,
+                now_secs(),
+                &rv.to_string(),
+                None,
+            ),
+        ),
+        None => event_line(ty, o),
+    };
     let wanted = |o: &Value| {
         name.as_deref().is_none_or(|n| o["metadata"]["name"] == n)
             && ns
@@ -344,7 +421,7 @@ async fn run_watch(
         last = last.max(ev.rv);
         if wanted(&ev.object)
             && tx
-                .send(event_line(ev.ty.as_str(), &ev.object))
+                .send(event(ev.ty.as_str(), ev.rv, &ev.object))
                 .await
                 .is_err()
         {
@@ -360,7 +437,7 @@ async fn run_watch(
             r = live.recv() => match r {
                 Ok(ev) if ev.kind == kind && ev.rv > last => {
                     last = ev.rv;
-                    if wanted(&ev.object) && tx.send(event_line(ev.ty.as_str(), &ev.object)).await.is_err() {
+                    if wanted(&ev.object) && tx.send(event(ev.ty.as_str(), ev.rv, &ev.object)).await.is_err() {
                         return;
                     }
                 }
@@ -399,16 +476,29 @@ fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     })
 }
 
-fn route(
-    sh: &Arc<Shared>,
-    method: &Method,
-    path: &str,
-    query: &str,
-    ct: &str,
-    body: &[u8],
-    host: &str,
-) -> Response<Body> {
+/// One request's parts that routing looks at.
+struct Req<'a> {
+    method: &'a Method,
+    path: &'a str,
+    query: &'a str,
+    ct: &'a str,
+    accept: &'a str,
+    body: &'a [u8],
+    host: &'a str,
+}
+
+fn route(sh: &Arc<Shared>, r: &Req) -> Response<Body> {
+    let Req {
+        method,
+        path,
+        query,
+        ct,
+        accept,
+        body,
+        host,
+    } = *r;
     let q = Query::parse(query);
+    let as_table = table::wants_table(accept).then(|| Include::from_query(q.get("includeObject")));
     if method == Method::GET {
         if let Some(v) = discovery(path, host) {
             return full(StatusCode::OK, &v);
@@ -424,16 +514,20 @@ fn route(
     let result: Result<(StatusCode, Value), ApiError> = match (method, target) {
         (&Method::GET, Target::Collection { kind, ns }) => {
             return if q.flag("watch") {
-                watch(sh.clone(), kind, ns, &q)
+                watch(sh.clone(), kind, ns, &q, as_table)
             } else {
-                list(sh, kind, ns.as_deref(), &q)
+                list(sh, kind, ns.as_deref(), &q, as_table)
             };
         }
         (&Method::POST, Target::Collection { kind, ns }) => parse_body(body).and_then(|obj| {
             let ns = ns.or_else(|| obj["metadata"]["namespace"].as_str().map(String::from)).unwrap_or_else(|| "default".into());
             lock(&sh.store).create(kind, &ns, obj).map(|o| (StatusCode::CREATED, o))
         }),
-        (&Method::GET, Target::Object { kind, ns, name, .. }) => lock(&sh.store).get(kind, &ns, &name).map(|o| (StatusCode::OK, o)),
+        (&Method::GET, Target::Object { kind, ns, name, .. }) => {
+            let store = lock(&sh.store);
+            let rv = store.resource_version().to_string();
+            store.get(kind, &ns, &name).map(|o| (StatusCode::OK, maybe_table(kind, o, as_table, &rv)))
+        }
         (&Method::PUT, Target::Object { kind, ns, name, status }) => parse_body(body)
             .and_then(|obj| lock(&sh.store).replace(kind, &ns, &name, obj, status))
             .map(|o| (StatusCode::OK, o)),
@@ -495,6 +589,7 @@ pub(crate) async fn handle(
             .to_string()
     };
     let ct = header("content-type");
+    let accept = header("accept");
     let host = header("host");
     let token = header("authorization")
         .strip_prefix("Bearer ")
@@ -524,7 +619,18 @@ pub(crate) async fn handle(
         (true, true) => too_large(&sh, &query).await,
         (true, false) => None,
     };
-    let resp = refused.unwrap_or_else(|| route(&sh, &method, &path, &query, &ct, &body, &host));
+    let resp = refused.unwrap_or_else(|| {
+        let r = Req {
+            method: &method,
+            path: &path,
+            query: &query,
+            ct: &ct,
+            accept: &accept,
+            body: &body,
+            host: &host,
+        };
+        route(&sh, &r)
+    });
     let mut log = lock(&sh.log);
     if log.len() >= LOG_KEEP {
         log.pop_front();
