@@ -31,7 +31,8 @@ bin="$out/$target/$dir"
 ctx=target/image
 root=$ctx/rootfs
 rm -rf "$root"
-mkdir -p "$root/opt/bin" "$root/usr/sbin" "$root/run" "$root/tmp"
+# Mount points a container runtime fills: /etc (hosts, resolv.conf), /proc, /sys, /dev.
+mkdir -p "$root/opt/bin" "$root/usr/sbin" "$root/run" "$root/tmp" "$root/etc" "$root/proc" "$root/sys" "$root/dev"
 install -m 0755 "$bin/flanneld" "$root/opt/bin/flanneld"
 install -m 0755 "$bin/flannel" "$root/flannel"
 install -m 0755 "$bin/flannelctl" "$root/opt/bin/flannelctl"

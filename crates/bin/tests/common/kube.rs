@@ -22,9 +22,15 @@ pub struct KubeNode {
 impl KubeNode {
     /// A node whose Node object has `pod_cidrs` (none: not allocated yet).
     pub fn new(tag: &str, pod_cidrs: &[&str]) -> Self {
+        Self::with_names(tag, pod_cidrs, &[])
+    }
+
+    /// The same, the API server's certificate valid for `names` too.
+    pub fn with_names(tag: &str, pod_cidrs: &[&str], names: &[&str]) -> Self {
         let n = Node::bare(tag);
         let api_dir = TempDir::new(&format!("{tag}-api"));
         let mut o = Options::new("127.0.0.1:6443".parse().unwrap(), api_dir.path());
+        o.sans.extend(names.iter().map(|s| s.to_string()));
         o.netns = Some(n.ns.path().into());
         o.bookmark_every = Duration::from_millis(500);
         let api = FakeApi::start(o).expect("start the API fake");

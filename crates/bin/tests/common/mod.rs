@@ -402,6 +402,7 @@ impl TlsFiles {
 }
 
 pub mod ctl;
+pub mod dns;
 pub mod flood;
 /// One node in a namespace of its own: `eth0` with 10.0.0.50/24 and fd00::50/64, a real etcd on
 /// its loopback (stoppable and restartable on the same data dir, optionally with TLS), and our

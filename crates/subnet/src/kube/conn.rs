@@ -97,14 +97,31 @@ impl Conn {
         // would be retried for minutes instead of reaching the watch loop, which lists again.
         // Every caller here has its own backoff.
         cfg.default_retry = false;
+        // No CA named and verification off (`insecure-skip-tls-verify`, or an http URL): an
+        // empty root store, because without one kube-rs loads the system's roots first, and
+        // the image has none (/etc/ssl/certs), so the client could not even be made.
+        if cfg.accept_invalid_certs && cfg.root_cert.is_none() {
+            cfg.root_cert = Some(Vec::new());
+        }
         Ok(cfg)
     }
 
     async fn build(source: &ApiSource) -> Result<(kube::Client, String), SubnetError> {
         let cfg = Self::config(source).await?;
         let server = cfg.cluster_url.to_string();
-        let client = kube::Client::try_from(cfg)
-            .map_err(|e| file_err("Kubernetes client config", flannel_core::errtext::of(&e)))?;
+        let named_ca = cfg.root_cert.is_some();
+        let client = kube::Client::try_from(cfg).map_err(|e| {
+            let mut msg = flannel_core::errtext::of(&e);
+            if !named_ca {
+                // In the image there are no system roots to fall back on.
+                msg.push_str(
+                    " (no certificate-authority is given for the API server, and this system \
+                     has no CA bundle in /etc/ssl/certs: name the cluster's CA in the \
+                     kubeconfig, or run in a pod with its service account)",
+                );
+            }
+            file_err("Kubernetes client config", msg)
+        })?;
         Ok((client, server))
     }
 
