@@ -261,7 +261,7 @@ fn the_image_holds_static_binaries_and_working_firewall_tools() {
     ] {
         let (ok, out) = run(Command::new("/usr/bin/ip")
             .args(["netns", "exec", &ns.0, "/usr/sbin/chroot"])
-            .arg(&root)
+            .arg(root)
             .arg(format!("/usr/sbin/{}", args[0]))
             .args(&args[1..])
             .env_clear());
