@@ -12,7 +12,8 @@
 #   /usr/sbin/iptables*, nft   the firewall tools flanneld runs, with exactly the shared
 #                              libraries and xtables extensions they load (from this machine)
 # Environment: FLANNEL_IMAGE_PROFILE=dist|release|dev (default dist: what we ship, fat LTO and one
-# codegen unit, see Cargo.toml), FLANNEL_IMAGE_TAG.
+# codegen unit, see Cargo.toml), FLANNEL_IMAGE_TAG, FLANNEL_IMAGE_BINS=DIR (take flanneld,
+# flannel and flannelctl, already linked statically, from DIR instead of building them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,11 +23,24 @@ out=target/static
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 tag=${FLANNEL_IMAGE_TAG:-flannel-rs:v$version}
 
-# Symbols stripped for the image (optimized profiles; panics still name file and line).
-CARGO_PROFILE_RELEASE_STRIP=symbols CARGO_PROFILE_DIST_STRIP=symbols RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --profile "$profile" --target "$target" \
-  --target-dir "$out" -p flannel-rs --bin flanneld --bin flannel --bin flannelctl
-dir=$([ "$profile" = dev ] && echo debug || echo "$profile")
-bin="$out/$target/$dir"
+if [ -n "${FLANNEL_IMAGE_BINS:-}" ]; then
+  # Binaries already linked statically (the test command builds everything that way): taken
+  # as they are, no second build.
+  bin=$FLANNEL_IMAGE_BINS
+  for b in flanneld flannel flannelctl; do
+    # ldd says "statically linked" (static-pie) or "not a dynamic executable"; never "=>".
+    if ldd "$bin/$b" 2>&1 | grep -q "=>"; then
+      echo "$bin/$b is dynamically linked: FLANNEL_IMAGE_BINS must hold static binaries" >&2
+      exit 1
+    fi
+  done
+else
+  # Symbols stripped for the image (optimized profiles; panics still name file and line).
+  CARGO_PROFILE_RELEASE_STRIP=symbols CARGO_PROFILE_DIST_STRIP=symbols RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --profile "$profile" --target "$target" \
+    --target-dir "$out" -p flannel-rs --bin flanneld --bin flannel --bin flannelctl
+  dir=$([ "$profile" = dev ] && echo debug || echo "$profile")
+  bin="$out/$target/$dir"
+fi
 
 ctx=target/image
 root=$ctx/rootfs

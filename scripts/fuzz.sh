@@ -18,20 +18,29 @@ export RUSTC_BOOTSTRAP=1
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cargo fuzz build >"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
-failed=0
-for t in $(cargo fuzz list); do
+# One target per core at a time: each is a single process.
+run_one() {
+  local t=$1
   mkdir -p "$work/$t" "seeds/$t"
   if cargo fuzz run "$t" "$work/$t" "seeds/$t" -- -max_total_time="$secs" >"$work/$t.log" 2>&1; then
     echo "fuzz $t: ok, $(grep -oE 'Done [0-9]+ runs' "$work/$t.log" | tail -1) in ${secs} s," \
-      "coverage $(grep -oE 'cov: [0-9]+' "$work/$t.log" | tail -1 | cut -d' ' -f2)"
+      "coverage $(grep -oE 'cov: [0-9]+' "$work/$t.log" | tail -1 | cut -d' ' -f2)" >"$work/$t.result"
   else
-    echo "fuzz $t: FAILED"
-    grep -A20 -E 'panicked|ERROR: libFuzzer|SUMMARY' "$work/$t.log" | head -40
-    failed=$((failed + 1))
+    { echo "fuzz $t: FAILED"
+      grep -A20 -E 'panicked|ERROR: libFuzzer|SUMMARY' "$work/$t.log" | head -40; } >"$work/$t.result"
   fi
   if [ "${FUZZ_UPDATE_SEEDS:-0}" = 1 ]; then
     cargo fuzz run "$t" "seeds/$t" "$work/$t" -- -merge=1 >"$work/$t.merge.log" 2>&1 ||
-      { echo "merging $t failed:"; tail -5 "$work/$t.merge.log"; }
+      { echo "merging $t failed:"; tail -5 "$work/$t.merge.log"; } >>"$work/$t.result"
   fi
+}
+export -f run_one
+export work secs
+targets=$(cargo fuzz list)
+printf '%s\n' $targets | xargs -P "$(nproc)" -I{} bash -c 'run_one {}'
+failed=0
+for t in $targets; do
+  cat "$work/$t.result"
+  grep -q "^fuzz $t: ok" "$work/$t.result" || failed=$((failed + 1))
 done
 exit "$failed"

@@ -94,6 +94,7 @@ impl Flood {
     /// (every 50 ms) opens again what the server closed. Returns once every connection was
     /// opened at least once.
     pub fn start(target: Target, idle: usize, slow: usize) -> Flood {
+        raise_nofile();
         let stop = Arc::new(AtomicBool::new(false));
         let reopened = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
@@ -227,4 +228,20 @@ pub fn worst(results: &[Option<(u16, Duration)>]) -> (Duration, usize) {
         .max()
         .unwrap_or_default();
     (slowest, results.iter().filter(|r| r.is_none()).count())
+}
+
+/// All integration tests share one process: floods running side by side need the hard limit
+/// of open files, not the soft one.
+fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit(2) on a struct we own.
+    unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! leases, a restart that talks again at once, and an independent WireGuard (Debian's
 //! `wireguard-go`, set up with `wg` from a lease as an upstream node would be) on the switch.
 
-mod common;
+use crate::common;
 
 use common::lab::Lab;
 use common::{eventually, ip, Netns, Proc, TempDir};

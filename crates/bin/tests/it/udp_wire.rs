@@ -2,7 +2,7 @@
 //! lab's switch that speaks upstream's format by hand (a raw IPv4 packet as the UDP payload,
 //! port 8285), byte by byte.
 
-mod common;
+use crate::common;
 
 use common::lab::Lab;
 use common::{eventually, in_ns, ip, Netns};

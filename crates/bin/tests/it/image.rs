@@ -6,7 +6,7 @@
 //! And the image's flanneld, in a root of only the image's files, finds etcd and the API server
 //! by names it can only learn from `/etc/hosts` or from DNS, as a pod's runtime provides them.
 
-mod common;
+use crate::common;
 
 use common::kube::{KubeNode, NODE, POD_CIDR};
 use common::{require_root, unique, Netns, Node, TempDir};
@@ -44,15 +44,23 @@ fn run(cmd: &mut Command) -> (bool, String) {
 }
 
 /// The image's contents, built once for all the tests here (scripts/build-image.sh, a debug
-/// build: the same link as the image's), the tag of the image when buildah made one, and what
+/// build linked as the image's is, or the tests' own binaries when they are), the tag of the image when buildah made one, and what
 /// the script printed.
 fn built() -> &'static (PathBuf, String, String) {
     static BUILT: OnceLock<(PathBuf, String, String)> = OnceLock::new();
     BUILT.get_or_init(|| {
         let tag = format!("localhost/flannel-rs:{}", unique("t"));
-        let (ok, out) = run(Command::new(repo().join("scripts/build-image.sh"))
+        let mut build = Command::new(repo().join("scripts/build-image.sh"));
+        build
             .env("FLANNEL_IMAGE_PROFILE", "dev")
-            .env("FLANNEL_IMAGE_TAG", &tag));
+            .env("FLANNEL_IMAGE_TAG", &tag);
+        // The test command links everything statically (scripts/test.sh): the binaries these
+        // tests run with are the image's, no second build of the whole stack.
+        let bins = common::bin_dir();
+        if !has_interpreter(&bins.join("flanneld")) {
+            build.env("FLANNEL_IMAGE_BINS", &bins);
+        }
+        let (ok, out) = run(&mut build);
         assert!(ok, "build-image.sh failed:\n{out}");
         (repo().join("target/image/rootfs"), tag, out)
     })

@@ -1,7 +1,7 @@
 //! `flannelctl trace` on lab nodes: the tutorial's walk from live kernel state, for every
 //! backend and across two underlay segments, and a broken step flagged with its cause.
 
-mod common;
+use crate::common;
 
 use common::ctl::{ctl, sh_in, Paused};
 use common::lab::Lab;

@@ -1,7 +1,7 @@
 //! End to end in the lab: real namespaces, real etcd, our flanneld and CNI plugin, Debian's
 //! bridge/host-local/portmap. Each test builds its own uniquely named lab and tears it down.
 
-mod common;
+use crate::common;
 
 use common::lab::Lab;
 use common::{bin_dir, cpu_seconds, eventually, ip, require_root, unique, Proc, TempDir};

@@ -1,6 +1,6 @@
 //! flanneld as a process: flags, exit codes, and the config wait with clear messages.
 
-mod common;
+use crate::common;
 
 use common::{bin_dir, eventually, http_get_in_ns, Node};
 use std::process::Command;

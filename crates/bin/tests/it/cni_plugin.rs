@@ -1,7 +1,7 @@
 //! The `flannel` CNI plugin with Debian's real `bridge`, `host-local` and `portmap` plugins, in
 //! namespaces the test makes: ADD, CHECK, DEL, double DEL, failures that leave nothing behind.
 
-mod common;
+use crate::common;
 
 use common::{bin_dir, ip, require_root, Netns, TempDir};
 use serde_json::{json, Value};

@@ -1,7 +1,7 @@
 //! The etcd subnet manager against a real etcd: acquire, renew, reuse after restart, lost race,
 //! upstream's exact key and value formats, garbage skipped, out of subnets.
 
-mod common;
+use crate::common;
 
 use common::{unique, Etcd};
 use etcd_client::{Client, GetOptions};

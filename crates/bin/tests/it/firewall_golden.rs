@@ -1,7 +1,7 @@
 //! Golden tests: after flanneld starts, the kernel's own listings (`iptables -S`, `ip6tables -S`,
 //! `nft list table`) equal upstream's expected listings (flannel `e2e/rules.go`).
 
-mod common;
+use crate::common;
 
 use common::{eventually, Node};
 use std::time::Duration;

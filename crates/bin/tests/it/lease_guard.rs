@@ -3,7 +3,7 @@
 //! is not ours is skipped with one log line naming its key, on every backend; and a route we
 //! do not own is never replaced or removed.
 
-mod common;
+use crate::common;
 
 use common::{eventually, Node};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! kube mode), with flanneld's own connection flags; and the doctor's FORWARD-policy check
 //! for nodes whose flanneld adds no accept rules.
 
-mod common;
+use crate::common;
 
 use common::ctl::{ctl, doctor, failed, fails_then_fix, sh_in};
 use common::lab::Lab;

@@ -2,7 +2,7 @@
 //! restarts (simple tokens die with the process), waits quietly for an etcd that is down at
 //! start, uses `--etcd-cafile` for an https endpoint, and says clearly what it does.
 
-mod common;
+use crate::common;
 
 use common::{eventually, Node};
 use std::time::Duration;

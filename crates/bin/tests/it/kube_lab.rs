@@ -3,7 +3,7 @@
 //! API server is away, and a node programmed by hand as upstream's kube-mode flanneld leaves
 //! one (annotations and kernel state) talks with ours both ways.
 
-mod common;
+use crate::common;
 
 use common::lab::Lab;
 use common::{cpu_seconds, eventually, ip, Netns, Proc};

@@ -2,7 +2,7 @@
 //! family; each check, broken on a node the way users break it, fails with its message and
 //! passes again after the operator runs the fix command it printed.
 
-mod common;
+use crate::common;
 
 use common::ctl::{ctl, doctor, failed, fails_then_fix, sh_in, verdict, Paused};
 use common::eventually;

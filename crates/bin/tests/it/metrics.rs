@@ -3,7 +3,7 @@
 //! and answers a query with the value flanneld serves, and the repair counters move when the
 //! lab is disturbed.
 
-mod common;
+use crate::common;
 
 use common::lab::Lab;
 use common::{eventually, http_get_in_ns, ip, Proc, TempDir};

@@ -4,7 +4,7 @@
 //! `get -o json`, refused tokens), over HTTPS with the fake's own CA, inside a namespace the
 //! test makes.
 
-mod common;
+use crate::common;
 
 use common::{eventually, require_root, Netns, TempDir};
 use flannel_kube_fake::{node, FakeApi, Kind, Options};

@@ -3,7 +3,7 @@
 //! changed keys on `nodes/<name>/status`), marks the node's network available, and turns every
 //! flannel Node into kernel state.
 
-mod common;
+use crate::common;
 
 use common::kube::{KubeNode, ANN, NODE, POD_CIDR};
 use common::{eventually, http_get_in_ns};

@@ -2,7 +2,7 @@
 //! both addresses, vxlan (`flannel-v6.1`) and host-gw carrying both families, and the IPv6
 //! overlay healing like the IPv4 one.
 
-mod common;
+use crate::common;
 
 use common::lab::Lab;
 use common::{eventually, ip};
