@@ -240,10 +240,12 @@ fn a_lease_with_a_non_unicast_vtep_mac_is_skipped_once() {
         return;
     }
     let mut n = Node::new("gmac");
+    // Our own lease comes from 10.244.100-200, never one of the peers' subnets below
+    // (allocation is random: once in CI it took 10.244.94.0/24).
     n.etcdctl(&[
         "put",
         "/coreos.com/network/config",
-        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
+        r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.100.0","SubnetMax":"10.244.200.0","Backend":{"Type":"vxlan"}}"#,
     ]);
     n.start(&["--kernel-resync=1"]);
     n.wait_ready();
