@@ -62,7 +62,7 @@ status=0
 # the health-probe flood test's 100 ms bound was missed once (110 ms) beside the fuzz build.
 # The tests that hold a latency bound under a flood (100 ms for the health probes while 2000
 # connections hammer them, ...) measure flanneld, not a busy machine: they run after the rest,
-# one at a time.
+# one at a time (--workspace: the same features as above, so nothing is built again).
 alone=(
   flanneld_cli::idle_and_slow_connections_never_hold_up_the_health_probes
   flanneld_cli::idle_connections_on_the_state_socket_never_hold_up_state_or_doctor
@@ -74,7 +74,7 @@ export RUSTFLAGS="-C target-feature=+crt-static"
 bounded "${TEST_TIME_LIMIT:-2700}" \
   cargo test --workspace --all-targets --no-fail-fast --target x86_64-unknown-linux-gnu \
   -- --test-threads="${TEST_THREADS:-4}" --exact "${skips[@]}" 2>&1 | tee "$log" || status=$?
-bounded 600 cargo test -p flannel-rs --test it --target x86_64-unknown-linux-gnu \
+bounded 600 cargo test --workspace --test it --target x86_64-unknown-linux-gnu \
   -- --test-threads=1 --exact "${alone[@]}" 2>&1 | tee -a "$log" || status=$?
 unset RUSTFLAGS # cargo fuzz adds its own flags to these
 phase tests
