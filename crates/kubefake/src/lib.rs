@@ -44,6 +44,11 @@ pub struct Options {
     pub bookmark_every: Duration,
     /// Events kept for watches to replay; older ones are compacted away.
     pub max_history: usize,
+    /// How long a list or watch from a resourceVersion the store has not reached waits for it
+    /// before the 504 "Too large resource version": 3 s, the real server's watch-cache
+    /// `blockTimeout`; tests that only check the answer shorten it (kubectl retries a 504 ten
+    /// times, one `Retry-After` second apart, so each wait counts eleven times).
+    pub too_large_wait: Duration,
 }
 
 impl Options {
@@ -56,6 +61,7 @@ impl Options {
             sans: vec!["localhost".into(), "kubernetes.default.svc".into()],
             bookmark_every: Duration::from_secs(5),
             max_history: 100_000,
+            too_large_wait: Duration::from_secs(3),
         }
     }
 }
@@ -141,6 +147,7 @@ impl FakeApi {
             store: Mutex::new(store::Store::new(opts.max_history)),
             tokens: Mutex::new(vec![opts.token.clone()]),
             bookmark_every: opts.bookmark_every,
+            too_large_wait: opts.too_large_wait,
             log: Mutex::new(VecDeque::new()),
         });
         let me = Self {

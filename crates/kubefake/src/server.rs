@@ -35,6 +35,7 @@ pub(crate) struct Shared {
     pub store: Mutex<Store>,
     pub tokens: Mutex<Vec<String>>,
     pub bookmark_every: Duration,
+    pub too_large_wait: Duration,
     pub log: Mutex<VecDeque<Logged>>,
 }
 
@@ -546,17 +547,13 @@ fn route(sh: &Arc<Shared>, r: &Req) -> Response<Body> {
     }
 }
 
-/// How long the real API server waits for a resourceVersion it does not have yet before it
-/// answers "Too large resource version" (its watch cache's `blockTimeout`).
-const TOO_LARGE_WAIT: Duration = Duration::from_secs(3);
-
 /// A list or watch from a resourceVersion the store has not reached: waited for up to
-/// [`TOO_LARGE_WAIT`], then refused as the real server refuses it (a 504 with cause
+/// `too_large_wait` (the real server's 3 s by default), then refused as the real server refuses it (a 504 with cause
 /// `ResourceVersionTooLarge`). `None` when the request may go on.
 async fn too_large(sh: &Shared, query: &str) -> Option<Response<Body>> {
     let q = Query::parse(query);
     let asked = q.get("resourceVersion")?.parse::<u64>().ok()?;
-    let deadline = tokio::time::Instant::now() + TOO_LARGE_WAIT;
+    let deadline = tokio::time::Instant::now() + sh.too_large_wait;
     loop {
         let current = lock(&sh.store).resource_version();
         if asked <= current {

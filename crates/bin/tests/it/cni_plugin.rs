@@ -648,8 +648,12 @@ fn a_missing_delegate_plugin_stores_nothing_and_del_always_finishes() {
 
     // A plugin that vanished after a successful ADD: DEL finishes and says what was left.
     let plugins = TempDir::new("plugins");
-    std::fs::copy("/usr/lib/cni/bridge", plugins.path().join("bridge")).unwrap();
-    std::fs::copy("/usr/lib/cni/host-local", plugins.path().join("host-local")).unwrap();
+    for p in ["bridge", "host-local"] {
+        common::copy_executable(
+            &std::path::Path::new("/usr/lib/cni").join(p),
+            &plugins.path().join(p),
+        );
+    }
     let cni_path = plugins.path().display().to_string();
     let with_path =
         |command: &str| s.invoke(&s.pod.0, command, &s.conf(), &s.pod.path(), &cni_path);

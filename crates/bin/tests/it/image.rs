@@ -249,7 +249,7 @@ fn the_image_holds_static_binaries_and_working_firewall_tools() {
         let p = root.join(bin);
         assert!(!has_interpreter(&p), "{bin} is dynamically linked");
         let empty = TempDir::new("img");
-        std::fs::copy(&p, empty.path().join("prog")).unwrap();
+        common::copy_executable(&p, &empty.path().join("prog"));
         let mut c = Command::new("/usr/sbin/chroot");
         c.arg(empty.path()).arg("/prog").env_clear();
         if !arg.is_empty() {

@@ -20,12 +20,17 @@ struct Api {
 }
 
 fn api() -> Api {
+    api_with(|_| {})
+}
+
+fn api_with(tune: impl FnOnce(&mut Options)) -> Api {
     require_root();
     let ns = Netns::new("kf");
     let dir = TempDir::new("kubefake");
     let mut o = Options::new("127.0.0.1:6443".parse().unwrap(), dir.path());
     o.netns = Some(ns.path().into());
     o.bookmark_every = Duration::from_millis(300);
+    tune(&mut o);
     let fake = FakeApi::start(o).expect("start the fake");
     Api {
         fake,
@@ -287,41 +292,57 @@ fn a_watch_from_a_future_resource_version_is_too_large() {
     if common::skip_without_root() {
         return;
     }
-    let a = api();
+    // The real server waits 3 s for the store to reach the version, then answers 504 with
+    // `Retry-After: 1`, and kubectl asks again ten times: 44 s a call. The wait is shortened
+    // here, which changes nothing else of the answer.
+    let wait = Duration::from_millis(300);
+    let a = api_with(|o| o.too_large_wait = wait);
     let ahead = a.fake.resource_version() + 1000;
+    // In the order kubectl sends them (sorted), as the fake logs them.
+    let watch = format!("resourceVersion={ahead}&watch=1");
+    let list = format!("resourceVersion={ahead}&resourceVersionMatch=NotOlderThan");
     let t0 = std::time::Instant::now();
-    let (ok, _, err) = a.kubectl(&[
-        "get",
-        "--raw",
-        &format!("/api/v1/nodes?watch=1&resourceVersion={ahead}"),
-    ]);
-    assert!(!ok);
+    // A watch and a list from the future, side by side (each takes eleven waits and ten
+    // Retry-After seconds); -v=9 shows the whole Status, as a client library reads it.
+    let ((watched, watch_took), (listed, _)) = std::thread::scope(|s| {
+        let timed = |q: &str| {
+            let url = format!("/api/v1/nodes?{q}");
+            let a = &a;
+            s.spawn(move || {
+                let r = a.kubectl(&["get", "--raw", &url, "-v=9"]);
+                (r, t0.elapsed())
+            })
+        };
+        let (w, l) = (timed(&watch), timed(&list));
+        (w.join().unwrap(), l.join().unwrap())
+    });
+    for (what, (ok, out, err)) in [("watch", watched), ("list", listed)] {
+        assert!(!ok, "{what}: {out}");
+        assert!(
+            err.contains(&format!("Too large resource version: {ahead}, current:"))
+                && err.contains("ResourceVersionTooLarge")
+                && err.contains("504 Gateway Timeout"),
+            "{what}: {err}"
+        );
+    }
+    // kubectl honoured the Retry-After header: ten retries, each after the server's wait.
+    let tries = a
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.query == watch && r.status == 504)
+        .count();
+    assert_eq!(tries, 11, "kubectl's tries of the watch");
     assert!(
-        err.contains(&format!("Too large resource version: {ahead}, current:")),
-        "{err}"
-    );
-    assert!(
-        t0.elapsed() >= Duration::from_secs(3),
-        "the server waits for it first"
-    );
-    // The whole Status, as a client library reads it.
-    let (ok, out, err) = a.kubectl(&[
-        "get",
-        "--raw",
-        &format!("/api/v1/nodes?resourceVersion={ahead}&resourceVersionMatch=NotOlderThan"),
-        "-v=9",
-    ]);
-    assert!(!ok, "{out}");
-    assert!(
-        err.contains("ResourceVersionTooLarge") && err.contains("504 Gateway Timeout"),
-        "{err}"
+        watch_took >= wait * 11 + Duration::from_secs(10),
+        "the server waits for the version first, and kubectl the Retry-After second ({watch_took:?})"
     );
     // One the store reaches within the wait is served.
     let next = a.fake.resource_version() + 1;
     let fake = &a.fake;
     std::thread::scope(|s| {
         s.spawn(|| {
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(wait / 2);
             fake.create(
                 Kind::Node,
                 "",

@@ -307,18 +307,11 @@ fn down_cleans_up_after_a_failed_up() {
     require_root();
     // A flanneld that dies at once makes `up` fail half way, with namespaces and etcd running.
     let bins = TempDir::new("bins");
-    std::fs::write(
-        bins.path().join("flanneld"),
+    common::write_executable(
+        &bins.path().join("flanneld"),
         "#!/bin/sh\necho broken on purpose >&2\nexit 1\n",
-    )
-    .unwrap();
+    );
     std::os::unix::fs::symlink(bin_dir().join("flannel"), bins.path().join("flannel")).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(
-        bins.path().join("flanneld"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
     let root = TempDir::new("lab");
     let name = unique("t");
     let spec = LabSpec {

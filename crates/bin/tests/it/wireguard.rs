@@ -394,6 +394,30 @@ impl UpstreamNode {
     }
 }
 
+impl UpstreamNode {
+    /// What a failure needs: both sides' view of the handshake.
+    fn diagnose(&self, ours: &flannel_lab::state::NodeState) -> String {
+        let shown = Command::new("ip")
+            .args(["netns", "exec", &self.ns.0, "wg", "show", &self.dev, "dump"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let metrics: Vec<String> = flannel_lab::metrics::scrape(ours)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| k.contains("wireguard"))
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let log = std::fs::read_to_string(&ours.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        format!(
+            "wireguard-go's device:\n{shown}\nour metrics:\n{}\nour log (last lines first):\n{}",
+            metrics.join("\n"),
+            tail.join("\n")
+        )
+    }
+}
+
 impl Drop for UpstreamNode {
     /// SIGTERM first: wireguard-go removes its UAPI socket under /var/run/wireguard then.
     fn drop(&mut self) {
@@ -457,7 +481,12 @@ fn wireguard_go_configured_from_our_leases_talks_with_us_but_not_with_the_wrong_
     for n in &lab.state.nodes {
         let p = &n.pods[0];
         let there = eventually(Duration::from_secs(15), || ping(&up.ns.0, &p.ip, None));
-        assert!(there.is_some(), "wireguard-go's node cannot reach {}", p.ip);
+        assert!(
+            there.is_some(),
+            "wireguard-go's node cannot reach {}\n{}",
+            p.ip,
+            up.diagnose(n)
+        );
         assert!(
             ping(&p.netns, &node_ip, None),
             "{} cannot reach wireguard-go's node",

@@ -299,6 +299,36 @@ pub fn idle_connections_in_ns(ns: &str, port: u16, n: usize) -> Vec<std::net::Tc
 }
 
 /// The directory holding the built binaries (flanneld, flannel, flannel-lab).
+/// Puts an executable copy of `src` at `dst` by running `cp`, not by writing it from here:
+/// a file this process holds open for writing is inherited by every child another test thread
+/// forks meanwhile, until that child execs, and running the file then fails with "Text file
+/// busy" (ETXTBSY). Written by a process of its own, the file is closed for good when `cp`
+/// exits.
+pub fn copy_executable(src: &Path, dst: &Path) {
+    let o = Command::new("cp")
+        .arg(src)
+        .arg(dst)
+        .output()
+        .expect("run cp");
+    assert!(
+        o.status.success(),
+        "cp {} {}: {}",
+        src.display(),
+        dst.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// An executable script at `dst` (see [`copy_executable`] for why it is not written in place).
+pub fn write_executable(dst: &Path, contents: &str) {
+    let draft = dst.with_extension("draft");
+    std::fs::write(&draft, contents).expect("write the script");
+    copy_executable(&draft, dst);
+    let _ = std::fs::remove_file(&draft);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
 pub fn bin_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_flanneld"))
         .parent()
