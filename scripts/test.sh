@@ -61,7 +61,9 @@ status=0
 # every cargo call resolves the same features, so nothing is built twice.
 export RUSTFLAGS="-C target-feature=+crt-static"
 test_cargo=(cargo test --workspace --target x86_64-unknown-linux-gnu)
-"${test_cargo[@]}" --all-targets --no-run
+# --tests: the libraries' unit tests and the integration tests (the binaries have none, and
+# --all-targets would link an empty test executable for each of them).
+"${test_cargo[@]}" --tests --no-run
 phase "tests build"
 # Tests that wait out a clock (a lease renewal a minute after it was taken, outages of 30 s):
 # they start first, in a process of their own beside the rest, instead of ending the run a
@@ -88,7 +90,7 @@ first_run=$!
 # Eight tests at a time on two cores: they mostly wait on daemons, namespaces and timers (the
 # CPU is three quarters idle at four); every test makes its own namespaces, names and ports.
 bounded "${TEST_TIME_LIMIT:-2700}" \
-  "${test_cargo[@]}" --all-targets --no-fail-fast \
+  "${test_cargo[@]}" --tests --no-fail-fast \
   -- --test-threads="${TEST_THREADS:-8}" --exact "${skips[@]}" 2>&1 | tee "$log" || status=$?
 wait "$first_run" || status=1
 tee -a "$log" <"$first_log"

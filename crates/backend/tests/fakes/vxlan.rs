@@ -2,9 +2,7 @@
 //! removal of only our own entries, DirectRouting, and the incremental paths (lease deltas,
 //! repairs from notifications, failures falling back to a full pass). Runs as any user.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use flannel_backend::vxlan::{VxlanBackend, VxlanNetworks};
 use flannel_backend::{Backend, Repairs};
 use flannel_core::vxlan::VxlanConfig;

@@ -2,9 +2,7 @@
 //! one: device creation and adoption, MAC kept, MTU for an IPv6 underlay, v6 entries added and
 //! removed with leases, repaired from notifications. Runs as any user.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use flannel_backend::vxlan::{VxlanBackend, VxlanNetworks};
 use flannel_backend::Backend;
 use flannel_core::vxlan::VxlanConfig;

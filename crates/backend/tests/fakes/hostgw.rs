@@ -1,9 +1,7 @@
 //! The host-gw backend against the fake kernel: routes via peers, foreign routes kept, the
 //! incremental path and repairs without dumps, the NAT check. Runs as any user.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use flannel_backend::hostgw::HostGwBackend;
 use flannel_net::fake::{Call, FakeNetlink, ENOBUFS};
 use flannel_net::monitor::Change;
