@@ -473,12 +473,14 @@ async fn a_listing_larger_than_one_grpc_message_is_read_whole_at_one_revision() 
 #[tokio::test]
 async fn a_watch_that_keeps_up_is_not_taken_for_one_that_falls_behind() {
     let mut f = fixture(TUTORIAL).await;
-    // Progress checked every 100 ms while leases keep changing: a watch that keeps up answers
-    // every check, so it never re-lists (a second snapshot) and misses no event.
+    // Progress checked every 300 ms (flanneld: every 30 s) while leases keep changing for
+    // about 2.5 s: a watch that keeps up answers every check, so it never re-lists (a second
+    // snapshot) and misses no event. (At 100 ms, a progress answer from the etcd the tests
+    // share, busy with a dozen other tests, came late once.)
     let sm = f
         .manager(PreviousSubnets::default())
         .await
-        .with_watch_progress_period(Duration::from_millis(100));
+        .with_watch_progress_period(Duration::from_millis(300));
     let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
     let task = tokio::spawn(async move { sm.run_watch(tx).await });
     assert!(matches!(recv(&mut rx).await, LeaseEvent::Snapshot(l) if l.is_empty()));
@@ -492,7 +494,7 @@ async fn a_watch_that_keeps_up_is_not_taken_for_one_that_falls_behind() {
     }
     // Writes outside the watched prefix move etcd's revision with no event for the watch:
     // only its progress notifications say it is keeping up.
-    for i in 0..10 {
+    for i in 0..20 {
         f.put("elsewhere", &i.to_string()).await;
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
