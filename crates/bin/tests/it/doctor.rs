@@ -10,15 +10,25 @@ use common::lab::Lab;
 use flannel_lab::{IpFamily, LabSpec};
 use std::time::Duration;
 
-fn lab(backend: &str, family: IpFamily, nftables: bool) -> Lab {
-    Lab::up_with(LabSpec {
+fn spec(backend: &str, family: IpFamily, nftables: bool) -> LabSpec {
+    LabSpec {
         nodes: 2,
         pods_per_node: 1,
         backend: backend.into(),
         ip_family: family,
         nftables,
         ..LabSpec::default()
-    })
+    }
+}
+
+/// A lab of the test's own, for a test that breaks something.
+fn lab(backend: &str, family: IpFamily, nftables: bool) -> Lab {
+    Lab::up_with(spec(backend, family, nftables))
+}
+
+/// The lab the checks of a healthy node share (they only read), with trace's walks.
+fn healthy(backend: &str, family: IpFamily, nftables: bool) -> &'static Lab {
+    Lab::shared(spec(backend, family, nftables))
 }
 
 fn all_pass(lab: &Lab) {
@@ -39,7 +49,7 @@ fn a_healthy_vxlan_node_passes_every_check() {
     if common::skip_without_root() {
         return;
     }
-    all_pass(&lab("vxlan", IpFamily::V4, false));
+    all_pass(healthy("vxlan", IpFamily::V4, false));
 }
 
 #[test]
@@ -47,7 +57,7 @@ fn a_healthy_host_gw_node_passes_every_check() {
     if common::skip_without_root() {
         return;
     }
-    all_pass(&lab("host-gw", IpFamily::V4, false));
+    all_pass(healthy("host-gw", IpFamily::V4, false));
 }
 
 #[test]
@@ -55,7 +65,7 @@ fn a_healthy_udp_node_passes_every_check() {
     if common::skip_without_root() {
         return;
     }
-    all_pass(&lab("udp", IpFamily::V4, false));
+    all_pass(healthy("udp", IpFamily::V4, false));
 }
 
 #[test]
@@ -63,7 +73,7 @@ fn healthy_wireguard_nodes_pass_every_check_in_both_families() {
     if common::skip_without_root() {
         return;
     }
-    all_pass(&lab("wireguard", IpFamily::Dual, false));
+    all_pass(healthy("wireguard", IpFamily::Dual, false));
 }
 
 #[test]
@@ -71,8 +81,8 @@ fn healthy_dual_stack_nodes_pass_every_check_with_vxlan_and_host_gw() {
     if common::skip_without_root() {
         return;
     }
-    all_pass(&lab("vxlan", IpFamily::Dual, false));
-    all_pass(&lab("host-gw", IpFamily::Dual, true));
+    all_pass(healthy("vxlan", IpFamily::Dual, false));
+    all_pass(healthy("host-gw", IpFamily::Dual, true));
 }
 
 #[test]

@@ -51,6 +51,10 @@ fn unknown_flag_exits_2_with_usage_and_bad_values_exit_1() {
 }
 
 const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+/// For tests that plant peers at 10.244.200.0/24 and above after flanneld started: its own
+/// lease, picked at random, is never one of them.
+const ABOVE_200_FREE: &str =
+    r#"{"Network":"10.244.0.0/16","SubnetMax":"10.244.199.0","Backend":{"Type":"vxlan"}}"#;
 
 #[test]
 fn waits_for_a_missing_or_invalid_config_then_starts_and_health_follows() {
@@ -803,7 +807,7 @@ fn the_watch_and_writes_move_to_a_live_member_when_one_dies() {
         })
         .collect();
     n.endpoint = (0..3).map(client).collect::<Vec<_>>().join(",");
-    n.etcdctl(&["put", "/coreos.com/network/config", CONFIG]);
+    n.etcdctl(&["put", "/coreos.com/network/config", ABOVE_200_FREE]);
     n.start(&[]);
     n.wait_ready();
     let key = "/coreos.com/network/subnets";

@@ -803,3 +803,53 @@ fn the_lease_is_renewed_when_its_margin_says_so() {
         "renewed too early ({took:?})"
     );
 }
+
+/// The labs that read-only tests share live until the test process exits, and go down then,
+/// pass or fail, as a test's own lab goes down when its test ends: no namespace, daemon or
+/// state directory left behind.
+#[test]
+fn a_shared_lab_goes_down_when_the_test_process_exits() {
+    if common::skip_without_root() {
+        return;
+    }
+    let me = std::env::current_exe().expect("the test executable");
+    let test = "doctor::a_healthy_vxlan_node_passes_every_check";
+    // Once passing (libtest returns from main), once failing (it calls exit(101)).
+    for fail in [false, true] {
+        let mut child = std::process::Command::new(&me);
+        child.args(["--exact", test, "--nocapture", "--test-threads=1"]);
+        if fail {
+            child.env("FLANNEL_TEST_FAIL_IN_SHARED_LAB", "1");
+        }
+        let out = child.output().expect("run the test executable");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.success(), !fail, "{text}");
+        let (name, root) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("shared lab up: "))
+            .and_then(|l| l.trim().split_once(' '))
+            .unwrap_or_else(|| panic!("no shared lab was made: {text}"));
+        let left = ip(&["netns", "list"]);
+        assert!(
+            !left.lines().any(|l| l.starts_with(name)),
+            "{name} left namespaces behind:\n{left}"
+        );
+        let procs = std::process::Command::new("pgrep")
+            .args(["-f", name])
+            .output()
+            .expect("pgrep");
+        assert!(
+            procs.stdout.is_empty(),
+            "{name} left processes behind: {}",
+            String::from_utf8_lossy(&procs.stdout)
+        );
+        assert!(
+            !std::path::Path::new(root).exists(),
+            "{name} left its state in {root}"
+        );
+    }
+}

@@ -20,14 +20,24 @@ const VXLAN_HOPS: [&str; 8] = [
     "pb eth0",
 ];
 
-fn lab(backend: &str, segments: usize) -> Lab {
-    Lab::up_with(LabSpec {
+fn spec(backend: &str, segments: usize) -> LabSpec {
+    LabSpec {
         nodes: 2,
         pods_per_node: 1,
         backend: backend.into(),
         segments,
         ..LabSpec::default()
-    })
+    }
+}
+
+/// A lab of the test's own, for a test that breaks something.
+fn lab(backend: &str, segments: usize) -> Lab {
+    Lab::up_with(spec(backend, segments))
+}
+
+/// The lab the walks that only read share, with doctor's checks of a healthy node.
+fn healthy(backend: &str) -> &'static Lab {
+    Lab::shared(spec(backend, 1))
 }
 
 /// `flannelctl trace -o json` from the first node's pod to the second node's: exit code and
@@ -89,9 +99,9 @@ fn vxlan_walk_names_route_neighbour_fdb_and_the_peers_public_ip() {
     if common::skip_without_root() {
         return;
     }
-    let lab = lab("vxlan", 1);
+    let lab = healthy("vxlan");
     let b = &lab.state.nodes[1];
-    let (code, s) = trace(&lab);
+    let (code, s) = trace(lab);
     assert_eq!(code, 0, "{s:#?}");
     assert_eq!(
         hops(&s),
@@ -125,7 +135,7 @@ fn vxlan_walk_names_route_neighbour_fdb_and_the_peers_public_ip() {
         text.contains("path: pod eth0 → cni0 ─▶ route ─▶ neighbour ─▶ fdb"),
         "{text}"
     );
-    proven(&lab, &VXLAN_HOPS);
+    proven(lab, &VXLAN_HOPS);
 }
 
 #[test]
@@ -133,9 +143,9 @@ fn host_gw_and_udp_walks() {
     if common::skip_without_root() {
         return;
     }
-    let hg = lab("host-gw", 1);
+    let hg = healthy("host-gw");
     let b = &hg.state.nodes[1];
-    let (code, s) = trace(&hg);
+    let (code, s) = trace(hg);
     assert_eq!(code, 0, "{s:#?}");
     assert_eq!(
         hops(&s),
@@ -150,13 +160,13 @@ fn host_gw_and_udp_walks() {
     );
     assert!(detail(&s, "route").contains(&format!("{} via {} dev eth0", b.subnet, b.ip)));
     proven(
-        &hg,
+        hg,
         &["pa eth0", "A cni0", "A eth0", "B eth0", "B cni0", "pb eth0"],
     );
 
-    let udp = lab("udp", 1);
+    let udp = healthy("udp");
     let b = &udp.state.nodes[1];
-    let (code, s) = trace(&udp);
+    let (code, s) = trace(udp);
     assert_eq!(code, 0, "{s:#?}");
     assert_eq!(
         hops(&s),
@@ -172,7 +182,7 @@ fn host_gw_and_udp_walks() {
     );
     assert!(detail(&s, "encapsulation").contains(&format!("UDP to {}:8285", b.ip)));
     proven(
-        &udp,
+        udp,
         &[
             "pa eth0",
             "A cni0",
@@ -191,9 +201,9 @@ fn wireguard_walk_names_the_peer_key_and_every_hop_sees_the_packet() {
     if common::skip_without_root() {
         return;
     }
-    let wg = lab("wireguard", 1);
+    let wg = healthy("wireguard");
     let b = &wg.state.nodes[1];
-    let (code, s) = trace(&wg);
+    let (code, s) = trace(wg);
     assert_eq!(code, 0, "{s:#?}");
     assert_eq!(
         hops(&s),
@@ -215,7 +225,7 @@ fn wireguard_walk_names_the_peer_key_and_every_hop_sees_the_packet() {
     assert!(detail(&s, "flannel-wg").contains(key), "{s:#?}");
     assert!(detail(&s, "encapsulation").contains(&format!("UDP to {}:51820", b.ip)));
     proven(
-        &wg,
+        wg,
         &[
             "pa eth0",
             "A cni0",

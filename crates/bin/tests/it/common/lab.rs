@@ -1,10 +1,12 @@
 //! A lab (flannel-lab's whole cluster in namespaces) that is torn down when the test ends, pass
-//! or fail, and a namespace plugged into its switch.
+//! or fail; one that tests which only read share; and a namespace plugged into its switch.
 
 use super::{bin_dir, eventually, ip, require_root, unique, Netns, Proc, TempDir};
 use flannel_lab::cluster::{start_flanneld, stop_flanneld};
 use flannel_lab::state::NodeState;
 use flannel_lab::{down, up, LabSpec, LabState};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::Duration;
 
 pub struct Lab {
@@ -74,6 +76,57 @@ impl Lab {
         ip(&["-n", &ns.0, "addr", "add", addr, "dev", "eth0"]);
         ip(&["-n", &ns.0, "link", "set", "eth0", "up"]);
         ns
+    }
+}
+
+/// Labs shared by the tests that only read them, by spec: brought up by the first test that
+/// asks, kept for the rest of the test process, torn down when it exits.
+type Shared = Mutex<HashMap<String, Arc<OnceLock<&'static Lab>>>>;
+
+fn shared_labs() -> &'static Shared {
+    static LABS: OnceLock<Shared> = OnceLock::new();
+    LABS.get_or_init(Shared::default)
+}
+
+/// At the test process's exit, pass or fail (libtest returns from main or calls exit): every
+/// shared lab goes down, as an unshared one does when its test ends.
+extern "C" fn down_shared_labs() {
+    let labs = shared_labs().lock().unwrap_or_else(|p| p.into_inner());
+    for lab in labs.values().filter_map(|cell| cell.get()) {
+        if let Err(e) = down(&lab.name, lab.root.path()) {
+            eprintln!("lab down: {e:#}");
+        }
+        let _ = std::fs::remove_dir_all(lab.root.path());
+    }
+}
+
+impl Lab {
+    /// The lab for `spec` that tests which only read share (doctor's checks of a healthy
+    /// node, trace's walks, pings): one set-up instead of one per test. A test that changes
+    /// anything in the lab (stops a daemon, deletes a route, writes a lease) takes one of its
+    /// own with [`Lab::up_with`]. Tests asking for the same spec at once wait for one set-up.
+    pub fn shared(spec: LabSpec) -> &'static Lab {
+        static AT_EXIT: Once = Once::new();
+        AT_EXIT.call_once(|| {
+            // SAFETY: registers a plain function without arguments, run once at exit.
+            unsafe { libc::atexit(down_shared_labs) };
+        });
+        let cell = shared_labs()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(format!("{spec:?}"))
+            .or_default()
+            .clone();
+        let lab = cell.get_or_init(|| {
+            let lab = Lab::up_with(spec);
+            eprintln!("shared lab up: {} {}", lab.name, lab.root.path().display());
+            Box::leak(Box::new(lab))
+        });
+        // For the test that a failing user still leaves nothing behind.
+        if std::env::var_os("FLANNEL_TEST_FAIL_IN_SHARED_LAB").is_some() {
+            panic!("failing on purpose (FLANNEL_TEST_FAIL_IN_SHARED_LAB)");
+        }
+        lab
     }
 }
 
