@@ -163,7 +163,8 @@ fn blackhole_route_for_the_own_subnet() {
     n.exec("ip", &["link", "add", "cni0", "type", "bridge"]);
     n.exec("ip", &["addr", "add", &gw, "dev", "cni0"]);
     n.exec("ip", &["link", "set", "cni0", "up"]);
-    std::thread::sleep(Duration::from_millis(2500));
+    // Two passes later (--kernel-resync=1), the bridge's route still wins.
+    n.wait_passes(2);
     let pod_ip = subnet.replace(".0/24", ".2");
     let via = n.exec("ip", &["route", "get", &pod_ip]);
     assert!(
@@ -184,7 +185,7 @@ fn blackhole_route_for_the_own_subnet() {
         "--kernel-resync=1",
     ]);
     n.wait_ready();
-    std::thread::sleep(Duration::from_millis(2500));
+    n.wait_passes(2);
     let via = n.exec("ip", &["route", "get", &pod_ip]);
     assert!(
         via.contains("dev cni0"),

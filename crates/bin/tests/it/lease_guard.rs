@@ -51,7 +51,8 @@ fn node(tag: &str, backend: &str) -> Node {
             "eth0",
         ],
     );
-    n.start(&[]);
+    // A full pass every second: the guard is tried again and again, not once.
+    n.start(&["--kernel-resync=1"]);
     n.wait_ready();
     n
 }
@@ -96,7 +97,7 @@ fn hostile_leases_are_skipped(n: &Node, ty: &str, good: &str) {
         assert!(said.is_some(), "no log line for {k} ({why}):\n{}", n.log());
     }
     // Give the reconciler a few more passes, then look at the kernel.
-    std::thread::sleep(Duration::from_secs(2));
+    n.wait_passes(2);
     assert_eq!(
         route(n, "10.0.0.0/24"),
         connected,
@@ -266,8 +267,8 @@ fn a_lease_with_a_non_unicast_vtep_mac_is_skipped_once() {
             .contains("10.244.94.0/24 via")
     });
     assert!(good.is_some(), "{}", n.log());
-    // Several full passes (--kernel-resync=1).
-    std::thread::sleep(Duration::from_secs(3));
+    // Several passes (--kernel-resync=1).
+    n.wait_passes(3);
     for k in ["10.244.91.0-24", "10.244.92.0-24", "10.244.93.0-24"] {
         let lines: Vec<&str> = n
             .log()

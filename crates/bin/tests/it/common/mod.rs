@@ -622,6 +622,36 @@ impl Node {
         self.start_env(extra, &[]);
     }
 
+    /// How many kernel passes flanneld has made (every trigger, full and incremental), as its
+    /// metrics count them (`flannelctl metrics` over the state socket).
+    pub fn reconcile_passes(&self) -> f64 {
+        let page = self.exec(
+            &bin_dir().join("flannelctl").display().to_string(),
+            &[
+                &format!("--state-socket={}", self.state_socket().display()),
+                "metrics",
+            ],
+        );
+        page.lines()
+            .filter(|l| l.starts_with("flannel_reconcile_passes_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until flanneld has made `more` kernel passes after now: what a test that checks
+    /// that state stays right "a few passes later" waits for, instead of a guess in seconds.
+    pub fn wait_passes(&self, more: usize) {
+        let from = self.reconcile_passes();
+        let done = eventually(Duration::from_secs(20), || {
+            self.reconcile_passes() >= from + more as f64
+        });
+        assert!(
+            done.is_some(),
+            "flanneld made fewer than {more} kernel passes in 20 s\n{}",
+            self.log()
+        );
+    }
+
     /// Where this flanneld serves its state (`--state-socket`).
     pub fn state_socket(&self) -> PathBuf {
         self.dir.path().join("flanneld.sock")
