@@ -548,8 +548,8 @@ fn route(sh: &Arc<Shared>, r: &Req) -> Response<Body> {
 }
 
 /// A list or watch from a resourceVersion the store has not reached: waited for up to
-/// `too_large_wait` (the real server's 3 s by default), then refused as the real server refuses it (a 504 with cause
-/// `ResourceVersionTooLarge`). `None` when the request may go on.
+/// `too_large_wait` (the real server's 3 s by default), then refused as the real server
+/// refuses it (a 504 with cause `ResourceVersionTooLarge`). `None` when the request may go on.
 async fn too_large(sh: &Shared, query: &str) -> Option<Response<Body>> {
     let q = Query::parse(query);
     let asked = q.get("resourceVersion")?.parse::<u64>().ok()?;

@@ -288,13 +288,7 @@ fn a_lease_with_a_non_unicast_vtep_mac_is_skipped_once() {
     );
     let fdb = n.exec("bridge", &["fdb", "show", "dev", "flannel.1"]);
     assert!(!fdb.contains("ff:ff:ff:ff:ff:ff dst"), "{fdb}");
-    let metrics = n.exec(
-        &common::bin_dir().join("flannelctl").display().to_string(),
-        &[
-            &format!("--state-socket={}", n.state_socket().display()),
-            "metrics",
-        ],
-    );
+    let metrics = n.metrics_page();
     assert!(
         metrics.contains("flannel_netlink_errors_total 0"),
         "{metrics}"

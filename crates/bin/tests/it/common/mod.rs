@@ -298,7 +298,6 @@ pub fn idle_connections_in_ns(ns: &str, port: u16, n: usize) -> Vec<std::net::Tc
     .expect("connect thread")
 }
 
-/// The directory holding the built binaries (flanneld, flannel, flannel-lab).
 /// Puts an executable copy of `src` at `dst` by running `cp`, not by writing it from here:
 /// a file this process holds open for writing is inherited by every child another test thread
 /// forks meanwhile, until that child execs, and running the file then fails with "Text file
@@ -329,6 +328,7 @@ pub fn write_executable(dst: &Path, contents: &str) {
     std::fs::set_permissions(dst, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
+/// The directory holding the built binaries (flanneld, flannel, flannel-lab).
 pub fn bin_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_flanneld"))
         .parent()
@@ -622,20 +622,21 @@ impl Node {
         self.start_env(extra, &[]);
     }
 
-    /// How many kernel passes flanneld has made (every trigger, full and incremental), as its
-    /// metrics count them (`flannelctl metrics` over the state socket).
-    pub fn reconcile_passes(&self) -> f64 {
-        let page = self.exec(
+    /// flanneld's metrics page, as `flannelctl metrics` prints it from the state socket.
+    pub fn metrics_page(&self) -> String {
+        self.exec(
             &bin_dir().join("flannelctl").display().to_string(),
             &[
                 &format!("--state-socket={}", self.state_socket().display()),
                 "metrics",
             ],
-        );
-        page.lines()
-            .filter(|l| l.starts_with("flannel_reconcile_passes_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        )
+    }
+
+    /// How many kernel passes flanneld has made (every trigger, full and incremental).
+    pub fn reconcile_passes(&self) -> f64 {
+        let m = flannel_lab::metrics::parse(&self.metrics_page());
+        flannel_lab::metrics::total(&m, "flannel_reconcile_passes_total")
     }
 
     /// Waits until flanneld has made `more` kernel passes after now: what a test that checks
