@@ -9,7 +9,7 @@ use flannel_backend::datapath::vnet::{self, VnetHdr};
 use flannel_backend::wg::table::{PeerState, WgTable};
 use flannel_backend::wg::worker::{open_datagram, Identity, WgCounters};
 use flannel_core::raw_json::RawJson;
-use flannel_core::wireguard::{desired_peers, Device, PeerInputs, WgConfig, WgData, WgPeer};
+use flannel_backend::wg::config::{desired_peers, Device, PeerInputs, WgConfig, WgData, WgPeer};
 use flannel_core::{Lease, LeaseAttrs};
 use libfuzzer_sys::fuzz_target;
 use std::sync::{Arc, OnceLock};

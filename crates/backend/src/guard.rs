@@ -2,7 +2,7 @@
 //! flannel did not create and the main-table routes flannel does not own. Every backend checks
 //! its leases against it before programming them.
 
-use flannel_core::route_guard::{LocalAddr, LocalRoute, LocalState, RouteGuard};
+use crate::route_guard::{LocalAddr, LocalRoute, LocalState, RouteGuard};
 use flannel_net::{Family, NetError, NetOps, RouteEntry};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};

@@ -4,17 +4,24 @@
 //! (`BackendType`/`BackendData`) and the MTU for pods, and reconciles the kernel against the set
 //! of known leases whenever asked (lease events, netlink events, timer).
 
+mod any;
 pub mod batch;
+pub mod config;
 pub mod datapath;
+pub mod diff;
 pub mod guard;
 pub mod hostgw;
+pub mod peers;
+pub mod route_guard;
 pub mod routes;
 pub mod udp;
 pub mod vxlan;
 pub mod wg;
 
+pub use any::AnyBackend;
+pub use config::{BackendConfig, SUPPORTED};
+
 use flannel_core::{Lease, LeaseAttrs};
-use ipnet::IpNet;
 use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -38,6 +45,8 @@ pub struct ExternalInterface {
 pub enum BackendError {
     #[error(transparent)]
     Net(#[from] flannel_net::NetError),
+    #[error("backend type {0:?} is not supported by this flannel-rs build (supported: {list})", list = config::SUPPORTED.join(", "))]
+    Unsupported(String),
     #[error("invalid {backend} backend config: {msg}")]
     Config { backend: &'static str, msg: String },
     #[error("{0}")]
@@ -54,7 +63,7 @@ pub struct ReconcileReport {
     /// Of the writes, those that put back an entry we had applied before (drift healed).
     pub repairs: Repairs,
     /// Leases left out, and why (the daemon logs them with their datastore key).
-    pub skipped: Vec<flannel_core::peers::Skipped>,
+    pub skipped: Vec<crate::peers::Skipped>,
 }
 
 /// Entries we had applied, later found missing or different, and rewritten, by kind. The
@@ -171,6 +180,11 @@ pub trait Backend: Send {
         Vec::new()
     }
 
+    /// The userspace data path's counters, for metrics (udp and wireguard).
+    fn datapath_counters(&self) -> Option<DatapathCounters> {
+        None
+    }
+
     /// Whether a kernel change is one this backend made itself (a deletion whose notification
     /// was on its way) rather than drift that needs a reconcile.
     fn expected_change(&mut self, change: &flannel_net::monitor::Change) -> bool {
@@ -179,197 +193,9 @@ pub trait Backend: Send {
     }
 }
 
-/// Puts back a device's MTU and up state (TUN devices of the udp and wireguard backends); a
-/// change after the first full pass (`configured`) counts as a device repair.
-pub(crate) async fn keep_mtu_and_up<N: flannel_net::NetOps>(
-    nl: &N,
-    index: u32,
-    mtu: u32,
-    configured: bool,
-    report: &mut ReconcileReport,
-) -> Result<(), BackendError> {
-    let Some(l) = nl.link_by_index(index).await? else {
-        return Ok(());
-    };
-    if l.mtu != mtu || !l.up {
-        report.repairs.device += usize::from(configured);
-    }
-    if l.mtu != mtu {
-        nl.set_mtu(index, mtu).await?;
-        report.added += 1;
-    }
-    if !l.up {
-        nl.set_up(index).await?;
-        report.added += 1;
-    }
-    Ok(())
-}
-
-/// The peer subnets of `family` a lease burst touches (our own excluded: a change to it takes
-/// a full pass), sorted.
-pub(crate) fn touched_subnets(
-    family: flannel_core::Family,
-    own: IpNet,
-    changed: &[Lease],
-    removed: &[Lease],
-) -> Vec<IpNet> {
-    let mut v: Vec<IpNet> = changed
-        .iter()
-        .chain(removed)
-        .filter_map(|l| l.subnet_of(family))
-        .filter(|s| *s != own)
-        .collect();
-    v.sort();
-    v.dedup();
-    v
-}
-
-/// The backend chosen by the network config, dispatched statically.
-pub enum AnyBackend {
-    Vxlan(vxlan::VxlanBackend),
-    HostGw(hostgw::HostGwBackend),
-    Udp(udp::backend::UdpBackend),
-    Wireguard(wg::backend::WireguardBackend),
-}
-
-/// Backend types this build implements.
-pub const SUPPORTED: &[&str] = &["vxlan", "host-gw", "udp", "wireguard"];
-
-impl AnyBackend {
-    /// Sets up the backend named by the config's `Backend.Type` on interface `ext`, for the
-    /// families in `nets` (with the VtepMACs our previous lease published, for vxlan).
-    pub async fn register(
-        backend_type: &str,
-        backend: &serde_json::Value,
-        nl: flannel_net::Netlink,
-        ext: ExternalInterface,
-        nets: vxlan::VxlanNetworks,
-    ) -> Result<Self, BackendError> {
-        let v4_only = |name: &'static str| {
-            if nets.v6.is_some() {
-                tracing::warn!("IPv6 is enabled, but the {name} backend programs the IPv4 overlay only in this flannel-rs build");
-            }
-            nets.v4.map(|(n, _)| n).ok_or(BackendError::Config {
-                backend: name,
-                msg: "needs an IPv4 Network".into(),
-            })
-        };
-        match backend_type {
-            "vxlan" => {
-                let cfg = flannel_core::vxlan::VxlanConfig::from_backend(backend)
-                    .map_err(|e| BackendError::Config { backend: "vxlan", msg: e.to_string() })?;
-                Ok(Self::Vxlan(vxlan::VxlanBackend::register(nl, cfg, ext, nets).await?))
-            }
-            "host-gw" => {
-                let networks: Vec<IpNet> = nets
-                    .v4
-                    .map(|(n, _)| IpNet::V4(n))
-                    .into_iter()
-                    .chain(nets.v6.map(|(n, _)| IpNet::V6(n)))
-                    .collect();
-                Ok(Self::HostGw(hostgw::HostGwBackend::register(nl, ext, &networks)?))
-            }
-            "udp" => Ok(Self::Udp(udp::backend::UdpBackend::register(nl, ext, v4_only("udp")?, backend).await?)),
-            "wireguard" => Ok(Self::Wireguard(
-                wg::backend::WireguardBackend::register(nl, ext, nets.v4.map(|(n, _)| n), nets.v6.map(|(n, _)| n), backend).await?,
-            )),
-            other => Err(BackendError::Config {
-                backend: "any",
-                msg: format!("backend type {other:?} is not supported by this flannel-rs build (supported: {})", SUPPORTED.join(", ")),
-            }),
-        }
-    }
-}
-
-impl Backend for AnyBackend {
-    fn lease_attrs(&self) -> LeaseAttrs {
-        match self {
-            Self::Vxlan(b) => b.lease_attrs(),
-            Self::HostGw(b) => b.lease_attrs(),
-            Self::Udp(b) => b.lease_attrs(),
-            Self::Wireguard(b) => b.lease_attrs(),
-        }
-    }
-
-    fn mtu(&self) -> u32 {
-        match self {
-            Self::Vxlan(b) => b.mtu(),
-            Self::HostGw(b) => b.mtu(),
-            Self::Udp(b) => b.mtu(),
-            Self::Wireguard(b) => b.mtu(),
-        }
-    }
-
-    async fn reconcile(
-        &mut self,
-        own: &Lease,
-        leases: &[Lease],
-    ) -> Result<ReconcileReport, BackendError> {
-        match self {
-            Self::Vxlan(b) => b.reconcile(own, leases).await,
-            Self::HostGw(b) => b.reconcile(own, leases).await,
-            Self::Udp(b) => b.reconcile(own, leases).await,
-            Self::Wireguard(b) => b.reconcile(own, leases).await,
-        }
-    }
-
-    async fn apply_delta(
-        &mut self,
-        own: &Lease,
-        changed: &[Lease],
-        removed: &[Lease],
-    ) -> Result<Option<ReconcileReport>, BackendError> {
-        match self {
-            Self::Vxlan(b) => b.apply_delta(own, changed, removed).await,
-            Self::HostGw(b) => b.apply_delta(own, changed, removed).await,
-            Self::Udp(b) => Ok(b.apply_delta(own, changed, removed)),
-            // A full pass costs little here: no kernel entry per peer.
-            Self::Wireguard(_) => Ok(None),
-        }
-    }
-
-    async fn repair(
-        &mut self,
-        changes: &[flannel_net::monitor::Change],
-    ) -> Result<Option<ReconcileReport>, BackendError> {
-        match self {
-            Self::Vxlan(b) => b.repair(changes).await,
-            Self::HostGw(b) => b.repair(changes).await,
-            Self::Udp(_) | Self::Wireguard(_) => Ok(None),
-        }
-    }
-
-    fn tick(&mut self) {
-        match self {
-            Self::Udp(b) => b.report_drops(),
-            Self::Wireguard(b) => b.report_drops(),
-            _ => {}
-        }
-    }
-
-    fn expected(&self, own: &Lease, leases: &[Lease]) -> Vec<flannel_core::state::KernelEntry> {
-        match self {
-            Self::Vxlan(b) => b.expected(own, leases),
-            Self::HostGw(b) => b.expected(own, leases),
-            Self::Udp(b) => b.expected(own, leases),
-            Self::Wireguard(b) => b.expected(own, leases),
-        }
-    }
-
-    fn devices(&self) -> Vec<String> {
-        match self {
-            Self::Vxlan(b) => b.devices(),
-            Self::HostGw(b) => b.devices(),
-            Self::Udp(b) => b.devices(),
-            Self::Wireguard(b) => b.devices(),
-        }
-    }
-
-    fn expected_change(&mut self, change: &flannel_net::monitor::Change) -> bool {
-        match self {
-            Self::Vxlan(b) => b.expected_change(change),
-            Self::HostGw(b) => b.expected_change(change),
-            Self::Udp(_) | Self::Wireguard(_) => false,
-        }
-    }
+/// Counters of a userspace data path, shared with its worker threads.
+#[derive(Clone)]
+pub enum DatapathCounters {
+    Udp(std::sync::Arc<udp::worker::Counters>),
+    Wireguard(std::sync::Arc<wg::worker::WgCounters>),
 }

@@ -127,6 +127,25 @@ impl RoutePlan {
     }
 }
 
+/// The peer subnets of `family` a lease burst touches (our own excluded: a change to it takes
+/// a full pass), sorted.
+pub fn touched_subnets(
+    family: flannel_core::Family,
+    own: IpNet,
+    changed: &[flannel_core::Lease],
+    removed: &[flannel_core::Lease],
+) -> Vec<IpNet> {
+    let mut v: Vec<IpNet> = changed
+        .iter()
+        .chain(removed)
+        .filter_map(|l| l.subnet_of(family))
+        .filter(|s| *s != own)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -309,6 +309,7 @@ mod tests {
         };
         // SAFETY: utimensat(2) on a path we own, with two valid timespecs.
         assert_eq!(
+            // SAFETY: utimensat(2) reads a NUL-terminated path and two timespecs we own.
             unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), [past, past].as_ptr(), 0) },
             0
         );

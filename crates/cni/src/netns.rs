@@ -17,8 +17,9 @@ pub fn check(path: &str) -> Result<std::fs::File, CniError> {
         )
     };
     let f = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
-    // SAFETY: fstatfs(2) fills the zeroed struct we own, on an fd we hold open.
+    // SAFETY: statfs is plain old data; all zeroes is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs(2) fills the struct we own, on an fd we hold open.
     if unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) } != 0 {
         return Err(bad(std::io::Error::last_os_error().to_string()));
     }

@@ -26,14 +26,6 @@ impl Family {
     pub fn of_net(n: &IpNet) -> Self {
         Self::of(n.addr())
     }
-
-    /// How upstream names the public address field of this family.
-    pub fn public_ip_field(self) -> &'static str {
-        match self {
-            Self::V4 => "PublicIP",
-            Self::V6 => "PublicIPv6",
-        }
-    }
 }
 
 /// What a lease holds for one family.

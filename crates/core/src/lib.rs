@@ -5,27 +5,20 @@
 
 pub mod allocator;
 pub mod config;
-pub mod diff;
 pub mod errtext;
 pub mod family;
-pub mod hostgw;
 pub mod iface;
 pub mod iptables;
 pub mod json_ci;
 pub mod lease;
 pub mod mac;
 pub mod nftables;
-pub mod peers;
 pub mod raw_json;
-pub mod route_guard;
 pub mod state;
 pub mod subnet;
 pub mod subnet_env;
 pub mod subnet_key;
 pub mod time;
-pub mod vxlan;
-pub mod vxlan_delta;
-pub mod wireguard;
 
 pub use config::{ConfigError, NetworkConfig};
 pub use family::Family;

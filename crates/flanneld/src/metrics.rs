@@ -177,14 +177,16 @@ impl Metrics {
             .set(1);
     }
 
-    /// Reads the udp data path's counters from now on.
-    pub fn watch_udp(&self, counters: Arc<UdpCounters>) {
-        let _ = self.udp.set(counters);
-    }
-
-    /// Reads the wireguard data path's counters from now on.
-    pub fn watch_wireguard(&self, counters: Arc<WgCounters>) {
-        let _ = self.wg.set(counters);
+    /// Reads a userspace data path's counters (udp or wireguard) from now on.
+    pub fn watch_datapath(&self, counters: flannel_backend::DatapathCounters) {
+        match counters {
+            flannel_backend::DatapathCounters::Udp(c) => {
+                let _ = self.udp.set(c);
+            }
+            flannel_backend::DatapathCounters::Wireguard(c) => {
+                let _ = self.wg.set(c);
+            }
+        }
     }
 
     /// The exposition in the Prometheus text format, or OpenMetrics.
@@ -482,7 +484,7 @@ mod tests {
         c.peers.store(2, Ordering::Relaxed);
         c.rx_disallowed_source.store(4, Ordering::Relaxed);
         c.handshakes_sent.store(3, Ordering::Relaxed);
-        m.watch_wireguard(c);
+        m.watch_datapath(flannel_backend::DatapathCounters::Wireguard(c));
         let t = m.render(false);
         assert!(t.contains("# TYPE flannel_wireguard_peers gauge"), "{t}");
         assert!(t.contains("flannel_wireguard_peers 2"), "{t}");
@@ -506,7 +508,7 @@ mod tests {
         let c = Arc::new(UdpCounters::default());
         c.tx_packets.store(5, Ordering::Relaxed);
         c.rx_spoofed_source.store(3, Ordering::Relaxed);
-        m.watch_udp(c);
+        m.watch_datapath(flannel_backend::DatapathCounters::Udp(c));
         let t = m.render(false);
         assert!(
             t.contains("flannel_udp_packets_total{direction=\"tx\"} 5"),

@@ -2,7 +2,7 @@
 //! its datastore key, said again only when the reason changes, not on every reconcile pass),
 //! and for claiming a subnet another holder had first.
 
-use flannel_core::peers::Skipped;
+use flannel_backend::peers::Skipped;
 use flannel_core::subnet_key::SubnetKey;
 use flannel_subnet::{Conflict, Owner};
 use std::collections::BTreeSet;

@@ -12,7 +12,7 @@ use crate::options::Options;
 use crate::signals::Shutdown;
 use crate::skiplog::{ConflictLog, SkipLog};
 use anyhow::{bail, Context};
-use flannel_backend::{AnyBackend, Backend};
+use flannel_backend::{AnyBackend, Backend, BackendConfig};
 use flannel_core::iface::Families;
 use flannel_core::state::{DatastoreAccess, RunsAs};
 use flannel_core::subnet_env::{PreviousSubnets, SubnetEnv};
@@ -246,15 +246,9 @@ pub async fn run_with<SM: SubnetManager>(
         (true, None) => bail!("the network config at {at} has no IPv4 Network (set \"EnableIPv4\": false for an IPv6-only network)"),
     };
     check_br_netfilter(&config)?;
-    if !flannel_backend::SUPPORTED.contains(&config.backend_type.as_str()) {
-        bail!(
-            "backend type {:?} at {at} is not supported by this flannel-rs build (supported: {})",
-            config.backend_type,
-            flannel_backend::SUPPORTED.join(", ")
-        );
-    }
-
-    metrics.set_backend(&config.backend_type);
+    let backend_cfg = BackendConfig::from_network(&config)
+        .with_context(|| format!("reading the Backend of the network config at {at}"))?;
+    metrics.set_backend(backend_cfg.type_name());
     let families = Families {
         v4: config.enable_ipv4,
         v6: config.enable_ipv6,
@@ -285,7 +279,7 @@ pub async fn run_with<SM: SubnetManager>(
             .map(|n| (n, stored.v6)),
     };
     let mut node = flannel_core::state::NodeInfo {
-        backend: config.backend_type.clone(),
+        backend: backend_cfg.type_name().into(),
         iface: ext.name.clone(),
         iface_mtu: ext.mtu,
         public_ip: Some(ext.ext_addr.into()).filter(|_| config.enable_ipv4),
@@ -305,15 +299,10 @@ pub async fn run_with<SM: SubnetManager>(
         runs_as: runs_as(&o, &|k| std::env::var(k).ok()),
         ..Default::default()
     };
-    let backend =
-        AnyBackend::register(&config.backend_type, &config.backend, nl.clone(), ext, nets)
-            .await
-            .with_context(|| {
-                format!(
-                    "setting up the {} backend (config at {at})",
-                    config.backend_type
-                )
-            })?;
+    let backend_type = backend_cfg.type_name();
+    let backend = AnyBackend::register(backend_cfg, nl.clone(), ext, nets)
+        .await
+        .with_context(|| format!("setting up the {backend_type} backend (config at {at})"))?;
     let attrs = backend.lease_attrs();
     let Some(own) = or_signal(&mut stop, until_ready(|| sm.acquire_lease(&config, &attrs))).await
     else {
@@ -379,10 +368,8 @@ pub async fn run_with<SM: SubnetManager>(
         sm,
         opts: o,
     };
-    match &d.backend {
-        AnyBackend::Udp(b) => d.metrics.watch_udp(b.counters().clone()),
-        AnyBackend::Wireguard(b) => d.metrics.watch_wireguard(b.counters().clone()),
-        _ => {}
+    if let Some(c) = d.backend.datapath_counters() {
+        d.metrics.watch_datapath(c);
     }
     d.metrics.lease_renewed_for(d.own.ttl);
     d.count_leases();

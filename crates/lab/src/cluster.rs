@@ -285,11 +285,6 @@ pub fn stop_api(state: &LabState) -> anyhow::Result<()> {
     })
 }
 
-/// Compacts the API fake's history (SIGUSR1): watches from older versions get 410.
-pub fn compact_api(state: &LabState) {
-    signal_named(state, "flannel-kube-fake", libc::SIGUSR1);
-}
-
 fn signal_named(state: &LabState, name: &str, sig: i32) {
     for p in pids_named(&state.nodes[0].netns, name) {
         // SAFETY: kill(2) on a PID found in the lab's namespace.

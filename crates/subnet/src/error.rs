@@ -14,16 +14,6 @@ impl From<etcd_client::Error> for EtcdCause {
     }
 }
 
-impl EtcdCause {
-    /// etcd's own message for a refused request, when it is one.
-    pub fn grpc_message(&self) -> Option<&str> {
-        match &self.0 {
-            etcd_client::Error::GRpcStatus(s) => Some(s.message()),
-            _ => None,
-        }
-    }
-}
-
 impl fmt::Display for EtcdCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut msgs: Vec<String> = Vec::new();

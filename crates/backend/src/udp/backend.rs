@@ -1,12 +1,13 @@
 //! The udp backend itself: the TUN device `flannel0` (address, MTU, route to the network), the
 //! worker threads, and the peer table they use.
 
+use super::config::UdpConfig;
 use super::table::PeerTable;
 use super::worker::{Counters, Ctl, Worker};
 use crate::datapath::sock::Sock;
 use crate::datapath::tun;
-use crate::{BackendError, ExternalInterface, ReconcileReport};
-use flannel_core::peers::usable_peers;
+use crate::peers::usable_peers;
+use crate::{Backend, BackendError, ExternalInterface, ReconcileReport};
 use flannel_core::{Lease, LeaseAttrs};
 use flannel_net::{Family, NetOps, Netlink};
 use ipnet::{IpNet, Ipv4Net};
@@ -18,7 +19,7 @@ use std::thread::JoinHandle;
 use tracing::{info, warn};
 
 pub const DEVICE: &str = "flannel0";
-pub const DEFAULT_PORT: u16 = 8285;
+pub use super::config::DEFAULT_PORT;
 /// IPv4 (20) + UDP (8) around every packet.
 pub const OVERHEAD: u32 = 28;
 
@@ -34,7 +35,7 @@ pub struct UdpBackend {
     local: Option<Ipv4Net>,
     /// The guard of the last full pass, for lease deltas (see the vxlan backend's mirror);
     /// `None` until a full pass succeeds.
-    guard: Option<flannel_core::route_guard::RouteGuard>,
+    guard: Option<crate::route_guard::RouteGuard>,
     counters: Arc<Counters>,
     /// Drop counters as last logged: unknown sender, not for us, spoofed source.
     reported_drops: [u64; 3],
@@ -45,19 +46,9 @@ impl UdpBackend {
         nl: Netlink,
         ext: ExternalInterface,
         network: Ipv4Net,
-        backend: &serde_json::Value,
+        cfg: UdpConfig,
     ) -> Result<Self, BackendError> {
-        let empty = serde_json::Map::new();
-        let o = flannel_core::json_ci::CiObject::new(backend.as_object().unwrap_or(&empty));
-        let port = o
-            .uint("Port", u64::from(u16::MAX))
-            .map_err(|e| BackendError::Config {
-                backend: "udp",
-                msg: e.to_string(),
-            })?
-            .map(|p| p as u16)
-            .filter(|p| *p > 0)
-            .unwrap_or(DEFAULT_PORT);
+        let port = cfg.port;
         let queues = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
@@ -129,18 +120,115 @@ impl UdpBackend {
         })
     }
 
-    pub fn lease_attrs(&self) -> LeaseAttrs {
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    /// Hands `table` to the workers if it differs from theirs; whether it did.
+    /// The incremental path (see `Backend::apply_delta`): the touched subnets' entries of the
+    /// peer table replaced, no kernel read, no rebuild from every lease.
+    fn delta(
+        &mut self,
+        own: &Lease,
+        changed: &[Lease],
+        removed: &[Lease],
+    ) -> Option<ReconcileReport> {
+        let guard = self.guard.as_ref()?;
+        if self.local != Some(own.subnet) {
+            return None;
+        }
+        let touched: Vec<Ipv4Net> =
+            crate::routes::touched_subnets(Family::V4, IpNet::V4(own.subnet), changed, removed)
+                .into_iter()
+                .filter_map(|n| match n {
+                    IpNet::V4(n) => Some(n),
+                    IpNet::V6(_) => None,
+                })
+                .collect();
+        let (peers, skipped) = usable_peers(own.subnet, changed, &["", "udp"], guard);
+        let table = self.table.updated(
+            &touched,
+            peers.iter().map(|l| (l.subnet, l.attrs.public_ip)),
+        );
+        let changed = self.install(table, own.subnet);
+        Some(ReconcileReport {
+            added: usize::from(changed),
+            skipped,
+            ..Default::default()
+        })
+    }
+
+    fn install(&mut self, table: PeerTable, own: Ipv4Net) -> bool {
+        if *self.table == table && self.local == Some(own) {
+            return false;
+        }
+        let table = Arc::new(table);
+        for (tx, _) in &self.workers {
+            let _ = tx.send(Ctl::Table(table.clone()));
+        }
+        info!(peers = table.len(), "udp peer table updated");
+        self.table = table;
+        self.local = Some(own);
+        true
+    }
+
+    /// Logs each drop reason whose count grew since it was last said (on every full pass and
+    /// every `--iptables-resync` tick).
+    fn report_drops(&mut self) {
+        let c = &self.counters;
+        let reasons = [
+            (
+                &c.rx_unknown_source,
+                "dropped udp datagrams from senders that are not peers",
+            ),
+            (
+                &c.rx_not_for_us,
+                "dropped inner packets not for this node's subnet (they would be relayed off the network)",
+            ),
+            (
+                &c.rx_spoofed_source,
+                "dropped inner packets with a source in another node's subnet (spoofed)",
+            ),
+        ];
+        for ((counter, what), seen) in reasons.iter().zip(self.reported_drops.iter_mut()) {
+            let now = counter.load(Ordering::Relaxed);
+            if now > *seen {
+                warn!(dropped = now - *seen, total = now, "{what}");
+                *seen = now;
+            }
+        }
+    }
+}
+
+impl Drop for UdpBackend {
+    /// Stops the workers; closing the last TUN queue removes `flannel0`, as upstream's does.
+    fn drop(&mut self) {
+        for (tx, _) in &self.workers {
+            let _ = tx.send(Ctl::Stop);
+        }
+        for (_, h) in self.workers.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Backend for UdpBackend {
+    fn datapath_counters(&self) -> Option<crate::DatapathCounters> {
+        Some(crate::DatapathCounters::Udp(self.counters.clone()))
+    }
+
+    fn tick(&mut self) {
+        self.report_drops();
+    }
+
+    fn lease_attrs(&self) -> LeaseAttrs {
         // Upstream's udp backend publishes no BackendType and no BackendData.
         LeaseAttrs::v4(self.ext.ext_addr, "", None)
     }
 
     /// See `Backend::expected`: one route sends the whole network into `flannel0`; the
     /// workers pick the peer (no per-peer kernel entries).
-    pub fn expected(
-        &self,
-        _own: &Lease,
-        _leases: &[Lease],
-    ) -> Vec<flannel_core::state::KernelEntry> {
+    fn expected(&self, _own: &Lease, _leases: &[Lease]) -> Vec<flannel_core::state::KernelEntry> {
         vec![flannel_core::state::KernelEntry::Route {
             dst: IpNet::V4(self.network),
             gw: None,
@@ -148,19 +236,15 @@ impl UdpBackend {
         }]
     }
 
-    pub fn devices(&self) -> Vec<String> {
+    fn devices(&self) -> Vec<String> {
         vec![DEVICE.into()]
     }
 
-    pub fn mtu(&self) -> u32 {
+    fn mtu(&self) -> u32 {
         self.mtu
     }
 
-    pub fn counters(&self) -> &Arc<Counters> {
-        &self.counters
-    }
-
-    pub async fn reconcile(
+    async fn reconcile(
         &mut self,
         own: &Lease,
         leases: &[Lease],
@@ -181,7 +265,14 @@ impl UdpBackend {
             report.added += 1;
             report.repairs.address += usize::from(configured);
         }
-        crate::keep_mtu_and_up(&self.nl, self.index, self.mtu, configured, &mut report).await?;
+        crate::datapath::device::keep_mtu_and_up(
+            &self.nl,
+            self.index,
+            self.mtu,
+            configured,
+            &mut report,
+        )
+        .await?;
         // One route sends the whole network into the device; the workers pick the peer.
         let network = IpNet::V4(self.network);
         let has_route = |t: &[flannel_net::RouteEntry]| {
@@ -222,90 +313,14 @@ impl UdpBackend {
         Ok(report)
     }
 
-    /// Hands `table` to the workers if it differs from theirs; whether it did.
-    fn install(&mut self, table: PeerTable, own: Ipv4Net) -> bool {
-        if *self.table == table && self.local == Some(own) {
-            return false;
-        }
-        let table = Arc::new(table);
-        for (tx, _) in &self.workers {
-            let _ = tx.send(Ctl::Table(table.clone()));
-        }
-        info!(peers = table.len(), "udp peer table updated");
-        self.table = table;
-        self.local = Some(own);
-        true
-    }
-
     /// The incremental path (see `Backend::apply_delta`): the touched subnets' entries of the
     /// peer table replaced, no kernel read, no rebuild from every lease.
-    pub fn apply_delta(
+    async fn apply_delta(
         &mut self,
         own: &Lease,
         changed: &[Lease],
         removed: &[Lease],
-    ) -> Option<ReconcileReport> {
-        let guard = self.guard.as_ref()?;
-        if self.local != Some(own.subnet) {
-            return None;
-        }
-        let touched: Vec<Ipv4Net> =
-            crate::touched_subnets(Family::V4, IpNet::V4(own.subnet), changed, removed)
-                .into_iter()
-                .filter_map(|n| match n {
-                    IpNet::V4(n) => Some(n),
-                    IpNet::V6(_) => None,
-                })
-                .collect();
-        let (peers, skipped) = usable_peers(own.subnet, changed, &["", "udp"], guard);
-        let table = self.table.updated(
-            &touched,
-            peers.iter().map(|l| (l.subnet, l.attrs.public_ip)),
-        );
-        let changed = self.install(table, own.subnet);
-        Some(ReconcileReport {
-            added: usize::from(changed),
-            skipped,
-            ..Default::default()
-        })
-    }
-
-    /// Logs each drop reason whose count grew since it was last said (on every full pass and
-    /// every `--iptables-resync` tick).
-    pub fn report_drops(&mut self) {
-        let c = &self.counters;
-        let reasons = [
-            (
-                &c.rx_unknown_source,
-                "dropped udp datagrams from senders that are not peers",
-            ),
-            (
-                &c.rx_not_for_us,
-                "dropped inner packets not for this node's subnet (they would be relayed off the network)",
-            ),
-            (
-                &c.rx_spoofed_source,
-                "dropped inner packets with a source in another node's subnet (spoofed)",
-            ),
-        ];
-        for ((counter, what), seen) in reasons.iter().zip(self.reported_drops.iter_mut()) {
-            let now = counter.load(Ordering::Relaxed);
-            if now > *seen {
-                warn!(dropped = now - *seen, total = now, "{what}");
-                *seen = now;
-            }
-        }
-    }
-}
-
-impl Drop for UdpBackend {
-    /// Stops the workers; closing the last TUN queue removes `flannel0`, as upstream's does.
-    fn drop(&mut self) {
-        for (tx, _) in &self.workers {
-            let _ = tx.send(Ctl::Stop);
-        }
-        for (_, h) in self.workers.drain(..) {
-            let _ = h.join();
-        }
+    ) -> Result<Option<ReconcileReport>, BackendError> {
+        Ok(self.delta(own, changed, removed))
     }
 }

@@ -4,6 +4,7 @@
 //! worker per core).
 
 pub mod backend;
+pub mod config;
 pub mod table;
 pub mod worker;
 

@@ -10,12 +10,12 @@ use super::worker::{Ctl, Identity, WgCounters, Worker};
 use crate::datapath::sock::Sock;
 use crate::datapath::tun;
 use crate::datapath::wake::Waker;
-use crate::{BackendError, ExternalInterface, ReconcileReport};
-use flannel_core::state::KernelEntry;
-use flannel_core::wireguard::{
+use crate::wg::config::{
     desired_peers, encode_key, Device, Key, Mode, PeerInputs, WgConfig, WgData, WgPeer, DEVICE,
     DEVICE_V6,
 };
+use crate::{Backend, BackendError, ExternalInterface, ReconcileReport};
+use flannel_core::state::KernelEntry;
 use flannel_core::{Lease, LeaseAttrs};
 use flannel_net::{Family, NetOps, Netlink};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -92,12 +92,8 @@ impl WireguardBackend {
         ext: ExternalInterface,
         v4: Option<Ipv4Net>,
         v6: Option<Ipv6Net>,
-        backend: &serde_json::Value,
+        cfg: WgConfig,
     ) -> Result<Self, BackendError> {
-        let cfg = WgConfig::from_backend(backend).map_err(|e| BackendError::Config {
-            backend: "wireguard",
-            msg: e.to_string(),
-        })?;
         let path = key::key_path();
         let (private, created) = key::load_or_create(&path).map_err(BackendError::Device)?;
         let id = Arc::new(Identity::new(private));
@@ -319,58 +315,8 @@ impl WireguardBackend {
         Ok(())
     }
 
-    pub fn lease_attrs(&self) -> LeaseAttrs {
-        let data = |port| {
-            Some(
-                WgData {
-                    public_key: self.public,
-                    port,
-                }
-                .to_raw(),
-            )
-        };
-        // Outside separate mode one device listens on ListenPort for both families; the v6
-        // data names that port, where we really listen (upstream writes ListenPortV6 there).
-        let port_v6 = match self.cfg.mode {
-            Mode::Separate => self.cfg.listen_port_v6,
-            _ => self.cfg.listen_port,
-        };
-        LeaseAttrs {
-            public_ip: self.ext.ext_addr,
-            public_ipv6: self.ext.ext_v6_addr,
-            backend_type: "wireguard".into(),
-            backend_data: self.v4.and_then(|_| data(self.cfg.listen_port)),
-            backend_v6_data: self.v6.and_then(|_| data(port_v6)),
-        }
-    }
-
-    pub fn mtu(&self) -> u32 {
-        self.mtu
-    }
-
     pub fn counters(&self) -> &Arc<WgCounters> {
         &self.counters
-    }
-
-    pub fn devices(&self) -> Vec<String> {
-        self.devices.iter().map(|d| d.name.to_string()).collect()
-    }
-
-    /// See `Backend::expected`: one route per network into its device; the workers pick
-    /// the peer.
-    pub fn expected(&self, _own: &Lease, _leases: &[Lease]) -> Vec<KernelEntry> {
-        self.devices
-            .iter()
-            .flat_map(|d| {
-                d.networks(self.v4, self.v6, self.cfg.mode)
-                    .into_iter()
-                    .map(|dst| KernelEntry::Route {
-                        dst,
-                        gw: None,
-                        dev: d.name.into(),
-                    })
-            })
-            .collect()
     }
 
     /// The address of the device: our subnet's network address as /32 (and /128).
@@ -385,35 +331,6 @@ impl WireguardBackend {
                     .map(IpNet::V6),
             })
             .collect()
-    }
-
-    pub async fn reconcile(
-        &mut self,
-        own: &Lease,
-        leases: &[Lease],
-    ) -> Result<ReconcileReport, BackendError> {
-        let mut report = ReconcileReport::default();
-        let configured = self.configured;
-        for i in 0..self.devices.len() {
-            self.heal_device(i, &mut report).await?;
-            self.device_state(i, own, configured, &mut report).await?;
-            let input = PeerInputs {
-                cfg: &self.cfg,
-                own,
-                v4: self.v4.is_some(),
-                v6: self.v6.is_some(),
-                local_v6: self.ext.ext_v6_addr,
-            };
-            let (peers, skipped) = desired_peers(input, self.devices[i].kind, leases);
-            report.skipped.extend(skipped);
-            if self.install(i, peers) {
-                report.added += 1;
-            }
-        }
-        report.dedup_skipped();
-        self.configured = true;
-        self.report_drops();
-        Ok(report)
     }
 
     /// Creates device `i` again if it is gone (someone deleted it): new TUN, new workers, the
@@ -450,7 +367,8 @@ impl WireguardBackend {
     ) -> Result<(), BackendError> {
         let d = &self.devices[i];
         let index = d.index;
-        crate::keep_mtu_and_up(&self.nl, index, self.mtu, configured, report).await?;
+        crate::datapath::device::keep_mtu_and_up(&self.nl, index, self.mtu, configured, report)
+            .await?;
         let want = self.addresses(d, own);
         let networks = d.networks(self.v4, self.v6, self.cfg.mode);
         for family in [Family::V4, Family::V6] {
@@ -551,7 +469,7 @@ impl WireguardBackend {
     }
 
     /// Logs each drop reason whose count grew since it was last said.
-    pub fn report_drops(&mut self) {
+    fn report_drops(&mut self) {
         let c = &self.counters;
         let reasons = [
             (&c.rx_unknown_peer, "dropped wireguard datagrams from no known peer"),
@@ -582,6 +500,96 @@ fn placeholder() -> WgDevice {
         table: Arc::new(WgTable::default()),
         peers: Vec::new(),
         kernel: true,
+    }
+}
+
+impl Backend for WireguardBackend {
+    fn datapath_counters(&self) -> Option<crate::DatapathCounters> {
+        Some(crate::DatapathCounters::Wireguard(self.counters.clone()))
+    }
+
+    /// A full pass costs little here (no kernel entry per peer): no delta path.
+    fn tick(&mut self) {
+        self.report_drops();
+    }
+
+    fn lease_attrs(&self) -> LeaseAttrs {
+        let data = |port| {
+            Some(
+                WgData {
+                    public_key: self.public,
+                    port,
+                }
+                .to_raw(),
+            )
+        };
+        // Outside separate mode one device listens on ListenPort for both families; the v6
+        // data names that port, where we really listen (upstream writes ListenPortV6 there).
+        let port_v6 = match self.cfg.mode {
+            Mode::Separate => self.cfg.listen_port_v6,
+            _ => self.cfg.listen_port,
+        };
+        LeaseAttrs {
+            public_ip: self.ext.ext_addr,
+            public_ipv6: self.ext.ext_v6_addr,
+            backend_type: "wireguard".into(),
+            backend_data: self.v4.and_then(|_| data(self.cfg.listen_port)),
+            backend_v6_data: self.v6.and_then(|_| data(port_v6)),
+        }
+    }
+
+    fn mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    fn devices(&self) -> Vec<String> {
+        self.devices.iter().map(|d| d.name.to_string()).collect()
+    }
+
+    /// See `Backend::expected`: one route per network into its device; the workers pick
+    /// the peer.
+    fn expected(&self, _own: &Lease, _leases: &[Lease]) -> Vec<KernelEntry> {
+        self.devices
+            .iter()
+            .flat_map(|d| {
+                d.networks(self.v4, self.v6, self.cfg.mode)
+                    .into_iter()
+                    .map(|dst| KernelEntry::Route {
+                        dst,
+                        gw: None,
+                        dev: d.name.into(),
+                    })
+            })
+            .collect()
+    }
+
+    async fn reconcile(
+        &mut self,
+        own: &Lease,
+        leases: &[Lease],
+    ) -> Result<ReconcileReport, BackendError> {
+        let mut report = ReconcileReport::default();
+        let configured = self.configured;
+        for i in 0..self.devices.len() {
+            self.heal_device(i, &mut report).await?;
+            self.device_state(i, own, configured, &mut report).await?;
+            let input = PeerInputs {
+                cfg: &self.cfg,
+                own,
+                v4: self.v4.is_some(),
+                v6: self.v6.is_some(),
+                local_v6: self.ext.ext_v6_addr,
+            };
+            let (peers, skipped) = desired_peers(input, self.devices[i].kind, leases);
+            report.skipped.extend(skipped);
+            if self.install(i, peers) {
+                report.added += 1;
+            }
+        }
+        report.dedup_skipped();
+        self.configured = true;
+        self.report_drops();
+        Ok(report)
     }
 }
 

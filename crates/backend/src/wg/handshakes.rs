@@ -297,16 +297,20 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1100));
         id.limiter.reset_count();
         let from = SocketAddr::from(([10, 2, 0, 1], 51820));
-        let one = (0..50)
-            .filter(|_| {
-                let TunnResult::WriteToNetwork(m) =
-                    attacker.format_handshake_initiation(&mut init, true)
-                else {
-                    return false;
-                };
-                let m = m.to_vec();
-                admit(&id, &mut sources, &m, from, &mut buf, &c, &mut |_, _| {})
-            })
+        // Made first, then offered in a tight loop: making one costs a Diffie-Hellman, and at
+        // 20 a second a slow (debug, busy) build would earn a token back meanwhile.
+        let burst: Vec<Vec<u8>> = (0..50)
+            .filter_map(
+                |_| match attacker.format_handshake_initiation(&mut init, true) {
+                    TunnResult::WriteToNetwork(m) => Some(m.to_vec()),
+                    _ => None,
+                },
+            )
+            .collect();
+        assert_eq!(burst.len(), 50);
+        let one = burst
+            .iter()
+            .filter(|m| admit(&id, &mut sources, m, from, &mut buf, &c, &mut |_, _| {}))
             .count();
         assert_eq!(one, PER_SOURCE_BURST as usize);
         // A message whose mac1 is wrong (random bytes) is dropped unanswered.

@@ -6,7 +6,7 @@
 //! tested on (their kernels have no WireGuard module), so the userspace path is what the lab
 //! and CI run. `FLANNEL_WIREGUARD_KERNEL=0` forces the userspace path on any kernel.
 
-use flannel_core::wireguard::{Key, WgPeer};
+use crate::wg::config::{Key, WgPeer};
 use ipnet::IpNet;
 use std::io;
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! 32 bytes with no newline, mode 0400, created from the kernel's random source on first start
 //! and kept across restarts (so peers keep our public key), as upstream does.
 
-use flannel_core::wireguard::{decode_key, encode_key, Key, KEY_FILE, KEY_FILE_ENV};
+use crate::wg::config::{decode_key, encode_key, Key, KEY_FILE, KEY_FILE_ENV};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};

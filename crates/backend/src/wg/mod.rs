@@ -4,6 +4,7 @@
 //! kernel WireGuard over netlink where the module is loaded (`kernel`).
 
 pub mod backend;
+pub mod config;
 pub mod handshakes;
 pub mod kernel;
 pub mod key;

@@ -4,9 +4,9 @@
 //! key (handshake initiations). Built by the control side, handed over whole (copy on write).
 
 use super::worker::Identity;
+use crate::wg::config::{Key, WgPeer};
 use boringtun::noise::Tunn;
 use boringtun::x25519::PublicKey;
-use flannel_core::wireguard::{Key, WgPeer};
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

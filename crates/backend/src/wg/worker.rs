@@ -88,7 +88,7 @@ pub struct Identity {
 pub const HANDSHAKE_RATE_LIMIT: u64 = 200;
 
 impl Identity {
-    pub fn new(private: flannel_core::wireguard::Key) -> Self {
+    pub fn new(private: crate::wg::config::Key) -> Self {
         let private = StaticSecret::from(private);
         let public = PublicKey::from(&private);
         Self {

@@ -3,6 +3,7 @@
 
 use crate::common::*;
 use flannel_backend::hostgw::HostGwBackend;
+use flannel_backend::Backend;
 use flannel_net::fake::{Call, FakeNetlink, ENOBUFS};
 use flannel_net::monitor::Change;
 use flannel_net::RouteWrite;

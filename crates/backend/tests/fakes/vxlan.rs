@@ -3,9 +3,9 @@
 //! repairs from notifications, failures falling back to a full pass). Runs as any user.
 
 use crate::common::*;
+use flannel_backend::vxlan::VxlanConfig;
 use flannel_backend::vxlan::{VxlanBackend, VxlanNetworks};
 use flannel_backend::{Backend, Repairs};
-use flannel_core::vxlan::VxlanConfig;
 use flannel_core::{Lease, MacAddr};
 use flannel_net::fake::{Call, FakeNetlink, ENOBUFS};
 use flannel_net::monitor::Change;

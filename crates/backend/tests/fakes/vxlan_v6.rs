@@ -3,9 +3,9 @@
 //! removed with leases, repaired from notifications. Runs as any user.
 
 use crate::common::*;
+use flannel_backend::vxlan::VxlanConfig;
 use flannel_backend::vxlan::{VxlanBackend, VxlanNetworks};
 use flannel_backend::Backend;
-use flannel_core::vxlan::VxlanConfig;
 use flannel_core::{Family, Lease, MacAddr};
 use flannel_net::fake::{Call, FakeNetlink};
 use flannel_net::monitor::Change;

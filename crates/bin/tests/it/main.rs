@@ -4,6 +4,9 @@
 //! MODULE::` runs one part. Tests that need root make their own namespaces and skip without
 //! root (unless FLANNEL_TESTS_REQUIRE_ROOT is set, as in CI).
 
+// A test's unwrap is its assertion (the workspace denies unwrap outside tests).
+#![allow(clippy::unwrap_used)]
+
 mod cni_plugin;
 mod common;
 mod deploy_manifest;

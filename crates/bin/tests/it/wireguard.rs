@@ -665,7 +665,7 @@ fn a_handshake_flood_does_not_starve_the_pods() {
     });
     assert!(talking.is_some(), "the pods talk before the flood");
     let lease = node_lease(&lab.state, b);
-    let key = flannel_core::wireguard::decode_key(
+    let key = flannel_backend::wg::config::decode_key(
         lease["BackendData"]["PublicKey"]
             .as_str()
             .expect("a public key"),
@@ -696,6 +696,7 @@ fn a_handshake_flood_does_not_starve_the_pods() {
         use std::os::fd::AsRawFd;
         // SAFETY: setns(2) on this thread only.
         assert_eq!(
+            // SAFETY: setns(2) on an fd we hold open moves only this thread.
             unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) },
             0
         );

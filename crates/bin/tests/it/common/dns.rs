@@ -31,6 +31,7 @@ impl Dns {
             std::thread::spawn(move || {
                 // SAFETY: setns(2) on this thread only, with an open namespace fd.
                 assert_eq!(
+                    // SAFETY: setns(2) on an fd we hold open moves only this thread.
                     unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
                     0
                 );

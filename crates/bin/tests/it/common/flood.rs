@@ -168,6 +168,7 @@ fn enter_netns(ns: &str) {
     let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
     // SAFETY: setns(2) on the calling thread only; the fd is open for the call.
     assert_eq!(
+        // SAFETY: setns(2) on an fd we hold open moves only this thread.
         unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) },
         0,
         "setns"

@@ -205,6 +205,7 @@ pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static
     std::thread::spawn(move || {
         // SAFETY: setns(2) on this thread only, with an open namespace fd.
         assert_eq!(
+            // SAFETY: setns(2) on an fd we hold open moves only this thread.
             unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
             0
         );
@@ -280,6 +281,7 @@ pub fn idle_connections_in_ns(ns: &str, port: u16, n: usize) -> Vec<std::net::Tc
     std::thread::spawn(move || {
         // SAFETY: setns(2) on this short-lived thread only; the fd is open for the call.
         assert_eq!(
+            // SAFETY: setns(2) on an fd we hold open moves only this thread.
             unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) },
             0,
             "setns"

@@ -5,8 +5,8 @@
 //!
 //! Family-generic: the same mirror holds IPv4 and IPv6 peers.
 
-use crate::vxlan::VxlanPeers;
-use crate::MacAddr;
+use super::desired::VxlanPeers;
+use flannel_core::MacAddr;
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -1,10 +1,10 @@
 //! The host-gw backend's desired routes (upstream `pkg/backend/hostgw`): every remote host-gw
 //! subnet via the remote node's public IP, on the external interface.
 
-use crate::family::Family;
-use crate::lease::Lease;
 use crate::peers::{usable_peers_in, Skipped};
 use crate::route_guard::RouteGuard;
+use flannel_core::family::Family;
+use flannel_core::lease::Lease;
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -26,7 +26,7 @@ pub fn desired_routes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::LeaseAttrs;
+    use flannel_core::lease::LeaseAttrs;
 
     fn lease(subnet: &str, ip: &str, ty: &str) -> Lease {
         Lease::v4(

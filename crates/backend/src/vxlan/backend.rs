@@ -3,15 +3,16 @@
 //! permanent FDB entry and an onlink route, reconciled as data. Both families go through the
 //! same code: an [`Overlay`] per family.
 
+use super::config::VxlanConfig;
+use super::delta::{apply_to_mirror, peers_of, plan_delta, DeltaPlan, PeerEntry};
+use super::desired::desired_peers_with;
 use crate::batch::pipelined_failures;
+use crate::diff::diff;
+use crate::route_guard::RouteGuard;
 use crate::routes::RoutePlan;
 use crate::{Backend, BackendError, ExternalInterface, ReconcileReport};
-use flannel_core::diff::diff;
 use flannel_core::lease::VxlanData;
-use flannel_core::route_guard::RouteGuard;
 use flannel_core::state::KernelEntry;
-use flannel_core::vxlan::{desired_peers_with, VxlanConfig};
-use flannel_core::vxlan_delta::{apply_to_mirror, peers_of, plan_delta, DeltaPlan, PeerEntry};
 use flannel_core::{Family, Lease, LeaseAttrs, MacAddr};
 use flannel_net::monitor::Change;
 use flannel_net::netlink::{gw_routes_on, is_vxlan};
@@ -159,93 +160,6 @@ impl<N: NetOps> VxlanBackend<N> {
                 .to_value(),
             )
         })
-    }
-
-    /// The incremental path (see `Backend::apply_delta`): the touched peers' entries against
-    /// each overlay's mirror, written without reading the kernel back.
-    pub async fn apply_delta(
-        &mut self,
-        own: &Lease,
-        changed: &[Lease],
-        removed: &[Lease],
-    ) -> Result<Option<ReconcileReport>, BackendError> {
-        if self.overlays.iter().any(|o| o.mirror.is_none()) {
-            return Ok(None);
-        }
-        let mut report = ReconcileReport::default();
-        let Self {
-            nl,
-            overlays,
-            expected,
-            ..
-        } = self;
-        for o in overlays.iter_mut() {
-            let Some(own_subnet) = own.subnet_of(o.family) else {
-                return Ok(None);
-            };
-            report.absorb(
-                o.apply_delta(nl, expected, own_subnet, changed, removed)
-                    .await,
-            );
-        }
-        report.dedup_skipped();
-        Ok(Some(report))
-    }
-
-    /// See `Backend::repair`: each deleted entry of a mirrored peer is written again (a route
-    /// exclusively: a route someone else put there meanwhile fails, and a full pass decides).
-    /// A notification about anything else we cannot place takes a full pass.
-    pub async fn repair(
-        &mut self,
-        changes: &[Change],
-    ) -> Result<Option<ReconcileReport>, BackendError> {
-        let mut plans: Vec<DeltaPlan> = vec![DeltaPlan::default(); self.overlays.len()];
-        for c in changes {
-            let hit = self.overlays.iter().enumerate().find_map(|(i, o)| {
-                let m = o.mirror.as_ref()?;
-                let place = |plan: &mut DeltaPlan| match c {
-                    Change::RouteGone(d) => {
-                        m.peers.get(d).map(|e| plan.routes.push((*d, e.gw, false)))
-                    }
-                    Change::NeighbourGone(idx, ip) if *idx == o.index => m
-                        .peers
-                        .values()
-                        .find(|e| e.gw == *ip)
-                        .map(|e| plan.set_neighbours.push((*ip, e.mac))),
-                    Change::FdbGone(idx, mac) if *idx == o.index => m
-                        .peers
-                        .values()
-                        .find(|e| e.mac == *mac)
-                        .map(|e| plan.set_fdb.push((*mac, e.public))),
-                    _ => None,
-                };
-                let mut p = DeltaPlan::default();
-                place(&mut p).map(|()| (i, p))
-            });
-            match (hit, c) {
-                (Some((i, p)), _) => {
-                    plans[i].routes.extend(p.routes);
-                    plans[i].set_neighbours.extend(p.set_neighbours);
-                    plans[i].set_fdb.extend(p.set_fdb);
-                }
-                // Entries on links that are not ours (an ARP entry expiring on eth0).
-                (None, Change::NeighbourGone(idx, _) | Change::FdbGone(idx, _))
-                    if !self.overlays.iter().any(|o| o.index == *idx) => {}
-                // Someone else's route, lost notifications, a link or address change, or an
-                // overlay without a mirror: a full pass.
-                _ => return Ok(None),
-            }
-        }
-        let mut report = ReconcileReport::default();
-        for (o, plan) in self.overlays.iter_mut().zip(plans) {
-            report.absorb(o.put_back(&self.nl, plan).await);
-        }
-        Ok(Some(report))
-    }
-
-    /// See `Backend::expected_change`.
-    pub fn expected_change(&mut self, change: &Change) -> bool {
-        self.expected.remove(change)
     }
 }
 
@@ -539,7 +453,7 @@ impl Overlay {
         };
         let (desired, skipped) = desired_peers_with(self.family, own, changed, guard, &|_| false);
         let want = peers_of(&desired);
-        let touched = crate::touched_subnets(self.family, own, changed, removed);
+        let touched = crate::routes::touched_subnets(self.family, own, changed, removed);
         let plan = plan_delta(&m.peers, &touched, &want);
         let idx = self.index;
         for (d, _) in &plan.del_routes {
@@ -697,8 +611,8 @@ impl Overlay {
 fn rewritten_entries(
     claimed: &BTreeSet<IpNet>,
     want_neigh: &BTreeMap<IpAddr, MacAddr>,
-    pn: &flannel_core::diff::Plan<IpAddr, MacAddr>,
-    pf: &flannel_core::diff::Plan<MacAddr, IpAddr>,
+    pn: &crate::diff::Plan<IpAddr, MacAddr>,
+    pf: &crate::diff::Plan<MacAddr, IpAddr>,
 ) -> (usize, usize) {
     if claimed.is_empty() || (pn.upsert.is_empty() && pf.upsert.is_empty()) {
         return (0, 0);
@@ -763,6 +677,93 @@ impl<N: NetOps> VxlanBackend<N> {
 }
 
 impl<N: NetOps> Backend for VxlanBackend<N> {
+    /// The incremental path (see `Backend::apply_delta`): the touched peers' entries against
+    /// each overlay's mirror, written without reading the kernel back.
+    async fn apply_delta(
+        &mut self,
+        own: &Lease,
+        changed: &[Lease],
+        removed: &[Lease],
+    ) -> Result<Option<ReconcileReport>, BackendError> {
+        if self.overlays.iter().any(|o| o.mirror.is_none()) {
+            return Ok(None);
+        }
+        let mut report = ReconcileReport::default();
+        let Self {
+            nl,
+            overlays,
+            expected,
+            ..
+        } = self;
+        for o in overlays.iter_mut() {
+            let Some(own_subnet) = own.subnet_of(o.family) else {
+                return Ok(None);
+            };
+            report.absorb(
+                o.apply_delta(nl, expected, own_subnet, changed, removed)
+                    .await,
+            );
+        }
+        report.dedup_skipped();
+        Ok(Some(report))
+    }
+
+    /// See `Backend::repair`: each deleted entry of a mirrored peer is written again (a route
+    /// exclusively: a route someone else put there meanwhile fails, and a full pass decides).
+    /// A notification about anything else we cannot place takes a full pass.
+    async fn repair(
+        &mut self,
+        changes: &[Change],
+    ) -> Result<Option<ReconcileReport>, BackendError> {
+        let mut plans: Vec<DeltaPlan> = vec![DeltaPlan::default(); self.overlays.len()];
+        for c in changes {
+            let hit = self.overlays.iter().enumerate().find_map(|(i, o)| {
+                let m = o.mirror.as_ref()?;
+                let place = |plan: &mut DeltaPlan| match c {
+                    Change::RouteGone(d) => {
+                        m.peers.get(d).map(|e| plan.routes.push((*d, e.gw, false)))
+                    }
+                    Change::NeighbourGone(idx, ip) if *idx == o.index => m
+                        .peers
+                        .values()
+                        .find(|e| e.gw == *ip)
+                        .map(|e| plan.set_neighbours.push((*ip, e.mac))),
+                    Change::FdbGone(idx, mac) if *idx == o.index => m
+                        .peers
+                        .values()
+                        .find(|e| e.mac == *mac)
+                        .map(|e| plan.set_fdb.push((*mac, e.public))),
+                    _ => None,
+                };
+                let mut p = DeltaPlan::default();
+                place(&mut p).map(|()| (i, p))
+            });
+            match (hit, c) {
+                (Some((i, p)), _) => {
+                    plans[i].routes.extend(p.routes);
+                    plans[i].set_neighbours.extend(p.set_neighbours);
+                    plans[i].set_fdb.extend(p.set_fdb);
+                }
+                // Entries on links that are not ours (an ARP entry expiring on eth0).
+                (None, Change::NeighbourGone(idx, _) | Change::FdbGone(idx, _))
+                    if !self.overlays.iter().any(|o| o.index == *idx) => {}
+                // Someone else's route, lost notifications, a link or address change, or an
+                // overlay without a mirror: a full pass.
+                _ => return Ok(None),
+            }
+        }
+        let mut report = ReconcileReport::default();
+        for (o, plan) in self.overlays.iter_mut().zip(plans) {
+            report.absorb(o.put_back(&self.nl, plan).await);
+        }
+        Ok(Some(report))
+    }
+
+    /// See `Backend::expected_change`.
+    fn expected_change(&mut self, change: &Change) -> bool {
+        self.expected.remove(change)
+    }
+
     fn expected(&self, own: &Lease, leases: &[Lease]) -> Vec<KernelEntry> {
         self.expected_entries(own, leases)
     }

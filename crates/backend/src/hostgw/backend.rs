@@ -2,10 +2,10 @@
 //! public address on the external interface, in each enabled family (IPv4 via `PublicIP`,
 //! IPv6 via `PublicIPv6`). Needs every node on one L2 segment.
 
+use crate::hostgw::desired::desired_routes;
+use crate::route_guard::RouteGuard;
 use crate::routes::RoutePlan;
-use crate::{BackendError, ExternalInterface, ReconcileReport};
-use flannel_core::hostgw::desired_routes;
-use flannel_core::route_guard::RouteGuard;
+use crate::{Backend, BackendError, ExternalInterface, ReconcileReport};
 use flannel_core::{Family, Lease, LeaseAttrs};
 use flannel_net::monitor::Change;
 use flannel_net::netlink::gw_routes_on;
@@ -82,8 +82,10 @@ impl<N: NetOps> HostGwBackend<N> {
             expected: HashSet::new(),
         })
     }
+}
 
-    pub fn lease_attrs(&self) -> LeaseAttrs {
+impl<N: NetOps> Backend for HostGwBackend<N> {
+    fn lease_attrs(&self) -> LeaseAttrs {
         LeaseAttrs {
             public_ip: self.ext.ext_addr,
             public_ipv6: self.ext.ext_v6_addr,
@@ -95,7 +97,7 @@ impl<N: NetOps> HostGwBackend<N> {
 
     /// See `Backend::expected`: a route to each peer's subnet via its public address on the
     /// external interface.
-    pub fn expected(&self, own: &Lease, leases: &[Lease]) -> Vec<flannel_core::state::KernelEntry> {
+    fn expected(&self, own: &Lease, leases: &[Lease]) -> Vec<flannel_core::state::KernelEntry> {
         let mut out = Vec::new();
         for f in &self.families {
             let Some(own_subnet) = own.subnet_of(f.family) else {
@@ -118,15 +120,15 @@ impl<N: NetOps> HostGwBackend<N> {
         out
     }
 
-    pub fn devices(&self) -> Vec<String> {
+    fn devices(&self) -> Vec<String> {
         Vec::new()
     }
 
-    pub fn mtu(&self) -> u32 {
+    fn mtu(&self) -> u32 {
         self.ext.mtu
     }
 
-    pub async fn reconcile(
+    async fn reconcile(
         &mut self,
         own: &Lease,
         leases: &[Lease],
@@ -178,7 +180,7 @@ impl<N: NetOps> HostGwBackend<N> {
 
     /// The incremental path (see `Backend::apply_delta`): the touched peers' routes against
     /// the mirror, without reading the routing table back.
-    pub async fn apply_delta(
+    async fn apply_delta(
         &mut self,
         own: &Lease,
         changed: &[Lease],
@@ -195,7 +197,7 @@ impl<N: NetOps> HostGwBackend<N> {
                 return Ok(None);
             };
             let (desired, skipped) = desired_routes(f.family, own_subnet, changed, guard);
-            let touched = crate::touched_subnets(f.family, own_subnet, changed, removed);
+            let touched = crate::routes::touched_subnets(f.family, own_subnet, changed, removed);
             let ours: BTreeMap<IpNet, IpAddr> = touched
                 .iter()
                 .filter_map(|s| routes.get(s).map(|g| (*s, *g)))
@@ -231,7 +233,7 @@ impl<N: NetOps> HostGwBackend<N> {
 
     /// See `Backend::repair`: a deleted route of ours is written again; a neighbour or FDB
     /// change is not ours (host-gw owns routes only); anything else takes a full pass.
-    pub async fn repair(
+    async fn repair(
         &mut self,
         changes: &[Change],
     ) -> Result<Option<ReconcileReport>, BackendError> {
@@ -280,7 +282,7 @@ impl<N: NetOps> HostGwBackend<N> {
     }
 
     /// See `Backend::expected_change`.
-    pub fn expected_change(&mut self, change: &Change) -> bool {
+    fn expected_change(&mut self, change: &Change) -> bool {
         self.expected.remove(change)
     }
 }

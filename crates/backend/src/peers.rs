@@ -3,11 +3,11 @@
 //! Network, taking over nothing the node routes by itself). The rest are reported, never fatal;
 //! the caller logs them with the lease's datastore key.
 
-use crate::family::Family;
-use crate::lease::Lease;
-use crate::raw_json::RawJson;
 use crate::route_guard::RouteGuard;
-use crate::subnet_key::SubnetKey;
+use flannel_core::family::Family;
+use flannel_core::lease::Lease;
+use flannel_core::raw_json::RawJson;
+use flannel_core::subnet_key::SubnetKey;
 use ipnet::{IpNet, Ipv4Net};
 use std::net::IpAddr;
 

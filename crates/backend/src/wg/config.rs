@@ -2,10 +2,10 @@
 //! the lease data `{"PublicKey": ..., "Port": ...}`, and the peers a set of leases asks for,
 //! device by device (`Mode`), with their endpoints and allowed IPs.
 
-use crate::json_ci::{CiObject, FieldError};
-use crate::lease::Lease;
-use crate::raw_json::RawJson;
 use base64::Engine;
+use flannel_core::json_ci::{CiObject, FieldError};
+use flannel_core::lease::Lease;
+use flannel_core::raw_json::RawJson;
 use ipnet::IpNet;
 use serde_json::{json, Value};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -371,7 +371,7 @@ fn peer_of(input: PeerInputs<'_>, device: Device, l: &Lease) -> Result<Option<Wg
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::LeaseAttrs;
+    use flannel_core::lease::LeaseAttrs;
 
     fn key(b: u8) -> Key {
         [b; 32]
