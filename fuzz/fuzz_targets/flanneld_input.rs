@@ -35,8 +35,8 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    if let Ok(flanneld::flags::Parsed::Values(v)) = flanneld::flags::parse(&args, &get) {
+    if let Ok(flannel_cli::flags::Parsed::Values(v)) = flannel_cli::flags::parse(&args, &get) {
         let _ = v.describe();
-        let _ = flanneld::options::Options::from_values(&v, &get);
+        let _ = flannel_cli::Options::from_values(&v, &get);
     }
 });

@@ -2,12 +2,12 @@
 //! with flanneld's own flags and `FLANNELD_*` variables), as a table or JSON.
 
 use anyhow::Context;
+use flannel_cli::Options;
 use flannel_core::state::LeaseView;
 use flannel_core::subnet_env::PreviousSubnets;
 use flannel_subnet::etcd::EtcdSubnetManager;
 use flannel_subnet::kube::KubeSubnetManager;
 use flannel_subnet::SubnetManager;
-use flanneld::options::Options;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The leases, sorted by subnet.

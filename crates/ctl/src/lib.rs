@@ -10,7 +10,7 @@ pub mod runs_as;
 pub mod trace;
 
 use anyhow::{bail, Context};
-use flanneld::flags::{self, Parsed};
+use flannel_cli::flags::{self, Parsed};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -264,12 +264,12 @@ fn leases_options(
     values: &flags::Values,
     env: &dyn Fn(&str) -> Option<String>,
     socket: &std::path::Path,
-) -> anyhow::Result<flanneld::options::Options> {
+) -> anyhow::Result<flannel_cli::Options> {
     let given = DATASTORE_FLAGS
         .iter()
         .any(|f| values.from_cli.contains(f) || env(&env_var(f)).is_some_and(|v| !v.is_empty()));
     if given {
-        return flanneld::options::Options::from_values(values, env);
+        return Ok(flannel_cli::Options::from_values(values, env)?);
     }
     let state = client::state(socket).map_err(|e| {
         anyhow::anyhow!(
@@ -319,7 +319,7 @@ fn leases_options(
         flags::Parsed::Values(v) => v,
         flags::Parsed::Help => bail!("flanneld's datastore settings could not be read"),
     };
-    flanneld::options::Options::from_values(&from_flanneld, env)
+    Ok(flannel_cli::Options::from_values(&from_flanneld, env)?)
 }
 
 /// `trace`'s two addresses, each parsed, of one family.

@@ -5,12 +5,12 @@
 
 use crate::drift::{ClaimWatch, ConfigDrift};
 use crate::metrics::Metrics;
-use crate::options::Options;
 use crate::signals::Shutdown;
 use crate::skiplog::{ConflictLog, SkipLog};
 use crate::state_socket::StateRequest;
 use anyhow::anyhow;
 use flannel_backend::{AnyBackend, Backend, ReconcileReport};
+use flannel_cli::Options;
 use flannel_core::state::{
     ConflictView, LeaseView, NodeInfo, ReconcileView, SkippedView, StateSnapshot,
 };

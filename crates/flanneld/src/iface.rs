@@ -2,9 +2,9 @@
 //! order, then each `--iface-regex`, then `--iface-can-reach`; with none of those, the interface
 //! holding `--public-ip`, else the default-route interface.
 
-use crate::options::Options;
 use anyhow::{anyhow, bail};
 use flannel_backend::ExternalInterface;
+use flannel_cli::Options;
 use flannel_core::iface::{Families, IfaceLink, Snapshot};
 use flannel_net::Netlink;
 use std::net::IpAddr;

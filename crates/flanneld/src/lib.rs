@@ -3,19 +3,18 @@
 
 pub mod daemon;
 pub mod drift;
-pub mod flags;
 pub mod health;
 pub mod iface;
 pub mod instance_lock;
 pub mod metrics;
-pub mod options;
 pub mod serve;
 pub mod signals;
 pub mod skiplog;
 pub mod startup;
 pub mod state_socket;
 
-use flags::{parse, usage, Parsed};
+use flannel_cli::flags::{self, parse, usage, Parsed};
+use flannel_cli::options;
 use std::process::ExitCode;
 
 pub fn main() -> ExitCode {
@@ -47,7 +46,7 @@ pub fn main() -> ExitCode {
     let opts = match options::Options::from_values(&values, &|k| std::env::var(k).ok()) {
         Ok(o) => o,
         Err(e) => {
-            tracing::error!("{}", error_line(&e));
+            tracing::error!("{e}");
             return ExitCode::from(1);
         }
     };

@@ -1,11 +1,25 @@
 //! Typed, validated flanneld options built from the parsed flags.
 
 use crate::flags::Values;
-use anyhow::{bail, Context};
 use regex::Regex;
+use std::fmt::Display;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// A flag or variable whose value cannot be used: the message names it and its value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct OptionError(pub String);
+
+macro_rules! bail {
+    ($($t:tt)*) => { return Err(OptionError(format!($($t)*))) };
+}
+
+/// `what`, then why the parser refused it.
+fn refused(what: String, why: impl Display) -> OptionError {
+    OptionError(format!("{what}: {why}"))
+}
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -37,7 +51,10 @@ pub struct Options {
 impl Options {
     /// The options from parsed flags and the process environment (`env`: `NODE_NAME`,
     /// `POD_NAME`, `POD_NAMESPACE`, `EVENT_QUEUE_DEPTH`, `CONT_WHEN_CACHE_NOT_READY`).
-    pub fn from_values(v: &Values, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+    pub fn from_values(
+        v: &Values,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, OptionError> {
         let kube = if v.bool("kube-subnet-mgr") {
             Some(kube_options(v, env)?)
         } else {
@@ -59,40 +76,45 @@ impl Options {
             s if s.is_empty() => None,
             s => Some(
                 s.parse::<Ipv4Addr>()
-                    .with_context(|| format!("--public-ip={s:?} is not an IPv4 address"))?,
+                    .map_err(|e| refused(format!("--public-ip={s:?} is not an IPv4 address"), e))?,
             ),
         };
-        let public_ipv6 = match v.str("public-ipv6") {
-            s if s.is_empty() => None,
-            s => Some(
-                s.parse::<Ipv6Addr>()
-                    .with_context(|| format!("--public-ipv6={s:?} is not an IPv6 address"))?,
-            ),
-        };
+        let public_ipv6 =
+            match v.str("public-ipv6") {
+                s if s.is_empty() => None,
+                s => Some(s.parse::<Ipv6Addr>().map_err(|e| {
+                    refused(format!("--public-ipv6={s:?} is not an IPv6 address"), e)
+                })?),
+            };
         let iface_regex = v
             .list("iface-regex")
             .iter()
             .map(|r| {
-                Regex::new(r).with_context(|| {
-                    format!("--iface-regex={r:?} is not a valid regular expression")
+                Regex::new(r).map_err(|e| {
+                    refused(
+                        format!("--iface-regex={r:?} is not a valid regular expression"),
+                        e,
+                    )
                 })
             })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
         let iface_can_reach = match v.str("iface-can-reach") {
             s if s.is_empty() => None,
-            s => Some(
-                s.parse::<IpAddr>()
-                    .with_context(|| format!("--iface-can-reach={s:?} is not an IP address"))?,
-            ),
+            s => Some(s.parse::<IpAddr>().map_err(|e| {
+                refused(format!("--iface-can-reach={s:?} is not an IP address"), e)
+            })?),
         };
         let port = v.int("healthz-port");
         let healthz = match port {
             0 => None,
             1..=65535 => {
-                let ip: IpAddr = v.str("healthz-ip").parse().with_context(|| {
-                    format!(
-                        "--healthz-ip={:?} is not an IP address",
-                        v.str("healthz-ip")
+                let ip: IpAddr = v.str("healthz-ip").parse().map_err(|e| {
+                    refused(
+                        format!(
+                            "--healthz-ip={:?} is not an IP address",
+                            v.str("healthz-ip")
+                        ),
+                        e,
                     )
                 })?;
                 Some(SocketAddr::new(ip, port as u16))
@@ -148,7 +170,7 @@ impl Options {
 fn kube_options(
     v: &Values,
     env: &dyn Fn(&str) -> Option<String>,
-) -> anyhow::Result<flannel_subnet::kube::KubeOptions> {
+) -> Result<flannel_subnet::kube::KubeOptions, OptionError> {
     let get = |k: &str| env(k).unwrap_or_default();
     let depth = get("EVENT_QUEUE_DEPTH");
     if !depth.is_empty() && depth.trim().parse::<i64>().is_err() {
@@ -173,9 +195,9 @@ mod tests {
     use super::*;
     use crate::flags::{parse, Parsed};
 
-    fn opts(args: &[&str]) -> anyhow::Result<Options> {
+    fn opts(args: &[&str]) -> Result<Options, OptionError> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        match parse(&args, &|_| None)? {
+        match parse(&args, &|_| None).map_err(|e| OptionError(e.to_string()))? {
             Parsed::Values(v) => Options::from_values(&v, &|_| None),
             Parsed::Help => unreachable!(),
         }
