@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     let Some(h) = VnetHdr::parse(data) else { return };
     let mut pkt = data[vnet::LEN..].to_vec();
     let mut hdrs = Vec::new();
-    if let Ok(s) = segment(&h, &mut pkt, &mut hdrs) {
+    if let Ok(s) = segment(Family::V4, &h, &mut pkt, &mut hdrs) {
         for i in 0..s.count {
             let (hd, p) = s.parts(i, &hdrs, &pkt);
             let seg = [hd, p].concat();

@@ -4,7 +4,8 @@
 //! messages, cookies, data, garbage) through the Noise core and our allowed-IPs check. No
 //! panic; a packet we deliver always comes from the sending peer's allowed IPs.
 #![no_main]
-use flannel_backend::datapath::gso::segment_v6;
+use flannel_backend::datapath::gso::segment;
+use flannel_core::Family;
 use flannel_backend::datapath::vnet::{self, VnetHdr};
 use flannel_backend::wg::table::{PeerState, WgTable};
 use flannel_backend::wg::worker::{open_datagram, Identity, WgCounters};
@@ -64,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
             let Some(h) = VnetHdr::parse(rest) else { return };
             let mut pkt = rest[vnet::LEN..].to_vec();
             let mut hdrs = Vec::new();
-            if let Ok(s) = segment_v6(&h, &mut pkt, &mut hdrs) {
+            if let Ok(s) = segment(Family::V6, &h, &mut pkt, &mut hdrs) {
                 for i in 0..s.count {
                     let (hd, p) = s.parts(i, &hdrs, &pkt);
                     let seg = [hd, p].concat();

@@ -18,7 +18,7 @@ use flannel_core::subnet_key::SubnetKey;
 use flannel_core::Lease;
 use flannel_net::firewall::TrafficManager;
 use flannel_net::monitor::Change;
-use flannel_net::{Family, Netlink};
+use flannel_net::{Family, NetOps, Netlink};
 use flannel_subnet::{LeaseEvent, LeaseSet, OwnLease, Owner, SubnetError, SubnetManager};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -358,7 +358,7 @@ impl<SM: SubnetManager> Daemon<SM> {
         self.drift.check(self.sm.as_ref()).await;
         // Not in an IPv6-only network, whose leases' IPv4 part is 0.0.0.0/0.
         if self.opts.blackhole_route && self.own.lease.subnet.prefix_len() > 0 {
-            ensure_blackhole(&self.nl, self.own.lease.subnet).await;
+            ensure_blackhole(&self.nl, self.own.lease.subnet.into()).await;
         }
         let fw = self.fw.clone();
         match tokio::task::spawn_blocking(move || fw.resync()).await {
@@ -512,7 +512,7 @@ fn note_drift(drift: &mut Vec<Change>, c: Change) {
 
 /// `--ip-blackhole-route`: packets for unused addresses of our subnet are dropped here instead
 /// of following the default route out of the node.
-async fn ensure_blackhole(nl: &Netlink, subnet: ipnet::Ipv4Net) {
+async fn ensure_blackhole(nl: &impl NetOps, subnet: ipnet::IpNet) {
     match nl.has_blackhole(subnet).await {
         Ok(true) => {}
         Ok(false) => match nl.add_blackhole(subnet).await {

@@ -6,10 +6,14 @@ use anyhow::{anyhow, bail};
 use flannel_backend::ExternalInterface;
 use flannel_cli::Options;
 use flannel_core::iface::{Families, IfaceLink, Snapshot};
-use flannel_net::Netlink;
+use flannel_net::{Family, NetOps};
 use std::net::IpAddr;
 
-pub async fn select(nl: &Netlink, o: &Options, f: Families) -> anyhow::Result<ExternalInterface> {
+pub async fn select(
+    nl: &impl NetOps,
+    o: &Options,
+    f: Families,
+) -> anyhow::Result<ExternalInterface> {
     let snap = nl.iface_snapshot().await?;
     let mut tried = Vec::new();
     let mut chosen: Option<&IfaceLink> = None;
@@ -96,7 +100,7 @@ pub async fn select(nl: &Netlink, o: &Options, f: Families) -> anyhow::Result<Ex
 /// No interface flags: the interface holding the public IP, else the default-route interface
 /// (for dual stack the IPv4 and IPv6 default routes must leave through the same interface).
 async fn default_choice<'a>(
-    nl: &Netlink,
+    nl: &impl NetOps,
     o: &Options,
     f: Families,
     snap: &'a Snapshot,
@@ -113,16 +117,13 @@ async fn default_choice<'a>(
             )
         });
     }
-    let v4 = if f.v4 {
-        nl.default_route_link().await?
-    } else {
-        None
-    };
-    let v6 = if f.v6 {
-        nl.default_route_link_v6().await?
-    } else {
-        None
-    };
+    let mut by_family = [None, None];
+    for (on, family, slot) in [(f.v4, Family::V4, 0), (f.v6, Family::V6, 1)] {
+        if on {
+            by_family[slot] = nl.default_route_link(family).await?;
+        }
+    }
+    let [v4, v6] = by_family;
     let idx = match (f.v4, f.v6, v4, v6) {
         (true, true, Some(a), Some(b)) if a != b => {
             bail!("the IPv4 and IPv6 default routes use different interfaces; pass --iface")

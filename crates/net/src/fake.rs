@@ -4,8 +4,11 @@
 //! takes its entries with it), records every request in order, and fails requests on demand.
 //! Tests change its state behind the backend's back to play drift and foreign writers.
 
-use crate::netlink::{Link, NetError, VxlanInfo, VxlanSpec};
-use crate::ops::{Family, NetOps, NetResult, RouteEntry, RouteGet, RouteWrite};
+use crate::ops::{
+    Family, Link, NetError, NetOps, NetResult, RouteEntry, RouteGet, RouteWrite, VxlanInfo,
+    VxlanSpec,
+};
+use flannel_core::iface::{IfaceAddr, IfaceLink, Snapshot};
 use flannel_core::MacAddr;
 use ipnet::IpNet;
 use std::collections::BTreeMap;
@@ -17,10 +20,17 @@ pub const ESRCH: i32 = 3;
 pub const EEXIST: i32 = 17;
 pub const ENODEV: i32 = 19;
 pub const ENOBUFS: i32 = 105;
+pub const EOPNOTSUPP: i32 = 95;
 
 /// One request, as the backend made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
+    /// Links and addresses for the interface choice.
+    Snapshot,
+    DefaultRouteLink(Family),
+    HasBlackhole(IpNet),
+    AddBlackhole(IpNet),
+    CreateWireguard(String),
     ListLinks,
     GetLink(String),
     GetLinkIndex(u32),
@@ -50,7 +60,10 @@ impl Call {
     pub fn is_dump(&self) -> bool {
         matches!(
             self,
-            Call::ListLinks
+            Call::Snapshot
+                | Call::DefaultRouteLink(_)
+                | Call::HasBlackhole(_)
+                | Call::ListLinks
                 | Call::ListAddrs(None, _)
                 | Call::ListRoutes(_)
                 | Call::ListNeighbours(..)
@@ -63,6 +76,8 @@ impl Call {
         matches!(
             self,
             Call::CreateVxlan(_)
+                | Call::CreateWireguard(_)
+                | Call::AddBlackhole(_)
                 | Call::DeleteLink(_)
                 | Call::SetUp(_)
                 | Call::SetMtu(..)
@@ -183,14 +198,9 @@ impl FakeState {
     }
 }
 
-/// A kernel error with this errno, as rtnetlink reports it.
+/// A kernel error with this errno.
 pub fn errno(what: String, code: i32) -> NetError {
-    let mut m = rtnetlink::packet_core::ErrorMessage::default();
-    m.code = std::num::NonZeroI32::new(-code);
-    NetError {
-        what,
-        source: rtnetlink::Error::NetlinkError(m),
-    }
+    NetError::kernel(what, code)
 }
 
 /// The fake kernel; clones share state, as clones of [`crate::Netlink`] share a socket.
@@ -235,6 +245,96 @@ impl FakeNetlink {
 }
 
 impl NetOps for FakeNetlink {
+    async fn iface_snapshot(&self) -> NetResult<Snapshot> {
+        self.run(Call::Snapshot, |s| {
+            Ok(Snapshot {
+                links: s
+                    .links
+                    .values()
+                    .map(|l| IfaceLink {
+                        index: l.index,
+                        name: l.name.clone(),
+                        mtu: l.mtu,
+                    })
+                    .collect(),
+                addrs: s
+                    .addrs
+                    .iter()
+                    .map(|(index, a)| IfaceAddr {
+                        index: *index,
+                        ip: a.addr(),
+                        permanent: true,
+                        temporary: false,
+                        deprecated: false,
+                    })
+                    .collect(),
+            })
+        })
+    }
+
+    async fn default_route_link(&self, family: Family) -> NetResult<Option<u32>> {
+        self.run(Call::DefaultRouteLink(family), |s| {
+            Ok(s.routes
+                .iter()
+                .find(|r| r.entry.dst.prefix_len() == 0 && Family::of_net(&r.entry.dst) == family)
+                .and_then(|r| r.entry.oif))
+        })
+    }
+
+    async fn has_blackhole(&self, dst: IpNet) -> NetResult<bool> {
+        self.run(Call::HasBlackhole(dst), |s| {
+            Ok(s.routes
+                .iter()
+                .any(|r| r.entry.dst == dst && is_blackhole(r)))
+        })
+    }
+
+    async fn add_blackhole(&self, dst: IpNet) -> NetResult<()> {
+        self.run(Call::AddBlackhole(dst), |s| {
+            if !s
+                .routes
+                .iter()
+                .any(|r| r.entry.dst == dst && is_blackhole(r))
+            {
+                s.routes.push(FakeRoute {
+                    entry: RouteEntry {
+                        dst,
+                        gw: None,
+                        oif: None,
+                        protocol: crate::ROUTE_PROTOCOL,
+                        unicast: false,
+                    },
+                    metric: crate::netlink::BLACKHOLE_METRIC,
+                    onlink: false,
+                });
+            }
+            Ok(())
+        })
+    }
+
+    /// A link of kind `wireguard`; inject EOPNOTSUPP to play a kernel without the module.
+    async fn create_wireguard(&self, name: &str) -> NetResult<()> {
+        self.run(Call::CreateWireguard(name.into()), |s| {
+            if s.links.values().any(|l| l.name == name) {
+                return Err(errno(format!("create wireguard device {name}"), EEXIST));
+            }
+            let index = s.next_index();
+            s.links.insert(
+                index,
+                Link {
+                    index,
+                    name: name.into(),
+                    mtu: 1420,
+                    mac: None,
+                    up: false,
+                    kind: Some("wireguard".into()),
+                    vxlan: None,
+                },
+            );
+            Ok(())
+        })
+    }
+
     async fn links(&self) -> NetResult<Vec<Link>> {
         self.run(Call::ListLinks, |s| Ok(s.links.values().cloned().collect()))
     }
@@ -485,4 +585,9 @@ fn upsert_route(
             Ok(())
         }
     }
+}
+
+/// The fake keeps blackhole routes as non-unicast routes without a link.
+fn is_blackhole(r: &FakeRoute) -> bool {
+    !r.entry.unicast && r.entry.oif.is_none()
 }

@@ -15,5 +15,5 @@ pub mod netlink;
 pub mod nftables;
 pub mod ops;
 
-pub use netlink::{Link, NetError, Netlink, VxlanInfo, VxlanSpec, ROUTE_PROTOCOL};
-pub use ops::{Family, NetOps, RouteEntry, RouteWrite};
+pub use netlink::{Netlink, ROUTE_PROTOCOL};
+pub use ops::{Family, Link, NetError, NetOps, RouteEntry, RouteWrite, VxlanInfo, VxlanSpec};

@@ -1,6 +1,6 @@
 //! Thin rtnetlink wrapper: typed reads of what the kernel has, and idempotent writes.
 
-use crate::ops::{Family, NetOps, RouteGet};
+use crate::ops::{Family, Link, NetError, NetOps, RouteGet, VxlanInfo, VxlanSpec};
 use flannel_core::iface::{IfaceAddr, IfaceLink, Snapshot};
 use flannel_core::MacAddr;
 use futures::{StreamExt, TryStreamExt};
@@ -28,65 +28,18 @@ pub const ROUTE_PROTOCOL: u8 = 252;
 pub const BLACKHOLE_METRIC: u32 = 4096;
 const RT_TABLE_MAIN: u8 = 254;
 
-#[derive(Debug, thiserror::Error)]
-#[error("netlink: {what}: {source}")]
-pub struct NetError {
-    pub what: String,
-    #[source]
-    pub source: rtnetlink::Error,
-}
-
-impl NetError {
-    /// The kernel's errno, when the kernel refused the request.
-    pub fn errno(&self) -> Option<i32> {
-        match &self.source {
-            rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
-            _ => None,
+/// rtnetlink's error as ours: the kernel's errno when it refused, else the library's words.
+fn net_error(op: String, e: rtnetlink::Error) -> NetError {
+    match e {
+        rtnetlink::Error::NetlinkError(m) if m.raw_code() != 0 => {
+            NetError::kernel(op, -m.raw_code())
         }
+        other => NetError::other(op, other.to_string()),
     }
 }
 
 fn ctx<T>(r: Result<T, rtnetlink::Error>, what: impl FnOnce() -> String) -> Result<T, NetError> {
-    r.map_err(|source| NetError {
-        what: what(),
-        source,
-    })
-}
-
-/// What flannel needs to know about a link.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Link {
-    pub index: u32,
-    pub name: String,
-    pub mtu: u32,
-    pub mac: Option<MacAddr>,
-    pub up: bool,
-    pub kind: Option<String>,
-    pub vxlan: Option<VxlanInfo>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct VxlanInfo {
-    pub vni: Option<u32>,
-    pub local: Option<IpAddr>,
-    pub dev: Option<u32>,
-    pub port: Option<u16>,
-    pub learning: Option<bool>,
-}
-
-/// A VXLAN device as flannel creates it (upstream `vxlan/device.go`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VxlanSpec {
-    pub name: String,
-    pub vni: u32,
-    /// The VTEP's own address: IPv4 for `flannel.<VNI>`, IPv6 for `flannel-v6.<VNI>`.
-    pub local: IpAddr,
-    pub dev: u32,
-    /// 0 = kernel default (8472 on Linux).
-    pub port: u16,
-    pub mtu: u32,
-    pub mac: MacAddr,
-    pub learning: bool,
+    r.map_err(|e| net_error(what(), e))
 }
 
 pub use crate::ops::{gw_routes_on, RouteEntry, RouteWrite};
@@ -154,148 +107,55 @@ impl Netlink {
         Ok(Self { handle })
     }
 
-    /// Links and addresses (both families, with flags) for choosing the external interface.
-    pub async fn iface_snapshot(&self) -> Result<Snapshot, NetError> {
-        let links = self
-            .links()
-            .await?
-            .into_iter()
-            .map(|l| IfaceLink {
-                index: l.index,
-                name: l.name,
-                mtu: l.mtu,
-            })
-            .collect();
-        let msgs: Vec<_> = ctx(
-            self.handle.address().get().execute().try_collect().await,
-            || "list addresses".into(),
-        )?;
-        let addrs = msgs
-            .iter()
-            .filter_map(|m| {
-                let ip = addr_of(m)?;
-                let flags = m
-                    .attributes
-                    .iter()
-                    .find_map(|a| match a {
-                        AddressAttribute::Flags(f) => Some(*f),
-                        _ => None,
-                    })
-                    .unwrap_or_else(|| {
-                        AddressFlags::from_bits_retain(u32::from(m.header.flags.bits()))
-                    });
-                Some(IfaceAddr {
-                    index: m.header.index,
-                    ip,
-                    permanent: flags.contains(AddressFlags::Permanent),
-                    // IFA_F_TEMPORARY shares its bit with IFA_F_SECONDARY.
-                    temporary: ip.is_ipv6() && flags.contains(AddressFlags::Secondary),
-                    deprecated: flags.contains(AddressFlags::Deprecated),
-                })
-            })
-            .collect();
-        Ok(Snapshot { links, addrs })
+    /// Every route of `family` as rtnetlink gives it (every table, every type).
+    async fn raw_routes(&self, family: Family) -> Result<Vec<RouteMessage>, NetError> {
+        let msg = match family {
+            Family::V4 => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            Family::V6 => RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        };
+        ctx(
+            self.handle.route().get(msg).execute().try_collect().await,
+            || format!("list {family:?} routes"),
+        )
     }
+}
 
-    /// `ip route get <dst>`: the output link and preferred source address.
-    pub async fn route_get(&self, dst: IpAddr) -> Result<Option<(u32, Option<IpAddr>)>, NetError> {
-        Ok(self.route_get_full(dst).await?.map(|(i, src, _)| (i, src)))
-    }
-
-    /// The link of the first main-table default route of a family, as upstream picks it.
-    pub async fn default_route_link_v6(&self) -> Result<Option<u32>, NetError> {
-        let req = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<std::net::Ipv6Addr>::new().build());
-        let routes: Vec<RouteMessage> = ctx(req.execute().try_collect().await, || {
-            "list IPv6 routes".into()
-        })?;
-        Ok(routes.iter().find_map(|r| {
-            (route_table(r) == u32::from(RT_TABLE_MAIN) && r.header.destination_prefix_length == 0)
-                .then(|| route_oif(r))
-                .flatten()
-        }))
-    }
-
-    /// Whether a blackhole route for exactly `dst` exists in the main table.
-    /// Creates a kernel WireGuard device `name`: fails with "Unknown device type"
-    /// (EOPNOTSUPP) where the kernel has no WireGuard module, as on these lab machines.
-    pub async fn create_wireguard(&self, name: &str) -> Result<(), NetError> {
-        let m = rtnetlink::LinkWireguard::new(name).build();
-        ctx(self.handle.link().add(m).execute().await, || {
-            format!("create wireguard device {name}")
+/// An address with the flags the interface choice weighs.
+fn iface_addr(m: &rtnetlink::packet_route::address::AddressMessage) -> Option<IfaceAddr> {
+    let ip = addr_of(m)?;
+    let flags = m
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            AddressAttribute::Flags(f) => Some(*f),
+            _ => None,
         })
-    }
-
-    pub async fn has_blackhole(&self, dst: Ipv4Net) -> Result<bool, NetError> {
-        Ok(self.v4_routes().await?.iter().any(|r| {
-            r.header.kind == RouteType::BlackHole
-                && route_table(r) == u32::from(RT_TABLE_MAIN)
-                && route_dst(r) == Some(IpNet::V4(dst))
-        }))
-    }
-
-    /// `ip route add blackhole <dst> proto 252 metric 4096`: a fallback behind the pod bridge's
-    /// connected route for the same subnet (metric 0). Never a replace: the bridge's route must
-    /// stay, and a blackhole in front of it (upstream's metric 0, when flanneld was there before
-    /// the first pod) would make every pod of the node unreachable.
-    pub async fn add_blackhole(&self, dst: Ipv4Net) -> Result<(), NetError> {
-        let m = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst.network(), dst.prefix_len())
-            .kind(RouteType::BlackHole)
-            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-            .priority(BLACKHOLE_METRIC)
-            .build();
-        match self.handle.route().add(m).execute().await {
-            Err(rtnetlink::Error::NetlinkError(e)) if -e.raw_code() == EEXIST => Ok(()),
-            r => ctx(r, || format!("add blackhole route {dst}")),
-        }
-    }
-
-    /// The link of the first main-table IPv4 default route, as upstream picks the interface.
-    pub async fn default_route_link(&self) -> Result<Option<u32>, NetError> {
-        let routes = self.v4_routes().await?;
-        Ok(routes.iter().find_map(|r| {
-            let main = route_table(r) == u32::from(RT_TABLE_MAIN);
-            let default = r.header.destination_prefix_length == 0;
-            if main && default {
-                route_oif(r)
-            } else {
-                None
-            }
-        }))
-    }
-
-    async fn v4_routes(&self) -> Result<Vec<RouteMessage>, NetError> {
-        let req = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build());
-        ctx(req.execute().try_collect().await, || {
-            "list IPv4 routes".into()
-        })
-    }
+        .unwrap_or_else(|| AddressFlags::from_bits_retain(u32::from(m.header.flags.bits())));
+    Some(IfaceAddr {
+        index: m.header.index,
+        ip,
+        permanent: flags.contains(AddressFlags::Permanent),
+        // IFA_F_TEMPORARY shares its bit with IFA_F_SECONDARY.
+        temporary: ip.is_ipv6() && flags.contains(AddressFlags::Secondary),
+        deprecated: flags.contains(AddressFlags::Deprecated),
+    })
 }
 
 /// A route message for `dst` (and `gw`, same family) with our protocol, ready for more.
 fn route_to(dst: IpNet, gw: Option<IpAddr>) -> Result<RouteMessageBuilder<IpAddr>, NetError> {
     // The builder's error type is not exported; its Debug form names the problem.
     fn invalid(dst: IpNet, e: impl std::fmt::Debug) -> NetError {
-        NetError {
-            what: format!("route {dst}"),
-            source: rtnetlink::Error::InvalidNla(format!("{e:?}")),
-        }
+        NetError::other(format!("route {dst}"), format!("{e:?}"))
     }
     let mut b = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(dst.network(), dst.prefix_len())
         .map_err(|e| invalid(dst, e))?;
     if let Some(gw) = gw {
         if Family::of(gw) != Family::of_net(&dst) {
-            return Err(NetError {
-                what: format!("route {dst} via {gw}"),
-                source: rtnetlink::Error::InvalidNla("gateway of another family".into()),
-            });
+            return Err(NetError::other(
+                format!("route {dst} via {gw}"),
+                "gateway of another family".into(),
+            ));
         }
         b = b.gateway(gw).map_err(|e| invalid(dst, e))?;
     }
@@ -310,6 +170,64 @@ fn family_filter(f: Family) -> AddressFamily {
 }
 
 impl NetOps for Netlink {
+    async fn iface_snapshot(&self) -> Result<Snapshot, NetError> {
+        let links = self
+            .links()
+            .await?
+            .into_iter()
+            .map(|l| IfaceLink {
+                index: l.index,
+                name: l.name,
+                mtu: l.mtu,
+            })
+            .collect();
+        let msgs: Vec<_> = ctx(
+            self.handle.address().get().execute().try_collect().await,
+            || "list addresses".into(),
+        )?;
+        let addrs = msgs.iter().filter_map(iface_addr).collect();
+        Ok(Snapshot { links, addrs })
+    }
+
+    async fn default_route_link(&self, family: Family) -> Result<Option<u32>, NetError> {
+        Ok(self.raw_routes(family).await?.iter().find_map(|r| {
+            (route_table(r) == u32::from(RT_TABLE_MAIN) && r.header.destination_prefix_length == 0)
+                .then(|| route_oif(r))
+                .flatten()
+        }))
+    }
+
+    async fn create_wireguard(&self, name: &str) -> Result<(), NetError> {
+        let m = rtnetlink::LinkWireguard::new(name).build();
+        ctx(self.handle.link().add(m).execute().await, || {
+            format!("create wireguard device {name}")
+        })
+    }
+
+    async fn has_blackhole(&self, dst: IpNet) -> Result<bool, NetError> {
+        Ok(self
+            .raw_routes(Family::of_net(&dst))
+            .await?
+            .iter()
+            .any(|r| {
+                r.header.kind == RouteType::BlackHole
+                    && route_table(r) == u32::from(RT_TABLE_MAIN)
+                    && route_dst(r) == Some(dst)
+            }))
+    }
+
+    async fn add_blackhole(&self, dst: IpNet) -> Result<(), NetError> {
+        let m = route_to(dst, None)?
+            .kind(RouteType::BlackHole)
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+            .priority(BLACKHOLE_METRIC)
+            .build();
+        match self.handle.route().add(m).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if -e.raw_code() == EEXIST => Ok(()),
+            r => ctx(r, || format!("add blackhole route {dst}")),
+        }
+    }
+
     async fn links(&self) -> Result<Vec<Link>, NetError> {
         let msgs: Vec<LinkMessage> = ctx(
             self.handle.link().get().execute().try_collect().await,
@@ -638,7 +556,7 @@ async fn one_link(req: rtnetlink::LinkGetRequest, what: String) -> Result<Option
         None => Ok(None),
         Some(Ok(m)) => Ok(Some(parse_link(&m))),
         Some(Err(rtnetlink::Error::NetlinkError(e))) if -e.raw_code() == ENODEV => Ok(None),
-        Some(Err(source)) => Err(NetError { what, source }),
+        Some(Err(e)) => Err(net_error(what, e)),
     }
 }
 

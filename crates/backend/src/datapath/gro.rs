@@ -297,7 +297,7 @@ mod tests {
             ..Default::default()
         };
         let mut hdrs = Vec::new();
-        let s = segment(&h, &mut big, &mut hdrs).unwrap();
+        let s = segment(flannel_core::Family::V4, &h, &mut big, &mut hdrs).unwrap();
         let pkts = materialize(&s, &hdrs, &big);
         let out = collect(&pkts);
         assert_eq!(out.len(), 1, "one coalesced packet");
@@ -353,7 +353,8 @@ mod tests {
             ..Default::default()
         };
         let mut hdrs = Vec::new();
-        let s = super::super::gso::segment_v6(&h, &mut big, &mut hdrs).unwrap();
+        let s =
+            super::super::gso::segment(flannel_core::Family::V6, &h, &mut big, &mut hdrs).unwrap();
         assert_eq!(s.count, 7);
         let pkts = materialize(&s, &hdrs, &big);
         for (i, p) in pkts.iter().enumerate() {

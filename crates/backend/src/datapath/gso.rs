@@ -8,6 +8,7 @@ use super::packet::{
     PROTO_UDP,
 };
 use super::vnet::{self, VnetHdr};
+use flannel_core::Family;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SegError {
@@ -63,29 +64,48 @@ fn complete_checksum(
     Ok(())
 }
 
-/// Cuts an IPv6 packet (described by `h`) into segments, as [`segment`] does for IPv4: a
-/// TCP super-packet (TSO6, no extension headers) into MTU-sized segments with their own
-/// headers and checksums; a plain packet finished in place (a partial checksum completed).
-/// The hop limit is left alone (the kernel's routing into the device counted this hop).
-pub fn segment_v6(h: &VnetHdr, pkt: &mut [u8], hdrs: &mut Vec<u8>) -> Result<Segments, SegError> {
+/// Cuts `pkt` (described by `h`), an IP packet of `family`, into segments; headers go to
+/// `hdrs` (cleared first). A TCP super-packet (TSO, TSO6 without extension headers) or, over
+/// IPv4, a UDP one (USO) becomes MTU-sized segments with their own headers and checksums; a
+/// plain packet is finished in place (a partial checksum completed). IPv4's TTL is counted
+/// down here; IPv6's hop limit is left alone (the kernel's routing into the device counted
+/// this hop).
+pub fn segment(
+    family: Family,
+    h: &VnetHdr,
+    pkt: &mut [u8],
+    hdrs: &mut Vec<u8>,
+) -> Result<Segments, SegError> {
     hdrs.clear();
-    if pkt.len() < 40 || pkt[0] >> 4 != 6 {
-        return Err(SegError::Malformed);
-    }
-    let len = 40 + usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
-    if len > pkt.len() {
-        return Err(SegError::Malformed);
-    }
+    let (l3, len, proto) = match family {
+        Family::V4 => {
+            let ip = parse_ipv4(pkt).ok_or(SegError::Malformed)?;
+            (ip.ihl, ip.total_len, ip.proto)
+        }
+        Family::V6 => {
+            if pkt.len() < 40 || pkt[0] >> 4 != 6 {
+                return Err(SegError::Malformed);
+            }
+            let len = 40 + usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
+            if len > pkt.len() {
+                return Err(SegError::Malformed);
+            }
+            (40, len, pkt[6])
+        }
+    };
     let pkt = &mut pkt[..len];
-    match h.gso_type & !vnet::GSO_ECN {
-        vnet::GSO_NONE => {
+    match (family, h.gso_type & !vnet::GSO_ECN) {
+        (_, vnet::GSO_NONE) => {
             if h.flags & vnet::F_NEEDS_CSUM != 0 {
                 complete_checksum(
                     pkt,
-                    40,
+                    l3,
                     usize::from(h.csum_start),
                     usize::from(h.csum_offset),
                 )?;
+            }
+            if family == Family::V4 && !decrement_ttl(pkt) {
+                return Err(SegError::TtlExpired);
             }
             Ok(Segments {
                 count: 1,
@@ -95,41 +115,13 @@ pub fn segment_v6(h: &VnetHdr, pkt: &mut [u8], hdrs: &mut Vec<u8>) -> Result<Seg
                 payload_end: len,
             })
         }
-        vnet::GSO_TCPV6 if pkt[6] == PROTO_TCP => split(pkt, 40, h.gso_size, true, hdrs),
-        other => Err(SegError::Unsupported(other)),
-    }
-}
-
-/// Cuts `pkt` (described by `h`) into segments; headers go to `hdrs` (cleared first). A plain
-/// packet is finished in place.
-pub fn segment(h: &VnetHdr, pkt: &mut [u8], hdrs: &mut Vec<u8>) -> Result<Segments, SegError> {
-    hdrs.clear();
-    let ip = parse_ipv4(pkt).ok_or(SegError::Malformed)?;
-    let pkt = &mut pkt[..ip.total_len];
-    match h.gso_type & !vnet::GSO_ECN {
-        vnet::GSO_NONE => {
-            if h.flags & vnet::F_NEEDS_CSUM != 0 {
-                complete_checksum(
-                    pkt,
-                    ip.ihl,
-                    usize::from(h.csum_start),
-                    usize::from(h.csum_offset),
-                )?;
-            }
-            if !decrement_ttl(pkt) {
-                return Err(SegError::TtlExpired);
-            }
-            Ok(Segments {
-                count: 1,
-                hdr_len: 0,
-                gso: pkt.len(),
-                payload_start: 0,
-                payload_end: pkt.len(),
-            })
+        (Family::V4, vnet::GSO_TCPV4) | (Family::V6, vnet::GSO_TCPV6) if proto == PROTO_TCP => {
+            split(pkt, l3, h.gso_size, true, hdrs)
         }
-        vnet::GSO_TCPV4 if ip.proto == PROTO_TCP => split(pkt, ip.ihl, h.gso_size, true, hdrs),
-        vnet::GSO_UDP_L4 if ip.proto == PROTO_UDP => split(pkt, ip.ihl, h.gso_size, false, hdrs),
-        other => Err(SegError::Unsupported(other)),
+        (Family::V4, vnet::GSO_UDP_L4) if proto == PROTO_UDP => {
+            split(pkt, l3, h.gso_size, false, hdrs)
+        }
+        (_, other) => Err(SegError::Unsupported(other)),
     }
 }
 
@@ -257,7 +249,7 @@ pub(crate) mod tests {
             csum_offset: 16,
         };
         let mut hdrs = Vec::new();
-        let s = segment(&h, &mut big, &mut hdrs).unwrap();
+        let s = segment(Family::V4, &h, &mut big, &mut hdrs).unwrap();
         assert_eq!((s.count, s.seg_len()), (3, 1440));
         let segs = materialize(&s, &hdrs, &big);
         assert_eq!(
@@ -294,7 +286,7 @@ pub(crate) mod tests {
             ..Default::default()
         };
         let mut hdrs = Vec::new();
-        let s = segment(&h, &mut p, &mut hdrs).unwrap();
+        let s = segment(Family::V4, &h, &mut p, &mut hdrs).unwrap();
         assert_eq!((s.count, s.hdr_len), (1, 0));
         let seg = materialize(&s, &hdrs, &p).remove(0);
         assert!(tcp_checksum_ok(&seg));
@@ -310,11 +302,16 @@ pub(crate) mod tests {
             ..Default::default()
         };
         assert_eq!(
-            segment(&h, &mut tcp_packet(1, 0x10, b"abc"), &mut hdrs),
+            segment(Family::V4, &h, &mut tcp_packet(1, 0x10, b"abc"), &mut hdrs),
             Err(SegError::Malformed)
         );
         assert_eq!(
-            segment(&VnetHdr::default(), &mut [0x45, 0, 0], &mut hdrs),
+            segment(
+                Family::V4,
+                &VnetHdr::default(),
+                &mut [0x45, 0, 0],
+                &mut hdrs
+            ),
             Err(SegError::Malformed)
         );
         // A checksum offset pointing into the IP header (a fuzzer found this one).
@@ -323,7 +320,12 @@ pub(crate) mod tests {
             ..Default::default()
         };
         assert_eq!(
-            segment(&bogus, &mut tcp_packet(1, 0x10, b"abc"), &mut hdrs),
+            segment(
+                Family::V4,
+                &bogus,
+                &mut tcp_packet(1, 0x10, b"abc"),
+                &mut hdrs
+            ),
             Err(SegError::Malformed)
         );
         let h6 = VnetHdr {
@@ -332,13 +334,13 @@ pub(crate) mod tests {
             ..Default::default()
         };
         assert_eq!(
-            segment(&h6, &mut tcp_packet(1, 0x10, b"abc"), &mut hdrs),
+            segment(Family::V4, &h6, &mut tcp_packet(1, 0x10, b"abc"), &mut hdrs),
             Err(SegError::Unsupported(vnet::GSO_TCPV6))
         );
         let mut ttl1 = tcp_packet(1, 0x10, b"abc");
         ttl1[8] = 1;
         assert_eq!(
-            segment(&VnetHdr::default(), &mut ttl1, &mut hdrs),
+            segment(Family::V4, &VnetHdr::default(), &mut ttl1, &mut hdrs),
             Err(SegError::TtlExpired)
         );
         let h = VnetHdr {
@@ -349,7 +351,7 @@ pub(crate) mod tests {
         let mut bad_doff = tcp_packet(1, 0x10, b"abc");
         bad_doff[32] = 0x10;
         assert_eq!(
-            segment(&h, &mut bad_doff, &mut hdrs),
+            segment(Family::V4, &h, &mut bad_doff, &mut hdrs),
             Err(SegError::Malformed)
         );
     }

@@ -23,8 +23,8 @@ pub use super::config::DEFAULT_PORT;
 /// IPv4 (20) + UDP (8) around every packet.
 pub const OVERHEAD: u32 = 28;
 
-pub struct UdpBackend {
-    nl: Netlink,
+pub struct UdpBackend<N: NetOps = Netlink> {
+    nl: N,
     ext: ExternalInterface,
     network: Ipv4Net,
     port: u16,
@@ -41,9 +41,9 @@ pub struct UdpBackend {
     reported_drops: [u64; 3],
 }
 
-impl UdpBackend {
+impl<N: NetOps> UdpBackend<N> {
     pub async fn register(
-        nl: Netlink,
+        nl: N,
         ext: ExternalInterface,
         network: Ipv4Net,
         cfg: UdpConfig,
@@ -200,7 +200,7 @@ impl UdpBackend {
     }
 }
 
-impl Drop for UdpBackend {
+impl<N: NetOps> Drop for UdpBackend<N> {
     /// Stops the workers; closing the last TUN queue removes `flannel0`, as upstream's does.
     fn drop(&mut self) {
         for (tx, _) in &self.workers {
@@ -212,7 +212,7 @@ impl Drop for UdpBackend {
     }
 }
 
-impl Backend for UdpBackend {
+impl<N: NetOps> Backend for UdpBackend<N> {
     fn datapath_counters(&self) -> Option<crate::DatapathCounters> {
         Some(crate::DatapathCounters::Udp(self.counters.clone()))
     }

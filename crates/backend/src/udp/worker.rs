@@ -165,7 +165,7 @@ impl Worker {
             }
             return;
         };
-        match segment(&h, pkt, &mut b.hdrs) {
+        match segment(flannel_core::Family::V4, &h, pkt, &mut b.hdrs) {
             Ok(s) => match self
                 .sock
                 .send_segments(peer.into(), &s, &b.hdrs, pkt, &mut b.iov)

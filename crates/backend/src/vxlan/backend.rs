@@ -82,38 +82,33 @@ impl<N: NetOps> VxlanBackend<N> {
             warn!("vxlan GBP is not supported by flannel-rs yet; ignoring it");
         }
         let mut overlays = Vec::new();
-        if let Some((network, mac)) = nets.v4 {
+        let wanted = [
+            nets.v4.map(|(n, mac)| (IpNet::V4(n), mac)),
+            nets.v6.map(|(n, mac)| (IpNet::V6(n), mac)),
+        ];
+        for (network, mac) in wanted.into_iter().flatten() {
+            let family = Family::of_net(&network);
+            let local = match family {
+                Family::V4 => IpAddr::V4(ext.ext_addr),
+                Family::V6 => IpAddr::V6(ext.ext_v6_addr.ok_or_else(|| {
+                    BackendError::Device(format!(
+                        "IPv6 is enabled but {} has no IPv6 address for {} (set --public-ipv6 or give the interface one)",
+                        ext.name,
+                        cfg.device_name(family)
+                    ))
+                })?),
+            };
             let spec = VxlanSpec {
-                name: cfg.device_name(),
+                name: cfg.device_name(family),
                 vni: cfg.vni,
-                local: IpAddr::V4(ext.ext_addr),
+                local,
                 dev: ext.index,
                 port: cfg.port,
-                mtu: cfg.device_mtu(ext.mtu),
+                mtu: cfg.device_mtu(family, ext.mtu),
                 mac: mac.unwrap_or_else(MacAddr::random),
                 learning: cfg.learning,
             };
-            overlays.push(Overlay::new(Family::V4, IpNet::V4(network), spec));
-        }
-        if let Some((network, mac)) = nets.v6 {
-            let local = ext.ext_v6_addr.ok_or_else(|| {
-                BackendError::Device(format!(
-                    "IPv6 is enabled but {} has no IPv6 address for {} (set --public-ipv6 or give the interface one)",
-                    ext.name,
-                    cfg.device_name_v6()
-                ))
-            })?;
-            let spec = VxlanSpec {
-                name: cfg.device_name_v6(),
-                vni: cfg.vni,
-                local: IpAddr::V6(local),
-                dev: ext.index,
-                port: cfg.port,
-                mtu: cfg.device_mtu_v6(ext.mtu),
-                mac: mac.unwrap_or_else(MacAddr::random),
-                learning: cfg.learning,
-            };
-            overlays.push(Overlay::new(Family::V6, IpNet::V6(network), spec));
+            overlays.push(Overlay::new(family, network, spec));
         }
         let mut b = Self {
             nl,
@@ -132,21 +127,13 @@ impl<N: NetOps> VxlanBackend<N> {
         self.overlays.iter().find(|o| o.family == family)
     }
 
-    /// The IPv4 device's index (0 without an IPv4 overlay).
-    pub fn device_index(&self) -> u32 {
-        self.device_index_of(Family::V4)
-    }
-
-    pub fn device_index_of(&self, family: Family) -> u32 {
+    /// The index of the family's device (0 without that overlay).
+    pub fn device_index(&self, family: Family) -> u32 {
         self.overlay(family).map_or(0, |o| o.index)
     }
 
-    /// The IPv4 device's MAC.
-    pub fn vtep_mac(&self) -> MacAddr {
-        self.vtep_mac_of(Family::V4).unwrap_or_default()
-    }
-
-    pub fn vtep_mac_of(&self, family: Family) -> Option<MacAddr> {
+    /// The MAC of the family's device.
+    pub fn vtep_mac(&self, family: Family) -> Option<MacAddr> {
         self.overlay(family).map(|o| o.spec.mac)
     }
 
@@ -788,7 +775,7 @@ impl<N: NetOps> Backend for VxlanBackend<N> {
             .iter()
             .map(|o| o.spec.mtu)
             .min()
-            .unwrap_or_else(|| self.cfg.device_mtu(self.ext.mtu))
+            .unwrap_or_else(|| self.cfg.device_mtu(Family::V4, self.ext.mtu))
     }
 
     async fn reconcile(

@@ -1,6 +1,8 @@
 //! The `Backend` block of a vxlan network config, parsed once at start.
 
 /// The `Backend` block of a vxlan network config (upstream `vxlan.go`), keys case-insensitive.
+use flannel_core::Family;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VxlanConfig {
     pub vni: u32,
@@ -34,26 +36,24 @@ impl VxlanConfig {
         })
     }
 
-    pub fn device_name(&self) -> String {
-        format!("flannel.{}", self.vni)
+    /// `flannel.<VNI>` (IPv4) or `flannel-v6.<VNI>` (IPv6).
+    pub fn device_name(&self, family: Family) -> String {
+        match family {
+            Family::V4 => format!("flannel.{}", self.vni),
+            Family::V6 => format!("flannel-v6.{}", self.vni),
+        }
     }
 
-    /// The device MTU and `FLANNEL_MTU`: (configured MTU or interface MTU) − 50.
-    pub fn device_mtu(&self, iface_mtu: u32) -> u32 {
+    /// The device MTU and `FLANNEL_MTU`: (configured MTU or interface MTU) − the overhead of
+    /// the family's underlay. Over IPv6 that is 70 bytes (a 40-byte outer header); upstream
+    /// subtracts 50 there too, which drops full-size packets.
+    pub fn device_mtu(&self, family: Family, iface_mtu: u32) -> u32 {
         let base = if self.mtu > 0 { self.mtu } else { iface_mtu };
-        base.saturating_sub(VXLAN_OVERHEAD)
-    }
-
-    /// `flannel-v6.<VNI>`.
-    pub fn device_name_v6(&self) -> String {
-        format!("flannel-v6.{}", self.vni)
-    }
-
-    /// The MTU of the IPv6 overlay's device: VXLAN over an IPv6 underlay costs 70 bytes (a
-    /// 40-byte outer header). Upstream subtracts 50 here too, which drops full-size packets.
-    pub fn device_mtu_v6(&self, iface_mtu: u32) -> u32 {
-        let base = if self.mtu > 0 { self.mtu } else { iface_mtu };
-        base.saturating_sub(VXLAN_V6_OVERHEAD)
+        let overhead = match family {
+            Family::V4 => VXLAN_OVERHEAD,
+            Family::V6 => VXLAN_V6_OVERHEAD,
+        };
+        base.saturating_sub(overhead)
     }
 }
 
@@ -65,13 +65,15 @@ mod config_tests {
     fn defaults_and_overrides() {
         let d = VxlanConfig::from_backend(&serde_json::json!({"Type":"vxlan"})).unwrap();
         assert_eq!((d.vni, d.port, d.mtu, d.learning), (1, 0, 0, false));
-        assert_eq!(d.device_name(), "flannel.1");
-        assert_eq!(d.device_mtu(1500), 1450);
+        assert_eq!(d.device_name(Family::V4), "flannel.1");
+        assert_eq!(d.device_name(Family::V6), "flannel-v6.1");
+        assert_eq!(d.device_mtu(Family::V4, 1500), 1450);
+        assert_eq!(d.device_mtu(Family::V6, 1500), 1430);
         let c = VxlanConfig::from_backend(&serde_json::json!({"vni":42,"port":4789,"mtu":9000}))
             .unwrap();
-        assert_eq!(c.device_name(), "flannel.42");
+        assert_eq!(c.device_name(Family::V4), "flannel.42");
         assert_eq!(c.port, 4789);
-        assert_eq!(c.device_mtu(1500), 8950);
+        assert_eq!(c.device_mtu(Family::V4, 1500), 8950);
         assert!(VxlanConfig::from_backend(&serde_json::json!({"VNI":"1"})).is_err());
         assert!(VxlanConfig::from_backend(&serde_json::json!({"Port":70000})).is_err());
     }

@@ -65,8 +65,8 @@ impl WgDevice {
     }
 }
 
-pub struct WireguardBackend {
-    nl: Netlink,
+pub struct WireguardBackend<N: NetOps = Netlink> {
+    nl: N,
     ext: ExternalInterface,
     cfg: WgConfig,
     v4: Option<Ipv4Net>,
@@ -86,9 +86,9 @@ pub struct WireguardBackend {
     reported_drops: [u64; 6],
 }
 
-impl WireguardBackend {
+impl<N: NetOps> WireguardBackend<N> {
     pub async fn register(
-        nl: Netlink,
+        nl: N,
         ext: ExternalInterface,
         v4: Option<Ipv4Net>,
         v6: Option<Ipv6Net>,
@@ -503,7 +503,7 @@ fn placeholder() -> WgDevice {
     }
 }
 
-impl Backend for WireguardBackend {
+impl<N: NetOps> Backend for WireguardBackend<N> {
     fn datapath_counters(&self) -> Option<crate::DatapathCounters> {
         Some(crate::DatapathCounters::Wireguard(self.counters.clone()))
     }
@@ -593,7 +593,7 @@ impl Backend for WireguardBackend {
     }
 }
 
-impl Drop for WireguardBackend {
+impl<N: NetOps> Drop for WireguardBackend<N> {
     /// Stops the workers; closing the last TUN queue removes the device (upstream deletes
     /// its devices on shutdown too).
     fn drop(&mut self) {

@@ -11,7 +11,7 @@
 use super::handshakes::{is_handshake, HandshakeQueue};
 use super::table::{PeerState, WgTable};
 use crate::datapath::gro::Gro;
-use crate::datapath::gso::{segment, segment_v6, SegError, Segments};
+use crate::datapath::gso::{segment, SegError, Segments};
 use crate::datapath::sock::{Received, RecvBatch, Sock};
 use crate::datapath::vnet::{self, VnetHdr};
 use crate::datapath::wake::Waker;
@@ -303,11 +303,7 @@ impl Worker {
             }
             return;
         };
-        let seg = match dst {
-            IpAddr::V4(_) => segment(&h, pkt, &mut out.hdrs),
-            IpAddr::V6(_) => segment_v6(&h, pkt, &mut out.hdrs),
-        };
-        let s = match seg {
+        let s = match segment(flannel_core::Family::of(dst), &h, pkt, &mut out.hdrs) {
             Ok(s) => s,
             Err(SegError::TtlExpired) => return,
             Err(_) => {

@@ -68,7 +68,7 @@ fn registration_creates_the_device_once_and_adopts_an_existing_one_with_its_mac(
     block(async {
         let (nl, _) = node();
         let b = backend(&nl, cfg()).await;
-        let link = nl.with(|s| s.links[&b.device_index()].clone());
+        let link = nl.with(|s| s.links[&b.device_index(Family::V4)].clone());
         assert_eq!(link.name, "flannel.1");
         assert_eq!(link.mac, Some(OUR_MAC), "a new device takes the stored MAC");
         assert_eq!(link.mtu, 1450, "external MTU - 50");
@@ -80,8 +80,8 @@ fn registration_creates_the_device_once_and_adopts_an_existing_one_with_its_mac(
         let b2 = VxlanBackend::register(nl.clone(), cfg(), ext, v4_only(Some(other)))
             .await
             .expect("register");
-        assert_eq!(b2.device_index(), b.device_index());
-        assert_eq!(b2.vtep_mac(), OUR_MAC);
+        assert_eq!(b2.device_index(Family::V4), b.device_index(Family::V4));
+        assert_eq!(b2.vtep_mac(Family::V4), Some(OUR_MAC));
         let calls = nl.take_calls();
         assert!(
             !calls.iter().any(|c| c.is_write()),
@@ -92,7 +92,10 @@ fn registration_creates_the_device_once_and_adopts_an_existing_one_with_its_mac(
         let mut cfg2 = cfg();
         cfg2.vni = 1;
         nl.with(|s| {
-            let l = s.links.get_mut(&b.device_index()).expect("device");
+            let l = s
+                .links
+                .get_mut(&b.device_index(Family::V4))
+                .expect("device");
             l.vxlan.as_mut().expect("vxlan info").vni = Some(7);
         });
         let (_, ext) = node();
@@ -100,9 +103,9 @@ fn registration_creates_the_device_once_and_adopts_an_existing_one_with_its_mac(
             .await
             .expect("register");
         let calls = nl.take_calls();
-        assert!(calls.contains(&Call::DeleteLink(b.device_index())));
+        assert!(calls.contains(&Call::DeleteLink(b.device_index(Family::V4))));
         assert!(calls.contains(&Call::CreateVxlan("flannel.1".into())));
-        assert_eq!(b3.vtep_mac(), other);
+        assert_eq!(b3.vtep_mac(Family::V4), Some(other));
     });
 }
 
@@ -111,7 +114,7 @@ fn a_full_pass_programs_peers_in_upstream_order_and_restores_the_device() {
     block(async {
         let (nl, _) = node();
         let mut b = backend(&nl, cfg()).await;
-        let idx = b.device_index();
+        let idx = b.device_index(Family::V4);
         let own = own_vxlan(OUR_MAC);
         let leases = peers(3);
         nl.take_calls();
@@ -186,7 +189,7 @@ fn a_full_pass_programs_peers_in_upstream_order_and_restores_the_device() {
         let r = b.reconcile(&own, &leases).await.expect("reconcile");
         assert!(r.device_recreated);
         assert_eq!(r.repairs.device, 1);
-        let idx = b.device_index();
+        let idx = b.device_index(Family::V4);
         assert_eq!(device_state(&nl, idx), expected(&leases));
         assert_eq!(nl.with(|s| s.links[&idx].mac), Some(OUR_MAC));
     });
@@ -197,7 +200,7 @@ fn only_our_own_entries_are_removed_and_foreign_routes_are_not_taken_over() {
     block(async {
         let (nl, _) = node();
         let mut b = backend(&nl, cfg()).await;
-        let idx = b.device_index();
+        let idx = b.device_index(Family::V4);
         let own = own_vxlan(OUR_MAC);
         // Leftovers on our device (all ours), a stale route of ours elsewhere, and foreign
         // state: an ARP entry on eth0, a static route into the cluster network, an FDB entry
@@ -256,7 +259,7 @@ fn direct_routing_routes_peers_on_our_segment_through_eth0_and_others_through_vx
         let mut c = cfg();
         c.direct_routing = true;
         let mut b = backend(&nl, c).await;
-        let idx = b.device_index();
+        let idx = b.device_index(Family::V4);
         // 10.0.0.51 is on our segment; 192.168.7.2 is behind a router.
         nl.with(|s| {
             s.route_get
@@ -317,7 +320,7 @@ fn a_lease_event_issues_no_dump_only_requests_for_its_own_entries() {
     block(async {
         let (nl, _) = node();
         let mut b = backend(&nl, cfg()).await;
-        let idx = b.device_index();
+        let idx = b.device_index(Family::V4);
         let own = own_vxlan(OUR_MAC);
         let mut leases = peers(50);
         b.reconcile(&own, &leases).await.expect("reconcile");
@@ -392,7 +395,7 @@ fn a_notification_about_a_deleted_entry_puts_back_that_entry_only() {
     block(async {
         let (nl, _) = node();
         let mut b = backend(&nl, cfg()).await;
-        let idx = b.device_index();
+        let idx = b.device_index(Family::V4);
         let own = own_vxlan(OUR_MAC);
         let leases = peers(20);
         b.reconcile(&own, &leases).await.expect("reconcile");
@@ -437,7 +440,7 @@ fn an_overrun_takes_a_full_pass_that_finds_what_was_missed() {
     block(async {
         let (nl, _) = node();
         let mut b = backend(&nl, cfg()).await;
-        let idx = b.device_index();
+        let idx = b.device_index(Family::V4);
         let own = own_vxlan(OUR_MAC);
         let leases = peers(10);
         b.reconcile(&own, &leases).await.expect("reconcile");
@@ -462,7 +465,7 @@ fn a_failed_incremental_write_drops_the_mirror_until_a_full_pass_succeeds() {
     block(async {
         let (nl, _) = node();
         let mut b = backend(&nl, cfg()).await;
-        let idx = b.device_index();
+        let idx = b.device_index(Family::V4);
         let own = own_vxlan(OUR_MAC);
         let mut leases = peers(5);
         b.reconcile(&own, &leases).await.expect("reconcile");
@@ -528,7 +531,7 @@ async fn run_random(seed: u64) {
     };
     let (nl, _) = node();
     let mut b = backend(&nl, cfg()).await;
-    let idx = b.device_index();
+    let idx = b.device_index(Family::V4);
     let own = own_vxlan(OUR_MAC);
     nl.with(|s| {
         s.neighbours

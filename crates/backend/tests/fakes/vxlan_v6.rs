@@ -44,14 +44,14 @@ fn both_devices_are_created_with_their_macs_and_mtus_and_published() {
     block(async {
         let (nl, _) = dual_node();
         let b = backend(&nl).await;
-        let v6 = nl.with(|s| s.links[&b.device_index_of(Family::V6)].clone());
+        let v6 = nl.with(|s| s.links[&b.device_index(Family::V6)].clone());
         assert_eq!(v6.name, "flannel-v6.1");
         assert_eq!(v6.mac, Some(MAC6));
         assert_eq!(v6.mtu, 1430, "VXLAN over IPv6 costs 70 bytes");
         let info = v6.vxlan.expect("vxlan info");
         assert_eq!(info.local, Some(ip("fd00::50")));
         assert_eq!(info.dev, Some(ETH0));
-        let v4 = nl.with(|s| s.links[&b.device_index_of(Family::V4)].clone());
+        let v4 = nl.with(|s| s.links[&b.device_index(Family::V4)].clone());
         assert_eq!((v4.name.as_str(), v4.mtu), ("flannel.1", 1450));
         assert_eq!(b.mtu(), 1430, "FLANNEL_MTU fits both devices");
         let attrs = b.lease_attrs();
@@ -81,8 +81,8 @@ fn both_devices_are_created_with_their_macs_and_mtus_and_published() {
         )
         .await
         .expect("register");
-        assert_eq!(again.vtep_mac_of(Family::V6), Some(MAC6));
-        assert_eq!(again.vtep_mac_of(Family::V4), Some(MAC4));
+        assert_eq!(again.vtep_mac(Family::V6), Some(MAC6));
+        assert_eq!(again.vtep_mac(Family::V4), Some(MAC4));
         assert!(!nl.take_calls().iter().any(Call::is_write));
     });
 }
@@ -104,7 +104,7 @@ fn ipv6_peers_get_their_entries_on_the_v6_device_and_lose_them_with_their_lease(
     block(async {
         let (nl, _) = dual_node();
         let mut b = backend(&nl).await;
-        let (i4, i6) = (b.device_index_of(Family::V4), b.device_index_of(Family::V6));
+        let (i4, i6) = (b.device_index(Family::V4), b.device_index(Family::V6));
         let leases: Vec<Lease> = (1..=3).map(|i| dual_lease(i, 50 + i)).collect();
         let r = b.reconcile(&own(), &leases).await.expect("reconcile");
         assert_eq!(r.failed, 0);
@@ -175,7 +175,7 @@ fn ipv6_peers_get_their_entries_on_the_v6_device_and_lose_them_with_their_lease(
         let all = vec![leases[1].clone(), leases[2].clone(), new];
         let r = b.reconcile(&own(), &all).await.expect("reconcile");
         assert!(r.device_recreated);
-        let i6 = b.device_index_of(Family::V6);
+        let i6 = b.device_index(Family::V6);
         assert_eq!(nl.with(|s| s.links[&i6].mac), Some(MAC6));
         assert_eq!(device_state(&nl, i6).0.len(), 3);
     });
@@ -191,10 +191,8 @@ fn a_peer_without_ipv6_data_is_reported_and_still_routed_in_ipv4() {
         let r = b.reconcile(&own(), &[l]).await.expect("reconcile");
         assert_eq!(r.skipped.len(), 1);
         assert_eq!(r.skipped[0].reason, "no BackendV6Data");
-        assert_eq!(device_state(&nl, b.device_index_of(Family::V4)).0.len(), 1);
-        assert!(device_state(&nl, b.device_index_of(Family::V6))
-            .0
-            .is_empty());
+        assert_eq!(device_state(&nl, b.device_index(Family::V4)).0.len(), 1);
+        assert!(device_state(&nl, b.device_index(Family::V6)).0.is_empty());
     });
 }
 
@@ -220,7 +218,7 @@ fn direct_routing_applies_to_ipv6_peers_on_our_segment() {
             eth0.get(&net("fd00:10:244:1::/64")),
             Some(&Some(ip("fd00::33")))
         );
-        let (routes, _, _) = device_state(&nl, b.device_index_of(Family::V6));
+        let (routes, _, _) = device_state(&nl, b.device_index(Family::V6));
         assert_eq!(
             routes.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
             vec!["fd00:10:244:2::/64"]

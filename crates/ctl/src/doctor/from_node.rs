@@ -88,7 +88,7 @@ pub async fn read(subnet_file: &Path) -> anyhow::Result<StateSnapshot> {
     let names: Vec<String> = links.iter().map(|l| l.name.clone()).collect();
     // The external interface: the default route's, as flanneld picks it without --iface;
     // else the first interface with an IPv4 address that is none of flannel's or the pods'.
-    let by_route = match nl.default_route_link().await {
+    let by_route = match nl.default_route_link(flannel_net::Family::V4).await {
         Ok(Some(i)) => links.iter().find(|l| l.index == i),
         _ => None,
     };
