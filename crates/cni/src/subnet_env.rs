@@ -1,6 +1,7 @@
 //! subnet.env as the plugin reads it (upstream `loadFlannelSubnetEnv`): networks may be
 //! comma-separated lists; missing items are named in one error.
 
+use flannel_core::subnet_env::SubnetFile;
 use ipnet::{Ipv4Net, Ipv6Net};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -13,60 +14,30 @@ pub struct PluginSubnetEnv {
     pub ipmasq: Option<bool>,
 }
 
-fn push_unique<T: PartialEq>(v: &mut Vec<T>, x: T) {
-    if !v.contains(&x) {
-        v.push(x);
+fn unique<T: PartialEq>(v: Vec<T>) -> Vec<T> {
+    let mut out = Vec::with_capacity(v.len());
+    for x in v {
+        if !out.contains(&x) {
+            out.push(x);
+        }
     }
+    out
 }
 
 /// Parses the file text; `file` names it in errors.
 pub fn parse(file: &str, text: &str) -> Result<PluginSubnetEnv, String> {
-    let mut e = PluginSubnetEnv::default();
-    for line in text.lines() {
-        let Some((k, v)) = line.split_once('=') else {
-            continue;
-        };
-        let bad = |what: &str| format!("{file}: {k}={v:?}: {what}");
-        match k {
-            "FLANNEL_NETWORK" => {
-                for p in v.split(',') {
-                    push_unique(
-                        &mut e.networks,
-                        p.parse::<Ipv4Net>()
-                            .map_err(|_| bad("invalid IPv4 CIDR"))?
-                            .trunc(),
-                    );
-                }
-            }
-            "FLANNEL_IPV6_NETWORK" => {
-                for p in v.split(',') {
-                    push_unique(
-                        &mut e.ipv6_networks,
-                        p.parse::<Ipv6Net>()
-                            .map_err(|_| bad("invalid IPv6 CIDR"))?
-                            .trunc(),
-                    );
-                }
-            }
-            "FLANNEL_SUBNET" => {
-                e.subnet = Some(
-                    v.parse::<Ipv4Net>()
-                        .map_err(|_| bad("invalid IPv4 CIDR"))?
-                        .trunc(),
-                )
-            }
-            "FLANNEL_IPV6_SUBNET" => {
-                e.ipv6_subnet = Some(
-                    v.parse::<Ipv6Net>()
-                        .map_err(|_| bad("invalid IPv6 CIDR"))?
-                        .trunc(),
-                )
-            }
-            "FLANNEL_MTU" => e.mtu = Some(v.parse().map_err(|_| bad("not an unsigned integer"))?),
-            "FLANNEL_IPMASQ" => e.ipmasq = Some(v == "true"),
-            _ => {}
-        }
+    let f = SubnetFile::parse(text);
+    if let Some((k, v, expected)) = f.invalid.first() {
+        return Err(format!("{file}: {k}={v:?}: {expected}"));
     }
+    let e = PluginSubnetEnv {
+        networks: unique(f.networks),
+        subnet: f.subnet,
+        ipv6_networks: unique(f.ipv6_networks),
+        ipv6_subnet: f.ipv6_subnet,
+        mtu: f.mtu,
+        ipmasq: f.ipmasq,
+    };
     let mut missing = Vec::new();
     if e.networks.is_empty() && e.ipv6_networks.is_empty() {
         missing.extend(["FLANNEL_NETWORK", "FLANNEL_IPV6_NETWORK"]);

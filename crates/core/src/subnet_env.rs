@@ -102,6 +102,82 @@ pub fn parse_env_lines(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// subnet.env as read back, typed: the one reader of the file (flanneld at restart, the CNI
+/// plugin, flannelctl doctor). Networks may be comma-separated lists (upstream's plugin reads
+/// them so); host bits are cleared. A key whose value does not parse is left out of the typed
+/// fields and listed in `invalid`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubnetFile {
+    pub networks: Vec<Ipv4Net>,
+    pub subnet: Option<Ipv4Net>,
+    pub ipv6_networks: Vec<Ipv6Net>,
+    pub ipv6_subnet: Option<Ipv6Net>,
+    pub mtu: Option<u32>,
+    pub ipmasq: Option<bool>,
+    /// Entries that do not parse: key, value, what was expected; in file order.
+    pub invalid: Vec<(String, String, &'static str)>,
+}
+
+impl SubnetFile {
+    pub fn parse(text: &str) -> Self {
+        let mut f = Self::default();
+        for (k, v) in parse_env_lines(text) {
+            let ok = match k.as_str() {
+                "FLANNEL_NETWORK" => cidrs(&v).map(|n| f.networks = n).ok_or("invalid IPv4 CIDR"),
+                "FLANNEL_IPV6_NETWORK" => cidrs(&v)
+                    .map(|n| f.ipv6_networks = n)
+                    .ok_or("invalid IPv6 CIDR"),
+                "FLANNEL_SUBNET" => cidr(&v)
+                    .map(|n| f.subnet = Some(n))
+                    .ok_or("invalid IPv4 CIDR"),
+                "FLANNEL_IPV6_SUBNET" => cidr(&v)
+                    .map(|n| f.ipv6_subnet = Some(n))
+                    .ok_or("invalid IPv6 CIDR"),
+                "FLANNEL_MTU" => v
+                    .parse()
+                    .ok()
+                    .map(|m| f.mtu = Some(m))
+                    .ok_or("not an unsigned integer"),
+                "FLANNEL_IPMASQ" => {
+                    f.ipmasq = Some(v == "true");
+                    Ok(())
+                }
+                _ => Ok(()),
+            };
+            if let Err(expected) = ok {
+                f.invalid.push((k, v, expected));
+            }
+        }
+        f
+    }
+
+    /// The IPv4 network when the file names exactly one.
+    pub fn network(&self) -> Option<Ipv4Net> {
+        only(&self.networks)
+    }
+
+    /// The IPv6 network when the file names exactly one.
+    pub fn ipv6_network(&self) -> Option<Ipv6Net> {
+        only(&self.ipv6_networks)
+    }
+}
+
+fn only<T: Copy>(v: &[T]) -> Option<T> {
+    match v {
+        [one] => Some(*one),
+        _ => None,
+    }
+}
+
+fn cidr<T: std::str::FromStr + Trunc>(v: &str) -> Option<T> {
+    v.trim().parse::<T>().ok().map(Trunc::trunc_net)
+}
+
+/// Every item of a comma-separated list, or `None` when one does not parse.
+fn cidrs<T: std::str::FromStr + Trunc>(v: &str) -> Option<Vec<T>> {
+    v.split(',').map(cidr).collect()
+}
+
 /// What a previous run left in subnet.env: used to take the same subnet back and to recycle
 /// rules for an old network. Entries that do not parse as exactly one CIDR are treated as absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -114,17 +190,13 @@ pub struct PreviousSubnets {
 
 impl PreviousSubnets {
     pub fn parse(text: &str) -> Self {
-        let mut p = Self::default();
-        for (k, v) in parse_env_lines(text) {
-            match k.as_str() {
-                "FLANNEL_NETWORK" => p.network = one_cidr(&v),
-                "FLANNEL_SUBNET" => p.subnet = one_cidr(&v),
-                "FLANNEL_IPV6_NETWORK" => p.ipv6_network = one_cidr(&v),
-                "FLANNEL_IPV6_SUBNET" => p.ipv6_subnet = one_cidr(&v),
-                _ => {}
-            }
+        let f = SubnetFile::parse(text);
+        Self {
+            network: f.network(),
+            subnet: f.subnet,
+            ipv6_network: f.ipv6_network(),
+            ipv6_subnet: f.ipv6_subnet,
         }
-        p
     }
 
     /// Reads the file; a missing or unreadable file means "no previous run".
@@ -133,15 +205,6 @@ impl PreviousSubnets {
             .map(|t| Self::parse(&t))
             .unwrap_or_default()
     }
-}
-
-fn one_cidr<T: std::str::FromStr + Copy + Trunc>(v: &str) -> Option<T> {
-    let mut parts = v.split(',');
-    let first = parts.next()?.trim().parse::<T>().ok()?;
-    if parts.next().is_some() {
-        return None;
-    }
-    Some(first.trunc_net())
 }
 
 /// Host bits cleared, for both families.
@@ -247,5 +310,26 @@ mod tests {
             PreviousSubnets::read(Path::new("/nonexistent/subnet.env")),
             PreviousSubnets::default()
         );
+    }
+
+    #[test]
+    fn the_one_reader_types_lists_and_names_what_does_not_parse() {
+        let f = SubnetFile::parse(
+            "FLANNEL_NETWORK=10.1.0.0/16,192.168.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_IPV6_SUBNET=nope\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n",
+        );
+        assert_eq!(f.networks.len(), 2);
+        assert_eq!(f.network(), None, "a list is not one network");
+        assert_eq!(f.subnet.unwrap().to_string(), "10.1.17.0/24");
+        assert_eq!((f.mtu, f.ipmasq), (Some(1472), Some(true)));
+        assert_eq!(
+            f.invalid,
+            vec![(
+                "FLANNEL_IPV6_SUBNET".into(),
+                "nope".into(),
+                "invalid IPv6 CIDR"
+            )]
+        );
+        let bad_item = SubnetFile::parse("FLANNEL_NETWORK=10.1.0.0/16,junk\n");
+        assert!(bad_item.networks.is_empty() && bad_item.invalid.len() == 1);
     }
 }

@@ -129,38 +129,14 @@ fn check_br_netfilter(cfg: &NetworkConfig) -> anyhow::Result<()> {
 
 /// The families the firewall works on, from the config and our lease.
 fn family_nets(cfg: &NetworkConfig, own: &OwnLease) -> Vec<FamilyNets> {
-    let mut v = Vec::new();
-    if let (true, Some(n)) = (cfg.enable_ipv4, cfg.network) {
-        v.push(FamilyNets {
-            cluster: IpNet::V4(n),
-            pod: IpNet::V4(own.lease.subnet),
-        });
-    }
-    if let (true, Some(n), Some(s)) = (cfg.enable_ipv6, cfg.ipv6_network, own.lease.ipv6_subnet) {
-        v.push(FamilyNets {
-            cluster: IpNet::V6(n),
-            pod: IpNet::V6(s),
-        });
-    }
-    v
-}
-
-/// The same from the previous run's subnet.env, for recycling old rules.
-fn previous_nets(p: &PreviousSubnets) -> Vec<FamilyNets> {
-    let mut v = Vec::new();
-    if let (Some(n), Some(s)) = (p.network, p.subnet) {
-        v.push(FamilyNets {
-            cluster: IpNet::V4(n),
-            pod: IpNet::V4(s),
-        });
-    }
-    if let (Some(n), Some(s)) = (p.ipv6_network, p.ipv6_subnet) {
-        v.push(FamilyNets {
-            cluster: IpNet::V6(n),
-            pod: IpNet::V6(s),
-        });
-    }
-    v
+    FamilyNets::of(
+        cfg.network
+            .filter(|_| cfg.enable_ipv4)
+            .map(|n| (n, own.lease.subnet)),
+        cfg.ipv6_network
+            .filter(|_| cfg.enable_ipv6)
+            .zip(own.lease.ipv6_subnet),
+    )
 }
 
 /// Installs the masquerade and forward rules (after recycling the previous network's).
@@ -169,7 +145,11 @@ async fn setup_firewall(
     nftables: bool,
     previous: &PreviousSubnets,
 ) -> anyhow::Result<Arc<dyn TrafficManager>> {
-    let old = previous_nets(previous);
+    // The same from the previous run's subnet.env, for recycling old rules.
+    let old = FamilyNets::of(
+        previous.network.zip(previous.subnet),
+        previous.ipv6_network.zip(previous.ipv6_subnet),
+    );
     tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<dyn TrafficManager>> {
         if !nftables {
             IptablesManager::new(&cfg).recycle(&old, &cfg.families);

@@ -25,6 +25,20 @@ pub struct FamilyNets {
 }
 
 impl FamilyNets {
+    /// Each family's (cluster network, pod subnet) that is present, IPv4 first.
+    pub fn of(
+        v4: Option<(ipnet::Ipv4Net, ipnet::Ipv4Net)>,
+        v6: Option<(ipnet::Ipv6Net, ipnet::Ipv6Net)>,
+    ) -> Vec<Self> {
+        let v4 = v4.map(|(c, p)| (IpNet::V4(c), IpNet::V4(p)));
+        let v6 = v6.map(|(c, p)| (IpNet::V6(c), IpNet::V6(p)));
+        [v4, v6]
+            .into_iter()
+            .flatten()
+            .map(|(cluster, pod)| Self { cluster, pod })
+            .collect()
+    }
+
     fn v6(&self) -> bool {
         matches!(self.cluster, IpNet::V6(_))
     }

@@ -31,12 +31,9 @@ pub fn state_of(
     ext: Option<(String, u32)>,
     nftables: bool,
 ) -> StateSnapshot {
-    let env: std::collections::BTreeMap<String, String> = subnet_env
-        .map(flannel_core::subnet_env::parse_env_lines)
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    let net = |k: &str| env.get(k).and_then(|v| v.parse::<IpNet>().ok());
+    let env = subnet_env
+        .map(flannel_core::subnet_env::SubnetFile::parse)
+        .unwrap_or_default();
     let devices: Vec<String> = links
         .iter()
         .filter(|l| backend_of_device(l).is_some())
@@ -49,10 +46,10 @@ pub fn state_of(
         .unwrap_or("host-gw");
     let (iface, iface_mtu) = ext.unwrap_or_default();
     let mut config = serde_json::json!({"Backend": {"Type": backend}});
-    if let Some(n) = net("FLANNEL_NETWORK") {
+    if let Some(n) = env.network() {
         config["Network"] = n.to_string().into();
     }
-    if let Some(n) = net("FLANNEL_IPV6_NETWORK") {
+    if let Some(n) = env.ipv6_network() {
         config["IPv6Network"] = n.to_string().into();
     }
     StateSnapshot {
@@ -61,20 +58,17 @@ pub fn state_of(
             backend: backend.into(),
             iface,
             iface_mtu,
-            mtu: env
-                .get("FLANNEL_MTU")
-                .and_then(|m| m.parse().ok())
-                .unwrap_or(0),
+            mtu: env.mtu.unwrap_or(0),
             devices,
             subnet_file: subnet_file.display().to_string(),
             firewall: if nftables { "nftables" } else { "iptables" }.into(),
-            ip_masq: env.get("FLANNEL_IPMASQ").is_some_and(|v| v == "true"),
+            ip_masq: env.ipmasq.unwrap_or(false),
             forward_rules: true,
             ..Default::default()
         },
         own: LeaseView {
-            subnet: net("FLANNEL_SUBNET").map(|n| n.trunc()),
-            subnet6: net("FLANNEL_IPV6_SUBNET").map(|n| n.trunc()),
+            subnet: env.subnet.map(IpNet::V4),
+            subnet6: env.ipv6_subnet.map(IpNet::V6),
             ..Default::default()
         },
         ..Default::default()
