@@ -15,6 +15,9 @@ pub enum FirewallError {
     Iptables(#[from] IptablesError),
     #[error(transparent)]
     Nft(#[from] NftError),
+    /// Any other manager's failure (the fake's).
+    #[error("{0}")]
+    Other(String),
 }
 
 /// One address family's networks: the cluster network and this node's subnet.

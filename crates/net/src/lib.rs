@@ -8,6 +8,8 @@
 pub mod dump;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake_firewall;
 pub mod firewall;
 pub mod iptables;
 pub mod monitor;

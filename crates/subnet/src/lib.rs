@@ -9,6 +9,8 @@ mod cidr_index;
 pub mod error;
 pub mod etcd;
 pub mod events;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
 pub mod kube;
 pub mod lease_set;
 mod recurring;

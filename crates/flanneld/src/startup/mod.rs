@@ -7,14 +7,16 @@ use crate::daemon::{renew_deadline, Daemon, Trigger};
 use crate::drift::{ClaimWatch, ConfigDrift};
 use crate::health;
 use crate::iface;
+mod describe;
 use crate::metrics::Metrics;
 use crate::signals::Shutdown;
 use crate::skiplog::{ConflictLog, SkipLog};
 use anyhow::{bail, Context};
-use flannel_backend::{AnyBackend, Backend, BackendConfig};
+pub use describe::runs_as;
+use flannel_backend::{AnyBackend, Backend, BackendConfig, ExternalInterface};
 use flannel_cli::Options;
 use flannel_core::iface::Families;
-use flannel_core::state::{DatastoreAccess, RunsAs};
+use flannel_core::state::NodeInfo;
 use flannel_core::subnet_env::{PreviousSubnets, SubnetEnv};
 use flannel_core::NetworkConfig;
 use flannel_net::firewall::{self, FamilyNets, FirewallConfig, IptablesManager, TrafficManager};
@@ -185,7 +187,8 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     }
 }
 
-/// The startup sequence over any datastore, then the daemon until a signal.
+/// The startup sequence over any datastore, then the daemon until a signal. Each phase is a
+/// function below, in order; a signal while one waits ends startup cleanly (`Ok`).
 pub async fn run_with<SM: SubnetManager>(
     o: Options,
     sm: Arc<SM>,
@@ -193,9 +196,83 @@ pub async fn run_with<SM: SubnetManager>(
     mut stop: Shutdown,
 ) -> anyhow::Result<()> {
     let nl = Netlink::new().context("opening a netlink socket")?;
+    let serving = serve_status(&o).await?;
+    let Some(plan) = or_signal(&mut stop, wait_for_config(sm.as_ref())).await else {
+        return Ok(());
+    };
+    let plan = NetworkPlan::check(plan, &sm.config_location())?;
+    serving.metrics.set_backend(plan.backend.type_name());
+    let Some(o) = datastore_overrides(o, sm.as_ref(), &mut stop).await? else {
+        return Ok(());
+    };
+    let ext = iface::select(&nl, &o, plan.families()).await?;
+    info!(iface = %ext.name, iface_addr = %ext.iface_addr, public_ip = %ext.ext_addr, public_ipv6 = ?ext.ext_v6_addr, mtu = ext.mtu, "using interface");
+    let node = describe::node_info(
+        &o,
+        sm.as_ref(),
+        &plan.config,
+        plan.backend.type_name(),
+        &ext,
+    );
+    let backend = register_backend(&plan, sm.as_ref(), nl.clone(), ext).await?;
+    let attrs = backend.lease_attrs();
+    let acquire = until_ready(|| sm.acquire_lease(&plan.config, &attrs));
+    let Some(own) = or_signal(&mut stop, acquire).await else {
+        return Ok(());
+    };
+    let own = own.context("acquiring a subnet lease")?;
+    info!(subnet = %own.lease.subnet, ipv6_subnet = ?own.lease.ipv6_subnet, lease = %sm.describe(&own.owner), "lease acquired");
+    let fw_cfg = FirewallConfig {
+        families: family_nets(&plan.config, &own),
+        ip_masq: o.ip_masq,
+        forward: o.forward_rules,
+        fully_random_disable: o.ip_masq_fully_random_disable,
+    };
+    let fw = setup_firewall(fw_cfg, plan.config.enable_nftables, &previous).await?;
+    let leases = known_leases(&plan, sm.as_ref(), &own).await;
+    let mut d = Daemon {
+        renew_at: renew_deadline(&own, o.renew_margin),
+        node: NodeInfo {
+            mtu: backend.mtu(),
+            devices: backend.devices(),
+            ..node
+        },
+        nl,
+        backend,
+        fw,
+        own,
+        leases,
+        last_report: Default::default(),
+        metrics: serving.metrics.clone(),
+        state_requests: serving.state_requests,
+        config_json: describe::config_json(&plan.config),
+        skips: SkipLog::default(),
+        conflicts: ConflictLog::default(),
+        drift: ConfigDrift::new(plan.config.clone()),
+        claims: ClaimWatch::default(),
+        families: plan.kernel_families(),
+        sm,
+        opts: o,
+    };
+    first_pass(&mut d).await;
+    announce_ready(&d, &plan, &serving.ready).await?;
+    d.run(stop).await
+}
+
+/// What startup serves before the daemon runs: health and metrics, the state socket (503
+/// until ready). The guards keep them up for the daemon's life.
+struct Serving {
+    ready: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    state_requests: Option<tokio::sync::mpsc::Receiver<crate::state_socket::StateRequest>>,
+    _health: Option<tokio::task::JoinHandle<()>>,
+    _socket: Option<crate::state_socket::SocketFile>,
+}
+
+async fn serve_status(o: &Options) -> anyhow::Result<Serving> {
     let ready = Arc::new(AtomicBool::new(false));
     let metrics = Metrics::new();
-    let _health = match o.healthz {
+    let health = match o.healthz {
         Some(addr) => Some(
             health::start(addr, ready.clone(), metrics.clone())
                 .await
@@ -203,9 +280,8 @@ pub async fn run_with<SM: SubnetManager>(
         ),
         None => None,
     };
-    // The state socket answers from the start (503 for /state until the daemon runs).
     let (state_tx, state_rx) = tokio::sync::mpsc::channel(16);
-    let _socket = match &o.state_socket {
+    let socket = match &o.state_socket {
         Some(path) => Some(crate::state_socket::start(
             path,
             ready.clone(),
@@ -214,31 +290,76 @@ pub async fn run_with<SM: SubnetManager>(
         )?),
         None => None,
     };
+    Ok(Serving {
+        state_requests: socket.is_some().then_some(state_rx),
+        ready,
+        metrics,
+        _health: health,
+        _socket: socket,
+    })
+}
 
-    let Some(config) = or_signal(&mut stop, wait_for_config(sm.as_ref())).await else {
-        return Ok(());
-    };
-    let at = sm.config_location();
-    // None in an IPv6-only network (`EnableIPv4: false`).
-    let network = match (config.enable_ipv4, config.network) {
-        (false, _) => None,
-        (true, Some(n)) => Some(n),
-        (true, None) => bail!("the network config at {at} has no IPv4 Network (set \"EnableIPv4\": false for an IPv6-only network)"),
-    };
-    check_br_netfilter(&config)?;
-    let backend_cfg = BackendConfig::from_network(&config)
-        .with_context(|| format!("reading the Backend of the network config at {at}"))?;
-    metrics.set_backend(backend_cfg.type_name());
-    let families = Families {
-        v4: config.enable_ipv4,
-        v6: config.enable_ipv6,
-    };
-    let Some(overrides) = or_signal(&mut stop, until_ready(|| sm.public_ip_override())).await
-    else {
-        return Ok(());
+/// The network config, checked for what this node needs, and its backend's typed config.
+struct NetworkPlan {
+    config: NetworkConfig,
+    /// `None` in an IPv6-only network (`EnableIPv4: false`).
+    network: Option<ipnet::Ipv4Net>,
+    /// `None` unless IPv6 is enabled.
+    ipv6_network: Option<ipnet::Ipv6Net>,
+    backend: BackendConfig,
+    /// Where the config lives, for errors.
+    at: String,
+}
+
+impl NetworkPlan {
+    fn check(config: NetworkConfig, at: &str) -> anyhow::Result<Self> {
+        let network = match (config.enable_ipv4, config.network) {
+            (false, _) => None,
+            (true, Some(n)) => Some(n),
+            (true, None) => bail!("the network config at {at} has no IPv4 Network (set \"EnableIPv4\": false for an IPv6-only network)"),
+        };
+        check_br_netfilter(&config)?;
+        let backend = BackendConfig::from_network(&config)
+            .with_context(|| format!("reading the Backend of the network config at {at}"))?;
+        Ok(Self {
+            network,
+            ipv6_network: config.ipv6_network.filter(|_| config.enable_ipv6),
+            backend,
+            at: at.to_string(),
+            config,
+        })
+    }
+
+    fn families(&self) -> Families {
+        Families {
+            v4: self.config.enable_ipv4,
+            v6: self.config.enable_ipv6,
+        }
+    }
+
+    /// The address families whose kernel notifications concern us.
+    fn kernel_families(&self) -> Vec<flannel_core::Family> {
+        [
+            (self.config.enable_ipv4, flannel_core::Family::V4),
+            (self.config.enable_ipv6, flannel_core::Family::V6),
+        ]
+        .into_iter()
+        .filter_map(|(on, f)| on.then_some(f))
+        .collect()
+    }
+}
+
+/// The public addresses the datastore prescribes (Kubernetes annotations) replace the flags';
+/// `None` when a signal came while waiting for the datastore.
+async fn datastore_overrides(
+    mut o: Options,
+    sm: &impl SubnetManager,
+    stop: &mut Shutdown,
+) -> anyhow::Result<Option<Options>> {
+    let Some(overrides) = or_signal(stop, until_ready(|| sm.public_ip_override())).await else {
+        return Ok(None);
     };
     let overrides = overrides.context("reading this node's public IP settings")?;
-    let mut o = o;
     if let Some(ip) = overrides.v4 {
         info!(public_ip = %ip, "the datastore sets this node's public IP");
         o.public_ip = Some(ip);
@@ -247,65 +368,38 @@ pub async fn run_with<SM: SubnetManager>(
         info!(public_ipv6 = %ip, "the datastore sets this node's public IPv6");
         o.public_ipv6 = Some(ip);
     }
-    let ext = iface::select(&nl, &o, families).await?;
-    info!(iface = %ext.name, iface_addr = %ext.iface_addr, public_ip = %ext.ext_addr, public_ipv6 = ?ext.ext_v6_addr, mtu = ext.mtu, "using interface");
+    Ok(Some(o))
+}
 
+/// Sets up the backend on `ext`, keeping the VTEP MACs our previous lease published.
+async fn register_backend(
+    plan: &NetworkPlan,
+    sm: &impl SubnetManager,
+    nl: Netlink,
+    ext: ExternalInterface,
+) -> anyhow::Result<AnyBackend> {
     let stored = sm.stored_vtep_macs(ext.ext_addr).await;
     let nets = flannel_backend::vxlan::VxlanNetworks {
-        v4: network.map(|n| (n, stored.v4)),
-        v6: config
-            .ipv6_network
-            .filter(|_| config.enable_ipv6)
-            .map(|n| (n, stored.v6)),
+        v4: plan.network.map(|n| (n, stored.v4)),
+        v6: plan.ipv6_network.map(|n| (n, stored.v6)),
     };
-    let mut node = flannel_core::state::NodeInfo {
-        backend: backend_cfg.type_name().into(),
-        iface: ext.name.clone(),
-        iface_mtu: ext.mtu,
-        public_ip: Some(ext.ext_addr.into()).filter(|_| config.enable_ipv4),
-        public_ipv6: ext.ext_v6_addr.map(Into::into),
-        subnet_file: o.subnet_file.display().to_string(),
-        datastore: sm.datastore(),
-        firewall: if config.enable_nftables {
-            "nftables"
-        } else {
-            "iptables"
-        }
-        .into(),
-        ip_masq: o.ip_masq,
-        forward_rules: o.forward_rules,
-        fully_random_disable: o.ip_masq_fully_random_disable,
-        access: Some(datastore_access(&o, &sm.datastore())),
-        runs_as: runs_as(&o, &|k| std::env::var(k).ok()),
-        ..Default::default()
-    };
-    let backend_type = backend_cfg.type_name();
-    let backend = AnyBackend::register(backend_cfg, nl.clone(), ext, nets)
+    let backend_type = plan.backend.type_name();
+    AnyBackend::register(plan.backend.clone(), nl, ext, nets)
         .await
-        .with_context(|| format!("setting up the {backend_type} backend (config at {at})"))?;
-    let attrs = backend.lease_attrs();
-    let Some(own) = or_signal(&mut stop, until_ready(|| sm.acquire_lease(&config, &attrs))).await
-    else {
-        return Ok(());
-    };
-    let own = own.context("acquiring a subnet lease")?;
-    info!(subnet = %own.lease.subnet, ipv6_subnet = ?own.lease.ipv6_subnet, lease = %sm.describe(&own.owner), "lease acquired");
+        .with_context(|| {
+            format!(
+                "setting up the {backend_type} backend (config at {})",
+                plan.at
+            )
+        })
+}
 
-    let fw_cfg = FirewallConfig {
-        families: family_nets(&config, &own),
-        ip_masq: o.ip_masq,
-        forward: o.forward_rules,
-        fully_random_disable: o.ip_masq_fully_random_disable,
-    };
-    let fw = setup_firewall(fw_cfg, config.enable_nftables, &previous).await?;
-
-    // Program the peers we already know before telling the CNI plugin we are ready.
+/// The leases the datastore holds now, so that the peers we already know are programmed
+/// before the CNI plugin is told we are ready.
+async fn known_leases(plan: &NetworkPlan, sm: &impl SubnetManager, own: &OwnLease) -> LeaseSet {
     let networks = [
-        network.map(IpNet::V4),
-        config
-            .ipv6_network
-            .filter(|_| config.enable_ipv6)
-            .map(IpNet::V6),
+        plan.network.map(IpNet::V4),
+        plan.ipv6_network.map(IpNet::V6),
     ];
     let mut leases = LeaseSet::with_own(
         own.owner.clone(),
@@ -316,38 +410,11 @@ pub async fn run_with<SM: SubnetManager>(
         Ok(l) => leases.apply(LeaseEvent::Snapshot(l)),
         Err(e) => warn!(error = %e, "listing leases failed; peers come with the watch"),
     }
-    let renew_at = renew_deadline(&own, o.renew_margin);
-    let (backend_mtu, backend_devices) = (backend.mtu(), backend.devices());
-    let mut d = Daemon {
-        nl,
-        backend,
-        fw,
-        own,
-        leases,
-        renew_at,
-        last_report: Default::default(),
-        metrics,
-        state_requests: o.state_socket.is_some().then_some(state_rx),
-        node: {
-            node.mtu = backend_mtu;
-            node.devices = backend_devices;
-            node
-        },
-        config_json: config_json(&config),
-        skips: SkipLog::default(),
-        conflicts: ConflictLog::default(),
-        drift: ConfigDrift::new(config.clone()),
-        claims: ClaimWatch::default(),
-        families: [
-            (config.enable_ipv4, flannel_core::Family::V4),
-            (config.enable_ipv6, flannel_core::Family::V6),
-        ]
-        .into_iter()
-        .filter_map(|(on, f)| on.then_some(f))
-        .collect(),
-        sm,
-        opts: o,
-    };
+    leases
+}
+
+/// Counters from the start, then the first full pass over the kernel.
+async fn first_pass<SM: SubnetManager>(d: &mut Daemon<SM>) {
     if let Some(c) = d.backend.datapath_counters() {
         d.metrics.watch_datapath(c);
     }
@@ -356,13 +423,18 @@ pub async fn run_with<SM: SubnetManager>(
     d.report_conflicts();
     d.reconcile(Trigger::Start).await;
     release_startup_memory();
+}
 
+/// subnet.env written, ready said (health, state socket), the lease completed (Kubernetes:
+/// the node's network marked available).
+async fn announce_ready<SM: SubnetManager>(
+    d: &Daemon<SM>,
+    plan: &NetworkPlan,
+    ready: &AtomicBool,
+) -> anyhow::Result<()> {
     let env = SubnetEnv {
-        v4: network.map(|n| (n, d.own.lease.subnet)),
-        v6: config
-            .ipv6_network
-            .zip(d.own.lease.ipv6_subnet)
-            .filter(|_| config.enable_ipv6),
+        v4: plan.network.map(|n| (n, d.own.lease.subnet)),
+        v6: plan.ipv6_network.zip(d.own.lease.ipv6_subnet),
         mtu: d.backend.mtu(),
         ipmasq: d.opts.ip_masq,
     };
@@ -374,60 +446,7 @@ pub async fn run_with<SM: SubnetManager>(
     if let Err(e) = d.sm.complete_lease(&d.own).await {
         warn!(error = %e, "completing the lease failed");
     }
-    d.run(stop).await
-}
-
-/// How flannelctl reaches our datastore: our flags, without the password.
-fn datastore_access(o: &Options, datastore: &str) -> DatastoreAccess {
-    match &o.kube {
-        Some(k) => DatastoreAccess::Kubernetes {
-            kubeconfig: k.source.kubeconfig.clone(),
-            api_url: k.source.api_url.clone(),
-            server: datastore
-                .strip_prefix("kubernetes ")
-                .unwrap_or(datastore)
-                .to_string(),
-            annotation_prefix: k.annotation_prefix.clone(),
-        },
-        None => DatastoreAccess::Etcd {
-            endpoints: o.etcd.endpoints.clone(),
-            prefix: o.etcd.prefix.clone(),
-            keyfile: o.etcd.keyfile.clone(),
-            certfile: o.etcd.certfile.clone(),
-            cafile: o.etcd.cafile.clone(),
-            username: o.etcd.username.clone(),
-        },
-    }
-}
-
-/// How this flanneld is run, from its environment: the lab says so (`FLANNEL_LAB_STATE_DIR`),
-/// the DaemonSet's pod has its name (`POD_NAME`) or in-cluster settings in kube mode, systemd
-/// sets `INVOCATION_ID` for its units.
-pub fn runs_as(o: &Options, env: &dyn Fn(&str) -> Option<String>) -> RunsAs {
-    let set = |k: &str| env(k).is_some_and(|v| !v.is_empty());
-    if set("FLANNEL_LAB_STATE_DIR") {
-        RunsAs::Lab
-    } else if o.kube.is_some() && (set("POD_NAME") || set("KUBERNETES_SERVICE_HOST")) {
-        RunsAs::DaemonSet
-    } else if set("INVOCATION_ID") {
-        RunsAs::Systemd
-    } else {
-        RunsAs::Process
-    }
-}
-
-/// The network config as the state snapshot shows it (upstream's key names).
-fn config_json(c: &NetworkConfig) -> serde_json::Value {
-    serde_json::json!({
-        "Network": c.network.map(|n| n.to_string()),
-        "IPv6Network": c.ipv6_network.map(|n| n.to_string()),
-        "EnableIPv4": c.enable_ipv4,
-        "EnableIPv6": c.enable_ipv6,
-        "EnableNFTables": c.enable_nftables,
-        "SubnetLen": c.subnet_len,
-        "IPv6SubnetLen": c.ipv6_subnet_len,
-        "Backend": c.backend,
-    })
+    Ok(())
 }
 
 /// Gives the memory of the first listing back to the system. Reading thousands of peers (in

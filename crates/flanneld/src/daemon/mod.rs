@@ -63,11 +63,13 @@ pub struct Snapshot {
     pub last_report: ReconcileReport,
 }
 
-pub struct Daemon<SM: SubnetManager> {
+/// The daemon over its datastore (`SM`), kernel (`N`) and backend (`B`, itself over `N`); the
+/// firewall is a trait object. Tests put fakes of all of them in (see `tests`).
+pub struct Daemon<SM: SubnetManager, N: NetOps = Netlink, B: Backend = AnyBackend> {
     pub(crate) sm: Arc<SM>,
-    pub(crate) nl: Netlink,
+    pub(crate) nl: N,
     pub(crate) opts: Options,
-    pub(crate) backend: AnyBackend,
+    pub(crate) backend: B,
     pub(crate) fw: Arc<dyn TrafficManager>,
     pub(crate) own: OwnLease,
     pub(crate) leases: LeaseSet,
@@ -93,7 +95,7 @@ pub(crate) fn renew_deadline(own: &OwnLease, margin: Duration) -> Instant {
     Instant::now() + ttl.saturating_sub(margin).max(Duration::from_secs(1))
 }
 
-impl<SM: SubnetManager> Daemon<SM> {
+impl<SM: SubnetManager, N: NetOps, B: Backend> Daemon<SM, N, B> {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             own: self.own.lease.clone(),
@@ -522,3 +524,6 @@ async fn ensure_blackhole(nl: &impl NetOps, subnet: ipnet::IpNet) {
         Err(e) => warn!(error = %e, "checking the blackhole route failed"),
     }
 }
+
+#[cfg(test)]
+mod tests;
