@@ -4,6 +4,7 @@
 //! takes a path explicitly (subnet.env). Everything here is unit-tested without root.
 
 pub mod allocator;
+pub mod backoff;
 pub mod config;
 pub mod errtext;
 pub mod family;
@@ -14,6 +15,7 @@ pub mod lease;
 pub mod mac;
 pub mod nftables;
 pub mod raw_json;
+pub mod say_once;
 pub mod state;
 pub mod subnet;
 pub mod subnet_env;

@@ -1,21 +1,24 @@
 //! Things that change under a running flanneld and that it reports instead of silently
 //! following or fighting: the network config, and our own lease overwritten by someone else.
 
+use flannel_core::say_once::SayOnce;
 use flannel_core::{ConfigError, NetworkConfig};
 use flannel_subnet::{LeaseSet, OwnLease, SubnetManager};
+use std::time::Instant;
 use tracing::{error, info};
 
 /// Compares the config in etcd with the one flanneld started with, once per resync.
 pub struct ConfigDrift {
     started: NetworkConfig,
-    reported: Option<String>,
+    /// Said once per config text.
+    said: SayOnce,
 }
 
 impl ConfigDrift {
     pub fn new(started: NetworkConfig) -> Self {
         Self {
             started,
-            reported: None,
+            said: SayOnce::default(),
         }
     }
 
@@ -35,18 +38,19 @@ impl ConfigDrift {
             return;
         };
         match self.problem(sm.parse_config(&text)) {
-            Some(p) if self.reported.as_deref() != Some(text.as_str()) => {
-                error!(
-                    key = %sm.config_location(),
-                    "the network config changed while flanneld runs: {p}; flanneld keeps the config it started with (and its routes); restart it to apply the new one"
-                );
-                self.reported = Some(text);
+            Some(p) => {
+                if self.said.problem(&text, Instant::now()) {
+                    error!(
+                        key = %sm.config_location(),
+                        "the network config changed while flanneld runs: {p}; flanneld keeps the config it started with (and its routes); restart it to apply the new one"
+                    );
+                }
             }
-            None if self.reported.is_some() => {
-                info!(key = %sm.config_location(), "the network config is back to the one flanneld runs with");
-                self.reported = None;
+            None => {
+                if self.said.cleared() {
+                    info!(key = %sm.config_location(), "the network config is back to the one flanneld runs with");
+                }
             }
-            _ => {}
         }
     }
 }
@@ -63,7 +67,7 @@ fn same(a: &NetworkConfig, b: &NetworkConfig) -> bool {
 /// Reports (once per claimant) when the value under our own subnet key is not ours any more.
 #[derive(Default)]
 pub struct ClaimWatch {
-    reported: Option<String>,
+    said: SayOnce,
 }
 
 impl ClaimWatch {
@@ -73,7 +77,7 @@ impl ClaimWatch {
         match theirs {
             Some(t) if t != mine => {
                 let who = t.to_json();
-                if self.reported.as_deref() != Some(who.as_str()) {
+                if self.said.problem(&who, Instant::now()) {
                     error!(
                         key,
                         claimant = %who,
@@ -81,10 +85,11 @@ impl ClaimWatch {
                         t.public_ip,
                         own.lease.subnet
                     );
-                    self.reported = Some(who);
                 }
             }
-            _ => self.reported = None,
+            _ => {
+                self.said.cleared();
+            }
         }
     }
 }

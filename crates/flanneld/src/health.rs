@@ -24,11 +24,11 @@ pub const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Whether flanneld is ready: started (rules and subnet.env in place) and its lease watch
 /// moving; else why not.
-pub fn readiness(started: &AtomicBool) -> Result<(), String> {
+pub fn readiness(started: &AtomicBool, metrics: &Metrics) -> Result<(), String> {
     if !started.load(Ordering::SeqCst) {
         return Err("flanneld is not ready yet".into());
     }
-    match flannel_subnet::stats::STATS.stalled(STALL_LIMIT) {
+    match metrics.datastore().and_then(|d| d.stalled(STALL_LIMIT)) {
         Some(p) => Err(format!(
             "flanneld's lease watch is not progressing, its peers may be out of date: {p}"
         )),
@@ -84,7 +84,7 @@ async fn handle(mut s: TcpStream, ready: Arc<AtomicBool>, metrics: Arc<Metrics>)
     let Some(head) = read_head(&mut s).await else {
         return;
     };
-    let (status, ty, body) = respond(&head, readiness(&ready), &metrics);
+    let (status, ty, body) = respond(&head, readiness(&ready, &metrics), &metrics);
     debug!(
         request = head.lines().next().unwrap_or(""),
         status, "health request"

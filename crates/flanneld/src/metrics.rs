@@ -9,6 +9,7 @@
 use flannel_backend::udp::worker::Counters as UdpCounters;
 use flannel_backend::wg::worker::WgCounters;
 use flannel_backend::{ReconcileReport, Repairs};
+use flannel_subnet::stats::DatastoreStats;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -59,6 +60,7 @@ pub struct Metrics {
     backend: Family<OwnedLabel, Gauge>,
     udp: Arc<OnceLock<Arc<UdpCounters>>>,
     wg: Arc<OnceLock<Arc<WgCounters>>>,
+    datastore: Arc<OnceLock<Arc<DatastoreStats>>>,
 }
 
 impl Metrics {
@@ -81,6 +83,7 @@ impl Metrics {
             backend: Family::default(),
             udp: Arc::default(),
             wg: Arc::default(),
+            datastore: Arc::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -165,6 +168,7 @@ impl Metrics {
         m.registry.register_collector(Box::new(Collected {
             udp: m.udp.clone(),
             wg: m.wg.clone(),
+            datastore: m.datastore.clone(),
         }));
         Arc::new(m)
     }
@@ -175,6 +179,16 @@ impl Metrics {
         self.backend
             .get_or_create(&[("backend", backend.to_string())])
             .set(1);
+    }
+
+    /// Reads the datastore's watch counters from now on (the subnet manager's handle).
+    pub fn watch_datastore(&self, stats: Arc<DatastoreStats>) {
+        let _ = self.datastore.set(stats);
+    }
+
+    /// The lease watch's counters, once the datastore is known.
+    pub fn datastore(&self) -> Option<&DatastoreStats> {
+        self.datastore.get().map(|d| d.as_ref())
     }
 
     /// Reads a userspace data path's counters (udp or wireguard) from now on.
@@ -277,6 +291,7 @@ pub const REPAIR_KINDS: [&str; 6] = ["route", "neighbour", "fdb", "device", "add
 struct Collected {
     udp: Arc<OnceLock<Arc<UdpCounters>>>,
     wg: Arc<OnceLock<Arc<WgCounters>>>,
+    datastore: Arc<OnceLock<Arc<DatastoreStats>>>,
 }
 
 fn counter(
@@ -294,7 +309,8 @@ fn counter(
 
 impl Collector for Collected {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let ds = &flannel_subnet::stats::STATS;
+        let fresh = DatastoreStats::default();
+        let ds = self.datastore.get().map_or(&fresh, |d| d.as_ref());
         counter(
             &mut enc,
             "datastore_watch_restarts",

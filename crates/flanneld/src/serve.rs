@@ -181,7 +181,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let table = Arc::new(Mutex::new(Table::default()));
-    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut backoff = flannel_core::backoff::Backoff::new(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
     let mut failing: Option<io::ErrorKind> = None;
     loop {
         match listener.accept().await {
@@ -189,7 +189,7 @@ where
                 if failing.take().is_some() {
                     info!("the {what} accepts connections again");
                 }
-                backoff = ACCEPT_BACKOFF_MIN;
+                backoff.reset();
                 let mut t = lock(&table);
                 if peer != Peer::Unknown
                     && t.by_peer.get(&peer).is_some_and(|q| q.len() >= per_peer)
@@ -223,8 +223,7 @@ where
                     warn!(error = %e, "the {what} cannot accept connections; backing off");
                     failing = Some(e.kind());
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                tokio::time::sleep(backoff.next()).await;
             }
         }
     }

@@ -126,7 +126,7 @@ async fn handle(
         answer(&mut s, "503 Service Unavailable", "text/plain", why).await;
         return;
     }
-    let (status, ty, body) = respond(&head, readiness(&ready), &metrics);
+    let (status, ty, body) = respond(&head, readiness(&ready, &metrics), &metrics);
     answer(&mut s, status, ty, &body).await;
 }
 

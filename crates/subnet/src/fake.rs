@@ -47,6 +47,7 @@ pub struct FakeDatastore {
 #[derive(Clone)]
 pub struct FakeSubnetManager {
     state: Arc<Mutex<FakeDatastore>>,
+    stats: Arc<crate::stats::DatastoreStats>,
 }
 
 impl FakeSubnetManager {
@@ -63,6 +64,7 @@ impl FakeSubnetManager {
                 restores: false,
                 calls: Vec::new(),
             })),
+            stats: Arc::default(),
         }
     }
 
@@ -187,6 +189,10 @@ impl SubnetManager for FakeSubnetManager {
             let _ = tx.send(LeaseEvent::Snapshot(l)).await;
         }
         std::future::pending::<()>().await
+    }
+
+    fn stats(&self) -> Arc<crate::stats::DatastoreStats> {
+        self.stats.clone()
     }
 
     fn describe(&self, owner: &Owner) -> String {

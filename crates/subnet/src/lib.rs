@@ -13,6 +13,7 @@ pub mod events;
 pub mod fake;
 pub mod kube;
 pub mod lease_set;
+pub mod listwatch;
 mod recurring;
 pub mod stats;
 
@@ -141,6 +142,9 @@ pub trait SubnetManager: Send + Sync + 'static {
 
     /// Streams lease events forever (snapshot first, then changes), reconnecting by itself.
     fn watch_leases(&self, tx: mpsc::Sender<LeaseEvent>) -> impl Future<Output = ()> + Send;
+
+    /// The lease watch's counters and its problem now (metrics, `/readyz`, the state snapshot).
+    fn stats(&self) -> std::sync::Arc<stats::DatastoreStats>;
 
     /// Names a lease's holder for logs, as the operator finds it (an etcd key, a node).
     fn describe(&self, owner: &Owner) -> String;

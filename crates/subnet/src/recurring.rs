@@ -1,31 +1,43 @@
 //! A problem that comes back on every retry (etcd down, credentials refused) is logged once as
 //! a warning, its repeats only at debug level, and its end once: the log says what changed.
+//! The datastore's counters learn of each failure and of the end.
 
+use crate::stats::DatastoreStats;
+use flannel_core::say_once::SayOnce;
 use std::fmt::Display;
+use std::sync::Arc;
+use std::time::Instant;
 use tracing::{debug, info, warn};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Recurring {
-    last: Option<String>,
+    said: SayOnce,
+    stats: Arc<DatastoreStats>,
 }
 
 impl Recurring {
+    pub fn new(stats: Arc<DatastoreStats>) -> Self {
+        Self {
+            said: SayOnce::default(),
+            stats,
+        }
+    }
+
     /// Reports a failure of `what`; said at warn level only when it differs from the last one.
     pub fn failed(&mut self, what: &str, err: &dyn Display) {
         let text = format!("{what}: {err}");
-        crate::stats::STATS.failed(text.clone());
-        if self.last.as_deref() == Some(text.as_str()) {
-            debug!("{text} (again)");
-        } else {
+        self.stats.failed(text.clone());
+        if self.said.problem(&text, Instant::now()) {
             warn!("{text}; retrying with backoff");
-            self.last = Some(text);
+        } else {
+            debug!("{text} (again)");
         }
     }
 
     /// Reports success: one line when it ends a run of failures, nothing otherwise.
     pub fn ok(&mut self, what: &str) {
-        crate::stats::STATS.works();
-        if self.last.take().is_some() {
+        self.stats.works();
+        if self.said.cleared() {
             info!("{what}");
         }
     }

@@ -1,4 +1,4 @@
-//! Process-wide counters of the datastore side, read by flanneld's metrics: how often the
+//! Counters of the datastore side (a handle each subnet manager owns), read by flanneld's metrics: how often the
 //! lease watch was started and the leases listed (the first of each is the start; the rest
 //! are restarts and re-lists), and how many datastore requests failed.
 
@@ -16,15 +16,6 @@ pub struct DatastoreStats {
     /// When the watch last moved: a listing, an event, a bookmark or progress notification.
     progress: Mutex<Option<Instant>>,
 }
-
-/// The counters of this process (one flanneld, one datastore).
-pub static STATS: DatastoreStats = DatastoreStats {
-    watch_starts: AtomicU64::new(0),
-    lists: AtomicU64::new(0),
-    errors: AtomicU64::new(0),
-    problem: Mutex::new(None),
-    progress: Mutex::new(None),
-};
 
 impl DatastoreStats {
     pub(crate) fn watch_started(&self) {

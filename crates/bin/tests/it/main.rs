@@ -23,6 +23,7 @@ mod kube_lab;
 mod kube_mode;
 mod lab_e2e;
 mod lease_guard;
+mod list_watch;
 mod metrics;
 mod trace;
 mod udp_wire;

@@ -153,7 +153,7 @@ impl<SM: SubnetManager, N: NetOps, B: Backend> Daemon<SM, N, B> {
                     })
                     .collect(),
             },
-            datastore_problem: flannel_subnet::stats::STATS.problem(),
+            datastore_problem: self.sm.stats().problem(),
         }
     }
 

@@ -50,19 +50,18 @@ async fn or_signal<T>(stop: &mut Shutdown, fut: impl Future<Output = T>) -> Opti
 }
 
 /// Says a waiting problem once, again when it changes, and every [`REMIND_EVERY`].
-#[derive(Default)]
-struct WaitLog {
-    last: String,
-    said_at: Option<tokio::time::Instant>,
+struct WaitLog(flannel_core::say_once::SayOnce);
+
+impl Default for WaitLog {
+    fn default() -> Self {
+        Self(flannel_core::say_once::SayOnce::reminding(REMIND_EVERY))
+    }
 }
 
 impl WaitLog {
     fn say(&mut self, problem: String) {
-        let due = self.said_at.is_none_or(|t| t.elapsed() >= REMIND_EVERY);
-        if problem != self.last || due {
+        if self.0.problem(&problem, std::time::Instant::now()) {
             warn!("{problem}");
-            self.last = problem;
-            self.said_at = Some(tokio::time::Instant::now());
         }
     }
 }
@@ -197,6 +196,7 @@ pub async fn run_with<SM: SubnetManager>(
 ) -> anyhow::Result<()> {
     let nl = Netlink::new().context("opening a netlink socket")?;
     let serving = serve_status(&o).await?;
+    serving.metrics.watch_datastore(sm.stats());
     let Some(plan) = or_signal(&mut stop, wait_for_config(sm.as_ref())).await else {
         return Ok(());
     };

@@ -3,14 +3,14 @@
 
 mod conn;
 pub mod progress;
+mod source;
 mod tls;
 
-use crate::recurring::Recurring;
+use crate::listwatch::{drive, Pauses, Reporting};
+use crate::stats::DatastoreStats;
 use crate::{Claim, LeaseEvent, LeaseHandle, OwnLease, Owner, SubnetError, SubnetManager};
 use conn::Conn;
-use etcd_client::{
-    Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
-};
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use flannel_core::allocator::pick_free;
 use flannel_core::subnet::{v4_net, v4_to_u128, v6_net, v6_to_u128};
 use flannel_core::subnet_env::PreviousSubnets;
@@ -126,6 +126,8 @@ pub struct EtcdSubnetManager {
     watch_progress: Duration,
     /// `--etcd-endpoints`, for messages.
     endpoints: String,
+    /// The watch's counters and its problem now, for metrics and readiness.
+    stats: Arc<DatastoreStats>,
 }
 
 /// `path.Join`-style cleaning: no repeated or trailing slashes.
@@ -165,6 +167,7 @@ impl EtcdSubnetManager {
             previous,
             watch_progress: WATCH_PROGRESS_PERIOD,
             endpoints: opts.endpoints.join(","),
+            stats: Arc::default(),
         })
     }
 
@@ -649,189 +652,23 @@ impl EtcdSubnetManager {
     }
 
     /// The watch loop resuming at `resume` (as after a reconnect); `None` starts with a listing.
-    /// A problem that keeps coming back (etcd down, refused credentials) is logged once, not
-    /// on every retry.
+    /// The list-watch driver does the rest (see `source`).
     pub async fn run_watch_from(&self, tx: mpsc::Sender<LeaseEvent>, resume: Option<i64>) {
-        let prefix = self.subnets_prefix();
-        let mut backoff = WATCH_BACKOFF_MIN;
-        let mut next_rev: Option<i64> = resume;
-        let mut trouble = Recurring::default();
-        loop {
-            if tx.is_closed() {
-                return;
-            }
-            let start = match next_rev {
-                Some(r) => r,
-                None => match self.list().await {
-                    Ok(l) => {
-                        crate::stats::STATS.listed();
-                        crate::stats::STATS.progressed();
-                        let claims = l.entries.into_iter().map(|e| e.claim(&prefix)).collect();
-                        if tx.send(LeaseEvent::Snapshot(claims)).await.is_err() {
-                            return;
-                        }
-                        l.revision + 1
-                    }
-                    Err(e) => {
-                        trouble.failed("listing leases failed", &e);
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
-                        continue;
-                    }
-                },
-            };
-            next_rev = Some(start);
-            let opts = WatchOptions::new().with_prefix().with_start_revision(start);
-            let started = self
-                .conn
-                .call("watch", &prefix, |mut c| {
-                    let (prefix, opts) = (prefix.clone(), opts.clone());
-                    async move { c.watch(prefix, Some(opts)).await }
-                })
-                .await;
-            let mut stream = match started {
-                Ok(s) => s,
-                Err(e) => {
-                    trouble.failed("starting the lease watch failed", &e);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
-                    continue;
-                }
-            };
-            crate::stats::STATS.watch_started();
-            debug!(revision = start, "watching {prefix}");
-            let mut check = progress::ProgressCheck::new(start);
-            let mut huge = false;
-            let period = self.watch_progress;
-            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                let msg = tokio::select! {
-                    m = stream.message() => m,
-                    _ = ticker.tick() => {
-                        // An unreachable etcd is the stream's to report.
-                        let Ok(rev) = self.store_revision().await else { continue };
-                        match check.tick(rev) {
-                            progress::Verdict::KeepUp => {
-                                let _ = stream.request_progress().await;
-                            }
-                            progress::Verdict::Behind { seen, wanted } => {
-                                warn!(
-                                    watch_revision = seen,
-                                    etcd_revision = wanted,
-                                    "the lease watch is falling behind etcd; re-listing"
-                                );
-                                next_rev = None;
-                                break;
-                            }
-                        }
-                        continue;
-                    }
-                };
-                match msg {
-                    Ok(Some(resp)) => {
-                        backoff = WATCH_BACKOFF_MIN;
-                        if resp.compact_revision() != 0 {
-                            warn!(
-                                compacted = resp.compact_revision(),
-                                "etcd compacted the history the watch needs; re-listing"
-                            );
-                            next_rev = None;
-                            break;
-                        }
-                        if resp.canceled() && conn::is_auth_failure(resp.cancel_reason()) {
-                            // etcd restarted and forgot our token: a new one, and the watch
-                            // goes on from where it was (no events lost, no re-list).
-                            info!("etcd refused our auth token (did it restart?); authenticating again");
-                            if let Err(e) = self.conn.reauthenticate().await {
-                                trouble.failed("authenticating to etcd failed", &e);
-                            }
-                            break;
-                        }
-                        if resp.canceled() {
-                            warn!(
-                                reason = resp.cancel_reason(),
-                                "etcd cancelled the lease watch; re-listing"
-                            );
-                            next_rev = None;
-                            break;
-                        }
-                        trouble.ok("the lease watch works again");
-                        crate::stats::STATS.progressed();
-                        for ev in resp.events() {
-                            let Some(kv) = ev.kv() else { continue };
-                            check.saw(kv.mod_revision());
-                            // Resume after the last event delivered: while etcd feeds a
-                            // watch that fell behind, a response's header revision is etcd's
-                            // current one, past events still to come.
-                            next_rev = Some(kv.mod_revision() + 1);
-                            let key = String::from_utf8_lossy(kv.key());
-                            let owner = Owner::new(key.strip_prefix(&prefix).unwrap_or(&key));
-                            let out = match ev.event_type() {
-                                EventType::Put => match self.decode(kv.key(), kv.value()) {
-                                    Ok(lease) => Some(LeaseEvent::Added(Claim::new(
-                                        owner,
-                                        lease,
-                                        kv.create_revision(),
-                                    ))),
-                                    // Unreadable (logged by `decode`): what the key held
-                                    // before stays, its routes are not wiped.
-                                    Err(_) => None,
-                                },
-                                EventType::Delete => SubnetKey::parse(owner.as_str())
-                                    .ok()
-                                    .map(|_| LeaseEvent::Removed(owner)),
-                            };
-                            if let Some(out) = out {
-                                if tx.send(out).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                        // A response without events that does not open the watch is a progress
-                        // notification: the watch has seen everything up to its revision. Not
-                        // a resume point: etcd before 3.4.25/3.5.8 (Debian 12 has 3.4.23)
-                        // answers with its current revision even while the watch is behind.
-                        if resp.events().is_empty() && !resp.created() {
-                            if let Some(h) = resp.header() {
-                                check.saw(h.revision());
-                            }
-                        }
-                        // The gRPC stream keeps a buffer as large as its largest message for
-                        // its life: after a huge one (a lease padded to etcd's limit), a new
-                        // watch from the next revision gives that memory back.
-                        let size: usize = resp
-                            .events()
-                            .iter()
-                            .filter_map(|e| e.kv())
-                            .map(|kv| kv.value().len() + kv.key().len())
-                            .sum();
-                        if size > HUGE_WATCH_MESSAGE {
-                            debug!(
-                                bytes = size,
-                                "a huge watch message; watching again to free its buffer"
-                            );
-                            huge = true;
-                            break;
-                        }
-                    }
-                    Ok(None) => {
-                        trouble.failed("etcd closed the lease watch", &"reconnecting");
-                        break;
-                    }
-                    Err(e) => {
-                        trouble.failed("the lease watch failed", &e);
-                        break;
-                    }
-                }
-            }
-            if huge {
-                // Not a failure: watch again at once, from after the huge message.
-                continue;
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
-        }
+        let source = source::LeaseSource {
+            sm: self,
+            tx,
+            prefix: self.subnets_prefix(),
+        };
+        let pauses = Pauses {
+            min: WATCH_BACKOFF_MIN,
+            max: WATCH_BACKOFF_MAX,
+            after_close: true,
+        };
+        let report = Reporting {
+            stats: self.stats.clone(),
+            listed: None,
+        };
+        drive(source, resume, pauses, report).await
     }
 }
 
@@ -925,6 +762,10 @@ impl SubnetManager for EtcdSubnetManager {
 
     async fn watch_leases(&self, tx: mpsc::Sender<LeaseEvent>) {
         self.run_watch(tx).await
+    }
+
+    fn stats(&self) -> Arc<DatastoreStats> {
+        self.stats.clone()
     }
 
     fn describe(&self, owner: &Owner) -> String {

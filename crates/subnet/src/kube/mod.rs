@@ -13,6 +13,7 @@ pub mod annotations;
 mod conn;
 pub mod lines;
 pub mod node;
+pub mod source;
 pub mod watch;
 
 pub use conn::ApiSource;
@@ -61,6 +62,8 @@ pub struct KubeSubnetManager {
     node: OnceCell<String>,
     fam: OnceLock<Families>,
     store: Arc<NodeStore>,
+    /// The node watch's counters and its problem now.
+    stats: Arc<crate::stats::DatastoreStats>,
     /// The node watch, started by the first listing and stopped with the manager.
     watch: std::sync::Mutex<Option<AbortOnDrop>>,
 }
@@ -105,6 +108,7 @@ impl KubeSubnetManager {
             node: OnceCell::new(),
             fam: OnceLock::new(),
             store: Arc::default(),
+            stats: Arc::default(),
             watch: std::sync::Mutex::new(None),
         })
     }
@@ -118,8 +122,29 @@ impl KubeSubnetManager {
                 self.ann.clone(),
                 self.families(),
                 self.store.clone(),
+                self.stats.clone(),
             ))));
         }
+    }
+
+    /// Lists and watches another collection (`path`: `/api/v1/pods` for every namespace,
+    /// `/apis/networking.k8s.io/v1/networkpolicies`) on this manager's connection, with the
+    /// same driver as the Node watch, into `consumer`; `listed` learns when it has listed once
+    /// (one `AllListed` shared by several kinds says when all have). Runs until dropped.
+    pub async fn watch_kind<T: source::Object, C: source::Consumer<T>>(
+        &self,
+        path: &str,
+        resource: &'static str,
+        kind: &'static str,
+        consumer: C,
+        listed: Option<Arc<crate::listwatch::AllListed>>,
+    ) {
+        let s = source::KubeSource::new(self.conn.clone(), path, resource, kind, consumer);
+        let report = crate::listwatch::Reporting {
+            stats: self.stats.clone(),
+            listed,
+        };
+        crate::listwatch::drive(s, None, watch::PAUSES, report).await
     }
 
     /// The API server flanneld talks to.
@@ -460,6 +485,10 @@ impl SubnetManager for KubeSubnetManager {
                 }
             }
         }
+    }
+
+    fn stats(&self) -> Arc<crate::stats::DatastoreStats> {
+        self.stats.clone()
     }
 
     fn describe(&self, owner: &Owner) -> String {
