@@ -115,4 +115,9 @@ phase fuzz
 # One closing line for the whole run (cargo prints one per test binary; fuzz targets count too).
 awk '/^test result:/ { p += $4; f += $6 } /^fuzz .*: ok/ { p++ } /^fuzz .*: FAILED/ { f++ }
      END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
+# A fuzz build that fails runs no target: say so, the counts above cannot.
+if [ "$fuzz_failed" -ne 0 ] && ! grep -q '^fuzz .*: FAILED' "$log"; then
+  echo "fuzz: FAILED before any target ran (the fuzz build; its errors are above)"
+fi
+[ "$status" -eq 0 ] || echo "the run FAILED"
 exit "$status"

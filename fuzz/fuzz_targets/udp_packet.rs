@@ -6,6 +6,7 @@
 #![no_main]
 use flannel_backend::udp::gro::Gro;
 use flannel_backend::udp::gso::segment;
+use flannel_core::Family;
 use flannel_backend::udp::packet::{decrement_ttl, icmp_net_unreachable, parse_ipv4};
 use flannel_backend::udp::table::{Inbound, PeerTable};
 use std::net::Ipv4Addr;
