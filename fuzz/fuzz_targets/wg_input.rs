@@ -8,7 +8,8 @@ use flannel_backend::datapath::gso::segment;
 use flannel_core::Family;
 use flannel_backend::datapath::vnet::{self, VnetHdr};
 use flannel_backend::wg::table::{PeerState, WgTable};
-use flannel_backend::wg::worker::{open_datagram, Identity, WgCounters};
+use flannel_backend::datapath::counters::Counters;
+use flannel_backend::wg::worker::{open_datagram, Identity};
 use flannel_core::raw_json::RawJson;
 use flannel_backend::wg::config::{desired_peers, Device, PeerInputs, WgConfig, WgData, WgPeer};
 use flannel_core::{Lease, LeaseAttrs};
@@ -76,7 +77,7 @@ fuzz_target!(|data: &[u8]| {
         }
         _ => {
             let (id, table) = fixture();
-            let c = WgCounters::default();
+            let c = Counters::default();
             let mut slot = vec![0u8; rest.len()];
             let mut scratch = vec![0u8; 2048];
             let from = "10.0.0.52:51820".parse().unwrap();

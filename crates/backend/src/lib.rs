@@ -196,6 +196,6 @@ pub trait Backend: Send {
 /// Counters of a userspace data path, shared with its worker threads.
 #[derive(Clone)]
 pub enum DatapathCounters {
-    Udp(std::sync::Arc<udp::worker::Counters>),
-    Wireguard(std::sync::Arc<wg::worker::WgCounters>),
+    Udp(std::sync::Arc<datapath::counters::Counters>),
+    Wireguard(std::sync::Arc<datapath::counters::Counters>),
 }

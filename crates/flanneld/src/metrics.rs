@@ -6,8 +6,7 @@
 //! datastore's and the udp data path's live in their crates as plain atomics (no metrics
 //! library down there) and are read at scrape time by [`Collected`].
 
-use flannel_backend::udp::worker::Counters as UdpCounters;
-use flannel_backend::wg::worker::WgCounters;
+use flannel_backend::datapath::counters::Counters as DatapathCounters;
 use flannel_backend::{ReconcileReport, Repairs};
 use flannel_subnet::stats::DatastoreStats;
 use prometheus_client::collector::Collector;
@@ -58,8 +57,8 @@ pub struct Metrics {
     pub netlink_errors: Counter,
     pub firewall_errors: Counter,
     backend: Family<OwnedLabel, Gauge>,
-    udp: Arc<OnceLock<Arc<UdpCounters>>>,
-    wg: Arc<OnceLock<Arc<WgCounters>>>,
+    udp: Arc<OnceLock<Arc<DatapathCounters>>>,
+    wg: Arc<OnceLock<Arc<DatapathCounters>>>,
     datastore: Arc<OnceLock<Arc<DatastoreStats>>>,
 }
 
@@ -289,8 +288,8 @@ pub const REPAIR_KINDS: [&str; 6] = ["route", "neighbour", "fdb", "device", "add
 /// Counters kept outside this crate, read at every scrape.
 #[derive(Debug)]
 struct Collected {
-    udp: Arc<OnceLock<Arc<UdpCounters>>>,
-    wg: Arc<OnceLock<Arc<WgCounters>>>,
+    udp: Arc<OnceLock<Arc<DatapathCounters>>>,
+    wg: Arc<OnceLock<Arc<DatapathCounters>>>,
     datastore: Arc<OnceLock<Arc<DatastoreStats>>>,
 }
 
@@ -359,10 +358,10 @@ impl Collector for Collected {
             "udp_drops",
             "Packets the udp backend dropped, by reason.",
             &[
-                (&[("reason", "unknown_sender")], v(&c.rx_unknown_source)),
+                (&[("reason", "unknown_sender")], v(&c.rx_unknown_peer)),
                 (&[("reason", "not_for_this_node")], v(&c.rx_not_for_us)),
                 (&[("reason", "spoofed_source")], v(&c.rx_spoofed_source)),
-                (&[("reason", "malformed")], v(&c.rx_malformed)),
+                (&[("reason", "malformed")], v(&c.malformed)),
                 (&[("reason", "no_route")], v(&c.no_route)),
                 (&[("reason", "ttl_expired")], v(&c.ttl_expired)),
                 (&[("reason", "send_error")], v(&c.errors)),
@@ -372,7 +371,7 @@ impl Collector for Collected {
 }
 
 /// The wireguard backend's families.
-fn wireguard(enc: &mut DescriptorEncoder, c: &WgCounters) -> Result<(), std::fmt::Error> {
+fn wireguard(enc: &mut DescriptorEncoder, c: &DatapathCounters) -> Result<(), std::fmt::Error> {
     let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let mut m = enc.encode_descriptor(
         "wireguard_peers",
@@ -413,10 +412,7 @@ fn wireguard(enc: &mut DescriptorEncoder, c: &WgCounters) -> Result<(), std::fmt
         &[
             (&[("reason", "unknown_peer")], v(&c.rx_unknown_peer)),
             (&[("reason", "not_authentic")], v(&c.rx_invalid)),
-            (
-                &[("reason", "source_not_allowed")],
-                v(&c.rx_disallowed_source),
-            ),
+            (&[("reason", "source_not_allowed")], v(&c.rx_spoofed_source)),
             (&[("reason", "no_route")], v(&c.no_route)),
             (&[("reason", "malformed")], v(&c.malformed)),
             (&[("reason", "send_error")], v(&c.errors)),
@@ -496,9 +492,9 @@ mod tests {
     fn wireguard_counters_appear_once_watched_with_help() {
         let m = Metrics::new();
         assert!(!m.render(false).contains("wireguard"));
-        let c = Arc::new(WgCounters::default());
+        let c = Arc::new(DatapathCounters::default());
         c.peers.store(2, Ordering::Relaxed);
-        c.rx_disallowed_source.store(4, Ordering::Relaxed);
+        c.rx_spoofed_source.store(4, Ordering::Relaxed);
         c.handshakes_sent.store(3, Ordering::Relaxed);
         m.watch_datapath(flannel_backend::DatapathCounters::Wireguard(c));
         let t = m.render(false);
@@ -521,7 +517,7 @@ mod tests {
     #[test]
     fn udp_counters_appear_once_watched() {
         let m = Metrics::new();
-        let c = Arc::new(UdpCounters::default());
+        let c = Arc::new(DatapathCounters::default());
         c.tx_packets.store(5, Ordering::Relaxed);
         c.rx_spoofed_source.store(3, Ordering::Relaxed);
         m.watch_datapath(flannel_backend::DatapathCounters::Udp(c));

@@ -79,12 +79,19 @@ fn from_sockaddr(st: &libc::sockaddr_storage) -> SocketAddr {
 pub struct Sock {
     pub fd: OwnedFd,
     pub gro: bool,
-    pub gso: bool,
+    /// UDP GSO works here (cleared the first time the kernel refuses it; a worker's own
+    /// socket, so a `Cell`).
+    gso: std::cell::Cell<bool>,
     /// An IPv6 socket (IPv4 peers as v4-mapped addresses when it is dual-stack).
     v6: bool,
 }
 
 impl Sock {
+    /// Whether UDP GSO works on this socket (as far as it has been tried).
+    pub fn gso(&self) -> bool {
+        self.gso.get()
+    }
+
     /// Binds `addr`; an IPv6 address binds an IPv6-only socket.
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
         Self::bind_with(addr, true)
@@ -145,7 +152,7 @@ impl Sock {
         Ok(Self {
             fd,
             gro,
-            gso: true,
+            gso: std::cell::Cell::new(true),
             v6,
         })
     }
@@ -154,7 +161,7 @@ impl Sock {
     /// and payloads, up to 64 segments per UDP GSO send (the kernel cuts them into one
     /// datagram each); one datagram per send where GSO is refused.
     pub fn send_segments(
-        &mut self,
+        &self,
         dst: SocketAddr,
         s: &Segments,
         hdrs: &[u8],
@@ -162,7 +169,7 @@ impl Sock {
         iov: &mut Vec<libc::iovec>,
     ) -> io::Result<()> {
         let seg_len = s.seg_len();
-        let per_send = if self.gso && s.count > 1 {
+        let per_send = if self.gso.get() && s.count > 1 {
             (MAX_GSO_BYTES / seg_len).clamp(1, MAX_GSO_SEGMENTS)
         } else {
             1
@@ -190,7 +197,7 @@ impl Sock {
                     if gso > 0
                         && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) =>
                 {
-                    self.gso = false;
+                    self.gso.set(false);
                     return self.send_segments(
                         dst,
                         &Segments {
@@ -214,7 +221,7 @@ impl Sock {
         Ok(Self {
             fd: self.fd.try_clone()?,
             gro: self.gro,
-            gso: self.gso,
+            gso: self.gso.clone(),
             v6: self.v6,
         })
     }

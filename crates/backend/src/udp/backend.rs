@@ -3,7 +3,8 @@
 
 use super::config::UdpConfig;
 use super::table::PeerTable;
-use super::worker::{Counters, Ctl, Worker};
+use super::worker::{Ctl, UdpEncap, Worker};
+use crate::datapath::counters::{Counters, DropReport};
 use crate::datapath::sock::Sock;
 use crate::datapath::tun;
 use crate::peers::usable_peers;
@@ -12,7 +13,6 @@ use flannel_core::{Lease, LeaseAttrs};
 use flannel_net::{Family, NetOps, Netlink};
 use ipnet::{IpNet, Ipv4Net};
 use std::net::SocketAddrV4;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -37,8 +37,8 @@ pub struct UdpBackend<N: NetOps = Netlink> {
     /// `None` until a full pass succeeds.
     guard: Option<crate::route_guard::RouteGuard>,
     counters: Arc<Counters>,
-    /// Drop counters as last logged: unknown sender, not for us, spoofed source.
-    reported_drops: [u64; 3],
+    /// The drops said so far.
+    drops: DropReport,
 }
 
 impl<N: NetOps> UdpBackend<N> {
@@ -79,13 +79,15 @@ impl<N: NetOps> UdpBackend<N> {
                 BackendError::Device(format!("binding UDP {}:{port}: {e}", ext.iface_addr))
             })?;
             gro = sock.gro;
-            gso = sock.gso;
+            gso = sock.gso();
             let (tx, rx) = channel();
             let w = Worker {
                 tun,
                 sock,
                 ctl: rx,
                 counters: counters.clone(),
+                wake: None,
+                encap: UdpEncap::default(),
             };
             let handle = std::thread::Builder::new()
                 .name("flannel-udp".into())
@@ -116,7 +118,7 @@ impl<N: NetOps> UdpBackend<N> {
             local: None,
             guard: None,
             counters,
-            reported_drops: [0; 3],
+            drops: DropReport::default(),
         })
     }
 
@@ -176,9 +178,9 @@ impl<N: NetOps> UdpBackend<N> {
     /// every `--iptables-resync` tick).
     fn report_drops(&mut self) {
         let c = &self.counters;
-        let reasons = [
+        self.drops.report(&[
             (
-                &c.rx_unknown_source,
+                &c.rx_unknown_peer,
                 "dropped udp datagrams from senders that are not peers",
             ),
             (
@@ -189,26 +191,7 @@ impl<N: NetOps> UdpBackend<N> {
                 &c.rx_spoofed_source,
                 "dropped inner packets with a source in another node's subnet (spoofed)",
             ),
-        ];
-        for ((counter, what), seen) in reasons.iter().zip(self.reported_drops.iter_mut()) {
-            let now = counter.load(Ordering::Relaxed);
-            if now > *seen {
-                warn!(dropped = now - *seen, total = now, "{what}");
-                *seen = now;
-            }
-        }
-    }
-}
-
-impl<N: NetOps> Drop for UdpBackend<N> {
-    /// Stops the workers; closing the last TUN queue removes `flannel0`, as upstream's does.
-    fn drop(&mut self) {
-        for (tx, _) in &self.workers {
-            let _ = tx.send(Ctl::Stop);
-        }
-        for (_, h) in self.workers.drain(..) {
-            let _ = h.join();
-        }
+        ]);
     }
 }
 

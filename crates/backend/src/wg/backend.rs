@@ -6,7 +6,8 @@
 
 use super::key;
 use super::table::{PeerState, WgTable};
-use super::worker::{Ctl, Identity, WgCounters, Worker};
+use super::worker::{Ctl, Identity, WgEncap, Worker};
+use crate::datapath::counters::{Counters, DropReport};
 use crate::datapath::sock::Sock;
 use crate::datapath::tun;
 use crate::datapath::wake::Waker;
@@ -77,13 +78,13 @@ pub struct WireguardBackend<N: NetOps = Netlink> {
     /// The generic netlink socket of kernel WireGuard, once a kernel device exists.
     kernel: Option<super::kernel::KernelWg>,
     devices: Vec<WgDevice>,
-    counters: Arc<WgCounters>,
+    counters: Arc<Counters>,
     next_index: u32,
     mtu: u32,
     /// A full pass has succeeded: writing what it set up again is a repair.
     configured: bool,
     /// Drop counters as last logged.
-    reported_drops: [u64; 6],
+    drops: DropReport,
 }
 
 impl<N: NetOps> WireguardBackend<N> {
@@ -115,10 +116,10 @@ impl<N: NetOps> WireguardBackend<N> {
             id,
             kernel: None,
             devices: Vec::new(),
-            counters: Arc::new(WgCounters::default()),
+            counters: Arc::new(Counters::default()),
             next_index: 0,
             configured: false,
-            reported_drops: [0; 6],
+            drops: DropReport::default(),
             cfg,
         };
         let mut plan = Vec::new();
@@ -187,15 +188,17 @@ impl<N: NetOps> WireguardBackend<N> {
             let wake =
                 Arc::new(Waker::new().map_err(|e| BackendError::Device(format!("eventfd: {e}")))?);
             let w = Worker {
-                wake: wake.clone(),
+                wake: Some(wake.clone()),
                 tun,
                 sock,
                 ctl: rx,
                 counters: self.counters.clone(),
-                id: self.id.clone(),
-                timers: i == 0,
-                mtu: self.mtu as usize,
-                handshakes: handshakes.clone(),
+                encap: WgEncap::new(
+                    self.id.clone(),
+                    i == 0,
+                    self.mtu as usize,
+                    handshakes.clone(),
+                ),
             };
             let handle = std::thread::Builder::new()
                 .name("flannel-wg".into())
@@ -315,7 +318,7 @@ impl<N: NetOps> WireguardBackend<N> {
         Ok(())
     }
 
-    pub fn counters(&self) -> &Arc<WgCounters> {
+    pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
     }
 
@@ -471,21 +474,14 @@ impl<N: NetOps> WireguardBackend<N> {
     /// Logs each drop reason whose count grew since it was last said.
     fn report_drops(&mut self) {
         let c = &self.counters;
-        let reasons = [
+        self.drops.report(&[
             (&c.rx_unknown_peer, "dropped wireguard datagrams from no known peer"),
             (&c.rx_invalid, "dropped wireguard datagrams that did not authenticate (wrong key, replay, stale session)"),
-            (&c.rx_disallowed_source, "dropped decrypted packets whose source is outside the sending peer's subnet"),
+            (&c.rx_spoofed_source, "dropped decrypted packets whose source is outside the sending peer's subnet"),
             (&c.rx_under_load, "answered wireguard handshakes with a cookie (under load: more handshakes than a device answers a second)"),
             (&c.rx_rate_limited, "dropped wireguard handshakes over their source address's rate"),
             (&c.rx_handshake_queue_full, "dropped wireguard handshakes: the handshake queue was full (a flood?)"),
-        ];
-        for ((counter, what), seen) in reasons.iter().zip(self.reported_drops.iter_mut()) {
-            let now = counter.load(Ordering::Relaxed);
-            if now > *seen {
-                warn!(dropped = now - *seen, total = now, "{what}");
-                *seen = now;
-            }
-        }
+        ]);
     }
 }
 

@@ -15,7 +15,8 @@
 //! A full queue drops the newest message (counted): a real peer retries in 5 s.
 
 use super::table::WgTable;
-use super::worker::{open_datagram, Ctl, Identity, WgCounters, HANDSHAKE_MAX};
+use super::worker::{open_datagram, Ctl, Identity, HANDSHAKE_MAX};
+use crate::datapath::counters::Counters;
 use crate::datapath::sock::Sock;
 use boringtun::noise::TunnResult;
 use std::collections::HashMap;
@@ -105,7 +106,7 @@ pub struct Handshaker {
     pub ctl: Receiver<Ctl>,
     /// A copy of a worker's socket: answers leave from the device's port.
     pub sock: Sock,
-    pub counters: Arc<WgCounters>,
+    pub counters: Arc<Counters>,
     pub id: Arc<Identity>,
 }
 
@@ -183,7 +184,7 @@ pub fn admit(
     d: &[u8],
     from: SocketAddr,
     buf: &mut [u8],
-    c: &WgCounters,
+    c: &Counters,
     send: &mut impl FnMut(SocketAddr, &[u8]),
 ) -> bool {
     match id.limiter.verify_packet(Some(from.ip()), d, buf) {
@@ -262,7 +263,7 @@ mod tests {
             1,
             None,
         );
-        let c = WgCounters::default();
+        let c = Counters::default();
         let mut sources = PerSource::default();
         let mut buf = [0u8; 256];
         let mut init = [0u8; 256];

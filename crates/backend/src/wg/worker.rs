@@ -10,25 +10,23 @@
 
 use super::handshakes::{is_handshake, HandshakeQueue};
 use super::table::{PeerState, WgTable};
+use crate::datapath::counters::{inc, Counters};
 use crate::datapath::gro::Gro;
 use crate::datapath::gso::{segment, SegError, Segments};
-use crate::datapath::sock::{Received, RecvBatch, Sock};
+use crate::datapath::pump::{Encap, Io, Pump};
+use crate::datapath::sock::{Received, RecvBatch};
 use crate::datapath::vnet::{self, VnetHdr};
-use crate::datapath::wake::Waker;
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const BATCH: usize = 64;
-const RECV_BATCH: usize = 32;
+use crate::datapath::pump::RECV_BATCH;
 /// Segments sealed and sent per UDP GSO send at most.
 const MAX_SEGS: usize = 64;
 /// A data message's header (16) and tag (16).
@@ -37,43 +35,8 @@ const DATA_OVERHEAD: usize = 32;
 pub const HANDSHAKE_MAX: usize = 148;
 const TIMER_TICK: Duration = Duration::from_millis(100);
 
-/// Data-path counters of one backend (both devices), read by the control side and metrics.
-#[derive(Debug, Default)]
-pub struct WgCounters {
-    /// Peers on all devices (set by the control side).
-    pub peers: AtomicU64,
-    pub tx_packets: AtomicU64,
-    pub rx_packets: AtomicU64,
-    /// Inner (pod) bytes sent to and received from peers.
-    pub tx_bytes: AtomicU64,
-    pub rx_bytes: AtomicU64,
-    pub handshakes_sent: AtomicU64,
-    /// Datagrams from no known peer (unknown session index or public key).
-    pub rx_unknown_peer: AtomicU64,
-    /// Datagrams the Noise core refused (bad MAC, replay, stale session, wrong key...).
-    pub rx_invalid: AtomicU64,
-    /// Decrypted packets whose source is outside the sending peer's allowed IPs.
-    pub rx_disallowed_source: AtomicU64,
-    /// Handshake messages answered with a cookie reply (the device under load, no mac2).
-    pub rx_under_load: AtomicU64,
-    /// Handshake messages over their source address's rate.
-    pub rx_rate_limited: AtomicU64,
-    /// Handshake messages dropped because the handshake queue was full.
-    pub rx_handshake_queue_full: AtomicU64,
-    /// Packets from pods to an address no peer holds.
-    pub no_route: AtomicU64,
-    pub malformed: AtomicU64,
-    pub errors: AtomicU64,
-}
-
-fn inc(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
-}
-
-pub enum Ctl {
-    Table(Arc<WgTable>),
-    Stop,
-}
+/// The control messages of a wireguard worker (and of the handshake thread).
+pub type Ctl = crate::datapath::pump::Ctl<WgTable>;
 
 /// What every worker of a device shares: our identity and the handshake rate limiter.
 pub struct Identity {
@@ -99,30 +62,27 @@ impl Identity {
     }
 }
 
-pub struct Worker {
-    pub tun: OwnedFd,
-    pub sock: Sock,
-    pub ctl: Receiver<Ctl>,
-    pub counters: Arc<WgCounters>,
+/// The wireguard encapsulation on the shared pump.
+pub struct WgEncap {
     pub id: Arc<Identity>,
     /// Worker 0 runs the timers and greets new peers.
     pub timers: bool,
-    /// The device MTU: the largest inner packet sealed.
-    pub mtu: usize,
-    /// Readable when `ctl` has news.
-    pub wake: Arc<Waker>,
     /// Where handshake messages go (see `handshakes`).
     pub handshakes: HandshakeQueue,
-}
-
-/// Per-worker buffers, allocated once.
-struct Buffers {
-    read: Vec<u8>,
     out: SealBufs,
     /// Decrypted packets, at the offsets of their datagrams in the receive buffers.
     opened: Vec<Vec<u8>>,
     scratch: Vec<u8>,
+    next_tick: Instant,
+    next_reset: Instant,
 }
+
+// SAFETY: the iovecs in `out` are scratch space, rebuilt before every send; no pointer in
+// them outlives the call that filled it.
+unsafe impl Send for WgEncap {}
+
+/// A wireguard worker: the shared pump with the wireguard encapsulation.
+pub type Worker = Pump<WgEncap>;
 
 /// The outbound side's buffers: segment headers, one plaintext, the sealed datagrams.
 struct SealBufs {
@@ -149,12 +109,14 @@ fn dst_of(pkt: &[u8]) -> Option<IpAddr> {
     }
 }
 
-impl Worker {
-    pub fn run(mut self) {
-        let mut table = Arc::new(WgTable::default());
-        let stride = (self.mtu + DATA_OVERHEAD).max(HANDSHAKE_MAX);
-        let mut b = Buffers {
-            read: vec![0u8; vnet::LEN + 65535],
+impl WgEncap {
+    /// `mtu`: the device MTU, the largest inner packet sealed.
+    pub fn new(id: Arc<Identity>, timers: bool, mtu: usize, handshakes: HandshakeQueue) -> Self {
+        let stride = (mtu + DATA_OVERHEAD).max(HANDSHAKE_MAX);
+        Self {
+            id,
+            timers,
+            handshakes,
             out: SealBufs {
                 hdrs: Vec::with_capacity(MAX_SEGS * 80),
                 plain: vec![0u8; 65535],
@@ -165,128 +127,86 @@ impl Worker {
             },
             opened: (0..RECV_BATCH).map(|_| vec![0u8; 65535]).collect(),
             scratch: vec![0u8; 65535],
-        };
-        let mut batch = RecvBatch::new(RECV_BATCH);
-        let mut got: Vec<Received> = Vec::with_capacity(RECV_BATCH);
-        let mut next_tick = Instant::now();
-        let mut next_reset = Instant::now();
-        let c = self.counters.clone();
-        loop {
-            let mut fds = [
-                libc::pollfd {
-                    fd: self.tun.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.sock.fd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.wake.fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            // SAFETY: poll(2) on three pollfds we own.
-            unsafe { libc::poll(fds.as_mut_ptr(), 3, TIMER_TICK.as_millis() as i32) };
-            if fds[2].revents & libc::POLLIN != 0 {
-                self.wake.drain();
-            }
-            while let Ok(m) = self.ctl.try_recv() {
-                match m {
-                    Ctl::Table(t) => {
-                        table = t;
-                        if self.timers {
-                            self.greet(&table, &mut b.scratch);
-                        }
-                    }
-                    Ctl::Stop => return,
-                }
-            }
-            if self.timers {
-                let now = Instant::now();
-                if now >= next_tick {
-                    self.run_timers(&table, &mut b.scratch);
-                    next_tick = now + TIMER_TICK;
-                }
-                if now >= next_reset {
-                    self.id.limiter.reset_count();
-                    next_reset = now + Duration::from_secs(1);
-                }
-            }
-            if fds[0].revents & libc::POLLIN != 0 {
-                for _ in 0..BATCH {
-                    // SAFETY: read(2) into our buffer.
-                    let n = unsafe {
-                        libc::read(
-                            self.tun.as_raw_fd(),
-                            b.read.as_mut_ptr() as *mut libc::c_void,
-                            b.read.len(),
-                        )
-                    };
-                    if n <= vnet::LEN as isize {
-                        break;
-                    }
-                    self.outbound(n as usize, &table, &mut b, &c);
-                }
-            }
-            if fds[1].revents & libc::POLLIN != 0 {
-                for _ in 0..BATCH {
-                    match batch.recv(&self.sock.fd, &mut got) {
-                        Ok(0) => break,
-                        Ok(_) => {}
-                        Err(_) => {
-                            inc(&c.errors, 1);
-                            break;
-                        }
-                    }
-                    self.inbound(&batch, &got, &table, &mut b, &c);
-                }
-            }
+            next_tick: Instant::now(),
+            next_reset: Instant::now(),
+        }
+    }
+}
+
+impl Encap for WgEncap {
+    type Table = WgTable;
+
+    fn poll_ms(&self) -> i32 {
+        TIMER_TICK.as_millis() as i32
+    }
+
+    fn table(&mut self, io: &Io, table: &WgTable) {
+        if self.timers {
+            self.greet(io, table);
         }
     }
 
+    fn tick(&mut self, io: &Io, table: &WgTable) {
+        if !self.timers {
+            return;
+        }
+        let now = Instant::now();
+        if now >= self.next_tick {
+            self.run_timers(io, table);
+            self.next_tick = now + TIMER_TICK;
+        }
+        if now >= self.next_reset {
+            self.id.limiter.reset_count();
+            self.next_reset = now + Duration::from_secs(1);
+        }
+    }
+
+    fn outbound(&mut self, io: &Io, table: &WgTable, read: &mut [u8]) {
+        self.seal_out(io, table, read)
+    }
+
+    fn inbound(&mut self, io: &Io, table: &WgTable, batch: &mut RecvBatch, got: &[Received]) {
+        self.open_in(io, table, batch, got)
+    }
+}
+
+impl WgEncap {
     /// Sends a handshake initiation to every peer not greeted yet.
-    fn greet(&self, table: &WgTable, buf: &mut [u8]) {
+    fn greet(&mut self, io: &Io, table: &WgTable) {
         for p in table.peers() {
             if p.greeted.swap(true, Ordering::Relaxed) {
                 continue;
             }
             let Ok(mut t) = p.tunn.lock() else { continue };
-            if let TunnResult::WriteToNetwork(msg) = t.format_handshake_initiation(buf, false) {
-                self.send(p.endpoint, msg);
-                inc(&self.counters.handshakes_sent, 1);
+            if let TunnResult::WriteToNetwork(msg) =
+                t.format_handshake_initiation(&mut self.scratch, false)
+            {
+                send(io, p.endpoint, msg);
+                inc(&io.counters.handshakes_sent, 1);
             }
         }
     }
 
-    fn run_timers(&self, table: &WgTable, buf: &mut [u8]) {
+    fn run_timers(&mut self, io: &Io, table: &WgTable) {
         for p in table.peers() {
             let Ok(mut t) = p.tunn.lock() else { continue };
-            if let TunnResult::WriteToNetwork(msg) = t.update_timers(buf) {
+            if let TunnResult::WriteToNetwork(msg) = t.update_timers(&mut self.scratch) {
                 if msg.first() == Some(&1) {
-                    inc(&self.counters.handshakes_sent, 1);
+                    inc(&io.counters.handshakes_sent, 1);
                 }
-                self.send(p.endpoint, msg);
+                send(io, p.endpoint, msg);
             }
-        }
-    }
-
-    fn send(&self, to: SocketAddr, msg: &[u8]) {
-        if self.sock.send_one(to, msg).is_err() {
-            inc(&self.counters.errors, 1);
         }
     }
 
     /// TUN → peers: find the peer, cut the packet, seal each piece, send the sealed datagrams.
-    fn outbound(&mut self, n: usize, table: &WgTable, b: &mut Buffers, c: &WgCounters) {
-        let Some(h) = VnetHdr::parse(&b.read) else {
+    fn seal_out(&mut self, io: &Io, table: &WgTable, read: &mut [u8]) {
+        let c = io.counters;
+        let Some(h) = VnetHdr::parse(read) else {
             return;
         };
-        let Buffers { read, out, .. } = b;
-        let pkt = &mut read[vnet::LEN..n];
+        let out = &mut self.out;
+        let pkt = &mut read[vnet::LEN..];
         let Some(dst) = dst_of(pkt) else {
             inc(&c.malformed, 1);
             return;
@@ -315,128 +235,34 @@ impl Worker {
             inc(&c.malformed, 1);
             return;
         }
-        let pkt = &read[vnet::LEN..n];
+        let pkt = &read[vnet::LEN..];
         let mut first = 0;
         while first < s.count {
             let k = (s.count - first).min(MAX_SEGS);
-            self.seal(peer, &s, first, k, pkt, out, c);
+            seal(io, peer, &s, first, k, pkt, out);
             first += k;
-        }
-    }
-
-    /// Seals segments `first..first + k` for `peer` and sends the data messages among them.
-    #[allow(clippy::too_many_arguments)]
-    fn seal(
-        &self,
-        peer: &PeerState,
-        s: &Segments,
-        first: usize,
-        k: usize,
-        pkt: &[u8],
-        b: &mut SealBufs,
-        c: &WgCounters,
-    ) {
-        // The session is locked per segment, not per batch: the receiving worker needs it
-        // too (for this peer's ACKs), and must not wait for a whole super-packet's sealing.
-        let (mut packets, mut bytes) = (0u64, 0u64);
-        for i in 0..k {
-            let plain: &[u8] = if s.hdr_len == 0 {
-                &pkt[s.payload_start..s.payload_end]
-            } else {
-                let (hdr, payload) = s.parts(first + i, &b.hdrs, pkt);
-                b.plain[..hdr.len()].copy_from_slice(hdr);
-                b.plain[hdr.len()..hdr.len() + payload.len()].copy_from_slice(payload);
-                &b.plain[..hdr.len() + payload.len()]
-            };
-            let slot = &mut b.sealed[i * b.stride..(i + 1) * b.stride];
-            b.lens[i] = 0;
-            let Ok(mut t) = peer.tunn.lock() else { return };
-            match t.encapsulate(plain, slot) {
-                TunnResult::WriteToNetwork(msg) if msg.first() == Some(&4) => {
-                    b.lens[i] = msg.len();
-                    packets += 1;
-                    bytes += plain.len() as u64;
-                }
-                // No session yet: the packet waits in the tunnel's queue; this is the
-                // handshake initiation that will open one.
-                TunnResult::WriteToNetwork(msg) => {
-                    drop(t);
-                    inc(&c.handshakes_sent, 1);
-                    self.send(peer.endpoint, msg);
-                }
-                TunnResult::Err(_) => inc(&c.errors, 1),
-                _ => {}
-            }
-        }
-        // Counted once per batch: the counters' cache line is shared with the other workers.
-        inc(&c.tx_packets, packets);
-        inc(&c.tx_bytes, bytes);
-        self.send_sealed(peer.endpoint, k, b, c);
-    }
-
-    /// Sends the sealed data messages of the first `k` slots: runs of equal length (all but
-    /// the last segment of a packet are) go out as one UDP GSO send.
-    fn send_sealed(&self, to: SocketAddr, k: usize, b: &mut SealBufs, c: &WgCounters) {
-        let mut i = 0;
-        while i < k {
-            if b.lens[i] == 0 {
-                i += 1;
-                continue;
-            }
-            let len = b.lens[i];
-            b.iov.clear();
-            let mut j = i;
-            let per_send = if self.sock.gso { 65507 / len } else { 1 };
-            while j < k && b.lens[j] != 0 && b.iov.len() < per_send.max(1) {
-                b.iov.push(libc::iovec {
-                    iov_base: b.sealed[j * b.stride..].as_ptr() as *mut libc::c_void,
-                    iov_len: b.lens[j],
-                });
-                j += 1;
-                // A shorter datagram may only end a GSO send.
-                if b.lens[j - 1] != len {
-                    break;
-                }
-            }
-            let seg = if b.iov.len() > 1 { len as u16 } else { 0 };
-            if let Err(e) = self.sock.send_iov(to, &b.iov, seg) {
-                if seg > 0 && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) {
-                    // No UDP GSO here: one datagram per send.
-                    for v in &b.iov {
-                        // SAFETY: the iovecs point into b.sealed, alive and unchanged.
-                        let d = unsafe {
-                            std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
-                        };
-                        self.send(to, d);
-                    }
-                } else {
-                    inc(&c.errors, 1);
-                }
-            }
-            i = j;
         }
     }
 
     /// Peers → TUN: each datagram of the batch opened by its peer's session; replies (handshake
     /// responses, cookies, queued packets) sent back; decrypted packets checked and written.
-    fn inbound(
-        &self,
-        batch: &RecvBatch,
-        got: &[Received],
-        table: &WgTable,
-        b: &mut Buffers,
-        c: &WgCounters,
-    ) {
-        let tun = &self.tun;
+    fn open_in(&mut self, io: &Io, table: &WgTable, batch: &RecvBatch, got: &[Received]) {
+        let c = io.counters;
         let mut write = |parts: &[&[u8]]| {
-            if !crate::datapath::tun::write(tun, parts) {
+            if !crate::datapath::tun::write(io.tun, parts) {
                 inc(&c.errors, 1);
             }
         };
         let mut gro = Gro::default();
-        let scratch = &mut b.scratch;
+        let WgEncap {
+            opened,
+            scratch,
+            id,
+            handshakes,
+            ..
+        } = self;
         let (mut packets, mut bytes) = (0u64, 0u64);
-        for ((buf, r), out) in batch.bufs.iter().zip(got).zip(b.opened.iter_mut()) {
+        for ((buf, r), out) in batch.bufs.iter().zip(got).zip(opened.iter_mut()) {
             let data = &buf[..r.len];
             let seg = if r.seg > 0 { r.seg } else { data.len().max(1) };
             // Each datagram opens into the same place of `out` as it sits in `buf`: a
@@ -445,7 +271,15 @@ impl Worker {
             for d in data.chunks(seg) {
                 let (slot, tail) = std::mem::take(&mut rest).split_at_mut(d.len());
                 rest = tail.get_mut(seg - d.len().min(seg)..).unwrap_or_default();
-                if let Some(pkt) = self.open(d, r.from, table, slot, scratch, c) {
+                if is_handshake(d) {
+                    // The handshake thread's (see `handshakes`).
+                    if !handshakes.push(r.from, d) {
+                        inc(&c.rx_handshake_queue_full, 1);
+                    }
+                    continue;
+                }
+                let sent = &mut |to, msg: &[u8]| send(io, to, msg);
+                if let Some(pkt) = open_datagram(id, table, d, r.from, slot, scratch, c, sent) {
                     packets += 1;
                     bytes += pkt.len() as u64;
                     gro.push(pkt, &mut write);
@@ -456,34 +290,103 @@ impl Worker {
         inc(&c.rx_packets, packets);
         inc(&c.rx_bytes, bytes);
     }
+}
 
-    /// Opens one data message into `slot` (see [`open_datagram`]), answers through our
-    /// socket; a handshake message goes to the handshake thread's queue instead.
-    fn open<'s>(
-        &self,
-        d: &[u8],
-        from: SocketAddr,
-        table: &WgTable,
-        slot: &'s mut [u8],
-        scratch: &mut [u8],
-        c: &WgCounters,
-    ) -> Option<&'s [u8]> {
-        if is_handshake(d) {
-            if !self.handshakes.push(from, d) {
-                inc(&c.rx_handshake_queue_full, 1);
+fn send(io: &Io, to: SocketAddr, msg: &[u8]) {
+    if io.sock.send_one(to, msg).is_err() {
+        inc(&io.counters.errors, 1);
+    }
+}
+
+/// Seals segments `first..first + k` for `peer` and sends the data messages among them.
+fn seal(
+    io: &Io,
+    peer: &PeerState,
+    s: &Segments,
+    first: usize,
+    k: usize,
+    pkt: &[u8],
+    b: &mut SealBufs,
+) {
+    let c = io.counters;
+    // The session is locked per segment, not per batch: the receiving worker needs it
+    // too (for this peer's ACKs), and must not wait for a whole super-packet's sealing.
+    let (mut packets, mut bytes) = (0u64, 0u64);
+    for i in 0..k {
+        let plain: &[u8] = if s.hdr_len == 0 {
+            &pkt[s.payload_start..s.payload_end]
+        } else {
+            let (hdr, payload) = s.parts(first + i, &b.hdrs, pkt);
+            b.plain[..hdr.len()].copy_from_slice(hdr);
+            b.plain[hdr.len()..hdr.len() + payload.len()].copy_from_slice(payload);
+            &b.plain[..hdr.len() + payload.len()]
+        };
+        let slot = &mut b.sealed[i * b.stride..(i + 1) * b.stride];
+        b.lens[i] = 0;
+        let Ok(mut t) = peer.tunn.lock() else { return };
+        match t.encapsulate(plain, slot) {
+            TunnResult::WriteToNetwork(msg) if msg.first() == Some(&4) => {
+                b.lens[i] = msg.len();
+                packets += 1;
+                bytes += plain.len() as u64;
             }
-            return None;
+            // No session yet: the packet waits in the tunnel's queue; this is the
+            // handshake initiation that will open one.
+            TunnResult::WriteToNetwork(msg) => {
+                drop(t);
+                inc(&c.handshakes_sent, 1);
+                send(io, peer.endpoint, msg);
+            }
+            TunnResult::Err(_) => inc(&c.errors, 1),
+            _ => {}
         }
-        open_datagram(
-            &self.id,
-            table,
-            d,
-            from,
-            slot,
-            scratch,
-            c,
-            &mut |to, msg| self.send(to, msg),
-        )
+    }
+    // Counted once per batch: the counters' cache line is shared with the other workers.
+    inc(&c.tx_packets, packets);
+    inc(&c.tx_bytes, bytes);
+    send_sealed(io, peer.endpoint, k, b);
+}
+
+/// Sends the sealed data messages of the first `k` slots: runs of equal length (all but
+/// the last segment of a packet are) go out as one UDP GSO send.
+fn send_sealed(io: &Io, to: SocketAddr, k: usize, b: &mut SealBufs) {
+    let c = io.counters;
+    let mut i = 0;
+    while i < k {
+        if b.lens[i] == 0 {
+            i += 1;
+            continue;
+        }
+        let len = b.lens[i];
+        b.iov.clear();
+        let mut j = i;
+        let per_send = if io.sock.gso() { 65507 / len } else { 1 };
+        while j < k && b.lens[j] != 0 && b.iov.len() < per_send.max(1) {
+            b.iov.push(libc::iovec {
+                iov_base: b.sealed[j * b.stride..].as_ptr() as *mut libc::c_void,
+                iov_len: b.lens[j],
+            });
+            j += 1;
+            // A shorter datagram may only end a GSO send.
+            if b.lens[j - 1] != len {
+                break;
+            }
+        }
+        let seg = if b.iov.len() > 1 { len as u16 } else { 0 };
+        if let Err(e) = io.sock.send_iov(to, &b.iov, seg) {
+            if seg > 0 && matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL)) {
+                // No UDP GSO here: one datagram per send.
+                for v in &b.iov {
+                    // SAFETY: the iovecs point into b.sealed, alive and unchanged.
+                    let d =
+                        unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
+                    send(io, to, d);
+                }
+            } else {
+                inc(&c.errors, 1);
+            }
+        }
+        i = j;
     }
 }
 
@@ -500,7 +403,7 @@ pub fn open_datagram<'s>(
     from: SocketAddr,
     slot: &'s mut [u8],
     scratch: &mut [u8],
-    c: &WgCounters,
+    c: &Counters,
     send: &mut impl FnMut(SocketAddr, &[u8]),
 ) -> Option<&'s [u8]> {
     let peer = match Tunn::parse_incoming_packet(d) {
@@ -544,7 +447,7 @@ pub fn open_datagram<'s>(
     if peer.allows(src) {
         Some(pkt)
     } else {
-        inc(&c.rx_disallowed_source, 1);
+        inc(&c.rx_spoofed_source, 1);
         None
     }
 }
@@ -598,7 +501,7 @@ mod tests {
     #[test]
     fn handshake_then_data_and_a_source_outside_the_peer_is_dropped_and_counted() {
         let (id, table, mut remote) = setup();
-        let c = WgCounters::default();
+        let c = Counters::default();
         let at: SocketAddr = PEER_AT.parse().unwrap();
         let sent: std::cell::RefCell<Vec<Vec<u8>>> = Default::default();
         let mut send = |_: SocketAddr, m: &[u8]| sent.borrow_mut().push(m.to_vec());
@@ -637,7 +540,7 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(open(&sealed, &mut send), None);
-        assert_eq!(c.rx_disallowed_source.load(Ordering::Relaxed), 1);
+        assert_eq!(c.rx_spoofed_source.load(Ordering::Relaxed), 1);
         // The same datagram again is a replay; a flipped byte fails authentication.
         let mut tampered = sealed.clone();
         let last = tampered.len() - 1;
@@ -657,7 +560,7 @@ mod tests {
     #[test]
     fn an_initiation_from_an_unknown_key_is_not_answered() {
         let (id, table, _) = setup();
-        let c = WgCounters::default();
+        let c = Counters::default();
         let stranger = StaticSecret::from([3u8; 32]);
         let mut t = Tunn::new(stranger, id.public, None, None, 1, None);
         let mut buf = [0u8; 256];
