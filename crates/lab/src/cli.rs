@@ -155,212 +155,250 @@ fn kube_lab(a: &Args) -> anyhow::Result<LabState> {
 
 fn run(a: Args) -> anyhow::Result<bool> {
     match a.cmd.as_str() {
-        "up" => {
-            let ip_family = crate::names::IpFamily::parse(&a.ip_family)?;
-            // IPv6 only runs in Kubernetes mode (etcd leases always carry an IPv4 subnet).
-            let datastore = if ip_family == crate::names::IpFamily::V6 && !a.datastore_set {
-                "kube".to_string()
-            } else {
-                a.datastore.clone()
-            };
-            let spec = LabSpec {
-                lab: a.name.clone(),
-                nodes: a.nodes,
-                pods_per_node: a.pods,
-                backend: a.backend,
-                datastore: crate::cluster::Datastore::parse(&datastore)?,
-                segments: a.segments,
-                direct_routing: a.direct_routing,
-                state_root: a.state_root.clone(),
-                manifest: a.manifest.clone(),
-                backend_set: a.backend_set,
-                ip_family,
-                nftables: a.nftables,
-                ..LabSpec::default()
-            };
-            let state = up(&spec)?;
-            println!(
-                "lab {} is up: {} nodes, {} pods",
-                state.lab,
-                state.nodes.len(),
-                state.pods().count()
-            );
-            for n in &state.nodes {
-                let pods: Vec<String> = n
-                    .pods
-                    .iter()
-                    .map(|p| {
-                        [p.name.as_str(), p.ip.as_str(), p.ip6.as_str()]
-                            .iter()
-                            .filter(|x| !x.is_empty())
-                            .copied()
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    })
-                    .collect();
-                let subnet = [n.subnet.as_str(), n.subnet6.as_str()]
+        "up" => cmd_up(a),
+        "ping-all" => cmd_ping_all(a),
+        "status" => cmd_status(a),
+        "ctl" => cmd_ctl(a),
+        "restart" => cmd_restart(a),
+        "trace" => cmd_trace(a),
+        "down" => cmd_down(a),
+        "bench-scale" => cmd_bench_scale(a),
+        "bench" => cmd_bench(a),
+        "kubeconfig" => cmd_kubeconfig(a),
+        "kubectl" => cmd_kubectl(a),
+        "help" => cmd_help(),
+        "" => bail!("no command given\n{USAGE}"),
+        other => bail!("unknown command {other:?}\n{USAGE}"),
+    }
+}
+
+/// `up`: builds the lab and prints its nodes, subnets and pods.
+fn cmd_up(a: Args) -> anyhow::Result<bool> {
+    let ip_family = crate::names::IpFamily::parse(&a.ip_family)?;
+    // IPv6 only runs in Kubernetes mode (etcd leases always carry an IPv4 subnet).
+    let datastore = if ip_family == crate::names::IpFamily::V6 && !a.datastore_set {
+        "kube".to_string()
+    } else {
+        a.datastore.clone()
+    };
+    let spec = LabSpec {
+        lab: a.name.clone(),
+        nodes: a.nodes,
+        pods_per_node: a.pods,
+        backend: a.backend,
+        datastore: crate::cluster::Datastore::parse(&datastore)?,
+        segments: a.segments,
+        direct_routing: a.direct_routing,
+        state_root: a.state_root.clone(),
+        manifest: a.manifest.clone(),
+        backend_set: a.backend_set,
+        ip_family,
+        nftables: a.nftables,
+        ..LabSpec::default()
+    };
+    let state = up(&spec)?;
+    println!(
+        "lab {} is up: {} nodes, {} pods",
+        state.lab,
+        state.nodes.len(),
+        state.pods().count()
+    );
+    for n in &state.nodes {
+        let pods: Vec<String> = n
+            .pods
+            .iter()
+            .map(|p| {
+                [p.name.as_str(), p.ip.as_str(), p.ip6.as_str()]
                     .iter()
                     .filter(|x| !x.is_empty())
                     .copied()
                     .collect::<Vec<_>>()
-                    .join(" ");
-                println!(
-                    "  {:8} {:10} subnet {:15} pods: {}",
-                    n.name,
-                    n.ip,
-                    subnet,
-                    pods.join(", ")
-                );
-            }
-            Ok(true)
-        }
-        "ping-all" => {
-            let s = load(&a)?;
-            let mut ok = true;
-            if s.pods().any(|p| !p.ip.is_empty()) {
-                let m = ping::ping_all(&s);
-                print!("{}", m.render());
-                ok &= m.all_ok();
-            }
-            if ping::has_ipv6(&s) {
-                let m6 = ping::ping_all_in(&s, true);
-                print!("\nIPv6:\n{}", m6.render());
-                ok &= m6.all_ok();
-            }
-            Ok(ok)
-        }
-        "status" => {
-            let s = load(&a)?;
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&status::to_json(&s))?);
-            } else {
-                print!("{}", status::render(&s));
-            }
-            Ok(true)
-        }
-        "ctl" => {
-            let s = load(&a)?;
-            let Some((node, args)) = a.rest.split_first() else {
-                bail!("ctl needs a node and flannelctl's arguments: flannel-lab ctl node1 doctor");
-            };
-            let n = s.nodes.iter().find(|n| n.name == *node).ok_or_else(|| {
-                anyhow!(
-                    "no node {node:?} in lab {} (see `flannel-lab status`)",
-                    s.lab
-                )
-            })?;
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let o = crate::cluster::flannelctl(n, &args)?;
-            use std::io::Write;
-            std::io::stdout().write_all(&o.stdout)?;
-            std::io::stderr().write_all(&o.stderr)?;
-            Ok(o.status.success())
-        }
-        "restart" => {
-            let s = load(&a)?;
-            let [node] = a.rest.as_slice() else {
-                bail!("restart needs a node: flannel-lab restart node1");
-            };
-            let n = s.nodes.iter().find(|n| n.name == *node).ok_or_else(|| {
-                anyhow!(
-                    "no node {node:?} in lab {} (see `flannel-lab status`)",
-                    s.lab
-                )
-            })?;
-            let before = crate::cluster::ready_count(n);
-            crate::cluster::stop_flanneld(n)?;
-            drop(crate::cluster::start_flanneld(n)?);
-            crate::cluster::wait_ready(n, before)?;
-            println!(
-                "flanneld on {node} restarted and ready (log: {})",
-                n.log.display()
-            );
-            Ok(true)
-        }
-        "trace" => {
-            let s = load(&a)?;
-            let [from, to] = a.rest.as_slice() else {
-                bail!("trace needs two pods (names or addresses): flannel-lab trace master1-pod1 node1-pod1");
-            };
-            let r = crate::trace::run(&s, from, to)?;
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                print!("{}", crate::trace::render(&r));
-            }
-            Ok(r.ok)
-        }
-        "down" => {
-            let removed = down(&a.name, &a.state_root)?;
-            println!(
-                "lab {}: removed {} namespaces and {}",
-                a.name,
-                removed.len(),
-                state_dir(&a.state_root, &a.name).display()
-            );
-            Ok(true)
-        }
-        "bench-scale" => {
-            let datastore = crate::cluster::Datastore::parse(&a.datastore)?;
-            // Peers are added and deleted with kubectl in kube mode, as an operator would.
-            let extra: &[(&str, &str)] = match datastore {
-                crate::cluster::Datastore::Kube => &[("kubectl", "kubernetes-client")],
-                crate::cluster::Datastore::Etcd => &[],
-            };
-            crate::preflight::check(&crate::preflight::default_bin_dir(), datastore, extra)?;
-            let spec = crate::scale::ScaleSpec {
-                lab: a.name.clone(),
-                peers: a.peers.max(1),
-                datastore,
-                heartbeats: a.heartbeats,
-                idle: std::time::Duration::from_secs(u64::from(a.seconds.max(1))),
-                state_root: a.state_root.clone(),
-                bin_dir: crate::preflight::default_bin_dir(),
-                events: a.events,
-                event_gap: std::time::Duration::from_millis(a.event_gap_ms),
-            };
-            let row = crate::scale::run(&spec)?;
-            print!("{}", crate::scale::render(&[row]));
-            Ok(true)
-        }
-        "bench" => {
-            crate::preflight::check(
-                &crate::preflight::default_bin_dir(),
-                crate::cluster::Datastore::Etcd,
-                &[("iperf3", "iperf3")],
-            )?;
-            let spec = crate::bench::BenchSpec {
-                seconds: a.seconds.max(1),
-                repeat: a.repeat.max(1),
-                state_root: a.state_root.clone(),
-                bin_dir: crate::preflight::default_bin_dir(),
-            };
-            let rows = crate::bench::run(&spec, &mut |c| eprintln!("measuring {c} ..."))?;
-            print!("{}", crate::bench::render(&rows));
-            Ok(true)
-        }
-        "kubeconfig" => {
-            let s = kube_lab(&a)?;
-            println!("{}", s.kubeconfig().display());
-            Ok(true)
-        }
-        "kubectl" => {
-            let s = kube_lab(&a)?;
-            let kc = s.kubeconfig().display().to_string();
-            let mut args: Vec<&str> = vec!["--kubeconfig", &kc];
-            args.extend(a.rest.iter().map(String::as_str));
-            let status = crate::sh::in_ns(&s.nodes[0].netns, "kubectl", &args)
-                .status()
-                .context("running kubectl (install it: apt-get install kubernetes-client)")?;
-            Ok(status.success())
-        }
-        "help" => {
-            println!("{USAGE}");
-            Ok(true)
-        }
-        "" => bail!("no command given\n{USAGE}"),
-        other => bail!("unknown command {other:?}\n{USAGE}"),
+                    .join(" ")
+            })
+            .collect();
+        let subnet = [n.subnet.as_str(), n.subnet6.as_str()]
+            .iter()
+            .filter(|x| !x.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
+        println!(
+            "  {:8} {:10} subnet {:15} pods: {}",
+            n.name,
+            n.ip,
+            subnet,
+            pods.join(", ")
+        );
     }
+    Ok(true)
+}
+
+/// `ping-all`: every pod pings every other pod, in each family.
+fn cmd_ping_all(a: Args) -> anyhow::Result<bool> {
+    let s = load(&a)?;
+    let mut ok = true;
+    if s.pods().any(|p| !p.ip.is_empty()) {
+        let m = ping::ping_all(&s);
+        print!("{}", m.render());
+        ok &= m.all_ok();
+    }
+    if ping::has_ipv6(&s) {
+        let m6 = ping::ping_all_in(&s, true);
+        print!("\nIPv6:\n{}", m6.render());
+        ok &= m6.all_ok();
+    }
+    Ok(ok)
+}
+
+/// `status`: nodes, pods, routes, FDB, metrics (or `--json`).
+fn cmd_status(a: Args) -> anyhow::Result<bool> {
+    let s = load(&a)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&status::to_json(&s))?);
+    } else {
+        print!("{}", status::render(&s));
+    }
+    Ok(true)
+}
+
+/// `ctl NODE ARGS...`: flannelctl on a node, as an operator runs it there.
+fn cmd_ctl(a: Args) -> anyhow::Result<bool> {
+    let s = load(&a)?;
+    let Some((node, args)) = a.rest.split_first() else {
+        bail!("ctl needs a node and flannelctl's arguments: flannel-lab ctl node1 doctor");
+    };
+    let n = s.nodes.iter().find(|n| n.name == *node).ok_or_else(|| {
+        anyhow!(
+            "no node {node:?} in lab {} (see `flannel-lab status`)",
+            s.lab
+        )
+    })?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = crate::cluster::flannelctl(n, &args)?;
+    use std::io::Write;
+    std::io::stdout().write_all(&o.stdout)?;
+    std::io::stderr().write_all(&o.stderr)?;
+    Ok(o.status.success())
+}
+
+/// `restart NODE`: flanneld on a node stopped, started, waited for.
+fn cmd_restart(a: Args) -> anyhow::Result<bool> {
+    let s = load(&a)?;
+    let [node] = a.rest.as_slice() else {
+        bail!("restart needs a node: flannel-lab restart node1");
+    };
+    let n = s.nodes.iter().find(|n| n.name == *node).ok_or_else(|| {
+        anyhow!(
+            "no node {node:?} in lab {} (see `flannel-lab status`)",
+            s.lab
+        )
+    })?;
+    let before = crate::cluster::ready_count(n);
+    crate::cluster::stop_flanneld(n)?;
+    drop(crate::cluster::start_flanneld(n)?);
+    crate::cluster::wait_ready(n, before)?;
+    println!(
+        "flanneld on {node} restarted and ready (log: {})",
+        n.log.display()
+    );
+    Ok(true)
+}
+
+/// `trace POD POD`: the packet walk, proven by captures.
+fn cmd_trace(a: Args) -> anyhow::Result<bool> {
+    let s = load(&a)?;
+    let [from, to] = a.rest.as_slice() else {
+        bail!(
+            "trace needs two pods (names or addresses): flannel-lab trace master1-pod1 node1-pod1"
+        );
+    };
+    let r = crate::trace::run(&s, from, to)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", crate::trace::render(&r));
+    }
+    Ok(r.ok)
+}
+
+/// `down`: removes everything the lab made.
+fn cmd_down(a: Args) -> anyhow::Result<bool> {
+    let removed = down(&a.name, &a.state_root)?;
+    println!(
+        "lab {}: removed {} namespaces and {}",
+        a.name,
+        removed.len(),
+        state_dir(&a.state_root, &a.name).display()
+    );
+    Ok(true)
+}
+
+/// `bench-scale`: one flanneld facing many peers.
+fn cmd_bench_scale(a: Args) -> anyhow::Result<bool> {
+    let datastore = crate::cluster::Datastore::parse(&a.datastore)?;
+    // Peers are added and deleted with kubectl in kube mode, as an operator would.
+    let extra: &[(&str, &str)] = match datastore {
+        crate::cluster::Datastore::Kube => &[("kubectl", "kubernetes-client")],
+        crate::cluster::Datastore::Etcd => &[],
+    };
+    crate::preflight::check(&crate::preflight::default_bin_dir(), datastore, extra)?;
+    let spec = crate::scale::ScaleSpec {
+        lab: a.name.clone(),
+        peers: a.peers.max(1),
+        datastore,
+        heartbeats: a.heartbeats,
+        idle: std::time::Duration::from_secs(u64::from(a.seconds.max(1))),
+        state_root: a.state_root.clone(),
+        bin_dir: crate::preflight::default_bin_dir(),
+        events: a.events,
+        event_gap: std::time::Duration::from_millis(a.event_gap_ms),
+    };
+    let row = crate::scale::run(&spec)?;
+    print!("{}", crate::scale::render(&[row]));
+    Ok(true)
+}
+
+/// `bench`: 2-node labs per backend, iperf3 and ping.
+fn cmd_bench(a: Args) -> anyhow::Result<bool> {
+    crate::preflight::check(
+        &crate::preflight::default_bin_dir(),
+        crate::cluster::Datastore::Etcd,
+        &[("iperf3", "iperf3")],
+    )?;
+    let spec = crate::bench::BenchSpec {
+        seconds: a.seconds.max(1),
+        repeat: a.repeat.max(1),
+        state_root: a.state_root.clone(),
+        bin_dir: crate::preflight::default_bin_dir(),
+    };
+    let rows = crate::bench::run(&spec, &mut |c| eprintln!("measuring {c} ..."))?;
+    print!("{}", crate::bench::render(&rows));
+    Ok(true)
+}
+
+/// `kubeconfig`: the admin kubeconfig's path (kube mode).
+fn cmd_kubeconfig(a: Args) -> anyhow::Result<bool> {
+    let s = kube_lab(&a)?;
+    println!("{}", s.kubeconfig().display());
+    Ok(true)
+}
+
+/// `kubectl ARGS...`: kubectl with the lab's kubeconfig, in master1's namespace.
+fn cmd_kubectl(a: Args) -> anyhow::Result<bool> {
+    let s = kube_lab(&a)?;
+    let kc = s.kubeconfig().display().to_string();
+    let mut args: Vec<&str> = vec!["--kubeconfig", &kc];
+    args.extend(a.rest.iter().map(String::as_str));
+    let status = crate::sh::in_ns(&s.nodes[0].netns, "kubectl", &args)
+        .status()
+        .context("running kubectl (install it: apt-get install kubernetes-client)")?;
+    Ok(status.success())
+}
+
+/// `help`.
+fn cmd_help() -> anyhow::Result<bool> {
+    println!("{USAGE}");
+    Ok(true)
 }
 
 pub fn main() -> ExitCode {

@@ -159,133 +159,17 @@ fn measure(spec: &ScaleSpec, dir: &std::path::Path, ns: &str) -> anyhow::Result<
     ip(&["-n", ns, "link", "set", "eth0", "up"])?;
     ip(&["-n", ns, "link", "set", "eth1", "up"])?;
     let flanneld = spec.bin_dir.join("flanneld").display().to_string();
-    let subnet_file = format!("--subnet-file={}", dir.join("subnet.env").display());
-    let state_socket = format!("--state-socket={}", dir.join("flanneld.sock").display());
-    let mut args: Vec<String>;
-    let _store: Child = match spec.datastore {
-        Datastore::Kube => {
-            let kube = dir.join("kube");
-            std::fs::create_dir_all(&kube)?;
-            let mut seed = vec![serde_json::json!({"kind": "Node", "object":
-                flannel_kube_fake::node("scale0", &["10.128.0.0/24"], "10.0.0.50", 0)})];
-            for i in 1..=spec.peers {
-                let (cidr, ip, mac) = peer(i);
-                let mut n = flannel_kube_fake::node(&format!("peer{i:05}"), &[&cidr], &ip, 10_000);
-                n["metadata"]["annotations"] = peer_annotations(&ip, &mac);
-                seed.push(serde_json::json!({"kind": "Node", "object": n}));
-            }
-            std::fs::write(kube.join("seed.json"), serde_json::to_string(&seed)?)?;
-            std::fs::write(dir.join("net-conf.json"), NET_CONF)?;
-            let log = dir.join("kube-api.log");
-            let fake: Vec<String> = vec![
-                "--listen".into(),
-                "127.0.0.1:6443".into(),
-                "--dir".into(),
-                kube.display().to_string(),
-                "--seed".into(),
-                kube.join("seed.json").display().to_string(),
-                "--heartbeats".into(),
-                spec.heartbeats.to_string(),
-            ];
-            let child = spawn_in_ns(
-                ns,
-                &spec.bin_dir.join("flannel-kube-fake").display().to_string(),
-                &fake,
-                &log,
-            )?;
-            wait_until("the API fake to serve", Duration::from_secs(120), || {
-                Ok(std::fs::read_to_string(&log)
-                    .unwrap_or_default()
-                    .contains("serving https://"))
-            })?;
-            args = vec![
-                "env".into(),
-                "NODE_NAME=scale0".into(),
-                flanneld,
-                "--kube-subnet-mgr".into(),
-                format!("--kubeconfig-file={}", kube.join("kubeconfig").display()),
-                format!("--net-config-path={}", dir.join("net-conf.json").display()),
-            ];
-            child
-        }
-        Datastore::Etcd => {
-            let log = dir.join("etcd.log");
-            let etcd: Vec<String> = [
-                "--data-dir",
-                &dir.join("etcd").display().to_string(),
-                "--listen-client-urls",
-                "http://127.0.0.1:2379",
-                "--advertise-client-urls",
-                "http://127.0.0.1:2379",
-                "--listen-peer-urls",
-                "http://127.0.0.1:2380",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            let child = spawn_in_ns(ns, "etcd", &etcd, &log)?;
-            let etcdctl = |a: &[&str]| {
-                let mut c = in_ns(ns, "etcdctl", a);
-                c.env("ETCDCTL_API", "3");
-                c
-            };
-            wait_until("etcd", Duration::from_secs(30), || {
-                Ok(sh::run(&mut etcdctl(&["endpoint", "health"])).is_ok())
-            })?;
-            sh::run(&mut etcdctl(&[
-                "put",
-                "/coreos.com/network/config",
-                NET_CONF,
-            ]))?;
-            // Leases as upstream writes them, over one connection.
-            let puts: Vec<crate::churn::Write1> = (1..=spec.peers)
-                .map(|i| {
-                    let (cidr, ip, mac) = peer(i);
-                    crate::churn::Write1 {
-                        key: etcd_key(&cidr),
-                        value: Some(etcd_lease(&ip, &mac)),
-                    }
-                })
-                .collect();
-            crate::churn::write_paced(ns, puts, Duration::ZERO)?;
-            args = vec![flanneld, "--etcd-endpoints=http://127.0.0.1:2379".into()];
-            child
-        }
+    let (_store, mut args) = match spec.datastore {
+        Datastore::Kube => kube_with_peers(spec, dir, ns, flanneld)?,
+        Datastore::Etcd => etcd_with_peers(spec, dir, ns, flanneld)?,
     };
-    args.extend(["--iface=eth0".to_string(), subnet_file, state_socket]);
-    let log = dir.join("flanneld.log");
-    let t0 = Instant::now();
-    let (prog, rest) = args.split_first().context("no command")?;
-    let mut fl = spawn_in_ns(ns, prog, rest, &log)?;
+    args.extend([
+        "--iface=eth0".to_string(),
+        format!("--subnet-file={}", dir.join("subnet.env").display()),
+        format!("--state-socket={}", dir.join("flanneld.sock").display()),
+    ]);
+    let (mut fl, start_to_routes, startup_cpu) = start_to_all_routes(spec, dir, ns, &args)?;
     let pid = fl.id() as i32;
-    loop {
-        if route_count(ns) >= spec.peers {
-            break;
-        }
-        if let Some(st) = fl.try_wait()? {
-            bail!(
-                "flanneld exited ({st}): {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        if t0.elapsed() > Duration::from_secs(600) {
-            bail!("not all {} routes after 10 minutes", spec.peers);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let start_to_routes = t0.elapsed();
-    let startup_cpu = cpu_seconds(pid);
-    // Routes go in last; the neighbours and FDB entries they rely on must all be there too.
-    let (neigh, fdb) = neigh_fdb_counts(ns);
-    if neigh < spec.peers || fdb < spec.peers {
-        bail!(
-            "all {} routes are in, but only {neigh} neighbours and {fdb} FDB entries",
-            spec.peers
-        );
-    }
-    if std::env::var_os("FLANNEL_BENCH_LOG").is_some() {
-        eprintln!("{}", std::fs::read_to_string(&log).unwrap_or_default());
-    }
     let rss = status_kib(pid, "VmRSS:") / 1024.0;
     let cpu0 = cpu_seconds(pid);
     let t1 = Instant::now();
@@ -319,6 +203,154 @@ fn measure(spec: &ScaleSpec, dir: &std::path::Path, ns: &str) -> anyhow::Result<
     let _ = fl.kill();
     let _ = fl.wait();
     Ok(row)
+}
+
+/// The API fake in `ns`, seeded with our Node and the peers' (padded as real ones), and the
+/// flanneld command that uses it.
+fn kube_with_peers(
+    spec: &ScaleSpec,
+    dir: &std::path::Path,
+    ns: &str,
+    flanneld: String,
+) -> anyhow::Result<(Child, Vec<String>)> {
+    let kube = dir.join("kube");
+    std::fs::create_dir_all(&kube)?;
+    let mut seed = vec![serde_json::json!({"kind": "Node", "object":
+            flannel_kube_fake::node("scale0", &["10.128.0.0/24"], "10.0.0.50", 0)})];
+    for i in 1..=spec.peers {
+        let (cidr, ip, mac) = peer(i);
+        let mut n = flannel_kube_fake::node(&format!("peer{i:05}"), &[&cidr], &ip, 10_000);
+        n["metadata"]["annotations"] = peer_annotations(&ip, &mac);
+        seed.push(serde_json::json!({"kind": "Node", "object": n}));
+    }
+    std::fs::write(kube.join("seed.json"), serde_json::to_string(&seed)?)?;
+    std::fs::write(dir.join("net-conf.json"), NET_CONF)?;
+    let log = dir.join("kube-api.log");
+    let fake: Vec<String> = vec![
+        "--listen".into(),
+        "127.0.0.1:6443".into(),
+        "--dir".into(),
+        kube.display().to_string(),
+        "--seed".into(),
+        kube.join("seed.json").display().to_string(),
+        "--heartbeats".into(),
+        spec.heartbeats.to_string(),
+    ];
+    let child = spawn_in_ns(
+        ns,
+        &spec.bin_dir.join("flannel-kube-fake").display().to_string(),
+        &fake,
+        &log,
+    )?;
+    wait_until("the API fake to serve", Duration::from_secs(120), || {
+        Ok(std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("serving https://"))
+    })?;
+    let args = vec![
+        "env".into(),
+        "NODE_NAME=scale0".into(),
+        flanneld,
+        "--kube-subnet-mgr".into(),
+        format!("--kubeconfig-file={}", kube.join("kubeconfig").display()),
+        format!("--net-config-path={}", dir.join("net-conf.json").display()),
+    ];
+    Ok((child, args))
+}
+
+/// etcd in `ns` holding the peers' leases as upstream writes them, and the flanneld command
+/// that uses it.
+fn etcd_with_peers(
+    spec: &ScaleSpec,
+    dir: &std::path::Path,
+    ns: &str,
+    flanneld: String,
+) -> anyhow::Result<(Child, Vec<String>)> {
+    let log = dir.join("etcd.log");
+    let etcd: Vec<String> = [
+        "--data-dir",
+        &dir.join("etcd").display().to_string(),
+        "--listen-client-urls",
+        "http://127.0.0.1:2379",
+        "--advertise-client-urls",
+        "http://127.0.0.1:2379",
+        "--listen-peer-urls",
+        "http://127.0.0.1:2380",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let child = spawn_in_ns(ns, "etcd", &etcd, &log)?;
+    let etcdctl = |a: &[&str]| {
+        let mut c = in_ns(ns, "etcdctl", a);
+        c.env("ETCDCTL_API", "3");
+        c
+    };
+    wait_until("etcd", Duration::from_secs(30), || {
+        Ok(sh::run(&mut etcdctl(&["endpoint", "health"])).is_ok())
+    })?;
+    sh::run(&mut etcdctl(&[
+        "put",
+        "/coreos.com/network/config",
+        NET_CONF,
+    ]))?;
+    // Leases as upstream writes them, over one connection.
+    let puts: Vec<crate::churn::Write1> = (1..=spec.peers)
+        .map(|i| {
+            let (cidr, ip, mac) = peer(i);
+            crate::churn::Write1 {
+                key: etcd_key(&cidr),
+                value: Some(etcd_lease(&ip, &mac)),
+            }
+        })
+        .collect();
+    crate::churn::write_paced(ns, puts, Duration::ZERO)?;
+    let args = vec![flanneld, "--etcd-endpoints=http://127.0.0.1:2379".into()];
+    Ok((child, args))
+}
+
+/// Starts flanneld (`args`) and waits until it has a route, a neighbour and an FDB entry for
+/// every peer: the process, the time that took, and the CPU it spent.
+fn start_to_all_routes(
+    spec: &ScaleSpec,
+    dir: &std::path::Path,
+    ns: &str,
+    args: &[String],
+) -> anyhow::Result<(Child, Duration, f64)> {
+    let log = dir.join("flanneld.log");
+    let t0 = Instant::now();
+    let (prog, rest) = args.split_first().context("no command")?;
+    let mut fl = spawn_in_ns(ns, prog, rest, &log)?;
+    let pid = fl.id() as i32;
+    loop {
+        if route_count(ns) >= spec.peers {
+            break;
+        }
+        if let Some(st) = fl.try_wait()? {
+            bail!(
+                "flanneld exited ({st}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        if t0.elapsed() > Duration::from_secs(600) {
+            bail!("not all {} routes after 10 minutes", spec.peers);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let start_to_routes = t0.elapsed();
+    let startup_cpu = cpu_seconds(pid);
+    // Routes go in last; the neighbours and FDB entries they rely on must all be there too.
+    let (neigh, fdb) = neigh_fdb_counts(ns);
+    if neigh < spec.peers || fdb < spec.peers {
+        bail!(
+            "all {} routes are in, but only {neigh} neighbours and {fdb} FDB entries",
+            spec.peers
+        );
+    }
+    if std::env::var_os("FLANNEL_BENCH_LOG").is_some() {
+        eprintln!("{}", std::fs::read_to_string(&log).unwrap_or_default());
+    }
+    Ok((fl, start_to_routes, startup_cpu))
 }
 
 /// Writes peer `i` into the datastore (as upstream's flanneld would) or deletes it.

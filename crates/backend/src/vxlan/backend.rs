@@ -354,57 +354,7 @@ impl Overlay {
         }
         let mut report = direct_plan.remove(nl).await;
         report.absorb(overlay_plan.remove(nl).await);
-        let mut failures = pipelined_failures(
-            pn.remove
-                .iter()
-                .copied()
-                .map(|(ip, _)| nl.del_neighbour(idx, ip)),
-        )
-        .await;
-        failures.absorb(
-            pipelined_failures(
-                pf.remove
-                    .iter()
-                    .copied()
-                    .map(|(m, d)| nl.del_fdb(idx, m, d)),
-            )
-            .await,
-        );
-        report.removed += pn.remove.len() + pf.remove.len();
-        let set_neigh = pipelined_failures(
-            pn.upsert
-                .iter()
-                .copied()
-                .map(|(ip, m)| nl.set_neighbour(idx, ip, m)),
-        )
-        .await;
-        let set_fdb = pipelined_failures(
-            pf.upsert
-                .iter()
-                .copied()
-                .map(|(m, d)| nl.set_fdb(idx, m, d)),
-        )
-        .await;
-        // A rewrite counts as a repair once it is done.
-        if set_neigh.is_empty() {
-            report.repairs.neighbour += neigh_repairs;
-        }
-        if set_fdb.is_empty() {
-            report.repairs.fdb += fdb_repairs;
-        }
-        failures.absorb(set_neigh);
-        failures.absorb(set_fdb);
-        report.added += pn.upsert.len() + pf.upsert.len();
-        for e in &failures.first {
-            warn!(error = %e, "reconcile step failed; will retry on the next pass");
-        }
-        if failures.count > failures.first.len() {
-            warn!(
-                more = failures.count - failures.first.len(),
-                "more reconcile steps failed"
-            );
-        }
-        report.failed += failures.count;
+        write_entries(nl, idx, &pn, &pf, (neigh_repairs, fdb_repairs), &mut report).await;
         let (overlay, mut failed) = overlay_plan.upsert(nl).await;
         let (direct, direct_failed) = direct_plan.upsert(nl).await;
         report.absorb(overlay);
@@ -590,6 +540,70 @@ impl Overlay {
         }
         report
     }
+}
+
+/// A pass's neighbour and FDB writes on device `idx`: removals, then additions (neighbour
+/// before FDB, as upstream orders them), each group pipelined. A rewrite counts as a repair
+/// (`repairs`: neighbours, FDB entries) once it is done; failures are logged and counted.
+async fn write_entries(
+    nl: &impl NetOps,
+    idx: u32,
+    pn: &crate::diff::Plan<IpAddr, MacAddr>,
+    pf: &crate::diff::Plan<MacAddr, IpAddr>,
+    (neigh_repairs, fdb_repairs): (usize, usize),
+    report: &mut ReconcileReport,
+) {
+    let mut failures = pipelined_failures(
+        pn.remove
+            .iter()
+            .copied()
+            .map(|(ip, _)| nl.del_neighbour(idx, ip)),
+    )
+    .await;
+    failures.absorb(
+        pipelined_failures(
+            pf.remove
+                .iter()
+                .copied()
+                .map(|(m, d)| nl.del_fdb(idx, m, d)),
+        )
+        .await,
+    );
+    report.removed += pn.remove.len() + pf.remove.len();
+    let set_neigh = pipelined_failures(
+        pn.upsert
+            .iter()
+            .copied()
+            .map(|(ip, m)| nl.set_neighbour(idx, ip, m)),
+    )
+    .await;
+    let set_fdb = pipelined_failures(
+        pf.upsert
+            .iter()
+            .copied()
+            .map(|(m, d)| nl.set_fdb(idx, m, d)),
+    )
+    .await;
+    // A rewrite counts as a repair once it is done.
+    if set_neigh.is_empty() {
+        report.repairs.neighbour += neigh_repairs;
+    }
+    if set_fdb.is_empty() {
+        report.repairs.fdb += fdb_repairs;
+    }
+    failures.absorb(set_neigh);
+    failures.absorb(set_fdb);
+    report.added += pn.upsert.len() + pf.upsert.len();
+    for e in &failures.first {
+        warn!(error = %e, "reconcile step failed; will retry on the next pass");
+    }
+    if failures.count > failures.first.len() {
+        warn!(
+            more = failures.count - failures.first.len(),
+            "more reconcile steps failed"
+        );
+    }
+    report.failed += failures.count;
 }
 
 /// How many of a full pass's neighbour and FDB writes rewrite an entry of a peer the previous
