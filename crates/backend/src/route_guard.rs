@@ -68,6 +68,15 @@ fn overlap(a: &IpNet, b: &IpNet) -> bool {
 }
 
 impl RouteGuard {
+    /// The guard of the last full pass, else one that checks only `network` (before the first
+    /// pass): how the state snapshot and the incremental path judge leases.
+    pub fn last_or(last: Option<&RouteGuard>, network: IpNet) -> std::borrow::Cow<'_, RouteGuard> {
+        match last {
+            Some(g) => std::borrow::Cow::Borrowed(g),
+            None => std::borrow::Cow::Owned(Self::networks_only(vec![network])),
+        }
+    }
+
     /// A guard that only checks the networks (no kernel state).
     pub fn networks_only(networks: Vec<IpNet>) -> Self {
         Self {

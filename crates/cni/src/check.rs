@@ -3,7 +3,7 @@
 
 use crate::env::CniEnv;
 use crate::error::{code, CniError};
-use crate::subnet_env::PluginSubnetEnv;
+use flannel_core::subnet_env::SubnetFile;
 use flannel_net::netlink::gw_routes_on;
 use flannel_net::{Family, NetOps, Netlink};
 use ipnet::IpNet;
@@ -34,7 +34,7 @@ pub fn result_addresses(prev: &Value) -> (Vec<IpNet>, Option<IpAddr>) {
 }
 
 /// Enters the pod's network namespace (this process is single-threaded here) and looks.
-pub fn verify_pod(env: &CniEnv, prev: &Value, senv: &PluginSubnetEnv) -> Result<(), CniError> {
+pub fn verify_pod(env: &CniEnv, prev: &Value, senv: &SubnetFile) -> Result<(), CniError> {
     let (addrs, gw) = result_addresses(prev);
     let ns = std::fs::File::open(&env.netns).map_err(|e| {
         CniError::new(

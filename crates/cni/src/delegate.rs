@@ -1,7 +1,7 @@
 //! Building the delegate configuration (upstream `flannel_linux.go: doCmdAdd`).
 
 use crate::netconf::NetConf;
-use crate::subnet_env::PluginSubnetEnv;
+use flannel_core::subnet_env::SubnetFile;
 use serde_json::{json, Map, Value};
 
 /// Checks the user's `delegate` block with upstream's messages.
@@ -28,7 +28,7 @@ pub fn validate(d: &Map<String, Value>) -> Result<(), String> {
 
 /// The delegate config: user keys kept, flannel's defaults filled in, IPAM ranges and routes
 /// from subnet.env. Serialized with sorted keys, as Go marshals a map.
-pub fn build(conf: &NetConf, env: &PluginSubnetEnv) -> Result<Map<String, Value>, String> {
+pub fn build(conf: &NetConf, env: &SubnetFile) -> Result<Map<String, Value>, String> {
     let mut d = conf.delegate.clone().unwrap_or_default();
     validate(&d)?;
     if let Some(rc) = &conf.runtime_config {

@@ -181,7 +181,7 @@ fn cmd_del(env: &CniEnv, conf: &NetConf) -> Result<Vec<u8>, CniError> {
     Ok(Vec::new())
 }
 
-fn load_env(conf: &NetConf) -> Result<subnet_env::PluginSubnetEnv, CniError> {
+fn load_env(conf: &NetConf) -> Result<flannel_core::subnet_env::SubnetFile, CniError> {
     if std::path::Path::new(&conf.subnet_file).is_dir() {
         return Err(CniError::new(
             code::INVALID_CONFIG,
@@ -208,7 +208,7 @@ fn load_env(conf: &NetConf) -> Result<subnet_env::PluginSubnetEnv, CniError> {
 
 /// Right after a node boots the runtime may call ADD before flanneld has written subnet.env
 /// (`/run` is a tmpfs): wait for it, up to `subnetFileWait` seconds, before failing.
-fn load_env_waiting(conf: &NetConf) -> Result<subnet_env::PluginSubnetEnv, CniError> {
+fn load_env_waiting(conf: &NetConf) -> Result<flannel_core::subnet_env::SubnetFile, CniError> {
     let deadline = std::time::Instant::now() + conf.subnet_file_wait;
     while !std::path::Path::new(&conf.subnet_file).exists() && std::time::Instant::now() < deadline
     {

@@ -1,18 +1,8 @@
-//! subnet.env as the plugin reads it (upstream `loadFlannelSubnetEnv`): networks may be
-//! comma-separated lists; missing items are named in one error.
+//! subnet.env as the plugin reads it (upstream `loadFlannelSubnetEnv`), on the one reader in
+//! `flannel_core::subnet_env`: networks may be comma-separated lists (kept once each); a bad
+//! value or the missing items are named in one error.
 
 use flannel_core::subnet_env::SubnetFile;
-use ipnet::{Ipv4Net, Ipv6Net};
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PluginSubnetEnv {
-    pub networks: Vec<Ipv4Net>,
-    pub subnet: Option<Ipv4Net>,
-    pub ipv6_networks: Vec<Ipv6Net>,
-    pub ipv6_subnet: Option<Ipv6Net>,
-    pub mtu: Option<u32>,
-    pub ipmasq: Option<bool>,
-}
 
 fn unique<T: PartialEq>(v: Vec<T>) -> Vec<T> {
     let mut out = Vec::with_capacity(v.len());
@@ -25,19 +15,13 @@ fn unique<T: PartialEq>(v: Vec<T>) -> Vec<T> {
 }
 
 /// Parses the file text; `file` names it in errors.
-pub fn parse(file: &str, text: &str) -> Result<PluginSubnetEnv, String> {
-    let f = SubnetFile::parse(text);
-    if let Some((k, v, expected)) = f.invalid.first() {
+pub fn parse(file: &str, text: &str) -> Result<SubnetFile, String> {
+    let mut e = SubnetFile::parse(text);
+    if let Some((k, v, expected)) = e.invalid.first() {
         return Err(format!("{file}: {k}={v:?}: {expected}"));
     }
-    let e = PluginSubnetEnv {
-        networks: unique(f.networks),
-        subnet: f.subnet,
-        ipv6_networks: unique(f.ipv6_networks),
-        ipv6_subnet: f.ipv6_subnet,
-        mtu: f.mtu,
-        ipmasq: f.ipmasq,
-    };
+    e.networks = unique(e.networks);
+    e.ipv6_networks = unique(e.ipv6_networks);
     let mut missing = Vec::new();
     if e.networks.is_empty() && e.ipv6_networks.is_empty() {
         missing.extend(["FLANNEL_NETWORK", "FLANNEL_IPV6_NETWORK"]);

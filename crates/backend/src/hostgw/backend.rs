@@ -103,12 +103,8 @@ impl<N: NetOps> Backend for HostGwBackend<N> {
             let Some(own_subnet) = own.subnet_of(f.family) else {
                 continue;
             };
-            let fallback = RouteGuard {
-                networks: vec![f.network],
-                ..Default::default()
-            };
-            let guard = f.guard.as_ref().unwrap_or(&fallback);
-            let (routes, _) = desired_routes(f.family, own_subnet, leases, guard);
+            let guard = RouteGuard::last_or(f.guard.as_ref(), f.network);
+            let (routes, _) = desired_routes(f.family, own_subnet, leases, &guard);
             out.extend(routes.into_iter().map(|(dst, gw)| {
                 flannel_core::state::KernelEntry::Route {
                     dst,

@@ -643,12 +643,8 @@ impl<N: NetOps> VxlanBackend<N> {
             let Some(own_subnet) = own.subnet_of(o.family) else {
                 continue;
             };
-            let fallback = RouteGuard {
-                networks: vec![o.network],
-                ..Default::default()
-            };
-            let guard = o.guard.as_ref().unwrap_or(&fallback);
-            let (d, _) = desired_peers_with(o.family, own_subnet, leases, guard, &|ip| {
+            let guard = RouteGuard::last_or(o.guard.as_ref(), o.network);
+            let (d, _) = desired_peers_with(o.family, own_subnet, leases, &guard, &|ip| {
                 o.direct.contains(&ip)
             });
             let dev = &o.spec.name;
