@@ -146,9 +146,7 @@ impl RouteGuard {
 mod tests {
     use super::*;
 
-    fn net(s: &str) -> IpNet {
-        s.parse().unwrap()
-    }
+    use flannel_testkit::net;
 
     fn route(dst: &str, gw: Option<&str>, oif: u32, shown: &str) -> LocalRoute {
         LocalRoute {

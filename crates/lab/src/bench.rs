@@ -106,18 +106,11 @@ fn latency(ns: &str, dst: &str, count: u32) -> anyhow::Result<(f64, f64)> {
 
 /// utime + stime of every flanneld in the lab, in seconds.
 fn flanneld_cpu(state: &LabState) -> f64 {
-    // SAFETY: sysconf has no memory effects.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     state
         .nodes
         .iter()
         .flat_map(crate::cluster::flanneld_pids)
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
-        .filter_map(|s| {
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / hz)
-        })
+        .map(flannel_testkit::procfs::cpu_seconds)
         .sum()
 }
 

@@ -73,26 +73,10 @@ const NET_CONF: &str =
     r#"{"Network": "10.128.0.0/9", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}"#;
 
 fn status_kib(pid: i32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
+    flannel_testkit::procfs::status_kib(pid, field) as f64
 }
 
-fn cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let field = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no memory effects.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (field(11) + field(12)) / hz
-}
+use flannel_testkit::procfs::cpu_seconds;
 
 /// Permanent neighbours and FDB entries with a destination on flannel.1.
 fn neigh_fdb_counts(ns: &str) -> (usize, usize) {

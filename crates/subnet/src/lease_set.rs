@@ -462,13 +462,9 @@ impl LeaseSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flannel_core::LeaseAttrs;
 
     fn lease(s: &str, ip: &str) -> Lease {
-        Lease::v4(
-            s.parse().unwrap(),
-            LeaseAttrs::v4(ip.parse().unwrap(), "vxlan", None),
-        )
+        flannel_testkit::parse::lease(s, ip, "vxlan")
     }
 
     fn claim(owner: &str, s: &str, ip: &str) -> Claim {

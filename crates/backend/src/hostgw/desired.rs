@@ -26,14 +26,8 @@ pub fn desired_routes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flannel_core::lease::LeaseAttrs;
 
-    fn lease(subnet: &str, ip: &str, ty: &str) -> Lease {
-        Lease::v4(
-            subnet.parse().unwrap(),
-            LeaseAttrs::v4(ip.parse().unwrap(), ty, None),
-        )
-    }
+    use flannel_testkit::parse::lease;
 
     #[test]
     fn routes_via_public_ips_and_skips() {

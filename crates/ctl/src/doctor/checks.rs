@@ -685,13 +685,7 @@ pub(crate) mod tests {
 
     const MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x51]);
 
-    fn net(s: &str) -> IpNet {
-        s.parse().unwrap()
-    }
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
+    use flannel_testkit::{ip, net};
 
     /// A vxlan node 10.0.0.50 (10.244.1.0/24) with one peer 10.0.0.51 (10.244.2.0/24).
     pub(crate) fn state() -> StateSnapshot {

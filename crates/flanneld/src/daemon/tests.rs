@@ -30,9 +30,7 @@ struct World {
     fw: FakeFirewall,
 }
 
-fn net(s: &str) -> IpNet {
-    s.parse().expect("test network")
-}
+use flannel_testkit::net;
 
 /// A host-gw lease of subnet 10.244.`i`.0/24 held by the node at 10.0.0.`host`.
 fn lease(i: u8, host: u8) -> Lease {

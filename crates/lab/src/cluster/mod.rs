@@ -120,17 +120,12 @@ pub(crate) fn spawn_in_ns(
 pub(crate) fn wait_until(
     what: &str,
     timeout: Duration,
-    mut ok: impl FnMut() -> anyhow::Result<bool>,
+    ok: impl FnMut() -> anyhow::Result<bool>,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if ok()? {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    match flannel_testkit::wait_for(what, timeout, ok) {
+        Ok(_) => Ok(()),
+        Err(flannel_testkit::wait::WaitError::Failed(e)) => Err(e),
+        Err(timed_out) => Err(anyhow::anyhow!("{timed_out}")),
     }
 }
 
@@ -199,10 +194,8 @@ pub fn etcd_del(state: &LabState, key: &str) -> anyhow::Result<()> {
 
 /// PIDs of processes in `ns` whose program name is `name`.
 fn pids_named(ns: &str, name: &str) -> Vec<i32> {
-    ip(&["netns", "pids", ns])
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse::<i32>().ok())
+    flannel_testkit::netns::pids_in(ns)
+        .into_iter()
         .filter(|p| {
             std::fs::read(format!("/proc/{p}/cmdline"))
                 .map(|c| {

@@ -38,13 +38,7 @@ pub fn node() -> (FakeNetlink, ExternalInterface) {
     (nl, ext)
 }
 
-pub fn net(s: &str) -> IpNet {
-    s.parse().expect("test network")
-}
-
-pub fn ip(s: &str) -> IpAddr {
-    s.parse().expect("test address")
-}
+pub use flannel_testkit::{ip, net};
 
 pub fn network() -> Ipv4Net {
     "10.244.0.0/16".parse().expect("network")

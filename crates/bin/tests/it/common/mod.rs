@@ -5,19 +5,12 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A name unique to this test process and call: `<prefix><pid><n>`.
-pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}{}x{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
-}
+// What the lab and the tests share lives in the test kit; these are its names here.
+pub use flannel_testkit::netns::run_ip as ip;
+pub use flannel_testkit::procfs::{cpu_seconds, rss_kib};
+pub use flannel_testkit::{eventually, in_ns, unique, Netns, TempDir};
 
 fn is_root() -> bool {
     // SAFETY: geteuid(2) has no preconditions.
@@ -60,26 +53,6 @@ pub fn require_root() {
         Some("0"),
         "this test needs root: it creates network namespaces"
     );
-}
-
-/// A fresh temporary directory, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(unique(&format!("flannel-test-{tag}-")));
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        Self(p)
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn free_port() -> u16 {
@@ -167,54 +140,6 @@ impl Drop for Etcd {
     }
 }
 
-/// A network namespace made by the test, with its processes killed and itself deleted on drop.
-pub struct Netns(pub String);
-
-impl Netns {
-    pub fn new(tag: &str) -> Self {
-        let name = unique(&format!("ft{tag}"));
-        ip(&["netns", "add", &name]);
-        ip(&["-n", &name, "link", "set", "lo", "up"]);
-        Self(name)
-    }
-    pub fn path(&self) -> String {
-        format!("/run/netns/{}", self.0)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if let Ok(o) = Command::new("ip").args(["netns", "pids", &self.0]).output() {
-            for pid in String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-            {
-                // SAFETY: kill(2) on a PID inside the test's own namespace.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// `ip <args>`, panicking with stderr on failure; returns stdout.
-/// Runs `f` on a thread inside namespace `ns`.
-pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-    std::thread::spawn(move || {
-        // SAFETY: setns(2) on this thread only, with an open namespace fd.
-        assert_eq!(
-            // SAFETY: setns(2) on an fd we hold open moves only this thread.
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
-        f()
-    })
-    .join()
-    .unwrap()
-}
-
 /// The MAC address of link `dev` in namespace `ns`, as `ip link` shows it.
 pub fn link_mac(ns: &str, dev: &str) -> String {
     let l = ip(&["-n", ns, "-o", "link", "show", dev]);
@@ -223,54 +148,6 @@ pub fn link_mac(ns: &str, dev: &str) -> String {
         .and_then(|r| r.split_whitespace().next())
         .unwrap_or_else(|| panic!("{dev} in {ns} has no MAC: {l}"))
         .to_string()
-}
-
-pub fn ip(args: &[&str]) -> String {
-    let o = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        o.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Polls `f` every 50 ms until it returns true or `timeout` passes; returns the time it took.
-pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() > timeout {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// utime + stime of a process, in seconds.
-pub fn cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let field = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no memory effects.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (field(11) + field(12)) / hz
-}
-
-/// A process's resident memory (VmRSS), in KiB.
-pub fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Opens `n` TCP connections to 127.0.0.1:`port` inside namespace `ns` and keeps them open
