@@ -21,13 +21,4 @@ if [ -z "${DIST_DIR:-}" ]; then
   cargo build -q --profile dist "${bins[@]}"
   DIST_DIR=target/dist
 fi
-for i in $(seq "$runs"); do
-  for p in release dist; do
-    dir=RELEASE_DIR
-    [ "$p" = dist ] && dir=DIST_DIR
-    echo "== run $i, $p: bench"
-    "${!dir}/flannel-lab" bench --name bp --seconds "${BENCH_SECONDS:-2}" --repeat 1 2>/dev/null
-    echo "== run $i, $p: bench-scale"
-    "${!dir}/flannel-lab" bench-scale --name bs --peers "${SCALE_PEERS:-5000}" --datastore etcd --seconds 10 2>/dev/null
-  done
-done
+exec ./scripts/bench-compare.sh release "$RELEASE_DIR" dist "$DIST_DIR" "$runs"

@@ -214,6 +214,36 @@ impl FakeNetlink {
         Self::default()
     }
 
+    /// A node as it is before flanneld starts: `lo` (index 1) and `eth0` (index 2, MTU 1500)
+    /// holding `addr`, with the kernel's connected route for it.
+    pub fn node(addr: IpNet) -> Self {
+        let nl = Self::new();
+        nl.with(|s| {
+            s.add_link("lo", 65536);
+            let eth0 = s.add_link("eth0", 1500);
+            s.addrs.push((eth0, addr));
+            s.add_foreign_route(addr.trunc(), None, eth0, 2);
+        });
+        nl
+    }
+
+    /// Adds a default route via `gw` through `eth0` (as the boot scripts leave it).
+    pub fn with_default_route(self, gw: IpAddr) -> Self {
+        self.with(|s| {
+            let eth0 = s
+                .links
+                .values()
+                .find(|l| l.name == "eth0")
+                .map_or(0, |l| l.index);
+            let any = match gw {
+                IpAddr::V4(_) => IpNet::V4(Default::default()),
+                IpAddr::V6(_) => IpNet::V6(Default::default()),
+            };
+            s.add_foreign_route(any, Some(gw), eth0, 4);
+        });
+        self
+    }
+
     /// Reads or changes the fake kernel's state.
     pub fn with<R>(&self, f: impl FnOnce(&mut FakeState) -> R) -> R {
         f(&mut self.lock())

@@ -5,10 +5,12 @@
 //! - [`tempdir`]: temporary directories removed on drop;
 //! - [`wait`]: polling until a condition holds (`eventually`, `wait_for`);
 //! - [`procfs`]: a process's CPU seconds and memory, from `/proc`;
-//! - [`parse`]: test addresses and networks from text, and test leases.
+//! - [`parse`]: test addresses and networks from text, and test leases;
+//! - [`expect`]: a daemon's refusal to run, a quiet wait through an outage.
 //!
 //! Real parts only: namespaces are the kernel's, made with `ip`.
 
+pub mod expect;
 pub mod names;
 pub mod netns;
 pub mod parse;
@@ -16,6 +18,7 @@ pub mod procfs;
 pub mod tempdir;
 pub mod wait;
 
+pub use expect::{assert_quiet_outage, expect_refusal};
 pub use names::unique;
 pub use netns::{in_ns, Netns};
 pub use parse::{ip, net};

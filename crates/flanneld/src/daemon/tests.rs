@@ -72,14 +72,7 @@ fn gw(host: u8) -> Option<(Option<IpAddr>, bool)> {
 /// A node (eth0 10.0.0.50/24) running flanneld with `flags`, its lease 10.244.0.0/24 taken,
 /// its rules installed and one full pass done, as startup leaves it.
 async fn world(flags: &[&str]) -> World {
-    let nl = FakeNetlink::new();
-    nl.with(|s| {
-        s.add_link("lo", 65536);
-        let eth0 = s.add_link("eth0", 1500);
-        assert_eq!(eth0, ETH0);
-        s.addrs.push((ETH0, net("10.0.0.50/24")));
-        s.add_foreign_route(net("10.0.0.0/24"), None, ETH0, 2);
-    });
+    let nl = FakeNetlink::node(net("10.0.0.50/24"));
     let ext = ExternalInterface {
         index: ETH0,
         name: "eth0".into(),

@@ -17,15 +17,7 @@ pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 50);
 
 /// A fresh fake kernel holding what a node has before flanneld starts.
 pub fn node() -> (FakeNetlink, ExternalInterface) {
-    let nl = FakeNetlink::new();
-    nl.with(|s| {
-        s.add_link("lo", 65536);
-        let eth0 = s.add_link("eth0", 1500);
-        assert_eq!(eth0, ETH0);
-        s.addrs.push((ETH0, net("10.0.0.50/24")));
-        s.add_foreign_route(net("10.0.0.0/24"), None, ETH0, 2);
-        s.add_foreign_route(net("0.0.0.0/0"), Some(ip("10.0.0.1")), ETH0, 4);
-    });
+    let nl = FakeNetlink::node(net("10.0.0.50/24")).with_default_route(ip("10.0.0.1"));
     let ext = ExternalInterface {
         index: ETH0,
         name: "eth0".into(),

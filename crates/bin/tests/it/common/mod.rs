@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 // What the lab and the tests share lives in the test kit; these are its names here.
 pub use flannel_testkit::netns::run_ip as ip;
 pub use flannel_testkit::procfs::{cpu_seconds, rss_kib};
-pub use flannel_testkit::{eventually, in_ns, unique, Netns, TempDir};
+pub use flannel_testkit::{
+    assert_quiet_outage, eventually, expect_refusal, in_ns, unique, Netns, TempDir,
+};
 
 fn is_root() -> bool {
     // SAFETY: geteuid(2) has no preconditions.
