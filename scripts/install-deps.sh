@@ -28,7 +28,6 @@ TEST_PACKAGES=(
   "${DEMO_PACKAGES[@]}"
   nftables                           # flanneld's nftables mode, and doctor's nft checks
   iperf3                             # lab traffic, bench
-  openssl                            # test certificates for etcd over TLS
   buildah                            # the image build test (scripts/build-image.sh) offline
   prometheus                         # promtool, and a real Prometheus scraping flanneld
   tcpdump                            # flannel-lab trace captures each hop

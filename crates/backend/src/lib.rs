@@ -41,6 +41,21 @@ pub struct ExternalInterface {
     pub ext_v6_addr: Option<Ipv6Addr>,
 }
 
+impl ExternalInterface {
+    /// An IPv4-only interface whose own address is the one published (no `--public-ip`).
+    pub fn v4(index: u32, name: &str, mtu: u32, addr: Ipv4Addr) -> Self {
+        Self {
+            index,
+            name: name.into(),
+            mtu,
+            iface_addr: addr,
+            ext_addr: addr,
+            iface_v6_addr: None,
+            ext_v6_addr: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error(transparent)]

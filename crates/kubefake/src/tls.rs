@@ -101,32 +101,75 @@ pub enum TlsError {
 
 /// A fresh CA and a server certificate signed by it, for `sans` (IP addresses or DNS names).
 pub fn make(sans: &[String]) -> Result<Pki, TlsError> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    };
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "flannel-kube-fake CA");
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = KeyPair::generate()?;
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca, ca_key);
-    let mut srv = CertificateParams::new(sans.to_vec())?;
-    srv.distinguished_name
-        .push(DnType::CommonName, "kube-apiserver (fake)");
-    srv.use_authority_key_identifier_extension = true;
-    srv.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let srv_key = KeyPair::generate()?;
-    let srv_cert = srv.signed_by(&srv_key, &issuer)?;
+    let ca = Ca::new("flannel-kube-fake CA")?;
+    let (cert, key) = ca.issue(sans, "kube-apiserver (fake)", true)?;
     Ok(Pki {
-        ca_pem: ca_cert.pem(),
-        server_cert: srv_cert.der().clone(),
-        server_key: srv_key.serialize_der(),
+        ca_pem: ca.pem.clone(),
+        server_cert: cert.der().clone(),
+        server_key: key.serialize_der(),
     })
+}
+
+/// A certificate authority that issues server and client certificates: the one generator of
+/// the workspace (the API fake's PKI, the tests' etcd with TLS).
+pub struct Ca {
+    pub pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Result<Self, TlsError> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, name);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate()?;
+        let cert = ca.self_signed(&key)?;
+        Ok(Self {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(ca, key),
+        })
+    }
+
+    /// A certificate for `sans` with common name `cn`, for a server (`server`) or a client.
+    pub fn issue(
+        &self,
+        sans: &[String],
+        cn: &str,
+        server: bool,
+    ) -> Result<(rcgen::Certificate, rcgen::KeyPair), TlsError> {
+        use rcgen::ExtendedKeyUsagePurpose as Eku;
+        let mut p = rcgen::CertificateParams::new(sans.to_vec())?;
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.use_authority_key_identifier_extension = true;
+        p.extended_key_usages = vec![if server {
+            Eku::ServerAuth
+        } else {
+            Eku::ClientAuth
+        }];
+        let key = rcgen::KeyPair::generate()?;
+        let cert = p.signed_by(&key, &self.issuer)?;
+        Ok((cert, key))
+    }
+
+    /// Writes `<name>.pem` and `<name>.key` (0600) into `dir` for a certificate from [`Ca::issue`].
+    pub fn write(
+        dir: &Path,
+        name: &str,
+        (cert, key): &(rcgen::Certificate, rcgen::KeyPair),
+    ) -> Result<(), TlsError> {
+        let io = |e: std::io::Error| TlsError::Pem(format!("writing {name}: {e}"));
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).map_err(io)?;
+        write_private(
+            &dir.join(format!("{name}.key")),
+            key.serialize_pem().as_bytes(),
+        )
+        .map_err(io)
+    }
 }
 
 impl Pki {

@@ -1,6 +1,7 @@
 //! flannel-testkit: what the lab (`flannel-lab`) and the tests share, written once.
 //!
 //! - [`names`]: names unique to a process and call, for namespaces and directories;
+//! - [`etcd`]: a real etcd on a free loopback port (or CI's);
 //! - [`netns`]: network namespaces that clean up after themselves, code run inside one;
 //! - [`tempdir`]: temporary directories removed on drop;
 //! - [`wait`]: polling until a condition holds (`eventually`, `wait_for`);
@@ -10,6 +11,7 @@
 //!
 //! Real parts only: namespaces are the kernel's, made with `ip`.
 
+pub mod etcd;
 pub mod expect;
 pub mod names;
 pub mod netns;

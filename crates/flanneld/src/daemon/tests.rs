@@ -73,15 +73,7 @@ fn gw(host: u8) -> Option<(Option<IpAddr>, bool)> {
 /// its rules installed and one full pass done, as startup leaves it.
 async fn world(flags: &[&str]) -> World {
     let nl = FakeNetlink::node(net("10.0.0.50/24"));
-    let ext = ExternalInterface {
-        index: ETH0,
-        name: "eth0".into(),
-        mtu: 1500,
-        iface_addr: NODE_IP,
-        ext_addr: NODE_IP,
-        iface_v6_addr: None,
-        ext_v6_addr: None,
-    };
+    let ext = ExternalInterface::v4(ETH0, "eth0", 1500, NODE_IP);
     let sm = FakeSubnetManager::new(CONFIG, "10.244.0.0-24", lease(0, 50));
     let config = NetworkConfig::parse_and_check(CONFIG).expect("config");
     let backend =

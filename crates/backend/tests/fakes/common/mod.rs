@@ -18,15 +18,7 @@ pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 50);
 /// A fresh fake kernel holding what a node has before flanneld starts.
 pub fn node() -> (FakeNetlink, ExternalInterface) {
     let nl = FakeNetlink::node(net("10.0.0.50/24")).with_default_route(ip("10.0.0.1"));
-    let ext = ExternalInterface {
-        index: ETH0,
-        name: "eth0".into(),
-        mtu: 1500,
-        iface_addr: NODE_IP,
-        ext_addr: NODE_IP,
-        iface_v6_addr: None,
-        ext_v6_addr: None,
-    };
+    let ext = ExternalInterface::v4(ETH0, "eth0", 1500, NODE_IP);
     (nl, ext)
 }
 

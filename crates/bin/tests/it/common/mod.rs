@@ -2,12 +2,12 @@
 //! themselves, unique names. Everything here is real: no mocks.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 // What the lab and the tests share lives in the test kit; these are its names here.
+pub use flannel_testkit::etcd::Etcd;
 pub use flannel_testkit::netns::run_ip as ip;
 pub use flannel_testkit::procfs::{cpu_seconds, rss_kib};
 pub use flannel_testkit::{
@@ -55,91 +55,6 @@ pub fn require_root() {
         Some("0"),
         "this test needs root: it creates network namespaces"
     );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// A real etcd on loopback, stopped on drop. When CI already runs one
-/// (`FLANNEL_TEST_ETCD_ENDPOINTS`), that one is used and tests keep apart by key prefix.
-pub struct Etcd {
-    pub endpoint: String,
-    child: Option<Child>,
-    _dir: Option<TempDir>,
-}
-
-impl Etcd {
-    pub fn start() -> Self {
-        if let Ok(ep) = std::env::var("FLANNEL_TEST_ETCD_ENDPOINTS") {
-            if !ep.is_empty() {
-                return Self {
-                    endpoint: ep,
-                    child: None,
-                    _dir: None,
-                };
-            }
-        }
-        let dir = TempDir::new("etcd");
-        let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", "test", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &endpoint,
-                "--advertise-client-urls",
-                &endpoint,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args(["--initial-cluster", &format!("test={peer_url}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd (apt-get install etcd-server)");
-        let e = Self {
-            endpoint,
-            child: Some(child),
-            _dir: Some(dir),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        // Listening is not serving: wait until etcd's own /health says so (it has a leader).
-        let healthy = || -> bool {
-            use std::io::{Read, Write};
-            let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", client)) else {
-                return false;
-            };
-            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-            let mut resp = String::new();
-            s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_ok()
-                && s.read_to_string(&mut resp).is_ok()
-                && resp.contains("\"health\":\"true\"")
-        };
-        while !healthy() {
-            assert!(Instant::now() < deadline, "etcd did not become healthy");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        e
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// The MAC address of link `dev` in namespace `ns`, as `ip link` shows it.
@@ -227,8 +142,9 @@ impl Drop for Proc {
     }
 }
 
-/// Certificates for an etcd that speaks TLS, made with the real `openssl`: a CA, a server
-/// certificate for 127.0.0.1 and a client certificate, all signed by the CA.
+/// Certificates for an etcd that speaks TLS, from the workspace's one generator
+/// (`flannel_kube_fake::tls::Ca`): a CA, a server certificate for 127.0.0.1 and a client
+/// certificate (CN root), all signed by the CA; PEM files in `dir`.
 pub struct TlsFiles {
     pub ca: PathBuf,
     pub server_cert: PathBuf,
@@ -239,69 +155,17 @@ pub struct TlsFiles {
 
 impl TlsFiles {
     pub fn generate(dir: &Path) -> Self {
+        use flannel_kube_fake::tls::Ca;
         let p = |n: &str| dir.join(n);
-        let openssl = |args: &[&str]| {
-            let o = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .expect("run openssl (apt-get install openssl)");
-            assert!(
-                o.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        };
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=test-ca",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ]);
-        // X.509 v3 (extensions present): rustls refuses v1 certificates.
-        std::fs::write(
-            p("server.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-        )
-        .expect("ext file");
-        std::fs::write(p("client.ext"), "extendedKeyUsage=clientAuth\n").expect("ext file");
-        for (name, cn) in [("server", "127.0.0.1"), ("client", "root")] {
-            let subj = format!("/CN={cn}");
-            let key = format!("{name}.key");
-            let csr = format!("{name}.csr");
-            let pem = format!("{name}.pem");
-            openssl(&[
-                "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subj, "-keyout", &key, "-out",
-                &csr,
-            ]);
-            let ext = format!("{name}.ext");
-            openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-out",
-                &pem,
-                "-extfile",
-                &ext,
-            ]);
-        }
+        let ca = Ca::new("test-ca").expect("make a CA");
+        std::fs::write(p("ca.pem"), &ca.pem).expect("write ca.pem");
+        let sans = ["127.0.0.1".to_string(), "localhost".to_string()];
+        let server = ca
+            .issue(&sans, "127.0.0.1", true)
+            .expect("server certificate");
+        Ca::write(dir, "server", &server).expect("write the server certificate");
+        let client = ca.issue(&[], "root", false).expect("client certificate");
+        Ca::write(dir, "client", &client).expect("write the client certificate");
         Self {
             ca: p("ca.pem"),
             server_cert: p("server.pem"),
