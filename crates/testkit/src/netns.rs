@@ -48,24 +48,43 @@ pub fn pids_in(ns: &str) -> Vec<i32> {
 /// Runs `f` on a thread inside namespace `ns` (by name, as `ip netns` keeps it) and returns
 /// what it returns. Panics when the namespace cannot be entered, or when `f` panics.
 pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-    let joined = std::thread::spawn(move || {
-        // SAFETY: setns(2) on an fd we hold open moves only this thread.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "setns into {path}: {}",
-            std::io::Error::last_os_error()
-        );
-        f()
-    })
-    .join();
-    match joined {
+    match spawn_in_ns(ns, f).join() {
         Ok(v) => v,
         Err(panic) => std::panic::resume_unwind(panic),
     }
+}
+
+/// Starts `f` on a thread of its own inside namespace `ns` (a server, a flood) and returns
+/// its handle. The namespace is opened here: a missing one panics in the caller.
+pub fn spawn_in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    std::thread::spawn(move || {
+        enter_fd(&file, &path);
+        f()
+    })
+}
+
+/// Moves the calling thread into namespace `ns` (for a thread made elsewhere). Panics when it
+/// cannot.
+pub fn enter(ns: &str) {
+    let path = format!("/run/netns/{ns}");
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    enter_fd(&file, &path);
+}
+
+fn enter_fd(file: &std::fs::File, path: &str) {
+    // SAFETY: setns(2) on an fd we hold open moves only this thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(
+        rc,
+        0,
+        "setns into {path}: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// `ip <args>`, panicking with its stderr on failure; its stdout.

@@ -10,7 +10,6 @@ use flannel_backend::udp::packet::{checksum, fix_ipv4_checksum, parse_ipv4, PROT
 use flannel_lab::cluster::etcd_put;
 use flannel_lab::LabSpec;
 use std::net::{Ipv4Addr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 fn lab() -> Lab {
@@ -247,14 +246,7 @@ fn udp_packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
 fn listener(ns: &str) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
-    std::thread::spawn(move || {
-        // SAFETY: setns(2) on this thread only, with an open namespace fd.
-        assert_eq!(
-            // SAFETY: setns(2) on an fd we hold open moves only this thread.
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
+    flannel_testkit::netns::spawn_in_ns(ns, move || {
         let s = UdpSocket::bind("0.0.0.0:9999").unwrap();
         s.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
         ready_tx.send(()).unwrap();

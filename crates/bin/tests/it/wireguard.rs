@@ -691,15 +691,7 @@ fn a_handshake_flood_does_not_starve_the_pods() {
         .collect();
     let attacker_ns = lab.on_switch("hsf", "10.0.0.99/24");
     let target: std::net::SocketAddr = format!("{}:51820", b.ip).parse().unwrap();
-    let ns_file = std::fs::File::open(format!("/run/netns/{}", attacker_ns.0)).unwrap();
-    let flood = std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns(2) on this thread only.
-        assert_eq!(
-            // SAFETY: setns(2) on an fd we hold open moves only this thread.
-            unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
+    let flood = flannel_testkit::netns::spawn_in_ns(&attacker_ns.0, move || {
         // Several source ports: every worker of node1 gets its share.
         let socks: Vec<std::net::UdpSocket> = (0..8)
             .map(|_| std::net::UdpSocket::bind("10.0.0.99:0").unwrap())

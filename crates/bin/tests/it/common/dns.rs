@@ -3,7 +3,6 @@
 //! names asked for another type an empty answer. Stops when dropped.
 
 use std::net::{Ipv4Addr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -19,7 +18,6 @@ pub struct Dns {
 impl Dns {
     /// Serves `names` on UDP `listen` (e.g. 127.0.0.53:53) inside namespace `ns`.
     pub fn start(ns: &str, listen: &str, names: &[(&str, Ipv4Addr)]) -> Self {
-        let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
         let names: Vec<(String, Ipv4Addr)> =
             names.iter().map(|(n, a)| (n.to_string(), *a)).collect();
         let listen = listen.to_string();
@@ -28,13 +26,7 @@ impl Dns {
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = {
             let (stop, asked) = (stop.clone(), asked.clone());
-            std::thread::spawn(move || {
-                // SAFETY: setns(2) on this thread only, with an open namespace fd.
-                assert_eq!(
-                    // SAFETY: setns(2) on an fd we hold open moves only this thread.
-                    unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-                    0
-                );
+            flannel_testkit::netns::spawn_in_ns(ns, move || {
                 let sock = UdpSocket::bind(&listen).expect("bind the DNS server");
                 sock.set_read_timeout(Some(Duration::from_millis(100)))
                     .unwrap();

@@ -5,7 +5,6 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -165,14 +164,7 @@ impl Drop for Flood {
 }
 
 fn enter_netns(ns: &str) {
-    let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
-    // SAFETY: setns(2) on the calling thread only; the fd is open for the call.
-    assert_eq!(
-        // SAFETY: setns(2) on an fd we hold open moves only this thread.
-        unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) },
-        0,
-        "setns"
-    );
+    flannel_testkit::netns::enter(ns);
 }
 
 /// Times `GET path` on the target `n` times, 20 ms apart, from a fresh connection each time

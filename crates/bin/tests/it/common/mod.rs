@@ -70,16 +70,7 @@ pub fn link_mac(ns: &str, dev: &str) -> String {
 /// Opens `n` TCP connections to 127.0.0.1:`port` inside namespace `ns` and keeps them open
 /// (idle) until the returned handles are dropped.
 pub fn idle_connections_in_ns(ns: &str, port: u16, n: usize) -> Vec<std::net::TcpStream> {
-    use std::os::fd::AsRawFd;
-    let ns_file = std::fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
-    std::thread::spawn(move || {
-        // SAFETY: setns(2) on this short-lived thread only; the fd is open for the call.
-        assert_eq!(
-            // SAFETY: setns(2) on an fd we hold open moves only this thread.
-            unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0,
-            "setns"
-        );
+    in_ns(ns, move || {
         (0..n)
             .filter_map(|_| {
                 std::net::TcpStream::connect_timeout(
@@ -90,8 +81,6 @@ pub fn idle_connections_in_ns(ns: &str, port: u16, n: usize) -> Vec<std::net::Tc
             })
             .collect()
     })
-    .join()
-    .expect("connect thread")
 }
 
 /// Puts an executable copy of `src` at `dst` by running `cp`, not by writing it from here:
