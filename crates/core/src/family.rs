@@ -15,6 +15,7 @@ pub enum Family {
 }
 
 impl Family {
+    #[inline]
     pub fn of(ip: IpAddr) -> Self {
         if ip.is_ipv4() {
             Self::V4
@@ -23,6 +24,7 @@ impl Family {
         }
     }
 
+    #[inline]
     pub fn of_net(n: &IpNet) -> Self {
         Self::of(n.addr())
     }
@@ -40,6 +42,7 @@ pub struct FamilyView<'a> {
 impl Lease {
     /// The lease's subnet of `family`, if it has one (an IPv6-only lease's IPv4 part is
     /// upstream's degenerate `0.0.0.0/0`: none).
+    #[inline]
     pub fn subnet_of(&self, family: Family) -> Option<IpNet> {
         match family {
             Family::V4 => (self.subnet.prefix_len() > 0).then_some(IpNet::V4(self.subnet)),
@@ -48,6 +51,7 @@ impl Lease {
     }
 
     /// The lease seen in one family; `None` when it has no subnet of that family.
+    #[inline]
     pub fn view(&self, family: Family) -> Option<FamilyView<'_>> {
         let subnet = self.subnet_of(family)?;
         let (public, data) = match family {

@@ -57,6 +57,8 @@ impl Lease {
         }
     }
 
+    // Small and called per lease from the backends' crate: inlined there (no LTO in release).
+    #[inline]
     pub fn key(&self) -> SubnetKey {
         SubnetKey::new(self.subnet, self.ipv6_subnet)
     }
