@@ -148,6 +148,8 @@ pub async fn drive<S: Source>(
     report: Reporting,
 ) {
     let (kind, word) = (source.kind(), source.version_word());
+    // Said when a run of failures ends; made once, not on every event.
+    let works_again = format!("the {kind} watch works again");
     let mut backoff = Backoff::new(pauses.min, pauses.max);
     let mut trouble = Recurring::new(report.stats.clone());
     let mut relist_said = false;
@@ -197,7 +199,7 @@ pub async fn drive<S: Source>(
             let next = source.next(&mut stream).await;
             if let Next::Moved(v) | Next::Again(v) = &next {
                 backoff.reset();
-                trouble.ok(&format!("the {kind} watch works again"));
+                trouble.ok(&works_again);
                 report.stats.progressed();
                 relist_said = false;
                 if let Some(v) = v {
