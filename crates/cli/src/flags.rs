@@ -183,6 +183,12 @@ pub const FLAGS: &[Spec] = &[
         "flannel-rs: Unix socket serving this node's state and metrics to flannelctl (empty to disable)",
     ),
     f(
+        "network-policy",
+        Kind::Bool,
+        "false",
+        "flannel-rs: enforce Kubernetes NetworkPolicies on this node's pods in nftables (kube mode only)",
+    ),
+    f(
         "iptables-forward-rules",
         Kind::Bool,
         "true",
@@ -578,8 +584,9 @@ mod tests {
     /// value is refused with the flag (or variable) named.
     #[test]
     fn every_flag_reads_cli_and_env_with_upstream_names() {
-        // Upstream's 31, and our --kernel-resync and --state-socket.
-        assert_eq!(FLAGS.len(), 33, "the upstream flag table");
+        // Upstream's 31, and our --kernel-resync, --state-socket and --network-policy.
+        assert_eq!(FLAGS.len(), 34, "the upstream flag table");
+        assert!(FLAGS.iter().any(|f| f.name == "network-policy"));
         assert!(FLAGS.iter().any(|f| f.name == "kernel-resync"));
         assert!(FLAGS.iter().any(|f| f.name == "state-socket"));
         for s in FLAGS {

@@ -46,6 +46,8 @@ pub struct Options {
     pub verbosity: i64,
     /// `--state-socket`: where flannelctl reads our state; `None` when empty.
     pub state_socket: Option<PathBuf>,
+    /// `--network-policy`: compile NetworkPolicies into nftables (kube mode only).
+    pub network_policy: bool,
 }
 
 impl Options {
@@ -60,6 +62,10 @@ impl Options {
         } else {
             None
         };
+        let network_policy = v.bool("network-policy");
+        if network_policy && kube.is_none() {
+            bail!("--network-policy needs --kube-subnet-mgr: NetworkPolicies, Pods and Namespaces come from the Kubernetes API, which flanneld does not read with etcd as its datastore");
+        }
         let margin = v.int("subnet-lease-renew-margin");
         if !(1..=1439).contains(&margin) {
             bail!("--subnet-lease-renew-margin={margin}: must be between 1 and 1439 minutes");
@@ -146,6 +152,7 @@ impl Options {
             iface_regex,
             iface_can_reach,
             subnet_file: PathBuf::from(v.str("subnet-file")),
+            network_policy,
             state_socket: Some(v.str("state-socket"))
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from),
@@ -234,6 +241,34 @@ mod tests {
             e.contains("EVENT_QUEUE_DEPTH=\"lots\" is not a number"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn network_policy_is_kube_mode_only_and_off_by_default() {
+        assert!(!opts(&[]).unwrap().network_policy);
+        let e = opts(&["--network-policy"]).unwrap_err().to_string();
+        assert!(
+            e.contains("--network-policy needs --kube-subnet-mgr"),
+            "{e}"
+        );
+        let args: Vec<String> = ["--network-policy", "--kube-subnet-mgr"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let env = |k: &str| (k == "FLANNELD_NETWORK_POLICY").then(|| "true".to_string());
+        for (args, env) in [
+            (
+                args.clone(),
+                &(|_: &str| None) as &dyn Fn(&str) -> Option<String>,
+            ),
+            (args[1..].to_vec(), &env),
+        ] {
+            let Parsed::Values(v) = parse(&args, env).unwrap() else {
+                unreachable!()
+            };
+            let node = |k: &str| (k == "NODE_NAME").then(|| "n1".to_string());
+            assert!(Options::from_values(&v, &node).unwrap().network_policy);
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod health;
 pub mod iface;
 pub mod instance_lock;
 pub mod metrics;
+pub mod policy;
 pub mod serve;
 pub mod signals;
 pub mod skiplog;

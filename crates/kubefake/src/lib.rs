@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod patch;
+pub mod selector;
 pub mod server;
 pub mod store;
 pub mod table;

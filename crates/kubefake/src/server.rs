@@ -4,6 +4,7 @@
 //! history is gone, end at `timeoutSeconds`), get, create, replace, patch (object and `/status`),
 //! delete, discovery. Errors are `Status` objects.
 
+use crate::selector::LabelSelector;
 use crate::store::{ApiError, Kind, PatchType, Store};
 use crate::table::{self, Include};
 use bytes::Bytes;
@@ -113,6 +114,16 @@ impl Query {
     fn flag(&self, k: &str) -> bool {
         matches!(self.get(k), Some("true" | "1" | ""))
     }
+    /// `labelSelector=...`, refused as the real server refuses a malformed one.
+    fn label_selector(&self) -> Result<Option<LabelSelector>, ApiError> {
+        match self.get("labelSelector").filter(|s| !s.is_empty()) {
+            None => Ok(None),
+            Some(s) => LabelSelector::parse(s)
+                .map(Some)
+                .map_err(|e| ApiError::new(400, "BadRequest", format!("labelSelector: {e}"))),
+        }
+    }
+
     /// `fieldSelector=metadata.name=X` (the only field selector clients send here).
     fn name_selector(&self) -> Option<String> {
         let f = self.get("fieldSelector")?;
@@ -136,54 +147,45 @@ enum Target {
 }
 
 fn parse_path(path: &str) -> Option<Target> {
-    let rest = path.strip_prefix("/api/v1/")?;
+    let (group, rest) = if let Some(r) = path.strip_prefix("/api/v1/") {
+        ("", r)
+    } else if let Some(r) = path.strip_prefix("/apis/networking.k8s.io/v1/") {
+        ("networking.k8s.io", r)
+    } else {
+        return None;
+    };
     let seg: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let kind_of = |s: &str| match s {
-        "nodes" => Some(Kind::Node),
-        "pods" => Some(Kind::Pod),
-        "configmaps" => Some(Kind::ConfigMap),
-        _ => None,
+    let kind_of = |s: &str| Kind::from_resource(s).filter(|k| k.group() == group);
+    let cluster_kind = |s: &str| kind_of(s).filter(|k| !k.namespaced());
+    let ns_kind = |s: &str| kind_of(s).filter(|k| k.namespaced());
+    let object = |kind: Kind, ns: &str, name: &str, status: bool| Target::Object {
+        kind,
+        ns: ns.to_string(),
+        name: name.to_string(),
+        status,
     };
     match seg.as_slice() {
         [k] => Some(Target::Collection {
             kind: kind_of(k)?,
             ns: None,
         }),
+        [k, name] => Some(object(cluster_kind(k)?, "", name, false)),
+        [k, name, "status"] if cluster_kind(k).is_some() => {
+            Some(object(cluster_kind(k)?, "", name, true))
+        }
         ["namespaces", ns, k] => Some(Target::Collection {
-            kind: kind_of(k).filter(|k| k.namespaced())?,
+            kind: ns_kind(k)?,
             ns: Some(ns.to_string()),
         }),
-        ["nodes", name] => Some(Target::Object {
-            kind: Kind::Node,
-            ns: String::new(),
-            name: name.to_string(),
-            status: false,
-        }),
-        ["nodes", name, "status"] => Some(Target::Object {
-            kind: Kind::Node,
-            ns: String::new(),
-            name: name.to_string(),
-            status: true,
-        }),
-        ["namespaces", ns, k, name] => Some(Target::Object {
-            kind: kind_of(k).filter(|k| k.namespaced())?,
-            ns: ns.to_string(),
-            name: name.to_string(),
-            status: false,
-        }),
-        ["namespaces", ns, k, name, "status"] => Some(Target::Object {
-            kind: kind_of(k).filter(|k| k.namespaced())?,
-            ns: ns.to_string(),
-            name: name.to_string(),
-            status: true,
-        }),
+        ["namespaces", ns, k, name] => Some(object(ns_kind(k)?, ns, name, false)),
+        ["namespaces", ns, k, name, "status"] => Some(object(ns_kind(k)?, ns, name, true)),
         _ => None,
     }
 }
 
 fn discovery(path: &str, host: &str) -> Option<Value> {
     let res = |name: &str, kind: &str, namespaced: bool, short: &[&str], verbs: &[&str]| {
-        json!({"name":name,"singularName":name.trim_end_matches('s').split('/').next().unwrap_or(""),
+        json!({"name":name,"singularName":singular(name),
                "namespaced":namespaced,"kind":kind,"verbs":verbs,"shortNames":short})
     };
     let all = [
@@ -195,12 +197,33 @@ fn discovery(path: &str, host: &str) -> Option<Value> {
             "buildDate":"2026-01-01T00:00:00Z","goVersion":"go1.23","compiler":"gc","platform":"linux/amd64"}),
         "/api" => json!({"kind":"APIVersions","versions":["v1"],
             "serverAddressByClientCIDRs":[{"clientCIDR":"0.0.0.0/0","serverAddress":host}]}),
-        "/apis" => json!({"kind":"APIGroupList","apiVersion":"v1","groups":[]}),
+        "/apis" => json!({"kind":"APIGroupList","apiVersion":"v1","groups":[networking_group()]}),
+        "/apis/networking.k8s.io" => {
+            let mut g = networking_group();
+            g["kind"] = json!("APIGroup");
+            g["apiVersion"] = json!("v1");
+            g
+        }
+        "/apis/networking.k8s.io/v1" => json!({"kind":"APIResourceList","apiVersion":"v1",
+            "groupVersion":"networking.k8s.io/v1","resources":[
+            res("networkpolicies", "NetworkPolicy", true, &["netpol"], &all),
+        ]}),
         // OpenAPI v3: only what kubectl reads to learn that the server validates fields itself
         // (the PATCH operations of each kind with a `fieldValidation` query parameter), so it
         // does not need a full schema for client-side validation.
         "/openapi/v3" => {
-            json!({"paths":{"api/v1":{"serverRelativeURL":"/openapi/v3/api/v1?hash=flannel-kube-fake"}}})
+            json!({"paths":{"api/v1":{"serverRelativeURL":"/openapi/v3/api/v1?hash=flannel-kube-fake"},
+                "apis/networking.k8s.io/v1":{"serverRelativeURL":"/openapi/v3/apis/networking.k8s.io/v1?hash=flannel-kube-fake"}}})
+        }
+        "/openapi/v3/apis/networking.k8s.io/v1" => {
+            json!({"openapi":"3.0.0","info":{"title":"Kubernetes","version":"v1.32.0-flannel-kube-fake"},"paths":{
+                "/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies/{name}": {"patch": {
+                    "x-kubernetes-group-version-kind": {"group": "networking.k8s.io", "version": "v1", "kind": "NetworkPolicy"},
+                    "x-kubernetes-action": "patch",
+                    "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "OK"}}
+                }},
+            }})
         }
         "/openapi/v3/api/v1" => {
             let patch = |kind: &str| {
@@ -215,6 +238,7 @@ fn discovery(path: &str, host: &str) -> Option<Value> {
                 "/api/v1/nodes/{name}": patch("Node"),
                 "/api/v1/namespaces/{namespace}/pods/{name}": patch("Pod"),
                 "/api/v1/namespaces/{namespace}/configmaps/{name}": patch("ConfigMap"),
+                "/api/v1/namespaces/{name}": patch("Namespace"),
             }})
         }
         "/api/v1" => json!({"kind":"APIResourceList","groupVersion":"v1","resources":[
@@ -222,9 +246,25 @@ fn discovery(path: &str, host: &str) -> Option<Value> {
             res("nodes/status", "Node", false, &[], &["get", "patch", "update"]),
             res("pods", "Pod", true, &["po"], &all),
             res("configmaps", "ConfigMap", true, &["cm"], &all),
+            res("namespaces", "Namespace", false, &["ns"], &all),
         ]}),
         _ => return None,
     })
+}
+
+/// A resource's singular, as kubectl maps `kubectl get networkpolicy` by it.
+fn singular(resource: &str) -> String {
+    let base = resource.split('/').next().unwrap_or("");
+    match base.strip_suffix("ies") {
+        Some(stem) => format!("{stem}y"),
+        None => base.trim_end_matches('s').to_string(),
+    }
+}
+
+/// The one API group beside the core group.
+fn networking_group() -> Value {
+    let v = json!({"groupVersion":"networking.k8s.io/v1","version":"v1"});
+    json!({"name":"networking.k8s.io","versions":[v.clone()],"preferredVersion":v})
 }
 
 /// Unix seconds now: the ages of a Table.
@@ -262,9 +302,16 @@ fn list(
         .and_then(|l| l.parse::<usize>().ok())
         .unwrap_or(0);
     let name = q.name_selector();
+    let labels = match q.label_selector() {
+        Ok(l) => l,
+        Err(e) => return error(&e),
+    };
+    let keep = |n: &str, o: &Value| {
+        name.as_deref().is_none_or(|want| n == want) && labels.as_ref().is_none_or(|l| l.matches(o))
+    };
     let store = lock(&sh.store);
     let list_rv = list_rv.unwrap_or_else(|| store.resource_version().to_string());
-    let (items, more) = store.list_page(kind, ns, after.as_deref(), limit, name.as_deref());
+    let (items, more) = store.list_page(kind, ns, after.as_deref(), limit, &keep);
     let cont = more.then(|| {
         let last = items
             .last()
@@ -290,7 +337,7 @@ fn list(
     }
     // The items are written straight from the store (a page of 10 KB nodes is not cloned
     // first), as the real server streams from its cache.
-    let head = json!({"kind": format!("{}List", kind.name()), "apiVersion":"v1", "metadata": meta});
+    let head = json!({"kind": format!("{}List", kind.name()), "apiVersion": kind.api_version(), "metadata": meta});
     let mut body = head.to_string().into_bytes();
     body.pop(); // the closing brace; the items follow
     body.extend_from_slice(br#","items":["#);
@@ -343,6 +390,10 @@ fn watch(
         .and_then(|t| t.parse::<u64>().ok())
         .map(Duration::from_secs);
     let name = q.name_selector();
+    let labels = match q.label_selector() {
+        Ok(l) => l,
+        Err(e) => return error(&e),
+    };
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     let w = WatchSpec {
         kind,
@@ -351,6 +402,7 @@ fn watch(
         bookmarks,
         timeout,
         name,
+        labels,
         as_table,
     };
     tokio::spawn(run_watch(sh, w, tx));
@@ -375,6 +427,7 @@ struct WatchSpec {
     bookmarks: bool,
     timeout: Option<Duration>,
     name: Option<String>,
+    labels: Option<LabelSelector>,
     /// Events carry one-row Tables (`kubectl get -w`).
     as_table: Option<Include>,
 }
@@ -387,6 +440,7 @@ async fn run_watch(sh: Arc<Shared>, w: WatchSpec, tx: mpsc::Sender<Bytes>) {
         bookmarks,
         timeout,
         name,
+        labels,
         as_table,
     } = w;
     let event = |ty: &str, rv: u64, o: &Value| match as_table {
@@ -405,6 +459,7 @@ async fn run_watch(sh: Arc<Shared>, w: WatchSpec, tx: mpsc::Sender<Bytes>) {
     };
     let wanted = |o: &Value| {
         name.as_deref().is_none_or(|n| o["metadata"]["name"] == n)
+            && labels.as_ref().is_none_or(|l| l.matches(o))
             && ns
                 .as_deref()
                 .is_none_or(|ns| o["metadata"]["namespace"] == ns)
@@ -455,7 +510,7 @@ async fn run_watch(sh: Arc<Shared>, w: WatchSpec, tx: mpsc::Sender<Bytes>) {
                 };
                 if let Some(rv) = rv.filter(|rv| *rv >= last) {
                     last = rv;
-                    let b = json!({"kind": kind.name(), "apiVersion": "v1", "metadata": {"resourceVersion": rv.to_string()}});
+                    let b = json!({"kind": kind.name(), "apiVersion": kind.api_version(), "metadata": {"resourceVersion": rv.to_string()}});
                     if tx.send(event_line("BOOKMARK", &b)).await.is_err() {
                         return;
                     }
@@ -499,6 +554,15 @@ fn route(sh: &Arc<Shared>, r: &Req) -> Response<Body> {
         host,
     } = *r;
     let q = Query::parse(query);
+    if ct.contains("protobuf") && body.first().is_some_and(|b| *b != b'{') {
+        // The real server takes protobuf; this fake speaks JSON only and says so, as a server
+        // without a serializer for the type does (client-go then sends JSON).
+        return error(&ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {ct:?})"),
+        ));
+    }
     let as_table = table::wants_table(accept).then(|| Include::from_query(q.get("includeObject")));
     if method == Method::GET {
         if let Some(v) = discovery(path, host) {
@@ -532,8 +596,15 @@ fn route(sh: &Arc<Shared>, r: &Req) -> Response<Body> {
         (&Method::PUT, Target::Object { kind, ns, name, status }) => parse_body(body)
             .and_then(|obj| lock(&sh.store).replace(kind, &ns, &name, obj, status))
             .map(|o| (StatusCode::OK, o)),
+        (&Method::PATCH, Target::Object { kind, ns, name, status }) if ct.starts_with("application/apply-patch+yaml") => {
+            // Server-side apply: the object as the client wants it (JSON, or YAML).
+            parse_body(body)
+                .or_else(|_| serde_saphyr::from_str::<Value>(&String::from_utf8_lossy(body))
+                    .map_err(|e| ApiError::new(400, "BadRequest", format!("the apply body is neither JSON nor YAML: {e}"))))
+                .and_then(|obj| lock(&sh.store).apply(kind, &ns, &name, obj, status))
+        }
         (&Method::PATCH, Target::Object { kind, ns, name, status }) => match PatchType::from_content_type(ct) {
-            None => Err(ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ct:?})"))),
+            None => Err(ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {ct:?})"))),
             Some(ty) => parse_body(body)
                 .and_then(|p| lock(&sh.store).patch(kind, &ns, &name, ty, &p, status))
                 .map(|o| (StatusCode::OK, o)),

@@ -14,19 +14,62 @@ pub enum Kind {
     Node,
     Pod,
     ConfigMap,
+    Namespace,
+    NetworkPolicy,
 }
 
 impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Node,
+        Kind::Pod,
+        Kind::ConfigMap,
+        Kind::Namespace,
+        Kind::NetworkPolicy,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Node => "Node",
             Kind::Pod => "Pod",
             Kind::ConfigMap => "ConfigMap",
+            Kind::Namespace => "Namespace",
+            Kind::NetworkPolicy => "NetworkPolicy",
         }
     }
 
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Node)
+        !matches!(self, Kind::Node | Kind::Namespace)
+    }
+
+    /// The resource's plural, as in paths and RBAC rules.
+    pub fn resource(self) -> &'static str {
+        match self {
+            Kind::Node => "nodes",
+            Kind::Pod => "pods",
+            Kind::ConfigMap => "configmaps",
+            Kind::Namespace => "namespaces",
+            Kind::NetworkPolicy => "networkpolicies",
+        }
+    }
+
+    /// The API group (`""` is the core group).
+    pub fn group(self) -> &'static str {
+        match self {
+            Kind::NetworkPolicy => "networking.k8s.io",
+            _ => "",
+        }
+    }
+
+    /// `v1`, or `<group>/v1`.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Kind::NetworkPolicy => "networking.k8s.io/v1",
+            _ => "v1",
+        }
+    }
+
+    pub fn from_resource(r: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.resource() == r)
     }
 }
 
@@ -232,7 +275,18 @@ impl Store {
             m["creationTimestamp"] = json!(now());
         }
         obj["kind"] = json!(kind.name());
-        obj["apiVersion"] = json!("v1");
+        obj["apiVersion"] = json!(kind.api_version());
+        if kind == Kind::Namespace {
+            // The API server labels every namespace with its name (and keeps it so).
+            let name = obj["metadata"]["name"].clone();
+            if !obj["metadata"]["labels"].is_object() {
+                obj["metadata"]["labels"] = json!({});
+            }
+            obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = name;
+            if !obj["status"].is_object() {
+                obj["status"] = json!({"phase": "Active"});
+            }
+        }
     }
 
     pub fn create(&mut self, kind: Kind, ns: &str, mut obj: Value) -> Result<Value, ApiError> {
@@ -291,7 +345,7 @@ impl Store {
         ns: Option<&str>,
         after: Option<&str>,
         limit: usize,
-        name: Option<&str>,
+        keep: &dyn Fn(&str, &Value) -> bool,
     ) -> (Vec<&Value>, bool) {
         let mut out = Vec::new();
         let mut more = false;
@@ -299,9 +353,7 @@ impl Store {
             if *k != kind || ns.is_some_and(|ns| kind.namespaced() && n != ns) {
                 continue;
             }
-            if after.is_some_and(|a| obj_name.as_str() <= a)
-                || name.is_some_and(|want| obj_name != want)
-            {
+            if after.is_some_and(|a| obj_name.as_str() <= a) || !keep(obj_name, v) {
                 continue;
             }
             if limit > 0 && out.len() == limit {
@@ -392,6 +444,34 @@ impl Store {
             PatchType::Json => json_patch(&mut obj, patch).map_err(bad)?,
         }
         self.write(kind, ns, name, obj, status)
+    }
+
+    /// Server-side apply, simplified: creates the object when missing, else merges the
+    /// applied fields over it (maps merged, lists replaced). Field ownership is not kept, so
+    /// a field dropped from the applied configuration stays.
+    pub fn apply(
+        &mut self,
+        kind: Kind,
+        ns: &str,
+        name: &str,
+        mut obj: Value,
+        status: bool,
+    ) -> Result<(http::StatusCode, Value), ApiError> {
+        if obj["metadata"]["name"].as_str().is_some_and(|n| n != name) {
+            return Err(ApiError::new(
+                400,
+                "BadRequest",
+                "the name of the object does not match the name on the URL",
+            ));
+        }
+        if !self.objects.contains_key(&Self::key(kind, ns, name)) {
+            obj["metadata"]["name"] = json!(name);
+            return self
+                .create(kind, ns, obj)
+                .map(|o| (http::StatusCode::CREATED, o));
+        }
+        self.patch(kind, ns, name, PatchType::Merge, &obj, status)
+            .map(|o| (http::StatusCode::OK, o))
     }
 
     pub fn delete(&mut self, kind: Kind, ns: &str, name: &str) -> Result<Value, ApiError> {

@@ -5,6 +5,7 @@
 //! rules through [`iptables`] or [`nftables`]. All of it works in whatever network namespace the
 //! calling process runs in.
 
+pub mod br_netfilter;
 pub mod dump;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;

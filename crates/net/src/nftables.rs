@@ -62,6 +62,21 @@ pub fn list_table(family: &str, table: &str) -> Result<Option<String>, NftError>
     })
 }
 
+/// `nft -j list table <family> <table>` (JSON), `None` when the table does not exist.
+pub fn list_table_json(family: &str, table: &str) -> Result<Option<String>, NftError> {
+    let (ok, out, stderr) = nft(&["-j", "list", "table", family, table], None)?;
+    if ok {
+        return Ok(Some(out));
+    }
+    if stderr.contains("No such file or directory") {
+        return Ok(None);
+    }
+    Err(NftError::Failed {
+        args: format!("-j list table {family} {table}"),
+        stderr,
+    })
+}
+
 /// Deletes a table if it exists.
 pub fn delete_table(family: &str, table: &str) -> Result<(), NftError> {
     if list_table(family, table)?.is_some() {

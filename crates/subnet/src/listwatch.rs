@@ -105,7 +105,8 @@ impl AllListed {
         })
     }
 
-    fn listed_once(&self) {
+    /// One source has listed for the first time (the driver says it; tests may).
+    pub fn listed_once(&self) {
         let before = self
             .left
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))

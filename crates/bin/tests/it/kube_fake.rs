@@ -572,3 +572,99 @@ fn the_fakes_secrets_are_not_world_readable() {
     }
     assert_eq!(mode("ca.crt") & 0o044, 0o044, "the CA is public");
 }
+
+/// The kinds network policy reads, driven as a user drives them: `kubectl apply -f` (client-
+/// and server-side) of a NetworkPolicy, `kubectl label ns|pod`, `get networkpolicy`, label
+/// selectors, discovery of networking.k8s.io/v1, and a watch that sees each change.
+#[test]
+fn kubectl_applies_policies_and_labels_namespaces_and_pods() {
+    let a = api();
+    let dir = TempDir::new("netpol-yaml");
+    let f = dir.path().join("policy.yaml");
+    let policy = |port: u16| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: allow-web\n  namespace: x\nspec:\n  podSelector:\n    matchLabels:\n      app: web\n  policyTypes: [Ingress]\n  ingress:\n  - from:\n    - namespaceSelector:\n        matchLabels:\n          team: b\n    ports:\n    - port: {port}\n      protocol: TCP\n"
+        )
+    };
+    // (`kubectl create namespace` sends protobuf, which the fake refuses with a 415 naming it.)
+    let nsf = dir.path().join("ns.yaml");
+    std::fs::write(
+        &nsf,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n",
+    )
+    .unwrap();
+    a.ok(&["apply", "-f", &nsf.display().to_string()]);
+    std::fs::write(&f, policy(80)).unwrap();
+    let out = a.ok(&["apply", "-f", &f.display().to_string()]);
+    assert!(
+        out.contains("networkpolicy.networking.k8s.io/allow-web created"),
+        "{out}"
+    );
+    std::fs::write(&f, policy(8080)).unwrap();
+    let out = a.ok(&["apply", "-f", &f.display().to_string()]);
+    assert!(out.contains("configured"), "{out}");
+    let got: Value =
+        serde_json::from_str(&a.ok(&["get", "netpol", "-n", "x", "allow-web", "-o", "json"]))
+            .unwrap();
+    assert_eq!(
+        got["spec"]["ingress"][0]["ports"][0]["port"], 8080,
+        "the edit applied"
+    );
+    assert_eq!(got["apiVersion"], "networking.k8s.io/v1");
+    let table = a.ok(&["get", "networkpolicy", "-n", "x"]);
+    assert!(
+        table.contains("allow-web") && table.contains("app=web"),
+        "{table}"
+    );
+    std::fs::write(&f, policy(9090)).unwrap();
+    let out = a.ok(&["apply", "--server-side", "-f", &f.display().to_string()]);
+    assert!(out.contains("serverside-applied"), "{out}");
+    let got = a.fake.get(Kind::NetworkPolicy, "x", "allow-web").unwrap();
+    assert_eq!(got["spec"]["ingress"][0]["ports"][0]["port"], 9090);
+
+    // Namespaces carry their name label; labels change with kubectl label and select.
+    let ns = a.fake.get(Kind::Namespace, "", "x").unwrap();
+    assert_eq!(ns["metadata"]["labels"]["kubernetes.io/metadata.name"], "x");
+    a.ok(&["label", "namespace", "x", "team=b"]);
+    let names = a.ok(&["get", "ns", "-l", "team=b", "-o", "name"]);
+    assert_eq!(names.trim(), "namespace/x");
+    assert!(a
+        .ok(&["get", "ns", "-l", "team in (c,d)", "-o", "name"])
+        .trim()
+        .is_empty());
+    a.fake
+        .create(Kind::Pod, "x", json!({"metadata": {"name": "a", "labels": {"app": "web"}}, "spec": {"nodeName": "n1"}}))
+        .unwrap();
+    let mut watch = Command::new("ip")
+        .args(["netns", "exec", &a.ns.0, "kubectl", "--kubeconfig"])
+        .arg(a.fake.kubeconfig())
+        .args(["get", "pods", "-n", "x", "-w", "-o", "name", "-l", "app=db"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    a.ok(&["label", "pod", "-n", "x", "a", "app=db", "--overwrite"]);
+    let mut line = String::new();
+    BufReader::new(watch.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(
+        line.trim(),
+        "pod/a",
+        "the relabelled pod enters the selector's watch"
+    );
+    a.ok(&["delete", "networkpolicy", "-n", "x", "allow-web"]);
+    assert!(a.fake.get(Kind::NetworkPolicy, "x", "allow-web").is_err());
+    let groups = a.ok(&[
+        "api-resources",
+        "--api-group=networking.k8s.io",
+        "-o",
+        "name",
+    ]);
+    assert!(
+        groups.contains("networkpolicies.networking.k8s.io"),
+        "{groups}"
+    );
+}

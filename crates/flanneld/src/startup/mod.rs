@@ -9,6 +9,7 @@ use crate::health;
 use crate::iface;
 mod describe;
 use crate::metrics::Metrics;
+use crate::policy::table::NftPolicyTable;
 use crate::signals::Shutdown;
 use crate::skiplog::{ConflictLog, SkipLog};
 use anyhow::{bail, Context};
@@ -167,14 +168,23 @@ async fn setup_firewall(
 pub async fn run(o: Options) -> anyhow::Result<()> {
     let mut stop = Shutdown::listen().context("listening for SIGTERM and SIGINT")?;
     let previous = PreviousSubnets::read(&o.subnet_file);
+    let table = Arc::new(NftPolicyTable);
+    if !o.network_policy {
+        crate::policy::remove_leftover(table.clone()).await;
+    }
     match o.kube.clone() {
         Some(k) => {
+            let node = k.node_name.clone();
             let Some(sm) = or_signal(&mut stop, KubeSubnetManager::connect(k)).await else {
                 return Ok(());
             };
-            let sm = sm?;
+            let sm = Arc::new(sm?);
             info!(server = %sm.server(), "using the Kubernetes API as datastore");
-            run_with(o, Arc::new(sm), previous, stop).await
+            // Policy runs beside the daemon from the start: pods may exist before our lease.
+            let _policy = o
+                .network_policy
+                .then(|| crate::policy::spawn(sm.clone(), node, table, o.resync));
+            run_with(o, sm, previous, stop).await
         }
         None => {
             let connect = EtcdSubnetManager::connect(&o.etcd, previous.clone());

@@ -1,0 +1,157 @@
+//! `--network-policy`: Kubernetes NetworkPolicies enforced on this node's pods, compiled
+//! into flanneld's own nftables table (`inet flannel-policy`).
+//!
+//! Pods, Namespaces and NetworkPolicies are listed and watched on the list-watch driver
+//! ([`watch`]); once each kind has listed once, every change compiles the whole cluster
+//! again (pure, fast) and the difference to the kernel's table is applied as one
+//! transaction ([`table`]). A timer does the same, so a table changed by hand heals.
+
+pub mod table;
+pub mod watch;
+
+use flannel_policy::compile::{compile, problems};
+use flannel_subnet::kube::KubeSubnetManager;
+use flannel_subnet::listwatch::AllListed;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use table::PolicyTable;
+use tracing::{debug, info, warn};
+use watch::{Feed, Namespaces, Pods, Policies, Raw, Shared};
+
+/// The collections flanneld reads for policy, with their resource and kind names.
+pub const WATCHED: [(&str, &str, &str); 3] = [
+    ("/api/v1/pods", "pods", "pod"),
+    ("/api/v1/namespaces", "namespaces", "namespace"),
+    (
+        "/apis/networking.k8s.io/v1/networkpolicies",
+        "networkpolicies",
+        "networkpolicy",
+    ),
+];
+
+/// The policy task; dropping it stops it.
+pub struct Running(tokio::task::JoinHandle<()>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// [`run`] on a task of its own.
+pub fn spawn<T: PolicyTable>(
+    sm: Arc<KubeSubnetManager>,
+    node: String,
+    table: Arc<T>,
+    resync: Duration,
+) -> Running {
+    Running(tokio::spawn(run(sm, node, table, resync)))
+}
+
+/// Lists and watches the three kinds and enforces, until dropped.
+pub async fn run<T: PolicyTable>(
+    sm: Arc<KubeSubnetManager>,
+    node: String,
+    table: Arc<T>,
+    resync: Duration,
+) {
+    for p in flannel_net::br_netfilter::problems(Path::new("/proc/sys")) {
+        warn!("network policy: {p}");
+    }
+    let shared = Arc::new(Shared::default());
+    let listed = AllListed::new(WATCHED.len());
+    let [(pp, pr, pk), (np, nr, nk), (qp, qr, qk)] = WATCHED;
+    let pods = sm.watch_kind::<Raw, _>(
+        pp,
+        pr,
+        pk,
+        Feed::<Pods>::new(shared.clone()),
+        Some(listed.clone()),
+    );
+    let nss = sm.watch_kind::<Raw, _>(
+        np,
+        nr,
+        nk,
+        Feed::<Namespaces>::new(shared.clone()),
+        Some(listed.clone()),
+    );
+    let pols = sm.watch_kind::<Raw, _>(
+        qp,
+        qr,
+        qk,
+        Feed::<Policies>::new(shared.clone()),
+        Some(listed.clone()),
+    );
+    let enforce = enforce(shared, listed, node, table, resync);
+    tokio::join!(pods, nss, pols, enforce);
+}
+
+/// Waits for the first complete view, then keeps the kernel's table what it compiles to.
+pub async fn enforce<T: PolicyTable>(
+    shared: Arc<Shared>,
+    listed: Arc<AllListed>,
+    node: String,
+    table: Arc<T>,
+    resync: Duration,
+) {
+    listed.wait().await;
+    info!(node = %node, "network policy: pods, namespaces and networkpolicies listed; enforcing");
+    let mut said: BTreeSet<String> = BTreeSet::new();
+    let mut first = true;
+    loop {
+        let (want, now_problems) = {
+            let c = shared.cluster();
+            (compile(&c, &node), problems(&c))
+        };
+        for p in now_problems.difference(&said) {
+            warn!("{p}");
+        }
+        said = now_problems;
+        let (rules, elems) = want.size();
+        let t = table.clone();
+        match tokio::task::spawn_blocking(move || t.converge(&want)).await {
+            Ok(Ok(Some(script))) => {
+                let lines = script.lines().count();
+                if first {
+                    info!(
+                        rules,
+                        elements = elems,
+                        "network policy: table inet flannel-policy written"
+                    );
+                } else {
+                    debug!(
+                        rules,
+                        elements = elems,
+                        commands = lines,
+                        "network policy: applied"
+                    );
+                }
+                first = false;
+            }
+            Ok(Ok(None)) => first = false,
+            Ok(Err(e)) => warn!("network policy: could not write the table: {e}"),
+            Err(e) => warn!("network policy: the writer stopped: {e}"),
+        }
+        tokio::select! {
+            _ = shared.changed.notified() => {}
+            _ = tokio::time::sleep(resync) => {}
+        }
+    }
+}
+
+/// With `--network-policy` off: a policy table left by an earlier run goes.
+pub async fn remove_leftover<T: PolicyTable>(table: Arc<T>) {
+    match tokio::task::spawn_blocking(move || table.remove()).await {
+        Ok(Ok(true)) => {
+            info!("removed the network policy table an earlier run left (--network-policy is off)")
+        }
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => debug!("looking for a leftover network policy table: {e}"),
+        Err(e) => debug!("looking for a leftover network policy table: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;
