@@ -61,7 +61,8 @@ fn rbac_grants_what_flanneld_uses_and_no_more() {
         .unwrap()
         .iter()
         .flat_map(|r| {
-            assert_eq!(r["apiGroups"], json!([""]));
+            let group = r["apiGroups"][0].as_str().unwrap().to_string();
+            assert_eq!(r["apiGroups"].as_array().unwrap().len(), 1);
             let verbs: Vec<String> = r["verbs"]
                 .as_array()
                 .unwrap()
@@ -72,7 +73,15 @@ fn rbac_grants_what_flanneld_uses_and_no_more() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(move |res| (res.as_str().unwrap().to_string(), verbs.clone()))
+                .map(move |res| {
+                    let res = res.as_str().unwrap();
+                    let at = if group.is_empty() {
+                        res.to_string()
+                    } else {
+                        format!("{group}/{res}")
+                    };
+                    (at, verbs.clone())
+                })
         })
         .collect();
     rules.sort();
@@ -80,11 +89,22 @@ fn rbac_grants_what_flanneld_uses_and_no_more() {
         rules,
         vec![
             (
+                "namespaces".to_string(),
+                vec!["get".into(), "list".into(), "watch".into()]
+            ),
+            (
+                "networking.k8s.io/networkpolicies".to_string(),
+                vec!["list".into(), "watch".into()]
+            ),
+            (
                 "nodes".to_string(),
                 vec!["get".into(), "list".into(), "watch".into()]
             ),
             ("nodes/status".to_string(), vec!["patch".to_string()]),
-            ("pods".to_string(), vec!["get".to_string()]),
+            (
+                "pods".to_string(),
+                vec!["get".into(), "list".into(), "watch".into()]
+            ),
         ]
     );
     let b = find(&objs, "ClusterRoleBinding", "flannel");
@@ -169,6 +189,16 @@ fn the_daemonset_runs_flanneld_as_upstream_does() {
     assert_eq!(
         c["args"],
         json!(["--ip-masq", "--kube-subnet-mgr", "--healthz-port=8081"])
+    );
+    // Network policy is one uncommented line away.
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/kube-flannel.yml"
+    ))
+    .unwrap();
+    assert!(
+        text.contains("        - --healthz-port=8081\n        # flannel-rs: enforce Kubernetes NetworkPolicies on each node (docs/network-policy.md).\n        # - --network-policy\n"),
+        "the commented --network-policy argument"
     );
     assert_eq!(
         c["livenessProbe"]["httpGet"],

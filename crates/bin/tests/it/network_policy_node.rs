@@ -1,0 +1,150 @@
+//! flanneld `--network-policy` on one node against the API fake: the table follows the
+//! policies, every request flanneld sends is one the manifest's ClusterRole allows, and with
+//! the flag off a table left by an earlier run is removed at start.
+
+use crate::common;
+
+use common::eventually;
+use common::kube::{KubeNode, NODE};
+use flannel_kube_fake::Kind;
+use flannel_lab::manifest::objects;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(10);
+
+fn table(k: &KubeNode) -> String {
+    k.node.exec("sh", &["-c", "nft list table inet flannel-policy 2>/dev/null || true"])
+}
+
+/// (verb, group, resource) the role allows.
+fn cluster_role() -> Vec<(String, String, String)> {
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/kube-flannel.yml");
+    let objs = objects(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let role = objs
+        .iter()
+        .find(|o| o["kind"] == "ClusterRole")
+        .expect("a ClusterRole");
+    let mut out = Vec::new();
+    for r in role["rules"].as_array().unwrap() {
+        for g in r["apiGroups"].as_array().unwrap() {
+            for res in r["resources"].as_array().unwrap() {
+                for v in r["verbs"].as_array().unwrap() {
+                    out.push((
+                        v.as_str().unwrap().to_string(),
+                        g.as_str().unwrap().to_string(),
+                        res.as_str().unwrap().to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The RBAC request a REST call is: (verb, group, resource[/subresource]); `None` for the
+/// paths every authenticated client may read (discovery, /version).
+fn rbac_of(method: &str, path: &str, query: &str) -> Option<(String, String, String)> {
+    let (group, rest) = if let Some(r) = path.strip_prefix("/api/v1/") {
+        ("", r)
+    } else if let Some(r) = path.strip_prefix("/apis/") {
+        let mut parts = r.splitn(3, '/');
+        let g = parts.next()?;
+        let _version = parts.next()?;
+        return rbac_of(method, &format!("/api/v1/{}", parts.next()?), query)
+            .map(|(v, _, res)| (v, g.to_string(), res));
+    } else {
+        return None;
+    };
+    let seg: Vec<&str> = rest.split('/').collect();
+    // namespaces/<ns>/<resource>[/<name>[/<sub>]] or <resource>[/<name>[/<sub>]]
+    let (res, name, sub) = match seg.as_slice() {
+        ["namespaces", _, r, tail @ ..] => (*r, tail.first().copied(), tail.get(1).copied()),
+        [r, tail @ ..] => (*r, tail.first().copied(), tail.get(1).copied()),
+        [] => return None,
+    };
+    let verb = match (method, name.is_some()) {
+        ("GET", false) if query.contains("watch=true") || query.contains("watch=1") => "watch",
+        ("GET", false) => "list",
+        ("GET", true) => "get",
+        ("PATCH", _) => "patch",
+        ("PUT", _) => "update",
+        ("POST", _) => "create",
+        ("DELETE", _) => "delete",
+        _ => return None,
+    };
+    let res = match sub {
+        Some(s) => format!("{res}/{s}"),
+        None => res.to_string(),
+    };
+    Some((verb.to_string(), group.to_string(), res))
+}
+
+#[test]
+fn the_table_follows_policies_and_every_request_is_one_the_cluster_role_allows() {
+    if common::skip_without_root() {
+        return;
+    }
+    let mut k = KubeNode::new("np", &[common::kube::POD_CIDR]);
+    k.api.create(Kind::Namespace, "", json!({"metadata": {"name": "x"}})).unwrap();
+    k.api
+        .create(Kind::Pod, "x", json!({"metadata": {"name": "a", "labels": {"app": "web"}},
+            "spec": {"nodeName": NODE, "containers": [{"name": "c"}]},
+            "status": {"phase": "Running", "podIP": "10.244.0.5", "podIPs": [{"ip": "10.244.0.5"}]}}))
+        .unwrap();
+    k.api
+        .create(Kind::NetworkPolicy, "x", json!({"metadata": {"name": "deny"}, "spec": {"podSelector": {}}}))
+        .unwrap();
+    k.start(&["--network-policy"]);
+    k.node.wait_ready();
+    eventually(T, || table(&k).contains("chain pod-in.x.a")).expect("x/a isolated in the table");
+    let t = table(&k);
+    assert!(t.contains("10.244.0.5 : jump pod-in.x.a"), "{t}");
+    // A live edit: the policy now selects nothing on this node.
+    k.api
+        .patch(Kind::NetworkPolicy, "x", "deny", flannel_kube_fake::PatchType::Merge,
+            &json!({"spec": {"podSelector": {"matchLabels": {"app": "db"}}}}), false)
+        .unwrap();
+    eventually(T, || !table(&k).contains("pod-in.x.a")).expect("the edit took x/a out");
+
+    let allowed = cluster_role();
+    let mut seen = std::collections::BTreeSet::new();
+    for r in k.api.requests() {
+        let Some(req) = rbac_of(&r.method, &r.path, &r.query) else { continue };
+        assert!(
+            allowed.contains(&req),
+            "flanneld sent {} {}?{} = {req:?}, which the ClusterRole does not allow",
+            r.method,
+            r.path,
+            r.query
+        );
+        seen.insert(req);
+    }
+    for want in [("watch", "networking.k8s.io", "networkpolicies"), ("list", "", "namespaces"), ("watch", "", "pods")] {
+        let want = (want.0.to_string(), want.1.to_string(), want.2.to_string());
+        assert!(seen.contains(&want), "{want:?} never sent: {seen:?}");
+    }
+
+    // The flag off: the table from the run before goes at start.
+    k.node.stop();
+    assert!(table(&k).contains("table inet flannel-policy"), "kept while flanneld is down");
+    k.start(&[]);
+    k.node.wait_ready();
+    assert_eq!(table(&k).trim(), "", "removed at start without --network-policy");
+    assert!(k.node.log().contains("removed the network policy table an earlier run left"));
+}
+
+#[test]
+fn the_request_mapping_is_the_one_rbac_uses() {
+    let q = |m: &str, p: &str, q: &str| rbac_of(m, p, q).map(|(a, b, c)| format!("{a} {b} {c}"));
+    assert_eq!(q("GET", "/api/v1/pods", "watch=true&resourceVersion=5").as_deref(), Some("watch  pods"));
+    assert_eq!(q("GET", "/api/v1/namespaces", "limit=100").as_deref(), Some("list  namespaces"));
+    assert_eq!(q("PATCH", "/api/v1/nodes/n1/status", "").as_deref(), Some("patch  nodes/status"));
+    assert_eq!(q("GET", "/api/v1/namespaces/kube-flannel/pods/p", "").as_deref(), Some("get  pods"));
+    assert_eq!(
+        q("GET", "/apis/networking.k8s.io/v1/networkpolicies", "watch=1").as_deref(),
+        Some("watch networking.k8s.io networkpolicies")
+    );
+    assert_eq!(q("GET", "/version", ""), None);
+    let _ = Value::Null;
+}
