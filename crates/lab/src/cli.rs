@@ -11,16 +11,25 @@ use std::process::ExitCode;
 const USAGE: &str = "usage:
   flannel-lab up [--nodes N] [--pods-per-node K] [--backend vxlan|host-gw|udp|wireguard]
                  [--segments 1|2] [--direct-routing] [--datastore etcd|kube] [--manifest FILE]
-                 [--ip-family ipv4|dual|ipv6] [--nftables]   (ipv6: Kubernetes mode)
+                 [--ip-family ipv4|dual|ipv6] [--nftables] [--network-policy]
+                                                                      (ipv6, --network-policy: Kubernetes mode)
                                                                       build the cluster (default 3 nodes, 2 pods each;
                                                                       kube: nodes run deploy/kube-flannel.yml or FILE)
-  flannel-lab ping-all                                                every pod pings every other pod (each family)
+  flannel-lab ping-all [POD]                                          every pod (or POD) pings every other pod (each family)
+  flannel-lab pod add NAMESPACE/NAME --node NODE [--labels k=v,k=v] [--port NAME=PORT/PROTO]...
+                                                                      a pod: its namespace, CNI ADD, TCP and UDP servers on
+                                                                      80 and 81, and (kube) its Pod object
+  flannel-lab pod del NAMESPACE/NAME                                  CNI DEL, the namespace and the Pod object removed
+  flannel-lab probe FROM TO [--proto tcp|udp] [--port N] [--ip-family ipv4|ipv6]
+                                                                      one connection, 1 s timeout; exit 1 when blocked
+  flannel-lab matrix [--ports 80,81] [--protos tcp,udp] [--json]     every ordered pod pair probed in parallel (network
+                                                                      policy's reachability matrix: . reachable, X not)
   flannel-lab status [--json]                                         nodes, pods, routes, FDB, metrics, where the logs are
   flannel-lab restart NODE                                            stop NODE's flanneld and start it again as it was
   flannel-lab ctl NODE ARGS...                                        flannelctl on NODE, as an operator runs it there
                                                                       (e.g. ctl node1 doctor, ctl node1 trace SRC DST)
   flannel-lab trace POD POD [--json]                                  the packet walk (flannelctl trace) proven by a
-                                                                      capture at every hop (pod names or addresses)
+                                                                      capture at every hop (NAMESPACE/NAME, names or addresses)
   flannel-lab down                                                    remove everything the lab made
   flannel-lab kubeconfig                                              kube mode: the admin kubeconfig's path
   flannel-lab kubectl ARGS...                                         kube mode: kubectl with it, in master1's namespace
@@ -53,6 +62,14 @@ struct Args {
     backend_set: bool,
     events: usize,
     event_gap_ms: u64,
+    network_policy: bool,
+    node: Option<String>,
+    labels: Option<String>,
+    ports: Vec<String>,
+    proto: Option<String>,
+    port: Option<u16>,
+    matrix_ports: Option<String>,
+    protos: Option<String>,
     /// After `kubectl`: its arguments, untouched.
     rest: Vec<String>,
 }
@@ -80,6 +97,14 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
         backend_set: false,
         events: 200,
         event_gap_ms: 20,
+        network_policy: false,
+        node: None,
+        labels: None,
+        ports: Vec::new(),
+        proto: None,
+        port: None,
+        matrix_ports: None,
+        protos: None,
         rest: Vec::new(),
     };
     let mut it = argv.iter();
@@ -127,10 +152,26 @@ fn parse(argv: &[String]) -> anyhow::Result<Args> {
             "--events" => a.events = num(flag, value(flag)?)?,
             "--event-gap-ms" => a.event_gap_ms = num(flag, value(flag)?)? as u64,
             "--seconds" => a.seconds = num(flag, value(flag)?)? as u32,
+            "--network-policy" => a.network_policy = true,
+            "--node" => a.node = Some(value(flag)?),
+            "--labels" => a.labels = Some(value(flag)?),
+            "--port" if a.cmd == "probe" => {
+                let v = value(flag)?;
+                a.port = Some(
+                    v.parse()
+                        .map_err(|_| anyhow!("--port {v:?}: a port number"))?,
+                )
+            }
+            "--port" => a.ports.push(value(flag)?),
+            "--proto" => a.proto = Some(value(flag)?),
+            "--ports" => a.matrix_ports = Some(value(flag)?),
+            "--protos" => a.protos = Some(value(flag)?),
             "-h" | "--help" => a.cmd = "help".into(),
             f if f.starts_with('-') => bail!("unknown option {f}"),
             c if a.cmd.is_empty() => a.cmd = c.to_string(),
-            word if a.cmd == "trace" || a.cmd == "restart" => a.rest.push(word.to_string()),
+            word if ["trace", "restart", "pod", "probe", "ping-all"].contains(&a.cmd.as_str()) => {
+                a.rest.push(word.to_string())
+            }
             extra => bail!("unexpected argument {extra:?}"),
         }
     }
@@ -166,6 +207,10 @@ fn run(a: Args) -> anyhow::Result<bool> {
         "bench" => cmd_bench(a),
         "kubeconfig" => cmd_kubeconfig(a),
         "kubectl" => cmd_kubectl(a),
+        "pod" => cmd_pod(a),
+        "probe" => cmd_probe(a),
+        "matrix" => cmd_matrix(a),
+        "serve" => crate::probe::serve(&crate::pods::SERVED).map(|()| true),
         "help" => cmd_help(),
         "" => bail!("no command given\n{USAGE}"),
         other => bail!("unknown command {other:?}\n{USAGE}"),
@@ -194,6 +239,7 @@ fn cmd_up(a: Args) -> anyhow::Result<bool> {
         backend_set: a.backend_set,
         ip_family,
         nftables: a.nftables,
+        network_policy: a.network_policy,
         ..LabSpec::default()
     };
     let state = up(&spec)?;
@@ -233,9 +279,104 @@ fn cmd_up(a: Args) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// `pod add|del`.
+fn cmd_pod(a: Args) -> anyhow::Result<bool> {
+    let mut s = load(&a)?;
+    match a.rest.as_slice() {
+        [verb, key] if verb == "add" => {
+            let (namespace, name) = crate::pods::parse_key(key)?;
+            let node = a.node.clone().ok_or_else(|| anyhow!("pod add {key}: --node NODE is required"))?;
+            let labels = match &a.labels {
+                Some(l) => crate::pods::parse_labels(l)?,
+                None => Default::default(),
+            };
+            let ports = a
+                .ports
+                .iter()
+                .map(|p| crate::pods::parse_port(p))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let p = crate::pods::add(&mut s, crate::pods::NewPod { namespace, name, node, labels, ports })?;
+            println!("pod {} on {}: {} {}", p.key(), a.node.unwrap_or_default(), p.ip, p.ip6);
+        }
+        [verb, key] if verb == "del" => {
+            let p = crate::pods::del(&mut s, key)?;
+            println!("pod {} removed", p.key());
+        }
+        _ => bail!("usage: flannel-lab pod add NAMESPACE/NAME --node NODE [--labels k=v,...] [--port NAME=PORT/PROTO]... | pod del NAMESPACE/NAME"),
+    }
+    Ok(true)
+}
+
+/// `probe FROM TO`: one connection; false (exit 1) when it does not go through.
+fn cmd_probe(a: Args) -> anyhow::Result<bool> {
+    let s = load(&a)?;
+    let [from, to] = a.rest.as_slice() else {
+        bail!(
+            "usage: flannel-lab probe FROM TO [--proto tcp|udp] [--port N] [--ip-family ipv4|ipv6]"
+        );
+    };
+    let proto = crate::probe::Proto::parse(a.proto.as_deref().unwrap_or("tcp"))?;
+    let port = a.port.unwrap_or(80);
+    let v6 = a.ip_family == "ipv6";
+    let ok = crate::probe::one(&s, from, to, proto, port, v6)?;
+    println!(
+        "{from} -> {to} {}/{port}: {}",
+        proto.name(),
+        if ok { "reachable" } else { "blocked" }
+    );
+    Ok(ok)
+}
+
+/// `matrix`: every ordered pair, every port and protocol asked, in parallel.
+fn cmd_matrix(a: Args) -> anyhow::Result<bool> {
+    let s = load(&a)?;
+    let ports = a
+        .matrix_ports
+        .as_deref()
+        .unwrap_or("80,81")
+        .split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| anyhow!("--ports {p:?}: port numbers"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let protos = a
+        .protos
+        .as_deref()
+        .unwrap_or("tcp,udp")
+        .split(',')
+        .map(|p| crate::probe::Proto::parse(p.trim()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let results = crate::probe::matrix(&s, &ports, &protos);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        print!("{}", crate::probe::render(&results));
+    }
+    Ok(true)
+}
+
 /// `ping-all`: every pod pings every other pod, in each family.
 fn cmd_ping_all(a: Args) -> anyhow::Result<bool> {
     let s = load(&a)?;
+    if let Some(from) = a.rest.first() {
+        let (_, src) = s.find_pod(from)?;
+        let mut ok = true;
+        for dst in s.pods().filter(|d| d.key() != src.key()) {
+            for addr in [&dst.ip, &dst.ip6].into_iter().filter(|x| !x.is_empty()) {
+                let answered = ping::ping(&src.netns, addr);
+                ok &= answered;
+                println!(
+                    "{} -> {} ({addr}): {}",
+                    ping::display(src),
+                    ping::display(dst),
+                    if answered { "ok" } else { "no answer" }
+                );
+            }
+        }
+        return Ok(ok);
+    }
     let mut ok = true;
     if s.pods().any(|p| !p.ip.is_empty()) {
         let m = ping::ping_all(&s);

@@ -79,6 +79,15 @@ pub fn ping(src_ns: &str, dst: &str) -> bool {
     once() || once()
 }
 
+/// A pod as people name it: its name in `default`, else `namespace/name`.
+pub fn display(p: &crate::state::PodState) -> String {
+    if p.namespace == "default" {
+        p.name.clone()
+    } else {
+        p.key()
+    }
+}
+
 /// Every pair over IPv4.
 pub fn ping_all(state: &LabState) -> Matrix {
     ping_all_in(state, false)
@@ -115,7 +124,7 @@ pub fn ping_all_in(state: &LabState, v6: bool) -> Matrix {
     Matrix {
         pods: pods
             .iter()
-            .map(|p| format!("{} ({})", p.name, addr(p)))
+            .map(|p| format!("{} ({})", display(p), addr(p)))
             .collect(),
         answered,
     }

@@ -1,6 +1,7 @@
 //! What a running lab is made of, saved as `<state dir>/lab.json` so later commands find it.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -12,6 +13,39 @@ pub struct PodState {
     /// Its IPv6 address in a dual-stack lab, else empty.
     #[serde(default)]
     pub ip6: String,
+    /// Its Kubernetes namespace (the pods `up` makes are in `default`).
+    #[serde(default = "default_ns")]
+    pub namespace: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Named container ports its Pod object declares (no listener behind them).
+    #[serde(default)]
+    pub ports: Vec<NamedPort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedPort {
+    pub name: String,
+    pub port: u16,
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: String,
+}
+
+fn default_ns() -> String {
+    "default".into()
+}
+
+impl PodState {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Whether `what` names this pod: `namespace/name`, a name (in `default`, or unique
+    /// among the lab's pods: the caller checks), or one of its addresses.
+    pub fn is(&self, what: &str) -> bool {
+        self.key() == what || self.name == what || self.ip == what || self.ip6 == what
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +99,9 @@ pub struct LabState {
     /// etcd's arguments, so it can be stopped and started again.
     pub etcd_args: Vec<String>,
     pub nodes: Vec<NodeState>,
+    /// Where flanneld, the CNI plugin and flannel-lab itself are (for pods added later).
+    #[serde(default = "crate::preflight::default_bin_dir")]
+    pub bin_dir: PathBuf,
 }
 
 impl LabState {
@@ -97,5 +134,41 @@ impl LabState {
 
     pub fn pods(&self) -> impl Iterator<Item = &PodState> {
         self.nodes.iter().flat_map(|n| n.pods.iter())
+    }
+
+    /// The pod `what` names (`namespace/name`, an address, or a name only one pod has), with
+    /// its node.
+    pub fn find_pod(&self, what: &str) -> anyhow::Result<(&NodeState, &PodState)> {
+        let all: Vec<(&NodeState, &PodState)> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.pods.iter().map(move |p| (n, p)))
+            .collect();
+        if let Some(hit) = all
+            .iter()
+            .find(|(_, p)| p.key() == what || p.ip == what || p.ip6 == what)
+        {
+            return Ok(*hit);
+        }
+        let named: Vec<_> = all.iter().filter(|(_, p)| p.name == what).collect();
+        match named.as_slice() {
+            [one] => Ok(**one),
+            [] => anyhow::bail!(
+                "no pod {what:?} in lab {} (pods: {})",
+                self.lab,
+                all.iter()
+                    .map(|(_, p)| p.key())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            many => anyhow::bail!(
+                "{what:?} names {} pods ({}): say NAMESPACE/NAME",
+                many.len(),
+                many.iter()
+                    .map(|(_, p)| p.key())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
     }
 }

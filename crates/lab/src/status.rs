@@ -74,7 +74,7 @@ pub fn to_json(state: &LabState) -> serde_json::Value {
             "log": n.log,
             "kube": kube.as_ref().ok().and_then(|k| k.get(&n.name)),
             "metrics": crate::metrics::scrape(n).ok().map(|m| crate::metrics::key_figures(&m)),
-            "pods": n.pods.iter().map(|p| json!({"name": p.name, "netns": p.netns, "ip": p.ip, "ip6": p.ip6})).collect::<Vec<_>>(),
+            "pods": n.pods.iter().map(|p| json!({"name": p.name, "namespace": p.namespace, "node": n.name, "netns": p.netns, "ip": p.ip, "ip6": p.ip6, "labels": p.labels})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "logs": {
             "etcd": state.etcd_log,
@@ -114,7 +114,13 @@ pub fn render(state: &LabState) -> String {
             }
         }
         for p in &n.pods {
-            s += &format!("  pod {} ({}) {} {}\n", p.name, p.netns, p.ip, p.ip6);
+            s += &format!(
+                "  pod {} ({}) {} {}\n",
+                crate::ping::display(p),
+                p.netns,
+                p.ip,
+                p.ip6
+            );
         }
         s += &format!(
             "  $ ip route\n{}",

@@ -48,16 +48,7 @@ pub struct Report {
 }
 
 fn find<'a>(s: &'a LabState, what: &str) -> anyhow::Result<(&'a NodeState, &'a PodState)> {
-    s.nodes
-        .iter()
-        .flat_map(|n| n.pods.iter().map(move |p| (n, p)))
-        .find(|(_, p)| p.name == what || p.ip == what || p.ip6 == what)
-        .ok_or_else(|| {
-            anyhow!(
-                "no pod {what:?} in lab {} (see `flannel-lab status`)",
-                s.lab
-            )
-        })
+    s.find_pod(what)
 }
 
 /// The flannel device of the backend in a family (none for host-gw).
@@ -399,6 +390,9 @@ mod tests {
             netns: "lab-master1-pod1".into(),
             ip: "10.244.39.2".into(),
             ip6: String::new(),
+            namespace: "default".into(),
+            labels: Default::default(),
+            ports: Vec::new(),
         };
         let node = NodeState {
             name: "master1".into(),
@@ -425,6 +419,7 @@ mod tests {
             etcd_log: "/dev/null".into(),
             etcd_args: vec![],
             nodes: vec![node],
+            bin_dir: "/nonexistent".into(),
         };
         for (a, b) in [
             ("master1-pod1", "master1-pod1"),

@@ -258,7 +258,8 @@ impl<'a> Compiler<'a> {
                     if !line.is_empty() {
                         line.push(' ');
                     }
-                    line += "accept";
+                    // Counted: `nft list` shows what each rule let through.
+                    line += "counter accept";
                     lines.push(line);
                 }
             }
@@ -319,7 +320,7 @@ pub fn compile(cluster: &Cluster, node: &str) -> Ruleset {
         let (mut m4, mut m6) = (vmap(true), vmap(false));
         for (pod_chain, (ips, chains)) in &isolated[k] {
             let mut rules: Vec<String> = chains.iter().map(|c| format!("jump {c}")).collect();
-            rules.push("drop".into());
+            rules.push("counter drop".into());
             out.chains
                 .insert(pod_chain.clone(), Chain { base: None, rules });
             for ip in ips {

@@ -69,19 +69,15 @@ fn rbac_grants_what_flanneld_uses_and_no_more() {
                 .iter()
                 .map(|v| v.as_str().unwrap().to_string())
                 .collect();
-            r["resources"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(move |res| {
-                    let res = res.as_str().unwrap();
-                    let at = if group.is_empty() {
-                        res.to_string()
-                    } else {
-                        format!("{group}/{res}")
-                    };
-                    (at, verbs.clone())
-                })
+            r["resources"].as_array().unwrap().iter().map(move |res| {
+                let res = res.as_str().unwrap();
+                let at = if group.is_empty() {
+                    res.to_string()
+                } else {
+                    format!("{group}/{res}")
+                };
+                (at, verbs.clone())
+            })
         })
         .collect();
     rules.sort();

@@ -25,6 +25,7 @@ mod lab_e2e;
 mod lease_guard;
 mod list_watch;
 mod metrics;
+mod network_policy;
 mod network_policy_node;
 mod trace;
 mod udp_wire;

@@ -14,7 +14,13 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(10);
 
 fn table(k: &KubeNode) -> String {
-    k.node.exec("sh", &["-c", "nft list table inet flannel-policy 2>/dev/null || true"])
+    k.node.exec(
+        "sh",
+        &[
+            "-c",
+            "nft list table inet flannel-policy 2>/dev/null || true",
+        ],
+    )
 }
 
 /// (verb, group, resource) the role allows.
@@ -86,14 +92,20 @@ fn the_table_follows_policies_and_every_request_is_one_the_cluster_role_allows()
         return;
     }
     let mut k = KubeNode::new("np", &[common::kube::POD_CIDR]);
-    k.api.create(Kind::Namespace, "", json!({"metadata": {"name": "x"}})).unwrap();
+    k.api
+        .create(Kind::Namespace, "", json!({"metadata": {"name": "x"}}))
+        .unwrap();
     k.api
         .create(Kind::Pod, "x", json!({"metadata": {"name": "a", "labels": {"app": "web"}},
             "spec": {"nodeName": NODE, "containers": [{"name": "c"}]},
             "status": {"phase": "Running", "podIP": "10.244.0.5", "podIPs": [{"ip": "10.244.0.5"}]}}))
         .unwrap();
     k.api
-        .create(Kind::NetworkPolicy, "x", json!({"metadata": {"name": "deny"}, "spec": {"podSelector": {}}}))
+        .create(
+            Kind::NetworkPolicy,
+            "x",
+            json!({"metadata": {"name": "deny"}, "spec": {"podSelector": {}}}),
+        )
         .unwrap();
     k.start(&["--network-policy"]);
     k.node.wait_ready();
@@ -102,15 +114,23 @@ fn the_table_follows_policies_and_every_request_is_one_the_cluster_role_allows()
     assert!(t.contains("10.244.0.5 : jump pod-in.x.a"), "{t}");
     // A live edit: the policy now selects nothing on this node.
     k.api
-        .patch(Kind::NetworkPolicy, "x", "deny", flannel_kube_fake::PatchType::Merge,
-            &json!({"spec": {"podSelector": {"matchLabels": {"app": "db"}}}}), false)
+        .patch(
+            Kind::NetworkPolicy,
+            "x",
+            "deny",
+            flannel_kube_fake::PatchType::Merge,
+            &json!({"spec": {"podSelector": {"matchLabels": {"app": "db"}}}}),
+            false,
+        )
         .unwrap();
     eventually(T, || !table(&k).contains("pod-in.x.a")).expect("the edit took x/a out");
 
     let allowed = cluster_role();
     let mut seen = std::collections::BTreeSet::new();
     for r in k.api.requests() {
-        let Some(req) = rbac_of(&r.method, &r.path, &r.query) else { continue };
+        let Some(req) = rbac_of(&r.method, &r.path, &r.query) else {
+            continue;
+        };
         assert!(
             allowed.contains(&req),
             "flanneld sent {} {}?{} = {req:?}, which the ClusterRole does not allow",
@@ -120,29 +140,60 @@ fn the_table_follows_policies_and_every_request_is_one_the_cluster_role_allows()
         );
         seen.insert(req);
     }
-    for want in [("watch", "networking.k8s.io", "networkpolicies"), ("list", "", "namespaces"), ("watch", "", "pods")] {
+    for want in [
+        ("watch", "networking.k8s.io", "networkpolicies"),
+        ("list", "", "namespaces"),
+        ("watch", "", "pods"),
+    ] {
         let want = (want.0.to_string(), want.1.to_string(), want.2.to_string());
         assert!(seen.contains(&want), "{want:?} never sent: {seen:?}");
     }
 
     // The flag off: the table from the run before goes at start.
     k.node.stop();
-    assert!(table(&k).contains("table inet flannel-policy"), "kept while flanneld is down");
+    assert!(
+        table(&k).contains("table inet flannel-policy"),
+        "kept while flanneld is down"
+    );
     k.start(&[]);
     k.node.wait_ready();
-    assert_eq!(table(&k).trim(), "", "removed at start without --network-policy");
-    assert!(k.node.log().contains("removed the network policy table an earlier run left"));
+    assert_eq!(
+        table(&k).trim(),
+        "",
+        "removed at start without --network-policy"
+    );
+    assert!(k
+        .node
+        .log()
+        .contains("removed the network policy table an earlier run left"));
 }
 
 #[test]
 fn the_request_mapping_is_the_one_rbac_uses() {
     let q = |m: &str, p: &str, q: &str| rbac_of(m, p, q).map(|(a, b, c)| format!("{a} {b} {c}"));
-    assert_eq!(q("GET", "/api/v1/pods", "watch=true&resourceVersion=5").as_deref(), Some("watch  pods"));
-    assert_eq!(q("GET", "/api/v1/namespaces", "limit=100").as_deref(), Some("list  namespaces"));
-    assert_eq!(q("PATCH", "/api/v1/nodes/n1/status", "").as_deref(), Some("patch  nodes/status"));
-    assert_eq!(q("GET", "/api/v1/namespaces/kube-flannel/pods/p", "").as_deref(), Some("get  pods"));
     assert_eq!(
-        q("GET", "/apis/networking.k8s.io/v1/networkpolicies", "watch=1").as_deref(),
+        q("GET", "/api/v1/pods", "watch=true&resourceVersion=5").as_deref(),
+        Some("watch  pods")
+    );
+    assert_eq!(
+        q("GET", "/api/v1/namespaces", "limit=100").as_deref(),
+        Some("list  namespaces")
+    );
+    assert_eq!(
+        q("PATCH", "/api/v1/nodes/n1/status", "").as_deref(),
+        Some("patch  nodes/status")
+    );
+    assert_eq!(
+        q("GET", "/api/v1/namespaces/kube-flannel/pods/p", "").as_deref(),
+        Some("get  pods")
+    );
+    assert_eq!(
+        q(
+            "GET",
+            "/apis/networking.k8s.io/v1/networkpolicies",
+            "watch=1"
+        )
+        .as_deref(),
         Some("watch networking.k8s.io networkpolicies")
     );
     assert_eq!(q("GET", "/version", ""), None);

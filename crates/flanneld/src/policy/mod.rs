@@ -43,20 +43,26 @@ impl Drop for Running {
 /// [`run`] on a task of its own.
 pub fn spawn<T: PolicyTable>(
     sm: Arc<KubeSubnetManager>,
-    node: String,
     table: Arc<T>,
     resync: Duration,
 ) -> Running {
-    Running(tokio::spawn(run(sm, node, table, resync)))
+    Running(tokio::spawn(run(sm, table, resync)))
 }
 
 /// Lists and watches the three kinds and enforces, until dropped.
-pub async fn run<T: PolicyTable>(
-    sm: Arc<KubeSubnetManager>,
-    node: String,
-    table: Arc<T>,
-    resync: Duration,
-) {
+pub async fn run<T: PolicyTable>(sm: Arc<KubeSubnetManager>, table: Arc<T>, resync: Duration) {
+    // The node's name as the subnet manager learns it (NODE_NAME, or this pod's node).
+    let mut pause =
+        flannel_core::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let node = loop {
+        match sm.node_name().await {
+            Ok(n) => break n,
+            Err(e) => {
+                debug!("network policy: waiting for this node's name: {e}");
+                tokio::time::sleep(pause.next()).await;
+            }
+        }
+    };
     for p in flannel_net::br_netfilter::problems(Path::new("/proc/sys")) {
         warn!("network policy: {p}");
     }

@@ -174,7 +174,6 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     }
     match o.kube.clone() {
         Some(k) => {
-            let node = k.node_name.clone();
             let Some(sm) = or_signal(&mut stop, KubeSubnetManager::connect(k)).await else {
                 return Ok(());
             };
@@ -183,7 +182,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             // Policy runs beside the daemon from the start: pods may exist before our lease.
             let _policy = o
                 .network_policy
-                .then(|| crate::policy::spawn(sm.clone(), node, table, o.resync));
+                .then(|| crate::policy::spawn(sm.clone(), table, o.resync));
             run_with(o, sm, previous, stop).await
         }
         None => {

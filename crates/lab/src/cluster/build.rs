@@ -27,6 +27,7 @@ pub(super) fn build(spec: &LabSpec, dir: &Path) -> anyhow::Result<LabState> {
         etcd_log: dir.join("etcd.log"),
         etcd_args: Vec::new(),
         nodes: Vec::new(),
+        bin_dir: spec.bin_dir.clone(),
     };
     match spec.datastore {
         Datastore::Etcd => etcd_datastore(spec, dir, &mut state, &mut nodes)?,
@@ -41,6 +42,11 @@ pub(super) fn build(spec: &LabSpec, dir: &Path) -> anyhow::Result<LabState> {
     add_pods(spec, dir, &mut nodes)?;
     state.nodes = nodes;
     state.save()?;
+    for n in &state.nodes {
+        for p in &n.pods {
+            crate::pods::register(&state, p, &n.name)?;
+        }
+    }
     wait_for_routes(spec, &state)?;
     Ok(state)
 }
@@ -346,6 +352,10 @@ fn kube_node_pods(
         let run = run?;
         n.subnet_file = nodefs::host_path(&run.binds, Path::new(&subnet_file_of(&run.argv)));
         n.flanneld = run.argv;
+        // As a user turns it on: the DaemonSet's commented argument, uncommented.
+        if spec.network_policy {
+            n.flanneld.push("--network-policy".into());
+        }
         n.flanneld.extend(spec.flanneld_args.iter().cloned());
         // The pod's environment, and that it runs in the lab.
         let lab_hint = std::mem::take(&mut n.env);
@@ -390,67 +400,30 @@ fn start_daemons(nodes: &mut [NodeState]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Pods, through our CNI plugin (and Debian's bridge, host-local, portmap).
+/// Pods, through our CNI plugin (and Debian's bridge, host-local, portmap), each serving TCP
+/// and UDP on ports 80 and 81. Their Pod objects are registered once the lab is saved.
 fn add_pods(spec: &LabSpec, dir: &Path, nodes: &mut [NodeState]) -> anyhow::Result<()> {
-    let (lab, v4, dual) = (
-        spec.lab.as_str(),
-        spec.ip_family.has_v4(),
-        spec.ip_family.has_v6(),
-    );
-    let lab_cni_path = format!("{}:{CNI_DIR}", spec.bin_dir.display());
+    let (v4, dual) = (spec.ip_family.has_v4(), spec.ip_family.has_v6());
     for n in nodes.iter_mut() {
-        let node_dir = dir.join(&n.name);
-        // Kube mode: what the init container installed, found as the kubelet finds it.
-        let (list, cni_path) = if n.cni_binds.is_empty() {
-            (
-                cni_exec::tutorial_conflist(&node_dir),
-                lab_cni_path.as_str(),
-            )
-        } else {
-            (
-                kube_node::installed_conflist(&n.cni_binds)?,
-                kube_node::CNI_PATH,
-            )
-        };
-        std::fs::create_dir_all(node_dir.join("results"))?;
         for k in 1..=spec.pods_per_node {
             let pod = pod_name(&n.name, k);
-            let pns = pod_ns(lab, &pod);
-            ip(&["netns", "add", &pns])?;
-            ip(&["-n", &pns, "link", "set", "lo", "up"])?;
-            let netns_path = format!("/run/netns/{pns}");
-            let inv = Invocation {
-                node_ns: &n.netns,
-                container_id: &pns,
-                netns_path: &netns_path,
-                ifname: "eth0",
-                cni_path,
-                binds: &n.cni_binds,
-            };
-            let result = cni_exec::add(&list, &inv).with_context(|| format!("adding pod {pod}"))?;
-            std::fs::write(
-                node_dir.join("results").join(format!("{pns}.json")),
-                result.to_string(),
-            )?;
-            let ip = if v4 {
-                cni_exec::result_ipv4(&result).with_context(|| {
-                    format!("CNI result for {pod} has no IPv4 address: {result}")
-                })?
-            } else {
-                String::new()
-            };
-            let ip6 = if dual {
-                cni_exec::result_ip(&result, true).with_context(|| {
-                    format!("CNI result for {pod} has no IPv6 address: {result}")
-                })?
-            } else {
-                String::new()
-            };
+            let pns = pod_ns(&spec.lab, &pod);
+            let (ip, ip6) = crate::pods::attach(n, dir, &spec.bin_dir, &pns, &pod)?;
+            if v4 && ip.is_empty() {
+                bail!("the CNI result for {pod} has no IPv4 address");
+            }
+            if dual && ip6.is_empty() {
+                bail!("the CNI result for {pod} has no IPv6 address");
+            }
+            crate::pods::start_servers(&spec.bin_dir, dir, &pns)?;
             n.pods.push(PodState {
+                labels: [("pod".to_string(), pod.clone())].into(),
                 name: pod,
                 netns: pns,
                 ip,
                 ip6,
+                namespace: "default".into(),
+                ports: Vec::new(),
             });
         }
     }

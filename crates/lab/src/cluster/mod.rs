@@ -1,11 +1,11 @@
 //! Bringing a lab up and tearing it down.
 
-use crate::cni_exec::{self, Invocation};
-use crate::kube_node::{self, KubeSetup, NodePod};
+use crate::cni_exec;
+use crate::kube_node::{KubeSetup, NodePod};
 use crate::manifest::Manifest;
 use crate::names::*;
 use crate::nodefs;
-use crate::preflight::{self, CNI_DIR};
+use crate::preflight;
 use crate::sh::{self, in_ns, ip};
 use crate::state::{LabState, NodeState, PodState};
 use anyhow::{bail, Context};
@@ -69,6 +69,8 @@ pub struct LabSpec {
     pub ip_family: IpFamily,
     /// `"EnableNFTables": true` in the network config (etcd mode).
     pub nftables: bool,
+    /// Kube mode: `--network-policy` added to the DaemonSet's flanneld arguments.
+    pub network_policy: bool,
 }
 
 impl Default for LabSpec {
@@ -88,6 +90,7 @@ impl Default for LabSpec {
             backend_set: false,
             ip_family: IpFamily::V4,
             nftables: false,
+            network_policy: false,
         }
     }
 }
@@ -440,6 +443,9 @@ pub fn check_spec(spec: &LabSpec) -> anyhow::Result<()> {
     let v4 = spec.ip_family.has_v4();
     if dual && (spec.segments > 1 || spec.backend == "udp") {
         bail!("--ip-family {:?}: this lab builds IPv6 on one segment, with the vxlan, host-gw or wireguard backend", spec.ip_family);
+    }
+    if spec.network_policy && spec.datastore == Datastore::Etcd {
+        bail!("--network-policy runs with --datastore kube: flanneld reads NetworkPolicies, Pods and Namespaces from the Kubernetes API");
     }
     if !v4 && spec.datastore == Datastore::Etcd {
         bail!("--ip-family ipv6 runs with --datastore kube: flannel's etcd leases always carry an IPv4 subnet");

@@ -215,6 +215,7 @@ impl Table {
                     }
                     i += 3;
                 }
+                "counter" => i += 1,
                 "accept" => return Some(Act::Accept),
                 "drop" => return Some(Act::Drop),
                 "jump" => return Some(Act::Jump(w[i + 1].clone())),

@@ -174,7 +174,7 @@ impl KubeSubnetManager {
     }
 
     /// This node's name: `NODE_NAME`, else the node of pod `POD_NAMESPACE/POD_NAME`.
-    async fn node_name(&self) -> Result<String, SubnetError> {
+    pub async fn node_name(&self) -> Result<String, SubnetError> {
         self.node
             .get_or_try_init(|| async {
                 if !self.opts.node_name.is_empty() {

@@ -1,0 +1,583 @@
+//! Kubernetes NetworkPolicy in a kube lab with `--network-policy`, checked the way the
+//! upstream end-to-end suite (`test/e2e/network/netpol`) checks it: namespaces x, y, z with
+//! pods a, b, c each (a, b and c on different nodes, so same-node and cross-node pairs both
+//! occur), TCP and UDP servers on ports 80 and 81 in every pod, probes of every ordered pair in
+//! parallel with a 1 s timeout, and the whole reachability matrix compared with the expected
+//! one. Policies and labels go through the real `kubectl`, as a user applies them.
+
+use crate::common;
+
+use common::lab::Lab;
+use flannel_lab::cluster::{kubectl, Datastore};
+use flannel_lab::names::IpFamily;
+use flannel_lab::pods::{self, NewPod};
+use flannel_lab::probe::{self, Proto};
+use flannel_lab::state::PodState;
+use flannel_lab::LabSpec;
+use ipnet::IpNet;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+const PODS: [&str; 3] = ["a", "b", "c"];
+
+struct Np {
+    lab: Lab,
+    /// A case changed labels: the next reset puts them back.
+    relabelled: std::cell::Cell<bool>,
+}
+
+/// One probe as the expectation sees it.
+struct P<'a> {
+    from: &'a PodState,
+    to: &'a PodState,
+    proto: Proto,
+    port: u16,
+    v6: bool,
+}
+
+impl P<'_> {
+    fn from_is(&self, key: &str) -> bool {
+        self.from.key() == key
+    }
+    fn to_is(&self, key: &str) -> bool {
+        self.to.key() == key
+    }
+    fn src_ip(&self) -> IpAddr {
+        let a = if self.v6 {
+            &self.from.ip6
+        } else {
+            &self.from.ip
+        };
+        a.parse().expect("a pod address")
+    }
+}
+
+impl Np {
+    fn up(backend: &str, family: IpFamily, nodes: usize, pods: &[&str]) -> Np {
+        let mut lab = Lab::up_with(LabSpec {
+            nodes,
+            pods_per_node: 0,
+            backend: backend.into(),
+            backend_set: true,
+            datastore: Datastore::Kube,
+            network_policy: true,
+            ip_family: family,
+            ..LabSpec::default()
+        });
+        let node_names: Vec<String> = lab.state.nodes.iter().map(|n| n.name.clone()).collect();
+        for ns in NAMESPACES {
+            for (i, p) in pods.iter().enumerate() {
+                let ports = [
+                    "serve-80-tcp=80/tcp",
+                    "serve-81-tcp=81/tcp",
+                    "serve-80-udp=80/udp",
+                    "serve-81-udp=81/udp",
+                ]
+                .iter()
+                .map(|s| pods::parse_port(s).unwrap())
+                .collect();
+                pods::add(
+                    &mut lab.state,
+                    NewPod {
+                        namespace: ns.into(),
+                        name: p.to_string(),
+                        node: node_names[i % node_names.len()].clone(),
+                        labels: [("pod".to_string(), p.to_string())].into(),
+                        ports,
+                    },
+                )
+                .unwrap_or_else(|e| panic!("pod add {ns}/{p}: {e:#}"));
+            }
+        }
+        let np = Np {
+            lab,
+            relabelled: std::cell::Cell::new(false),
+        };
+        for ns in NAMESPACES {
+            np.kubectl(&["label", "namespace", ns, &format!("ns={ns}"), "--overwrite"]);
+        }
+        np
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        kubectl(&self.lab.state, args).unwrap_or_else(|e| panic!("kubectl {args:?}: {e:#}"))
+    }
+
+    fn pod(&self, key: &str) -> &PodState {
+        self.lab.state.find_pod(key).unwrap().1
+    }
+
+    /// The subnet of the node pod `key` runs on.
+    fn subnet_of(&self, key: &str) -> IpNet {
+        let (n, _) = self.lab.state.find_pod(key).unwrap();
+        n.subnet.parse().unwrap()
+    }
+
+    /// `kubectl apply -f` of a List of policies.
+    fn apply(&self, policies: &[Value]) {
+        if policies.is_empty() {
+            return;
+        }
+        // A stream of JSON objects, which kubectl reads as it reads a multi-document YAML.
+        let f = self.lab.state.state_dir.join("policies.json");
+        let docs: Vec<String> = policies.iter().map(|p| p.to_string()).collect();
+        std::fs::write(&f, docs.join("\n")).unwrap();
+        self.kubectl(&["apply", "-f", &f.display().to_string()]);
+    }
+
+    /// `kubectl label ...`, remembered so the next case starts from the first labels.
+    fn label(&self, args: &[&str]) {
+        self.relabelled.set(true);
+        let mut a = vec!["label"];
+        a.extend_from_slice(args);
+        a.push("--overwrite");
+        self.kubectl(&a);
+    }
+
+    /// No policy left, labels as at the start.
+    fn reset(&self) {
+        self.kubectl(&[
+            "delete",
+            "networkpolicy",
+            "--all",
+            "--all-namespaces",
+            "--wait=false",
+        ]);
+        if !self.relabelled.replace(false) {
+            return;
+        }
+        for ns in NAMESPACES {
+            self.kubectl(&["label", "namespace", ns, &format!("ns={ns}"), "--overwrite"]);
+            for p in PODS {
+                if self.lab.state.find_pod(&format!("{ns}/{p}")).is_ok() {
+                    self.kubectl(&[
+                        "label",
+                        "pod",
+                        "-n",
+                        ns,
+                        p,
+                        &format!("pod={p}"),
+                        "--overwrite",
+                    ]);
+                }
+            }
+        }
+    }
+
+    /// Waits (up to 20 s) for the matrix to be the expected one; fails naming every
+    /// wrong cell.
+    fn expect(&self, case: &str, want: impl Fn(&P) -> bool) {
+        let pods: BTreeMap<String, &PodState> =
+            self.lab.state.pods().map(|p| (p.key(), p)).collect();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = probe::matrix(&self.lab.state, &[80, 81], &[Proto::Tcp, Proto::Udp]);
+            let wrong: Vec<String> = got
+                .iter()
+                .filter(|r| {
+                    let p = P {
+                        from: pods[&r.from],
+                        to: pods[&r.to],
+                        proto: r.proto,
+                        port: r.port,
+                        v6: r.family == 6,
+                    };
+                    let w = r.from == r.to || want(&p);
+                    w != r.ok
+                })
+                .map(|r| {
+                    format!(
+                        "{} -> {} {}/{} v{}: {}",
+                        r.from,
+                        r.to,
+                        r.proto.name(),
+                        r.port,
+                        r.family,
+                        if r.ok {
+                            "reachable, expected blocked"
+                        } else {
+                            "blocked, expected reachable"
+                        }
+                    )
+                })
+                .collect();
+            let n = pods.len();
+            assert!(
+                got.len() >= n * n * 4,
+                "{case}: only {} probes of {n} pods",
+                got.len()
+            );
+            if wrong.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{case}: {} cells differ:\n{}\n\n{}",
+                    wrong.len(),
+                    wrong.join("\n"),
+                    probe::render(&got)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Resets, applies `policies`, checks `want`.
+    fn case(&self, name: &str, policies: &[Value], want: impl Fn(&P) -> bool) {
+        self.reset();
+        self.apply(policies);
+        // Each node applies a change within milliseconds; probing before that only costs a
+        // round of timeouts.
+        std::thread::sleep(Duration::from_millis(200));
+        self.expect(name, want);
+    }
+}
+
+fn np(ns: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+           "metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+fn pod_is(name: &str) -> Value {
+    json!({"matchLabels": {"pod": name}})
+}
+
+fn ns_is(name: &str) -> Value {
+    json!({"matchLabels": {"ns": name}})
+}
+
+fn tcp(port: u16) -> Value {
+    json!({"protocol": "TCP", "port": port})
+}
+
+/// The upstream suite's cases, in order; `v6` when the lab is dual stack (CIDR cases then
+/// also check that an IPv4 block opens nothing over IPv6).
+fn suite(t: &Np) {
+    let only_to_xa = |p: &P| !p.to_is("x/a");
+    t.case(
+        "default-deny-ingress",
+        &[np("x", "deny", json!({"podSelector": {}}))],
+        |p| p.to.namespace != "x",
+    );
+    t.case(
+        "default-deny-all",
+        &[np(
+            "x",
+            "deny",
+            json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
+        )],
+        |p| p.to.namespace != "x" && p.from.namespace != "x",
+    );
+    t.case(
+        "allow by PodSelector within the namespace",
+        &[np("x", "a-from-b", json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"podSelector": pod_is("b")}]}]}))],
+        |p| only_to_xa(p) || p.from_is("x/b"),
+    );
+    t.case(
+        "ingress from all namespaces",
+        &[np(
+            "x",
+            "all-ns",
+            json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"namespaceSelector": {}}]}]}),
+        )],
+        |_| true,
+    );
+    t.case(
+        "only from a different namespace by NamespaceSelector (MatchLabels)",
+        &[np("x", "from-y", json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"namespaceSelector": ns_is("y")}]}]}))],
+        |p| only_to_xa(p) || p.from.namespace == "y",
+    );
+    t.case(
+        "NamespaceSelector with MatchExpressions",
+        &[np(
+            "x",
+            "from-yz",
+            json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"namespaceSelector":
+            {"matchExpressions": [{"key": "ns", "operator": "In", "values": ["y", "z"]}]}}]}]}),
+        )],
+        |p| only_to_xa(p) || p.from.namespace != "x",
+    );
+    t.case(
+        "the default kubernetes.io/metadata.name label",
+        &[np("x", "not-x", json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"namespaceSelector":
+            {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["x"]}]}}]}]}))],
+        |p| only_to_xa(p) || p.from.namespace != "x",
+    );
+    t.case(
+        "PodSelector with MatchExpressions",
+        &[np(
+            "x",
+            "expr",
+            json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"podSelector":
+            {"matchExpressions": [{"key": "pod", "operator": "In", "values": ["b"]}]}}]}]}),
+        )],
+        |p| only_to_xa(p) || p.from_is("x/b"),
+    );
+    t.case(
+        "PodSelector OR NamespaceSelector",
+        &[np(
+            "x",
+            "or",
+            json!({"podSelector": pod_is("a"), "ingress": [{"from": [
+            {"podSelector": pod_is("b")}, {"namespaceSelector": ns_is("y")}]}]}),
+        )],
+        |p| only_to_xa(p) || p.from_is("x/b") || p.from.namespace == "y",
+    );
+    t.case(
+        "PodSelector AND NamespaceSelector",
+        &[np(
+            "x",
+            "and",
+            json!({"podSelector": pod_is("a"), "ingress": [{"from": [
+            {"podSelector": pod_is("b"), "namespaceSelector": ns_is("y")}]}]}),
+        )],
+        |p| only_to_xa(p) || p.from_is("y/b"),
+    );
+    t.case(
+        "multiple PodSelectors and NamespaceSelectors",
+        &[np("x", "multi", json!({"podSelector": pod_is("a"), "ingress": [{"from": [{
+            "namespaceSelector": {"matchExpressions": [{"key": "ns", "operator": "NotIn", "values": ["x"]}]},
+            "podSelector": {"matchExpressions": [{"key": "pod", "operator": "In", "values": ["b", "c"]}]}}]}]}))],
+        |p| only_to_xa(p) || (p.from.namespace != "x" && p.from.name != "a"),
+    );
+    t.case(
+        "ports: TCP 80 only",
+        &[np(
+            "x",
+            "port-80",
+            json!({"podSelector": pod_is("a"), "ingress": [{"ports": [tcp(80)]}]}),
+        )],
+        |p| only_to_xa(p) || (p.proto == Proto::Tcp && p.port == 80),
+    );
+    t.case(
+        "named port (ingress)",
+        &[np(
+            "x",
+            "named",
+            json!({"podSelector": pod_is("a"), "ingress": [{"ports": [{"port": "serve-81-tcp"}]}]}),
+        )],
+        |p| only_to_xa(p) || (p.proto == Proto::Tcp && p.port == 81),
+    );
+    t.case(
+        "named port from a namespace",
+        &[np("x", "named-ns", json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"namespaceSelector": ns_is("y")}],
+            "ports": [{"protocol": "UDP", "port": "serve-80-udp"}]}]}))],
+        |p| only_to_xa(p) || (p.from.namespace == "y" && p.proto == Proto::Udp && p.port == 80),
+    );
+    t.case(
+        "named port (egress)",
+        &[np(
+            "x",
+            "named-eg",
+            json!({"podSelector": pod_is("a"), "policyTypes": ["Egress"],
+            "egress": [{"ports": [{"port": "serve-80-tcp"}]}]}),
+        )],
+        |p| !p.from_is("x/a") || (p.proto == Proto::Tcp && p.port == 80),
+    );
+    t.case(
+        "endPort range",
+        &[np("x", "range", json!({"podSelector": pod_is("a"), "ingress": [{"ports": [{"protocol": "TCP", "port": 81, "endPort": 90}]}]}))],
+        |p| only_to_xa(p) || (p.proto == Proto::Tcp && p.port == 81),
+    );
+    t.case(
+        "a policy on UDP only allows no TCP",
+        &[np("x", "udp", json!({"podSelector": pod_is("a"), "ingress": [{"ports": [{"protocol": "UDP", "port": 80}]}]}))],
+        |p| only_to_xa(p) || (p.proto == Proto::Udp && p.port == 80),
+    );
+    t.case(
+        "SCTP is not TCP, and an SCTP policy isolates",
+        &[np("x", "sctp", json!({"podSelector": pod_is("a"), "ingress": [{"ports": [{"protocol": "SCTP", "port": 80}]}]}))],
+        only_to_xa,
+    );
+    t.case(
+        "stacked policies with overlapping selectors",
+        &[
+            np("x", "a-from-b", json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"podSelector": pod_is("b")}]}]})),
+            np("x", "ab-from-y", json!({"podSelector": {"matchExpressions": [{"key": "pod", "operator": "In", "values": ["a", "b"]}]},
+                "ingress": [{"from": [{"namespaceSelector": ns_is("y")}]}]})),
+        ],
+        |p| match p.to.key().as_str() {
+            "x/a" => p.from_is("x/b") || p.from.namespace == "y",
+            "x/b" => p.from.namespace == "y",
+            _ => true,
+        },
+    );
+    t.case(
+        "allow-all takes precedence (ingress)",
+        &[
+            np("x", "deny", json!({"podSelector": {}})),
+            np("x", "allow", json!({"podSelector": {}, "ingress": [{}]})),
+        ],
+        |_| true,
+    );
+    t.case(
+        "allow-all takes precedence (egress)",
+        &[
+            np(
+                "x",
+                "deny",
+                json!({"podSelector": {}, "policyTypes": ["Egress"]}),
+            ),
+            np(
+                "x",
+                "allow",
+                json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}),
+            ),
+        ],
+        |_| true,
+    );
+    t.case(
+        "egress deny by PodSelector",
+        &[np(
+            "x",
+            "a-out",
+            json!({"podSelector": pod_is("a"), "policyTypes": ["Egress"]}),
+        )],
+        |p| !p.from_is("x/a"),
+    );
+    t.case(
+        "egress deny for a whole namespace",
+        &[np(
+            "x",
+            "out",
+            json!({"podSelector": {}, "policyTypes": ["Egress"]}),
+        )],
+        |p| p.from.namespace != "x",
+    );
+    t.case(
+        "egress to another namespace by PodSelector and NamespaceSelector",
+        &[np(
+            "x",
+            "to-yb",
+            json!({"podSelector": pod_is("a"), "policyTypes": ["Egress"],
+            "egress": [{"to": [{"namespaceSelector": ns_is("y"), "podSelector": pod_is("b")}]}]}),
+        )],
+        |p| !p.from_is("x/a") || p.to_is("y/b"),
+    );
+    t.case(
+        "Ingress and Egress together, each controlled",
+        &[np(
+            "x",
+            "both",
+            json!({"podSelector": pod_is("a"), "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [{"podSelector": pod_is("b")}]}],
+            "egress": [{"to": [{"namespaceSelector": ns_is("y")}]}]}),
+        )],
+        |p| (!p.to_is("x/a") || p.from_is("x/b")) && (!p.from_is("x/a") || p.to.namespace == "y"),
+    );
+    t.case(
+        "the client side denies egress the server allows",
+        &[
+            np("x", "allow-in", json!({"podSelector": {}, "ingress": [{}]})),
+            np(
+                "y",
+                "a-no-out",
+                json!({"podSelector": pod_is("a"), "policyTypes": ["Egress"]}),
+            ),
+        ],
+        |p| !p.from_is("y/a"),
+    );
+    let b_net = t.subnet_of("x/b");
+    t.case(
+        "CIDR allow",
+        &[np("x", "cidr", json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"ipBlock": {"cidr": b_net.to_string()}}]}]}))],
+        |p| only_to_xa(p) || (!p.v6 && b_net.contains(&p.src_ip())),
+    );
+    let cluster: IpNet = "10.244.0.0/16".parse().unwrap();
+    t.case(
+        "CIDR with except",
+        &[np(
+            "x",
+            "except",
+            json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"ipBlock":
+            {"cidr": cluster.to_string(), "except": [b_net.to_string()]}}]}]}),
+        )],
+        |p| only_to_xa(p) || (!p.v6 && !b_net.contains(&p.src_ip())),
+    );
+    let yb = format!("{}/32", t.pod("y/b").ip);
+    t.case(
+        "an address in both cidr and except",
+        &[np("x", "both-ex", json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"ipBlock": {"cidr": yb, "except": [yb]}}]}]}))],
+        only_to_xa,
+    );
+
+    // Changes applied live.
+    t.case(
+        "updated policy: before",
+        &[np("x", "edit", json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"podSelector": pod_is("b")}]}]}))],
+        |p| only_to_xa(p) || p.from_is("x/b"),
+    );
+    t.apply(&[np(
+        "x",
+        "edit",
+        json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"podSelector": pod_is("c")}]}]}),
+    )]);
+    t.expect("updated policy: after", |p| {
+        only_to_xa(p) || p.from_is("x/c")
+    });
+    t.label(&["pod", "-n", "x", "b", "pod=c"]);
+    t.expect("updated pod labels", |p| {
+        only_to_xa(p) || p.from_is("x/c") || p.from_is("x/b")
+    });
+    t.case(
+        "updated namespace labels: before",
+        &[np("x", "from-y", json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"namespaceSelector": ns_is("y")}]}]}))],
+        |p| only_to_xa(p) || p.from.namespace == "y",
+    );
+    t.label(&["namespace", "z", "ns=y"]);
+    t.expect("updated namespace labels: after", |p| {
+        only_to_xa(p) || p.from.namespace != "x"
+    });
+    t.kubectl(&["delete", "networkpolicy", "-n", "x", "from-y"]);
+    t.expect("policies stop being enforced once deleted", |_| true);
+}
+
+#[test]
+fn the_upstream_suite_on_vxlan_ipv4() {
+    if common::skip_without_root() {
+        return;
+    }
+    let t = Np::up("vxlan", IpFamily::V4, 3, &PODS);
+    suite(&t);
+}
+
+#[test]
+fn the_upstream_suite_on_vxlan_dual_stack() {
+    if common::skip_without_root() {
+        return;
+    }
+    let t = Np::up("vxlan", IpFamily::Dual, 3, &PODS);
+    suite(&t);
+}
+
+/// host-gw, udp and wireguard: default deny plus an allow, same-node and cross-node.
+#[test]
+fn every_backend_enforces_a_default_deny_and_an_allow() {
+    if common::skip_without_root() {
+        return;
+    }
+    let runs: Vec<_> = ["host-gw", "udp", "wireguard"]
+        .into_iter()
+        .map(|b| {
+            std::thread::spawn(move || {
+                let t = Np::up(b, IpFamily::V4, 2, &["a", "b"]);
+                t.case(
+                    &format!("{b}: default deny, x/a open to x/b"),
+                    &[
+                        np("x", "deny", json!({"podSelector": {}})),
+                        np("x", "a-from-b", json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"podSelector": pod_is("b")}]}]})),
+                    ],
+                    |p| p.to.namespace != "x" || (p.to_is("x/a") && p.from_is("x/b")),
+                );
+            })
+        })
+        .collect();
+    for r in runs {
+        if let Err(e) = r.join() {
+            std::panic::resume_unwind(e);
+        }
+    }
+}
