@@ -39,10 +39,10 @@ struct P<'a> {
 }
 
 impl P<'_> {
-    fn from_is(&self, key: &str) -> bool {
+    fn src_is(&self, key: &str) -> bool {
         self.from.key() == key
     }
-    fn to_is(&self, key: &str) -> bool {
+    fn dst_is(&self, key: &str) -> bool {
         self.to.key() == key
     }
     fn src_ip(&self) -> IpAddr {
@@ -256,7 +256,7 @@ fn tcp(port: u16) -> Value {
 /// The upstream suite's cases, in order; `v6` when the lab is dual stack (CIDR cases then
 /// also check that an IPv4 block opens nothing over IPv6).
 fn suite(t: &Np) {
-    let only_to_xa = |p: &P| !p.to_is("x/a");
+    let only_to_xa = |p: &P| !p.dst_is("x/a");
     t.case(
         "default-deny-ingress",
         &[np("x", "deny", json!({"podSelector": {}}))],
@@ -274,7 +274,7 @@ fn suite(t: &Np) {
     t.case(
         "allow by PodSelector within the namespace",
         &[np("x", "a-from-b", json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"podSelector": pod_is("b")}]}]}))],
-        |p| only_to_xa(p) || p.from_is("x/b"),
+        |p| only_to_xa(p) || p.src_is("x/b"),
     );
     t.case(
         "ingress from all namespaces",
@@ -314,7 +314,7 @@ fn suite(t: &Np) {
             json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"podSelector":
             {"matchExpressions": [{"key": "pod", "operator": "In", "values": ["b"]}]}}]}]}),
         )],
-        |p| only_to_xa(p) || p.from_is("x/b"),
+        |p| only_to_xa(p) || p.src_is("x/b"),
     );
     t.case(
         "PodSelector OR NamespaceSelector",
@@ -324,7 +324,7 @@ fn suite(t: &Np) {
             json!({"podSelector": pod_is("a"), "ingress": [{"from": [
             {"podSelector": pod_is("b")}, {"namespaceSelector": ns_is("y")}]}]}),
         )],
-        |p| only_to_xa(p) || p.from_is("x/b") || p.from.namespace == "y",
+        |p| only_to_xa(p) || p.src_is("x/b") || p.from.namespace == "y",
     );
     t.case(
         "PodSelector AND NamespaceSelector",
@@ -334,7 +334,7 @@ fn suite(t: &Np) {
             json!({"podSelector": pod_is("a"), "ingress": [{"from": [
             {"podSelector": pod_is("b"), "namespaceSelector": ns_is("y")}]}]}),
         )],
-        |p| only_to_xa(p) || p.from_is("y/b"),
+        |p| only_to_xa(p) || p.src_is("y/b"),
     );
     t.case(
         "multiple PodSelectors and NamespaceSelectors",
@@ -375,7 +375,7 @@ fn suite(t: &Np) {
             json!({"podSelector": pod_is("a"), "policyTypes": ["Egress"],
             "egress": [{"ports": [{"port": "serve-80-tcp"}]}]}),
         )],
-        |p| !p.from_is("x/a") || (p.proto == Proto::Tcp && p.port == 80),
+        |p| !p.src_is("x/a") || (p.proto == Proto::Tcp && p.port == 80),
     );
     t.case(
         "endPort range",
@@ -400,7 +400,7 @@ fn suite(t: &Np) {
                 "ingress": [{"from": [{"namespaceSelector": ns_is("y")}]}]})),
         ],
         |p| match p.to.key().as_str() {
-            "x/a" => p.from_is("x/b") || p.from.namespace == "y",
+            "x/a" => p.src_is("x/b") || p.from.namespace == "y",
             "x/b" => p.from.namespace == "y",
             _ => true,
         },
@@ -436,7 +436,7 @@ fn suite(t: &Np) {
             "a-out",
             json!({"podSelector": pod_is("a"), "policyTypes": ["Egress"]}),
         )],
-        |p| !p.from_is("x/a"),
+        |p| !p.src_is("x/a"),
     );
     t.case(
         "egress deny for a whole namespace",
@@ -455,7 +455,7 @@ fn suite(t: &Np) {
             json!({"podSelector": pod_is("a"), "policyTypes": ["Egress"],
             "egress": [{"to": [{"namespaceSelector": ns_is("y"), "podSelector": pod_is("b")}]}]}),
         )],
-        |p| !p.from_is("x/a") || p.to_is("y/b"),
+        |p| !p.src_is("x/a") || p.dst_is("y/b"),
     );
     t.case(
         "Ingress and Egress together, each controlled",
@@ -466,7 +466,7 @@ fn suite(t: &Np) {
             "ingress": [{"from": [{"podSelector": pod_is("b")}]}],
             "egress": [{"to": [{"namespaceSelector": ns_is("y")}]}]}),
         )],
-        |p| (!p.to_is("x/a") || p.from_is("x/b")) && (!p.from_is("x/a") || p.to.namespace == "y"),
+        |p| (!p.dst_is("x/a") || p.src_is("x/b")) && (!p.src_is("x/a") || p.to.namespace == "y"),
     );
     t.case(
         "the client side denies egress the server allows",
@@ -478,7 +478,7 @@ fn suite(t: &Np) {
                 json!({"podSelector": pod_is("a"), "policyTypes": ["Egress"]}),
             ),
         ],
-        |p| !p.from_is("y/a"),
+        |p| !p.src_is("y/a"),
     );
     let b_net = t.subnet_of("x/b");
     t.case(
@@ -508,7 +508,7 @@ fn suite(t: &Np) {
     t.case(
         "updated policy: before",
         &[np("x", "edit", json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"podSelector": pod_is("b")}]}]}))],
-        |p| only_to_xa(p) || p.from_is("x/b"),
+        |p| only_to_xa(p) || p.src_is("x/b"),
     );
     t.apply(&[np(
         "x",
@@ -516,11 +516,11 @@ fn suite(t: &Np) {
         json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"podSelector": pod_is("c")}]}]}),
     )]);
     t.expect("updated policy: after", |p| {
-        only_to_xa(p) || p.from_is("x/c")
+        only_to_xa(p) || p.src_is("x/c")
     });
     t.label(&["pod", "-n", "x", "b", "pod=c"]);
     t.expect("updated pod labels", |p| {
-        only_to_xa(p) || p.from_is("x/c") || p.from_is("x/b")
+        only_to_xa(p) || p.src_is("x/c") || p.src_is("x/b")
     });
     t.case(
         "updated namespace labels: before",
@@ -570,7 +570,7 @@ fn every_backend_enforces_a_default_deny_and_an_allow() {
                         np("x", "deny", json!({"podSelector": {}})),
                         np("x", "a-from-b", json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"podSelector": pod_is("b")}]}]})),
                     ],
-                    |p| p.to.namespace != "x" || (p.to_is("x/a") && p.from_is("x/b")),
+                    |p| p.to.namespace != "x" || (p.dst_is("x/a") && p.src_is("x/b")),
                 );
             })
         })
