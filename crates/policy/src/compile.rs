@@ -275,6 +275,9 @@ impl<'a> Compiler<'a> {
     }
 }
 
+/// ICMPv6 neighbour and router discovery: link plumbing, not traffic a policy speaks of.
+pub const NEIGHBOUR_DISCOVERY: &str = "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept";
+
 /// A local pod isolated in one direction: its addresses and the chains of the policies that
 /// select it.
 type Isolated = (Vec<IpAddr>, Vec<String>);
@@ -341,6 +344,9 @@ pub fn compile(cluster: &Cluster, node: &str) -> Ruleset {
                 )),
                 rules: vec![
                     "ct state established,related accept".into(),
+                    // IPv6 neighbour discovery between pods of one node is bridged through
+                    // this hook: an isolated pod must still resolve its peers' addresses.
+                    NEIGHBOUR_DISCOVERY.into(),
                     format!("ip {field} vmap @{}", map(true)),
                     format!("ip6 {field} vmap @{}", map(false)),
                 ],

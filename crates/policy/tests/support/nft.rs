@@ -216,6 +216,8 @@ impl Table {
                     i += 3;
                 }
                 "counter" => i += 1,
+                // Neighbour discovery: the interpreter's packets are TCP, UDP or SCTP.
+                "icmpv6" => return None,
                 "accept" => return Some(Act::Accept),
                 "drop" => return Some(Act::Drop),
                 "jump" => return Some(Act::Jump(w[i + 1].clone())),
