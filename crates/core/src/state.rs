@@ -60,6 +60,9 @@ pub struct NodeInfo {
     /// How this flanneld is run, so that fixes name the right commands.
     #[serde(default)]
     pub runs_as: RunsAs,
+    /// `--network-policy`: NetworkPolicies enforced in the `inet flannel-policy` table.
+    #[serde(default)]
+    pub network_policy: bool,
 }
 
 /// How flanneld reaches its datastore: its flags, without secrets.

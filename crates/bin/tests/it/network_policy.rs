@@ -552,6 +552,7 @@ fn the_upstream_suite_on_vxlan_dual_stack() {
     }
     let t = Np::up("vxlan", IpFamily::Dual, 3, &PODS);
     suite(&t);
+    doctor_names_br_netfilter(&t);
 }
 
 /// host-gw, udp and wireguard: default deny plus an allow, same-node and cross-node.
@@ -737,4 +738,35 @@ fn sctp_by_raw_socket(t: &Np) {
     });
     // TCP to port 80 is not SCTP: still isolated.
     assert!(!probe::one(&t.lab.state, "y/b", "x/a", Proto::Tcp, 80, false).unwrap());
+}
+
+/// With policy on, `flannelctl doctor` judges br_netfilter (the node's own sysctl, as these
+/// are per network namespace) and names what breaks.
+fn doctor_names_br_netfilter(t: &Np) {
+    let n = &t.lab.state.nodes[1];
+    let set = |v: &str| {
+        common::ip(&[
+            "netns",
+            "exec",
+            &n.netns,
+            "sysctl",
+            "-qw",
+            &format!("net.bridge.bridge-nf-call-iptables={v}"),
+        ]);
+    };
+    set("0");
+    let (_, all) = common::ctl::doctor(n, &[]);
+    set("1");
+    let v = common::ctl::verdict(&all, "br_netfilter");
+    assert_eq!(v["ok"], false, "{v:#}");
+    assert!(
+        v["why"]
+            .as_str()
+            .unwrap()
+            .contains("network policy does not apply between pods of this node"),
+        "{v:#}"
+    );
+    assert_eq!(v["fix"], "sysctl -w net.bridge.bridge-nf-call-iptables=1");
+    let (_, all) = common::ctl::doctor(n, &[]);
+    assert_eq!(common::ctl::verdict(&all, "br_netfilter")["ok"], true);
 }

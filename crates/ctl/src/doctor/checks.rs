@@ -267,7 +267,9 @@ pub fn rp_filter(f: &Facts, s: &StateSnapshot) -> Verdict {
 }
 
 pub fn br_netfilter(f: &Facts, s: &StateSnapshot) -> Verdict {
-    if s.node.firewall != "iptables" {
+    // iptables mode needs it for Services between pods of a node; network policy (either
+    // firewall mode) for policy between pods of a node.
+    if s.node.firewall != "iptables" && !s.node.network_policy {
         return Verdict::pass("br_netfilter");
     }
     let mut problems = Vec::new();
@@ -291,12 +293,12 @@ pub fn br_netfilter(f: &Facts, s: &StateSnapshot) -> Verdict {
             }
         }
     }
-    Verdict::judged(
-        "br_netfilter",
-        problems,
-        "traffic between pods on the same cni0 bridge skips iptables: Service addresses (kube-proxy's DNAT) do not work from a pod to a pod on its own node",
-        fix,
-    )
+    let why = if s.node.network_policy {
+        "traffic between pods on the same cni0 bridge skips the IP hooks: network policy does not apply between pods of this node (and Service addresses do not work from a pod to a pod on its own node)"
+    } else {
+        "traffic between pods on the same cni0 bridge skips iptables: Service addresses (kube-proxy's DNAT) do not work from a pod to a pod on its own node"
+    };
+    Verdict::judged("br_netfilter", problems, why, fix)
 }
 
 fn link<'a>(f: &'a Facts, name: &str) -> Option<&'a LinkFact> {
@@ -788,6 +790,36 @@ pub(crate) mod tests {
         let v = all(&healthy());
         assert_eq!(v.len(), 12);
         assert!(v.iter().all(|c| c.ok), "{v:#?}");
+    }
+
+    #[test]
+    fn br_netfilter_counts_in_either_firewall_mode_when_policy_is_on() {
+        let mut f = healthy();
+        f.sysctl
+            .insert("net.bridge.bridge-nf-call-iptables".into(), "0".into());
+        let mut s = f.state.clone().unwrap();
+        s.node.firewall = "nftables".into();
+        f.state = Some(s.clone());
+        assert!(
+            verdict(&f, "br_netfilter").ok,
+            "nftables mode without policy: not needed"
+        );
+        s.node.network_policy = true;
+        f.state = Some(s.clone());
+        let v = verdict(&f, "br_netfilter");
+        assert!(
+            !v.ok
+                && v.why
+                    .contains("network policy does not apply between pods of this node"),
+            "{v:#?}"
+        );
+        assert_eq!(
+            v.fix.as_deref(),
+            Some("sysctl -w net.bridge.bridge-nf-call-iptables=1")
+        );
+        s.node.firewall = "iptables".into();
+        f.state = Some(s);
+        assert!(!verdict(&f, "br_netfilter").ok, "iptables mode with policy");
     }
 
     #[test]

@@ -104,18 +104,18 @@ pub async fn read(subnet_file: &Path) -> anyhow::Result<StateSnapshot> {
             })
         })
         .map(|l| (l.name.clone(), l.mtu));
-    let nftables = std::process::Command::new("nft")
-        .args(["list", "table", "ip", "flannel"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let table = |family: &str, name: &str| {
+        std::process::Command::new("nft")
+            .args(["list", "table", family, name])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let nftables = table("ip", "flannel-ipv4") || table("ip6", "flannel-ipv6");
     let text = std::fs::read_to_string(subnet_file).ok();
-    Ok(state_of(
-        subnet_file,
-        text.as_deref(),
-        &names,
-        ext,
-        nftables,
-    ))
+    let mut s = state_of(subnet_file, text.as_deref(), &names, ext, nftables);
+    // flanneld down: its policy table, when there, says --network-policy was on.
+    s.node.network_policy = table("inet", "flannel-policy");
+    Ok(s)
 }
 
 #[cfg(test)]

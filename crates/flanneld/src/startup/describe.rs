@@ -35,6 +35,7 @@ pub(super) fn node_info(
         fully_random_disable: o.ip_masq_fully_random_disable,
         access: Some(datastore_access(o, &sm.datastore())),
         runs_as: runs_as(o, &|k| std::env::var(k).ok()),
+        network_policy: o.network_policy,
         ..Default::default()
     }
 }
