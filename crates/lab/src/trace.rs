@@ -96,7 +96,12 @@ fn hops(
         sample: String::new(),
     };
     let mut v = vec![
-        hop(format!("{} eth0", sp.name), &sp.netns, "eth0", &inner),
+        hop(
+            format!("{} eth0", crate::ping::display(sp)),
+            &sp.netns,
+            "eth0",
+            &inner,
+        ),
         hop(format!("{} cni0", sn.name), &sn.netns, "cni0", &inner),
     ];
     if sn.name != dn.name {
@@ -111,7 +116,12 @@ fn hops(
         }
         v.push(hop(format!("{} cni0", dn.name), &dn.netns, "cni0", &inner));
     }
-    v.push(hop(format!("{} eth0", dp.name), &dp.netns, "eth0", &inner));
+    v.push(hop(
+        format!("{} eth0", crate::ping::display(dp)),
+        &dp.netns,
+        "eth0",
+        &inner,
+    ));
     v
 }
 
@@ -185,10 +195,10 @@ fn finish(mut c: Capture) -> Vec<String> {
 pub fn run(s: &LabState, from: &str, to: &str) -> anyhow::Result<Report> {
     let (sn, sp) = find(s, from)?;
     let (dn, dp) = find(s, to)?;
-    if sp.name == dp.name {
+    if sp.key() == dp.key() {
         bail!(
             "{from} and {to} are the same pod ({}): a trace follows a packet from one pod to another",
-            sp.name
+            crate::ping::display(sp)
         );
     }
     let v6 = from.contains(':') || to.contains(':');
@@ -198,7 +208,11 @@ pub fn run(s: &LabState, from: &str, to: &str) -> anyhow::Result<Report> {
         (&sp.ip, &dp.ip)
     };
     if src.is_empty() || dst.is_empty() {
-        bail!("{} or {} has no address of that family", sp.name, dp.name);
+        bail!(
+            "{} or {} has no address of that family",
+            crate::ping::display(sp),
+            crate::ping::display(dp)
+        );
     }
     let out = crate::cluster::flannelctl(sn, &["trace", "-o", "json", src, dst])?;
     let walk = String::from_utf8_lossy(&out.stdout);
@@ -261,8 +275,8 @@ pub fn run(s: &LabState, from: &str, to: &str) -> anyhow::Result<Report> {
         && hops.iter().all(|h| h.packets >= PINGS)
         && outer_dst.as_ref().is_none_or(|d| d == peer);
     Ok(Report {
-        from: sp.name.clone(),
-        to: dp.name.clone(),
+        from: crate::ping::display(sp),
+        to: crate::ping::display(dp),
         backend: s.backend.clone(),
         walk,
         hops,

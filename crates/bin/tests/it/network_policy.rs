@@ -770,3 +770,83 @@ fn doctor_names_br_netfilter(t: &Np) {
     let (_, all) = common::ctl::doctor(n, &[]);
     assert_eq!(common::ctl::verdict(&all, "br_netfilter")["ok"], true);
 }
+
+/// `flannel-lab pod add|del`, `status --json`, `probe`, `ping-all POD` and `trace` with
+/// NAMESPACE/NAME, run as a user runs them, in an etcd lab (no objects there): x/a and y/a
+/// are two pods.
+#[test]
+fn pods_in_namespaces_through_the_lab_command_line() {
+    if common::skip_without_root() {
+        return;
+    }
+    let lab = Lab::up(2, 1, &[]);
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(common::bin_dir().join("flannel-lab"))
+            .args(["--name", &lab.name, "--state-dir"])
+            .arg(lab.root.path())
+            .args(args)
+            .output()
+            .unwrap();
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.success(), out)
+    };
+    let (ok, out) = run(&[
+        "pod",
+        "add",
+        "x/a",
+        "--node",
+        "node1",
+        "--labels",
+        "app=web,tier=1",
+        "--port",
+        "http=80/tcp",
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = run(&["pod", "add", "y/a", "--node", "master1"]);
+    assert!(ok, "{out}");
+    let (ok, out) = run(&["pod", "add", "y/a", "--node", "master1"]);
+    assert!(!ok && out.contains("pod y/a exists already"), "{out}");
+    let (ok, out) = run(&["pod", "add", "z/a", "--node", "node9"]);
+    assert!(!ok && out.contains("no node \"node9\""), "{out}");
+    let (_, out) = run(&["status", "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let pods: Vec<&Value> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|n| n["pods"].as_array().unwrap())
+        .collect();
+    let xa = pods
+        .iter()
+        .find(|p| p["namespace"] == "x" && p["name"] == "a")
+        .expect("x/a in status");
+    assert_eq!(xa["node"], "node1");
+    assert_eq!(xa["labels"], json!({"app": "web", "tier": "1"}));
+    assert!(
+        xa["netns"].as_str().unwrap().ends_with("-x.a") && !xa["ip"].as_str().unwrap().is_empty()
+    );
+    assert!(pods
+        .iter()
+        .any(|p| p["namespace"] == "y" && p["name"] == "a" && p["node"] == "master1"));
+    // Both a pods answer, each by its own name; a bare "a" is ambiguous and said so.
+    let (ok, out) = run(&["probe", "y/a", "x/a", "--proto", "udp", "--port", "81"]);
+    assert!(ok && out.contains("reachable"), "{out}");
+    let (ok, out) = run(&["probe", "a", "x/a"]);
+    assert!(!ok && out.contains("say NAMESPACE/NAME"), "{out}");
+    let (ok, out) = run(&["ping-all", "x/a"]);
+    assert!(ok && out.contains("x/a -> y/a"), "{out}");
+    let (ok, out) = run(&["trace", "y/a", "x/a"]);
+    assert!(ok, "{out}");
+    let (ok, out) = run(&["pod", "del", "x/a"]);
+    assert!(ok, "{out}");
+    let (_, out) = run(&["status", "--json"]);
+    assert!(!out.contains("\"x\""), "x/a gone from the lab: {out}");
+    assert!(
+        !common::ip(&["netns", "list"]).contains(&format!("{}-x.a", lab.name)),
+        "its namespace removed"
+    );
+}
