@@ -141,6 +141,12 @@ pub fn attach(
 /// The lab's servers in a pod (`flannel-lab serve`), logged beside the node's files.
 pub fn start_servers(bin_dir: &Path, dir: &Path, pns: &str) -> anyhow::Result<()> {
     let exe = bin_dir.join("flannel-lab");
+    if !exe.is_file() {
+        bail!(
+            "{} is not there: the pods' servers are flannel-lab's own `serve`",
+            exe.display()
+        );
+    }
     let log = dir.join(format!("{pns}.serve.log"));
     spawn_in_ns(
         pns,

@@ -307,6 +307,37 @@ fn suite(t: &Np) {
         |p| only_to_xa(p) || p.from.namespace != "x",
     );
     t.case(
+        "allow ingress traffic for a target",
+        &[
+            np("x", "deny", json!({"podSelector": {}})),
+            np(
+                "x",
+                "a-open",
+                json!({"podSelector": pod_is("a"), "ingress": [{}]}),
+            ),
+        ],
+        |p| p.to.namespace != "x" || p.dst_is("x/a"),
+    );
+    t.case(
+        "deny ingress from pods on other namespaces",
+        &[np(
+            "x",
+            "same-ns",
+            json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}),
+        )],
+        |p| p.to.namespace != "x" || p.from.namespace == "x",
+    );
+    t.case(
+        "any of several PodSelectors",
+        &[np(
+            "x",
+            "b-or-c",
+            json!({"podSelector": pod_is("a"), "ingress": [{"from": [
+            {"podSelector": pod_is("b")}, {"podSelector": pod_is("c")}]}]}),
+        )],
+        |p| only_to_xa(p) || p.src_is("x/b") || p.src_is("x/c"),
+    );
+    t.case(
         "PodSelector with MatchExpressions",
         &[np(
             "x",
@@ -381,6 +412,15 @@ fn suite(t: &Np) {
         "endPort range",
         &[np("x", "range", json!({"podSelector": pod_is("a"), "ingress": [{"ports": [{"protocol": "TCP", "port": 81, "endPort": 90}]}]}))],
         |p| only_to_xa(p) || (p.proto == Proto::Tcp && p.port == 81),
+    );
+    t.case(
+        "any port of one protocol",
+        &[np(
+            "x",
+            "any-udp",
+            json!({"podSelector": pod_is("a"), "ingress": [{"ports": [{"protocol": "UDP"}]}]}),
+        )],
+        |p| only_to_xa(p) || p.proto == Proto::Udp,
     );
     t.case(
         "a policy on UDP only allows no TCP",
@@ -504,6 +544,41 @@ fn suite(t: &Np) {
         only_to_xa,
     );
 
+    t.case(
+        "egress to a CIDR block",
+        &[np(
+            "x",
+            "to-b-net",
+            json!({"podSelector": pod_is("a"), "policyTypes": ["Egress"],
+            "egress": [{"to": [{"ipBlock": {"cidr": b_net.to_string()}}]}]}),
+        )],
+        |p| !p.src_is("x/a") || (!p.v6 && b_net.contains(&p.to.ip.parse::<IpAddr>().unwrap())),
+    );
+    t.case(
+        "egress to a CIDR block with except",
+        &[np("x", "not-b-net", json!({"podSelector": pod_is("a"), "policyTypes": ["Egress"],
+            "egress": [{"to": [{"ipBlock": {"cidr": cluster.to_string(), "except": [b_net.to_string()]}}]}]}))],
+        |p| !p.src_is("x/a") || (!p.v6 && !b_net.contains(&p.to.ip.parse::<IpAddr>().unwrap())),
+    );
+    t.case(
+        "an address excepted by one policy and allowed by another is allowed",
+        &[
+            np(
+                "x",
+                "net-but-yb",
+                json!({"podSelector": pod_is("a"), "policyTypes": ["Egress"],
+                "egress": [{"to": [{"ipBlock": {"cidr": b_net.to_string(), "except": [yb]}}]}]}),
+            ),
+            np(
+                "x",
+                "yb",
+                json!({"podSelector": pod_is("a"), "policyTypes": ["Egress"],
+                "egress": [{"to": [{"ipBlock": {"cidr": yb}}]}]}),
+            ),
+        ],
+        |p| !p.src_is("x/a") || (!p.v6 && b_net.contains(&p.to.ip.parse::<IpAddr>().unwrap())),
+    );
+
     // Changes applied live.
     t.case(
         "updated policy: before",
@@ -530,6 +605,22 @@ fn suite(t: &Np) {
     t.label(&["namespace", "z", "ns=y"]);
     t.expect("updated namespace labels: after", |p| {
         only_to_xa(p) || p.from.namespace != "x"
+    });
+    t.case(
+        "deny ingress to an updated pod: before",
+        &[np(
+            "x",
+            "deny-marked",
+            json!({"podSelector": pod_is("deny")}),
+        )],
+        |_| true,
+    );
+    t.label(&["pod", "-n", "x", "a", "pod=deny"]);
+    t.expect("deny ingress to an updated pod: after", only_to_xa);
+    t.reset();
+    t.apply(&[np("x", "from-y", json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"namespaceSelector": ns_is("y")}]}]}))]);
+    t.expect("before deletion", |p| {
+        only_to_xa(p) || p.from.namespace == "y"
     });
     t.kubectl(&["delete", "networkpolicy", "-n", "x", "from-y"]);
     t.expect("policies stop being enforced once deleted", |_| true);
