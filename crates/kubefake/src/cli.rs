@@ -159,5 +159,6 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    eprintln!("flannel-kube-fake: stopped");
     ExitCode::SUCCESS
 }

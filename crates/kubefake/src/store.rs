@@ -511,11 +511,9 @@ impl Store {
             .as_array()
             .ok_or_else(|| bad("no objects"))?
         {
-            let kind = match e["kind"].as_str() {
-                Some("Node") => Kind::Node,
-                Some("Pod") => Kind::Pod,
-                Some("ConfigMap") => Kind::ConfigMap,
-                other => return Err(bad(&format!("unknown kind {other:?}"))),
+            let name_of = e["kind"].as_str();
+            let Some(kind) = Kind::ALL.into_iter().find(|k| Some(k.name()) == name_of) else {
+                return Err(bad(&format!("unknown kind {name_of:?}")));
             };
             let ns = e["namespace"].as_str().unwrap_or("");
             let name = e["object"]["metadata"]["name"]
@@ -677,10 +675,25 @@ mod tests {
         s.create(Kind::Node, "", node("a")).unwrap();
         s.create(Kind::Pod, "ns1", json!({"metadata":{"name":"p"}}))
             .unwrap();
+        // Every kind the fake serves survives a restart (the lab restarts it).
+        s.create(Kind::Namespace, "", json!({"metadata":{"name":"ns1"}}))
+            .unwrap();
+        s.create(
+            Kind::NetworkPolicy,
+            "ns1",
+            json!({"metadata":{"name":"np"}}),
+        )
+        .unwrap();
         let rv = s.resource_version();
         let snap = s.snapshot();
         let mut t = Store::default();
-        assert_eq!(t.restore(&snap).unwrap(), 2);
+        assert_eq!(t.restore(&snap).unwrap(), 4);
+        assert!(t.get(Kind::NetworkPolicy, "ns1", "np").is_ok());
+        assert_eq!(
+            t.get(Kind::Namespace, "", "ns1").unwrap()["metadata"]["labels"]
+                ["kubernetes.io/metadata.name"],
+            "ns1"
+        );
         assert_eq!(
             t.get(Kind::Pod, "ns1", "p").unwrap()["metadata"]["name"],
             "p"

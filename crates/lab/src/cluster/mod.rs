@@ -251,12 +251,14 @@ pub fn kubectl(state: &LabState, args: &[&str]) -> anyhow::Result<String> {
     ))
 }
 
-fn api_serving(state: &LabState) -> bool {
-    std::fs::read_to_string(&state.api_log)
+/// Whether the API fake has said it serves since byte `from` of its log (a restarted fake
+/// appends to the log of the one before, which said so too).
+fn api_serving(state: &LabState, from: usize) -> bool {
+    std::fs::read(&state.api_log)
         .map(|l| {
-            l.lines()
-                .last()
-                .is_some_and(|x| x.contains("serving https://"))
+            String::from_utf8_lossy(l.get(from..).unwrap_or_default())
+                .lines()
+                .any(|x| x.contains("serving https://"))
         })
         .unwrap_or(false)
 }
@@ -267,9 +269,13 @@ pub fn start_api(state: &LabState) -> anyhow::Result<Child> {
         .api_args
         .split_first()
         .context("no API server command line recorded (not a kube-mode lab?)")?;
-    let child = spawn_in_ns(&state.nodes[0].netns, prog, args, &state.api_log)?;
+    let from = std::fs::metadata(&state.api_log).map_or(0, |m| m.len() as usize);
+    let mut child = spawn_in_ns(&state.nodes[0].netns, prog, args, &state.api_log)?;
     wait_until("the API fake to serve", Duration::from_secs(30), || {
-        Ok(api_serving(state))
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("the API fake exited ({status})");
+        }
+        Ok(api_serving(state, from))
     })
     .with_context(|| format!("API fake log:\n{}", log_tail(&state.api_log)))?;
     Ok(child)
