@@ -107,11 +107,89 @@ fn the_table_follows_policies_and_every_request_is_one_the_cluster_role_allows()
             json!({"metadata": {"name": "deny"}, "spec": {"podSelector": {}}}),
         )
         .unwrap();
-    k.start(&["--network-policy"]);
+    // br_netfilter off in this node: flanneld says so at start.
+    k.node
+        .exec("sysctl", &["-qw", "net.bridge.bridge-nf-call-iptables=0"]);
+    k.start(&["--network-policy", "--iptables-resync=1"]);
     k.node.wait_ready();
     eventually(T, || table(&k).contains("chain pod-in.x.a")).expect("x/a isolated in the table");
     let t = table(&k);
     assert!(t.contains("10.244.0.5 : jump pod-in.x.a"), "{t}");
+    assert!(
+        k.node
+            .log()
+            .contains("net.bridge.bridge-nf-call-iptables is \"0\", not 1"),
+        "{}",
+        k.node.log()
+    );
+    k.node
+        .exec("sysctl", &["-qw", "net.bridge.bridge-nf-call-iptables=1"]);
+
+    // A policy the API accepted but we cannot read in part: its pods are isolated, the part
+    // allows nothing, one line names the policy and the part.
+    k.api
+        .create(
+            Kind::Pod,
+            "x",
+            json!({"metadata": {"name": "b", "labels": {"app": "db"}},
+            "spec": {"nodeName": NODE, "containers": [{"name": "c"}]},
+            "status": {"phase": "Running", "podIP": "10.244.0.6"}}),
+        )
+        .unwrap();
+    k.api
+        .create(
+            Kind::NetworkPolicy,
+            "x",
+            json!({"metadata": {"name": "bad"}, "spec": {
+            "podSelector": {"matchLabels": {"app": "db"}},
+            "ingress": [{"from": [{"ipBlock": {"cidr": "10.300.0.0/16"}}]}]}}),
+        )
+        .unwrap();
+    eventually(T, || table(&k).contains("chain pod-in.x.b"))
+        .expect("x/b isolated by the unreadable policy");
+    eventually(T, || {
+        k.node.log().contains(
+            "networkpolicy x/bad: spec.ingress[0].from[0].ipBlock.cidr: \"10.300.0.0/16\"",
+        )
+    })
+    .unwrap_or_else(|| panic!("no line names the policy: {}", k.node.log()));
+    let chain = k.node.exec(
+        "nft",
+        &["list", "chain", "inet", "flannel-policy", "in.x.bad"],
+    );
+    assert!(
+        !chain.contains("accept"),
+        "the unreadable peer allows nothing: {chain}"
+    );
+    k.api.delete(Kind::NetworkPolicy, "x", "bad").unwrap();
+
+    // A change is a difference: the base chains are not rewritten (their rules keep their
+    // handles) when a policy changes; a map element deleted by hand comes back.
+    let handles = |chain: &str| {
+        k.node.exec(
+            "nft",
+            &["-a", "list", "chain", "inet", "flannel-policy", chain],
+        )
+    };
+    let before = handles("ingress");
+    k.node.exec(
+        "nft",
+        &[
+            "delete",
+            "element",
+            "inet",
+            "flannel-policy",
+            "pods-in4",
+            "{ 10.244.0.5 }",
+        ],
+    );
+    eventually(T, || table(&k).contains("10.244.0.5 : jump pod-in.x.a"))
+        .expect("the element put back");
+    assert_eq!(
+        handles("ingress"),
+        before,
+        "the ingress chain was not rewritten"
+    );
     // A live edit: the policy now selects nothing on this node.
     k.api
         .patch(
