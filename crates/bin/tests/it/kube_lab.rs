@@ -345,18 +345,9 @@ fn the_lab_follows_an_edited_manifest() {
     }
     // The operator's view, through flannel-lab's own commands.
     let lab_cmd = |args: &[&str]| {
-        let o = std::process::Command::new(common::bin_dir().join("flannel-lab"))
-            .args(["--name", &lab.name, "--state-dir"])
-            .arg(lab.root.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        let (ok, out, err) = lab.cli(args);
+        assert!(ok, "{args:?}: {err}");
+        out
     };
     let list: Value =
         serde_json::from_str(&lab_cmd(&["kubectl", "get", "nodes", "-o", "json"])).unwrap();

@@ -872,18 +872,8 @@ fn pods_in_namespaces_through_the_lab_command_line() {
     }
     let lab = Lab::up(2, 1, &[]);
     let run = |args: &[&str]| {
-        let o = std::process::Command::new(common::bin_dir().join("flannel-lab"))
-            .args(["--name", &lab.name, "--state-dir"])
-            .arg(lab.root.path())
-            .args(args)
-            .output()
-            .unwrap();
-        let out = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        (o.status.success(), out)
+        let (ok, out, err) = lab.cli(args);
+        (ok, format!("{out}{err}"))
     };
     let (ok, out) = run(&[
         "pod",

@@ -44,6 +44,22 @@ impl Lab {
         }
     }
 
+    /// `flannel-lab --name <this lab> --state-dir <its root> ARGS`, as a user runs it:
+    /// whether it succeeded, its stdout, its stderr.
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let o = std::process::Command::new(bin_dir().join("flannel-lab"))
+            .args(["--name", &self.name, "--state-dir"])
+            .arg(self.root.path())
+            .args(args)
+            .output()
+            .expect("run flannel-lab");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
     /// The third octet `o` of a 10.244.o.0/24 at or after `from` that no lab node holds, nor
     /// fd00:10:244:o::/64 (in hex): a test's made-up peer must not claim a subnet flanneld
     /// happened to lease (allocation is random).
