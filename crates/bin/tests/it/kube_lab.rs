@@ -261,7 +261,9 @@ fn every_backend_runs_from_the_manifest_and_down_leaves_nothing() {
         );
         assert!(!root.join(&name).exists());
         // Mount points the lab made are gone, unless another lab (another test) still uses one:
-        // then that lab removes it when it goes.
+        // then that lab removes it when it goes. Checked under the labs' mount lock: a lab
+        // being built makes a mount point before it registers it, holding that lock.
+        let _lock = flannel_lab::nodefs::lock().unwrap();
         for p in made {
             assert!(
                 !p.exists() || other_labs_use(&p) || registered_users(&p),
