@@ -240,6 +240,11 @@ impl Metrics {
         }
     }
 
+    /// The network policy table was changed by someone else and put back.
+    pub fn policy_repaired(&self) {
+        self.repairs.get_or_create(&[("kind", "policy")]).inc();
+    }
+
     /// The firewall rules had to be installed again (some were missing or changed).
     pub fn rules_repaired(&self) {
         self.repairs.get_or_create(&[("kind", "rule")]).inc();
@@ -283,7 +288,15 @@ impl Metrics {
 }
 
 /// The repair kinds, as label values.
-pub const REPAIR_KINDS: [&str; 6] = ["route", "neighbour", "fdb", "device", "address", "rule"];
+pub const REPAIR_KINDS: [&str; 7] = [
+    "route",
+    "neighbour",
+    "fdb",
+    "device",
+    "address",
+    "rule",
+    "policy",
+];
 
 /// Counters kept outside this crate, read at every scrape.
 #[derive(Debug)]

@@ -110,7 +110,8 @@ fn the_table_follows_policies_and_every_request_is_one_the_cluster_role_allows()
     // br_netfilter off in this node: flanneld says so at start.
     k.node
         .exec("sysctl", &["-qw", "net.bridge.bridge-nf-call-iptables=0"]);
-    k.start(&["--network-policy", "--iptables-resync=1"]);
+    // Default resync (5 s): a hand edit must come back through notifications.
+    k.start(&["--network-policy"]);
     k.node.wait_ready();
     eventually(T, || table(&k).contains("chain pod-in.x.a")).expect("x/a isolated in the table");
     let t = table(&k);
@@ -172,24 +173,33 @@ fn the_table_follows_policies_and_every_request_is_one_the_cluster_role_allows()
         )
     };
     let before = handles("ingress");
-    k.node.exec(
-        "nft",
-        &[
-            "delete",
-            "element",
-            "inet",
-            "flannel-policy",
-            "pods-in4",
-            "{ 10.244.0.5 }",
-        ],
-    );
-    eventually(T, || table(&k).contains("10.244.0.5 : jump pod-in.x.a"))
-        .expect("the element put back");
+    let repairs = || {
+        k.node
+            .metrics_page()
+            .lines()
+            .find_map(|l| l.strip_prefix("flannel_repairs_total{kind=\"policy\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .expect("the policy repairs counter")
+    };
+    let repairs0 = repairs();
+    let del = "nft delete element inet flannel-policy pods-in4 { 10.244.0.5 }";
+    k.node.exec("sh", &["-c", del]);
+    eventually(Duration::from_secs(1), || {
+        table(&k).contains("10.244.0.5 : jump pod-in.x.a")
+    })
+    .expect("the element put back within a second (the resync is 5 s)");
     assert_eq!(
         handles("ingress"),
         before,
         "the ingress chain was not rewritten"
     );
+    eventually(T, || repairs() > repairs0).expect("the repair counted");
+    k.node
+        .exec("nft", &["delete", "table", "inet", "flannel-policy"]);
+    eventually(Duration::from_secs(1), || {
+        table(&k).contains("10.244.0.5 : jump pod-in.x.a")
+    })
+    .expect("the whole table put back within a second");
     // A live edit: the policy now selects nothing on this node.
     k.api
         .patch(

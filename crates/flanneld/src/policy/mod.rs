@@ -6,9 +6,11 @@
 //! again (pure, fast) and the difference to the kernel's table is applied as one
 //! transaction ([`table`]). A timer does the same, so a table changed by hand heals.
 
+pub mod monitor;
 pub mod table;
 pub mod watch;
 
+use crate::metrics::Metrics;
 use flannel_policy::compile::{compile, problems};
 use flannel_subnet::kube::KubeSubnetManager;
 use flannel_subnet::listwatch::AllListed;
@@ -45,12 +47,18 @@ pub fn spawn<T: PolicyTable>(
     sm: Arc<KubeSubnetManager>,
     table: Arc<T>,
     resync: Duration,
+    metrics: Arc<Metrics>,
 ) -> Running {
-    Running(tokio::spawn(run(sm, table, resync)))
+    Running(tokio::spawn(run(sm, table, resync, metrics)))
 }
 
 /// Lists and watches the three kinds and enforces, until dropped.
-pub async fn run<T: PolicyTable>(sm: Arc<KubeSubnetManager>, table: Arc<T>, resync: Duration) {
+pub async fn run<T: PolicyTable>(
+    sm: Arc<KubeSubnetManager>,
+    table: Arc<T>,
+    resync: Duration,
+    metrics: Arc<Metrics>,
+) {
     // The node's name as the subnet manager learns it (NODE_NAME, or this pod's node).
     let mut pause =
         flannel_core::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -90,8 +98,9 @@ pub async fn run<T: PolicyTable>(sm: Arc<KubeSubnetManager>, table: Arc<T>, resy
         Feed::<Policies>::new(shared.clone()),
         Some(listed.clone()),
     );
-    let enforce = enforce(shared, listed, node, table, resync);
-    tokio::join!(pods, nss, pols, enforce);
+    let kernel = monitor::watch_table(shared.clone());
+    let enforce = enforce(shared, listed, node, table, resync, metrics);
+    tokio::join!(pods, nss, pols, kernel, enforce);
 }
 
 /// Waits for the first complete view, then keeps the kernel's table what it compiles to.
@@ -101,11 +110,14 @@ pub async fn enforce<T: PolicyTable>(
     node: String,
     table: Arc<T>,
     resync: Duration,
+    metrics: Arc<Metrics>,
 ) {
     listed.wait().await;
     info!(node = %node, "network policy: pods, namespaces and networkpolicies listed; enforcing");
     let mut said: BTreeSet<String> = BTreeSet::new();
     let mut first = true;
+    // Why this pass runs: a pass the watches did not cause that has to write is a repair.
+    let mut repairing = false;
     loop {
         let (want, now_problems) = {
             let c = shared.cluster();
@@ -120,6 +132,13 @@ pub async fn enforce<T: PolicyTable>(
         match tokio::task::spawn_blocking(move || t.converge(&want)).await {
             Ok(Ok(Some(script))) => {
                 let lines = script.lines().count();
+                if repairing && !first {
+                    metrics.policy_repaired();
+                    info!(
+                        commands = lines,
+                        "network policy: the table was changed outside flanneld; put back"
+                    );
+                }
                 if first {
                     info!(
                         rules,
@@ -140,10 +159,13 @@ pub async fn enforce<T: PolicyTable>(
             Ok(Err(e)) => warn!("network policy: could not write the table: {e}"),
             Err(e) => warn!("network policy: the writer stopped: {e}"),
         }
-        tokio::select! {
-            _ = shared.changed.notified() => {}
-            _ = tokio::time::sleep(resync) => {}
-        }
+        repairing = tokio::select! {
+            // A pending watch change wins: its write is not a repair.
+            biased;
+            _ = shared.changed.notified() => false,
+            _ = shared.kernel_changed.notified() => true,
+            _ = tokio::time::sleep(resync) => true,
+        };
     }
 }
 

@@ -56,12 +56,14 @@ async fn nothing_is_written_before_every_kind_listed_then_each_change_is() {
     let shared = Arc::new(Shared::default());
     let listed = AllListed::new(3);
     let table = Arc::new(FakeTable::default());
+    let metrics = crate::metrics::Metrics::new();
     let task = tokio::spawn(enforce(
         shared.clone(),
         listed.clone(),
         "n1".into(),
         table.clone(),
         Duration::from_secs(3600),
+        metrics.clone(),
     ));
     let (mut pods, mut nss, mut pols) = (
         Feed::<Pods>::new(shared.clone()),

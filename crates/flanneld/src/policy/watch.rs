@@ -30,6 +30,8 @@ pub struct Shared {
     cluster: Mutex<Cluster>,
     /// Something changed: compile again.
     pub changed: Notify,
+    /// The kernel's table changed (a notification): compare it again.
+    pub kernel_changed: Notify,
 }
 
 impl Shared {

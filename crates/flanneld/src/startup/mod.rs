@@ -179,18 +179,22 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             };
             let sm = Arc::new(sm?);
             info!(server = %sm.server(), "using the Kubernetes API as datastore");
-            // Policy runs beside the daemon from the start: pods may exist before our lease.
-            let _policy = o
-                .network_policy
-                .then(|| crate::policy::spawn(sm.clone(), table, o.resync));
-            run_with(o, sm, previous, stop).await
+            // Policy runs beside the daemon from the start (pods may exist before our
+            // lease), once the metrics it counts repairs in exist.
+            let policy = o.network_policy.then_some((sm.clone(), table, o.resync));
+            let with_policy = move |metrics: &Arc<Metrics>| {
+                policy.map(|(sm, table, resync)| {
+                    crate::policy::spawn(sm, table, resync, metrics.clone())
+                })
+            };
+            run_with(o, sm, previous, stop, with_policy).await
         }
         None => {
             let connect = EtcdSubnetManager::connect(&o.etcd, previous.clone());
             let Some(sm) = or_signal(&mut stop, connect).await else {
                 return Ok(());
             };
-            run_with(o, Arc::new(sm?), previous, stop).await
+            run_with(o, Arc::new(sm?), previous, stop, |_| None).await
         }
     }
 }
@@ -202,9 +206,12 @@ pub async fn run_with<SM: SubnetManager>(
     sm: Arc<SM>,
     previous: PreviousSubnets,
     mut stop: Shutdown,
+    beside: impl FnOnce(&Arc<Metrics>) -> Option<crate::policy::Running>,
 ) -> anyhow::Result<()> {
     let nl = Netlink::new().context("opening a netlink socket")?;
     let serving = serve_status(&o).await?;
+    // What runs beside the daemon for its whole life (network policy), stopped with it.
+    let _beside = beside(&serving.metrics);
     serving.metrics.watch_datastore(sm.stats());
     let Some(plan) = or_signal(&mut stop, wait_for_config(sm.as_ref())).await else {
         return Ok(());
