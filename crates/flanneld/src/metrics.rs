@@ -22,6 +22,18 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 type Label = [(&'static str, &'static str); 1];
+
+/// What one network policy pass leaves in the metrics.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyPass {
+    pub policies: usize,
+    /// This node's pods isolated for (ingress, egress).
+    pub isolated: (usize, usize),
+    pub rules: usize,
+    pub elements: usize,
+    pub compile: Duration,
+    pub apply: Duration,
+}
 type OwnedLabel = [(&'static str, String); 1];
 
 /// Reconcile pass durations, 100 µs to ~6 s by threes: an incremental pass takes about a
@@ -56,6 +68,14 @@ pub struct Metrics {
     pub repairs: Family<Label, Counter>,
     pub netlink_errors: Counter,
     pub firewall_errors: Counter,
+    /// `--network-policy`: NetworkPolicies known, this node's pods isolated per direction,
+    /// rules and set elements in the table, and how long compiling and applying took.
+    pub policies: Gauge,
+    pub policy_isolated: Family<Label, Gauge>,
+    pub policy_rules: Gauge,
+    pub policy_elements: Gauge,
+    pub policy_compile_seconds: Histogram,
+    pub policy_apply_seconds: Histogram,
     backend: Family<OwnedLabel, Gauge>,
     udp: Arc<OnceLock<Arc<DatapathCounters>>>,
     wg: Arc<OnceLock<Arc<DatapathCounters>>>,
@@ -79,6 +99,12 @@ impl Metrics {
             repairs: Family::default(),
             netlink_errors: Counter::default(),
             firewall_errors: Counter::default(),
+            policies: Gauge::default(),
+            policy_isolated: Family::default(),
+            policy_rules: Gauge::default(),
+            policy_elements: Gauge::default(),
+            policy_compile_seconds: Histogram::new(PASS_BUCKETS),
+            policy_apply_seconds: Histogram::new(PASS_BUCKETS),
             backend: Family::default(),
             udp: Arc::default(),
             wg: Arc::default(),
@@ -137,8 +163,38 @@ impl Metrics {
         );
         r.register(
             "repairs",
-            "Entries flanneld had applied, later found missing or different, and rewritten, by kind (route, neighbour, fdb, device, address, rule)",
+            "Entries flanneld had applied, later found missing or different, and rewritten, by kind (route, neighbour, fdb, device, address, rule, policy)",
             m.repairs.clone(),
+        );
+        r.register(
+            "network_policies",
+            "NetworkPolicies flanneld knows (--network-policy)",
+            m.policies.clone(),
+        );
+        r.register(
+            "network_policy_isolated_pods",
+            "This node's pods isolated by a NetworkPolicy, by direction (ingress, egress)",
+            m.policy_isolated.clone(),
+        );
+        r.register(
+            "network_policy_rules",
+            "Rules in the node's network policy table",
+            m.policy_rules.clone(),
+        );
+        r.register(
+            "network_policy_set_elements",
+            "Set and map elements in the node's network policy table",
+            m.policy_elements.clone(),
+        );
+        r.register(
+            "network_policy_compile_duration_seconds",
+            "Time compiling the cluster's policies for this node took",
+            m.policy_compile_seconds.clone(),
+        );
+        r.register(
+            "network_policy_apply_duration_seconds",
+            "Time reading the policy table and applying the difference took",
+            m.policy_apply_seconds.clone(),
         );
         r.register(
             "netlink_errors",
@@ -160,6 +216,9 @@ impl Metrics {
             "The backend this node runs (from the network config), as a label; always 1",
             m.backend.clone(),
         );
+        for dir in ["ingress", "egress"] {
+            let _ = m.policy_isolated.get_or_create(&[("direction", dir)]);
+        }
         // Repairs of every kind exist from the start, so a rate over them is never empty.
         for kind in REPAIR_KINDS {
             let _ = m.repairs.get_or_create(&[("kind", kind)]);
@@ -238,6 +297,21 @@ impl Metrics {
                     .inc_by(n as u64);
             }
         }
+    }
+
+    /// One policy pass: what the table holds now and what it took.
+    pub fn policy_pass(&self, p: &PolicyPass) {
+        self.policies.set(p.policies as i64);
+        self.policy_isolated
+            .get_or_create(&[("direction", "ingress")])
+            .set(p.isolated.0 as i64);
+        self.policy_isolated
+            .get_or_create(&[("direction", "egress")])
+            .set(p.isolated.1 as i64);
+        self.policy_rules.set(p.rules as i64);
+        self.policy_elements.set(p.elements as i64);
+        self.policy_compile_seconds.observe(p.compile.as_secs_f64());
+        self.policy_apply_seconds.observe(p.apply.as_secs_f64());
     }
 
     /// The network policy table was changed by someone else and put back.

@@ -119,17 +119,33 @@ pub async fn enforce<T: PolicyTable>(
     // Why this pass runs: a pass the watches did not cause that has to write is a repair.
     let mut repairing = false;
     loop {
-        let (want, now_problems) = {
+        let started = std::time::Instant::now();
+        let (want, now_problems, policies) = {
             let c = shared.cluster();
-            (compile(&c, &node), problems(&c))
+            (compile(&c, &node), problems(&c), c.policies.len())
+        };
+        let compiled = started.elapsed();
+        let isolated = |prefix: &str| want.chains.keys().filter(|c| c.starts_with(prefix)).count();
+        let mut pass = crate::metrics::PolicyPass {
+            policies,
+            isolated: (isolated("pod-in."), isolated("pod-eg.")),
+            compile: compiled,
+            ..Default::default()
         };
         for p in now_problems.difference(&said) {
             warn!("{p}");
         }
         said = now_problems;
         let (rules, elems) = want.size();
+        (pass.rules, pass.elements) = (rules, elems);
         let t = table.clone();
-        match tokio::task::spawn_blocking(move || t.converge(&want)).await {
+        let applying = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || t.converge(&want)).await;
+        pass.apply = applying.elapsed();
+        if matches!(result, Ok(Ok(_))) {
+            metrics.policy_pass(&pass);
+        }
+        match result {
             Ok(Ok(Some(script))) => {
                 let lines = script.lines().count();
                 if repairing && !first {

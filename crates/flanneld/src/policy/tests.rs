@@ -88,6 +88,23 @@ async fn nothing_is_written_before_every_kind_listed_then_each_change_is() {
         w[0].chains.contains_key("pod-in.x.a"),
         "x/a isolated by x/deny"
     );
+    let page = metrics.render(false);
+    for line in [
+        "flannel_network_policies 1",
+        "flannel_network_policy_isolated_pods{direction=\"ingress\"} 1",
+        "flannel_network_policy_isolated_pods{direction=\"egress\"} 0",
+    ] {
+        assert!(page.contains(line), "{line} not in\n{page}");
+    }
+    let rules = page
+        .lines()
+        .find_map(|l| l.strip_prefix("flannel_network_policy_rules "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(
+        rules,
+        Some(w[0].size().0 as f64),
+        "the rules of the table written"
+    );
     pols.deleted(deny_all());
     let w = until(&table, 2).await;
     assert!(
