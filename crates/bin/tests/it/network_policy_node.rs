@@ -237,6 +237,30 @@ fn the_table_follows_policies_and_every_request_is_one_the_cluster_role_allows()
         assert!(seen.contains(&want), "{want:?} never sent: {seen:?}");
     }
 
+    // A restart with the flag: the table stays while flanneld is down and is diffed, not
+    // rebuilt, at start (the base chain's rules keep their handles; no moment without rules).
+    let listing = |k: &KubeNode| {
+        k.node.exec(
+            "nft",
+            &["-a", "list", "chain", "inet", "flannel-policy", "ingress"],
+        )
+    };
+    let kept = listing(&k);
+    k.node.stop();
+    assert_eq!(listing(&k), kept, "kept as it was while flanneld is down");
+    k.start(&["--network-policy"]);
+    k.node.wait_ready();
+    eventually(T, || {
+        k.node
+            .log()
+            .matches("pods, namespaces and networkpolicies listed; enforcing")
+            .count()
+            == 2
+    })
+    .expect("the restarted flanneld enforcing");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(listing(&k), kept, "diffed at start, not rebuilt");
+
     // The flag off: the table from the run before goes at start.
     k.node.stop();
     assert!(
