@@ -40,12 +40,6 @@ impl PodState {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
-
-    /// Whether `what` names this pod: `namespace/name`, a name (in `default`, or unique
-    /// among the lab's pods: the caller checks), or one of its addresses.
-    pub fn is(&self, what: &str) -> bool {
-        self.key() == what || self.name == what || self.ip == what || self.ip6 == what
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -47,9 +47,11 @@ pub fn apply(script: &str) -> Result<(), NftError> {
     Ok(())
 }
 
-/// `nft list table <family> <table>`, `None` when the table does not exist.
-pub fn list_table(family: &str, table: &str) -> Result<Option<String>, NftError> {
-    let (ok, out, stderr) = nft(&["list", "table", family, table], None)?;
+/// `nft [-j] list table <family> <table>`, `None` when the table does not exist.
+fn listing(json: bool, family: &str, table: &str) -> Result<Option<String>, NftError> {
+    let mut args = if json { vec!["-j"] } else { Vec::new() };
+    args.extend(["list", "table", family, table]);
+    let (ok, out, stderr) = nft(&args, None)?;
     if ok {
         return Ok(Some(out));
     }
@@ -57,38 +59,34 @@ pub fn list_table(family: &str, table: &str) -> Result<Option<String>, NftError>
         return Ok(None);
     }
     Err(NftError::Failed {
-        args: format!("list table {family} {table}"),
+        args: args.join(" "),
         stderr,
     })
+}
+
+/// `nft list table <family> <table>`, `None` when the table does not exist.
+pub fn list_table(family: &str, table: &str) -> Result<Option<String>, NftError> {
+    listing(false, family, table)
 }
 
 /// `nft -j list table <family> <table>` (JSON), `None` when the table does not exist.
 pub fn list_table_json(family: &str, table: &str) -> Result<Option<String>, NftError> {
-    let (ok, out, stderr) = nft(&["-j", "list", "table", family, table], None)?;
-    if ok {
-        return Ok(Some(out));
-    }
-    if stderr.contains("No such file or directory") {
-        return Ok(None);
-    }
-    Err(NftError::Failed {
-        args: format!("-j list table {family} {table}"),
-        stderr,
-    })
+    listing(true, family, table)
 }
 
-/// Deletes a table if it exists.
-pub fn delete_table(family: &str, table: &str) -> Result<(), NftError> {
-    if list_table(family, table)?.is_some() {
-        let (ok, _, stderr) = nft(&["delete", "table", family, table], None)?;
-        if !ok {
-            return Err(NftError::Failed {
-                args: format!("delete table {family} {table}"),
-                stderr,
-            });
-        }
+/// Deletes a table if it exists; whether it did.
+pub fn delete_table(family: &str, table: &str) -> Result<bool, NftError> {
+    if list_table(family, table)?.is_none() {
+        return Ok(false);
     }
-    Ok(())
+    let (ok, _, stderr) = nft(&["delete", "table", family, table], None)?;
+    if !ok {
+        return Err(NftError::Failed {
+            args: format!("delete table {family} {table}"),
+            stderr,
+        });
+    }
+    Ok(true)
 }
 
 /// Whether the kernel and nft take `masquerade fully-random` (a dry run, `nft -c`).

@@ -187,12 +187,16 @@ pub async fn enforce<T: PolicyTable>(
 
 /// With `--network-policy` off: a policy table left by an earlier run goes.
 pub async fn remove_leftover<T: PolicyTable>(table: Arc<T>) {
-    match tokio::task::spawn_blocking(move || table.remove()).await {
-        Ok(Ok(true)) => {
+    let removed = tokio::task::spawn_blocking(move || table.remove())
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    match removed {
+        Ok(true) => {
             info!("removed the network policy table an earlier run left (--network-policy is off)")
         }
-        Ok(Ok(false)) => {}
-        Ok(Err(e)) => debug!("looking for a leftover network policy table: {e}"),
+        Ok(false) => {}
+        // nft missing or failing: nothing of ours can be there to remove.
         Err(e) => debug!("looking for a leftover network policy table: {e}"),
     }
 }

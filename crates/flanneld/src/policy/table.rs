@@ -57,10 +57,6 @@ impl PolicyTable for NftPolicyTable {
     }
 
     fn remove(&self) -> Result<bool, TableError> {
-        let there = nftables::list_table(FAMILY, TABLE)?.is_some();
-        if there {
-            nftables::delete_table(FAMILY, TABLE)?;
-        }
-        Ok(there)
+        Ok(nftables::delete_table(FAMILY, TABLE)?)
     }
 }
